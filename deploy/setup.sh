@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every Debian package SpecPrune Serve needs to build, test and serve (DESIGN §9).
+# Idempotent and non-interactive: packages already installed are skipped without touching apt.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git curl
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev
+  libtorch-dev libopenblas0-pthread
+  prometheus-cpp-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev
+  libsentencepiece-dev sentencepiece
+  libturbojpeg0-dev libpng-dev
+  python3-grpcio python3-protobuf python3-numpy python3-pytest
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "setup: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "setup: done"
