@@ -1,1 +1,56 @@
-// placeholder: being written
+#include "model/action_head.h"
+
+namespace specprune {
+
+VisionProjectorImpl::VisionProjectorImpl(const ModelConfig& c) {
+  fc1 = register_module("fc1", torch::nn::Linear(c.vision_width(), c.projector_hidden));
+  fc2 = register_module("fc2", torch::nn::Linear(c.projector_hidden, c.llm.hidden));
+  fc3 = register_module("fc3", torch::nn::Linear(c.llm.hidden, c.llm.hidden));
+}
+
+torch::Tensor VisionProjectorImpl::forward(const torch::Tensor& x) {
+  return fc3(torch::gelu(fc2(torch::gelu(fc1(x)))));
+}
+
+ProprioProjectorImpl::ProprioProjectorImpl(const ModelConfig& c) {
+  fc1 = register_module("fc1", torch::nn::Linear(c.proprio_dim, c.llm.hidden));
+  fc2 = register_module("fc2", torch::nn::Linear(c.llm.hidden, c.llm.hidden));
+}
+
+torch::Tensor ProprioProjectorImpl::forward(const torch::Tensor& x) {
+  return fc2(torch::gelu(fc1(x)));
+}
+
+MlpResNetBlockImpl::MlpResNetBlockImpl(int64_t dim) {
+  ffn = register_module("ffn", torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})),
+                                                     torch::nn::Linear(dim, dim), torch::nn::ReLU()));
+}
+
+MlpResNetImpl::MlpResNetImpl(int64_t num_blocks, int64_t input_dim, int64_t hidden_dim,
+                             int64_t output_dim) {
+  layer_norm1 = register_module("layer_norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({input_dim})));
+  fc1 = register_module("fc1", torch::nn::Linear(input_dim, hidden_dim));
+  mlp_resnet_blocks = register_module("mlp_resnet_blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < num_blocks; ++i) mlp_resnet_blocks->push_back(MlpResNetBlock(hidden_dim));
+  layer_norm2 = register_module("layer_norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden_dim})));
+  fc2 = register_module("fc2", torch::nn::Linear(hidden_dim, output_dim));
+}
+
+torch::Tensor MlpResNetImpl::forward(const torch::Tensor& x) {
+  auto h = torch::relu(fc1(layer_norm1(x)));
+  for (const auto& block : *mlp_resnet_blocks) h = block->as<MlpResNetBlock>()->forward(h);
+  return fc2(layer_norm2(h));
+}
+
+L1RegressionActionHeadImpl::L1RegressionActionHeadImpl(const ModelConfig& c)
+    : chunk(c.chunk_size), action_dim(c.action_dim) {
+  model = register_module("model", MlpResNet(c.action_head_blocks, c.llm.hidden * c.action_dim,
+                                             c.action_head_hidden, c.action_dim));
+}
+
+torch::Tensor L1RegressionActionHeadImpl::forward(const torch::Tensor& action_hidden) {
+  const int64_t b = action_hidden.size(0);
+  return model(action_hidden.reshape({b, chunk, -1}));
+}
+
+}  // namespace specprune

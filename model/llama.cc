@@ -1,1 +1,131 @@
-// placeholder: being written
+#include "model/llama.h"
+
+#include <cmath>
+#include <limits>
+
+#include "kernels/ops.h"
+
+namespace specprune {
+
+RmsNormImpl::RmsNormImpl(int64_t dim, double eps) : eps(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * y.to(x.scalar_type());
+}
+
+Rope MakeRope(const torch::Tensor& positions, int64_t head_dim, double theta,
+              torch::ScalarType dtype) {
+  auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(positions.device());
+  auto inv_freq =
+      1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, opts) / static_cast<double>(head_dim));
+  auto freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // [B,T,hd/2]
+  auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);               // [B,1,T,hd]
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+static torch::Tensor RotateHalf(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
+}
+
+torch::Tensor ApplyRope(const torch::Tensor& x, const Rope& rope) {
+  return x * rope.cos + RotateHalf(x) * rope.sin;
+}
+
+torch::Tensor KeyPaddingBias(const torch::Tensor& key_valid, torch::ScalarType dtype) {
+  auto bias = torch::zeros(key_valid.sizes(), torch::TensorOptions().dtype(dtype).device(
+                                                  key_valid.device()));
+  bias.masked_fill_(key_valid.logical_not(), -std::numeric_limits<float>::infinity());
+  return bias.view({key_valid.size(0), 1, 1, key_valid.size(1)});
+}
+
+LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
+    : heads(c.heads), head_dim(c.hidden / c.heads) {
+  auto lin = [&](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  q_proj = register_module("q_proj", lin(c.hidden, c.hidden));
+  k_proj = register_module("k_proj", lin(c.hidden, c.hidden));
+  v_proj = register_module("v_proj", lin(c.hidden, c.hidden));
+  o_proj = register_module("o_proj", lin(c.hidden, c.hidden));
+}
+
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Rope& rope,
+                                          const torch::Tensor& bias, const torch::Tensor& key_valid,
+                                          const AttentionStatsQuery* query,
+                                          AttentionStatsResult* stats) {
+  const int64_t b = x.size(0), t = x.size(1);
+  auto shape = [&](const torch::Tensor& y) {
+    return y.view({b, t, heads, head_dim}).transpose(1, 2);
+  };
+  auto q = ApplyRope(shape(q_proj(x)), rope);
+  auto k = ApplyRope(shape(k_proj(x)), rope);
+  auto v = shape(v_proj(x));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  if (query != nullptr && stats != nullptr) {
+    const int64_t r = query->query_rows.size(1);
+    auto idx = query->query_rows.view({b, 1, r, 1}).expand({b, heads, r, head_dim});
+    auto q_rows = q.gather(2, idx).to(torch::kFloat32);
+    auto [scores, entropy] = text_vision_attention_stats(
+        q_rows, k.to(torch::kFloat32), key_valid, query->row_valid, query->vision_rows, scale);
+    stats->scores = scores;
+    stats->entropy = entropy;
+  }
+#if TORCH_VERSION_MAJOR >= 2
+  auto o = at::scaled_dot_product_attention(q, k, v, bias);
+#else
+  auto logits = torch::matmul(q, k.transpose(-2, -1)) * scale + bias;
+  auto o = torch::matmul(torch::softmax(logits, -1), v);
+#endif
+  return o_proj(o.transpose(1, 2).reshape({b, t, heads * head_dim}));
+}
+
+LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
+  auto lin = [&](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  gate_proj = register_module("gate_proj", lin(c.hidden, c.intermediate));
+  up_proj = register_module("up_proj", lin(c.hidden, c.intermediate));
+  down_proj = register_module("down_proj", lin(c.intermediate, c.hidden));
+}
+
+torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlmConfig& c) {
+  self_attn = register_module("self_attn", LlamaAttention(c));
+  mlp = register_module("mlp", LlamaMlp(c));
+  input_layernorm = register_module("input_layernorm", RmsNorm(c.hidden, c.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RmsNorm(c.hidden, c.rms_norm_eps));
+}
+
+torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope,
+                                             const torch::Tensor& bias,
+                                             const torch::Tensor& key_valid,
+                                             const AttentionStatsQuery* query,
+                                             AttentionStatsResult* stats) {
+  auto h = x + self_attn(input_layernorm(x), rope, bias, key_valid, query, stats);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+LlamaModelImpl::LlamaModelImpl(const LlmConfig& c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.layers; ++i) {
+    layer_list.push_back(LlamaDecoderLayer(c));
+    layers->push_back(layer_list.back());
+  }
+  norm = register_module("norm", RmsNorm(c.hidden, c.rms_norm_eps));
+}
+
+LanguageModelImpl::LanguageModelImpl(const LlmConfig& c) {
+  model = register_module("model", LlamaModel(c));
+}
+
+}  // namespace specprune

@@ -1,1 +1,431 @@
-// placeholder: being written
+#include "pruning/pruning_config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <tuple>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace specprune {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int kRefLayers = 32;
+constexpr int64_t kRefTokens = 512;
+
+absl::Status FieldError(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+std::string FallbackName(FirstStepFallback f) {
+  return f == FirstStepFallback::kKeepAll ? "keep_all" : "local";
+}
+
+std::string RepresentationName(ActionRepresentation r) {
+  return r == ActionRepresentation::kDelta ? "delta" : "absolute";
+}
+
+// --- JSON readers: each checks the type and names the field on error. ---
+
+absl::Status ReadInt(const json& v, const std::string& field, int64_t* out) {
+  if (!v.is_number_integer()) return FieldError(field, "must be an integer");
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+    return FieldError(field, "out of range");
+  }
+  *out = v.get<int64_t>();
+  return absl::OkStatus();
+}
+
+absl::Status ReadInt(const json& v, const std::string& field, int* out) {
+  int64_t x = 0;
+  if (auto s = ReadInt(v, field, &x); !s.ok()) return s;
+  if (x < INT32_MIN || x > INT32_MAX) return FieldError(field, "out of range");
+  *out = static_cast<int>(x);
+  return absl::OkStatus();
+}
+
+absl::Status ReadDouble(const json& v, const std::string& field, double* out) {
+  if (!v.is_number()) return FieldError(field, "must be a number");
+  *out = v.get<double>();
+  if (!std::isfinite(*out)) return FieldError(field, "must be finite");
+  return absl::OkStatus();
+}
+
+absl::Status ReadBool(const json& v, const std::string& field, bool* out) {
+  if (!v.is_boolean()) return FieldError(field, "must be a boolean");
+  *out = v.get<bool>();
+  return absl::OkStatus();
+}
+
+absl::Status ReadIntList(const json& v, const std::string& field, std::vector<int>* out) {
+  if (!v.is_array()) return FieldError(field, "must be an array of integers");
+  std::vector<int> result;
+  for (size_t i = 0; i < v.size(); ++i) {
+    int x = 0;
+    if (auto s = ReadInt(v[i], absl::StrCat(field, "[", i, "]"), &x); !s.ok()) return s;
+    result.push_back(x);
+  }
+  *out = std::move(result);
+  return absl::OkStatus();
+}
+
+absl::Status ReadString(const json& v, const std::string& field, std::string* out) {
+  if (!v.is_string()) return FieldError(field, "must be a string");
+  *out = v.get<std::string>();
+  return absl::OkStatus();
+}
+
+absl::Status ParseSpecPrune(const json& j, SpecPruneConfig* c) {
+  const std::string p = "pruning.specprune";
+  if (!j.is_object()) return FieldError(p, "must be an object");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    const std::string f = absl::StrCat(p, ".", key);
+    const json& v = it.value();
+    absl::Status s;
+    if (key == "local_layers") {
+      s = ReadIntList(v, f, &c->local_layers);
+    } else if (key == "global_layers") {
+      s = ReadIntList(v, f, &c->global_layers);
+    } else if (key == "k_global") {
+      s = ReadInt(v, f, &c->k_global);
+    } else if (key == "k_local") {
+      s = ReadInt(v, f, &c->k_local);
+    } else if (key == "k_dynamic") {
+      s = ReadInt(v, f, &c->k_dynamic);
+    } else if (key == "similarity_threshold") {
+      s = ReadDouble(v, f, &c->similarity_threshold);
+    } else if (key == "history_k") {
+      s = ReadDouble(v, f, &c->history_k);
+    } else if (key == "history_b") {
+      s = ReadDouble(v, f, &c->history_b);
+    } else if (key == "history_offset") {
+      s = ReadInt(v, f, &c->history_offset);
+    } else if (key == "max_history") {
+      s = ReadInt(v, f, &c->max_history);
+    } else if (key == "min_tokens") {
+      s = ReadInt(v, f, &c->min_tokens);
+    } else if (key == "first_step_fallback") {
+      std::string name;
+      s = ReadString(v, f, &name);
+      if (s.ok()) {
+        if (name == "keep_all") {
+          c->first_step_fallback = FirstStepFallback::kKeepAll;
+        } else if (name == "local") {
+          c->first_step_fallback = FirstStepFallback::kLocalOnly;
+        } else {
+          s = FieldError(f, absl::StrCat("unknown value \"", name, "\" (keep_all, local)"));
+        }
+      }
+    } else if (key == "update_layers") {
+      s = ReadIntList(v, f, &c->update_layers);
+    } else if (key == "prune_layers") {
+      s = ReadIntList(v, f, &c->prune_layers);
+    } else if (key == "prune_fraction") {
+      s = ReadDouble(v, f, &c->prune_fraction);
+    } else if (key == "ema_beta") {
+      s = ReadDouble(v, f, &c->ema_beta);
+    } else if (key == "rank_sigmoid_k") {
+      s = ReadDouble(v, f, &c->rank_sigmoid_k);
+    } else if (key == "entropy_eps") {
+      s = ReadDouble(v, f, &c->entropy_eps);
+    } else if (key == "controller_enabled") {
+      s = ReadBool(v, f, &c->controller_enabled);
+    } else if (key == "action_representation") {
+      std::string name;
+      s = ReadString(v, f, &name);
+      if (s.ok()) {
+        if (name == "delta") {
+          c->action_representation = ActionRepresentation::kDelta;
+        } else if (name == "absolute") {
+          c->action_representation = ActionRepresentation::kAbsolute;
+        } else {
+          s = FieldError(f, absl::StrCat("unknown value \"", name, "\" (delta, absolute)"));
+        }
+      }
+    } else if (key == "v_t_threshold") {
+      s = ReadDouble(v, f, &c->v_t_threshold);
+    } else if (key == "v_r_threshold") {
+      s = ReadDouble(v, f, &c->v_r_threshold);
+    } else if (key == "dz_max") {
+      s = ReadDouble(v, f, &c->dz_max);
+    } else if (key == "coarse_scale") {
+      s = ReadDouble(v, f, &c->coarse_scale);
+    } else if (key == "fine_scale") {
+      s = ReadDouble(v, f, &c->fine_scale);
+    } else if (key == "dynamic_in_fine") {
+      s = ReadBool(v, f, &c->dynamic_in_fine);
+    } else {
+      s = FieldError(f, "unknown field");
+    }
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseLayerRatio(const json& j, const std::string& p, int* layer, double* ratio) {
+  if (!j.is_object()) return FieldError(p, "must be an object");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string f = absl::StrCat(p, ".", it.key());
+    absl::Status s;
+    if (it.key() == "layer") {
+      s = ReadInt(it.value(), f, layer);
+    } else if (it.key() == "keep_ratio") {
+      s = ReadDouble(it.value(), f, ratio);
+    } else {
+      s = FieldError(f, "unknown field");
+    }
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLayers(const std::vector<int>& layers, const std::string& field, int num_layers,
+                         int after, bool non_empty) {
+  if (non_empty && layers.empty()) return FieldError(field, "must not be empty");
+  for (int l : layers) {
+    if (l < 0) return FieldError(field, absl::StrCat("layer ", l, " must be >= 0"));
+    if (num_layers > 0 && l >= num_layers) {
+      return FieldError(field, absl::StrCat("layer ", l, " out of range for a model with ",
+                                            num_layers, " layers"));
+    }
+    if (l <= after) {
+      return FieldError(field, absl::StrCat("layer ", l, " must be after the static-pruning layer ",
+                                            after, " (the last local layer)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+int ScaledLayer(double fraction_of_ref_1based, int num_layers) {
+  return static_cast<int>(std::lround(fraction_of_ref_1based * num_layers)) - 1;
+}
+
+int64_t ScaledK(int64_t k_ref, int64_t vision_tokens) {
+  if (vision_tokens <= 0) return k_ref;
+  return std::max<int64_t>(1, std::llround(static_cast<double>(k_ref) * vision_tokens /
+                                           static_cast<double>(kRefTokens)));
+}
+
+}  // namespace
+
+std::string MethodName(PruningMethod method) {
+  switch (method) {
+    case PruningMethod::kNone:
+      return "none";
+    case PruningMethod::kSpecPrune:
+      return "specprune";
+    case PruningMethod::kFastV:
+      return "fastv";
+    case PruningMethod::kRandom:
+      return "random";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<PruningMethod> ParseMethod(absl::string_view name) {
+  for (PruningMethod m : {PruningMethod::kNone, PruningMethod::kSpecPrune, PruningMethod::kFastV,
+                          PruningMethod::kRandom}) {
+    if (name == MethodName(m)) return m;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown pruning method \"", name,
+                                                 "\" (expected none, specprune, fastv or random)"));
+}
+
+PruningConfig DefaultPruningConfig(int num_layers, int64_t vision_tokens,
+                                   int64_t patches_per_camera) {
+  PruningConfig c;
+  c.num_layers = num_layers;
+  c.vision_tokens = vision_tokens;
+  c.patches_per_camera = patches_per_camera;
+  const int L = std::max(num_layers, 1);
+  SpecPruneConfig& s = c.specprune;
+
+  s.local_layers = {0};
+  if (L >= 2) s.local_layers.push_back(1);
+  const int static_layer = s.local_layers.back();
+
+  const int mid = std::clamp(ScaledLayer(15.0 / kRefLayers, L), 0, L - 1);
+  s.global_layers = {mid};
+  if (L - 1 != mid) s.global_layers.push_back(L - 1);
+
+  std::set<int> prune;
+  for (double f : {0.25, 0.5, 0.75}) {
+    const int l = ScaledLayer(f, L);
+    if (l > static_layer && l < L - 1) prune.insert(l);
+  }
+  s.prune_layers.assign(prune.begin(), prune.end());
+  s.update_layers.clear();
+  if (!prune.empty()) {
+    for (int l = static_layer + 1; l <= *prune.rbegin(); ++l) s.update_layers.push_back(l);
+  }
+
+  const SpecPruneConfig ref;
+  s.k_global = ScaledK(ref.k_global, vision_tokens);
+  s.k_local = ScaledK(ref.k_local, vision_tokens);
+  s.k_dynamic = ScaledK(ref.k_dynamic, vision_tokens);
+  s.min_tokens = s.k_global;
+
+  c.fastv.layer = static_layer;
+  c.random.layer = static_layer;
+  return c;
+}
+
+absl::Status ValidatePruningConfig(const PruningConfig& c) {
+  const SpecPruneConfig& s = c.specprune;
+  const int L = c.num_layers;
+  const std::string p = "pruning.specprune.";
+  if (auto st = CheckLayers(s.local_layers, p + "local_layers", L, -1, true); !st.ok()) return st;
+  const int static_layer = *std::max_element(s.local_layers.begin(), s.local_layers.end());
+  if (auto st = CheckLayers(s.global_layers, p + "global_layers", L, -1, false); !st.ok()) {
+    return st;
+  }
+  if (auto st = CheckLayers(s.update_layers, p + "update_layers", L, static_layer, false);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = CheckLayers(s.prune_layers, p + "prune_layers", L, static_layer, false); !st.ok()) {
+    return st;
+  }
+  if (s.k_global < 0) return FieldError(p + "k_global", "must be >= 0");
+  if (s.k_local < 0) return FieldError(p + "k_local", "must be >= 0");
+  if (s.k_dynamic < 0) return FieldError(p + "k_dynamic", "must be >= 0");
+  if (s.similarity_threshold < -1.0 || s.similarity_threshold > 1.0) {
+    return FieldError(p + "similarity_threshold", "must be in [-1, 1]");
+  }
+  if (s.max_history < 0) return FieldError(p + "max_history", "must be >= 0");
+  if (s.min_tokens < 1) return FieldError(p + "min_tokens", "must be >= 1");
+  if (s.prune_fraction < 0.0 || s.prune_fraction >= 1.0) {
+    return FieldError(p + "prune_fraction", "must be in [0, 1)");
+  }
+  if (s.ema_beta <= 0.0 || s.ema_beta > 1.0) return FieldError(p + "ema_beta", "must be in (0, 1]");
+  if (s.rank_sigmoid_k < 0.0) return FieldError(p + "rank_sigmoid_k", "must be >= 0");
+  if (s.entropy_eps <= 0.0) return FieldError(p + "entropy_eps", "must be > 0");
+  if (s.v_t_threshold < 0.0) return FieldError(p + "v_t_threshold", "must be >= 0");
+  if (s.v_r_threshold < 0.0) return FieldError(p + "v_r_threshold", "must be >= 0");
+  if (s.coarse_scale <= 0.0 || s.coarse_scale > 4.0) {
+    return FieldError(p + "coarse_scale", "must be in (0, 4]");
+  }
+  if (s.fine_scale < 1.0 || s.fine_scale > 4.0) {
+    return FieldError(p + "fine_scale", "must be in [1, 4]");
+  }
+  for (const auto& [name, layer, ratio] :
+       {std::tuple<std::string, int, double>{"pruning.fastv", c.fastv.layer, c.fastv.keep_ratio},
+        std::tuple<std::string, int, double>{"pruning.random", c.random.layer,
+                                             c.random.keep_ratio}}) {
+    if (layer < 0 || (L > 0 && layer >= L)) {
+      return FieldError(name + ".layer",
+                        L > 0 ? absl::StrCat("must be in [0, ", L - 1, "]") : "must be >= 0");
+    }
+    if (!(ratio > 0.0 && ratio <= 1.0))
+      return FieldError(name + ".keep_ratio", "must be in (0, 1]");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PruningConfig> ParsePruningConfig(const nlohmann::json& j, PruningConfig defaults) {
+  PruningConfig c = std::move(defaults);
+  if (!j.is_object()) return FieldError("pruning", "must be an object");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    const std::string f = absl::StrCat("pruning.", key);
+    absl::Status s;
+    if (key == "method") {
+      std::string name;
+      s = ReadString(it.value(), f, &name);
+      if (s.ok()) {
+        auto m = ParseMethod(name);
+        if (m.ok()) {
+          c.method = *m;
+        } else {
+          s = FieldError(f, m.status().message());
+        }
+      }
+    } else if (key == "seed") {
+      if (!it.value().is_number_integer() ||
+          (!it.value().is_number_unsigned() && it.value().get<int64_t>() < 0)) {
+        s = FieldError(f, "must be a non-negative integer");
+      } else {
+        c.seed = it.value().get<uint64_t>();
+      }
+    } else if (key == "specprune") {
+      s = ParseSpecPrune(it.value(), &c.specprune);
+    } else if (key == "fastv") {
+      s = ParseLayerRatio(it.value(), f, &c.fastv.layer, &c.fastv.keep_ratio);
+    } else if (key == "random") {
+      s = ParseLayerRatio(it.value(), f, &c.random.layer, &c.random.keep_ratio);
+    } else {
+      s = FieldError(f, "unknown field");
+    }
+    if (!s.ok()) return s;
+  }
+  if (auto s = ValidatePruningConfig(c); !s.ok()) return s;
+  return c;
+}
+
+nlohmann::json ToJson(const PruningConfig& c) {
+  const SpecPruneConfig& s = c.specprune;
+  json sp = {
+      {"local_layers", s.local_layers},
+      {"global_layers", s.global_layers},
+      {"k_global", s.k_global},
+      {"k_local", s.k_local},
+      {"k_dynamic", s.k_dynamic},
+      {"similarity_threshold", s.similarity_threshold},
+      {"history_k", s.history_k},
+      {"history_b", s.history_b},
+      {"history_offset", s.history_offset},
+      {"max_history", s.max_history},
+      {"min_tokens", s.min_tokens},
+      {"first_step_fallback", FallbackName(s.first_step_fallback)},
+      {"update_layers", s.update_layers},
+      {"prune_layers", s.prune_layers},
+      {"prune_fraction", s.prune_fraction},
+      {"ema_beta", s.ema_beta},
+      {"rank_sigmoid_k", s.rank_sigmoid_k},
+      {"entropy_eps", s.entropy_eps},
+      {"controller_enabled", s.controller_enabled},
+      {"action_representation", RepresentationName(s.action_representation)},
+      {"v_t_threshold", s.v_t_threshold},
+      {"v_r_threshold", s.v_r_threshold},
+      {"dz_max", s.dz_max},
+      {"coarse_scale", s.coarse_scale},
+      {"fine_scale", s.fine_scale},
+      {"dynamic_in_fine", s.dynamic_in_fine},
+  };
+  return json{
+      {"method", MethodName(c.method)},
+      {"seed", c.seed},
+      {"specprune", sp},
+      {"fastv", {{"layer", c.fastv.layer}, {"keep_ratio", c.fastv.keep_ratio}}},
+      {"random", {{"layer", c.random.layer}, {"keep_ratio", c.random.keep_ratio}}},
+  };
+}
+
+absl::StatusOr<PruningConfig> ApplyOverride(const PruningConfig& config,
+                                            std::optional<PruningMethod> method,
+                                            std::optional<float> alpha,
+                                            std::optional<float> keep_ratio) {
+  PruningConfig c = config;
+  if (method.has_value()) c.method = *method;
+  if (alpha.has_value()) {
+    if (!std::isfinite(*alpha) || *alpha <= 0.0f || *alpha > 4.0f) {
+      return FieldError("pruning.alpha", "must be in (0, 4]");
+    }
+    c.specprune.coarse_scale = *alpha;
+  }
+  if (keep_ratio.has_value()) {
+    if (!std::isfinite(*keep_ratio) || *keep_ratio <= 0.0f || *keep_ratio > 1.0f) {
+      return FieldError("pruning.keep_ratio", "must be in (0, 1]");
+    }
+    c.fastv.keep_ratio = *keep_ratio;
+    c.random.keep_ratio = *keep_ratio;
+  }
+  return c;
+}
+
+}  // namespace specprune

@@ -1,1 +1,10 @@
 # model tests
+
+specprune_add_test(image_codec_test SOURCES image_codec_test.cc LIBS specprune_image)
+specprune_add_test(image_preprocess_test SOURCES image_preprocess_test.cc LIBS specprune_image)
+
+# Checkpoint I/O (safetensors, dataset statistics, tokenizer); no LibTorch.
+specprune_add_test(safetensors_test SOURCES safetensors_test.cc LIBS specprune_checkpoint_io GTest::gmock)
+specprune_add_test(dataset_stats_test SOURCES dataset_stats_test.cc LIBS specprune_checkpoint_io GTest::gmock)
+specprune_add_test(tokenizer_test SOURCES tokenizer_test.cc LIBS specprune_checkpoint_io GTest::gmock)
+target_compile_definitions(tokenizer_test PRIVATE SPECPRUNE_TEST_DATA_DIR="${SPECPRUNE_TEST_DATA}")

@@ -1,1 +1,21 @@
 # server tests
+specprune_add_test(grpc_status_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/grpc_status_test.cc
+  LIBS specprune_server_core)
+specprune_add_test(server_config_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/server_config_test.cc
+  LIBS specprune_server_core)
+specprune_add_test(request_validation_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/request_validation_test.cc
+  LIBS specprune_server_core)
+specprune_add_test(metrics_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/metrics_test.cc
+  LIBS specprune_server_core)
+specprune_add_test(session_store_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/session_store_test.cc
+  LIBS specprune_server_core
+  LABELS tsan)
+specprune_add_test(batcher_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/batcher_test.cc
+  LIBS specprune_server_core
+  LABELS tsan)

@@ -1,0 +1,442 @@
+// specprune_cli: command-line client for a SpecPrune Serve server.
+//
+// Examples:
+//   specprune_cli predict --robot r1 --instruction "put the red block on the plate"
+//       --image main=main.png --image wrist=wrist.jpg [--episode e1 --step 0] [--json]
+//   specprune_cli predict --robot r1 --instruction "pick up the cube" --synthetic --method fastv
+//   specprune_cli reset --robot r1
+//   specprune_cli info [--json]
+//   specprune_cli health
+//
+// Exit status: 0 success, 1 RPC or input error (message on stderr), 2 usage error.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "client/cpp/client.h"
+#include "google/protobuf/util/json_util.h"
+#include "model/image_codec.h"
+#include "nlohmann/json.hpp"
+
+namespace specprune {
+namespace {
+
+constexpr char kUsage[] =
+    R"(usage: specprune_cli <predict|reset|info|health> [flags]
+
+common flags:
+  --target HOST:PORT     server address (default localhost:50051)
+  --deadline-ms N        deadline per call, retries included (default 5000)
+  --attempts N           attempts per call; only UNAVAILABLE is retried (default 3)
+  --json                 machine-readable output
+predict flags:
+  --robot ID             robot id (required; also for reset)
+  --instruction TEXT     task instruction (required)
+  --image [CAM=]PATH     JPEG/PNG camera frame, repeatable, in ModelInfo.cameras order
+  --synthetic            send deterministic generated frames of the model's size instead
+  --proprio V,V,...      proprioceptive state (default: zeros of ModelInfo.proprio_dim)
+  --episode ID           episode id (default: a new "cli-<time>" episode per invocation)
+  --step N               step index (default 0)
+  --method M             none|specprune|fastv|random (default: server's)
+  --alpha A              SpecPrune coarse-mode alpha override
+  --keep-ratio R         FastV/random keep ratio override
+  --diagnostic           also run the unpruned pass (deviation, recall)
+  --unnorm-key KEY       dataset statistics key
+)";
+
+struct Args {
+  std::string command;
+  std::map<std::string, std::vector<std::string>> values;  // flag -> values in order
+  bool Has(const std::string& f) const { return values.count(f) > 0; }
+  std::string Get(const std::string& f, const std::string& def = "") const {
+    auto it = values.find(f);
+    return it == values.end() ? def : it->second.back();
+  }
+};
+
+const std::map<std::string, bool>& KnownFlags() {  // flag -> takes a value
+  static const auto* flags = new std::map<std::string, bool>{
+      {"target", true},  {"deadline-ms", true}, {"attempts", true},    {"json", false},
+      {"robot", true},   {"instruction", true}, {"image", true},       {"synthetic", false},
+      {"proprio", true}, {"episode", true},     {"step", true},        {"method", true},
+      {"alpha", true},   {"keep-ratio", true},  {"diagnostic", false}, {"unnorm-key", true},
+      {"help", false}};
+  return *flags;
+}
+
+absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) {
+      if (!args.command.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", arg, "\""));
+      }
+      args.command = arg;
+      continue;
+    }
+    std::string name = arg.substr(2);
+    std::optional<std::string> value;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    auto known = KnownFlags().find(name);
+    if (known == KnownFlags().end()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    }
+    if (known->second && !value) {
+      if (i + 1 >= argc)
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      value = argv[++i];
+    }
+    if (!known->second && value) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
+    }
+    args.values[name].push_back(value.value_or("true"));
+  }
+  return args;
+}
+
+absl::StatusOr<v1::PruningMethod> ParseMethod(const std::string& s) {
+  const std::string m = absl::AsciiStrToLower(s);
+  if (m == "none") return v1::PRUNING_METHOD_NONE;
+  if (m == "specprune") return v1::PRUNING_METHOD_SPECPRUNE;
+  if (m == "fastv") return v1::PRUNING_METHOD_FASTV;
+  if (m == "random") return v1::PRUNING_METHOD_RANDOM;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--method must be none|specprune|fastv|random, got \"", s, "\""));
+}
+
+absl::StatusOr<float> ParseFloatFlag(const std::string& flag, const std::string& s) {
+  float v;
+  if (!absl::SimpleAtof(s, &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": not a number: \"", s, "\""));
+  }
+  return v;
+}
+
+// A deterministic test pattern (gradients + per-camera offsets), reproducible across runs.
+RgbImage SyntheticFrame(int height, int width, int camera_index) {
+  RgbImage img;
+  img.height = height;
+  img.width = width;
+  img.pixels.resize(static_cast<size_t>(height) * width * 3);
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      uint8_t* p = &img.pixels[(static_cast<size_t>(y) * width + x) * 3];
+      p[0] = static_cast<uint8_t>((x * 255 / std::max(1, width - 1) + 37 * camera_index) % 256);
+      p[1] = static_cast<uint8_t>((y * 255 / std::max(1, height - 1) + 91 * camera_index) % 256);
+      p[2] = static_cast<uint8_t>(((x / 16 + y / 16) % 2) * 160 + 40 * camera_index);
+    }
+  }
+  return img;
+}
+
+const char* ModeName(v1::ControllerMode m) {
+  switch (m) {
+    case v1::CONTROLLER_MODE_COARSE:
+      return "coarse";
+    case v1::CONTROLLER_MODE_FINE:
+      return "fine";
+    default:
+      return "unspecified";
+  }
+}
+
+const char* MethodName(v1::PruningMethod m) {
+  switch (m) {
+    case v1::PRUNING_METHOD_NONE:
+      return "none";
+    case v1::PRUNING_METHOD_SPECPRUNE:
+      return "specprune";
+    case v1::PRUNING_METHOD_FASTV:
+      return "fastv";
+    case v1::PRUNING_METHOD_RANDOM:
+      return "random";
+    default:
+      return "unspecified";
+  }
+}
+
+nlohmann::json ProtoToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.always_print_primitive_fields = true;
+  opts.preserve_proto_field_names = true;
+  opts.always_print_enums_as_ints = false;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  return nlohmann::json::parse(out);
+}
+
+int Fail(const absl::Status& s) {
+  std::cerr << "error: " << absl::StatusCodeToString(s.code()) << ": " << s.message() << "\n";
+  return 1;
+}
+
+int RunPredict(Client& client, const Args& args, bool json) {
+  if (!args.Has("robot")) return Fail(absl::InvalidArgumentError("--robot is required"));
+  if (!args.Has("instruction")) {
+    return Fail(absl::InvalidArgumentError("--instruction is required"));
+  }
+  const bool synthetic = args.Has("synthetic");
+  const auto image_it = args.values.find("image");
+  if (image_it == args.values.end() && !synthetic) {
+    return Fail(absl::InvalidArgumentError("no --image given (or pass --synthetic)"));
+  }
+  if (image_it != args.values.end() && synthetic) {
+    return Fail(absl::InvalidArgumentError("--image and --synthetic are exclusive"));
+  }
+
+  Observation obs;
+  obs.instruction = args.Get("instruction");
+  std::optional<v1::ModelInfo> info;
+  if (synthetic || !args.Has("proprio")) {
+    absl::StatusOr<v1::ModelInfo> got = client.ModelInfo();
+    if (!got.ok()) return Fail(got.status());
+    info = *std::move(got);
+  }
+  if (synthetic) {
+    for (int c = 0; c < info->cameras_size(); ++c) {
+      obs.images.push_back(CameraImage{info->cameras(c),
+                                       SyntheticFrame(static_cast<int>(info->image_height()),
+                                                      static_cast<int>(info->image_width()), c),
+                                       ""});
+    }
+  } else {
+    for (const std::string& spec : image_it->second) {
+      CameraImage cam;
+      std::string path = spec;
+      if (size_t eq = spec.find('='); eq != std::string::npos) {
+        cam.camera = spec.substr(0, eq);
+        path = spec.substr(eq + 1);
+      }
+      absl::StatusOr<RgbImage> img = ReadImageFile(path);
+      if (!img.ok()) {
+        return Fail(absl::Status(img.status().code(),
+                                 absl::StrCat("--image ", spec, ": ", img.status().message())));
+      }
+      cam.image = *std::move(img);
+      obs.images.push_back(std::move(cam));
+    }
+  }
+  if (args.Has("proprio")) {
+    for (absl::string_view v : absl::StrSplit(args.Get("proprio"), ',', absl::SkipEmpty())) {
+      absl::StatusOr<float> f =
+          ParseFloatFlag("proprio", std::string(absl::StripAsciiWhitespace(v)));
+      if (!f.ok()) return Fail(f.status());
+      obs.proprio.push_back(*f);
+    }
+  } else {
+    obs.proprio.assign(info->proprio_dim(), 0.0f);
+  }
+
+  PredictOptions opts;
+  opts.episode_id = args.Get("episode", absl::StrCat("cli-", absl::ToUnixNanos(absl::Now())));
+  uint64_t step = 0;
+  if (args.Has("step") && !absl::SimpleAtoi(args.Get("step"), &step)) {
+    return Fail(absl::InvalidArgumentError("--step must be a non-negative integer"));
+  }
+  opts.step = step;
+  if (args.Has("method")) {
+    absl::StatusOr<v1::PruningMethod> m = ParseMethod(args.Get("method"));
+    if (!m.ok()) return Fail(m.status());
+    opts.method = *m;
+  }
+  if (args.Has("alpha")) {
+    absl::StatusOr<float> a = ParseFloatFlag("alpha", args.Get("alpha"));
+    if (!a.ok()) return Fail(a.status());
+    opts.alpha = *a;
+  }
+  if (args.Has("keep-ratio")) {
+    absl::StatusOr<float> r = ParseFloatFlag("keep-ratio", args.Get("keep-ratio"));
+    if (!r.ok()) return Fail(r.status());
+    opts.keep_ratio = *r;
+  }
+  opts.diagnostic = args.Has("diagnostic");
+  opts.unnorm_key = args.Get("unnorm-key");
+
+  const absl::Time start = absl::Now();
+  absl::StatusOr<ActionChunk> chunk = client.Predict(args.Get("robot"), obs, opts);
+  const double client_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (!chunk.ok()) return Fail(chunk.status());
+  const v1::PredictResponse& r = chunk->raw;
+
+  if (json) {
+    nlohmann::json actions = nlohmann::json::array();
+    for (int t = 0; t < chunk->chunk_size; ++t) {
+      nlohmann::json row = nlohmann::json::array();
+      for (int d = 0; d < chunk->action_dim; ++d) row.push_back(chunk->at(t, d));
+      actions.push_back(std::move(row));
+    }
+    nlohmann::json out = {{"robot_id", r.robot_id()},
+                          {"episode_id", r.episode_id()},
+                          {"step", r.step()},
+                          {"chunk_size", r.chunk_size()},
+                          {"action_dim", r.action_dim()},
+                          {"actions", std::move(actions)},
+                          {"retained_vision_tokens", r.retained_vision_tokens()},
+                          {"total_vision_tokens", r.total_vision_tokens()},
+                          {"controller_mode", ModeName(r.controller_mode())},
+                          {"episode_steps", r.episode_steps()},
+                          {"session_restarted", r.session_restarted()},
+                          {"cached", r.cached()},
+                          {"timings", ProtoToJson(r.timings())},
+                          {"pruning", ProtoToJson(r.pruning())},
+                          {"client_seconds", client_seconds}};
+    out["pruning"]["method"] = MethodName(r.pruning().method());
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+
+  std::cout << absl::StrFormat("robot %s  episode %s  step %d  episode_steps %d%s%s\n",
+                               r.robot_id(), r.episode_id(), r.step(), r.episode_steps(),
+                               r.cached() ? "  (cached)" : "",
+                               r.session_restarted() ? "  (session restarted)" : "");
+  std::cout << absl::StrFormat("actions (chunk %d x dim %d):\n     t", chunk->chunk_size,
+                               chunk->action_dim);
+  for (int d = 0; d < chunk->action_dim; ++d)
+    std::cout << absl::StrFormat(" %10s", absl::StrCat("a", d));
+  std::cout << "\n";
+  for (int t = 0; t < chunk->chunk_size; ++t) {
+    std::cout << absl::StrFormat("%6d", t);
+    for (int d = 0; d < chunk->action_dim; ++d)
+      std::cout << absl::StrFormat(" %10.5f", chunk->at(t, d));
+    std::cout << "\n";
+  }
+  const double pct = r.total_vision_tokens() > 0
+                         ? 100.0 * r.retained_vision_tokens() / r.total_vision_tokens()
+                         : 0.0;
+  std::cout << absl::StrFormat(
+      "vision tokens: %d / %d retained (%.1f%%)  method %s  mode %s  flops "
+      "ratio %.3f%s\n",
+      r.retained_vision_tokens(), r.total_vision_tokens(), pct, MethodName(r.pruning().method()),
+      ModeName(r.controller_mode()), r.pruning().flops_ratio(),
+      r.pruning().used_fallback() ? "  (fallback: no prior)" : "");
+  if (r.pruning().has_action_deviation() || r.pruning().has_global_recall()) {
+    std::cout << absl::StrFormat("diagnostic: action deviation %.6f  global recall %.3f\n",
+                                 r.pruning().action_deviation(), r.pruning().global_recall());
+  }
+  const v1::StageTimings& tm = r.timings();
+  std::cout << absl::StrFormat(
+      "timings ms: preprocess %.2f  queue %.2f  vision %.2f  llm %.2f  "
+      "action_head %.2f  "
+      "server total %.2f  client round trip %.2f\n",
+      tm.preprocess_seconds() * 1e3, tm.queue_seconds() * 1e3, tm.vision_seconds() * 1e3,
+      tm.llm_seconds() * 1e3, tm.action_head_seconds() * 1e3, tm.total_seconds() * 1e3,
+      client_seconds * 1e3);
+  return 0;
+}
+
+int RunReset(Client& client, const Args& args, bool json) {
+  if (!args.Has("robot")) return Fail(absl::InvalidArgumentError("--robot is required"));
+  absl::StatusOr<bool> existed = client.Reset(args.Get("robot"));
+  if (!existed.ok()) return Fail(existed.status());
+  if (json) {
+    std::cout << nlohmann::json{{"robot_id", args.Get("robot")}, {"existed", *existed}}.dump(2)
+              << "\n";
+  } else {
+    std::cout << "reset robot " << args.Get("robot")
+              << (*existed ? ": session ended\n" : ": no session existed\n");
+  }
+  return 0;
+}
+
+int RunInfo(Client& client, bool json) {
+  absl::StatusOr<v1::ModelInfo> info = client.ModelInfo();
+  if (!info.ok()) return Fail(info.status());
+  nlohmann::json j = ProtoToJson(*info);
+  // Proto3 JSON prints uint64 as a string; this one is a plain count.
+  j["parameter_count"] = info->parameter_count();
+  if (json) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::string cameras;
+  for (const std::string& c : info->cameras())
+    absl::StrAppend(&cameras, cameras.empty() ? "" : ",", c);
+  const v1::PruningDefaults& p = info->pruning();
+  std::cout << absl::StrFormat(
+      "model %s (%s)\n  cameras %s  image %dx%d (HxW)  proprio_dim %d\n"
+      "  action chunk %d x %d  unnorm keys %s\n"
+      "  %d vision tokens/forward, %d tokens/forward, %d LLM layers, %d "
+      "parameters, %.3g "
+      "FLOPs/forward\n  dtype %s  device %s  max batch %d\n"
+      "  pruning default %s: alpha %.2f  K global/local/dynamic %d/%d/%d  "
+      "fastv keep %.2f at "
+      "layer %d\n",
+      info->config_name(), info->model_path(), cameras, info->image_height(), info->image_width(),
+      info->proprio_dim(), info->chunk_size(), info->action_dim(),
+      absl::StrJoin(info->unnorm_keys(), ","), info->vision_tokens_per_forward(),
+      info->tokens_per_forward(), info->llm_layers(), info->parameter_count(),
+      info->flops_per_forward(), info->dtype(), info->device(), info->max_batch_size(),
+      MethodName(p.method()), p.alpha(), p.k_global(), p.k_local(), p.k_dynamic(),
+      p.fastv_keep_ratio(), p.fastv_layer());
+  return 0;
+}
+
+int RunHealth(Client& client, bool json) {
+  absl::StatusOr<bool> serving = client.Health();
+  if (!serving.ok()) return Fail(serving.status());
+  if (json) {
+    std::cout << nlohmann::json{{"serving", *serving}}.dump(2) << "\n";
+  } else {
+    std::cout << (*serving ? "SERVING\n" : "NOT_SERVING\n");
+  }
+  return *serving ? 0 : 1;
+}
+
+int Main(int argc, char** argv) {
+  absl::StatusOr<Args> args = ParseArgs(argc, argv);
+  if (!args.ok()) {
+    std::cerr << "error: " << args.status().message() << "\n" << kUsage;
+    return 2;
+  }
+  if (args->Has("help") || args->command.empty()) {
+    std::cerr << kUsage;
+    return args->Has("help") ? 0 : 2;
+  }
+  ClientOptions options;
+  options.target = args->Get("target", "localhost:50051");
+  int deadline_ms = 5000, attempts = 3;
+  if (args->Has("deadline-ms") &&
+      (!absl::SimpleAtoi(args->Get("deadline-ms"), &deadline_ms) || deadline_ms <= 0)) {
+    std::cerr << "error: --deadline-ms must be a positive integer\n";
+    return 2;
+  }
+  if (args->Has("attempts") &&
+      (!absl::SimpleAtoi(args->Get("attempts"), &attempts) || attempts < 1)) {
+    std::cerr << "error: --attempts must be an integer >= 1\n";
+    return 2;
+  }
+  options.deadline = absl::Milliseconds(deadline_ms);
+  options.max_attempts = attempts;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+  if (!client.ok()) return Fail(client.status());
+
+  const bool json = args->Has("json");
+  const std::string& cmd = args->command;
+  if (cmd == "predict") return RunPredict(**client, *args, json);
+  if (cmd == "reset") return RunReset(**client, *args, json);
+  if (cmd == "info") return RunInfo(**client, json);
+  if (cmd == "health") return RunHealth(**client, json);
+  std::cerr << "error: unknown command \"" << cmd << "\"\n" << kUsage;
+  return 2;
+}
+
+}  // namespace
+}  // namespace specprune
+
+int main(int argc, char** argv) { return specprune::Main(argc, argv); }

@@ -1,0 +1,322 @@
+#include "client/cpp/client.h"
+
+#include <algorithm>
+#include <climits>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace specprune {
+namespace {
+
+absl::Status ValidateOptions(const ClientOptions& o) {
+  if (o.target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
+  if (o.deadline <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ClientOptions.deadline must be > 0");
+  }
+  if (o.max_attempts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions.max_attempts must be >= 1, got ", o.max_attempts));
+  }
+  if (o.initial_backoff < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ClientOptions.initial_backoff must be >= 0");
+  }
+  if (o.max_backoff < o.initial_backoff) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.max_backoff must be >= ClientOptions.initial_backoff");
+  }
+  if (o.max_message_bytes == 0 || o.max_message_bytes > static_cast<size_t>(INT_MAX)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions.max_message_bytes must be in [1, ", INT_MAX, "]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AddImage(const CameraImage& in, size_t index, v1::Image* out) {
+  out->set_camera(in.camera);
+  if (!in.encoded.empty()) {
+    out->set_encoded(in.encoded);
+    return absl::OkStatus();
+  }
+  if (absl::Status s = ValidateRgbImage(in.image); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("images[%d] (camera \"%s\"): %s (set either raw pixels "
+                        "or encoded bytes)",
+                        index, in.camera, s.message()));
+  }
+  v1::RawImage* raw = out->mutable_raw();
+  raw->set_height(static_cast<uint32_t>(in.image.height));
+  raw->set_width(static_cast<uint32_t>(in.image.width));
+  raw->set_channels(3);
+  raw->set_pixels(reinterpret_cast<const char*>(in.image.pixels.data()), in.image.pixels.size());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+absl::StatusOr<ActionChunk> ToActionChunk(const v1::PredictRequest& request,
+                                          v1::PredictResponse response) {
+  if (!response.robot_id().empty() &&
+      (response.robot_id() != request.robot_id() || response.step() != request.step())) {
+    return absl::InternalError(
+        absl::StrFormat("response is for robot \"%s\" step %d but the request "
+                        "was robot \"%s\" step %d",
+                        response.robot_id(), response.step(), request.robot_id(), request.step()));
+  }
+  const uint64_t expected = static_cast<uint64_t>(response.chunk_size()) * response.action_dim();
+  if (static_cast<uint64_t>(response.actions_size()) != expected) {
+    return absl::InternalError(
+        absl::StrFormat("malformed response: %d actions for chunk_size %d x action_dim %d",
+                        response.actions_size(), response.chunk_size(), response.action_dim()));
+  }
+  ActionChunk chunk;
+  chunk.chunk_size = static_cast<int>(response.chunk_size());
+  chunk.action_dim = static_cast<int>(response.action_dim());
+  chunk.actions.assign(response.actions().begin(), response.actions().end());
+  chunk.raw = std::move(response);
+  return chunk;
+}
+
+// --- Client -------------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
+  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  std::shared_ptr<grpc::ChannelCredentials> creds =
+      options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.target, creds, args);
+  if (channel == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create a channel for ClientOptions.target \"", options.target, "\""));
+  }
+  return std::unique_ptr<Client>(new Client(std::move(options), std::move(channel)));
+}
+
+Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      stub_(v1::VlaService::NewStub(channel_)),
+      health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+template <typename Rpc>
+absl::Status Client::CallWithRetry(Rpc rpc) {
+  const absl::Time deadline = absl::Now() + options_.deadline;
+  absl::Duration backoff = options_.initial_backoff;
+  std::optional<absl::BitGen> gen;
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(deadline));
+    absl::Status status = FromGrpcStatus(rpc(&context));
+    if (status.code() != absl::StatusCode::kUnavailable || attempt >= options_.max_attempts) {
+      return status;
+    }
+    if (!gen) gen.emplace();
+    const absl::Duration sleep = backoff * absl::Uniform(*gen, 0.5, 1.0);
+    backoff = std::min(backoff * 2, options_.max_backoff);
+    if (absl::Now() + sleep >= deadline) return status;
+    absl::SleepFor(sleep);
+  }
+}
+
+absl::StatusOr<v1::PredictRequest> Client::BuildRequest(std::string_view robot_id,
+                                                        const Observation& obs,
+                                                        const PredictOptions& opts) {
+  if (robot_id.empty()) return absl::InvalidArgumentError("robot_id is empty");
+  v1::PredictRequest request;
+  request.set_robot_id(std::string(robot_id));
+  request.set_episode_id(opts.episode_id);
+  for (size_t i = 0; i < obs.images.size(); ++i) {
+    if (absl::Status s = AddImage(obs.images[i], i, request.add_images()); !s.ok()) return s;
+  }
+  request.set_instruction(obs.instruction);
+  request.mutable_proprio()->Add(obs.proprio.begin(), obs.proprio.end());
+  if (opts.method != v1::PRUNING_METHOD_UNSPECIFIED || opts.alpha || opts.keep_ratio ||
+      opts.diagnostic) {
+    v1::PruningOverride* pruning = request.mutable_pruning();
+    pruning->set_method(opts.method);
+    if (opts.alpha) pruning->set_alpha(*opts.alpha);
+    if (opts.keep_ratio) pruning->set_keep_ratio(*opts.keep_ratio);
+    if (opts.diagnostic) pruning->set_diagnostic(true);
+  }
+  request.set_unnorm_key(opts.unnorm_key);
+
+  absl::MutexLock lock(&mu_);
+  StepCounter& counter = steps_[request.robot_id()];
+  if (counter.episode_id != opts.episode_id) counter = StepCounter{opts.episode_id, 0};
+  const uint64_t step = opts.step.value_or(counter.next_step);
+  counter.next_step = step + 1;
+  request.set_step(step);
+  return request;
+}
+
+absl::StatusOr<ActionChunk> Client::Predict(std::string_view robot_id, const Observation& obs,
+                                            const PredictOptions& opts) {
+  absl::StatusOr<v1::PredictRequest> request = BuildRequest(robot_id, obs, opts);
+  if (!request.ok()) return request.status();
+  v1::PredictResponse response;
+  absl::Status status = CallWithRetry([&](grpc::ClientContext* context) {
+    response.Clear();
+    return stub_->Predict(context, *request, &response);
+  });
+  if (!status.ok()) return status;
+  return ToActionChunk(*request, std::move(response));
+}
+
+absl::StatusOr<bool> Client::Reset(std::string_view robot_id) {
+  if (robot_id.empty()) return absl::InvalidArgumentError("robot_id is empty");
+  v1::ResetRequest request;
+  request.set_robot_id(std::string(robot_id));
+  v1::ResetResponse response;
+  absl::Status status = CallWithRetry([&](grpc::ClientContext* context) {
+    response.Clear();
+    return stub_->Reset(context, request, &response);
+  });
+  if (!status.ok()) return status;
+  absl::MutexLock lock(&mu_);
+  steps_.erase(request.robot_id());
+  return response.existed();
+}
+
+absl::StatusOr<v1::ModelInfo> Client::ModelInfo() {
+  v1::GetModelInfoRequest request;
+  v1::ModelInfo response;
+  absl::Status status = CallWithRetry([&](grpc::ClientContext* context) {
+    response.Clear();
+    return stub_->GetModelInfo(context, request, &response);
+  });
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<bool> Client::Health() {
+  grpc::health::v1::HealthCheckRequest request;  // service "" = the whole server
+  grpc::health::v1::HealthCheckResponse response;
+  absl::Status status = CallWithRetry([&](grpc::ClientContext* context) {
+    response.Clear();
+    return health_stub_->Check(context, request, &response);
+  });
+  if (!status.ok()) return status;
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+std::unique_ptr<PredictStream> Client::OpenStream() {
+  return std::unique_ptr<PredictStream>(new PredictStream(this, stub_.get()));
+}
+
+// --- PredictStream ------------------------------------------------------------------------------
+
+PredictStream::PredictStream(Client* client, v1::VlaService::Stub* stub) : client_(client) {
+  stream_ = stub->StreamPredict(&context_);
+  watchdog_ = std::thread([this] { WatchdogLoop(); });
+}
+
+PredictStream::~PredictStream() {
+  if (!final_status_) {
+    context_.TryCancel();
+    stream_->Finish();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    cv_.Signal();
+  }
+  watchdog_.join();
+}
+
+void PredictStream::WatchdogLoop() {
+  absl::MutexLock lock(&mu_);
+  while (!stop_) {
+    if (!read_deadline_) {
+      cv_.Wait(&mu_);
+    } else if (absl::Now() >= *read_deadline_) {
+      timed_out_ = true;
+      read_deadline_.reset();
+      context_.TryCancel();
+    } else {
+      cv_.WaitWithDeadline(&mu_, *read_deadline_);
+    }
+  }
+}
+
+void PredictStream::ArmWatchdog(bool armed) {
+  absl::MutexLock lock(&mu_);
+  if (armed) {
+    read_deadline_ = absl::Now() + client_->options_.deadline;
+  } else {
+    read_deadline_.reset();
+  }
+  cv_.Signal();
+}
+
+absl::Status PredictStream::FinishBroken() {
+  ArmWatchdog(false);
+  absl::Status status = FromGrpcStatus(stream_->Finish());
+  bool timed_out;
+  {
+    absl::MutexLock lock(&mu_);
+    timed_out = timed_out_;
+  }
+  if (timed_out) {
+    status = absl::DeadlineExceededError(
+        absl::StrCat("no response on the stream within ",
+                     absl::FormatDuration(client_->options_.deadline), "; stream cancelled"));
+  } else if (status.ok()) {
+    status = absl::UnavailableError("the server closed the stream without answering");
+  }
+  final_status_ = status;
+  return status;
+}
+
+absl::StatusOr<ActionChunk> PredictStream::Predict(std::string_view robot_id,
+                                                   const Observation& obs,
+                                                   const PredictOptions& opts) {
+  if (final_status_) {
+    if (final_status_->ok()) return absl::FailedPreconditionError("the stream is closed");
+    return *final_status_;
+  }
+  absl::StatusOr<v1::PredictRequest> request = client_->BuildRequest(robot_id, obs, opts);
+  if (!request.ok()) return request.status();
+  ArmWatchdog(true);
+  if (!stream_->Write(*request)) return FinishBroken();
+  v1::PredictResponse response;
+  if (!stream_->Read(&response)) return FinishBroken();
+  ArmWatchdog(false);
+  if (response.has_error()) {
+    const int code = response.error().code();
+    // An error response always fails; an out-of-range code (including OK) reads as UNKNOWN.
+    return absl::Status(
+        code > 0 && code <= 16 ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown,
+        response.error().message());
+  }
+  return ToActionChunk(*request, std::move(response));
+}
+
+absl::Status PredictStream::Close() {
+  if (final_status_) return *final_status_;
+  ArmWatchdog(true);
+  stream_->WritesDone();
+  v1::PredictResponse unexpected;
+  while (stream_->Read(&unexpected)) {
+  }
+  ArmWatchdog(false);
+  absl::Status status = FromGrpcStatus(stream_->Finish());
+  {
+    absl::MutexLock lock(&mu_);
+    if (timed_out_) {
+      status = absl::DeadlineExceededError("the server did not finish the stream in time");
+    }
+  }
+  final_status_ = status;
+  return status;
+}
+
+}  // namespace specprune

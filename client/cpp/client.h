@@ -1,0 +1,217 @@
+// C++ SDK for specprune.v1.VlaService (DESIGN §1, §6): what a robot controller links to get action
+// chunks from a SpecPrune Serve server. Depends only on the wire contract and the image codec.
+//
+// Semantics shared by every call:
+// - Errors are absl::Status with the gRPC code number and message of the failed RPC.
+// - ClientOptions::deadline bounds a whole call, retries and backoff included.
+// - Only UNAVAILABLE is retried (up to max_attempts, exponential backoff with jitter). Predict is
+//   safe to retry because a retry repeats the same (robot_id, episode_id, step): the server answers
+//   a repeated step from its cache without advancing the episode. The step never changes on retry.
+// - Auto step: when PredictOptions::step is unset the client numbers steps 0, 1, 2, ... per
+//   (robot_id, episode_id). A step number is consumed when it is sent, whatever the outcome, so a
+//   failed step is skipped rather than reused (steps only need to be non-decreasing). A new
+//   episode_id or a successful Reset restarts the numbering at 0; an explicit step s makes the next
+//   auto step s + 1.
+//
+// Thread safety: Client is thread-safe. Calls for one robot should be issued sequentially (the
+// server orders them, but concurrent auto-step calls of one robot race for step numbers).
+// PredictStream is NOT thread-safe; use one per controller thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "model/image_codec.h"
+#include "specprune/v1/vla_service.grpc.pb.h"
+
+namespace specprune {
+
+struct ClientOptions {
+  // Server address, "host:port" or any gRPC target URI. Required.
+  std::string target;
+  // Bound on one call including all retries and backoff sleeps. Must be > 0.
+  absl::Duration deadline = absl::Seconds(5);
+  // Attempts per call (1 = no retry). Only UNAVAILABLE is retried. Must be >= 1.
+  int max_attempts = 3;
+  // Backoff before retry n (n >= 1) is min(max_backoff, initial_backoff * 2^(n-1)), scaled by a
+  // uniformly random factor in [0.5, 1]. Must satisfy 0 <= initial_backoff <= max_backoff.
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(1);
+  // Largest message sent or received (bytes).
+  size_t max_message_bytes = 64 << 20;
+  // Channel credentials; null = insecure (plaintext).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+};
+
+// One camera frame: encoded JPEG/PNG bytes when `encoded` is non-empty, raw pixels otherwise.
+struct CameraImage {
+  // Camera name from ModelInfo.cameras; empty = matched by position in Observation::images.
+  std::string camera;
+  // Raw RGB pixels, sent as RawImage (no compression). Ignored when `encoded` is set.
+  RgbImage image;
+  // A complete JPEG or PNG file. Takes precedence over `image`.
+  std::string encoded;
+};
+
+struct Observation {
+  // One image per camera, in ModelInfo.cameras order (or named).
+  std::vector<CameraImage> images;
+  // Natural-language task instruction.
+  std::string instruction;
+  // Proprioceptive state, ModelInfo.proprio_dim values (unnormalized).
+  std::vector<float> proprio;
+};
+
+struct PredictOptions {
+  // Episode identifier; a new value starts a fresh episode on the server and in the step counter.
+  std::string episode_id;
+  // Explicit step index; unset = the client's auto step (see the file comment).
+  std::optional<uint64_t> step;
+  // Pruning method; UNSPECIFIED = the server default.
+  v1::PruningMethod method = v1::PRUNING_METHOD_UNSPECIFIED;
+  // SpecPrune alpha and FastV/random keep ratio overrides; unset = server value.
+  std::optional<float> alpha;
+  std::optional<float> keep_ratio;
+  // Also run the unpruned pass and report deviation/recall (slower).
+  bool diagnostic = false;
+  // Dataset statistics key for un-normalization; empty = the model default.
+  std::string unnorm_key;
+};
+
+// One predicted action chunk.
+struct ActionChunk {
+  int chunk_size = 0;
+  int action_dim = 0;
+  // chunk_size * action_dim values, row-major (one row per timestep).
+  std::vector<float> actions;
+  // Action `d` of timestep `t`. Requires 0 <= t < chunk_size and 0 <= d < action_dim.
+  float at(int t, int d) const { return actions[static_cast<size_t>(t) * action_dim + d]; }
+  // The full response: telemetry, timings, controller mode, flags.
+  v1::PredictResponse raw;
+};
+
+class Client;
+
+// A bidirectional StreamPredict stream: one request in, one response out, in order. Obtained from
+// Client::OpenStream; must not outlive its Client. Not thread-safe.
+//
+// A response carrying `error` becomes a non-OK status with that code and the stream stays usable.
+// If the stream itself breaks (server gone, or no response within ClientOptions::deadline, which
+// cancels the stream and yields DEADLINE_EXCEEDED), that call and every later one return the
+// stream's final status; open a new stream to continue. Streams are never retried.
+class PredictStream {
+ public:
+  ~PredictStream();
+  PredictStream(const PredictStream&) = delete;
+  PredictStream& operator=(const PredictStream&) = delete;
+
+  // Sends one request and waits for its response. Steps are numbered as in Client::Predict.
+  absl::StatusOr<ActionChunk> Predict(std::string_view robot_id, const Observation& obs,
+                                      const PredictOptions& opts = {});
+
+  // Half-closes the stream and waits for the server to finish it. Returns the stream's final status
+  // (OK for a clean close). Idempotent; later Predict calls fail with FAILED_PRECONDITION.
+  absl::Status Close();
+
+ private:
+  friend class Client;
+  PredictStream(Client* client, v1::VlaService::Stub* stub);
+  // Finishes the call after a failed Write/Read and records the final status.
+  absl::Status FinishBroken();
+  // Starts (armed) or stops the response timer of the watchdog.
+  void ArmWatchdog(bool armed);
+  void WatchdogLoop();
+
+  Client* const client_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::PredictRequest, v1::PredictResponse>> stream_;
+  std::optional<absl::Status> final_status_;  // set once the stream has ended
+
+  // Watchdog: cancels the stream when a response is overdue.
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::optional<absl::Time> read_deadline_ ABSL_GUARDED_BY(mu_);
+  bool timed_out_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread watchdog_;
+};
+
+class Client {
+ public:
+  // Validates `options` (InvalidArgument naming the field) and creates the channel. Connection is
+  // lazy: an unreachable server shows up as UNAVAILABLE on the first call.
+  static absl::StatusOr<std::unique_ptr<Client>> Create(ClientOptions options);
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Computes the next action chunk for `robot_id`. Validates the observation's images locally
+  // (InvalidArgument naming the field); everything else is validated by the server.
+  absl::StatusOr<ActionChunk> Predict(std::string_view robot_id, const Observation& obs,
+                                      const PredictOptions& opts = {});
+
+  // Ends the robot's episode on the server and restarts its auto step. Returns whether the server
+  // had a session for the robot.
+  absl::StatusOr<bool> Reset(std::string_view robot_id);
+
+  // The served model's static description and pruning defaults.
+  absl::StatusOr<v1::ModelInfo> ModelInfo();
+
+  // grpc.health.v1.Health/Check for the overall server (service ""): true when SERVING, false for
+  // any other serving status; an RPC failure (e.g. UNAVAILABLE, UNIMPLEMENTED) is an error.
+  absl::StatusOr<bool> Health();
+
+  // Opens a StreamPredict stream. Never null; connection errors surface on the first Predict.
+  std::unique_ptr<PredictStream> OpenStream();
+
+  const ClientOptions& options() const { return options_; }
+
+ private:
+  friend class PredictStream;
+  Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
+
+  // Builds the wire request, consuming an auto step when opts.step is unset.
+  absl::StatusOr<v1::PredictRequest> BuildRequest(std::string_view robot_id, const Observation& obs,
+                                                  const PredictOptions& opts);
+  // Calls `rpc(context)` until it returns something other than UNAVAILABLE, the attempts are used
+  // up, or the call deadline leaves no time for another attempt.
+  template <typename Rpc>
+  absl::Status CallWithRetry(Rpc rpc);
+
+  struct StepCounter {
+    std::string episode_id;
+    uint64_t next_step = 0;
+  };
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::VlaService::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, StepCounter> steps_ ABSL_GUARDED_BY(mu_);
+};
+
+// grpc::Status -> absl::Status with the same code number and message.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// Checks a response against its request (same robot and step when the server echoes them, and
+// actions.size() == chunk_size * action_dim) and converts it.
+absl::StatusOr<ActionChunk> ToActionChunk(const v1::PredictRequest& request,
+                                          v1::PredictResponse response);
+
+}  // namespace specprune

@@ -1,0 +1,542 @@
+"""Python SDK for specprune.v1.VlaService (SpecPrune Serve).
+
+Semantics (identical to the C++ SDK in client/cpp/client.h):
+
+* Errors are raised as :class:`PolicyError` carrying the ``grpc.StatusCode`` and the server's
+  message. Bad arguments are caught client-side with :class:`ValueError` naming the argument.
+* ``timeout`` bounds a whole call, retries and backoff included.
+* Only UNAVAILABLE is retried (``max_attempts`` attempts, exponential backoff with jitter).
+  ``predict`` is safe to retry because a retry repeats the same (robot_id, episode_id, step); the
+  server answers a repeated step from its cache. The step never changes on retry.
+* Auto step: when ``step`` is None the client numbers steps 0, 1, 2, ... per robot and episode. A
+  step number is consumed when it is sent, whatever the outcome (a failed step is skipped, never
+  reused). A new ``episode_id`` or a successful :meth:`PolicyClient.reset` restarts at 0; an
+  explicit step ``s`` makes the next auto step ``s + 1``.
+
+``PolicyClient`` is thread-safe; calls of one robot should be made sequentially.
+``PredictStream`` is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import grpc
+import numpy as np
+
+try:
+    from specprune.grpc_health.v1 import health_pb2, health_pb2_grpc
+    from specprune.v1 import vla_service_pb2 as pb
+    from specprune.v1 import vla_service_pb2_grpc as pb_grpc
+except ImportError as e:  # pragma: no cover - environment problem, not a code path
+    raise ImportError(
+        "specprune_client needs the generated stubs: build the 'specprune_python_stubs' target "
+        "and put <build>/python on PYTHONPATH (PYTHONPATH=client/python:build/python)"
+    ) from e
+
+ImageLike = Union[np.ndarray, bytes, bytearray, memoryview]
+Images = Union[Sequence[ImageLike], Mapping[str, ImageLike]]
+
+_METHODS = {
+    "unspecified": pb.PRUNING_METHOD_UNSPECIFIED,
+    "none": pb.PRUNING_METHOD_NONE,
+    "specprune": pb.PRUNING_METHOD_SPECPRUNE,
+    "fastv": pb.PRUNING_METHOD_FASTV,
+    "random": pb.PRUNING_METHOD_RANDOM,
+}
+
+
+class PolicyError(Exception):
+    """A failed call: ``code`` is a ``grpc.StatusCode``, ``message`` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _status_code_from_number(number: int) -> grpc.StatusCode:
+    """google.rpc.Code number -> grpc.StatusCode; OK or an unknown number reads as UNKNOWN."""
+    for code in grpc.StatusCode:
+        if code.value[0] == number and code != grpc.StatusCode.OK:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _enum_suffix(enum_type, value: int, prefix: str) -> str:
+    try:
+        return enum_type.Name(value)[len(prefix):].lower()
+    except ValueError:
+        return str(value)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One action chunk plus what the server reports about it."""
+
+    actions: np.ndarray  # (chunk_size, action_dim) float32, un-normalized
+    robot_id: str
+    episode_id: str
+    step: int
+    retained_vision_tokens: int
+    total_vision_tokens: int
+    controller_mode: str  # "coarse" | "fine" | "unspecified"
+    episode_steps: int
+    session_restarted: bool
+    cached: bool
+    timings: Dict[str, float]  # preprocess/queue/vision/llm/action_head/total, seconds
+    pruning: Dict[str, Any]  # method, retained_after_static, retained_per_layer, flops_ratio, ...
+    raw: Any  # the specprune.v1.PredictResponse
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.actions.shape[0])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+
+def _to_prediction(request, response) -> Prediction:
+    mismatch = response.robot_id != request.robot_id or response.step != request.step
+    if response.robot_id and mismatch:
+        raise PolicyError(
+            grpc.StatusCode.INTERNAL,
+            f"response is for robot {response.robot_id!r} step {response.step} but the request "
+            f"was robot {request.robot_id!r} step {request.step}",
+        )
+    n = response.chunk_size * response.action_dim
+    if len(response.actions) != n:
+        raise PolicyError(
+            grpc.StatusCode.INTERNAL,
+            f"malformed response: {len(response.actions)} actions for chunk_size "
+            f"{response.chunk_size} x action_dim {response.action_dim}",
+        )
+    actions = np.asarray(response.actions, dtype=np.float32).reshape(
+        response.chunk_size, response.action_dim
+    )
+    t = response.timings
+    p = response.pruning
+    return Prediction(
+        actions=actions,
+        robot_id=response.robot_id,
+        episode_id=response.episode_id,
+        step=response.step,
+        retained_vision_tokens=response.retained_vision_tokens,
+        total_vision_tokens=response.total_vision_tokens,
+        controller_mode=_enum_suffix(
+            pb.ControllerMode, response.controller_mode, "CONTROLLER_MODE_"
+        ),
+        episode_steps=response.episode_steps,
+        session_restarted=response.session_restarted,
+        cached=response.cached,
+        timings={
+            "preprocess": t.preprocess_seconds,
+            "queue": t.queue_seconds,
+            "vision": t.vision_seconds,
+            "llm": t.llm_seconds,
+            "action_head": t.action_head_seconds,
+            "total": t.total_seconds,
+        },
+        pruning={
+            "method": _enum_suffix(pb.PruningMethod, p.method, "PRUNING_METHOD_"),
+            "total_vision_tokens": p.total_vision_tokens,
+            "retained_after_static": p.retained_after_static,
+            "retained_per_layer": list(p.retained_per_layer),
+            "flops_ratio": p.flops_ratio,
+            "action_deviation": p.action_deviation if p.HasField("action_deviation") else None,
+            "global_recall": p.global_recall if p.HasField("global_recall") else None,
+            "used_fallback": p.used_fallback,
+        },
+        raw=response,
+    )
+
+
+def _image_message(index: int, camera: str, image: ImageLike):
+    msg = pb.Image(camera=camera)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        if not data:
+            raise ValueError(f"images[{index}]: encoded image is empty")
+        msg.encoded = data
+        return msg
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"images[{index}]: expected a uint8 HxWx3 numpy array or encoded JPEG/PNG bytes, "
+            f"got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(f"images[{index}]: dtype must be uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"images[{index}]: shape must be HxWx3 (RGB), got {image.shape}")
+    msg.raw.height, msg.raw.width, msg.raw.channels = image.shape
+    msg.raw.pixels = np.ascontiguousarray(image).tobytes()
+    return msg
+
+
+def _method_value(method: Union[None, str, int]) -> int:
+    if method is None:
+        return pb.PRUNING_METHOD_UNSPECIFIED
+    if isinstance(method, str):
+        key = method.lower()
+        if key.startswith("pruning_method_"):
+            key = key[len("pruning_method_"):]
+        if key not in _METHODS:
+            raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+        return _METHODS[key]
+    if int(method) not in _METHODS.values():
+        raise ValueError(f"method: unknown PruningMethod value {method}")
+    return int(method)
+
+
+class PolicyClient:
+    """Client of a SpecPrune Serve server.
+
+    Args:
+        target: server address ("host:port" or a gRPC target URI).
+        timeout: seconds one call may take, retries included (> 0).
+        max_attempts: attempts per call, only UNAVAILABLE is retried (>= 1).
+        initial_backoff, max_backoff: seconds; retry n sleeps
+            min(max_backoff, initial_backoff * 2**(n-1)) * uniform(0.5, 1).
+        credentials: grpc.ChannelCredentials for TLS; None = insecure.
+        max_message_bytes: largest message sent or received.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 5.0,
+        max_attempts: int = 3,
+        *,
+        initial_backoff: float = 0.05,
+        max_backoff: float = 1.0,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        max_message_bytes: int = 64 << 20,
+    ):
+        if not target:
+            raise ValueError("target is empty")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        if int(max_attempts) < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if not 0 <= initial_backoff <= max_backoff:
+            raise ValueError("backoff must satisfy 0 <= initial_backoff <= max_backoff")
+        self.target = target
+        self.timeout = float(timeout)
+        self.max_attempts = int(max_attempts)
+        self._initial_backoff = float(initial_backoff)
+        self._max_backoff = float(max_backoff)
+        options = [
+            ("grpc.max_send_message_length", int(max_message_bytes)),
+            ("grpc.max_receive_message_length", int(max_message_bytes)),
+        ]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = pb_grpc.VlaServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._lock = threading.Lock()
+        self._steps: Dict[str, Tuple[str, int]] = {}  # robot -> (episode_id, next step)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "PolicyClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def predict(
+        self, robot_id: str, images: Images, instruction: str, proprio=None, **kwargs
+    ) -> np.ndarray:
+        """Returns the next action chunk, shape (chunk_size, action_dim), float32.
+
+        ``images``: one per camera in ModelInfo.cameras order, or a dict {camera: image}. A uint8
+        HxWx3 RGB array is sent raw; bytes are sent as an encoded JPEG/PNG. Keyword arguments are
+        those of :meth:`predict_full`.
+        """
+        return self.predict_full(robot_id, images, instruction, proprio, **kwargs).actions
+
+    def predict_full(
+        self,
+        robot_id: str,
+        images: Images,
+        instruction: str,
+        proprio=None,
+        episode_id: str = "",
+        step: Optional[int] = None,
+        method: Union[None, str, int] = None,
+        alpha: Optional[float] = None,
+        keep_ratio: Optional[float] = None,
+        diagnostic: bool = False,
+        unnorm_key: str = "",
+    ) -> Prediction:
+        """Like :meth:`predict` but returns the actions together with the server's telemetry."""
+        request = self._build_request(
+            robot_id, images, instruction, proprio, episode_id, step, method, alpha, keep_ratio,
+            diagnostic, unnorm_key,
+        )
+        response = self._call(self._stub.Predict, request)
+        return _to_prediction(request, response)
+
+    def reset(self, robot_id: str) -> bool:
+        """Ends the robot's episode; returns whether the server had a session for it."""
+        if not robot_id:
+            raise ValueError("robot_id is empty")
+        response = self._call(self._stub.Reset, pb.ResetRequest(robot_id=robot_id))
+        with self._lock:
+            self._steps.pop(robot_id, None)
+        return response.existed
+
+    def model_info(self):
+        """Returns the specprune.v1.ModelInfo message (cameras, image size, dims, defaults)."""
+        return self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest())
+
+    def health(self) -> bool:
+        """grpc.health.v1 Check of the whole server: True when SERVING."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=""))
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_until_serving(self, timeout: float = 30.0, poll: float = 0.1) -> None:
+        """Polls health() until SERVING; raises TimeoutError with the last error otherwise."""
+        end = time.monotonic() + timeout
+        last: Any = "not serving"
+        while True:
+            try:
+                if self.health():
+                    return
+            except PolicyError as e:
+                last = e
+            if time.monotonic() >= end:
+                raise TimeoutError(f"{self.target} not serving after {timeout} s: {last}")
+            time.sleep(poll)
+
+    def open_stream(self) -> "PredictStream":
+        """Opens a StreamPredict stream (one request, one response, in order)."""
+        return PredictStream(self)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _build_request(
+        self, robot_id, images, instruction, proprio, episode_id, step, method, alpha, keep_ratio,
+        diagnostic, unnorm_key,
+    ):
+        if not isinstance(robot_id, str) or not robot_id:
+            raise ValueError("robot_id must be a non-empty string")
+        if not isinstance(instruction, str):
+            raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
+        if isinstance(images, Mapping):
+            named = list(images.items())
+        elif isinstance(images, (bytes, bytearray, np.ndarray)):
+            raise ValueError("images must be a list (or dict) of images, not a single image")
+        else:
+            named = [("", im) for im in images]
+        request = pb.PredictRequest(
+            robot_id=robot_id,
+            episode_id=episode_id or "",
+            instruction=instruction,
+            unnorm_key=unnorm_key or "",
+        )
+        for i, (camera, image) in enumerate(named):
+            request.images.append(_image_message(i, camera, image))
+        if proprio is not None:
+            p = np.asarray(proprio, dtype=np.float32)
+            if p.ndim != 1:
+                raise ValueError(f"proprio must be 1-D, got shape {p.shape}")
+            request.proprio.extend(p.tolist())
+        method_value = _method_value(method)
+        if method_value or alpha is not None or keep_ratio is not None or diagnostic:
+            request.pruning.method = method_value
+            if alpha is not None:
+                request.pruning.alpha = float(alpha)
+            if keep_ratio is not None:
+                request.pruning.keep_ratio = float(keep_ratio)
+            if diagnostic:
+                request.pruning.diagnostic = True
+        if step is not None and int(step) < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        with self._lock:
+            episode, next_step = self._steps.get(robot_id, (request.episode_id, 0))
+            if episode != request.episode_id:
+                next_step = 0
+            chosen = next_step if step is None else int(step)
+            self._steps[robot_id] = (request.episode_id, chosen + 1)
+        request.step = chosen
+        return request
+
+    def _call(self, method: Callable, request):
+        deadline = time.monotonic() + self.timeout
+        backoff = self._initial_backoff
+        attempt = 1
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PolicyError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            try:
+                return method(request, timeout=remaining)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details() or ""
+                if code != grpc.StatusCode.UNAVAILABLE or attempt >= self.max_attempts:
+                    raise PolicyError(code, details) from None
+                sleep = backoff * random.uniform(0.5, 1.0)
+                backoff = min(backoff * 2, self._max_backoff)
+                if time.monotonic() + sleep >= deadline:
+                    raise PolicyError(code, details) from None
+                time.sleep(sleep)
+                attempt += 1
+
+
+class PredictStream:
+    """A StreamPredict stream from :meth:`PolicyClient.open_stream`. Not thread-safe.
+
+    A response carrying ``error`` raises PolicyError and the stream stays usable. If the stream
+    breaks (server gone, or no response within the client's timeout, which cancels it), that call
+    and every later one raise the stream's final error; open a new stream. Never retried.
+    """
+
+    _DONE = object()
+
+    def __init__(self, client: PolicyClient):
+        self._client = client
+        self._cond = threading.Condition()
+        self._outbox: List[Any] = []
+        self._call = client._stub.StreamPredict(self._requests())
+        self._final: Optional[PolicyError] = None
+        self._closed = False
+
+    def _requests(self):
+        while True:
+            with self._cond:
+                while not self._outbox:
+                    self._cond.wait()
+                item = self._outbox.pop(0)
+            if item is PredictStream._DONE:
+                return
+            yield item
+
+    def _send(self, item) -> None:
+        with self._cond:
+            self._outbox.append(item)
+            self._cond.notify()
+
+    def _next_response(self):
+        timed_out = threading.Event()
+
+        def cancel():
+            timed_out.set()
+            self._call.cancel()
+
+        timer = threading.Timer(self._client.timeout, cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            return next(self._call)
+        except StopIteration:
+            self._final = PolicyError(
+                grpc.StatusCode.UNAVAILABLE, "the server closed the stream without answering"
+            )
+        except grpc.RpcError as e:
+            if timed_out.is_set():
+                self._final = PolicyError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no response on the stream within {self._client.timeout} s; stream cancelled",
+                )
+            else:
+                self._final = PolicyError(e.code(), e.details() or "")
+        finally:
+            timer.cancel()
+        self._send(PredictStream._DONE)  # release grpc's request-iterator thread
+        raise self._final
+
+    def predict(
+        self, robot_id: str, images: Images, instruction: str, proprio=None, **kwargs
+    ) -> np.ndarray:
+        return self.predict_full(robot_id, images, instruction, proprio, **kwargs).actions
+
+    def predict_full(
+        self,
+        robot_id: str,
+        images: Images,
+        instruction: str,
+        proprio=None,
+        episode_id: str = "",
+        step: Optional[int] = None,
+        method: Union[None, str, int] = None,
+        alpha: Optional[float] = None,
+        keep_ratio: Optional[float] = None,
+        diagnostic: bool = False,
+        unnorm_key: str = "",
+    ) -> Prediction:
+        if self._final is not None:
+            raise self._final
+        if self._closed:
+            raise PolicyError(grpc.StatusCode.FAILED_PRECONDITION, "the stream is closed")
+        request = self._client._build_request(
+            robot_id, images, instruction, proprio, episode_id, step, method, alpha, keep_ratio,
+            diagnostic, unnorm_key,
+        )
+        self._send(request)
+        response = self._next_response()
+        if response.HasField("error"):
+            raise PolicyError(_status_code_from_number(response.error.code), response.error.message)
+        return _to_prediction(request, response)
+
+    def close(self) -> None:
+        """Half-closes the stream and waits for the server to end it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._send(PredictStream._DONE)
+        if self._final is not None:
+            return
+        timed_out = threading.Event()
+
+        def cancel():
+            timed_out.set()
+            self._call.cancel()
+
+        timer = threading.Timer(self._client.timeout, cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            for _ in self._call:  # drain (nothing is expected)
+                pass
+        except grpc.RpcError as e:
+            if timed_out.is_set():
+                raise PolicyError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "the server did not finish the stream in time",
+                ) from None
+            raise PolicyError(e.code(), e.details() or "") from None
+        finally:
+            timer.cancel()
+
+    def __enter__(self) -> "PredictStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:
+            self._closed = True
+            self._send(PredictStream._DONE)
+            self._call.cancel()
+        else:
+            self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                self._closed = True
+                self._send(PredictStream._DONE)
+                self._call.cancel()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

@@ -1,0 +1,54 @@
+// Projectors and the OpenVLA-OFT L1-regression action head (HF/OFT parameter names).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "model/config.h"
+
+namespace specprune {
+
+// projector.fc{1,2,3}: vision_width -> projector_hidden -> GELU -> hidden -> GELU -> hidden.
+struct VisionProjectorImpl : torch::nn::Module {
+  explicit VisionProjectorImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, fc3{nullptr};
+};
+TORCH_MODULE(VisionProjector);
+
+// proprio_projector.fc{1,2}: proprio_dim -> hidden -> GELU -> hidden.
+struct ProprioProjectorImpl : torch::nn::Module {
+  explicit ProprioProjectorImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(ProprioProjector);
+
+// model.mlp_resnet_blocks.{j}.ffn = Sequential(LayerNorm, Linear, ReLU); x + ffn(x).
+struct MlpResNetBlockImpl : torch::nn::Module {
+  explicit MlpResNetBlockImpl(int64_t dim);
+  torch::Tensor forward(const torch::Tensor& x) { return x + ffn->forward(x); }
+  torch::nn::Sequential ffn{nullptr};
+};
+TORCH_MODULE(MlpResNetBlock);
+
+// model.{layer_norm1, fc1, mlp_resnet_blocks, layer_norm2, fc2}.
+struct MlpResNetImpl : torch::nn::Module {
+  MlpResNetImpl(int64_t num_blocks, int64_t input_dim, int64_t hidden_dim, int64_t output_dim);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  torch::nn::ModuleList mlp_resnet_blocks{nullptr};
+};
+TORCH_MODULE(MlpResNet);
+
+// action_head.model: hidden states of the chunk*action_dim action positions [B, A, D] ->
+// normalized actions [B, chunk, action_dim].
+struct L1RegressionActionHeadImpl : torch::nn::Module {
+  explicit L1RegressionActionHeadImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& action_hidden);
+  int64_t chunk, action_dim;
+  MlpResNet model{nullptr};
+};
+TORCH_MODULE(L1RegressionActionHead);
+
+}  // namespace specprune

@@ -1,0 +1,88 @@
+// Llama backbone (HF parameter names) with bidirectional attention, key-padding masks, original
+// RoPE positions for ragged (pruned) sequences, and optional text->vision attention statistics.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "model/config.h"
+
+namespace specprune {
+
+struct RmsNormImpl : torch::nn::Module {
+  RmsNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);  // computed in fp32, cast back
+  double eps;
+  torch::Tensor weight;
+};
+TORCH_MODULE(RmsNorm);
+
+// Rotary tables for positions [B, T]: cos/sin [B, 1, T, head_dim] (HF rotate-half layout).
+struct Rope {
+  torch::Tensor cos, sin;
+};
+Rope MakeRope(const torch::Tensor& positions, int64_t head_dim, double theta,
+              torch::ScalarType dtype);
+torch::Tensor ApplyRope(const torch::Tensor& x, const Rope& rope);  // x: [B, H, T, hd]
+
+// What a layer should compute besides its output: attention statistics of some query rows over
+// the vision columns (see kernels/ops.h text_vision_attention_stats).
+struct AttentionStatsQuery {
+  torch::Tensor query_rows;   // [B, R] int64 row indices (padded with 0)
+  torch::Tensor row_valid;    // [B, R] bool
+  torch::Tensor vision_rows;  // [B, V] int64 row indices, -1 = padding
+};
+struct AttentionStatsResult {
+  torch::Tensor scores;   // [B, V] float32
+  torch::Tensor entropy;  // [B] float32
+};
+
+struct LlamaAttentionImpl : torch::nn::Module {
+  explicit LlamaAttentionImpl(const LlmConfig& c);
+  // x: [B,T,D]; bias: [B,1,1,T] additive key mask (0 / -inf); key_valid: [B,T] bool.
+  torch::Tensor forward(const torch::Tensor& x, const Rope& rope, const torch::Tensor& bias,
+                        const torch::Tensor& key_valid, const AttentionStatsQuery* query,
+                        AttentionStatsResult* stats);
+  int64_t heads, head_dim;
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+};
+TORCH_MODULE(LlamaAttention);
+
+struct LlamaMlpImpl : torch::nn::Module {
+  explicit LlamaMlpImpl(const LlmConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);  // SwiGLU
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(LlamaMlp);
+
+struct LlamaDecoderLayerImpl : torch::nn::Module {
+  explicit LlamaDecoderLayerImpl(const LlmConfig& c);
+  torch::Tensor forward(const torch::Tensor& x, const Rope& rope, const torch::Tensor& bias,
+                        const torch::Tensor& key_valid, const AttentionStatsQuery* query,
+                        AttentionStatsResult* stats);
+  LlamaAttention self_attn{nullptr};
+  LlamaMlp mlp{nullptr};
+  RmsNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+// language_model.model.*
+struct LlamaModelImpl : torch::nn::Module {
+  explicit LlamaModelImpl(const LlmConfig& c);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RmsNorm norm{nullptr};
+  std::vector<LlamaDecoderLayer> layer_list;
+};
+TORCH_MODULE(LlamaModel);
+
+// language_model.*
+struct LanguageModelImpl : torch::nn::Module {
+  explicit LanguageModelImpl(const LlmConfig& c);
+  LlamaModel model{nullptr};
+};
+TORCH_MODULE(LanguageModel);
+
+// Additive attention bias [B,1,1,T] from a key validity mask [B,T].
+torch::Tensor KeyPaddingBias(const torch::Tensor& key_valid, torch::ScalarType dtype);
+
+}  // namespace specprune

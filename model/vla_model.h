@@ -1,0 +1,111 @@
+// The VLA (DESIGN §4): vision towers -> projector -> Llama layers (with per-sample vision-token
+// pruning through SamplePruner) -> L1-regression action head. Produces normalized actions; the
+// caller un-normalizes with the dataset statistics.
+//
+// Sequence per sample: [BOS | vision (cameras x patches) | proprio | prompt | action placeholders
+// (chunk x action_dim, zero embeddings) | EOS]; bidirectional attention with a key-padding mask;
+// the action head reads the final-norm hidden state one row before each placeholder.
+//
+// Thread safety: Forward() may be called concurrently from several threads (parameters are only
+// read); each call's SamplePruners must be distinct.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/action_head.h"
+#include "model/config.h"
+#include "model/llama.h"
+#include "model/vision.h"
+#include "pruning/policy.h"
+
+namespace specprune {
+
+class Tokenizer;
+
+struct ModelOptions {
+  std::string device = "cpu";  // "cpu" or "cuda[:N]"
+  std::string dtype = "fp32";  // "fp32" or "bf16" (weights and activations)
+  uint64_t seed = 0;           // random init (before a checkpoint is loaded)
+};
+
+// The module tree; parameter names equal the HF OpenVLA-OFT checkpoint names, with the action
+// head under "action_head." and the proprio projector under "proprio_projector.".
+struct VlaModuleImpl : torch::nn::Module {
+  explicit VlaModuleImpl(const ModelConfig& c);
+  VisionBackbone vision_backbone{nullptr};
+  VisionProjector projector{nullptr};
+  LanguageModel language_model{nullptr};
+  L1RegressionActionHead action_head{nullptr};
+  ProprioProjector proprio_projector{nullptr};
+};
+TORCH_MODULE(VlaModule);
+
+struct SampleInput {
+  std::vector<torch::Tensor> images;  // per camera (config order): [3,S,S] float32 in [0,1]
+  std::vector<int64_t> prompt_ids;    // prompt token ids, without BOS (see BuildPromptIds)
+  torch::Tensor proprio;              // [proprio_dim] float32, normalized to [-1,1]
+  SamplePruner* pruner = nullptr;     // not owned; null keeps every token
+};
+
+struct SampleResult {
+  torch::Tensor normalized_actions;              // [chunk, action_dim] float32 on CPU
+  std::vector<int32_t> vision_tokens_per_layer;  // vision tokens in each LLM layer's input
+  int64_t total_vision_tokens = 0;
+  double llm_flops = 0, llm_flops_unpruned = 0;  // analytic, this sample
+  double other_flops = 0;                        // vision + projectors + action head
+  double flops() const { return llm_flops + other_flops; }
+  double flops_unpruned() const { return llm_flops_unpruned + other_flops; }
+};
+
+// Wall-clock seconds of one batch by stage.
+struct ForwardTimings {
+  double vision_seconds = 0;
+  double llm_seconds = 0;
+  double action_head_seconds = 0;
+};
+
+class VlaModel {
+ public:
+  // Builds a randomly initialized model (deterministic for a seed) on the requested device.
+  static absl::StatusOr<std::unique_ptr<VlaModel>> Create(const ModelConfig& config,
+                                                          const ModelOptions& options);
+
+  // Runs one batch. Images must already be resized to config().image_size.
+  absl::StatusOr<std::vector<SampleResult>> Forward(const std::vector<SampleInput>& batch,
+                                                    ForwardTimings* timings = nullptr) const;
+
+  const ModelConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+  VlaModule& module() { return module_; }
+  const VlaModule& module() const { return module_; }
+  torch::Device device() const { return device_; }
+  torch::ScalarType dtype() const { return dtype_; }
+  int64_t parameter_count() const;
+
+ private:
+  VlaModel(ModelConfig c, ModelOptions o, VlaModule m, torch::Device d, torch::ScalarType t)
+      : config_(std::move(c)), options_(std::move(o)), module_(m), device_(d), dtype_(t) {}
+  absl::StatusOr<std::vector<SampleResult>> ForwardImpl(const std::vector<SampleInput>& batch,
+                                                        ForwardTimings* timings) const;
+
+  ModelConfig config_;
+  ModelOptions options_;
+  VlaModule module_;
+  torch::Device device_;
+  torch::ScalarType dtype_;
+};
+
+// Prompt ids for an instruction: the config's template with the lower-cased instruction,
+// tokenized without BOS, plus the config's suffix token.
+std::vector<int64_t> BuildPromptIds(const ModelConfig& config, const Tokenizer& tokenizer,
+                                    std::string_view instruction);
+
+absl::StatusOr<torch::Device> ParseDevice(const std::string& device);
+absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& dtype);
+
+}  // namespace specprune

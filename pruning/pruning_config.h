@@ -1,0 +1,158 @@
+// Pruning configuration: which method runs and every knob of SpecPrune-VLA (DESIGN §5), FastV and
+// the random control. A config is plain data, copied freely; it round-trips through JSON (the
+// server config's "pruning" section) and is scaled to the model by DefaultPruningConfig.
+//
+// Layer indices are 0-based everywhere ("layer l" = the l-th decoder layer; pruning decided after
+// layer l takes effect from layer l + 1 on). The paper's 1-based "layers 15 and 32" of the 32-layer
+// OpenVLA-OFT-7B are layers 14 and 31 here.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "nlohmann/json_fwd.hpp"
+
+namespace specprune {
+
+enum class PruningMethod { kNone, kSpecPrune, kFastV, kRandom };
+
+// "none", "specprune", "fastv", "random".
+std::string MethodName(PruningMethod method);
+absl::StatusOr<PruningMethod> ParseMethod(absl::string_view name);
+
+// What SpecPrune does on a pass without a global prior (first step of an episode).
+enum class FirstStepFallback {
+  kKeepAll,    // "keep_all": no pruning at all (default, the safe choice)
+  kLocalOnly,  // "local": static pruning with V_local ∪ V_dynamic only, then dynamic pruning
+};
+
+// How the velocity controller reads the previous action chunk (rows = steps; columns 0-2 = xyz,
+// 3-5 = roll/pitch/yaw, the rest ignored).
+enum class ActionRepresentation {
+  kDelta,     // "delta": each row already is a per-step end-effector delta (OpenVLA-OFT LIBERO)
+  kAbsolute,  // "absolute": rows are poses; per-step deltas are differences of consecutive rows
+};
+
+// SpecPrune-VLA knobs. The in-class defaults are the paper's values for OpenVLA-OFT-7B (32 layers,
+// 2 x 256 = 512 vision tokens); DefaultPruningConfig rescales them for other models.
+struct SpecPruneConfig {
+  // --- Action-level static pruning (applied after the last local layer) ---
+  // Layers whose current-step Score_l gives V_local (union of their top-K_local). Static pruning
+  // happens after the largest of them; every other pruning layer must come later.
+  std::vector<int> local_layers = {0, 1};
+  // Layers whose Score_l, averaged, becomes the NEXT step's global prior (paper: 15 and 32).
+  std::vector<int> global_layers = {14, 31};
+  int64_t k_global = 30;   // |V_global|: top-K of the previous step's prior
+  int64_t k_local = 24;    // per local layer top-K (V_local is the union)
+  int64_t k_dynamic = 20;  // at most this many changed patches in V_dynamic
+  // V_dynamic: patches whose pixel cosine similarity to the same patch T frames ago is < tau.
+  // Camera pixels are non-negative, so unchanged patches sit very close to 1.
+  double similarity_threshold = 0.99;
+  // History offset T = clamp(floor(b + k * v_t) + offset, 1, frames kept).
+  double history_k = -1.0;
+  double history_b = 7.0;
+  int history_offset = 4;
+  // Frames of pixel patches kept per episode (EpisodeState::frames). b + offset = 11 covers the
+  // largest T of the formula (v_t >= 0).
+  int max_history = 11;
+  // Never keep fewer vision tokens than this after static or dynamic pruning (clamped to the
+  // number of vision tokens). Default: k_global, so dynamic pruning cannot go below |V_global|.
+  int64_t min_tokens = 30;
+  FirstStepFallback first_step_fallback = FirstStepFallback::kKeepAll;
+
+  // --- Layer-level dynamic pruning ---
+  // Layers (after static pruning) whose text->vision statistics update the EMA score. Prune layers
+  // are update layers too.
+  std::vector<int> update_layers = {2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12,
+                                    13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23};
+  // Layers after which the lowest-EMA `prune_fraction` of the remaining vision tokens is dropped.
+  std::vector<int> prune_layers = {7, 15, 23};
+  double prune_fraction = 0.1;
+  double ema_beta = 0.2;        // S <- (1 - beta) S + beta s
+  double rank_sigmoid_k = 5.0;  // omega_rank ∝ sigmoid(-k * rho), rho = normalized rank in [0, 1]
+  double entropy_eps = 1e-6;    // omega_conf = 1 / (H + eps)
+
+  // --- Velocity-aware controller ---
+  bool controller_enabled = true;  // false: mode kNone and every K unscaled
+  ActionRepresentation action_representation = ActionRepresentation::kDelta;
+  // Fine mode iff v_t < v_t_threshold and v_r < v_r_threshold and dz <= dz_max (normalized units).
+  double v_t_threshold = 0.4;
+  double v_r_threshold = 0.2;
+  double dz_max = 0.0;
+  double coarse_scale = 0.8;     // alpha: K multiplier in coarse mode (more pruning)
+  double fine_scale = 1.5;       // K multiplier in fine mode (less pruning), >= 1
+  bool dynamic_in_fine = false;  // run layer-level dynamic pruning in fine mode
+};
+
+struct FastVConfig {
+  int layer = 1;             // attention of the last row at this layer decides; prune after it
+  double keep_ratio = 0.25;  // keep ceil(keep_ratio * V) vision tokens (FastV's paper used 0.5)
+};
+
+// Random control: after `layer`, keep a uniform random subset. The count comes from the caller
+// (PrunerContext::random_keep_count, e.g. SpecPrune's average retention) or else keep_ratio.
+struct RandomConfig {
+  int layer = 1;
+  double keep_ratio = 0.25;
+};
+
+struct PruningConfig {
+  PruningMethod method = PruningMethod::kSpecPrune;
+  SpecPruneConfig specprune;
+  FastVConfig fastv;
+  RandomConfig random;
+  uint64_t seed = 0;  // base seed of the random control (the server derives per-sample seeds)
+
+  // Model geometry the layer/K values were scaled for (set by DefaultPruningConfig; not part of
+  // the JSON). num_layers > 0 enables layer-range validation.
+  int num_layers = 0;
+  int64_t vision_tokens = 0;
+  int64_t patches_per_camera = 0;
+};
+
+// Defaults scaled to a model. Reference: OpenVLA-OFT-7B (L = 32 layers, P = 512 vision tokens),
+// where they equal the in-class defaults above. For other models:
+//   local layers    {0, 1} (clamped to L - 1);
+//   global layers   {round(15 L / 32) - 1, L - 1}  (paper's 15 and 32, 1-based);
+//   prune layers    {round(f L) - 1 : f = 1/4, 1/2, 3/4} (round half away from zero), keeping
+//                   those after the last local layer and before L - 1 (7B: 7, 15, 23;
+//                   small, L = 12: 2, 5, 8; tiny, L = 6: 2, 4);
+//   update layers   every layer from the static-pruning layer + 1 to the last prune layer;
+//   K_*             max(1, round(K_7B * P / 512)) (small, P = 512: 30/24/20; tiny, P = 128: 8/6/5);
+//   min_tokens      = scaled k_global; fastv/random layer = the static-pruning layer.
+// Retention on "small" (12 layers, 512 tokens) with the paper's K, alpha and 10% per prune layer
+// unchanged: layers 0-1 see all tokens; static pruning keeps |V_global ∪ V_local ∪ V_dynamic| <=
+// (30 + 2 x 24 + 20) x scale tokens, i.e. <= 79 (15%) in coarse mode and <= 147 (29%) in fine
+// mode; in coarse mode the prune layers 2, 5, 8 cut the mean over layers 2-11 to ~0.84 of that.
+// Mean over all 12 layers: <= (2 x 100% + 10 x 13%) / 12 ~= 28% in coarse mode and <= 41% in fine
+// mode, both upper bounds for disjoint sets; the three sets overlap in practice (both local layers
+// and the prior favour the same objects) and fine mode covers only the slow/contact phases, so the
+// average stays well under the project's 40% ceiling.
+PruningConfig DefaultPruningConfig(int num_layers, int64_t vision_tokens,
+                                   int64_t patches_per_camera);
+
+// Range checks (field named in the message, e.g. "pruning.specprune.k_global: must be >= 0").
+absl::Status ValidatePruningConfig(const PruningConfig& config);
+
+// Overlays the JSON object `j` (the "pruning" section) onto `defaults` and validates the result.
+// Unknown keys, wrong types and out-of-range values give InvalidArgument naming the field.
+// Keys: method, seed, specprune{...the SpecPruneConfig field names...}, fastv{layer, keep_ratio},
+// random{layer, keep_ratio}. Enums as strings (see the comments above). Lists replace the default.
+absl::StatusOr<PruningConfig> ParsePruningConfig(const nlohmann::json& j, PruningConfig defaults);
+
+// The JSON accepted by ParsePruningConfig (geometry fields excluded).
+nlohmann::json ToJson(const PruningConfig& config);
+
+// Per-request override (PredictRequest.pruning): `method` replaces the method, `alpha` SpecPrune's
+// coarse_scale (0 < alpha <= 4), `keep_ratio` the FastV and random keep ratios (0 < r <= 1).
+// Errors name "pruning.alpha" / "pruning.keep_ratio".
+absl::StatusOr<PruningConfig> ApplyOverride(const PruningConfig& config,
+                                            std::optional<PruningMethod> method,
+                                            std::optional<float> alpha,
+                                            std::optional<float> keep_ratio);
+
+}  // namespace specprune

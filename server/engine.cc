@@ -1,0 +1,483 @@
+#include "server/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/ops.h"
+#include "model/flops.h"
+#include "model/image_codec.h"
+#include "model/image_preprocess.h"
+#include "pruning/policies.h"
+#include "pruning/specprune_math.h"
+#include "pruning/specprune_policy.h"
+
+namespace specprune {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::optional<PruningMethod> ToMethod(v1::PruningMethod m) {
+  switch (m) {
+    case v1::PRUNING_METHOD_NONE: return PruningMethod::kNone;
+    case v1::PRUNING_METHOD_SPECPRUNE: return PruningMethod::kSpecPrune;
+    case v1::PRUNING_METHOD_FASTV: return PruningMethod::kFastV;
+    case v1::PRUNING_METHOD_RANDOM: return PruningMethod::kRandom;
+    default: return std::nullopt;
+  }
+}
+
+v1::PruningMethod ToProto(PruningMethod m) {
+  switch (m) {
+    case PruningMethod::kNone: return v1::PRUNING_METHOD_NONE;
+    case PruningMethod::kSpecPrune: return v1::PRUNING_METHOD_SPECPRUNE;
+    case PruningMethod::kFastV: return v1::PRUNING_METHOD_FASTV;
+    case PruningMethod::kRandom: return v1::PRUNING_METHOD_RANDOM;
+  }
+  return v1::PRUNING_METHOD_UNSPECIFIED;
+}
+
+v1::ControllerMode ToProto(ControllerMode m) {
+  switch (m) {
+    case ControllerMode::kCoarse: return v1::CONTROLLER_MODE_COARSE;
+    case ControllerMode::kFine: return v1::CONTROLLER_MODE_FINE;
+    default: return v1::CONTROLLER_MODE_UNSPECIFIED;
+  }
+}
+
+}  // namespace
+
+// One Predict in flight.
+struct InferenceEngine::Job {
+  std::shared_ptr<const v1::PredictRequest> request;
+  RequestContext ctx;
+  Done done;
+  std::shared_ptr<Session> session;
+  bool session_created = false;
+  Session::Done session_done;  // starts the robot's next request
+  bool session_restarted = false;
+  Clock::time_point received = Clock::now();
+  bool finished = false;
+
+  // Prepared by Preprocess().
+  std::vector<torch::Tensor> images;  // [3,S,S] per camera
+  torch::Tensor frame_patches;        // [P, patch_dim]
+  std::vector<int64_t> prompt_ids;
+  torch::Tensor proprio;              // normalized [proprio_dim]
+  PruningConfig pruning;
+  bool diagnostic = false;
+  const DatasetStats* stats = nullptr;
+  double preprocess_seconds = 0;
+};
+
+absl::StatusOr<std::unique_ptr<InferenceEngine>> InferenceEngine::Create(
+    LoadedModel model, PruningConfig pruning_defaults, EngineOptions options,
+    ServerMetrics* metrics) {
+  if (model.model == nullptr || model.tokenizer == nullptr)
+    return absl::InvalidArgumentError("engine: model not loaded");
+  if (model.stats.keys().empty())
+    return absl::InvalidArgumentError("engine: model has no dataset statistics");
+  if (auto s = ValidatePruningConfig(pruning_defaults); !s.ok()) return s;
+  const auto& c = model.model->config();
+  options.limits.cameras = c.cameras;
+  options.limits.proprio_dim = c.proprio_dim;
+  options.limits.unnorm_keys = model.stats.keys();
+  std::unique_ptr<InferenceEngine> engine(
+      new InferenceEngine(std::move(model), std::move(pruning_defaults), options, metrics));
+  InferenceEngine* e = engine.get();
+  auto batcher = Batcher<std::shared_ptr<Job>>::Create(
+      options.batcher,
+      [e](std::vector<Batcher<std::shared_ptr<Job>>::Queued>&& batch) {
+        e->RunBatch(std::move(batch));
+      },
+      [](const std::shared_ptr<Job>& job) {
+        return absl::Now() > job->ctx.deadline || (job->ctx.cancelled && job->ctx.cancelled());
+      },
+      [e](Batcher<std::shared_ptr<Job>>::Queued&& q) {
+        if (e->metrics_) e->metrics_->RecordExpired();
+        auto& job = *q.item;
+        const bool cancelled = job.ctx.cancelled && job.ctx.cancelled();
+        e->Finish(job,
+                  cancelled ? absl::CancelledError("request cancelled by the client before compute")
+                            : absl::DeadlineExceededError("deadline expired before compute"),
+                  nullptr);
+      });
+  if (!batcher.ok()) return batcher.status();
+  engine->batcher_ = std::move(*batcher);
+  engine->maintenance_thread_ = std::thread([e] { e->Maintenance(); });
+  return engine;
+}
+
+InferenceEngine::InferenceEngine(LoadedModel model, PruningConfig pruning_defaults,
+                                 EngineOptions options, ServerMetrics* metrics)
+    : model_(std::move(model)),
+      pruning_defaults_(std::move(pruning_defaults)),
+      options_([&] {
+        EngineOptions o = std::move(options);
+        auto user_evict = o.sessions.on_evict;
+        o.sessions.on_evict = [metrics, user_evict](const Session& s, EvictionReason r) {
+          if (metrics) metrics->RecordSessionEvictions();
+          if (user_evict) user_evict(s, r);
+        };
+        return o;
+      }()),
+      metrics_(metrics),
+      sessions_(options_.sessions),
+      preprocess_pool_(std::make_unique<ThreadPool>(options_.preprocess_threads)) {
+  BuildModelInfo();
+}
+
+InferenceEngine::~InferenceEngine() { Shutdown(); }
+
+void InferenceEngine::Shutdown() {
+  shutting_down_ = true;
+  {
+    absl::MutexLock lock(&maintenance_mu_);
+    if (stop_maintenance_) return;
+    stop_maintenance_ = true;
+  }
+  if (maintenance_thread_.joinable()) maintenance_thread_.join();
+  preprocess_pool_.reset();  // runs queued preprocessing, which submits to the batcher
+  if (batcher_) batcher_->Shutdown();
+}
+
+void InferenceEngine::Maintenance() {
+  while (true) {
+    {
+      absl::MutexLock lock(&maintenance_mu_);
+      if (maintenance_mu_.AwaitWithTimeout(absl::Condition(&stop_maintenance_),
+                                           options_.maintenance_period))
+        return;
+    }
+    sessions_.EvictExpired();
+    if (metrics_) {
+      metrics_->SetActiveSessions(sessions_.size());
+      if (batcher_) metrics_->SetQueueDepth(batcher_->queue_depth());
+    }
+  }
+}
+
+void InferenceEngine::BuildModelInfo() {
+  const auto& c = model_.model->config();
+  auto& info = model_info_;
+  info.set_config_name(c.name);
+  info.set_model_path(model_.dir);
+  for (const auto& cam : c.cameras) info.add_cameras(cam);
+  info.set_image_height(c.image_size);
+  info.set_image_width(c.image_size);
+  info.set_action_dim(c.action_dim);
+  info.set_chunk_size(c.chunk_size);
+  info.set_proprio_dim(c.proprio_dim);
+  for (const auto& k : model_.stats.keys()) info.add_unnorm_keys(k);
+  info.set_vision_tokens_per_forward(c.vision_tokens());
+  info.set_llm_layers(c.llm.layers);
+  info.set_parameter_count(model_.model->parameter_count());
+  const int64_t prompt =
+      static_cast<int64_t>(BuildPromptIds(c, *model_.tokenizer,
+                                          "pick up the red block and place it on the blue plate")
+                               .size());
+  info.set_tokens_per_forward(SequenceLength(c, prompt, c.vision_tokens()));
+  info.set_flops_per_forward(UnprunedForwardFlops(c, prompt).total());
+  info.set_dtype(model_.model->options().dtype);
+  info.set_device(model_.model->options().device);
+  auto* p = info.mutable_pruning();
+  p->set_method(ToProto(pruning_defaults_.method));
+  p->set_alpha(pruning_defaults_.specprune.coarse_scale);
+  p->set_k_global(pruning_defaults_.specprune.k_global);
+  p->set_k_local(pruning_defaults_.specprune.k_local);
+  p->set_k_dynamic(pruning_defaults_.specprune.k_dynamic);
+  p->set_fastv_keep_ratio(pruning_defaults_.fastv.keep_ratio);
+  p->set_fastv_layer(pruning_defaults_.fastv.layer);
+  info.set_max_batch_size(options_.batcher.max_batch_size);
+}
+
+bool InferenceEngine::Reset(const std::string& robot_id) { return sessions_.Erase(robot_id); }
+
+void InferenceEngine::Predict(std::shared_ptr<const v1::PredictRequest> request,
+                              RequestContext ctx, Done done) {
+  if (shutting_down_) {
+    if (metrics_) metrics_->RecordRejected(RejectReason::kShuttingDown);
+    done(absl::UnavailableError("server is shutting down"), nullptr);
+    return;
+  }
+  if (auto s = ValidatePredictRequest(*request, options_.limits); !s.ok()) {
+    if (metrics_) metrics_->RecordRejected(RejectReason::kInvalid);
+    done(s, nullptr);
+    return;
+  }
+  auto job = std::make_shared<Job>();
+  job->request = std::move(request);
+  job->ctx = std::move(ctx);
+  job->done = std::move(done);
+  job->session = sessions_.GetOrCreate(job->request->robot_id(), &job->session_created);
+  job->session->Submit([this, job](Session::Done session_done) {
+    job->session_done = std::move(session_done);
+    StartStep(job);
+  });
+}
+
+void InferenceEngine::StartStep(std::shared_ptr<Job> job) {
+  const auto& req = *job->request;
+  StepCheck check = DecideStep(*job->session, req.episode_id(), req.step(), job->session_created);
+  job->session_restarted = check.session_restarted;
+  if (check.decision == StepDecision::kRetry) {
+    auto cached = std::make_shared<v1::PredictResponse>(*job->session->last_response);
+    cached->set_cached(true);
+    Finish(*job, absl::OkStatus(), std::move(cached));
+    return;
+  }
+  if (check.decision == StepDecision::kStale) {
+    if (metrics_) metrics_->RecordRejected(RejectReason::kStaleStep);
+    Finish(*job,
+           absl::FailedPreconditionError(absl::StrCat(
+               "step: ", req.step(), " is lower than the episode's last step ",
+               job->session->last_step, " (episode \"", job->session->episode_id, "\")")),
+           nullptr);
+    return;
+  }
+  preprocess_pool_->Schedule([this, job] { Preprocess(job); });
+}
+
+absl::Status InferenceEngine::PrepareInputs(Job& job) {
+  const auto& req = *job.request;
+  const auto& c = model_.model->config();
+  auto images = ImagesInCameraOrder(req, options_.limits);
+  if (!images.ok()) return images.status();
+  DecodeLimits limits{options_.limits.max_image_width, options_.limits.max_image_height};
+  PreprocessOptions pre{static_cast<int>(c.image_size), c.center_crop_area};
+  std::vector<torch::Tensor> patches;
+  for (size_t i = 0; i < images->size(); ++i) {
+    const v1::Image& img = *(*images)[i];
+    absl::StatusOr<RgbImage> rgb =
+        img.has_raw() ? RawImageFromBytes(img.raw().height(), img.raw().width(),
+                                          img.raw().channels(), img.raw().pixels(), limits)
+                      : DecodeImage(img.encoded(), limits);
+    if (!rgb.ok())
+      return absl::InvalidArgumentError(
+          absl::StrCat("images[", i, "] (", c.cameras[i], "): ", rgb.status().message()));
+    auto pixels = PreprocessImage(*rgb, pre);
+    if (!pixels.ok())
+      return absl::InvalidArgumentError(
+          absl::StrCat("images[", i, "] (", c.cameras[i], "): ", pixels.status().message()));
+    auto t = torch::from_blob(pixels->data(), {3, c.image_size, c.image_size}, torch::kFloat32)
+                 .clone();
+    patches.push_back(extract_patches(t, c.towers[0].patch_size));
+    job.images.push_back(std::move(t));
+  }
+  job.frame_patches = torch::cat(patches, 0);
+  job.prompt_ids = BuildPromptIds(c, *model_.tokenizer, req.instruction());
+  auto stats = model_.stats.Get(req.unnorm_key());
+  if (!stats.ok())
+    return absl::InvalidArgumentError(absl::StrCat("unnorm_key: ", stats.status().message()));
+  job.stats = *stats;
+  std::vector<float> proprio(req.proprio().begin(), req.proprio().end());
+  if (job.stats->proprio.dim() == c.proprio_dim) {
+    std::vector<float> normalized(proprio.size());
+    if (auto s = NormalizeProprio(job.stats->proprio, proprio.data(), normalized.data(),
+                                  c.proprio_dim);
+        !s.ok())
+      return absl::InvalidArgumentError(absl::StrCat("proprio: ", s.message()));
+    proprio = std::move(normalized);
+  }
+  job.proprio = torch::tensor(proprio, torch::kFloat32);
+  const auto& o = req.pruning();
+  auto pruning = ApplyOverride(
+      pruning_defaults_, ToMethod(o.method()),
+      o.has_alpha() ? std::optional<float>(o.alpha()) : std::nullopt,
+      o.has_keep_ratio() ? std::optional<float>(o.keep_ratio()) : std::nullopt);
+  if (!pruning.ok()) return pruning.status();
+  job.pruning = std::move(*pruning);
+  job.diagnostic = o.has_diagnostic() && o.diagnostic();
+  return absl::OkStatus();
+}
+
+void InferenceEngine::Preprocess(std::shared_ptr<Job> job) {
+  const auto t0 = Clock::now();
+  absl::Status s;
+  try {
+    s = PrepareInputs(*job);
+  } catch (const c10::Error& e) {
+    s = absl::InternalError(absl::StrCat("preprocessing: ", e.what_without_backtrace()));
+  }
+  job->preprocess_seconds = SecondsSince(t0);
+  if (metrics_) metrics_->RecordStage(ComputeStage::kPreprocess, job->preprocess_seconds);
+  if (!s.ok()) {
+    if (metrics_ && s.code() == absl::StatusCode::kInvalidArgument)
+      metrics_->RecordRejected(RejectReason::kInvalid);
+    Finish(*job, s, nullptr);
+    return;
+  }
+  auto submitted = batcher_->Submit(std::shared_ptr<Job>(job));
+  if (!submitted.ok()) {
+    if (metrics_) {
+      metrics_->RecordRejected(submitted.code() == absl::StatusCode::kResourceExhausted
+                                   ? RejectReason::kQueueFull
+                                   : RejectReason::kShuttingDown);
+    }
+    if (submitted.code() == absl::StatusCode::kFailedPrecondition)
+      submitted = absl::UnavailableError("server is shutting down");
+    Finish(*job, submitted, nullptr);
+  }
+}
+
+void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued>&& batch) {
+  const auto now = absl::Now();
+  const auto& c = model_.model->config();
+  if (metrics_) metrics_->RecordBatchSize(batch.size());
+  std::vector<std::unique_ptr<SamplePruner>> pruners;
+  std::vector<SampleInput> inputs;
+  std::vector<double> queue_seconds;
+  for (auto& q : batch) {
+    Job& job = *q.item;
+    queue_seconds.push_back(absl::ToDoubleSeconds(now - q.enqueued));
+    if (metrics_) metrics_->RecordQueueWait(queue_seconds.back());
+    PrunerContext ctx;
+    ctx.config = &job.pruning;
+    ctx.state = &job.session->pruning;
+    ctx.frame_patches = job.frame_patches;
+    ctx.num_layers = static_cast<int>(c.llm.layers);
+    ctx.num_vision_tokens = c.vision_tokens();
+    ctx.seed = absl::HashOf(job.request->robot_id(), job.request->episode_id(),
+                            job.request->step());
+    auto pruner = CreatePruner(ctx);
+    if (!pruner.ok()) {
+      pruners.push_back(nullptr);
+      inputs.push_back({});
+      continue;
+    }
+    pruners.push_back(std::move(*pruner));
+    SampleInput in;
+    in.images = job.images;
+    in.prompt_ids = job.prompt_ids;
+    in.proprio = job.proprio;
+    in.pruner = pruners.back().get();
+    inputs.push_back(std::move(in));
+  }
+  // Samples whose pruner could not be built fail alone; the rest run.
+  std::vector<size_t> runnable;
+  std::vector<SampleInput> run_inputs;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (pruners[i] == nullptr) {
+      Finish(*batch[i].item, absl::InternalError("could not build the pruning policy"), nullptr);
+      continue;
+    }
+    runnable.push_back(i);
+    run_inputs.push_back(inputs[i]);
+  }
+  if (runnable.empty()) return;
+  ForwardTimings timings;
+  auto results = model_.model->Forward(run_inputs, &timings);
+  if (!results.ok()) {
+    for (size_t i : runnable) Finish(*batch[i].item, results.status(), nullptr);
+    return;
+  }
+  forward_passes_ += 1;
+  if (metrics_) {
+    metrics_->RecordStage(ComputeStage::kVision, timings.vision_seconds);
+    metrics_->RecordStage(ComputeStage::kLlm, timings.llm_seconds);
+    metrics_->RecordStage(ComputeStage::kActionHead, timings.action_head_seconds);
+  }
+  for (size_t r = 0; r < runnable.size(); ++r) {
+    const size_t i = runnable[r];
+    Job& job = *batch[i].item;
+    const SampleResult& res = (*results)[r];
+    SamplePruner* pruner = pruners[i].get();
+    auto resp = std::make_shared<v1::PredictResponse>();
+    const auto& req = *job.request;
+    resp->set_robot_id(req.robot_id());
+    resp->set_episode_id(req.episode_id());
+    resp->set_step(req.step());
+    resp->set_chunk_size(c.chunk_size);
+    resp->set_action_dim(c.action_dim);
+    torch::Tensor actions = res.normalized_actions.contiguous().clone();
+    float* a = actions.data_ptr<float>();
+    if (auto s = UnnormalizeActions(job.stats->action, a, c.chunk_size, c.action_dim); !s.ok()) {
+      Finish(job, s, nullptr);
+      continue;
+    }
+    if (c.gripper_postprocess == "binarize") {
+      for (int64_t t = 0; t < c.chunk_size; ++t) {
+        float& g = a[t * c.action_dim + c.action_dim - 1];
+        g = g > 0.5f ? 1.0f : 0.0f;
+      }
+    }
+    for (int64_t k = 0; k < actions.numel(); ++k) resp->add_actions(a[k]);
+    const auto& per_layer = res.vision_tokens_per_layer;
+    resp->set_retained_vision_tokens(per_layer.back());
+    resp->set_total_vision_tokens(res.total_vision_tokens);
+    resp->set_controller_mode(ToProto(pruner->mode()));
+    resp->set_session_restarted(job.session_restarted);
+    auto* tel = resp->mutable_pruning();
+    tel->set_method(ToProto(job.pruning.method));
+    tel->set_total_vision_tokens(res.total_vision_tokens);
+    tel->set_retained_after_static(per_layer.size() > 2 ? per_layer[2] : per_layer.back());
+    for (int32_t n : per_layer) tel->add_retained_per_layer(n);
+    tel->set_flops_ratio(res.flops() / res.flops_unpruned());
+    tel->set_used_fallback(pruner->used_fallback());
+    if (job.diagnostic) {
+      // Unpruned reference pass of this sample alone, stateless, recording the global layers.
+      PrunerContext ctx;
+      PruningConfig none = job.pruning;
+      none.method = PruningMethod::kNone;
+      ctx.config = &none;
+      ctx.num_layers = static_cast<int>(c.llm.layers);
+      ctx.num_vision_tokens = c.vision_tokens();
+      ctx.record_layers = job.pruning.specprune.global_layers;
+      auto ref_pruner = CreatePruner(ctx);
+      if (ref_pruner.ok()) {
+        SampleInput in = run_inputs[r];
+        in.pruner = ref_pruner->get();
+        auto ref = model_.model->Forward({in});
+        if (ref.ok()) {
+          tel->set_action_deviation(
+              (res.normalized_actions - (*ref)[0].normalized_actions).abs().mean().item<double>());
+          auto* sp = dynamic_cast<SpecPrunePruner*>(pruner);
+          auto* keep_all = dynamic_cast<KeepAllPruner*>(ref_pruner->get());
+          if (sp != nullptr && keep_all != nullptr && !sp->v_global().empty()) {
+            auto mean = keep_all->MeanRecordedScores();
+            if (mean.defined()) {
+              std::vector<float> scores(mean.data_ptr<float>(),
+                                        mean.data_ptr<float>() + mean.numel());
+              auto top = TopKIndices(scores, static_cast<int64_t>(sp->v_global().size()));
+              tel->set_global_recall(Recall(sp->v_global(), top));
+            }
+          }
+        }
+      }
+    }
+    auto* timing = resp->mutable_timings();
+    timing->set_preprocess_seconds(job.preprocess_seconds);
+    timing->set_queue_seconds(queue_seconds[i]);
+    timing->set_vision_seconds(timings.vision_seconds);
+    timing->set_llm_seconds(timings.llm_seconds);
+    timing->set_action_head_seconds(timings.action_head_seconds);
+    job.session->episode_steps += 1;
+    resp->set_episode_steps(job.session->episode_steps);
+    if (metrics_) {
+      metrics_->RecordRetainedTokens(per_layer.back(), res.total_vision_tokens);
+      metrics_->RecordControllerMode(resp->controller_mode());
+      metrics_->RecordForwardPass(tel->method());
+    }
+    timing->set_total_seconds(SecondsSince(job.received));
+    CommitStep(*job.session, req.step(), resp);
+    Finish(job, absl::OkStatus(), resp);
+  }
+}
+
+void InferenceEngine::Finish(Job& job, absl::Status status,
+                             std::shared_ptr<const v1::PredictResponse> response) {
+  if (job.finished) return;
+  job.finished = true;
+  Done done = std::move(job.done);
+  Session::Done next = std::move(job.session_done);
+  done(std::move(status), std::move(response));
+  if (next) next();
+}
+
+}  // namespace specprune

@@ -1,0 +1,112 @@
+// The inference engine behind the gRPC service (DESIGN §3): per-robot sessions
+// with strict ordering and idempotent retries, image preprocessing on its own
+// pool, a dynamic batcher across robots, model forward with per-sample pruning,
+// session update and metrics.
+//
+// Pipeline of one Predict (never on a gRPC thread after Predict() returns):
+//   Predict() -> Session::Submit (robot FIFO) -> step decision
+//   (retry/stale/new)
+//     -> preprocess pool (decode, resize, tokenize, normalize) -> Batcher ->
+//     model thread
+//     -> forward + pruning -> un-normalize, update session, metrics -> done
+//     callback.
+//
+// Thread safety: all public methods may be called concurrently from any thread.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "model/checkpoint.h"
+#include "pruning/pruning_config.h"
+#include "server/batcher.h"
+#include "server/metrics.h"
+#include "server/request_validation.h"
+#include "server/session_store.h"
+#include "server/thread_pool.h"
+#include "specprune/v1/vla_service.pb.h"
+
+namespace specprune {
+
+struct EngineOptions {
+  BatcherOptions batcher;        // max batch size, queue delay, queue bound
+  int preprocess_threads = 2;    // image decode/resize pool
+  SessionStoreOptions sessions;  // LRU bound and idle TTL
+  ValidationLimits
+      limits;  // request limits (cameras etc. are filled from the model)
+  absl::Duration maintenance_period =
+      absl::Seconds(1);  // session expiry + gauges
+};
+
+// Per-request context from the transport.
+struct RequestContext {
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()>
+      cancelled;  // may be empty; must be callable from any thread
+};
+
+class InferenceEngine {
+ public:
+  // `done` is called exactly once, on an engine thread (or inline for immediate
+  // rejections).
+  using Done = std::function<void(absl::Status,
+                                  std::shared_ptr<const v1::PredictResponse>)>;
+
+  // Takes ownership of the loaded model. `metrics` must outlive the engine (may
+  // be null).
+  static absl::StatusOr<std::unique_ptr<InferenceEngine>> Create(
+      LoadedModel model, PruningConfig pruning_defaults, EngineOptions options,
+      ServerMetrics* metrics);
+  ~InferenceEngine();
+
+  // Validates and runs one Predict. The request is copied when needed.
+  void Predict(std::shared_ptr<const v1::PredictRequest> request,
+               RequestContext ctx, Done done);
+
+  // Ends the robot's episode. Returns whether a session existed.
+  bool Reset(const std::string& robot_id);
+
+  const v1::ModelInfo& model_info() const { return model_info_; }
+  const ValidationLimits& limits() const { return options_.limits; }
+  size_t active_sessions() const { return sessions_.size(); }
+
+  // Stops accepting work, finishes everything queued, joins the threads.
+  // Idempotent.
+  void Shutdown();
+
+ private:
+  struct Job;
+  InferenceEngine(LoadedModel model, PruningConfig pruning_defaults,
+                  EngineOptions options, ServerMetrics* metrics);
+
+  void StartStep(std::shared_ptr<Job> job);
+  void Preprocess(std::shared_ptr<Job> job);
+  absl::Status PrepareInputs(Job& job);
+  void RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued>&& batch);
+  void Finish(Job& job, absl::Status status,
+              std::shared_ptr<const v1::PredictResponse> response);
+  void Maintenance();
+  void BuildModelInfo();
+
+  LoadedModel model_;
+  const PruningConfig pruning_defaults_;
+  EngineOptions options_;
+  ServerMetrics* const metrics_;
+  v1::ModelInfo model_info_;
+  SessionStore sessions_;
+  std::unique_ptr<ThreadPool> preprocess_pool_;
+  std::unique_ptr<Batcher<std::shared_ptr<Job>>> batcher_;
+  std::atomic<bool> shutting_down_{false};
+  std::atomic<uint64_t> forward_passes_{0};
+
+  absl::Mutex maintenance_mu_;
+  bool stop_maintenance_ ABSL_GUARDED_BY(maintenance_mu_) = false;
+  std::thread maintenance_thread_;
+};
+
+}  // namespace specprune

@@ -1,0 +1,462 @@
+#include "server/metrics.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <sstream>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+#include "server/grpc_status.h"
+
+namespace specprune {
+namespace {
+
+using prometheus::Histogram;
+
+// Latency buckets: 0.5 ms .. 10 s.
+const Histogram::BucketBoundaries& LatencyBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1,
+      0.15,   0.2,   0.3,   0.5,   0.75, 1,    2,     5,    10};
+  return *b;
+}
+
+// Queue wait buckets: 50 us .. 1 s.
+const Histogram::BucketBoundaries& QueueBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005,
+      0.0075,  0.01,   0.02,    0.05,   0.1,   0.25,  0.5,   1};
+  return *b;
+}
+
+const Histogram::BucketBoundaries& TokenBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      0,   8,   16,  32,  48,  64,  96,  128,  160,
+      192, 256, 320, 384, 448, 512, 768, 1024, 2048};
+  return *b;
+}
+
+const Histogram::BucketBoundaries& RatioBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+      0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0};
+  return *b;
+}
+
+const Histogram::BucketBoundaries& BatchBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256};
+  return *b;
+}
+
+constexpr std::array<std::string_view, kNumComputeStages> kStageNames = {
+    "preprocess", "vision", "llm", "action_head"};
+constexpr std::array<std::string_view, kNumRejectReasons> kRejectNames = {
+    "queue_full", "invalid", "stale_step", "shutting_down"};
+constexpr std::array<std::string_view, 3> kModeNames = {"none", "coarse",
+                                                        "fine"};
+constexpr std::array<std::string_view, 4> kMethodNames = {"none", "specprune",
+                                                          "fastv", "random"};
+
+}  // namespace
+
+std::string_view ComputeStageName(ComputeStage stage) {
+  return kStageNames.at(static_cast<size_t>(stage));
+}
+
+std::string_view RejectReasonName(RejectReason reason) {
+  return kRejectNames.at(static_cast<size_t>(reason));
+}
+
+ServerMetrics::ServerMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  prometheus::Registry& r = *registry_;
+  requests_ = &prometheus::BuildCounter()
+                   .Name("specprune_requests_total")
+                   .Help("Finished RPCs by method and gRPC status code.")
+                   .Register(r);
+  request_duration_ =
+      &prometheus::BuildHistogram()
+           .Name("specprune_request_duration_seconds")
+           .Help("Server-side end-to-end RPC duration in seconds.")
+           .Register(r);
+  queue_duration_ =
+      &prometheus::BuildHistogram()
+           .Name("specprune_queue_duration_seconds")
+           .Help("Time requests waited for a batch / model worker, in seconds.")
+           .Register(r)
+           .Add({}, QueueBuckets());
+  auto& stages =
+      prometheus::BuildHistogram()
+          .Name("specprune_compute_duration_seconds")
+          .Help("Compute time per stage and request in seconds (batch share).")
+          .Register(r);
+  for (size_t i = 0; i < kStageNames.size(); ++i) {
+    stage_duration_[i] =
+        &stages.Add({{"stage", std::string(kStageNames[i])}}, LatencyBuckets());
+  }
+  retained_tokens_ =
+      &prometheus::BuildHistogram()
+           .Name("specprune_retained_vision_tokens")
+           .Help("Vision tokens reaching the last LLM layer, per sample.")
+           .Register(r)
+           .Add({}, TokenBuckets());
+  retention_ratio_ =
+      &prometheus::BuildHistogram()
+           .Name("specprune_vision_token_retention_ratio")
+           .Help("Retained / total vision tokens per sample (0..1).")
+           .Register(r)
+           .Add({}, RatioBuckets());
+  batch_size_ = &prometheus::BuildHistogram()
+                     .Name("specprune_batch_size")
+                     .Help("Samples per model forward pass.")
+                     .Register(r)
+                     .Add({}, BatchBuckets());
+  active_sessions_ = &prometheus::BuildGauge()
+                          .Name("specprune_active_sessions")
+                          .Help("Robot sessions currently held.")
+                          .Register(r)
+                          .Add({});
+  session_evictions_ =
+      &prometheus::BuildCounter()
+           .Name("specprune_session_evictions_total")
+           .Help("Sessions evicted by the LRU bound or the idle TTL.")
+           .Register(r)
+           .Add({});
+  auto& modes = prometheus::BuildCounter()
+                    .Name("specprune_controller_mode_total")
+                    .Help("Samples by SpecPrune controller mode.")
+                    .Register(r);
+  for (size_t i = 0; i < kModeNames.size(); ++i) {
+    controller_mode_[i] = &modes.Add({{"mode", std::string(kModeNames[i])}});
+  }
+  auto& rejected = prometheus::BuildCounter()
+                       .Name("specprune_rejected_requests_total")
+                       .Help("Requests rejected before computing, by reason.")
+                       .Register(r);
+  for (size_t i = 0; i < kRejectNames.size(); ++i) {
+    rejected_[i] = &rejected.Add({{"reason", std::string(kRejectNames[i])}});
+  }
+  expired_ = &prometheus::BuildCounter()
+                  .Name("specprune_expired_requests_total")
+                  .Help(
+                      "Requests dropped before computing: deadline passed or "
+                      "client cancelled.")
+                  .Register(r)
+                  .Add({});
+  queue_depth_ = &prometheus::BuildGauge()
+                      .Name("specprune_queue_depth")
+                      .Help("Requests waiting in the batcher queue.")
+                      .Register(r)
+                      .Add({});
+  auto& passes = prometheus::BuildCounter()
+                     .Name("specprune_forward_passes_total")
+                     .Help("Samples computed by the model, by pruning method.")
+                     .Register(r);
+  for (size_t i = 0; i < kMethodNames.size(); ++i) {
+    forward_passes_[i] =
+        &passes.Add({{"method", std::string(kMethodNames[i])}});
+  }
+}
+
+ServerMetrics::~ServerMetrics() { http_.reset(); }
+
+// Minimal HTTP/1.x endpoint for GET /metrics: one thread accepts connections
+// and answers them one at a time (Prometheus scrapes are rare and small).
+class ServerMetrics::HttpEndpoint {
+ public:
+  static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(
+      const std::string& host, int port, std::function<std::string()> render) {
+    auto endpoint = std::unique_ptr<HttpEndpoint>(new HttpEndpoint());
+    endpoint->render_ = std::move(render);
+    const std::string where = absl::StrCat(host, ":", port);
+    std::string bind_host = host;
+    if (bind_host.size() >= 2 && bind_host.front() == '[' &&
+        bind_host.back() == ']') {
+      bind_host = bind_host.substr(1, bind_host.size() - 2);
+    }
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* addrs = nullptr;
+    const std::string service = absl::StrCat(port);
+    const int gai = getaddrinfo(bind_host.empty() ? nullptr : bind_host.c_str(),
+                                service.c_str(), &hints, &addrs);
+    if (gai != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("metrics bind address \"", where,
+                       "\": cannot resolve host: ", gai_strerror(gai)));
+    }
+    std::string error = "no usable address";
+    for (addrinfo* a = addrs; a != nullptr; a = a->ai_next) {
+      const int fd =
+          socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+      if (fd < 0) {
+        error = std::strerror(errno);
+        continue;
+      }
+      const int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+      if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 16) == 0) {
+        endpoint->listen_fd_ = fd;
+        break;
+      }
+      error = std::strerror(errno);
+      close(fd);
+    }
+    freeaddrinfo(addrs);
+    if (endpoint->listen_fd_ < 0) {
+      return absl::UnavailableError(absl::StrCat(
+          "metrics exporter cannot listen on ", where, ": ", error));
+    }
+    sockaddr_storage bound{};
+    socklen_t len = sizeof(bound);
+    getsockname(endpoint->listen_fd_, reinterpret_cast<sockaddr*>(&bound),
+                &len);
+    endpoint->port_ =
+        ntohs(bound.ss_family == AF_INET6
+                  ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                  : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    if (pipe2(endpoint->wake_fds_, O_CLOEXEC) != 0) {
+      return absl::InternalError(absl::StrCat(
+          "metrics exporter: cannot create a pipe: ", std::strerror(errno)));
+    }
+    HttpEndpoint* self = endpoint.get();
+    endpoint->thread_ = std::thread([self] { self->Loop(); });
+    return endpoint;
+  }
+
+  ~HttpEndpoint() {
+    if (thread_.joinable()) {
+      const char byte = 0;
+      while (write(wake_fds_[1], &byte, 1) < 0 && errno == EINTR) {
+      }
+      thread_.join();
+    }
+    for (int fd : {listen_fd_, wake_fds_[0], wake_fds_[1]}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+
+  int port() const { return port_; }
+
+ private:
+  HttpEndpoint() = default;
+
+  void Loop() {
+    for (;;) {
+      pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fds_[0], POLLIN, 0}};
+      if (poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fds[1].revents != 0) return;
+      if ((fds[0].revents & POLLIN) == 0) continue;
+      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      Serve(fd);
+      close(fd);
+    }
+  }
+
+  void Serve(int fd) {
+    timeval timeout{};
+    timeout.tv_sec = 5;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    std::string request;
+    char buffer[2048];
+    while (request.find("\r\n\r\n") == std::string::npos &&
+           request.size() < 16384) {
+      const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      request.append(buffer, static_cast<size_t>(n));
+    }
+    const std::string line = request.substr(0, request.find("\r\n"));
+    const size_t sp1 = line.find(' ');
+    const size_t sp2 = line.find(' ', sp1 == std::string::npos ? 0 : sp1 + 1);
+    if (sp1 == std::string::npos || sp2 == std::string::npos) {
+      Send(fd, "400 Bad Request", "bad request\n", true);
+      return;
+    }
+    const std::string method = line.substr(0, sp1);
+    std::string path = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    path = path.substr(0, path.find('?'));
+    if (method != "GET" && method != "HEAD") {
+      Send(fd, "405 Method Not Allowed", "only GET is supported\n", true);
+    } else if (path != "/metrics") {
+      Send(fd, "404 Not Found", "metrics are served at /metrics\n",
+           method == "GET");
+    } else {
+      Send(fd, "200 OK", render_(), method == "GET");
+    }
+  }
+
+  static void Send(int fd, const std::string& status, const std::string& body,
+                   bool with_body) {
+    std::string out = absl::StrCat(
+        "HTTP/1.1 ", status,
+        "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+        "Content-Length: ",
+        body.size(), "\r\nConnection: close\r\n\r\n");
+    if (with_body) out += body;
+    size_t sent = 0;
+    while (sent < out.size()) {
+      const ssize_t n =
+          send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;
+      sent += static_cast<size_t>(n);
+    }
+  }
+
+  int listen_fd_ = -1;
+  int wake_fds_[2] = {-1, -1};
+  int port_ = 0;
+  std::function<std::string()> render_;
+  std::thread thread_;
+};
+
+absl::Status ServerMetrics::StartExposer(const std::string& bind_address) {
+  if (http_ != nullptr) {
+    return absl::FailedPreconditionError("metrics exporter already started");
+  }
+  const size_t colon = bind_address.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(bind_address.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics bind address \"", bind_address,
+                     "\": expected host:port with port in [0, 65535]"));
+  }
+  if (port == 0) return absl::OkStatus();
+  absl::StatusOr<std::unique_ptr<HttpEndpoint>> endpoint = HttpEndpoint::Start(
+      bind_address.substr(0, colon), port, [this] { return Serialize(); });
+  if (!endpoint.ok()) return endpoint.status();
+  http_ = std::move(endpoint).value();
+  return absl::OkStatus();
+}
+
+int ServerMetrics::exposer_port() const {
+  return http_ == nullptr ? 0 : http_->port();
+}
+
+void ServerMetrics::RecordRequest(std::string_view rpc, int grpc_code,
+                                  double seconds) {
+  const std::string_view code_name = GrpcCodeName(grpc_code);
+  const size_t code_index = (grpc_code >= 0 && grpc_code < 17) ? grpc_code : 2;
+  prometheus::Counter* counter;
+  prometheus::Histogram* duration;
+  {
+    absl::MutexLock lock(&rpc_mu_);
+    auto it = rpc_children_.find(absl::string_view(rpc.data(), rpc.size()));
+    if (it == rpc_children_.end()) {
+      it = rpc_children_.emplace(std::string(rpc), RpcChildren{}).first;
+      it->second.duration = &request_duration_->Add({{"rpc", std::string(rpc)}},
+                                                    LatencyBuckets());
+    }
+    prometheus::Counter*& slot = it->second.by_code[code_index];
+    if (slot == nullptr) {
+      slot = &requests_->Add(
+          {{"rpc", std::string(rpc)}, {"code", std::string(code_name)}});
+    }
+    counter = slot;
+    duration = it->second.duration;
+  }
+  counter->Increment();
+  duration->Observe(seconds);
+}
+
+void ServerMetrics::RecordQueueWait(double seconds) {
+  queue_duration_->Observe(seconds);
+}
+
+void ServerMetrics::RecordStage(ComputeStage stage, double seconds) {
+  stage_duration_.at(static_cast<size_t>(stage))->Observe(seconds);
+}
+
+void ServerMetrics::RecordRetainedTokens(uint32_t retained, uint32_t total) {
+  retained_tokens_->Observe(static_cast<double>(retained));
+  if (total > 0)
+    retention_ratio_->Observe(static_cast<double>(retained) / total);
+}
+
+void ServerMetrics::RecordBatchSize(size_t samples) {
+  batch_size_->Observe(static_cast<double>(samples));
+}
+
+void ServerMetrics::SetActiveSessions(size_t sessions) {
+  active_sessions_->Set(static_cast<double>(sessions));
+}
+
+void ServerMetrics::RecordSessionEvictions(uint64_t count) {
+  session_evictions_->Increment(static_cast<double>(count));
+}
+
+void ServerMetrics::RecordControllerMode(v1::ControllerMode mode) {
+  switch (mode) {
+    case v1::CONTROLLER_MODE_COARSE:
+      controller_mode_[1]->Increment();
+      break;
+    case v1::CONTROLLER_MODE_FINE:
+      controller_mode_[2]->Increment();
+      break;
+    default:
+      controller_mode_[0]->Increment();
+  }
+}
+
+void ServerMetrics::RecordRejected(RejectReason reason) {
+  rejected_.at(static_cast<size_t>(reason))->Increment();
+}
+
+void ServerMetrics::RecordExpired() { expired_->Increment(); }
+
+void ServerMetrics::SetQueueDepth(size_t depth) {
+  queue_depth_->Set(static_cast<double>(depth));
+}
+
+void ServerMetrics::RecordForwardPass(v1::PruningMethod method) {
+  switch (method) {
+    case v1::PRUNING_METHOD_SPECPRUNE:
+      forward_passes_[1]->Increment();
+      break;
+    case v1::PRUNING_METHOD_FASTV:
+      forward_passes_[2]->Increment();
+      break;
+    case v1::PRUNING_METHOD_RANDOM:
+      forward_passes_[3]->Increment();
+      break;
+    default:
+      forward_passes_[0]->Increment();
+  }
+}
+
+std::string ServerMetrics::Serialize() const {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, registry_->Collect());
+  return out.str();
+}
+
+}  // namespace specprune

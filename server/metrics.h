@@ -1,0 +1,152 @@
+// Prometheus metrics of the server (DESIGN §6 "Metrics"). ServerMetrics is the
+// one owner of the registry: it registers every metric family once, caches the
+// child metrics of fixed label sets, and serves them over HTTP (/metrics) on
+// its own port.
+//
+// Families (base units in names):
+//   specprune_requests_total{rpc,code}                 counter   finished RPCs
+//   by gRPC code name specprune_request_duration_seconds{rpc} histogram
+//   server-side end to end specprune_queue_duration_seconds histogram wait for
+//   a batch / worker specprune_compute_duration_seconds{stage} histogram
+//   preprocess|vision|llm|action_head specprune_retained_vision_tokens
+//   histogram vision tokens at the last layer
+//   specprune_vision_token_retention_ratio             histogram retained /
+//   total, in [0, 1] specprune_batch_size histogram samples per forward pass
+//   specprune_active_sessions                          gauge
+//   specprune_session_evictions_total                  counter   LRU + TTL
+//   evictions specprune_controller_mode_total{mode}              counter
+//   coarse|fine|none per sample specprune_rejected_requests_total{reason}
+//   counter   queue_full|invalid|stale_step|
+//                                                                shutting_down
+//   specprune_expired_requests_total                   counter   deadline
+//   passed/cancelled in queue specprune_queue_depth gauge
+//   specprune_forward_passes_total{method}             counter
+//   none|specprune|fastv|random per sample
+//
+// HTTP: StartExposer serves GET /metrics itself (one small thread, one scrape
+// at a time) instead of prometheus::Exposer: civetweb creates its threads with
+// 100 KB stacks, which pthread_create rejects in a process whose static TLS is
+// larger (LibTorch + OpenBLAS), so the Exposer cannot start in our server.
+//
+// Thread safety: every method may be called concurrently, except StartExposer
+// (call once at startup, before serving).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "specprune/v1/vla_service.pb.h"
+
+namespace prometheus {
+class Counter;
+class Gauge;
+class Histogram;
+class Registry;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace specprune {
+
+// Stages of specprune_compute_duration_seconds{stage}.
+enum class ComputeStage { kPreprocess = 0, kVision, kLlm, kActionHead };
+inline constexpr int kNumComputeStages = 4;
+
+// Reasons of specprune_rejected_requests_total{reason}.
+enum class RejectReason { kQueueFull = 0, kInvalid, kStaleStep, kShuttingDown };
+inline constexpr int kNumRejectReasons = 4;
+
+// Label values used by the families above.
+std::string_view ComputeStageName(
+    ComputeStage stage);  // "preprocess", "vision", ...
+std::string_view RejectReasonName(
+    RejectReason reason);  // "queue_full", "invalid", ...
+
+class ServerMetrics {
+ public:
+  // Creates the registry and registers every family.
+  ServerMetrics();
+  ~ServerMetrics();
+  ServerMetrics(const ServerMetrics&) = delete;
+  ServerMetrics& operator=(const ServerMetrics&) = delete;
+
+  // Serves the registry as text exposition at http://<bind_address>/metrics.
+  // `bind_address` is "host:port" ("0.0.0.0:9464", "[::]:9464"); port 0
+  // disables the exporter (returns OK). InvalidArgument for a malformed
+  // address, Unavailable when the port cannot be bound (e.g. in use),
+  // FailedPrecondition when already started.
+  absl::Status StartExposer(const std::string& bind_address);
+  // Port the exporter listens on; 0 when not started.
+  int exposer_port() const;
+
+  // The registry (e.g. to add process metrics). Shared ownership.
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // One finished RPC: `rpc` is the method name ("Predict", "StreamPredict",
+  // "Reset", "GetModelInfo"; one StreamPredict message counts as one
+  // "StreamPredict" request), `grpc_code` a google.rpc.Code value, `seconds`
+  // the server-side duration.
+  void RecordRequest(std::string_view rpc, int grpc_code, double seconds);
+  void RecordQueueWait(double seconds);
+  void RecordStage(ComputeStage stage, double seconds);
+  // Vision tokens at the last layer and entering the LLM, for one sample (ratio
+  // skipped if total is 0).
+  void RecordRetainedTokens(uint32_t retained, uint32_t total);
+  void RecordBatchSize(size_t samples);
+  void SetActiveSessions(size_t sessions);
+  void RecordSessionEvictions(uint64_t count = 1);
+  // One sample's controller mode (UNSPECIFIED counts as "none").
+  void RecordControllerMode(v1::ControllerMode mode);
+  void RecordRejected(RejectReason reason);
+  void RecordExpired();
+  void SetQueueDepth(size_t depth);
+  // One sample's forward pass with the given (resolved) method; UNSPECIFIED
+  // counts as "none".
+  void RecordForwardPass(v1::PruningMethod method);
+
+  // The registry in Prometheus text exposition format (what /metrics serves).
+  std::string Serialize() const;
+
+ private:
+  struct RpcChildren {
+    prometheus::Histogram* duration = nullptr;
+    std::array<prometheus::Counter*, 17> by_code{};  // created on first use
+  };
+
+  std::shared_ptr<prometheus::Registry> registry_;
+
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* request_duration_;
+  prometheus::Histogram* queue_duration_;
+  std::array<prometheus::Histogram*, kNumComputeStages> stage_duration_;
+  prometheus::Histogram* retained_tokens_;
+  prometheus::Histogram* retention_ratio_;
+  prometheus::Histogram* batch_size_;
+  prometheus::Gauge* active_sessions_;
+  prometheus::Counter* session_evictions_;
+  std::array<prometheus::Counter*, 3> controller_mode_;  // none, coarse, fine
+  std::array<prometheus::Counter*, kNumRejectReasons> rejected_;
+  prometheus::Counter* expired_;
+  prometheus::Gauge* queue_depth_;
+  std::array<prometheus::Counter*, 4>
+      forward_passes_;  // none, specprune, fastv, random
+
+  absl::Mutex rpc_mu_;
+  absl::flat_hash_map<std::string, RpcChildren> rpc_children_
+      ABSL_GUARDED_BY(rpc_mu_);
+
+  // Declared last: destroyed first, so no scrape runs while the metrics are
+  // torn down.
+  class HttpEndpoint;
+  std::unique_ptr<HttpEndpoint> http_;
+};
+
+}  // namespace specprune

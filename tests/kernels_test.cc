@@ -1,0 +1,279 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "kernels/ops_cpu.h"
+
+namespace specprune {
+namespace {
+
+struct StatsCase {
+  torch::Tensor q, k, key_valid, row_valid, vision_rows;
+  double scale = 0.0;
+};
+
+// B=3, H=5, R=7 (some rows invalid), T=37 with key padding, D=11, V=12 ragged with -1 padding.
+StatsCase AwkwardCase() {
+  torch::manual_seed(1234);
+  const int64_t b = 3, h = 5, r = 7, t = 37, d = 11, v = 12;
+  StatsCase c;
+  c.q = torch::randn({b, h, r, d});
+  c.k = torch::randn({b, h, t, d});
+  c.key_valid = torch::zeros({b, t}, torch::kBool);
+  c.key_valid[0].fill_(true);
+  c.key_valid[1].slice(0, 0, 30).fill_(true);
+  c.key_valid[2].slice(0, 0, 25).fill_(true);
+  c.row_valid = torch::zeros({b, r}, torch::kBool);
+  c.row_valid[0].fill_(true);
+  c.row_valid[1].slice(0, 0, 4).fill_(true);
+  for (int64_t i : {0, 3, 6}) c.row_valid[2][i] = true;
+  std::vector<int64_t> rows = {1, 2, 3, 4,  5,  6,  7,  8,  9,  10, 11, 12,  //
+                               1, 2, 3, 4,  5,  6,  7,  8,  9,  -1, -1, -1,  //
+                               2, 5, 7, 11, 13, 17, 19, 23, -1, -1, -1, -1};
+  c.vision_rows = torch::tensor(rows, torch::kLong).view({b, v});
+  c.scale = 1.0 / std::sqrt(static_cast<double>(d));
+  return c;
+}
+
+// Straightforward loops in double precision.
+std::pair<std::vector<double>, std::vector<double>> NaiveStats(const StatsCase& c) {
+  const int64_t B = c.q.size(0), H = c.q.size(1), R = c.q.size(2), D = c.q.size(3);
+  const int64_t T = c.k.size(2), V = c.vision_rows.size(1);
+  const torch::Tensor qd = c.q.to(torch::kDouble), kd = c.k.to(torch::kDouble);
+  auto q = qd.accessor<double, 4>();
+  auto k = kd.accessor<double, 4>();
+  auto kv = c.key_valid.accessor<bool, 2>();
+  auto rv = c.row_valid.accessor<bool, 2>();
+  auto vr = c.vision_rows.accessor<int64_t, 2>();
+  std::vector<double> scores(B * V, 0.0), entropy(B, 0.0);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t rows = 0;
+    for (int64_t r = 0; r < R; ++r) rows += rv[b][r] ? 1 : 0;
+    if (rows == 0) continue;
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t r = 0; r < R; ++r) {
+        if (!rv[b][r]) continue;
+        std::vector<double> logit(T, 0.0), p(T, 0.0);
+        double m = -1e300;
+        for (int64_t t = 0; t < T; ++t) {
+          if (!kv[b][t]) continue;
+          double dot = 0.0;
+          for (int64_t d = 0; d < D; ++d) dot += q[b][h][r][d] * k[b][h][t][d];
+          logit[t] = dot * c.scale;
+          m = std::max(m, logit[t]);
+        }
+        double z = 0.0;
+        for (int64_t t = 0; t < T; ++t) {
+          if (kv[b][t]) z += std::exp(logit[t] - m);
+        }
+        for (int64_t t = 0; t < T; ++t) p[t] = kv[b][t] ? std::exp(logit[t] - m) / z : 0.0;
+        double mass = 0.0;
+        for (int64_t j = 0; j < V; ++j) {
+          if (vr[b][j] < 0) continue;
+          scores[b * V + j] += p[vr[b][j]] / (H * rows);
+          mass += p[vr[b][j]];
+        }
+        double ent = 0.0;
+        for (int64_t j = 0; j < V; ++j) {
+          if (vr[b][j] < 0 || mass <= 0.0) continue;
+          const double x = p[vr[b][j]] / mass;
+          if (x > 0.0) ent -= x * std::log(x);
+        }
+        entropy[b] += ent / (H * rows);
+      }
+    }
+  }
+  return {scores, entropy};
+}
+
+TEST(KernelsTest, AttentionStatsHandComputedSoftmaxOverAllKeys) {
+  // One head, one row, D = 1, q = 1: logits = k = [0, ln2, ln3, 0] -> P = [1, 2, 3, 1] / 7.
+  auto q = torch::ones({1, 1, 1, 1});
+  auto k =
+      torch::tensor({0.0, std::log(2.0), std::log(3.0), 0.0}, torch::kFloat).view({1, 1, 4, 1});
+  auto row_valid = torch::ones({1, 1}, torch::kBool);
+  auto vision_rows = torch::tensor({1, 2}, torch::kLong).view({1, 2});
+  auto key_valid = torch::ones({1, 4}, torch::kBool);
+  auto [scores, entropy] =
+      text_vision_attention_stats(q, k, key_valid, row_valid, vision_rows, 1.0);
+  EXPECT_NEAR(scores[0][0].item<float>(), 2.0 / 7.0, 1e-6);
+  EXPECT_NEAR(scores[0][1].item<float>(), 3.0 / 7.0, 1e-6);
+  // Vision part renormalized: [0.4, 0.6].
+  EXPECT_NEAR(entropy[0].item<float>(), 0.6730116670092565, 1e-6);
+
+  // A padded key leaves the softmax: Z = 6.
+  key_valid[0][3] = false;
+  std::tie(scores, entropy) =
+      text_vision_attention_stats(q, k, key_valid, row_valid, vision_rows, 1.0);
+  EXPECT_NEAR(scores[0][0].item<float>(), 2.0 / 6.0, 1e-6);
+  EXPECT_NEAR(scores[0][1].item<float>(), 3.0 / 6.0, 1e-6);
+}
+
+TEST(KernelsTest, AttentionStatsMatchNaiveLoopsOnAwkwardSizes) {
+  const StatsCase c = AwkwardCase();
+  auto [scores, entropy] =
+      text_vision_attention_stats(c.q, c.k, c.key_valid, c.row_valid, c.vision_rows, c.scale);
+  ASSERT_EQ(scores.sizes(), torch::IntArrayRef({3, 12}));
+  ASSERT_EQ(entropy.sizes(), torch::IntArrayRef({3}));
+  EXPECT_EQ(scores.scalar_type(), torch::kFloat);
+  const auto [want_scores, want_entropy] = NaiveStats(c);
+  for (int64_t b = 0; b < 3; ++b) {
+    EXPECT_NEAR(entropy[b].item<double>(), want_entropy[b], 1e-5) << "b=" << b;
+    for (int64_t j = 0; j < 12; ++j) {
+      EXPECT_NEAR(scores[b][j].item<double>(), want_scores[b * 12 + j], 1e-6)
+          << "b=" << b << " j=" << j;
+    }
+  }
+  // Padding reads as 0.
+  EXPECT_EQ(scores[1][11].item<float>(), 0.0f);
+  EXPECT_EQ(scores[2][8].item<float>(), 0.0f);
+}
+
+TEST(KernelsTest, AttentionStatsAcceptBfloat16Inputs) {
+  const StatsCase c = AwkwardCase();
+  auto [s32, e32] =
+      text_vision_attention_stats(c.q, c.k, c.key_valid, c.row_valid, c.vision_rows, c.scale);
+  auto [s16, e16] = text_vision_attention_stats(c.q.to(torch::kBFloat16), c.k.to(torch::kBFloat16),
+                                                c.key_valid, c.row_valid, c.vision_rows, c.scale);
+  EXPECT_EQ(s16.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::allclose(s16, s32, 1e-2, 1e-3));
+  EXPECT_TRUE(torch::allclose(e16, e32, 1e-2, 1e-2));
+}
+
+TEST(KernelsTest, AttentionStatsAreZeroForSamplesWithoutValidRows) {
+  StatsCase c = AwkwardCase();
+  c.row_valid[1].fill_(false);
+  auto [scores, entropy] =
+      text_vision_attention_stats(c.q, c.k, c.key_valid, c.row_valid, c.vision_rows, c.scale);
+  EXPECT_EQ(scores[1].abs().sum().item<float>(), 0.0f);
+  EXPECT_EQ(entropy[1].item<float>(), 0.0f);
+  EXPECT_GT(scores[0].sum().item<float>(), 0.0f);
+}
+
+TEST(KernelsTest, AttentionStatsRejectBadShapes) {
+  const StatsCase c = AwkwardCase();
+  EXPECT_THROW(text_vision_attention_stats(c.q, c.k.slice(3, 0, 5), c.key_valid, c.row_valid,
+                                           c.vision_rows, c.scale),
+               c10::Error);
+  EXPECT_THROW(text_vision_attention_stats(c.q, c.k, c.key_valid.to(torch::kFloat), c.row_valid,
+                                           c.vision_rows, c.scale),
+               c10::Error);
+  EXPECT_THROW(text_vision_attention_stats(c.q, c.k, c.key_valid, c.row_valid.slice(1, 0, 3),
+                                           c.vision_rows, c.scale),
+               c10::Error);
+  auto out_of_range = c.vision_rows.clone();
+  out_of_range[0][0] = 37;
+  EXPECT_THROW(
+      text_vision_attention_stats(c.q, c.k, c.key_valid, c.row_valid, out_of_range, c.scale),
+      c10::Error);
+}
+
+TEST(KernelsTest, CosineSimilarityHandComputed) {
+  auto a =
+      torch::tensor({1.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 3.0f, 4.0f, 1.0f, 2.0f}, torch::kFloat)
+          .view({5, 2});
+  auto b =
+      torch::tensor({1.0f, 1.0f, 0.0f, 0.0f, 1.0f, 0.0f, 6.0f, 8.0f, -1.0f, -2.0f}, torch::kFloat)
+          .view({5, 2});
+  auto sim = patch_cosine_similarity(a, b);
+  ASSERT_EQ(sim.sizes(), torch::IntArrayRef({5}));
+  EXPECT_NEAR(sim[0].item<float>(), 1.0 / std::sqrt(2.0), 1e-6);
+  EXPECT_EQ(sim[1].item<float>(), 1.0f);  // both all-zero: identical
+  EXPECT_EQ(sim[2].item<float>(), 0.0f);  // zero against non-zero
+  EXPECT_NEAR(sim[3].item<float>(), 1.0, 1e-6);
+  EXPECT_NEAR(sim[4].item<float>(), -1.0, 1e-6);
+  EXPECT_THROW(patch_cosine_similarity(a, b.view({2, 5})), c10::Error);
+}
+
+TEST(KernelsTest, CosineSimilarityMatchesNaiveLoops) {
+  torch::manual_seed(7);
+  auto a = torch::rand({37, 53});
+  auto b = torch::rand({37, 53});
+  auto sim = patch_cosine_similarity(a, b);
+  auto aa = a.accessor<float, 2>(), bb = b.accessor<float, 2>();
+  for (int64_t i = 0; i < 37; ++i) {
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t d = 0; d < 53; ++d) {
+      dot += aa[i][d] * bb[i][d];
+      na += aa[i][d] * aa[i][d];
+      nb += bb[i][d] * bb[i][d];
+    }
+    EXPECT_NEAR(sim[i].item<double>(), dot / std::sqrt(na * nb), 1e-5);
+  }
+}
+
+TEST(KernelsTest, ExtractPatchesUsesViTTokenOrder) {
+  // value = 100 c + 10 y + x.
+  auto ys = torch::arange(4).view({1, 4, 1}).to(torch::kFloat);
+  auto xs = torch::arange(4).view({1, 1, 4}).to(torch::kFloat);
+  auto cs = torch::arange(3).view({3, 1, 1}).to(torch::kFloat);
+  auto image = 100 * cs + 10 * ys + xs;
+  auto patches = extract_patches(image, 2);
+  ASSERT_EQ(patches.sizes(), torch::IntArrayRef({4, 12}));
+  // Patch 1 = grid row 0, column 1; feature (c, py, px) = 100 c + 10 py + 2 + px.
+  EXPECT_EQ(patches[1][0].item<float>(), 2.0f);
+  EXPECT_EQ(patches[1][1].item<float>(), 3.0f);
+  EXPECT_EQ(patches[1][2].item<float>(), 12.0f);
+  EXPECT_EQ(patches[1][4].item<float>(), 102.0f);
+  // Patch 2 = grid row 1, column 0.
+  EXPECT_EQ(patches[2][0].item<float>(), 20.0f);
+  EXPECT_EQ(patches[3][11].item<float>(), 233.0f);
+}
+
+TEST(KernelsTest, ExtractPatchesMatchesPatchEmbeddingConv) {
+  torch::manual_seed(3);
+  auto image = torch::rand({3, 14, 14});
+  auto weight = torch::randn({5, 3, 7, 7});
+  auto conv = torch::conv2d(image.unsqueeze(0), weight, {}, 7).flatten(2).squeeze(0).t();  // [4,5]
+  auto via_patches = torch::matmul(extract_patches(image, 7), weight.view({5, -1}).t());
+  EXPECT_TRUE(torch::allclose(conv, via_patches, 1e-4, 1e-5));
+  EXPECT_THROW(extract_patches(image, 5), c10::Error);
+  EXPECT_THROW(extract_patches(torch::rand({3, 14, 12}), 7), c10::Error);
+}
+
+// --- CUDA vs CPU reference (skipped without a CUDA device). ---
+
+TEST(KernelsTest, CudaAttentionStatsMatchCpuReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const StatsCase c = AwkwardCase();
+  auto [cpu_scores, cpu_entropy] =
+      cpu::text_vision_attention_stats(c.q, c.k, c.key_valid, c.row_valid, c.vision_rows, c.scale);
+  const torch::Device dev(torch::kCUDA);
+  auto [scores, entropy] =
+      text_vision_attention_stats(c.q.to(dev), c.k.to(dev), c.key_valid.to(dev),
+                                  c.row_valid.to(dev), c.vision_rows.to(dev), c.scale);
+  EXPECT_TRUE(scores.is_cuda());
+  EXPECT_TRUE(torch::allclose(scores.cpu(), cpu_scores, 1e-4, 1e-6));
+  EXPECT_TRUE(torch::allclose(entropy.cpu(), cpu_entropy, 1e-4, 1e-5));
+  // Half-precision inputs are computed in float32 too.
+  auto [s16, e16] = text_vision_attention_stats(
+      c.q.to(dev).to(torch::kHalf), c.k.to(dev).to(torch::kHalf), c.key_valid.to(dev),
+      c.row_valid.to(dev), c.vision_rows.to(dev), c.scale);
+  EXPECT_TRUE(torch::allclose(s16.cpu(), cpu_scores, 1e-2, 1e-3));
+}
+
+TEST(KernelsTest, CudaCosineSimilarityMatchesCpuReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(11);
+  auto a = torch::rand({131, 147});
+  auto b = torch::rand({131, 147});
+  a[5].zero_();
+  b[5].zero_();
+  a[6].zero_();
+  auto want = cpu::patch_cosine_similarity(a, b);
+  auto got = patch_cosine_similarity(a.cuda(), b.cuda());
+  EXPECT_TRUE(got.is_cuda());
+  EXPECT_TRUE(torch::allclose(got.cpu(), want, 1e-5, 1e-6));
+}
+
+TEST(KernelsTest, CudaExtractPatchesMatchesCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto image = torch::rand({3, 28, 28});
+  EXPECT_TRUE(torch::equal(extract_patches(image.cuda(), 14).cpu(), extract_patches(image, 14)));
+}
+
+}  // namespace
+}  // namespace specprune

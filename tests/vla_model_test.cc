@@ -1,0 +1,204 @@
+#include "model/vla_model.h"
+
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "model/flops.h"
+
+namespace specprune {
+namespace {
+
+// Keeps a fixed subset of vision tokens after a given layer; records what it saw.
+class FixedPruner : public SamplePruner {
+ public:
+  FixedPruner(int layer, std::vector<int64_t> keep) : layer_(layer), keep_(std::move(keep)) {}
+  StatsRows StatsWanted(int layer) const override {
+    return layer == layer_ ? StatsRows::kText : StatsRows::kNone;
+  }
+  std::optional<std::vector<int64_t>> AfterLayer(int layer, const std::vector<int64_t>& ids,
+                                                 const LayerAttentionStats* stats) override {
+    seen_.push_back(ids.size());
+    if (layer != layer_) return std::nullopt;
+    EXPECT_NE(stats, nullptr);
+    if (stats != nullptr) {
+      EXPECT_EQ(stats->scores.numel(), static_cast<int64_t>(ids.size()));
+      last_scores_ = stats->scores;
+    }
+    return keep_;
+  }
+  void Finish(const torch::Tensor& a) override { finished_ = true; }
+  std::vector<size_t> seen_;
+  torch::Tensor last_scores_;
+  bool finished_ = false;
+
+ private:
+  int layer_;
+  std::vector<int64_t> keep_;
+};
+
+class VlaModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto c = PresetConfig("tiny");
+    ASSERT_TRUE(c.ok());
+    config_ = *c;
+    auto m = VlaModel::Create(config_, {.seed = 7});
+    ASSERT_TRUE(m.ok()) << m.status();
+    model_ = std::move(*m);
+  }
+  SampleInput MakeSample(int seed, int prompt_len) {
+    torch::manual_seed(seed);
+    SampleInput in;
+    for (size_t i = 0; i < config_.cameras.size(); ++i)
+      in.images.push_back(torch::rand({3, config_.image_size, config_.image_size}));
+    for (int i = 0; i < prompt_len; ++i) in.prompt_ids.push_back(3 + (seed * 31 + i * 7) % 400);
+    in.proprio = torch::rand({config_.proprio_dim}) * 2 - 1;
+    return in;
+  }
+  ModelConfig config_;
+  std::unique_ptr<VlaModel> model_;
+};
+
+TEST_F(VlaModelTest, ForwardProducesFiniteChunkOfConfiguredShape) {
+  auto out = model_->Forward({MakeSample(1, 12)});
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->size(), 1u);
+  const auto& a = (*out)[0].normalized_actions;
+  EXPECT_EQ(a.sizes().vec(), (std::vector<int64_t>{config_.chunk_size, config_.action_dim}));
+  EXPECT_TRUE(torch::isfinite(a).all().item<bool>());
+  EXPECT_EQ((*out)[0].vision_tokens_per_layer,
+            std::vector<int32_t>(config_.llm.layers, config_.vision_tokens()));
+  EXPECT_DOUBLE_EQ((*out)[0].llm_flops, (*out)[0].llm_flops_unpruned);
+}
+
+TEST_F(VlaModelTest, SameSeedSameWeightsSameOutput) {
+  auto other = VlaModel::Create(config_, {.seed = 7});
+  ASSERT_TRUE(other.ok());
+  auto a = model_->Forward({MakeSample(2, 9)});
+  auto b = (*other)->Forward({MakeSample(2, 9)});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(torch::equal((*a)[0].normalized_actions, (*b)[0].normalized_actions));
+  auto c = VlaModel::Create(config_, {.seed = 8});
+  auto d = (*c)->Forward({MakeSample(2, 9)});
+  EXPECT_FALSE(torch::allclose((*a)[0].normalized_actions, (*d)[0].normalized_actions));
+}
+
+TEST_F(VlaModelTest, BatchedRaggedPromptsMatchSamplesAlone) {
+  std::vector<SampleInput> batch = {MakeSample(3, 5), MakeSample(4, 17), MakeSample(5, 11)};
+  auto together = model_->Forward(batch);
+  ASSERT_TRUE(together.ok()) << together.status();
+  for (size_t i = 0; i < batch.size(); ++i) {
+    auto alone = model_->Forward({batch[i]});
+    ASSERT_TRUE(alone.ok());
+    EXPECT_TRUE(torch::allclose((*together)[i].normalized_actions, (*alone)[0].normalized_actions,
+                                1e-4, 1e-5))
+        << "sample " << i;
+  }
+}
+
+TEST_F(VlaModelTest, PrunerKeepingEverythingGivesExactlyTheUnprunedResult) {
+  auto sample = MakeSample(6, 10);
+  auto base = model_->Forward({sample});
+  std::vector<int64_t> all(config_.vision_tokens());
+  std::iota(all.begin(), all.end(), 0);
+  FixedPruner pruner(1, all);
+  sample.pruner = &pruner;
+  auto pruned = model_->Forward({sample});
+  ASSERT_TRUE(base.ok() && pruned.ok());
+  EXPECT_TRUE(torch::equal((*base)[0].normalized_actions, (*pruned)[0].normalized_actions));
+  EXPECT_TRUE(pruner.finished_);
+  // Scores are a distribution restricted to vision columns: non-negative, sum <= 1.
+  EXPECT_GE(pruner.last_scores_.min().item<float>(), 0.0f);
+  EXPECT_LE(pruner.last_scores_.sum().item<float>(), 1.0f + 1e-5);
+}
+
+TEST_F(VlaModelTest, PrunedRowsAreRemovedAndCountedPerLayer) {
+  auto sample = MakeSample(7, 10);
+  FixedPruner pruner(1, {0, 5, 9, 64, 100, 127});
+  sample.pruner = &pruner;
+  auto out = model_->Forward({sample});
+  ASSERT_TRUE(out.ok()) << out.status();
+  const auto& per_layer = (*out)[0].vision_tokens_per_layer;
+  EXPECT_EQ(per_layer[0], 128);
+  EXPECT_EQ(per_layer[1], 128);
+  for (size_t l = 2; l < per_layer.size(); ++l) EXPECT_EQ(per_layer[l], 6);
+  EXPECT_LT((*out)[0].llm_flops, (*out)[0].llm_flops_unpruned);
+  EXPECT_TRUE(torch::isfinite((*out)[0].normalized_actions).all().item<bool>());
+}
+
+TEST_F(VlaModelTest, SamplesWithDifferentRetainedSetsMatchThemselvesAlone) {
+  auto s1 = MakeSample(8, 6), s2 = MakeSample(9, 14), s3 = MakeSample(10, 9);
+  FixedPruner p1(1, {1, 2, 3, 50}), p2(1, {10, 20, 30, 40, 50, 60, 70, 80, 90}), q1(1, {1, 2, 3, 50}),
+      q2(1, {10, 20, 30, 40, 50, 60, 70, 80, 90});
+  s1.pruner = &p1;
+  s2.pruner = &p2;  // s3 unpruned
+  auto together = model_->Forward({s1, s2, s3});
+  ASSERT_TRUE(together.ok()) << together.status();
+  s1.pruner = &q1;
+  s2.pruner = &q2;
+  auto a1 = model_->Forward({s1}), a2 = model_->Forward({s2}), a3 = model_->Forward({s3});
+  EXPECT_TRUE(torch::allclose((*together)[0].normalized_actions, (*a1)[0].normalized_actions, 1e-4, 1e-5));
+  EXPECT_TRUE(torch::allclose((*together)[1].normalized_actions, (*a2)[0].normalized_actions, 1e-4, 1e-5));
+  EXPECT_TRUE(torch::allclose((*together)[2].normalized_actions, (*a3)[0].normalized_actions, 1e-4, 1e-5));
+}
+
+TEST_F(VlaModelTest, RejectsMisshapenInputsWithoutThrowing) {
+  auto s = MakeSample(11, 4);
+  s.images.pop_back();
+  EXPECT_EQ(model_->Forward({s}).status().code(), absl::StatusCode::kInvalidArgument);
+  s = MakeSample(11, 4);
+  s.proprio = torch::zeros({3});
+  EXPECT_EQ(model_->Forward({s}).status().code(), absl::StatusCode::kInvalidArgument);
+  s = MakeSample(11, 4);
+  s.prompt_ids.push_back(config_.llm.vocab_size);
+  EXPECT_EQ(model_->Forward({s}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(VlaModelTest, ParameterCountFromConfigMatchesAllocatedModel) {
+  EXPECT_EQ(CountParameters(config_).total(), model_->parameter_count());
+  auto small = PresetConfig("small");
+  auto m = VlaModel::Create(*small, {});
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(CountParameters(*small).total(), (*m)->parameter_count());
+}
+
+TEST(VlaConfigTest, OpenVla7bParameterCountMatchesPublishedSize) {
+  auto c = PresetConfig("openvla-oft-7b");
+  ASSERT_TRUE(c.ok());
+  const auto p = CountParameters(*c);
+  std::printf("openvla-oft-7b parameters: vision %lld projector %lld llm %lld action_head %lld "
+              "proprio %lld total %lld\n",
+              (long long)p.vision, (long long)p.projector, (long long)p.llm,
+              (long long)p.action_head, (long long)p.proprio_projector, (long long)p.total());
+  // DINOv2-L (~304M) + SigLIP-so400m (~400M, no head) ~ 0.7B; Llama-2-7B with 32064 vocab ~ 6.6B
+  // without lm_head.
+  EXPECT_NEAR(p.vision / 1e9, 0.73, 0.05);
+  EXPECT_NEAR(p.llm / 1e9, 6.61, 0.05);
+  EXPECT_EQ(c->vision_tokens(), 512);
+  EXPECT_EQ(p.total(), p.vision + p.projector + p.llm + p.action_head + p.proprio_projector);
+}
+
+TEST(VlaConfigTest, JsonRoundTripAndFieldErrors) {
+  for (const auto& name : PresetNames()) {
+    auto c = PresetConfig(name);
+    ASSERT_TRUE(c.ok());
+    auto back = ConfigFromJson(ConfigToJson(*c));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(ConfigToJson(*back), ConfigToJson(*c));
+  }
+  auto j = ConfigToJson(*PresetConfig("tiny"));
+  j["llm"]["heads"] = 5;
+  auto bad = ConfigFromJson(j);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("llm.heads"), std::string::npos) << bad.status();
+  j = ConfigToJson(*PresetConfig("tiny"));
+  j["bogus"] = 1;
+  EXPECT_NE(ConfigFromJson(j).status().message().find("bogus"), std::string::npos);
+  j = ConfigToJson(*PresetConfig("tiny"));
+  j["chunk_size"] = "eight";
+  EXPECT_NE(ConfigFromJson(j).status().message().find("chunk_size"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace specprune
