@@ -24,7 +24,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
-#include "server/grpc_status.h"
+#include "proto/grpc_status.h"
 
 namespace specprune {
 namespace {
@@ -369,7 +369,7 @@ void ServerMetrics::RecordRequest(std::string_view rpc, int grpc_code,
   prometheus::Counter* counter;
   prometheus::Histogram* duration;
   {
-    absl::MutexLock lock(&rpc_mu_);
+    std::lock_guard<std::mutex> lock(rpc_mu_);
     auto it = rpc_children_.find(absl::string_view(rpc.data(), rpc.size()));
     if (it == rpc_children_.end()) {
       it = rpc_children_.emplace(std::string(rpc), RpcChildren{}).first;

@@ -36,13 +36,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "specprune/v1/vla_service.pb.h"
 
 namespace prometheus {
@@ -139,7 +139,7 @@ class ServerMetrics {
   std::array<prometheus::Counter*, 4>
       forward_passes_;  // none, specprune, fastv, random
 
-  absl::Mutex rpc_mu_;
+  std::mutex rpc_mu_;  // std::mutex: visible to ThreadSanitizer
   absl::flat_hash_map<std::string, RpcChildren> rpc_children_
       ABSL_GUARDED_BY(rpc_mu_);
 

@@ -1,5 +1,6 @@
-// A running SpecPrune Serve instance: model, engine, metrics exposer and gRPC server (with the
-// standard health service and reflection). Used by main() and by in-process integration tests.
+// A running SpecPrune Serve instance: model, engine, metrics exposer and gRPC
+// server (with the standard health service and reflection). Used by main() and
+// by in-process integration tests.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -16,9 +17,11 @@ namespace specprune {
 
 class SpecPruneServer {
  public:
-  // Loads the model, starts the metrics exposer (metrics_port 0 = off) and the gRPC server
-  // (port 0 = ephemeral). Any failure (bad model, bad pruning config, port in use) is returned.
-  static absl::StatusOr<std::unique_ptr<SpecPruneServer>> Start(const ServerOptions& options);
+  // Loads the model, starts the metrics exposer (metrics_port 0 = off) and the
+  // gRPC server (port 0 = ephemeral). Any failure (bad model, bad pruning
+  // config, port in use) is returned.
+  static absl::StatusOr<std::unique_ptr<SpecPruneServer>> Start(
+      const ServerOptions& options);
   ~SpecPruneServer();
 
   int port() const { return port_; }
@@ -26,8 +29,8 @@ class SpecPruneServer {
   InferenceEngine& engine() { return *engine_; }
   ServerMetrics& metrics() { return *metrics_; }
 
-  // Graceful stop: health NOT_SERVING, stop accepting, wait up to `drain` for in-flight RPCs,
-  // then drain the engine. Idempotent.
+  // Graceful stop: health NOT_SERVING, stop accepting, wait up to `drain` for
+  // in-flight RPCs, then drain the engine. Idempotent.
   void Shutdown(absl::Duration drain);
 
  private:

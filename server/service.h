@@ -1,6 +1,7 @@
-// gRPC callback service specprune.v1.VlaService over an InferenceEngine. Reactors never block:
-// Predict hands the request to the engine and the engine finishes the reactor from its worker
-// thread. Every RPC outcome is counted in specprune_requests_total{rpc,code}.
+// gRPC callback service specprune.v1.VlaService over an InferenceEngine.
+// Reactors never block: Predict hands the request to the engine and the engine
+// finishes the reactor from its worker thread. Every RPC outcome is counted in
+// specprune_requests_total{rpc,code}.
 #pragma once
 
 #include "server/engine.h"
@@ -18,8 +19,8 @@ class VlaServiceImpl final : public v1::VlaService::CallbackService {
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx,
                                     const v1::PredictRequest* request,
                                     v1::PredictResponse* response) override;
-  grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* StreamPredict(
-      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>*
+  StreamPredict(grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* Reset(grpc::CallbackServerContext* ctx,
                                   const v1::ResetRequest* request,
                                   v1::ResetResponse* response) override;

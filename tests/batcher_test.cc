@@ -4,12 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
-
-#include "absl/synchronization/notification.h"
 
 namespace specprune {
 namespace {
@@ -22,6 +23,31 @@ struct Item {
   bool expired = false;
 };
 
+// A one-shot event (std primitives, so ThreadSanitizer sees the hand-off).
+class Latch {
+ public:
+  void Notify() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      notified_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool notified() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return notified_;
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return notified_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool notified_ = false;
+};
+
 // Collects batches (ids) thread-safely.
 class Recorder {
  public:
@@ -29,38 +55,41 @@ class Recorder {
     return [this](std::vector<Batcher<Item>::Queued>&& batch) {
       std::vector<int> ids;
       for (const auto& q : batch) ids.push_back(q.item.id);
-      absl::MutexLock lock(&mu_);
-      batches_.push_back(std::move(ids));
-      for (const auto& q : batch) waits_.push_back(absl::Now() - q.enqueued);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        batches_.push_back(std::move(ids));
+        for (const auto& q : batch) waits_.push_back(absl::Now() - q.enqueued);
+      }
+      cv_.notify_all();
     };
   }
   std::vector<std::vector<int>> batches() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return batches_;
   }
   std::vector<absl::Duration> waits() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return waits_;
   }
   size_t items() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     size_t n = 0;
     for (const auto& b : batches_) n += b.size();
     return n;
   }
   // Waits until at least n items were run (or 10 s passed).
   bool AwaitItems(size_t n) {
-    absl::MutexLock lock(&mu_);
-    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [this, n] {
       size_t total = 0;
       for (const auto& b : batches_) total += b.size();
       return total >= n;
-    };
-    return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+    });
   }
 
  private:
-  absl::Mutex mu_;
+  std::mutex mu_;
+  std::condition_variable cv_;
   std::vector<std::vector<int>> batches_ ABSL_GUARDED_BY(mu_);
   std::vector<absl::Duration> waits_ ABSL_GUARDED_BY(mu_);
 };
@@ -118,7 +147,7 @@ TEST(BatcherTest, ZeroDelayRunsImmediately) {
 }
 
 TEST(BatcherTest, FullQueueIsResourceExhaustedAndKeepsTheItem) {
-  absl::Notification started, release;
+  Latch started, release;
   BatcherOptions options;
   options.max_batch_size = 1;
   options.max_queue_delay = absl::ZeroDuration();
@@ -126,16 +155,16 @@ TEST(BatcherTest, FullQueueIsResourceExhaustedAndKeepsTheItem) {
   std::atomic<int> ran{0};
   auto batcher = Batcher<std::unique_ptr<int>>::Create(
       options, [&](std::vector<Batcher<std::unique_ptr<int>>::Queued>&& batch) {
-        if (!started.HasBeenNotified()) {
+        if (!started.notified()) {
           started.Notify();
-          release.WaitForNotification();
+          release.Wait();
         }
         ran += static_cast<int>(batch.size());
       });
   ASSERT_TRUE(batcher.ok());
   auto& b = **batcher;
   ASSERT_TRUE(b.Submit(std::make_unique<int>(0)).ok());
-  started.WaitForNotification();  // the worker is busy with item 0
+  started.Wait();  // the worker is busy with item 0
   for (int i = 1; i <= 3; ++i)
     ASSERT_TRUE(b.Submit(std::make_unique<int>(i)).ok());
   EXPECT_EQ(b.queue_depth(), 3u);
@@ -155,7 +184,7 @@ TEST(BatcherTest, FullQueueIsResourceExhaustedAndKeepsTheItem) {
 
 TEST(BatcherTest, ExpiredItemsAreDroppedBeforeCompute) {
   Recorder recorder;
-  absl::Mutex mu;
+  std::mutex mu;
   std::vector<int> expired_ids;
   BatcherOptions options;
   options.max_batch_size = 8;
@@ -163,14 +192,14 @@ TEST(BatcherTest, ExpiredItemsAreDroppedBeforeCompute) {
   auto batcher = Make(
       options, recorder.Runner(), [](const Item& item) { return item.expired; },
       [&](Batcher<Item>::Queued&& q) {
-        absl::MutexLock lock(&mu);
+        std::lock_guard<std::mutex> lock(mu);
         expired_ids.push_back(q.item.id);
       });
   for (int i = 0; i < 8; ++i)
     ASSERT_TRUE(batcher->Submit(Item{i, i % 3 == 0}).ok());
   batcher->Shutdown();
   EXPECT_THAT(recorder.batches(), ElementsAre(ElementsAre(1, 2, 4, 5, 7)));
-  absl::MutexLock lock(&mu);
+  std::lock_guard<std::mutex> lock(mu);
   EXPECT_THAT(expired_ids, ElementsAre(0, 3, 6));
 }
 
@@ -250,7 +279,7 @@ TEST(BatcherTest, ConcurrentProducersAndWorkers) {
   options.max_queue_delay = absl::Microseconds(200);
   options.max_queue_size = 16;
   options.num_workers = 3;
-  absl::Mutex mu;
+  std::mutex mu;
   std::multiset<int> seen;
   size_t largest = 0;
   std::atomic<int> in_flight{0};
@@ -262,7 +291,7 @@ TEST(BatcherTest, ConcurrentProducersAndWorkers) {
     }
     absl::SleepFor(absl::Microseconds(50));
     {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       largest = std::max(largest, batch.size());
       for (const auto& q : batch) seen.insert(q.item.id);
     }
@@ -286,7 +315,7 @@ TEST(BatcherTest, ConcurrentProducersAndWorkers) {
   }
   for (auto& t : producers) t.join();
   batcher->Shutdown();
-  absl::MutexLock lock(&mu);
+  std::lock_guard<std::mutex> lock(mu);
   ASSERT_EQ(seen.size(), static_cast<size_t>(kProducers * kPerProducer));
   for (int id = 0; id < kProducers * kPerProducer; ++id)
     ASSERT_EQ(seen.count(id), 1u) << id;

@@ -23,33 +23,33 @@ using ::testing::Pair;
 class FakeClock {
  public:
   absl::Time Now() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return now_;
   }
   void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     now_ += d;
   }
 
  private:
-  absl::Mutex mu_;
+  std::mutex mu_;
   absl::Time now_ = absl::FromUnixSeconds(1000000);
 };
 
 // Records evictions reported by the store.
 struct EvictionLog {
-  absl::Mutex mu;
+  std::mutex mu;
   std::vector<std::pair<std::string, EvictionReason>> entries
       ABSL_GUARDED_BY(mu);
 
   std::function<void(const Session&, EvictionReason)> Listener() {
     return [this](const Session& s, EvictionReason r) {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       entries.emplace_back(s.robot_id, r);
     };
   }
   std::vector<std::pair<std::string, EvictionReason>> Get() {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     return entries;
   }
 };
@@ -63,12 +63,8 @@ class Pool {
         for (;;) {
           std::function<void()> task;
           {
-            absl::MutexLock lock(&mu_);
-            mu_.Await(absl::Condition(
-                +[](Pool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
-                  return p->stop_ || !p->tasks_.empty();
-                },
-                this));
+            std::unique_lock<std::mutex> lock(mu_);
+            cv_.wait(lock, [this] { return stop_ || !tasks_.empty(); });
             if (tasks_.empty()) return;
             task = std::move(tasks_.front());
             tasks_.pop_front();
@@ -80,18 +76,23 @@ class Pool {
   }
   ~Pool() {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
+    cv_.notify_all();
     for (auto& t : threads_) t.join();
   }
   void Run(std::function<void()> task) {
-    absl::MutexLock lock(&mu_);
-    tasks_.push_back(std::move(task));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
   }
 
  private:
-  absl::Mutex mu_;
+  std::mutex mu_;
+  std::condition_variable cv_;
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
@@ -506,10 +507,12 @@ TEST(SessionStoreTest, SingleSubmitterOrderIsKeptWithAsyncCompletion) {
       });
     });
   }
-  while (completed.load() < kItems) absl::SleepFor(absl::Milliseconds(1));
-  // The last item's done() may still be finishing on a pool thread; wait for
-  // idle.
-  while (!s->idle()) absl::SleepFor(absl::Milliseconds(1));
+  // Wait until every item completed and the last done() has returned.
+  for (int spins = 0;
+       spins < 20000 && (completed.load() < kItems || !s->idle()); ++spins) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_TRUE(s->idle());
   ASSERT_EQ(order.size(), static_cast<size_t>(kItems));
   for (int i = 0; i < kItems; ++i) ASSERT_EQ(order[i], i);
 }

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "model/flops.h"
+#include "nlohmann/json.hpp"
 
 namespace specprune {
 namespace {

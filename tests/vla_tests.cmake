@@ -2,3 +2,9 @@
 specprune_add_test(vla_model_test SOURCES vla_model_test.cc LIBS specprune_model)
 specprune_add_test(checkpoint_test SOURCES checkpoint_test.cc LIBS specprune_model)
 target_compile_definitions(checkpoint_test PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+
+if(SPECPRUNE_BUILD_SERVER)
+  # A real server on an ephemeral loopback port, driven by the C++ SDK.
+  specprune_add_test(server_integration_test SOURCES server_integration_test.cc
+                     LIBS specprune_service specprune_client LABELS integration)
+endif()

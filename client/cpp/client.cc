@@ -56,11 +56,6 @@ absl::Status AddImage(const CameraImage& in, size_t index, v1::Image* out) {
 
 }  // namespace
 
-absl::Status FromGrpcStatus(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-}
-
 absl::StatusOr<ActionChunk> ToActionChunk(const v1::PredictRequest& request,
                                           v1::PredictResponse response) {
   if (!response.robot_id().empty() &&

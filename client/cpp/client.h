@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "proto/grpc_status.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -206,8 +207,7 @@ class Client {
   absl::flat_hash_map<std::string, StepCounter> steps_ ABSL_GUARDED_BY(mu_);
 };
 
-// grpc::Status -> absl::Status with the same code number and message.
-absl::Status FromGrpcStatus(const grpc::Status& status);
+
 
 // Checks a response against its request (same robot and step when the server echoes them, and
 // actions.size() == chunk_size * action_dim) and converts it.

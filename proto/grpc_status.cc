@@ -1,4 +1,4 @@
-#include "server/grpc_status.h"
+#include "proto/grpc_status.h"
 
 #include <array>
 #include <string>

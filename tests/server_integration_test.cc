@@ -1,0 +1,329 @@
+// End to end: a real SpecPruneServer on an ephemeral loopback port, driven by the C++ SDK and a
+// raw gRPC stub; /metrics scraped over HTTP.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <limits>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "client/cpp/client.h"
+#include "model/image_codec.h"
+#include "server/server.h"
+
+namespace specprune {
+namespace {
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
+  ::send(fd, req.data(), req.size(), 0);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, n);
+  ::close(fd);
+  return out;
+}
+
+RgbImage Frame(int size, int seed, int step) {
+  RgbImage img;
+  img.height = img.width = size;
+  img.pixels.resize(size * size * 3);
+  for (int y = 0; y < size; ++y)
+    for (int x = 0; x < size; ++x)
+      for (int c = 0; c < 3; ++c)
+        img.pixels[(y * size + x) * 3 + c] =
+            static_cast<uint8_t>((x * (c + 1) * 7 + y * 3 + seed * 40 + step * 5 * c) % 256);
+  return img;
+}
+
+class ServerIntegrationTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ServerOptions options;  // embedded default model
+    options.host = "127.0.0.1";
+    options.port = 0;
+    options.metrics_port = FreePort();
+    options.max_message_bytes = 2 << 20;
+    options.max_batch_size = 4;
+    auto server = SpecPruneServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = server->release();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr);
+    target_ = absl::StrCat("127.0.0.1:", server_->port());
+    auto client = Client::Create({.target = target_, .deadline = absl::Seconds(20)});
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(*client);
+    auto info = client_->ModelInfo();
+    ASSERT_TRUE(info.ok()) << info.status();
+    info_ = *info;
+    channel_ = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
+    stub_ = v1::VlaService::NewStub(channel_);
+  }
+
+  Observation Obs(int seed, int step) {
+    Observation obs;
+    for (const auto& cam : info_.cameras())
+      obs.images.push_back({cam, Frame(info_.image_height(), seed, step), ""});
+    obs.instruction = "put the red cube on the blue plate";
+    obs.proprio.assign(info_.proprio_dim(), 0.1f);
+    return obs;
+  }
+
+  // A valid raw request built by hand, for corrupting one field at a time.
+  v1::PredictRequest ValidRequest(const std::string& robot, uint64_t step) {
+    v1::PredictRequest req;
+    req.set_robot_id(robot);
+    req.set_episode_id("ep");
+    req.set_step(step);
+    for (const auto& cam : info_.cameras()) {
+      auto* img = req.add_images();
+      img->set_camera(cam);
+      RgbImage f = Frame(info_.image_height(), 1, static_cast<int>(step));
+      auto* raw = img->mutable_raw();
+      raw->set_height(f.height);
+      raw->set_width(f.width);
+      raw->set_channels(3);
+      raw->set_pixels(std::string(f.pixels.begin(), f.pixels.end()));
+    }
+    req.set_instruction("pick up the green block");
+    for (uint32_t i = 0; i < info_.proprio_dim(); ++i) req.add_proprio(0.0f);
+    return req;
+  }
+
+  grpc::Status Call(const v1::PredictRequest& req, v1::PredictResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    return stub_->Predict(&ctx, req, resp);
+  }
+
+  void ExpectServingStill() {
+    v1::PredictResponse resp;
+    auto s = Call(ValidRequest("healthy-robot", next_healthy_step_++), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.actions_size(), static_cast<int>(info_.chunk_size() * info_.action_dim()));
+  }
+
+  static SpecPruneServer* server_;
+  std::string target_;
+  std::unique_ptr<Client> client_;
+  v1::ModelInfo info_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::VlaService::Stub> stub_;
+  static uint64_t next_healthy_step_;
+};
+SpecPruneServer* ServerIntegrationTest::server_ = nullptr;
+uint64_t ServerIntegrationTest::next_healthy_step_ = 0;
+
+TEST_F(ServerIntegrationTest, PredictReturnsFiniteChunkAndPrunesFromTheSecondStep) {
+  PredictOptions opts{.episode_id = "e1"};
+  auto first = client_->Predict("robot-a", Obs(1, 0), opts);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->chunk_size, static_cast<int>(info_.chunk_size()));
+  EXPECT_EQ(first->action_dim, static_cast<int>(info_.action_dim()));
+  for (float a : first->actions) EXPECT_TRUE(std::isfinite(a));
+  EXPECT_TRUE(first->raw.pruning().used_fallback());
+  EXPECT_EQ(first->raw.retained_vision_tokens(), info_.vision_tokens_per_forward());
+  auto second = client_->Predict("robot-a", Obs(1, 1), opts);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_LT(second->raw.retained_vision_tokens(), info_.vision_tokens_per_forward());
+  EXPECT_LT(second->raw.pruning().flops_ratio(), 1.0);
+  EXPECT_EQ(second->raw.episode_steps(), 2u);
+  EXPECT_NE(second->raw.controller_mode(), v1::CONTROLLER_MODE_UNSPECIFIED);
+}
+
+TEST_F(ServerIntegrationTest, RetryOfTheSameStepReturnsTheCachedResponse) {
+  v1::PredictResponse r0, r1, r2;
+  ASSERT_TRUE(Call(ValidRequest("robot-retry", 0), &r0).ok());
+  ASSERT_TRUE(Call(ValidRequest("robot-retry", 1), &r1).ok());
+  ASSERT_TRUE(Call(ValidRequest("robot-retry", 1), &r2).ok());
+  EXPECT_FALSE(r1.cached());
+  EXPECT_TRUE(r2.cached());
+  ASSERT_EQ(r1.actions_size(), r2.actions_size());
+  for (int i = 0; i < r1.actions_size(); ++i) EXPECT_EQ(r1.actions(i), r2.actions(i));
+  EXPECT_EQ(r1.episode_steps(), r2.episode_steps());
+  // Lower step: FAILED_PRECONDITION.
+  v1::PredictResponse r3;
+  EXPECT_EQ(Call(ValidRequest("robot-retry", 0), &r3).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  ExpectServingStill();
+}
+
+TEST_F(ServerIntegrationTest, ResetEndsTheEpisodeAndTheNextStepSaysSo) {
+  v1::PredictResponse r;
+  ASSERT_TRUE(Call(ValidRequest("robot-reset", 0), &r).ok());
+  ASSERT_TRUE(Call(ValidRequest("robot-reset", 1), &r).ok());
+  EXPECT_FALSE(r.session_restarted());
+  auto existed = client_->Reset("robot-reset");
+  ASSERT_TRUE(existed.ok());
+  EXPECT_TRUE(*existed);
+  ASSERT_TRUE(Call(ValidRequest("robot-reset", 2), &r).ok());
+  EXPECT_TRUE(r.session_restarted());
+  EXPECT_TRUE(r.pruning().used_fallback());  // prior cleared
+  auto again = client_->Reset("never-seen");
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(*again);
+}
+
+TEST_F(ServerIntegrationTest, StreamPredictAnswersEveryRequestInOrderAndReportsErrorsInBand) {
+  auto stream = client_->OpenStream();
+  for (int step = 0; step < 3; ++step) {
+    auto out = stream->Predict("robot-stream", Obs(2, step),
+                               {.episode_id = "s1", .step = static_cast<uint64_t>(step)});
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->raw.step(), static_cast<uint64_t>(step));
+  }
+  Observation bad = Obs(2, 3);
+  bad.proprio.pop_back();
+  auto err = stream->Predict("robot-stream", bad, {.episode_id = "s1", .step = 3});
+  EXPECT_EQ(err.status().code(), absl::StatusCode::kInvalidArgument);
+  auto after = stream->Predict("robot-stream", Obs(2, 3), {.episode_id = "s1", .step = 3});
+  EXPECT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(stream->Close().ok());
+}
+
+TEST_F(ServerIntegrationTest, HealthIsServing) {
+  auto h = client_->Health();
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_TRUE(*h);
+}
+
+TEST_F(ServerIntegrationTest, EachBadInputGetsItsCodeNamingTheFieldAndTheServerKeepsServing) {
+  struct Case {
+    std::string name;
+    std::function<void(v1::PredictRequest&)> corrupt;
+    grpc::StatusCode code;
+    std::string field;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<Case> cases = {
+      {"missing image", [](auto& r) { r.mutable_images()->RemoveLast(); },
+       grpc::StatusCode::INVALID_ARGUMENT, "images"},
+      {"corrupt jpeg",
+       [](auto& r) { r.mutable_images(0)->set_encoded(std::string("\xff\xd8\xff\xe0garbage", 11)); },
+       grpc::StatusCode::INVALID_ARGUMENT, "images[0]"},
+      {"not an image", [](auto& r) { r.mutable_images(1)->set_encoded("hello"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "images[1]"},
+      {"raw size mismatch", [](auto& r) { r.mutable_images(0)->mutable_raw()->set_height(7); },
+       grpc::StatusCode::INVALID_ARGUMENT, "images[0].raw"},
+      {"nan proprio", [nan](auto& r) { r.set_proprio(2, nan); },
+       grpc::StatusCode::INVALID_ARGUMENT, "proprio[2]"},
+      {"inf proprio",
+       [](auto& r) { r.set_proprio(0, std::numeric_limits<float>::infinity()); },
+       grpc::StatusCode::INVALID_ARGUMENT, "proprio[0]"},
+      {"short proprio", [](auto& r) { r.mutable_proprio()->RemoveLast(); },
+       grpc::StatusCode::INVALID_ARGUMENT, "proprio"},
+      {"empty instruction", [](auto& r) { r.set_instruction(""); },
+       grpc::StatusCode::INVALID_ARGUMENT, "instruction"},
+      {"oversize instruction", [](auto& r) { r.set_instruction(std::string(5000, 'a')); },
+       grpc::StatusCode::INVALID_ARGUMENT, "instruction"},
+      {"bad robot id", [](auto& r) { r.set_robot_id("robot with spaces/.."); },
+       grpc::StatusCode::INVALID_ARGUMENT, "robot_id"},
+      {"empty robot id", [](auto& r) { r.set_robot_id(""); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "robot_id"},
+      {"unknown camera", [](auto& r) { r.mutable_images(0)->set_camera("left"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "camera"},
+      {"unknown unnorm key", [](auto& r) { r.set_unnorm_key("nope"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "unnorm_key"},
+      {"bad alpha", [](auto& r) { r.mutable_pruning()->set_alpha(-1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "alpha"},
+      {"oversize message",
+       [](auto& r) { r.mutable_images(0)->set_encoded(std::string(3 << 20, 'x')); },
+       grpc::StatusCode::RESOURCE_EXHAUSTED, ""},
+  };
+  // A healthy robot mid-episode: its session must not be disturbed by the bad requests.
+  v1::PredictResponse before, after;
+  ASSERT_TRUE(Call(ValidRequest("bystander", 0), &before).ok());
+  for (const auto& c : cases) {
+    v1::PredictRequest req = ValidRequest("bad-robot", 0);
+    c.corrupt(req);
+    v1::PredictResponse resp;
+    grpc::Status s = Call(req, &resp);
+    EXPECT_EQ(s.error_code(), c.code) << c.name << ": " << s.error_message();
+    if (!c.field.empty())
+      EXPECT_NE(s.error_message().find(c.field), std::string::npos)
+          << c.name << ": " << s.error_message();
+    ExpectServingStill();
+  }
+  ASSERT_TRUE(Call(ValidRequest("bystander", 1), &after).ok());
+  EXPECT_FALSE(after.session_restarted());
+  EXPECT_EQ(after.episode_steps(), 2u);
+}
+
+TEST_F(ServerIntegrationTest, MetricsAreScrapedOverHttpWithNonZeroCounts) {
+  ASSERT_TRUE(client_->Predict("robot-metrics", Obs(3, 0), {}).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // gauges refresh every second
+  const std::string body = HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_NE(body.find("200 OK"), std::string::npos) << body.substr(0, 200);
+  for (const char* name :
+       {"specprune_requests_total{code=\"OK\",rpc=\"Predict\"}",
+        "specprune_request_duration_seconds_count", "specprune_queue_duration_seconds_count",
+        "specprune_compute_duration_seconds_count{stage=\"llm\"}",
+        "specprune_compute_duration_seconds_count{stage=\"vision\"}",
+        "specprune_compute_duration_seconds_count{stage=\"preprocess\"}",
+        "specprune_compute_duration_seconds_count{stage=\"action_head\"}",
+        "specprune_retained_vision_tokens_count", "specprune_batch_size_count",
+        "specprune_active_sessions"}) {
+    const size_t nl = body.find(std::string("\n") + name);  // a sample line, not # HELP
+    ASSERT_NE(nl, std::string::npos) << name;
+    const size_t at = nl + 1;
+    const size_t eol = body.find('\n', at);
+    const std::string line = body.substr(at, eol - at);
+    const double value = std::stod(line.substr(line.rfind(' ') + 1));
+    EXPECT_GT(value, 0) << line;
+  }
+}
+
+TEST_F(ServerIntegrationTest, ConcurrentRobotsGetTheirOwnResponses) {
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int r = 0; r < 4; ++r) {
+    threads.emplace_back([&, r] {
+      auto client = Client::Create({.target = target_, .deadline = absl::Seconds(30)});
+      for (int step = 0; step < 4; ++step) {
+        const std::string robot = absl::StrCat("concurrent-", r);
+        auto out = (*client)->Predict(robot, Obs(10 + r, step),
+                                      {.episode_id = "c", .step = static_cast<uint64_t>(step)});
+        if (!out.ok() || out->raw.robot_id() != robot || out->raw.step() != static_cast<uint64_t>(step))
+          failures++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+}  // namespace
+}  // namespace specprune
