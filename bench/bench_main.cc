@@ -1,0 +1,313 @@
+// specprune_bench: model-level benchmarks writing JSON.
+//
+//   specprune_bench model (--model DIR | --config NAME) [--batch B] [--iters N] [--warmup W]
+//       [--methods none,specprune,fastv,random] [--episode-steps S] [--dtype fp32|bf16]
+//       [--device cpu|cuda] [--threads T] [--seed S] [--json FILE]
+//
+// Runs the methods side by side on the same synthetic episodes in one process, interleaved
+// (iteration i runs every method once, in rotating order), each method with its own per-robot
+// episode state so SpecPrune's global prior and frame history are exercised. Reports per method:
+// end-to-end / vision / LLM / action-head latency (median, p90), retained vision tokens, FLOPs
+// ratios, speedup vs none and efficiency = measured LLM speedup / FLOPs-ideal LLM speedup.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "kernels/ops.h"
+#include "model/checkpoint.h"
+#include "model/flops.h"
+#include "nlohmann/json.hpp"
+#include "pruning/policies.h"
+#include "pruning/pruning_config.h"
+#include "pruning/specprune_policy.h"
+
+#ifndef SPECPRUNE_SOURCE_DIR
+#define SPECPRUNE_SOURCE_DIR "."
+#endif
+
+namespace specprune {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Args {
+  std::string model_dir, config = "tiny", dtype = "fp32", device = "cpu", json;
+  std::vector<std::string> methods = {"none", "specprune", "fastv"};
+  int batch = 1, iters = 20, warmup = 3, episode_steps = 8, threads = 0;
+  uint64_t seed = 0;
+};
+
+int Usage(const char* msg) {
+  if (msg) std::fprintf(stderr, "error: %s\n", msg);
+  std::fprintf(stderr,
+               "usage: specprune_bench model (--model DIR | --config NAME) [--batch B] "
+               "[--iters N] [--warmup W] [--methods none,specprune,fastv,random] "
+               "[--episode-steps S] [--dtype fp32|bf16] [--device cpu|cuda] [--threads T] "
+               "[--seed S] [--json FILE]\n");
+  return 2;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double idx = p * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(idx)), hi = static_cast<size_t>(std::ceil(idx));
+  return v[lo] + (v[hi] - v[lo]) * (idx - lo);
+}
+
+// A synthetic scene per robot: coloured squares drifting slowly over a textured background, so
+// consecutive frames are similar and some patches change (the frame-difference signal).
+torch::Tensor SceneFrame(int64_t size, int robot, int camera, int step) {
+  auto g = torch::Generator();
+  auto img = torch::empty({3, size, size});
+  auto yy = torch::arange(size).view({size, 1}).to(torch::kFloat32) / size;
+  auto xx = torch::arange(size).view({1, size}).to(torch::kFloat32) / size;
+  for (int c = 0; c < 3; ++c)
+    img[c] = 0.35 + 0.1 * torch::sin(6.0 * xx * (c + 1) + robot) * torch::cos(5.0 * yy + camera);
+  for (int k = 0; k < 4; ++k) {
+    const double cx = 0.2 + 0.6 * std::fmod(0.17 * (k + 1) * (robot + 1) + 0.01 * step * (k + 1), 1.0);
+    const double cy = 0.2 + 0.6 * std::fmod(0.29 * (k + 2) + 0.13 * camera, 1.0);
+    const int64_t half = size / 10, x0 = static_cast<int64_t>(cx * size), y0 = static_cast<int64_t>(cy * size);
+    const float color[3] = {static_cast<float>(k % 3 == 0), static_cast<float>(k % 3 == 1),
+                            static_cast<float>(k % 3 == 2)};
+    for (int c = 0; c < 3; ++c)
+      img[c].slice(0, std::max<int64_t>(0, y0 - half), std::min(size, y0 + half))
+          .slice(1, std::max<int64_t>(0, x0 - half), std::min(size, x0 + half))
+          .fill_(color[c]);
+  }
+  return img.clamp(0, 1);
+}
+
+struct MethodStats {
+  std::vector<double> e2e, vision, llm, head;
+  std::vector<double> retained_static, retained_final, retained_mean, flops_ratio, llm_flops_ratio;
+  std::map<std::string, int> modes;
+  int fallbacks = 0;
+};
+
+int RunModel(const Args& args) {
+  if (args.threads > 0) torch::set_num_threads(args.threads);
+  std::unique_ptr<VlaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (!args.model_dir.empty()) {
+    auto loaded = LoadModelDir(args.model_dir, {.device = args.device, .dtype = args.dtype});
+    if (!loaded.ok()) return Usage(std::string(loaded.status().message()).c_str());
+    model = std::move(loaded->model);
+    tokenizer = std::move(loaded->tokenizer);
+  } else {
+    auto config = PresetConfig(args.config);
+    if (!config.ok()) return Usage(std::string(config.status().message()).c_str());
+    auto m = VlaModel::Create(*config, {.device = args.device, .dtype = args.dtype, .seed = args.seed});
+    if (!m.ok()) return Usage(std::string(m.status().message()).c_str());
+    model = std::move(*m);
+    auto tok = Tokenizer::Load(std::string(SPECPRUNE_SOURCE_DIR) + "/models/tiny/tokenizer.model");
+    if (!tok.ok()) return Usage(std::string(tok.status().message()).c_str());
+    tokenizer = std::move(*tok);
+  }
+  const ModelConfig& c = model->config();
+  const PruningConfig defaults =
+      DefaultPruningConfig(static_cast<int>(c.llm.layers), c.vision_tokens(), c.patches_per_image());
+  std::vector<PruningConfig> configs;
+  for (const auto& name : args.methods) {
+    auto method = ParseMethod(name);
+    if (!method.ok()) return Usage(std::string(method.status().message()).c_str());
+    PruningConfig pc = defaults;
+    pc.method = *method;
+    configs.push_back(pc);
+  }
+  const int nm = static_cast<int>(configs.size());
+  const std::vector<std::string> instructions = {
+      "put the red cube on the blue plate", "pick up the green cylinder and place it in the bowl",
+      "stack the yellow block on the purple block", "push the orange cube to the left"};
+  // Per method, per robot episode state.
+  std::vector<std::vector<EpisodeState>> states(nm, std::vector<EpisodeState>(args.batch));
+  std::vector<MethodStats> stats(nm);
+  std::printf("model %s (%lld params, %lld vision tokens, %lld layers), batch %d, %s on %s, "
+              "%d torch threads\n",
+              c.name.c_str(), static_cast<long long>(model->parameter_count()),
+              static_cast<long long>(c.vision_tokens()), static_cast<long long>(c.llm.layers),
+              args.batch, args.dtype.c_str(), args.device.c_str(), at::get_num_threads());
+  for (int it = 0; it < args.warmup + args.iters; ++it) {
+    const int step = it % args.episode_steps;
+    // Inputs shared by every method this iteration.
+    std::vector<SampleInput> base(args.batch);
+    std::vector<torch::Tensor> patches(args.batch);
+    for (int b = 0; b < args.batch; ++b) {
+      std::vector<torch::Tensor> pp;
+      for (size_t cam = 0; cam < c.cameras.size(); ++cam) {
+        base[b].images.push_back(SceneFrame(c.image_size, b, static_cast<int>(cam), step));
+        pp.push_back(extract_patches(base[b].images.back(), c.towers[0].patch_size));
+      }
+      patches[b] = torch::cat(pp, 0);
+      base[b].prompt_ids =
+          BuildPromptIds(c, *tokenizer, instructions[b % instructions.size()]);
+      base[b].proprio = torch::zeros({c.proprio_dim});
+    }
+    for (int k = 0; k < nm; ++k) {
+      const int m = (k + it) % nm;  // rotate the order to spread drift evenly
+      if (step == 0)
+        for (auto& s : states[m]) s.Clear();
+      std::vector<std::unique_ptr<SamplePruner>> pruners;
+      std::vector<SampleInput> inputs = base;
+      for (int b = 0; b < args.batch; ++b) {
+        PrunerContext ctx;
+        ctx.config = &configs[m];
+        ctx.state = &states[m][b];
+        ctx.frame_patches = patches[b];
+        ctx.num_layers = static_cast<int>(c.llm.layers);
+        ctx.num_vision_tokens = c.vision_tokens();
+        ctx.seed = args.seed * 1000003 + it * 31 + b;
+        auto p = CreatePruner(ctx);
+        if (!p.ok()) return Usage(std::string(p.status().message()).c_str());
+        pruners.push_back(std::move(*p));
+        inputs[b].pruner = pruners.back().get();
+      }
+      ForwardTimings t;
+      const auto t0 = Clock::now();
+      auto out = model->Forward(inputs, &t);
+      const double e2e = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (!out.ok()) {
+        std::fprintf(stderr, "forward failed: %s\n", std::string(out.status().message()).c_str());
+        return 1;
+      }
+      if (it < args.warmup) continue;
+      auto& s = stats[m];
+      s.e2e.push_back(e2e);
+      s.vision.push_back(t.vision_seconds);
+      s.llm.push_back(t.llm_seconds);
+      s.head.push_back(t.action_head_seconds);
+      for (int b = 0; b < args.batch; ++b) {
+        const auto& r = (*out)[b];
+        const auto& pl = r.vision_tokens_per_layer;
+        const double p = static_cast<double>(r.total_vision_tokens);
+        s.retained_static.push_back(pl[std::min<size_t>(2, pl.size() - 1)] / p);
+        s.retained_final.push_back(pl.back() / p);
+        s.retained_mean.push_back(std::accumulate(pl.begin(), pl.end(), 0.0) / pl.size() / p);
+        s.flops_ratio.push_back(r.flops() / r.flops_unpruned());
+        s.llm_flops_ratio.push_back(r.llm_flops / r.llm_flops_unpruned);
+        const ControllerMode mode = pruners[b]->mode();
+        s.modes[mode == ControllerMode::kFine ? "fine" : mode == ControllerMode::kCoarse ? "coarse" : "none"]++;
+        s.fallbacks += pruners[b]->used_fallback();
+      }
+    }
+    if ((it + 1) % 10 == 0) std::fprintf(stderr, "  iteration %d/%d\n", it + 1, args.warmup + args.iters);
+  }
+  auto mean = [](const std::vector<double>& v) {
+    return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / v.size();
+  };
+  int none_idx = -1;
+  for (int m = 0; m < nm; ++m)
+    if (configs[m].method == PruningMethod::kNone) none_idx = m;
+  nlohmann::json results = nlohmann::json::array();
+  std::printf("\n%-10s %9s %9s %9s %8s %8s %8s %8s %8s %8s %8s\n", "method", "e2e_ms", "llm_ms",
+              "vis_ms", "ret_stat", "ret_mean", "flops", "llmflops", "speedup", "llm_spd", "effic");
+  for (int m = 0; m < nm; ++m) {
+    const auto& s = stats[m];
+    const double e2e = Percentile(s.e2e, 0.5), llm = Percentile(s.llm, 0.5);
+    double speedup = 0, llm_speedup = 0, ideal = 0, efficiency = 0;
+    if (none_idx >= 0) {
+      speedup = Percentile(stats[none_idx].e2e, 0.5) / e2e;
+      llm_speedup = Percentile(stats[none_idx].llm, 0.5) / llm;
+      ideal = 1.0 / mean(s.llm_flops_ratio);
+      efficiency = llm_speedup / ideal;
+    }
+    std::printf("%-10s %9.2f %9.2f %9.2f %7.1f%% %7.1f%% %8.3f %8.3f %7.2fx %7.2fx %8.2f\n",
+                args.methods[m].c_str(), e2e * 1e3, llm * 1e3, Percentile(s.vision, 0.5) * 1e3,
+                100 * mean(s.retained_static), 100 * mean(s.retained_mean), mean(s.flops_ratio),
+                mean(s.llm_flops_ratio), speedup, llm_speedup, efficiency);
+    results.push_back({{"method", args.methods[m]},
+                       {"e2e_seconds", {{"median", e2e}, {"p90", Percentile(s.e2e, 0.9)}}},
+                       {"llm_seconds", {{"median", llm}, {"p90", Percentile(s.llm, 0.9)}}},
+                       {"vision_seconds",
+                        {{"median", Percentile(s.vision, 0.5)}, {"p90", Percentile(s.vision, 0.9)}}},
+                       {"action_head_seconds",
+                        {{"median", Percentile(s.head, 0.5)}, {"p90", Percentile(s.head, 0.9)}}},
+                       {"retention_after_static", mean(s.retained_static)},
+                       {"retention_final_layer", mean(s.retained_final)},
+                       {"retention_mean_over_layers", mean(s.retained_mean)},
+                       {"flops_ratio", mean(s.flops_ratio)},
+                       {"llm_flops_ratio", mean(s.llm_flops_ratio)},
+                       {"speedup_vs_none", speedup},
+                       {"llm_speedup_vs_none", llm_speedup},
+                       {"llm_flops_ideal_speedup", ideal},
+                       {"efficiency", efficiency},
+                       {"controller_modes", s.modes},
+                       {"first_step_fallbacks", s.fallbacks},
+                       {"samples", s.e2e.size() * args.batch}});
+  }
+  const auto flops = UnprunedForwardFlops(c, 20);
+  nlohmann::json j = {{"benchmark", "model"},
+                      {"config", c.name},
+                      {"model_dir", args.model_dir},
+                      {"parameters", model->parameter_count()},
+                      {"vision_tokens", c.vision_tokens()},
+                      {"llm_layers", c.llm.layers},
+                      {"batch", args.batch},
+                      {"iters", args.iters},
+                      {"warmup", args.warmup},
+                      {"episode_steps", args.episode_steps},
+                      {"dtype", args.dtype},
+                      {"device", args.device},
+                      {"torch_threads", at::get_num_threads()},
+                      {"flops_unpruned_20_prompt_tokens",
+                       {{"vision", flops.vision},
+                        {"projector", flops.projector},
+                        {"llm", flops.llm},
+                        {"action_head", flops.action_head},
+                        {"total", flops.total()}}},
+                      {"pruning_defaults", ToJson(defaults)},
+                      {"results", results}};
+  if (!args.json.empty()) {
+    std::ofstream out(args.json);
+    out << j.dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "cannot write %s\n", args.json.c_str());
+      return 1;
+    }
+    std::printf("wrote %s\n", args.json.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace specprune
+
+int main(int argc, char** argv) {
+  using specprune::Usage;
+  if (argc < 2 || std::string(argv[1]) != "model") return Usage("first argument must be: model");
+  specprune::Args a;
+  for (int i = 2; i < argc; ++i) {
+    const std::string f = argv[i];
+    if (f == "--help" || f == "-h") return Usage(nullptr), 0;
+    if (i + 1 >= argc) return Usage(("missing value for " + f).c_str());
+    const std::string v = argv[++i];
+    auto num = [&](int* out) { return absl::SimpleAtoi(v, out); };
+    bool ok = true;
+    if (f == "--model") a.model_dir = v;
+    else if (f == "--config") a.config = v;
+    else if (f == "--dtype") a.dtype = v;
+    else if (f == "--device") a.device = v;
+    else if (f == "--json") a.json = v;
+    else if (f == "--methods") a.methods = absl::StrSplit(v, ',', absl::SkipEmpty());
+    else if (f == "--batch") ok = num(&a.batch) && a.batch > 0;
+    else if (f == "--iters") ok = num(&a.iters) && a.iters > 0;
+    else if (f == "--warmup") ok = num(&a.warmup) && a.warmup >= 0;
+    else if (f == "--episode-steps") ok = num(&a.episode_steps) && a.episode_steps > 0;
+    else if (f == "--threads") ok = num(&a.threads) && a.threads >= 0;
+    else if (f == "--seed") ok = absl::SimpleAtoi(v, &a.seed);
+    else return Usage(("unknown flag " + f).c_str());
+    if (!ok) return Usage(("bad value for " + f + ": " + v).c_str());
+  }
+  if (a.methods.empty()) return Usage("--methods is empty");
+  return specprune::RunModel(a);
+}

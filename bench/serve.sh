@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Serving benchmark (issue #5): batching on/off x pruning on/off at several robot counts.
+#
+# For each configuration a fresh specprune_server is started on free loopback ports (embedded tiny
+# model unless MODEL_DIR is set), specprune_loadgen runs against it for every robot count, and the
+# server is stopped with SIGTERM (its exit status must be 0). Builds nothing: expects
+# $BUILD_DIR/bin/{specprune_server,specprune_loadgen} (BUILD_DIR defaults to build).
+#
+# usage: bench/serve.sh [--quick] [--out FILE.json] [--md FILE.md] [--robots "1 4 8"]
+#                       [--steps M] [--warmup K]
+#   --quick        only 8 robots, 15 steps each
+#   --out FILE     JSON result (default bench/results/serve-<UTC date>.json)
+#   --md FILE      also write the Markdown table into FILE between the markers
+#                  <!-- specprune-serve-results:begin --> / <!-- specprune-serve-results:end -->
+#                  (replaced when present, appended otherwise)
+#   --robots LIST  robot counts (default "1 4 8")
+#   --steps M      steps per robot for every count (default: 200 for 1 robot, else 150)
+#   --warmup K     unmeasured first calls per robot (default 3)
+# Environment: BUILD_DIR, MODEL_DIR, QUEUE_DELAY_MS (server --max-queue-delay-ms, default 2),
+#   PYTHON (default /usr/bin/python3), LOADGEN_TIMEOUT_S (per loadgen run, default 900).
+# Exit status: 0 when every run passed (no mismatch, no lost response, server exit 0), else 1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-build}
+[[ $BUILD_DIR = /* ]] || BUILD_DIR=$ROOT/$BUILD_DIR
+SERVER=$BUILD_DIR/bin/specprune_server
+LOADGEN=$BUILD_DIR/bin/specprune_loadgen
+PYTHON=${PYTHON:-/usr/bin/python3}
+QUEUE_DELAY_MS=${QUEUE_DELAY_MS:-2}
+LOADGEN_TIMEOUT_S=${LOADGEN_TIMEOUT_S:-900}
+
+quick=0
+out=""
+md=""
+robot_counts="1 4 8"
+steps_override=""
+warmup=3
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --out) out=$2; shift ;;
+    --md) md=$2; shift ;;
+    --robots) robot_counts=$2; shift ;;
+    --steps) steps_override=$2; shift ;;
+    --warmup) warmup=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "serve.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ $quick = 1 ]]; then
+  robot_counts="8"
+  [[ -n $steps_override ]] || steps_override=15
+  warmup=2
+fi
+for bin in "$SERVER" "$LOADGEN"; do
+  [[ -x $bin ]] || { echo "serve.sh: $bin not found (build it or set BUILD_DIR)" >&2; exit 2; }
+done
+
+date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+[[ -n $out ]] || out=$ROOT/bench/results/serve-$(date -u +%Y%m%d-%H%M%S).json
+mkdir -p "$(dirname "$out")"
+work=$(mktemp -d)
+server_pid=""
+cleanup() {
+  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+steps_for() {
+  if [[ -n $steps_override ]]; then echo "$steps_override"
+  elif (( $1 <= 1 )); then echo 200
+  else echo 150
+  fi
+}
+
+free_port() {
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_server NAME CONFIG_JSON BATCH: sets server_pid, grpc_port, metrics_port.
+start_server() {
+  local name=$1 config=$2 batch=$3 attempt
+  printf '%s\n' "$config" > "$work/$name.config.json"
+  for attempt in 1 2 3; do
+    metrics_port=$(free_port)
+    local args=(--host 127.0.0.1 --port 0 --metrics-port "$metrics_port" --max-batch-size "$batch"
+                --max-queue-delay-ms "$QUEUE_DELAY_MS" --config "$work/$name.config.json")
+    [[ -z ${MODEL_DIR:-} ]] || args+=(--model-dir "$MODEL_DIR")
+    server_cmd="specprune_server ${args[*]}"
+    "$SERVER" "${args[@]}" > "$work/$name.server.out" 2> "$work/$name.server.err" &
+    server_pid=$!
+    local t
+    for t in $(seq 1 600); do  # up to 60 s for the model to load
+      grpc_port=$(sed -n 's/^specprune_server listening on [^ ]*:\([0-9]*\) .*/\1/p' \
+                  "$work/$name.server.out")
+      [[ -z $grpc_port ]] || return 0
+      kill -0 "$server_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+    echo "serve.sh: server $name did not start (attempt $attempt):" >&2
+    tail -5 "$work/$name.server.err" >&2
+  done
+  return 1
+}
+
+# stop_server: SIGTERM, wait up to 60 s; sets server_rc (124 = had to be killed).
+stop_server() {
+  local rc=0 t
+  kill -TERM "$server_pid"
+  for t in $(seq 1 600); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$server_pid" 2>/dev/null; then
+    kill -KILL "$server_pid"; wait "$server_pid" 2>/dev/null || true; rc=124
+  else
+    wait "$server_pid" || rc=$?
+  fi
+  server_pid=""
+  server_rc=$rc
+}
+
+scrape() { curl -sf --max-time 5 "http://127.0.0.1:$metrics_port/metrics" || true; }
+
+runs_file=$work/runs.jsonl
+: > "$runs_file"
+failed=0
+for batch in 8 1; do
+  for method in specprune none; do
+    name=b$batch-$method
+    start_server "$name" "{\"pruning\": {\"method\": \"$method\"}}" "$batch" || { failed=1; continue; }
+    echo "== max_batch_size=$batch pruning=$method (server on 127.0.0.1:$grpc_port)" >&2
+    run_names=()
+    for n in $robot_counts; do
+      steps=$(steps_for "$n")
+      rn=$name-n$n
+      scrape > "$work/$rn.metrics.before"
+      lg_args=(--target "127.0.0.1:$grpc_port" --robots "$n" --steps "$steps" --warmup "$warmup"
+               --seed 1 --run-tag "$rn" --json "$work/$rn.json")
+      lg_rc=0
+      timeout "$LOADGEN_TIMEOUT_S" "$LOADGEN" "${lg_args[@]}" || lg_rc=$?
+      scrape > "$work/$rn.metrics.after"
+      [[ $lg_rc = 0 ]] || failed=1
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rn" "$batch" "$method" "$n" "$lg_rc" \
+        "specprune_loadgen ${lg_args[*]}" >> "$work/$name.runs.tsv"
+    done
+    stop_server
+    [[ $server_rc = 0 ]] || { failed=1; echo "serve.sh: server $name exited $server_rc" >&2; }
+    while IFS=$'\t' read -r rn b m n lg_rc cmd; do
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rn" "$b" "$m" "$n" "$lg_rc" "$server_rc" \
+        "$server_cmd" "$cmd" >> "$runs_file"
+    done < "$work/$name.runs.tsv"
+  done
+done
+
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+"$PYTHON" - "$work" "$runs_file" "$out" "$md" "$date_utc" "$(nproc)" "$cpu_model" "$git_rev" \
+  "$quick" "$QUEUE_DELAY_MS" <<'PY'
+import json, os, re, sys
+
+work, runs_file, out, md, date, nproc, cpu, rev, quick, qdelay = sys.argv[1:11]
+
+def metric(path, name):
+    total = 0.0
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    found = False
+    for line in text.splitlines():
+        m = re.match(r'^%s(\{[^}]*\})? ([0-9.eE+-]+)$' % re.escape(name), line)
+        if m:
+            total += float(m.group(2)); found = True
+    return total if found else None
+
+runs = []
+for line in open(runs_file):
+    rn, batch, method, n, lg_rc, server_rc, server_cmd, cmd = line.rstrip("\n").split("\t")
+    entry = {"name": rn, "max_batch_size": int(batch), "batching": int(batch) > 1,
+             "pruning": method, "robots": int(n), "loadgen_exit": int(lg_rc),
+             "server_exit": int(server_rc), "server_command": server_cmd,
+             "loadgen_command": cmd}
+    try:
+        entry["result"] = json.load(open(os.path.join(work, rn + ".json")))
+    except (OSError, ValueError):
+        entry["result"] = None
+    b, a = (os.path.join(work, rn + ".metrics." + s) for s in ("before", "after"))
+    vals = {k: (metric(b, k), metric(a, k)) for k in
+            ("specprune_batch_size_sum", "specprune_batch_size_count")}
+    if all(v[0] is not None and v[1] is not None for v in vals.values()):
+        cnt = vals["specprune_batch_size_count"][1] - vals["specprune_batch_size_count"][0]
+        s = vals["specprune_batch_size_sum"][1] - vals["specprune_batch_size_sum"][0]
+        entry["server_batches"] = cnt
+        entry["mean_batch_size"] = s / cnt if cnt else None
+    runs.append(entry)
+
+def find(batching, pruning, robots):
+    for r in runs:
+        if r["batching"] == batching and r["pruning"] == pruning and r["robots"] == robots \
+                and r["result"]:
+            return r
+    return None
+
+comparisons = []
+for pruning in ("specprune", "none"):
+    for n in sorted({r["robots"] for r in runs}):
+        on, off = find(True, pruning, n), find(False, pruning, n)
+        if not on or not off:
+            continue
+        ron, roff = on["result"], off["result"]
+        comparisons.append({
+            "pruning": pruning, "robots": n,
+            "throughput_on_rps": ron["throughput_rps"], "throughput_off_rps": roff["throughput_rps"],
+            "speedup": ron["throughput_rps"] / roff["throughput_rps"] if roff["throughput_rps"] else None,
+            "p99_on_ms": ron["latency_ms"]["p99"], "p99_off_ms": roff["latency_ms"]["p99"]})
+
+ok = all(r["loadgen_exit"] == 0 and r["server_exit"] == 0 and r["result"] and r["result"]["pass"]
+         for r in runs)
+doc = {"benchmark": "specprune serve (bench/serve.sh)", "date": date, "git_revision": rev,
+       "quick": quick == "1",
+       "machine": {"nproc": int(nproc), "cpu_model": cpu, "kernel": os.uname().release},
+       "server": {"max_queue_delay_ms": float(qdelay), "host": "127.0.0.1"},
+       "runs": runs, "batching_comparison": comparisons,
+       "totals": {"requests_ok": sum(r["result"]["requests"]["ok"] for r in runs if r["result"]),
+                  "mismatches": sum(r["result"]["mismatches"] for r in runs if r["result"]),
+                  "lost": sum(r["result"]["lost"] for r in runs if r["result"])},
+       "pass": ok}
+with open(out, "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+
+def f1(x): return "-" if x is None else "%.1f" % x
+lines = ["Serving benchmark, %s, %s CPUs (%s), tiny model, git %s%s." %
+         (date, nproc, cpu, rev, " (--quick)" if quick == "1" else ""), "",
+         "| batching | pruning | robots | ok req | req/s | p50 ms | p90 ms | p99 ms | max ms "
+         "| mean batch | srv queue ms | srv llm ms | srv total ms | retained/total tokens "
+         "| errors | mismatches | lost |",
+         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+for r in runs:
+    res = r["result"]
+    if not res:
+        lines.append("| %s | %s | %d | run failed (exit %d) |" %
+                     ("on (8)" if r["batching"] else "off (1)", r["pruning"], r["robots"],
+                      r["loadgen_exit"]))
+        continue
+    lat, st, vt = res["latency_ms"], res["server_timings_median_ms"], res["vision_tokens"]
+    lines.append("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %.2f | %s | %s | %.1f/%d "
+                 "| %d | %d | %d |" % (
+        "on (%d)" % r["max_batch_size"] if r["batching"] else "off (1)", r["pruning"], r["robots"],
+        res["requests"]["measured_ok"], f1(res["throughput_rps"]), f1(lat["p50"]), f1(lat["p90"]),
+        f1(lat["p99"]), f1(lat["max"]),
+        "%.2f" % r["mean_batch_size"] if r.get("mean_batch_size") else "-",
+        st["queue"], f1(st["llm"]), f1(st["total"]), vt["mean_retained"], vt["mean_total"],
+        res["requests"]["errors_total"], res["mismatches"], res["lost"]))
+if comparisons:
+    lines += ["", "| pruning | robots | req/s batching on | req/s batching off | speedup "
+              "| p99 on ms | p99 off ms |", "|---|--:|--:|--:|--:|--:|--:|"]
+    for c in comparisons:
+        lines.append("| %s | %d | %s | %s | %s | %s | %s |" % (
+            c["pruning"], c["robots"], f1(c["throughput_on_rps"]), f1(c["throughput_off_rps"]),
+            "-" if c["speedup"] is None else "%.2fx" % c["speedup"], f1(c["p99_on_ms"]),
+            f1(c["p99_off_ms"])))
+lines += ["", "Totals: %d OK responses, %d mismatches, %d lost; %s. JSON: %s" % (
+    doc["totals"]["requests_ok"], doc["totals"]["mismatches"], doc["totals"]["lost"],
+    "PASS" if ok else "FAIL", out)]
+table = "\n".join(lines) + "\n"
+print(table, end="")
+if md:
+    begin, end = "<!-- specprune-serve-results:begin -->", "<!-- specprune-serve-results:end -->"
+    block = begin + "\n" + table + end + "\n"
+    text = open(md).read() if os.path.exists(md) else ""
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        post = rest.split(end, 1)[1].lstrip("\n")
+        text = pre + block + post
+    else:
+        text = text + ("\n" if text and not text.endswith("\n") else "") + block
+    with open(md, "w") as f:
+        f.write(text)
+PY
+exit "$failed"
