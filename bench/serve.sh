@@ -7,7 +7,7 @@
 # $BUILD_DIR/bin/{specprune_server,specprune_loadgen} (BUILD_DIR defaults to build).
 #
 # usage: bench/serve.sh [--quick] [--out FILE.json] [--md FILE.md] [--robots "1 4 8"]
-#                       [--steps M] [--warmup K]
+#                       [--steps M] [--warmup K] [--repeat R]
 #   --quick        only 8 robots, 15 steps each
 #   --out FILE     JSON result (default bench/results/serve-<UTC date>.json)
 #   --md FILE      also write the Markdown table into FILE between the markers
@@ -16,6 +16,8 @@
 #   --robots LIST  robot counts (default "1 4 8")
 #   --steps M      steps per robot for every count (default: 200 for 1 robot, else 150)
 #   --warmup K     unmeasured first calls per robot (default 3)
+#   --repeat R     rounds over all configurations, each with fresh servers; the table shows
+#                  medians over the rounds (default 3; --quick: 1)
 # Environment: BUILD_DIR, MODEL_DIR, QUEUE_DELAY_MS (server --max-queue-delay-ms, default 2),
 #   PYTHON (default /usr/bin/python3), LOADGEN_TIMEOUT_S (per loadgen run, default 900).
 # Exit status: 0 when every run passed (no mismatch, no lost response, server exit 0), else 1.
@@ -36,6 +38,7 @@ md=""
 robot_counts="1 4 8"
 steps_override=""
 warmup=3
+repeat=""
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -45,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --robots) robot_counts=$2; shift ;;
     --steps) steps_override=$2; shift ;;
     --warmup) warmup=$2; shift ;;
+    --repeat) repeat=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "serve.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -54,7 +58,10 @@ if [[ $quick = 1 ]]; then
   robot_counts="8"
   [[ -n $steps_override ]] || steps_override=15
   warmup=2
+  [[ -n $repeat ]] || repeat=1
 fi
+[[ -n $repeat ]] || repeat=3
+[[ $repeat =~ ^[1-9][0-9]*$ ]] || { echo "serve.sh: --repeat must be a positive integer" >&2; exit 2; }
 for bin in "$SERVER" "$LOADGEN"; do
   [[ -x $bin ]] || { echo "serve.sh: $bin not found (build it or set BUILD_DIR)" >&2; exit 2; }
 done
@@ -132,137 +139,167 @@ stop_server() {
 
 scrape() { curl -sf --max-time 5 "http://127.0.0.1:$metrics_port/metrics" || true; }
 
-runs_file=$work/runs.jsonl
+runs_file=$work/runs.tsv
 : > "$runs_file"
 failed=0
-for batch in 8 1; do
-  for method in specprune none; do
-    name=b$batch-$method
-    start_server "$name" "{\"pruning\": {\"method\": \"$method\"}}" "$batch" || { failed=1; continue; }
-    echo "== max_batch_size=$batch pruning=$method (server on 127.0.0.1:$grpc_port)" >&2
-    run_names=()
-    for n in $robot_counts; do
-      steps=$(steps_for "$n")
-      rn=$name-n$n
-      scrape > "$work/$rn.metrics.before"
-      lg_args=(--target "127.0.0.1:$grpc_port" --robots "$n" --steps "$steps" --warmup "$warmup"
-               --seed 1 --run-tag "$rn" --json "$work/$rn.json")
-      lg_rc=0
-      timeout "$LOADGEN_TIMEOUT_S" "$LOADGEN" "${lg_args[@]}" || lg_rc=$?
-      scrape > "$work/$rn.metrics.after"
-      [[ $lg_rc = 0 ]] || failed=1
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rn" "$batch" "$method" "$n" "$lg_rc" \
-        "specprune_loadgen ${lg_args[*]}" >> "$work/$name.runs.tsv"
+# Rounds interleave the configurations so that slow drifts of a shared machine hit all of them.
+for rep in $(seq 1 "$repeat"); do
+  for batch in 8 1; do
+    for method in specprune none; do
+      name=b$batch-$method-r$rep
+      start_server "$name" "{\"pruning\": {\"method\": \"$method\"}}" "$batch" ||
+        { failed=1; continue; }
+      echo "== round $rep/$repeat: max_batch_size=$batch pruning=$method" \
+           "(server on 127.0.0.1:$grpc_port)" >&2
+      : > "$work/$name.runs.tsv"
+      for n in $robot_counts; do
+        steps=$(steps_for "$n")
+        rn=$name-n$n
+        scrape > "$work/$rn.metrics.before"
+        lg_args=(--target "127.0.0.1:$grpc_port" --robots "$n" --steps "$steps" --warmup "$warmup"
+                 --seed 1 --run-tag "$rn" --json "$work/$rn.json")
+        lg_rc=0
+        timeout "$LOADGEN_TIMEOUT_S" "$LOADGEN" "${lg_args[@]}" || lg_rc=$?
+        scrape > "$work/$rn.metrics.after"
+        [[ $lg_rc = 0 ]] || failed=1
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rn" "$rep" "$batch" "$method" "$n" "$lg_rc" \
+          "specprune_loadgen ${lg_args[*]}" >> "$work/$name.runs.tsv"
+      done
+      stop_server
+      [[ $server_rc = 0 ]] || { failed=1; echo "serve.sh: server $name exited $server_rc" >&2; }
+      while IFS=$'\t' read -r rn r b m n lg_rc cmd; do
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rn" "$r" "$b" "$m" "$n" "$lg_rc" \
+          "$server_rc" "$server_cmd" "$cmd" >> "$runs_file"
+      done < "$work/$name.runs.tsv"
     done
-    stop_server
-    [[ $server_rc = 0 ]] || { failed=1; echo "serve.sh: server $name exited $server_rc" >&2; }
-    while IFS=$'\t' read -r rn b m n lg_rc cmd; do
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rn" "$b" "$m" "$n" "$lg_rc" "$server_rc" \
-        "$server_cmd" "$cmd" >> "$runs_file"
-    done < "$work/$name.runs.tsv"
   done
 done
 
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 "$PYTHON" - "$work" "$runs_file" "$out" "$md" "$date_utc" "$(nproc)" "$cpu_model" "$git_rev" \
-  "$quick" "$QUEUE_DELAY_MS" <<'PY'
-import json, os, re, sys
+  "$quick" "$QUEUE_DELAY_MS" "$repeat" <<'PY'
+import json, os, re, statistics, sys
 
-work, runs_file, out, md, date, nproc, cpu, rev, quick, qdelay = sys.argv[1:11]
+work, runs_file, out, md, date, nproc, cpu, rev, quick, qdelay, repeat = sys.argv[1:12]
 
 def metric(path, name):
-    total = 0.0
+    """Sum of all samples of metric `name` in a Prometheus text file; None if absent."""
     try:
         text = open(path).read()
     except OSError:
         return None
-    found = False
-    for line in text.splitlines():
-        m = re.match(r'^%s(\{[^}]*\})? ([0-9.eE+-]+)$' % re.escape(name), line)
-        if m:
-            total += float(m.group(2)); found = True
-    return total if found else None
+    values = [float(m.group(2)) for m in
+              (re.match(r"^%s(\{[^}]*\})? ([0-9.eE+-]+)$" % re.escape(name), l)
+               for l in text.splitlines()) if m]
+    return sum(values) if values else None
 
 runs = []
 for line in open(runs_file):
-    rn, batch, method, n, lg_rc, server_rc, server_cmd, cmd = line.rstrip("\n").split("\t")
-    entry = {"name": rn, "max_batch_size": int(batch), "batching": int(batch) > 1,
-             "pruning": method, "robots": int(n), "loadgen_exit": int(lg_rc),
-             "server_exit": int(server_rc), "server_command": server_cmd,
-             "loadgen_command": cmd}
+    rn, rep, batch, method, n, lg_rc, server_rc, server_cmd, cmd = line.rstrip("\n").split("\t")
+    entry = {"name": rn, "round": int(rep), "max_batch_size": int(batch),
+             "batching": int(batch) > 1, "pruning": method, "robots": int(n),
+             "loadgen_exit": int(lg_rc), "server_exit": int(server_rc),
+             "server_command": server_cmd, "loadgen_command": cmd}
     try:
         entry["result"] = json.load(open(os.path.join(work, rn + ".json")))
     except (OSError, ValueError):
         entry["result"] = None
-    b, a = (os.path.join(work, rn + ".metrics." + s) for s in ("before", "after"))
-    vals = {k: (metric(b, k), metric(a, k)) for k in
-            ("specprune_batch_size_sum", "specprune_batch_size_count")}
-    if all(v[0] is not None and v[1] is not None for v in vals.values()):
-        cnt = vals["specprune_batch_size_count"][1] - vals["specprune_batch_size_count"][0]
-        s = vals["specprune_batch_size_sum"][1] - vals["specprune_batch_size_sum"][0]
-        entry["server_batches"] = cnt
-        entry["mean_batch_size"] = s / cnt if cnt else None
+    before, after = (os.path.join(work, rn + ".metrics." + s) for s in ("before", "after"))
+    d = {}
+    for k in ("specprune_batch_size_sum", "specprune_batch_size_count"):
+        b, a = metric(before, k), metric(after, k)
+        d[k] = None if a is None else a - (b or 0)
+    if d["specprune_batch_size_count"]:
+        entry["server_batches"] = d["specprune_batch_size_count"]
+        entry["mean_batch_size"] = d["specprune_batch_size_sum"] / d["specprune_batch_size_count"]
     runs.append(entry)
 
-def find(batching, pruning, robots):
-    for r in runs:
-        if r["batching"] == batching and r["pruning"] == pruning and r["robots"] == robots \
-                and r["result"]:
-            return r
-    return None
+med = lambda xs: statistics.median(xs) if xs else None
+cells = []
+for batching in (True, False):
+    for pruning in ("specprune", "none"):
+        for n in sorted({r["robots"] for r in runs}):
+            rs = [r for r in runs if r["batching"] == batching and r["pruning"] == pruning
+                  and r["robots"] == n]
+            if not rs:
+                continue
+            ok = [r["result"] for r in rs if r["result"]]
+            tput = [x["throughput_rps"] for x in ok]
+            cells.append({
+                "batching": batching, "max_batch_size": rs[0]["max_batch_size"],
+                "pruning": pruning, "robots": n, "rounds": len(rs), "rounds_ok": len(ok),
+                "requests_ok": sum(x["requests"]["measured_ok"] for x in ok),
+                "throughput_rps": {"median": med(tput), "min": min(tput, default=None),
+                                   "max": max(tput, default=None), "all": tput},
+                "latency_ms": {k: med([x["latency_ms"][k] for x in ok])
+                               for k in ("p50", "p90", "p99")},
+                "latency_max_ms": max((x["latency_ms"]["max"] for x in ok), default=None),
+                "mean_batch_size": med([r["mean_batch_size"] for r in rs
+                                        if r.get("mean_batch_size")]),
+                "server_timings_median_ms": {k: med([x["server_timings_median_ms"][k] for x in ok])
+                                             for k in ("preprocess", "queue", "vision", "llm",
+                                                       "action_head", "total")},
+                "mean_retained_tokens": med([x["vision_tokens"]["mean_retained"] for x in ok]),
+                "total_tokens": med([x["vision_tokens"]["mean_total"] for x in ok]),
+                "errors": sum(x["requests"]["errors_total"] for x in ok),
+                "mismatches": sum(x["mismatches"] for x in ok),
+                "lost": sum(x["lost"] for x in ok)})
+
+def cell(batching, pruning, n):
+    return next((c for c in cells if c["batching"] == batching and c["pruning"] == pruning
+                 and c["robots"] == n and c["rounds_ok"]), None)
 
 comparisons = []
 for pruning in ("specprune", "none"):
     for n in sorted({r["robots"] for r in runs}):
-        on, off = find(True, pruning, n), find(False, pruning, n)
+        on, off = cell(True, pruning, n), cell(False, pruning, n)
         if not on or not off:
             continue
-        ron, roff = on["result"], off["result"]
-        comparisons.append({
-            "pruning": pruning, "robots": n,
-            "throughput_on_rps": ron["throughput_rps"], "throughput_off_rps": roff["throughput_rps"],
-            "speedup": ron["throughput_rps"] / roff["throughput_rps"] if roff["throughput_rps"] else None,
-            "p99_on_ms": ron["latency_ms"]["p99"], "p99_off_ms": roff["latency_ms"]["p99"]})
+        t_on, t_off = on["throughput_rps"]["median"], off["throughput_rps"]["median"]
+        comparisons.append({"pruning": pruning, "robots": n, "throughput_on_rps": t_on,
+                            "throughput_off_rps": t_off,
+                            "speedup": t_on / t_off if t_off else None,
+                            "p99_on_ms": on["latency_ms"]["p99"],
+                            "p99_off_ms": off["latency_ms"]["p99"]})
 
-ok = all(r["loadgen_exit"] == 0 and r["server_exit"] == 0 and r["result"] and r["result"]["pass"]
-         for r in runs)
+passed = all(r["loadgen_exit"] == 0 and r["server_exit"] == 0 and r["result"]
+             and r["result"]["pass"] for r in runs)
+totals = {"requests_ok": sum(r["result"]["requests"]["ok"] for r in runs if r["result"]),
+          "mismatches": sum(r["result"]["mismatches"] for r in runs if r["result"]),
+          "lost": sum(r["result"]["lost"] for r in runs if r["result"])}
 doc = {"benchmark": "specprune serve (bench/serve.sh)", "date": date, "git_revision": rev,
-       "quick": quick == "1",
+       "quick": quick == "1", "rounds": int(repeat),
        "machine": {"nproc": int(nproc), "cpu_model": cpu, "kernel": os.uname().release},
        "server": {"max_queue_delay_ms": float(qdelay), "host": "127.0.0.1"},
-       "runs": runs, "batching_comparison": comparisons,
-       "totals": {"requests_ok": sum(r["result"]["requests"]["ok"] for r in runs if r["result"]),
-                  "mismatches": sum(r["result"]["mismatches"] for r in runs if r["result"]),
-                  "lost": sum(r["result"]["lost"] for r in runs if r["result"])},
-       "pass": ok}
+       "cells": cells, "batching_comparison": comparisons, "totals": totals, "runs": runs,
+       "pass": passed}
 with open(out, "w") as f:
     json.dump(doc, f, indent=2)
     f.write("\n")
 
-def f1(x): return "-" if x is None else "%.1f" % x
-lines = ["Serving benchmark, %s, %s CPUs (%s), tiny model, git %s%s." %
-         (date, nproc, cpu, rev, " (--quick)" if quick == "1" else ""), "",
-         "| batching | pruning | robots | ok req | req/s | p50 ms | p90 ms | p99 ms | max ms "
-         "| mean batch | srv queue ms | srv llm ms | srv total ms | retained/total tokens "
+f1 = lambda x: "-" if x is None else "%.1f" % x
+lines = ["Serving benchmark, %s, %s CPUs (%s), tiny model, git %s, %s round(s)%s; medians over "
+         "rounds (req/s range in brackets). Server timings are medians of per-request values; "
+         "vision/llm are wall times of the whole batch the request ran in." %
+         (date, nproc, cpu, rev, repeat, " (--quick)" if quick == "1" else ""), "",
+         "| batching | pruning | robots | ok req | req/s [min-max] | p50 ms | p90 ms | p99 ms "
+         "| max ms | mean batch | srv queue ms | srv llm ms | srv total ms | retained/total tokens "
          "| errors | mismatches | lost |",
          "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-for r in runs:
-    res = r["result"]
-    if not res:
-        lines.append("| %s | %s | %d | run failed (exit %d) |" %
-                     ("on (8)" if r["batching"] else "off (1)", r["pruning"], r["robots"],
-                      r["loadgen_exit"]))
+for c in cells:
+    label = "on (%d)" % c["max_batch_size"] if c["batching"] else "off (1)"
+    if not c["rounds_ok"]:
+        lines.append("| %s | %s | %d | all runs failed |" % (label, c["pruning"], c["robots"]))
         continue
-    lat, st, vt = res["latency_ms"], res["server_timings_median_ms"], res["vision_tokens"]
-    lines.append("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %.2f | %s | %s | %.1f/%d "
-                 "| %d | %d | %d |" % (
-        "on (%d)" % r["max_batch_size"] if r["batching"] else "off (1)", r["pruning"], r["robots"],
-        res["requests"]["measured_ok"], f1(res["throughput_rps"]), f1(lat["p50"]), f1(lat["p90"]),
-        f1(lat["p99"]), f1(lat["max"]),
-        "%.2f" % r["mean_batch_size"] if r.get("mean_batch_size") else "-",
-        st["queue"], f1(st["llm"]), f1(st["total"]), vt["mean_retained"], vt["mean_total"],
-        res["requests"]["errors_total"], res["mismatches"], res["lost"]))
+    t, lat, st = c["throughput_rps"], c["latency_ms"], c["server_timings_median_ms"]
+    lines.append("| %s | %s | %d | %d | %s [%s-%s] | %s | %s | %s | %s | %s | %.2f | %s | %s "
+                 "| %.1f/%d | %d | %d | %d |" % (
+        label, c["pruning"], c["robots"], c["requests_ok"], f1(t["median"]), f1(t["min"]),
+        f1(t["max"]), f1(lat["p50"]), f1(lat["p90"]), f1(lat["p99"]), f1(c["latency_max_ms"]),
+        "-" if c["mean_batch_size"] is None else "%.2f" % c["mean_batch_size"], st["queue"],
+        f1(st["llm"]), f1(st["total"]), c["mean_retained_tokens"], c["total_tokens"],
+        c["errors"], c["mismatches"], c["lost"]))
 if comparisons:
     lines += ["", "| pruning | robots | req/s batching on | req/s batching off | speedup "
               "| p99 on ms | p99 off ms |", "|---|--:|--:|--:|--:|--:|--:|"]
@@ -272,8 +309,8 @@ if comparisons:
             "-" if c["speedup"] is None else "%.2fx" % c["speedup"], f1(c["p99_on_ms"]),
             f1(c["p99_off_ms"])))
 lines += ["", "Totals: %d OK responses, %d mismatches, %d lost; %s. JSON: %s" % (
-    doc["totals"]["requests_ok"], doc["totals"]["mismatches"], doc["totals"]["lost"],
-    "PASS" if ok else "FAIL", out)]
+    totals["requests_ok"], totals["mismatches"], totals["lost"], "PASS" if passed else "FAIL",
+    out)]
 table = "\n".join(lines) + "\n"
 print(table, end="")
 if md:
@@ -282,8 +319,7 @@ if md:
     text = open(md).read() if os.path.exists(md) else ""
     if begin in text and end in text:
         pre, rest = text.split(begin, 1)
-        post = rest.split(end, 1)[1].lstrip("\n")
-        text = pre + block + post
+        text = pre + block + rest.split(end, 1)[1].lstrip("\n")
     else:
         text = text + ("\n" if text and not text.endswith("\n") else "") + block
     with open(md, "w") as f:

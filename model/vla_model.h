@@ -20,6 +20,7 @@
 #include "model/action_head.h"
 #include "model/config.h"
 #include "model/llama.h"
+#include "model/model_runner.h"
 #include "model/vision.h"
 #include "pruning/policy.h"
 
@@ -69,7 +70,7 @@ struct ForwardTimings {
   double action_head_seconds = 0;
 };
 
-class VlaModel {
+class VlaModel : public ModelRunner {
  public:
   // Builds a randomly initialized model (deterministic for a seed) on the requested device.
   static absl::StatusOr<std::unique_ptr<VlaModel>> Create(const ModelConfig& config,
@@ -77,15 +78,17 @@ class VlaModel {
 
   // Runs one batch. Images must already be resized to config().image_size.
   absl::StatusOr<std::vector<SampleResult>> Forward(const std::vector<SampleInput>& batch,
-                                                    ForwardTimings* timings = nullptr) const;
+                                                    ForwardTimings* timings = nullptr) const override;
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const override { return config_; }
+  std::string device_name() const override { return options_.device; }
+  std::string dtype_name() const override { return options_.dtype; }
   const ModelOptions& options() const { return options_; }
   VlaModule& module() { return module_; }
   const VlaModule& module() const { return module_; }
   torch::Device device() const { return device_; }
   torch::ScalarType dtype() const { return dtype_; }
-  int64_t parameter_count() const;
+  int64_t parameter_count() const override;
 
  private:
   VlaModel(ModelConfig c, ModelOptions o, VlaModule m, torch::Device d, torch::ScalarType t)

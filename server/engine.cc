@@ -89,15 +89,15 @@ struct InferenceEngine::Job {
 };
 
 absl::StatusOr<std::unique_ptr<InferenceEngine>> InferenceEngine::Create(
-    LoadedModel model, PruningConfig pruning_defaults, EngineOptions options,
+    EngineModel model, PruningConfig pruning_defaults, EngineOptions options,
     ServerMetrics* metrics) {
-  if (model.model == nullptr || model.tokenizer == nullptr)
+  if (model.runner == nullptr || model.tokenizer == nullptr)
     return absl::InvalidArgumentError("engine: model not loaded");
   if (model.stats.keys().empty())
     return absl::InvalidArgumentError(
         "engine: model has no dataset statistics");
   if (auto s = ValidatePruningConfig(pruning_defaults); !s.ok()) return s;
-  const auto& c = model.model->config();
+  const auto& c = model.runner->config();
   options.limits.cameras = c.cameras;
   options.limits.proprio_dim = c.proprio_dim;
   options.limits.unnorm_keys = model.stats.keys();
@@ -131,7 +131,7 @@ absl::StatusOr<std::unique_ptr<InferenceEngine>> InferenceEngine::Create(
   return engine;
 }
 
-InferenceEngine::InferenceEngine(LoadedModel model,
+InferenceEngine::InferenceEngine(EngineModel model,
                                  PruningConfig pruning_defaults,
                                  EngineOptions options, ServerMetrics* metrics)
     : model_(std::move(model)),
@@ -185,7 +185,7 @@ void InferenceEngine::Maintenance() {
 }
 
 void InferenceEngine::BuildModelInfo() {
-  const auto& c = model_.model->config();
+  const auto& c = model_.runner->config();
   auto& info = model_info_;
   info.set_config_name(c.name);
   info.set_model_path(model_.dir);
@@ -198,15 +198,15 @@ void InferenceEngine::BuildModelInfo() {
   for (const auto& k : model_.stats.keys()) info.add_unnorm_keys(k);
   info.set_vision_tokens_per_forward(c.vision_tokens());
   info.set_llm_layers(c.llm.layers);
-  info.set_parameter_count(model_.model->parameter_count());
+  info.set_parameter_count(model_.runner->parameter_count());
   const int64_t prompt = static_cast<int64_t>(
       BuildPromptIds(c, *model_.tokenizer,
                      "pick up the red block and place it on the blue plate")
           .size());
   info.set_tokens_per_forward(SequenceLength(c, prompt, c.vision_tokens()));
   info.set_flops_per_forward(UnprunedForwardFlops(c, prompt).total());
-  info.set_dtype(model_.model->options().dtype);
-  info.set_device(model_.model->options().device);
+  info.set_dtype(model_.runner->dtype_name());
+  info.set_device(model_.runner->device_name());
   auto* p = info.mutable_pruning();
   p->set_method(ToProto(pruning_defaults_.method));
   p->set_alpha(pruning_defaults_.specprune.coarse_scale);
@@ -273,7 +273,7 @@ void InferenceEngine::StartStep(std::shared_ptr<Job> job) {
 
 absl::Status InferenceEngine::PrepareInputs(Job& job) {
   const auto& req = *job.request;
-  const auto& c = model_.model->config();
+  const auto& c = model_.runner->config();
   auto images = ImagesInCameraOrder(req, options_.limits);
   if (!images.ok()) return images.status();
   DecodeLimits limits{options_.limits.max_image_width,
@@ -363,7 +363,7 @@ void InferenceEngine::Preprocess(std::shared_ptr<Job> job) {
 void InferenceEngine::RunBatch(
     std::vector<Batcher<std::shared_ptr<Job>>::Queued>&& batch) {
   const auto now = absl::Now();
-  const auto& c = model_.model->config();
+  const auto& c = model_.runner->config();
   if (metrics_) metrics_->RecordBatchSize(batch.size());
   std::vector<std::unique_ptr<SamplePruner>> pruners;
   std::vector<SampleInput> inputs;
@@ -409,7 +409,7 @@ void InferenceEngine::RunBatch(
   }
   if (runnable.empty()) return;
   ForwardTimings timings;
-  auto results = model_.model->Forward(run_inputs, &timings);
+  auto results = model_.runner->Forward(run_inputs, &timings);
   if (!results.ok()) {
     for (size_t i : runnable) Finish(*batch[i].item, results.status(), nullptr);
     return;
@@ -475,7 +475,7 @@ void InferenceEngine::RunBatch(
       if (ref_pruner.ok()) {
         SampleInput in = run_inputs[r];
         in.pruner = ref_pruner->get();
-        auto ref = model_.model->Forward({in});
+        auto ref = model_.runner->Forward({in}, nullptr);
         if (ref.ok()) {
           tel->set_action_deviation(
               (res.normalized_actions - (*ref)[0].normalized_actions)

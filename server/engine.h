@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "model/checkpoint.h"
+#include "model/model_runner.h"
 #include "pruning/pruning_config.h"
 #include "server/batcher.h"
 #include "server/metrics.h"
@@ -50,6 +51,18 @@ struct RequestContext {
       cancelled;  // may be empty; must be callable from any thread
 };
 
+// What the engine serves: a model runner plus the tokenizer and normalization statistics.
+struct EngineModel {
+  std::string dir;
+  std::unique_ptr<ModelRunner> runner;
+  std::unique_ptr<Tokenizer> tokenizer;
+  DatasetStatistics stats;
+  static EngineModel FromLoaded(LoadedModel loaded) {
+    return {std::move(loaded.dir), std::move(loaded.model), std::move(loaded.tokenizer),
+            std::move(loaded.stats)};
+  }
+};
+
 class InferenceEngine {
  public:
   // `done` is called exactly once, on an engine thread (or inline for immediate
@@ -60,7 +73,7 @@ class InferenceEngine {
   // Takes ownership of the loaded model. `metrics` must outlive the engine (may
   // be null).
   static absl::StatusOr<std::unique_ptr<InferenceEngine>> Create(
-      LoadedModel model, PruningConfig pruning_defaults, EngineOptions options,
+      EngineModel model, PruningConfig pruning_defaults, EngineOptions options,
       ServerMetrics* metrics);
   ~InferenceEngine();
 
@@ -81,7 +94,7 @@ class InferenceEngine {
 
  private:
   struct Job;
-  InferenceEngine(LoadedModel model, PruningConfig pruning_defaults,
+  InferenceEngine(EngineModel model, PruningConfig pruning_defaults,
                   EngineOptions options, ServerMetrics* metrics);
 
   void StartStep(std::shared_ptr<Job> job);
@@ -93,7 +106,7 @@ class InferenceEngine {
   void Maintenance();
   void BuildModelInfo();
 
-  LoadedModel model_;
+  EngineModel model_;
   const PruningConfig pruning_defaults_;
   EngineOptions options_;
   ServerMetrics* const metrics_;

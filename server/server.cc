@@ -43,7 +43,7 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
   eo.limits.max_image_width = options.max_image_width;
   eo.limits.max_image_height = options.max_image_height;
   eo.limits.max_encoded_image_bytes = options.max_encoded_image_bytes;
-  auto engine = InferenceEngine::Create(std::move(*loaded), std::move(*pruning),
+  auto engine = InferenceEngine::Create(EngineModel::FromLoaded(std::move(*loaded)), std::move(*pruning),
                                         eo, s->metrics_.get());
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(*engine);

@@ -32,6 +32,7 @@ struct Prim {
   Rgb color = {0, 0, 0};
   Style style = Style::kPlain;
   bool casts_shadow = true;
+  bool visible = true;  // seen by primary rays (false: only casts shadows)
   // Screen-space bounds for primary rays (valid when `cull`), xy bounds of the shadowed region.
   bool cull = false;
   double u0 = 0, u1 = 0, v0 = 0, v1 = 0;
@@ -179,12 +180,12 @@ std::vector<Prim> BuildScene(const World& world, const Camera& camera) {
     prims.push_back(MakeBox(g.tip.x + side * s * ax, g.tip.y + side * s * ay, g.tip.z, top,
                             kFingerThickness / 2, kFingerWidth / 2, g.yaw, finger));
   }
-  if (!camera.wrist) {
-    prims.push_back(MakeBox(g.tip.x, g.tip.y, top, top + 0.03, s + kFingerThickness / 2, 0.02,
-                            g.yaw, {75, 75, 85}));
-    prims.push_back(
-        MakeCylinder(g.tip.x, g.tip.y, top + 0.03, g.tip.z + 0.45, 0.03, {120, 120, 132}));
-  }
+  // Palm and wrist housing; the wrist camera sits inside them and sees only their shadows.
+  prims.push_back(MakeBox(g.tip.x, g.tip.y, top, top + 0.03, s + kFingerThickness / 2, 0.02,
+                          g.yaw, {75, 75, 85}));
+  prims.push_back(
+      MakeCylinder(g.tip.x, g.tip.y, top + 0.03, g.tip.z + 0.45, 0.03, {120, 120, 132}));
+  if (camera.wrist) prims[prims.size() - 1].visible = prims[prims.size() - 2].visible = false;
 
   for (Prim& p : prims) {
     double ex, ey;
@@ -233,7 +234,7 @@ class Tracer {
     Hit hit;
     for (int i = 0; i < static_cast<int>(prims_.size()); ++i) {
       const Prim& p = prims_[i];
-      if (p.cull && (u < p.u0 || u > p.u1 || v < p.v0 || v > p.v1)) continue;
+      if (!p.visible || (p.cull && (u < p.u0 || u > p.u1 || v < p.v0 || v > p.v1))) continue;
       Vec3 n;
       int face;
       const double t = Intersect(p, o, d, &n, &face);

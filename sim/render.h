@@ -11,7 +11,7 @@
 // * WRIST: rides 35 cm above the fingertips and turns with the gripper yaw: the finger axis is
 //   horizontal in the image. Field of view 2*atan(0.65) (~66 deg), so the fingertips of the open
 //   gripper are visible at the left/right edges and an object between them fills much of the view.
-//   The palm and wrist housing are not drawn in this view.
+//   The palm and wrist housing are not drawn in this view (their shadows are).
 //
 // All functions are stateless and thread-safe.
 #pragma once

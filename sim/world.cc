@@ -116,7 +116,7 @@ StepEvents World::Step(const Vec3& delta, double dyaw, bool close) {
     const double extent = ExtentAlong(j, g.yaw);
     if (std::abs(perp) > kGraspPerpTolerance) continue;
     if (std::abs(along) + extent > s_old + 1e-9) continue;  // not between the fingers
-    if (s_new > extent) continue;                            // fingers not yet in contact
+    if (s_new > std::abs(along) + extent) continue;  // fingers not yet in contact
     if (best < 0 || std::abs(perp) < std::abs(best_perp)) {
       best = j;
       best_perp = perp;

@@ -1,0 +1,46 @@
+// Scripted expert for the tabletop simulator (DESIGN §7): a saturated proportional controller over
+// a pick-and-place plan, used to generate behaviour-cloning data.
+//
+// For the first goal whose placement does not yet hold it
+//   1. (empty) lifts to a safe height, moves above the object (fast: up to 1.0 x max step),
+//   2. descends: fast while high, then slowly (<= 0.25 x max step) from 8 cm above the object's
+//      top down to the grasp height (6 cm below the top), 3. closes until the object is held,
+//   4. lifts (<= 0.6 x max step) to a carry height clearing the other objects, moves above the
+//      target (fast), 5. descends (slowly in the last 8 cm) until the object's bottom is 1.5 cm
+//      above the target surface, 6. opens.
+// Every motion command is action = clip(k * (target - position)) with k = 0.5 per step, scaled so
+// the largest component is within the phase's cap: fast in transit, slow and downward near
+// contact (the profile that SpecPrune's velocity-aware controller keys on). The plan is chosen
+// from the current world state at every step, so the expert also recovers from states it did not
+// produce. Rotation commands are zero except to steer the yaw back to 0.
+//
+// Deterministic; not thread-safe (use one expert per episode).
+#pragma once
+
+#include <string_view>
+
+#include "sim/episode.h"
+
+namespace specprune {
+namespace sim {
+
+class ScriptedExpert {
+ public:
+  enum class Phase { kLift, kTransit, kDescend, kApproach, kClose, kPlace, kRelease, kDone };
+
+  explicit ScriptedExpert(const Episode& episode) {}
+
+  // The expert's action for the episode's current state.
+  Action Act(const Episode& episode);
+
+  // Phase of the last Act() (for logging / data labels).
+  Phase phase() const { return phase_; }
+  static std::string_view PhaseName(Phase phase);
+
+ private:
+  Phase phase_ = Phase::kLift;
+  bool closing_ = false;  // closing at the grasp pose
+};
+
+}  // namespace sim
+}  // namespace specprune

@@ -1,0 +1,102 @@
+// specprune_sim_demo: runs the scripted expert on one episode and writes PNG frames.
+//
+//   specprune_sim_demo [--suite=spatial|object|goal|long] [--seed=N] [--size=64]
+//                      [--out=DIR] [--every=K]
+// Writes DIR/main_XXXX.png and DIR/wrist_XXXX.png every K steps and at the last step, and prints
+// the instruction, the per-step phase summary and the outcome.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "model/image_codec.h"
+#include "sim/episode.h"
+#include "sim/expert.h"
+
+namespace {
+
+bool Flag(std::string_view arg, std::string_view name, std::string* value) {
+  const std::string prefix = absl::StrFormat("--%s=", name);
+  if (arg.substr(0, prefix.size()) != prefix) return false;
+  *value = std::string(arg.substr(prefix.size()));
+  return true;
+}
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "specprune_sim_demo: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace sim = specprune::sim;
+  std::string suite_name = "object", out = "/tmp/specprune_sim_demo", value;
+  uint64_t seed = 0;
+  int size = 64, every = 10;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (Flag(arg, "suite", &value)) {
+      suite_name = value;
+    } else if (Flag(arg, "seed", &value)) {
+      if (!absl::SimpleAtoi(value, &seed)) return Fail("--seed: not a number");
+    } else if (Flag(arg, "size", &value)) {
+      if (!absl::SimpleAtoi(value, &size)) return Fail("--size: not a number");
+    } else if (Flag(arg, "every", &value)) {
+      if (!absl::SimpleAtoi(value, &every) || every <= 0) return Fail("--every: must be > 0");
+    } else if (Flag(arg, "out", &value)) {
+      out = value;
+    } else {
+      return Fail(absl::StrFormat("unknown argument %s", arg));
+    }
+  }
+  auto suite = sim::ParseSuite(suite_name);
+  if (!suite.ok()) return Fail(suite.status().ToString());
+  sim::SimOptions options;
+  options.image_size = size;
+  auto episode = sim::Episode::Create(*suite, seed, options);
+  if (!episode.ok()) return Fail(episode.status().ToString());
+  if (std::system(absl::StrFormat("mkdir -p '%s'", out).c_str()) != 0) {
+    return Fail("cannot create " + out);
+  }
+  std::printf("suite=%s seed=%llu instruction: %s\n", std::string(SuiteName(*suite)).c_str(),
+              static_cast<unsigned long long>(seed), episode->instruction().c_str());
+
+  sim::ScriptedExpert expert(*episode);
+  double render_ms = 0;
+  int frames = 0;
+  const auto save = [&](int step) -> bool {
+    const auto t0 = std::chrono::steady_clock::now();
+    const specprune::RgbImage main = episode->RenderMain();
+    const specprune::RgbImage wrist = episode->RenderWrist();
+    render_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                     .count();
+    frames += 2;
+    return specprune::WriteImageFile(absl::StrFormat("%s/main_%04d.png", out, step), main).ok() &&
+           specprune::WriteImageFile(absl::StrFormat("%s/wrist_%04d.png", out, step), wrist).ok();
+  };
+  std::string last_phase;
+  int phase_start = 0;
+  while (!episode->done()) {
+    if (episode->steps() % every == 0 && !save(episode->steps())) return Fail("cannot write PNG");
+    const sim::Action action = expert.Act(*episode);
+    const std::string phase(sim::ScriptedExpert::PhaseName(expert.phase()));
+    if (phase != last_phase) {
+      if (!last_phase.empty()) {
+        std::printf("  steps %3d-%3d %s\n", phase_start, episode->steps() - 1, last_phase.c_str());
+      }
+      last_phase = phase;
+      phase_start = episode->steps();
+    }
+    auto result = episode->Step(action);
+    if (!result.ok()) return Fail(result.status().ToString());
+  }
+  std::printf("  steps %3d-%3d %s\n", phase_start, episode->steps() - 1, last_phase.c_str());
+  if (!save(episode->steps())) return Fail("cannot write PNG");
+  std::printf("success=%d steps=%d frames in %s (%.3f ms per frame)\n", episode->success(),
+              episode->steps(), out.c_str(), render_ms / frames);
+  return episode->success() ? 0 : 2;
+}
