@@ -7,6 +7,7 @@
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 #include "kernels/ops.h"
 #include "model/flops.h"
 #include "model/image_codec.h"
@@ -323,6 +324,17 @@ absl::Status InferenceEngine::PrepareInputs(Job& job) {
       o.has_alpha() ? std::optional<float>(o.alpha()) : std::nullopt,
       o.has_keep_ratio() ? std::optional<float>(o.keep_ratio()) : std::nullopt);
   if (!pruning.ok()) return pruning.status();
+  if (!o.config_json().empty()) {
+    if (o.config_json().size() > 4096)
+      return absl::InvalidArgumentError("pruning.config_json: longer than 4096 bytes");
+    nlohmann::json j = nlohmann::json::parse(o.config_json(), nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object())
+      return absl::InvalidArgumentError("pruning.config_json: not a JSON object");
+    pruning = ParsePruningConfig(j, *pruning);
+    if (!pruning.ok())
+      return absl::InvalidArgumentError(
+          absl::StrCat("pruning.config_json: ", pruning.status().message()));
+  }
   job.pruning = std::move(*pruning);
   job.diagnostic = o.has_diagnostic() && o.diagnostic();
   return absl::OkStatus();

@@ -23,8 +23,8 @@ absl::Status ValidateSimOptions(const SimOptions& options) {
         absl::StrCat("options.max_steps: must be >= 0, got ", options.max_steps));
   }
   if (options.num_distractors < -1 || options.num_distractors > 4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "options.num_distractors: must be in [-1, 4], got ", options.num_distractors));
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.num_distractors: must be in [-1, 4], got ", options.num_distractors));
   }
   if (!(options.max_translation_step > 0 && options.max_translation_step <= 0.2)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -91,8 +91,8 @@ absl::StatusOr<StepResult> Episode::Step(const Action& action) {
                        Clip(action[5]) * options_.max_yaw_step, action[6] > 0.0f);
   ++steps_;
   const Gripper& g = task_.world.gripper;
-  success_ = g.held < 0 && g.opening >= 0.5 &&
-             goals_satisfied() == static_cast<int>(task_.goals.size());
+  success_ =
+      g.held < 0 && g.opening >= 0.5 && goals_satisfied() == static_cast<int>(task_.goals.size());
   StepResult result;
   result.success = success_;
   result.done = done();

@@ -39,9 +39,9 @@ inline constexpr int kProprioDim = 8;
 using Action = std::array<float, kActionDim>;
 using Proprio = std::array<float, kProprioDim>;
 
-// Default step limits (the scripted expert needs about 90 steps per pick-and-place).
-inline constexpr int kDefaultMaxSteps = 250;      // spatial, object, goal
-inline constexpr int kDefaultMaxStepsLong = 450;  // long
+// Default step limits (the scripted expert needs 55-95 steps per pick-and-place).
+inline constexpr int kDefaultMaxSteps = 200;      // spatial, object, goal
+inline constexpr int kDefaultMaxStepsLong = 400;  // long
 
 struct SimOptions {
   int image_size = 64;                 // side of both camera images in pixels, [16, 1024]
@@ -65,8 +65,7 @@ struct StepResult {
 class Episode {
  public:
   // Generates the task for (suite, seed). InvalidArgument for bad options.
-  static absl::StatusOr<Episode> Create(Suite suite, uint64_t seed,
-                                        const SimOptions& options = {});
+  static absl::StatusOr<Episode> Create(Suite suite, uint64_t seed, const SimOptions& options = {});
 
   Suite suite() const { return suite_; }
   uint64_t seed() const { return seed_; }

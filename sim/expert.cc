@@ -7,17 +7,17 @@ namespace specprune {
 namespace sim {
 namespace {
 
-constexpr double kGain = 0.5;         // fraction of the remaining error commanded per step
-constexpr double kFastCap = 1.0;      // transit speed cap (x max step)
-constexpr double kLiftCap = 0.6;      // lift speed cap
-constexpr double kSlowCap = 0.25;     // near-contact speed cap
-constexpr double kSlowZone = 0.08;    // slow within this height above the contact surface (m)
+constexpr double kGain = 0.5;       // fraction of the remaining error commanded per step
+constexpr double kFastCap = 1.0;    // transit speed cap (x max step)
+constexpr double kLiftCap = 0.6;    // lift speed cap
+constexpr double kSlowCap = 0.25;   // near-contact speed cap
+constexpr double kSlowZone = 0.08;  // slow within this height above the contact surface (m)
 constexpr double kGraspBelowTop = 0.06;
 constexpr double kPlaceDrop = 0.015;  // release with the object this high above its support
 constexpr double kAlignGrasp = 0.01;  // xy alignment before descending (m)
 constexpr double kAlignPlace = 0.015;
 constexpr double kZTolerance = 0.005;
-constexpr double kClearance = 0.06;   // transit clearance above the tallest object (m)
+constexpr double kClearance = 0.06;  // transit clearance above the tallest object (m)
 
 }  // namespace
 
@@ -52,8 +52,7 @@ Action ScriptedExpert::Act(const Episode& episode) {
     Vec3 v = kGain * (target - g.tip);
     const double m = std::max({std::abs(v.x), std::abs(v.y), std::abs(v.z)}) / max_step;
     if (m > cap) v = (cap / m) * v;
-    const double yaw =
-        std::clamp(-kGain * g.yaw / episode.options().max_yaw_step, -1.0, 1.0);
+    const double yaw = std::clamp(-kGain * g.yaw / episode.options().max_yaw_step, -1.0, 1.0);
     return Action{static_cast<float>(v.x / max_step),
                   static_cast<float>(v.y / max_step),
                   static_cast<float>(v.z / max_step),
@@ -130,8 +129,10 @@ Action ScriptedExpert::Act(const Episode& episode) {
   }
   // At the grasp pose: open fully first, then close until the object is held; a close that ends
   // empty starts over.
-  if (closing_ && g.opening <= 0.0) closing_ = false;
-  else if (!closing_ && g.opening >= 1.0) closing_ = true;
+  if (closing_ && g.opening <= 0.0)
+    closing_ = false;
+  else if (!closing_ && g.opening >= 1.0)
+    closing_ = true;
   return command(Phase::kClose, {o.x, o.y, grasp_z}, kSlowCap, closing_);
 }
 

@@ -181,8 +181,8 @@ std::vector<Prim> BuildScene(const World& world, const Camera& camera) {
                             kFingerThickness / 2, kFingerWidth / 2, g.yaw, finger));
   }
   // Palm and wrist housing; the wrist camera sits inside them and sees only their shadows.
-  prims.push_back(MakeBox(g.tip.x, g.tip.y, top, top + 0.03, s + kFingerThickness / 2, 0.02,
-                          g.yaw, {75, 75, 85}));
+  prims.push_back(MakeBox(g.tip.x, g.tip.y, top, top + 0.03, s + kFingerThickness / 2, 0.02, g.yaw,
+                          {75, 75, 85}));
   prims.push_back(
       MakeCylinder(g.tip.x, g.tip.y, top + 0.03, g.tip.z + 0.45, 0.03, {120, 120, 132}));
   if (camera.wrist) prims[prims.size() - 1].visible = prims[prims.size() - 2].visible = false;
@@ -359,11 +359,10 @@ RgbImage Render(const World& world, const Camera& camera, const RenderOptions& o
     for (int x = 0; x < w; ++x) {
       Sample s = samples[y * w + x];
       const int key = s.key;
-      const bool edge = options.antialias &&
-                        ((x > 0 && samples[y * w + x - 1].key != key) ||
-                         (x + 1 < w && samples[y * w + x + 1].key != key) ||
-                         (y > 0 && samples[(y - 1) * w + x].key != key) ||
-                         (y + 1 < h && samples[(y + 1) * w + x].key != key));
+      const bool edge = options.antialias && ((x > 0 && samples[y * w + x - 1].key != key) ||
+                                              (x + 1 < w && samples[y * w + x + 1].key != key) ||
+                                              (y > 0 && samples[(y - 1) * w + x].key != key) ||
+                                              (y + 1 < h && samples[(y + 1) * w + x].key != key));
       if (edge) {
         s = Sample{};
         for (int k = 0; k < 4; ++k) {

@@ -29,9 +29,9 @@ inline constexpr double kWristCameraTanHalfFov = 0.65;  // tan(half field of vie
 
 struct Camera {
   Vec3 position;
-  Vec3 right;    // world direction of +u (image x)
-  Vec3 down;     // world direction of +v (image y)
-  Vec3 forward;  // viewing direction
+  Vec3 right;             // world direction of +u (image x)
+  Vec3 down;              // world direction of +v (image y)
+  Vec3 forward;           // viewing direction
   double focal_px = 1.0;  // focal length in pixels
   int width = 64;
   int height = 64;

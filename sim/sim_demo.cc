@@ -72,8 +72,8 @@ int main(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     const specprune::RgbImage main = episode->RenderMain();
     const specprune::RgbImage wrist = episode->RenderWrist();
-    render_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                     .count();
+    render_ms +=
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     frames += 2;
     return specprune::WriteImageFile(absl::StrFormat("%s/main_%04d.png", out, step), main).ok() &&
            specprune::WriteImageFile(absl::StrFormat("%s/wrist_%04d.png", out, step), wrist).ok();

@@ -101,8 +101,10 @@ bool PlaceAll(Rng& rng, World* world, const std::function<bool(const World&)>& e
     }
     for (size_t i = 0; i < world->objects.size() && ok; ++i) {
       Object& o = world->objects[i];
-      // Keep the whole (rotated) footprint, enlarged by the perspective of the main camera, in view.
-      const double bound = o.shape == Shape::kCube ? o.half_width() * std::sqrt(2.0) : o.half_width();
+      // Keep the whole (rotated) footprint, enlarged by the perspective of the main camera, in
+      // view.
+      const double bound =
+          o.shape == Shape::kCube ? o.half_width() * std::sqrt(2.0) : o.half_width();
       const double lim = kTableHalfSize - bound - kMargin;
       ok = false;
       for (int t = 0; t < 300 && !ok; ++t) {
@@ -195,9 +197,8 @@ absl::StatusOr<Task> Spatial(Rng& rng, int requested) {
   static constexpr const char* kRelation[] = {"on the left", "on the right", "in the front",
                                               "in the back"};
   const std::string name = absl::StrCat(Describe(w.objects[target]), " ", kRelation[relation]);
-  task.instruction = rng.Coin()
-                         ? absl::StrCat("pick up the ", name, " and place it on the plate")
-                         : absl::StrCat("put the ", name, " on the plate");
+  task.instruction = rng.Coin() ? absl::StrCat("pick up the ", name, " and place it on the plate")
+                                : absl::StrCat("put the ", name, " on the plate");
   task.goals = {{Goal::Kind::kOnPlate, target, 0}};
   return task;
 }
@@ -285,10 +286,9 @@ absl::StatusOr<Task> GoalSuite(Rng& rng, int requested) {
     if (base.shape == Shape::kBowl) {
       task.instruction = absl::StrCat("put the ", Describe(moved), " in the ", Describe(base));
     } else {
-      task.instruction = rng.Coin()
-                             ? absl::StrCat("stack the ", Describe(moved), " on the ", Describe(base))
-                             : absl::StrCat("put the ", Describe(moved), " on top of the ",
-                                            Describe(base));
+      task.instruction =
+          rng.Coin() ? absl::StrCat("stack the ", Describe(moved), " on the ", Describe(base))
+                     : absl::StrCat("put the ", Describe(moved), " on top of the ", Describe(base));
     }
   }
   task.goals = {goal};
@@ -311,12 +311,11 @@ absl::StatusOr<Task> Long(Rng& rng, int requested) {
   if (absl::Status s = PlaceOrShrink(rng, 2, &w); !s.ok()) return s;
   const std::string a = Describe(w.objects[0]), b = Describe(w.objects[1]);
   const std::string p1 = Str(ColorName(c1)), p2 = Str(ColorName(c2));
-  task.instruction =
-      rng.Coin()
-          ? absl::StrCat("put the ", a, " on the ", p1, " plate and then the ", b, " on the ", p2,
-                         " plate")
-          : absl::StrCat("put the ", a, " on the ", p1, " plate, then put the ", b, " on the ", p2,
-                         " plate");
+  task.instruction = rng.Coin()
+                         ? absl::StrCat("put the ", a, " on the ", p1, " plate and then the ", b,
+                                        " on the ", p2, " plate")
+                         : absl::StrCat("put the ", a, " on the ", p1, " plate, then put the ", b,
+                                        " on the ", p2, " plate");
   task.goals = {{Goal::Kind::kOnPlate, 0, 0}, {Goal::Kind::kOnPlate, 1, 1}};
   return task;
 }
@@ -344,8 +343,8 @@ absl::StatusOr<Suite> ParseSuite(std::string_view name) {
   for (Suite suite : kAllSuites) {
     if (s == SuiteName(suite)) return suite;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "suite: unknown suite \"", Str(name), "\" (expected spatial, object, goal or long)"));
+  return absl::InvalidArgumentError(absl::StrCat("suite: unknown suite \"", Str(name),
+                                                 "\" (expected spatial, object, goal or long)"));
 }
 
 bool GoalSatisfied(const World& world, const Goal& goal) {

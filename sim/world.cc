@@ -66,6 +66,7 @@ void World::Drop(int i) {
   int support = -1;
   const double h = SupportHeight(o.x, o.y, o.half_width(), i, &support);
   MoveStack(i, o.x, o.y, 0.0, {0.0, 0.0, h - o.z});
+  objects[i].z = h;  // exactly, without rounding from the translation
   objects[i].support = support;
 }
 
@@ -116,7 +117,7 @@ StepEvents World::Step(const Vec3& delta, double dyaw, bool close) {
     const double extent = ExtentAlong(j, g.yaw);
     if (std::abs(perp) > kGraspPerpTolerance) continue;
     if (std::abs(along) + extent > s_old + 1e-9) continue;  // not between the fingers
-    if (s_new > std::abs(along) + extent) continue;  // fingers not yet in contact
+    if (s_new > std::abs(along) + extent) continue;         // fingers not yet in contact
     if (best < 0 || std::abs(perp) < std::abs(best_perp)) {
       best = j;
       best_perp = perp;

@@ -25,13 +25,13 @@
 namespace specprune {
 namespace sim {
 
-// --- Kinematic limits and grasp constants ---------------------------------------------------------
+// --- Kinematic limits and grasp constants ----------------------------------------------------
 inline constexpr double kMaxHalfOpening = 0.20;  // finger half-separation when fully open (m)
 inline constexpr double kGripperRate = 0.25;     // opening change per step (fraction of full)
 inline constexpr double kMinGraspDepth = 0.03;   // fingertips must be this far below the top (m)
-inline constexpr double kGraspPerpTolerance = 0.06;  // max offset across the finger axis (m)
-inline constexpr double kMinTipZ = 0.0;              // fingertips cannot go below the table top
-inline constexpr double kMaxTipZ = 0.50;             // highest fingertip height (m)
+inline constexpr double kGraspPerpTolerance = 0.06;    // max offset across the finger axis (m)
+inline constexpr double kMinTipZ = 0.0;                // fingertips cannot go below the table top
+inline constexpr double kMaxTipZ = 0.50;               // highest fingertip height (m)
 inline constexpr double kMaxYaw = 1.5707963267948966;  // gripper yaw is clamped to [-pi/2, pi/2]
 // Finger and palm geometry (for rendering): fingers are boxes of this size hanging from the palm.
 inline constexpr double kFingerLength = 0.12;     // vertical, from the tip up to the palm
@@ -41,7 +41,7 @@ inline constexpr double kFingerWidth = 0.05;      // across the finger axis
 struct Object {
   Shape shape = Shape::kCube;
   Color color = Color::kRed;
-  double x = 0.0;    // footprint centre
+  double x = 0.0;  // footprint centre
   double y = 0.0;
   double z = 0.0;    // height of the bottom face
   double yaw = 0.0;  // rotation about +z (only visible for cubes)

@@ -143,6 +143,7 @@ class ServerIntegrationTest : public ::testing::Test {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::VlaService::Stub> stub_;
   static uint64_t next_healthy_step_;
+  grpc::Status s_;
 };
 SpecPruneServer* ServerIntegrationTest::server_ = nullptr;
 uint64_t ServerIntegrationTest::next_healthy_step_ = 0;
@@ -323,6 +324,61 @@ TEST_F(ServerIntegrationTest, ConcurrentRobotsGetTheirOwnResponses) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_F(ServerIntegrationTest, DiagnosticModeReportsDeviationAndRecallOfTheGlobalPrior) {
+  v1::PredictResponse r;
+  auto req = ValidRequest("robot-diag", 0);
+  req.mutable_pruning()->set_diagnostic(true);
+  ASSERT_TRUE(Call(req, &r).ok());
+  req = ValidRequest("robot-diag", 1);
+  req.mutable_pruning()->set_diagnostic(true);
+  grpc::Status s = Call(req, &r);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_TRUE(r.pruning().has_action_deviation());
+  EXPECT_GE(r.pruning().action_deviation(), 0.0);
+  ASSERT_TRUE(r.pruning().has_global_recall());
+  EXPECT_GE(r.pruning().global_recall(), 0.0);
+  EXPECT_LE(r.pruning().global_recall(), 1.0);
+  // Without the flag, neither is reported.
+  ASSERT_TRUE(Call(ValidRequest("robot-diag", 2), &r).ok());
+  EXPECT_FALSE(r.pruning().has_action_deviation());
+}
+
+TEST_F(ServerIntegrationTest, PerRequestOverridesSelectMethodAndAnyKnob) {
+  v1::PredictResponse r;
+  ASSERT_TRUE(Call(ValidRequest("robot-override", 0), &r).ok());
+  auto req = ValidRequest("robot-override", 1);
+  req.mutable_pruning()->set_method(v1::PRUNING_METHOD_NONE);
+  ASSERT_TRUE(Call(req, &r).ok());
+  EXPECT_EQ(r.retained_vision_tokens(), r.total_vision_tokens());
+  EXPECT_EQ(r.pruning().method(), v1::PRUNING_METHOD_NONE);
+  // Keeping every token through SpecPrune's knobs gives no pruning either.
+  req = ValidRequest("robot-override", 2);
+  req.mutable_pruning()->set_method(v1::PRUNING_METHOD_FASTV);
+  req.mutable_pruning()->set_config_json(R"({"fastv": {"keep_ratio": 0.5}})");
+  ASSERT_TRUE(Call(req, &r).ok());
+  EXPECT_EQ(r.retained_vision_tokens(), r.total_vision_tokens() / 2);
+  req = ValidRequest("robot-override", 3);
+  req.mutable_pruning()->set_config_json(R"({"specprune": {"k_global": -3}})");
+  s_ = Call(req, &r);
+  EXPECT_EQ(s_.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s_.error_message().find("k_global"), std::string::npos) << s_.error_message();
+  req.mutable_pruning()->set_config_json("{not json");
+  EXPECT_EQ(Call(req, &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServerIntegrationTest, NewEpisodeIdClearsThePrior) {
+  v1::PredictResponse r;
+  ASSERT_TRUE(Call(ValidRequest("robot-episodes", 0), &r).ok());
+  ASSERT_TRUE(Call(ValidRequest("robot-episodes", 1), &r).ok());
+  EXPECT_FALSE(r.pruning().used_fallback());
+  auto req = ValidRequest("robot-episodes", 0);
+  req.set_episode_id("another-episode");
+  ASSERT_TRUE(Call(req, &r).ok());
+  EXPECT_TRUE(r.pruning().used_fallback());
+  EXPECT_EQ(r.episode_steps(), 1u);
+  EXPECT_FALSE(r.session_restarted());
 }
 
 }  // namespace
