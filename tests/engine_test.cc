@@ -43,8 +43,7 @@ constexpr absl::Duration kWait = absl::Seconds(15);
 
 // The normalized action the fake runner returns for element (t, d) of the
 // chunk; p0, p1 are the sample's first two normalized proprio values.
-float FakeAction(float p0, float p1, int64_t prompt_len, int64_t t,
-                 int64_t d) {
+float FakeAction(float p0, float p1, int64_t prompt_len, int64_t t, int64_t d) {
   return p0 + 0.1f * p1 + 0.01f * static_cast<float>(t) +
          0.001f * static_cast<float>(d) +
          0.0001f * static_cast<float>(prompt_len);
@@ -162,8 +161,8 @@ class FakeRunner : public ModelRunner {
     std::vector<int64_t> tokens_per_layer;
     for (int l = 0; l < static_cast<int>(c.llm.layers); ++l) {
       r.vision_tokens_per_layer.push_back(static_cast<int32_t>(ids.size()));
-      tokens_per_layer.push_back(SequenceLength(
-          c, prompt_len, static_cast<int64_t>(ids.size())));
+      tokens_per_layer.push_back(
+          SequenceLength(c, prompt_len, static_cast<int64_t>(ids.size())));
       if (in.pruner == nullptr) continue;
       LayerAttentionStats stats;
       const LayerAttentionStats* stats_ptr = nullptr;
@@ -212,6 +211,12 @@ class FakeRunner : public ModelRunner {
   bool blocked_ = false;
   absl::Duration delay_ = absl::ZeroDuration();
 };
+
+RequestContext WithDeadline(absl::Time deadline) {
+  RequestContext ctx;
+  ctx.deadline = deadline;
+  return ctx;
+}
 
 // What one done callback delivered.
 struct Outcome {
@@ -291,7 +296,8 @@ class EngineTest : public ::testing::Test {
   }
 
   static std::string TokenizerPath() {
-    return std::string(SPECPRUNE_SOURCE_DIR) + "/tests/data/tokenizer_test.model";
+    return std::string(SPECPRUNE_SOURCE_DIR) +
+           "/tests/data/tokenizer_test.model";
   }
 
   // Creates the engine with options_ and SpecPrune defaults for the model.
@@ -308,14 +314,14 @@ class EngineTest : public ::testing::Test {
     s.proprio.q01.assign(config_.proprio_dim, -kProprioRange);
     s.proprio.q99.assign(config_.proprio_dim, kProprioRange);
     ASSERT_TRUE(stats.Add(s).ok());
-    PruningConfig pruning =
-        DefaultPruningConfig(static_cast<int>(config_.llm.layers),
-                             config_.vision_tokens(), config_.patches_per_image());
+    PruningConfig pruning = DefaultPruningConfig(
+        static_cast<int>(config_.llm.layers), config_.vision_tokens(),
+        config_.patches_per_image());
     ASSERT_EQ(pruning.method, PruningMethod::kSpecPrune);
-    auto engine = InferenceEngine::Create(
-        EngineModel{"fake-model", std::move(runner), std::move(*tok),
-                    std::move(stats)},
-        pruning, options_, &metrics_);
+    auto engine =
+        InferenceEngine::Create(EngineModel{"fake-model", std::move(runner),
+                                            std::move(*tok), std::move(stats)},
+                                pruning, options_, &metrics_);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = std::move(*engine);
   }
@@ -456,7 +462,8 @@ TEST_F(EngineTest, RobotsSubmittedTogetherShareABatchAndGetTheirOwnAnswers) {
     ExpectOwnAnswer(collector_.Get(robot), robot, 0);
 }
 
-TEST_F(EngineTest, FullQueueRejectsWithResourceExhaustedAndQueuedWorkCompletes) {
+TEST_F(EngineTest,
+       FullQueueRejectsWithResourceExhaustedAndQueuedWorkCompletes) {
   options_.batcher.max_batch_size = 1;
   options_.batcher.max_queue_delay = absl::ZeroDuration();
   options_.batcher.max_queue_size = 2;
@@ -479,8 +486,9 @@ TEST_F(EngineTest, FullQueueRejectsWithResourceExhaustedAndQueuedWorkCompletes) 
   for (int robot = 1; robot <= 3; ++robot)
     ExpectOwnAnswer(collector_.Get(robot), robot, 0);
   for (const Seen& s : runner_->samples()) EXPECT_NE(s.robot, 4);
-  EXPECT_THAT(metrics_.Serialize(),
-              HasSubstr("specprune_rejected_requests_total{reason=\"queue_full\"} 1"));
+  EXPECT_THAT(
+      metrics_.Serialize(),
+      HasSubstr("specprune_rejected_requests_total{reason=\"queue_full\"} 1"));
   // The rejected robot's session is usable: its retry is computed.
   ExpectOwnAnswer(Call(Request(4, 0)), 4, 0);
 }
@@ -491,7 +499,7 @@ TEST_F(EngineTest, ExpiredDeadlineIsNotComputed) {
   ASSERT_NO_FATAL_FAILURE(Start());
   // Already expired on arrival.
   const Outcome late =
-      Call(Request(1, 0), {.deadline = absl::Now() - absl::Seconds(1)});
+      Call(Request(1, 0), WithDeadline(absl::Now() - absl::Seconds(1)));
   EXPECT_EQ(late.status.code(), absl::StatusCode::kDeadlineExceeded)
       << late.status;
   EXPECT_TRUE(runner_->batches().empty());
@@ -500,8 +508,7 @@ TEST_F(EngineTest, ExpiredDeadlineIsNotComputed) {
   runner_->Block();
   Submit(2, Request(2, 0));
   ASSERT_TRUE(runner_->WaitEntered(1));
-  Submit(3, Request(3, 0),
-         {.deadline = absl::Now() + absl::Milliseconds(300)});
+  Submit(3, Request(3, 0), WithDeadline(absl::Now() + absl::Milliseconds(300)));
   absl::SleepFor(absl::Milliseconds(600));
   runner_->Unblock();
   ASSERT_TRUE(collector_.WaitFor(3));
@@ -520,7 +527,8 @@ TEST_F(EngineTest, CancelledRequestIsNotComputed) {
   runner_->Block();
   Submit(1, Request(1, 0));
   ASSERT_TRUE(runner_->WaitEntered(1));
-  Submit(2, Request(2, 0), {.cancelled = [cancelled] { return cancelled->load(); }});
+  Submit(2, Request(2, 0),
+         {.cancelled = [cancelled] { return cancelled->load(); }});
   cancelled->store(true);
   runner_->Unblock();
   ASSERT_TRUE(collector_.WaitFor(2));
@@ -561,7 +569,8 @@ TEST_F(EngineTest, RetryOfTheLastStepReturnsTheCachedResponse) {
 
 TEST_F(EngineTest, StepBelowTheLastIsRejectedWithFailedPrecondition) {
   ASSERT_NO_FATAL_FAILURE(Start());
-  for (uint64_t step : {0u, 1u, 2u}) ExpectOwnAnswer(Call(Request(1, step)), 1, step);
+  for (uint64_t step : {0u, 1u, 2u})
+    ExpectOwnAnswer(Call(Request(1, step)), 1, step);
   const size_t passes = runner_->samples().size();
   const Outcome stale = Call(Request(1, 1));
   EXPECT_EQ(stale.status.code(), absl::StatusCode::kFailedPrecondition)
@@ -622,12 +631,13 @@ TEST_F(EngineTest, InvalidRequestIsRejectedAndNeverReachesTheRunner) {
   auto bad_key = Request(1, 0);
   bad_key->set_unnorm_key("no_such_dataset");
   auto bad_jpeg = Request(1, 0);  // framing passes validation, decoding fails
-  bad_jpeg->mutable_images(0)->set_encoded(std::string("\xFF\xD8\xFF\xE0garbage", 11));
+  bad_jpeg->mutable_images(0)->set_encoded(
+      std::string("\xFF\xD8\xFF\xE0garbage", 11));
 
   const std::vector<std::pair<std::shared_ptr<v1::PredictRequest>, std::string>>
-      cases = {{short_proprio, "proprio"},   {bad_robot, "robot_id"},
-               {bad_pixels, "images[1]"},    {nan_proprio, "proprio[3]"},
-               {bad_key, "unnorm_key"},      {bad_jpeg, "images[0]"}};
+      cases = {{short_proprio, "proprio"}, {bad_robot, "robot_id"},
+               {bad_pixels, "images[1]"},  {nan_proprio, "proprio[3]"},
+               {bad_key, "unnorm_key"},    {bad_jpeg, "images[0]"}};
   for (const auto& [req, field] : cases) {
     const Outcome o = Call(req);
     EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument)
@@ -684,7 +694,8 @@ TEST_F(EngineTest, ShutdownDrainsQueuedWorkThenRejectsWithUnavailable) {
   for (int step = 0; step < kSteps; ++step) {
     for (int robot = 1; robot <= kRobots; ++robot) {
       const int tag = robot * 100 + step;
-      EXPECT_EQ(collector_.calls(tag), 1) << "robot " << robot << " step " << step;
+      EXPECT_EQ(collector_.calls(tag), 1)
+          << "robot " << robot << " step " << step;
       ExpectOwnAnswer(collector_.Get(tag), robot, step);
     }
   }

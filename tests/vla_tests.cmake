@@ -8,3 +8,6 @@ if(SPECPRUNE_BUILD_SERVER)
   specprune_add_test(server_integration_test SOURCES server_integration_test.cc
                      LIBS specprune_service specprune_client LABELS integration)
 endif()
+
+specprune_add_test(specprune_model_test SOURCES specprune_model_test.cc
+                   LIBS specprune_model specprune_pruning)
