@@ -137,6 +137,10 @@ stop_server() {
   server_rc=$rc
 }
 
+# utime + stime of the server process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat" 2>/dev/null || echo ""; }
+clk_tck=$(getconf CLK_TCK)
+
 scrape() { curl -sf --max-time 5 "http://127.0.0.1:$metrics_port/metrics" || true; }
 
 runs_file=$work/runs.tsv
@@ -159,7 +163,10 @@ for rep in $(seq 1 "$repeat"); do
         lg_args=(--target "127.0.0.1:$grpc_port" --robots "$n" --steps "$steps" --warmup "$warmup"
                  --seed 1 --run-tag "$rn" --json "$work/$rn.json")
         lg_rc=0
+        cpu_before=$(cpu_ticks)
         timeout "$LOADGEN_TIMEOUT_S" "$LOADGEN" "${lg_args[@]}" || lg_rc=$?
+        cpu_after=$(cpu_ticks)
+        echo "$cpu_before $cpu_after" > "$work/$rn.cpu"
         scrape > "$work/$rn.metrics.after"
         [[ $lg_rc = 0 ]] || failed=1
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rn" "$rep" "$batch" "$method" "$n" "$lg_rc" \
@@ -178,10 +185,10 @@ done
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 "$PYTHON" - "$work" "$runs_file" "$out" "$md" "$date_utc" "$(nproc)" "$cpu_model" "$git_rev" \
-  "$quick" "$QUEUE_DELAY_MS" "$repeat" <<'PY'
+  "$quick" "$QUEUE_DELAY_MS" "$repeat" "$clk_tck" <<'PY'
 import json, os, re, statistics, sys
 
-work, runs_file, out, md, date, nproc, cpu, rev, quick, qdelay, repeat = sys.argv[1:12]
+work, runs_file, out, md, date, nproc, cpu, rev, quick, qdelay, repeat, clk_tck = sys.argv[1:13]
 
 def metric(path, name):
     """Sum of all samples of metric `name` in a Prometheus text file; None if absent."""
@@ -213,6 +220,14 @@ for line in open(runs_file):
     if d["specprune_batch_size_count"]:
         entry["server_batches"] = d["specprune_batch_size_count"]
         entry["mean_batch_size"] = d["specprune_batch_size_sum"] / d["specprune_batch_size_count"]
+    try:
+        before, after = (int(x) for x in open(os.path.join(work, rn + ".cpu")).read().split())
+        entry["server_cpu_seconds"] = (after - before) / float(clk_tck)
+        if entry["result"] and entry["result"]["requests"]["sent"]:
+            entry["server_cpu_ms_per_request"] = (
+                1e3 * entry["server_cpu_seconds"] / entry["result"]["requests"]["sent"])
+    except (OSError, ValueError):
+        pass
     runs.append(entry)
 
 med = lambda xs: statistics.median(xs) if xs else None
@@ -237,6 +252,11 @@ for batching in (True, False):
                 "latency_max_ms": max((x["latency_ms"]["max"] for x in ok), default=None),
                 "mean_batch_size": med([r["mean_batch_size"] for r in rs
                                         if r.get("mean_batch_size")]),
+                "server_cpu_ms_per_request": med([r["server_cpu_ms_per_request"] for r in rs
+                                                  if r.get("server_cpu_ms_per_request")]),
+                "client_cpu_ms_per_request": med([1e3 * x["client_cpu_seconds"] /
+                                                  x["requests"]["sent"] for x in ok
+                                                  if x.get("client_cpu_seconds")]),
                 "server_timings_median_ms": {k: med([x["server_timings_median_ms"][k] for x in ok])
                                              for k in ("preprocess", "queue", "vision", "llm",
                                                        "action_head", "total")},
@@ -281,23 +301,25 @@ with open(out, "w") as f:
 f1 = lambda x: "-" if x is None else "%.1f" % x
 lines = ["Serving benchmark, %s, %s CPUs (%s), tiny model, git %s, %s round(s)%s; medians over "
          "rounds (req/s range in brackets). Server timings are medians of per-request values; "
-         "vision/llm are wall times of the whole batch the request ran in." %
+         "vision/llm are wall times of the whole batch the request ran in; srv CPU ms/req is the "
+         "server's user+system CPU time during the run divided by the calls sent." %
          (date, nproc, cpu, rev, repeat, " (--quick)" if quick == "1" else ""), "",
          "| batching | pruning | robots | ok req | req/s [min-max] | p50 ms | p90 ms | p99 ms "
-         "| max ms | mean batch | srv queue ms | srv llm ms | srv total ms | retained/total tokens "
+         "| max ms | mean batch | srv CPU ms/req | srv queue ms | srv llm ms | srv total ms | retained/total tokens "
          "| errors | mismatches | lost |",
-         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
 for c in cells:
     label = "on (%d)" % c["max_batch_size"] if c["batching"] else "off (1)"
     if not c["rounds_ok"]:
         lines.append("| %s | %s | %d | all runs failed |" % (label, c["pruning"], c["robots"]))
         continue
     t, lat, st = c["throughput_rps"], c["latency_ms"], c["server_timings_median_ms"]
-    lines.append("| %s | %s | %d | %d | %s [%s-%s] | %s | %s | %s | %s | %s | %.2f | %s | %s "
+    lines.append("| %s | %s | %d | %d | %s [%s-%s] | %s | %s | %s | %s | %s | %s | %.2f | %s | %s "
                  "| %.1f/%d | %d | %d | %d |" % (
         label, c["pruning"], c["robots"], c["requests_ok"], f1(t["median"]), f1(t["min"]),
         f1(t["max"]), f1(lat["p50"]), f1(lat["p90"]), f1(lat["p99"]), f1(c["latency_max_ms"]),
-        "-" if c["mean_batch_size"] is None else "%.2f" % c["mean_batch_size"], st["queue"],
+        "-" if c["mean_batch_size"] is None else "%.2f" % c["mean_batch_size"],
+        f1(c["server_cpu_ms_per_request"]), st["queue"],
         f1(st["llm"]), f1(st["total"]), c["mean_retained_tokens"], c["total_tokens"],
         c["errors"], c["mismatches"], c["lost"]))
 if comparisons:

@@ -1,19 +1,32 @@
 // Model directories: loading and writing the OpenVLA-OFT checkpoint layout.
 //
 // A model directory holds:
-//   config.json                 {"specprune": <ModelConfig JSON>} (shapes; see model/config.h)
+//   config.json                 {"specprune": <ModelConfig JSON>} (shapes; see model/config.h), or
+//                               a Hugging Face OpenVLA(-OFT) config.json (mapped by
+//                               model/hf_config.h)
 //   model.safetensors           or model-0000N-of-0000M.safetensors + model.safetensors.index.json
 //                               (vision_backbone.*, projector.*, language_model.*; HF names)
-//   action_head--*.safetensors  OFT action head ("model.*", an optional "module." prefix)
-//   proprio_projector--*.safetensors  OFT proprio projector ("fc1.*", "fc2.*")
+//   action_head--*.safetensors  OFT action head ("model.*", an optional "module." prefix), or the
+//                               PyTorch file action_head--*.pt (torch.save of a state dict)
+//   proprio_projector--*.safetensors  OFT proprio projector ("fc1.*", "fc2.*"), or --*.pt
 //   tokenizer.model             SentencePiece model
-//   dataset_statistics.json     OpenVLA normalization statistics
+//   dataset_statistics.json     OpenVLA normalization statistics; when absent, config.json's
+//                               "norm_stats" (HF OpenVLA configs carry them)
 // Loading validates every tensor before touching the model: missing, unexpected, mis-shaped or
 // unsupported-dtype tensors produce one error that lists all of them.
+//
+// Thread safety: the functions are reentrant. WriteRandomCheckpoint draws from LibTorch's
+// process-global generator (like VlaModel::Create), so it must not run concurrently with other
+// random initialization if its result is to be reproducible.
 #pragma once
 
+#include <torch/torch.h>
+
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/dataset_stats.h"
@@ -29,7 +42,7 @@ struct LoadedModel {
   DatasetStatistics stats;
 };
 
-// Reads config.json of a model directory.
+// Reads config.json of a model directory (either format, see above).
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
 
 // Loads a whole model directory onto options.device in options.dtype.
@@ -38,8 +51,58 @@ absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, const ModelOpti
 // Copies the checkpoint tensors of `dir` into `model` (all-or-nothing validation first).
 absl::Status LoadWeights(const std::string& dir, VlaModel& model);
 
+// Reads a PyTorch `torch.save` file in the zip format (PyTorch >= 1.6) holding a flat state dict
+// {name: tensor}: Module.state_dict() (an OrderedDict), a plain dict, or torch::pickle_save of a
+// c10::Dict<std::string, at::Tensor>. Returns CPU tensors in file order. The zip container is read
+// with LibTorch's PyTorchStreamReader; the pickle is decoded by a restricted, bounds-checked
+// state-dict unpickler, because LibTorch's own (torch::pickle_load) cannot read OrderedDict state
+// dicts before PyTorch 2.6 (pytorch/pytorch#100741). Only the globals a state dict needs are
+// accepted (tensor rebuild functions, storage types, OrderedDict); anything else, a legacy (pre-1.6)
+// file, a corrupt or truncated file, out-of-range tensor views or non-tensor entries give an
+// InvalidArgumentError naming the file (NotFoundError if it does not exist).
+absl::StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ReadTorchStateDict(
+    const std::string& path);
+
+struct CheckpointWriteOptions {
+  std::string dtype = "fp32";  // "fp32" or "bf16"
+  // model.* tensors are grouped into shards of at most this many bytes (a larger tensor gets a
+  // shard of its own). One shard is written as model.safetensors; several as
+  // model-0000N-of-0000M.safetensors + model.safetensors.index.json (the HF layout).
+  int64_t max_shard_bytes = int64_t{4} << 30;
+};
+
 // Writes config.json and the safetensors files of `model` into `dir` (created if missing) in
-// `dtype` ("fp32" or "bf16"). Tokenizer and statistics are written by the caller.
+// `dtype` ("fp32" or "bf16"). Tokenizer and statistics are written by the caller. Tensors are
+// converted one at a time, so the extra memory is one shard.
 absl::Status SaveWeights(const VlaModel& model, const std::string& dir, const std::string& dtype);
+absl::Status SaveWeights(const VlaModel& model, const std::string& dir,
+                         const CheckpointWriteOptions& options);
+
+struct CheckpointWriteStats {
+  int64_t parameters = 0;          // written
+  int64_t shards = 0;              // model.* files
+  int64_t largest_unit_parameters = 0;  // the most parameters that existed in fp32 at once
+};
+
+// Writes a randomly initialized checkpoint of `config` (config.json + safetensors; no tokenizer
+// or statistics) without building the whole model: the submodules (each vision tower, the
+// projector, the embedding, each decoder layer, the final norm, the action head, the proprio
+// projector) are created one at a time in fp32, in VlaModule's construction order, after
+// torch::manual_seed(seed). The tensors therefore equal those of SaveWeights(*VlaModel::Create(
+// config, {.seed = seed}), dir, options), while the peak memory is one submodule in fp32 plus one
+// shard (EstimateRandomCheckpointMemory), e.g. ~7 GB instead of ~45 GB for openvla-oft-7b in bf16.
+absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& config,
+                                                           uint64_t seed, const std::string& dir,
+                                                           const CheckpointWriteOptions& options);
+
+struct CheckpointSizeEstimate {
+  int64_t parameters = 0;
+  int64_t largest_unit_parameters = 0;  // see CheckpointWriteStats
+  int64_t disk_bytes = 0;               // tensor bytes written (headers excluded)
+  int64_t peak_memory_bytes = 0;        // WriteRandomCheckpoint's tensors at the worst moment
+};
+// Computed from the config alone (no allocation).
+absl::StatusOr<CheckpointSizeEstimate> EstimateRandomCheckpointMemory(
+    const ModelConfig& config, const CheckpointWriteOptions& options);
 
 }  // namespace specprune

@@ -157,7 +157,13 @@ InferenceEngine::InferenceEngine(EngineModel model,
 InferenceEngine::~InferenceEngine() { Shutdown(); }
 
 void InferenceEngine::Shutdown() {
-  shutting_down_ = true;
+  {
+    // Work queued behind a robot's running step still needs the pool and the
+    // batcher: stop them only once every accepted request is answered.
+    std::unique_lock<std::mutex> lock(inflight_mu_);
+    shutting_down_ = true;
+    inflight_cv_.wait(lock, [this] { return inflight_ == 0; });
+  }
   {
     absl::MutexLock lock(&maintenance_mu_);
     if (stop_maintenance_) return;
@@ -234,6 +240,16 @@ void InferenceEngine::Predict(std::shared_ptr<const v1::PredictRequest> request,
     if (metrics_) metrics_->RecordRejected(RejectReason::kInvalid);
     done(s, nullptr);
     return;
+  }
+  {
+    std::unique_lock<std::mutex> lock(inflight_mu_);
+    if (shutting_down_) {
+      lock.unlock();
+      if (metrics_) metrics_->RecordRejected(RejectReason::kShuttingDown);
+      done(absl::UnavailableError("server is shutting down"), nullptr);
+      return;
+    }
+    ++inflight_;  // released by Finish
   }
   auto job = std::make_shared<Job>();
   job->request = std::move(request);
@@ -537,6 +553,8 @@ void InferenceEngine::Finish(
   Session::Done next = std::move(job.session_done);
   done(std::move(status), std::move(response));
   if (next) next();
+  std::lock_guard<std::mutex> lock(inflight_mu_);
+  if (--inflight_ == 0) inflight_cv_.notify_all();
 }
 
 }  // namespace specprune

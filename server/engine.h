@@ -15,8 +15,11 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <cstddef>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -88,8 +91,10 @@ class InferenceEngine {
   const ValidationLimits& limits() const { return options_.limits; }
   size_t active_sessions() const { return sessions_.size(); }
 
-  // Stops accepting work, finishes everything queued, joins the threads.
-  // Idempotent.
+  // Stops accepting work (later Predicts get UNAVAILABLE), waits until every
+  // accepted Predict has been answered (including steps queued behind a
+  // robot's running step), then joins the threads. Idempotent. Must not be
+  // called from a done callback.
   void Shutdown();
 
  private:
@@ -115,6 +120,11 @@ class InferenceEngine {
   std::unique_ptr<ThreadPool> preprocess_pool_;
   std::unique_ptr<Batcher<std::shared_ptr<Job>>> batcher_;
   std::atomic<bool> shutting_down_{false};
+  // Accepted Predicts whose done callback has not run yet (std::mutex so TSAN
+  // sees the hand-off). shutting_down_ is set under inflight_mu_.
+  std::mutex inflight_mu_;
+  std::condition_variable inflight_cv_;  // signalled when inflight_ drops to 0
+  size_t inflight_ ABSL_GUARDED_BY(inflight_mu_) = 0;
   std::atomic<uint64_t> forward_passes_{0};
 
   absl::Mutex maintenance_mu_;

@@ -7,6 +7,7 @@
 //   specprune_cli reset --robot r1
 //   specprune_cli info [--json]
 //   specprune_cli health
+//   specprune_cli sim --suite goal --episodes 5 [--seed 0] [--method specprune] [--json]
 //
 // Exit status: 0 success, 1 RPC or input error (message on stderr), 2 usage error.
 #include <algorithm>
@@ -28,13 +29,14 @@
 #include "client/cpp/client.h"
 #include "google/protobuf/util/json_util.h"
 #include "model/image_codec.h"
+#include "sim/episode.h"
 #include "nlohmann/json.hpp"
 
 namespace specprune {
 namespace {
 
 constexpr char kUsage[] =
-    R"(usage: specprune_cli <predict|reset|info|health> [flags]
+    R"(usage: specprune_cli <predict|reset|info|health|sim> [flags]
 
 common flags:
   --target HOST:PORT     server address (default localhost:50051)
@@ -54,6 +56,13 @@ predict flags:
   --keep-ratio R         FastV/random keep ratio override
   --diagnostic           also run the unpruned pass (deviation, recall)
   --unnorm-key KEY       dataset statistics key
+sim flags (drive the tabletop simulator through the server, as a robot would):
+  --suite S              spatial|object|goal|long (default goal)
+  --episodes N           episodes to run (default 3)
+  --seed S               first episode seed (default 0)
+  --robot ID             robot id (default sim-robot)
+  --method M, --alpha A  as for predict
+  --execute K            actions of each chunk executed before the next Predict (default: all)
 )";
 
 struct Args {
@@ -72,6 +81,7 @@ const std::map<std::string, bool>& KnownFlags() {  // flag -> takes a value
       {"robot", true},   {"instruction", true}, {"image", true},       {"synthetic", false},
       {"proprio", true}, {"episode", true},     {"step", true},        {"method", true},
       {"alpha", true},   {"keep-ratio", true},  {"diagnostic", false}, {"unnorm-key", true},
+      {"suite", true},   {"episodes", true},    {"seed", true},        {"execute", true},
       {"help", false}};
   return *flags;
 }
@@ -398,6 +408,104 @@ int RunHealth(Client& client, bool json) {
   return *serving ? 0 : 1;
 }
 
+// Runs simulator episodes with the server as the policy: render both cameras, Predict, execute
+// the chunk, repeat until the episode ends. Prints success, latency and retained tokens.
+int RunSim(Client& client, const Args& args, bool json) {
+  auto info = client.ModelInfo();
+  if (!info.ok()) return Fail(info.status());
+  auto suite = sim::ParseSuite(args.Get("suite", "goal"));
+  if (!suite.ok()) return Fail(suite.status());
+  int episodes = 3, execute = 0;
+  uint64_t seed = 0;
+  if (!absl::SimpleAtoi(args.Get("episodes", "3"), &episodes) || episodes < 1 ||
+      !absl::SimpleAtoi(args.Get("seed", "0"), &seed) ||
+      !absl::SimpleAtoi(args.Get("execute", "0"), &execute) || execute < 0) {
+    std::cerr << "error: --episodes, --seed and --execute take non-negative integers\n";
+    return 2;
+  }
+  if (info->cameras_size() != 2 || info->proprio_dim() != 8 || info->action_dim() != 7) {
+    return Fail(absl::FailedPreconditionError(
+        "the served model does not match the simulator (2 cameras, proprio 8, action 7)"));
+  }
+  PredictOptions opts;
+  if (args.Has("method")) {
+    auto m = ParseMethod(args.Get("method"));
+    if (!m.ok()) return Fail(m.status());
+    opts.method = *m;
+  }
+  if (args.Has("alpha")) {
+    auto a = ParseFloatFlag("alpha", args.Get("alpha"));
+    if (!a.ok()) return Fail(a.status());
+    opts.alpha = *a;
+  }
+  const std::string robot = args.Get("robot", "sim-robot");
+  sim::SimOptions sim_options;
+  sim_options.image_size = static_cast<int>(info->image_height());
+  nlohmann::json out = nlohmann::json::array();
+  int successes = 0;
+  for (int e = 0; e < episodes; ++e) {
+    auto episode = sim::Episode::Create(*suite, seed + e, sim_options);
+    if (!episode.ok()) return Fail(episode.status());
+    opts.episode_id = absl::StrCat("sim-", std::string(sim::SuiteName(*suite)), "-", seed + e, "-",
+                                   absl::ToUnixMicros(absl::Now()));
+    std::vector<double> latency_ms, retained;
+    int calls = 0;
+    while (!episode->done()) {
+      Observation obs;
+      obs.images.push_back({info->cameras(0), episode->RenderMain(), ""});
+      obs.images.push_back({info->cameras(1), episode->RenderWrist(), ""});
+      obs.instruction = episode->instruction();
+      const auto p = episode->proprio();
+      obs.proprio.assign(p.begin(), p.end());
+      opts.step = calls++;
+      const absl::Time t0 = absl::Now();
+      auto chunk = client.Predict(robot, obs, opts);
+      if (!chunk.ok()) return Fail(chunk.status());
+      latency_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      retained.push_back(static_cast<double>(chunk->raw.retained_vision_tokens()) /
+                         std::max(1u, chunk->raw.total_vision_tokens()));
+      const int rows = execute > 0 ? std::min(execute, chunk->chunk_size) : chunk->chunk_size;
+      for (int t = 0; t < rows && !episode->done(); ++t) {
+        sim::Action a;
+        for (int d = 0; d < 7; ++d) a[d] = chunk->at(t, d);
+        auto r = episode->Step(a);
+        if (!r.ok()) return Fail(r.status());
+      }
+    }
+    std::sort(latency_ms.begin(), latency_ms.end());
+    const double median = latency_ms[latency_ms.size() / 2];
+    double mean_retained = 0;
+    for (double r : retained) mean_retained += r / retained.size();
+    successes += episode->success();
+    if (json) {
+      out.push_back({{"suite", std::string(sim::SuiteName(*suite))},
+                     {"seed", seed + e},
+                     {"instruction", episode->instruction()},
+                     {"success", episode->success()},
+                     {"sim_steps", episode->steps()},
+                     {"predict_calls", calls},
+                     {"latency_ms_median", median},
+                     {"latency_ms_max", latency_ms.back()},
+                     {"mean_retention", mean_retained}});
+    } else {
+      std::cout << absl::StrFormat(
+          "episode %d seed %d: %-7s %3d steps, %3d calls, latency median %.1f ms (max %.1f), "
+          "retained %.1f%%  \"%s\"\n",
+          e, seed + e, episode->success() ? "SUCCESS" : "fail", episode->steps(), calls, median,
+          latency_ms.back(), 100 * mean_retained, episode->instruction());
+    }
+  }
+  if (json) {
+    std::cout << nlohmann::json{{"episodes", out}, {"success_rate", double(successes) / episodes}}
+                     .dump(2)
+              << "\n";
+  } else {
+    std::cout << absl::StrFormat("success %d/%d\n", successes, episodes);
+  }
+  client.Reset(robot).IgnoreError();
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   absl::StatusOr<Args> args = ParseArgs(argc, argv);
   if (!args.ok()) {
@@ -432,6 +540,7 @@ int Main(int argc, char** argv) {
   if (cmd == "reset") return RunReset(**client, *args, json);
   if (cmd == "info") return RunInfo(**client, json);
   if (cmd == "health") return RunHealth(**client, json);
+  if (cmd == "sim") return RunSim(**client, *args, json);
   std::cerr << "error: unknown command \"" << cmd << "\"\n" << kUsage;
   return 2;
 }

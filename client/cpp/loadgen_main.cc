@@ -36,6 +36,7 @@
 //
 // Exit status: 0 ok, 1 a mismatch or lost response, 2 usage error, 3 setup
 // failure (GetModelInfo).
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -732,6 +733,14 @@ double Percentile(const std::vector<double>& sorted, double q) {
   return sorted[std::min(sorted.size() - 1, rank == 0 ? 0 : rank - 1)];
 }
 
+// User + system CPU seconds used by this process so far.
+double ProcessCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return Percentile(v, 50);
@@ -808,6 +817,7 @@ int Main(int argc, char** argv) {
         &control));
   }
   const absl::Time started_at = absl::Now();
+  const double cpu_at_start = ProcessCpuSeconds();
   std::vector<std::thread> threads;
   for (auto& r : robots) threads.emplace_back([&r] { r->Run(); });
   control.warmed_up.Wait();
@@ -906,6 +916,7 @@ int Main(int argc, char** argv) {
   j["mismatch_examples"] = all.mismatch_examples;
   j["lost"] = all.lost;
   j["window_seconds"] = window_s;
+  j["client_cpu_seconds"] = ProcessCpuSeconds() - cpu_at_start;
   j["throughput_rps"] = throughput;
   double lat_mean = 0;
   for (double v : lat) lat_mean += v;
