@@ -48,6 +48,10 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
 // Loads a whole model directory onto options.device in options.dtype.
 absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, const ModelOptions& options);
 
+// The normalization statistics of a model directory: dataset_statistics.json or, when that file
+// is absent, the "norm_stats" of config.json (HF OpenVLA configs carry them). Errors name the file.
+absl::StatusOr<DatasetStatistics> LoadModelStatistics(const std::string& dir);
+
 // Copies the checkpoint tensors of `dir` into `model` (all-or-nothing validation first).
 absl::Status LoadWeights(const std::string& dir, VlaModel& model);
 

@@ -709,6 +709,10 @@ TEST_F(EngineTest, ShutdownDrainsQueuedWorkThenRejectsWithUnavailable) {
 
 TEST_F(EngineTest, LruEvictionRestartsTheEvictedRobotsSession) {
   options_.sessions.max_sessions = 2;
+  // One preprocessing thread: by the time a robot's answer has arrived and the
+  // next robot's request has been computed, the engine holds no reference to
+  // the first robot's session any more, so it is evictable.
+  options_.preprocess_threads = 1;
   ASSERT_NO_FATAL_FAILURE(Start());
   ExpectOwnAnswer(Call(Request(1, 0)), 1, 0);
   ExpectOwnAnswer(Call(Request(2, 0)), 2, 0);

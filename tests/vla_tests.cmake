@@ -11,3 +11,9 @@ endif()
 
 specprune_add_test(specprune_model_test SOURCES specprune_model_test.cc
                    LIBS specprune_model specprune_pruning)
+# HF OpenVLA(-OFT) config.json mapping and norm_stats; Llama layer vs a formula reference; vision
+# tower geometry of the 7B config without its weights.
+specprune_add_test(hf_checkpoint_test SOURCES hf_checkpoint_test.cc LIBS specprune_model)
+target_compile_definitions(hf_checkpoint_test PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+specprune_add_test(llama_reference_test SOURCES llama_reference_test.cc LIBS specprune_model)
+specprune_add_test(vision_geometry_test SOURCES vision_geometry_test.cc LIBS specprune_model)

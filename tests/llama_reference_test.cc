@@ -1,0 +1,257 @@
+// The Llama pieces (RMSNorm, RoPE, SwiGLU, bidirectional attention, a whole decoder layer) of a
+// tiny config against references written from the formulas with plain loops in double precision.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace specprune {
+namespace {
+
+using Vec = std::vector<double>;
+
+// Row-major flattened copy in double.
+Vec Flat(const torch::Tensor& t) {
+  auto c = t.detach().to(torch::kFloat64).contiguous();
+  return Vec(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+// Max |a - b| / (1 + |b|) over all elements.
+double MaxRelErr(const torch::Tensor& got, const Vec& want) {
+  Vec g = Flat(got);
+  EXPECT_EQ(g.size(), want.size());
+  double err = 0;
+  for (size_t i = 0; i < std::min(g.size(), want.size()); ++i)
+    err = std::max(err, std::fabs(g[i] - want[i]) / (1.0 + std::fabs(want[i])));
+  return err;
+}
+
+LlmConfig TinyLlm() {
+  LlmConfig c;
+  c.hidden = 16;
+  c.heads = 2;  // head dim 8
+  c.intermediate = 24;
+  c.layers = 1;
+  c.vocab_size = 32;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 1000.0;  // not the default, so the test sees that theta is used
+  return c;
+}
+
+// ---- References (one sample, rows x features, row-major) ------------------------------------
+
+Vec RefRmsNorm(const Vec& x, int64_t rows, int64_t d, const Vec& w, double eps) {
+  Vec y(x.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double ms = 0;
+    for (int64_t k = 0; k < d; ++k) ms += x[r * d + k] * x[r * d + k];
+    const double inv = 1.0 / std::sqrt(ms / d + eps);
+    for (int64_t k = 0; k < d; ++k) y[r * d + k] = x[r * d + k] * inv * w[k];
+  }
+  return y;
+}
+
+// y = x W^T for W [out, in].
+Vec RefLinear(const Vec& x, int64_t rows, int64_t in, const Vec& w, int64_t out) {
+  Vec y(rows * out, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out; ++o) {
+      double s = 0;
+      for (int64_t k = 0; k < in; ++k) s += x[r * in + k] * w[o * in + k];
+      y[r * out + o] = s;
+    }
+  return y;
+}
+
+// HF rotate-half RoPE of one head vector v (length hd) at position p.
+Vec RefRope(const double* v, int64_t hd, double p, double theta) {
+  Vec out(hd);
+  const int64_t half = hd / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const double ang = p * std::pow(theta, -2.0 * i / hd);
+    out[i] = v[i] * std::cos(ang) - v[i + half] * std::sin(ang);
+    out[i + half] = v[i + half] * std::cos(ang) + v[i] * std::sin(ang);
+  }
+  return out;
+}
+
+Vec RefMlp(const Vec& x, int64_t rows, int64_t d, int64_t inter, const Vec& wg, const Vec& wu,
+           const Vec& wd) {
+  Vec g = RefLinear(x, rows, d, wg, inter), u = RefLinear(x, rows, d, wu, inter);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+  return RefLinear(g, rows, inter, wd, d);
+}
+
+struct LayerWeights {
+  Vec wq, wk, wv, wo, wg, wu, wd, ln1, ln2;
+};
+
+LayerWeights WeightsOf(LlamaDecoderLayerImpl& l) {
+  return {Flat(l.self_attn->q_proj->weight), Flat(l.self_attn->k_proj->weight),
+          Flat(l.self_attn->v_proj->weight), Flat(l.self_attn->o_proj->weight),
+          Flat(l.mlp->gate_proj->weight),    Flat(l.mlp->up_proj->weight),
+          Flat(l.mlp->down_proj->weight),    Flat(l.input_layernorm->weight),
+          Flat(l.post_attention_layernorm->weight)};
+}
+
+// Softmax attention over all rows of the sample (bidirectional), heads concatenated, then o_proj.
+Vec RefAttention(const Vec& xn, const std::vector<double>& pos, const LlmConfig& c,
+                 const LayerWeights& w) {
+  const int64_t t = static_cast<int64_t>(pos.size()), d = c.hidden, h = c.heads, hd = d / h;
+  Vec q = RefLinear(xn, t, d, w.wq, d), k = RefLinear(xn, t, d, w.wk, d),
+      v = RefLinear(xn, t, d, w.wv, d);
+  Vec o(t * d, 0.0);
+  for (int64_t head = 0; head < h; ++head) {
+    std::vector<Vec> qr(t), kr(t);
+    for (int64_t i = 0; i < t; ++i) {
+      qr[i] = RefRope(&q[i * d + head * hd], hd, pos[i], c.rope_theta);
+      kr[i] = RefRope(&k[i * d + head * hd], hd, pos[i], c.rope_theta);
+    }
+    for (int64_t i = 0; i < t; ++i) {
+      Vec s(t);
+      double mx = -1e300;
+      for (int64_t j = 0; j < t; ++j) {
+        double dot = 0;
+        for (int64_t e = 0; e < hd; ++e) dot += qr[i][e] * kr[j][e];
+        s[j] = dot / std::sqrt(static_cast<double>(hd));
+        mx = std::max(mx, s[j]);
+      }
+      double z = 0;
+      for (double& x : s) z += (x = std::exp(x - mx));
+      for (int64_t j = 0; j < t; ++j)
+        for (int64_t e = 0; e < hd; ++e) o[i * d + head * hd + e] += s[j] / z * v[j * d + head * hd + e];
+    }
+  }
+  return RefLinear(o, t, d, w.wo, d);
+}
+
+Vec RefLayer(const Vec& x, const std::vector<double>& pos, const LlmConfig& c,
+             const LayerWeights& w) {
+  const int64_t t = static_cast<int64_t>(pos.size()), d = c.hidden;
+  Vec a = RefAttention(RefRmsNorm(x, t, d, w.ln1, c.rms_norm_eps), pos, c, w);
+  Vec h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) h[i] = x[i] + a[i];
+  Vec m = RefMlp(RefRmsNorm(h, t, d, w.ln2, c.rms_norm_eps), t, d, c.intermediate, w.wg, w.wu,
+                 w.wd);
+  for (size_t i = 0; i < h.size(); ++i) h[i] += m[i];
+  return h;
+}
+
+// Random weights of a moderate scale (the default init leaves RMSNorm weights at 1).
+void Randomize(torch::nn::Module& m, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  for (auto& p : m.parameters()) p.copy_(torch::randn(p.sizes()) * 0.3 + (p.dim() == 1 ? 1.0 : 0));
+}
+
+// ---- Tests ------------------------------------------------------------------------------------
+
+TEST(LlamaReferenceTest, RmsNormMatchesFormula) {
+  const LlmConfig c = TinyLlm();
+  RmsNorm norm(c.hidden, c.rms_norm_eps);
+  Randomize(*norm, 1);
+  torch::manual_seed(2);
+  // Rows of very different scales, including one near zero where eps matters.
+  auto x = torch::randn({3, c.hidden}) * torch::tensor({1e-3, 1.0, 50.0}).view({3, 1});
+  auto y = norm(x);
+  EXPECT_EQ(y.scalar_type(), torch::kFloat32);
+  EXPECT_LT(MaxRelErr(y, RefRmsNorm(Flat(x), 3, c.hidden, Flat(norm->weight), c.rms_norm_eps)),
+            1e-5);
+}
+
+TEST(LlamaReferenceTest, RopeMatchesRotateHalfFormulaWithTheta) {
+  const LlmConfig c = TinyLlm();
+  const int64_t hd = c.hidden / c.heads, t = 5;
+  torch::manual_seed(3);
+  auto x = torch::randn({2, c.heads, t, hd});
+  auto positions = torch::tensor({0, 1, 2, 3, 4, 3, 9, 17, 250, 1000}, torch::kLong).view({2, t});
+  auto rope = MakeRope(positions, hd, c.rope_theta, torch::kFloat32);
+  auto y = ApplyRope(x, rope);
+  Vec want;
+  Vec xf = Flat(x);
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < t; ++i) {
+        Vec r = RefRope(&xf[((b * c.heads + h) * t + i) * hd], hd,
+                        positions[b][i].item<int64_t>(), c.rope_theta);
+        want.insert(want.end(), r.begin(), r.end());
+      }
+  EXPECT_LT(MaxRelErr(y, want), 1e-5);
+  // Position 0 is the identity; a different theta changes the result.
+  EXPECT_TRUE(torch::allclose(y[0].select(1, 0), x[0].select(1, 0)));
+  auto other = ApplyRope(x, MakeRope(positions, hd, 10000.0, torch::kFloat32));
+  EXPECT_GT((other - y).abs().max().item<float>(), 1e-2);
+}
+
+TEST(LlamaReferenceTest, SwiGluMlpMatchesFormula) {
+  const LlmConfig c = TinyLlm();
+  LlamaMlp mlp(c);
+  Randomize(*mlp, 4);
+  torch::manual_seed(5);
+  auto x = torch::randn({4, c.hidden});
+  auto y = mlp(x);
+  EXPECT_LT(MaxRelErr(y, RefMlp(Flat(x), 4, c.hidden, c.intermediate, Flat(mlp->gate_proj->weight),
+                                Flat(mlp->up_proj->weight), Flat(mlp->down_proj->weight))),
+            1e-5);
+}
+
+// Three samples of lengths 7, 4 and 6 padded to 7. Samples 2 and 3 carry the original positions
+// of a pruned sequence (gaps, not starting at 0). Padded rows hold large junk that must not leak.
+TEST(LlamaReferenceTest, DecoderLayerMatchesReferenceOnPaddedBatchWithOriginalPositions) {
+  const LlmConfig c = TinyLlm();
+  LlamaDecoderLayer layer(c);
+  Randomize(*layer, 6);
+  const std::vector<std::vector<int64_t>> pos = {
+      {0, 1, 2, 3, 4, 5, 6}, {0, 2, 5, 9}, {3, 4, 5, 10, 11, 12}};
+  const int64_t b = 3, t = 7, d = c.hidden;
+  torch::manual_seed(7);
+  auto x = torch::randn({b, t, d});
+  auto positions = torch::zeros({b, t}, torch::kLong);
+  auto valid = torch::zeros({b, t}, torch::kBool);
+  for (int64_t s = 0; s < b; ++s) {
+    const int64_t n = static_cast<int64_t>(pos[s].size());
+    positions[s].slice(0, 0, n).copy_(torch::tensor(pos[s], torch::kLong));
+    valid[s].slice(0, 0, n).fill_(true);
+    if (n < t) x[s].slice(0, n).copy_(torch::randn({t - n, d}) * 100.0);
+  }
+  auto rope = MakeRope(positions, d / c.heads, c.rope_theta, torch::kFloat32);
+  auto bias = KeyPaddingBias(valid, torch::kFloat32);
+  torch::Tensor y;
+  {
+    torch::NoGradGuard no_grad;
+    y = layer->forward(x, rope, bias, valid, nullptr, nullptr);
+  }
+  ASSERT_EQ(y.sizes(), x.sizes());
+  const LayerWeights w = WeightsOf(*layer);
+  for (int64_t s = 0; s < b; ++s) {
+    const int64_t n = static_cast<int64_t>(pos[s].size());
+    std::vector<double> p(pos[s].begin(), pos[s].end());
+    Vec want = RefLayer(Flat(x[s].slice(0, 0, n)), p, c, w);
+    EXPECT_LT(MaxRelErr(y[s].slice(0, 0, n), want), 1e-5) << "sample " << s;
+  }
+  // The reference with the positions of sample 1 shifted by one differs: positions matter.
+  std::vector<double> shifted(pos[1].begin(), pos[1].end());
+  for (double& v : shifted) v += 1;
+  EXPECT_GT(MaxRelErr(y[1].slice(0, 0, 4), RefLayer(Flat(x[1].slice(0, 0, 4)), shifted, c, w)),
+            1e-4);
+}
+
+TEST(LlamaReferenceTest, KeyPaddingBiasIsZeroForValidAndMinusInfinityForPaddedKeys) {
+  auto valid = torch::tensor({1, 1, 0, 1, 0, 0}, torch::kBool).view({2, 3});
+  auto bias = KeyPaddingBias(valid, torch::kFloat32);
+  ASSERT_EQ(bias.sizes().vec(), (std::vector<int64_t>{2, 1, 1, 3}));
+  auto flat = bias.reshape({-1});
+  for (int64_t i = 0; i < 6; ++i) {
+    const float v = flat[i].item<float>();
+    if (valid.reshape({-1})[i].item<bool>()) {
+      EXPECT_EQ(v, 0.0f);
+    } else {
+      EXPECT_TRUE(std::isinf(v) && v < 0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace specprune

@@ -1,0 +1,407 @@
+#include "tools/bc_data.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/ops.h"
+#include "model/image_preprocess.h"
+#include "model/tokenizer.h"
+
+namespace specprune {
+namespace {
+
+// Expert replay with optional noisy execution; the noise stream is a pure function of the spec.
+class Replayer {
+ public:
+  static absl::StatusOr<Replayer> Create(const EpisodeSpec& spec, int image_size) {
+    auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, image_size));
+    if (!ep.ok()) return ep.status();
+    return Replayer(spec, *std::move(ep));
+  }
+
+  // Executes one step; returns the clean expert action (the label at the pre-step state).
+  absl::StatusOr<sim::Action> Step() {
+    sim::Action label = expert_.Act(episode_);
+    sim::Action exec = label;
+    if (noise_std_ > 0) {
+      for (int i = 0; i < 3; ++i)
+        exec[i] = std::clamp(exec[i] + noise_std_ * normal_(rng_), -1.0f, 1.0f);
+    }
+    auto r = episode_.Step(exec);
+    if (!r.ok()) return r.status();
+    return label;
+  }
+
+  sim::Episode& episode() { return episode_; }
+  sim::ScriptedExpert& expert() { return expert_; }
+
+ private:
+  Replayer(const EpisodeSpec& spec, sim::Episode ep)
+      : episode_(std::move(ep)),
+        expert_(episode_),
+        rng_(spec.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(spec.suite) * 131 +
+             static_cast<uint64_t>(spec.num_distractors + 7)),
+        noise_std_(spec.noise_std) {}
+
+  sim::Episode episode_;
+  sim::ScriptedExpert expert_;
+  std::mt19937_64 rng_;
+  std::normal_distribution<float> normal_{0.0f, 1.0f};
+  float noise_std_;
+};
+
+float Quantile(std::vector<float> v, double q) {
+  if (v.empty()) return 0.0f;
+  std::sort(v.begin(), v.end());
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  const double f = pos - static_cast<double>(lo);
+  return static_cast<float>((1 - f) * v[lo] + f * v[hi]);
+}
+
+NormStats StatsOf(const std::vector<std::vector<float>>& columns) {
+  NormStats s;
+  for (const auto& col : columns) {
+    s.q01.push_back(Quantile(col, 0.01));
+    s.q99.push_back(Quantile(col, 0.99));
+    double sum = 0, sq = 0;
+    float mn = col.empty() ? 0 : col[0], mx = mn;
+    for (float x : col) {
+      sum += x;
+      sq += static_cast<double>(x) * x;
+      mn = std::min(mn, x);
+      mx = std::max(mx, x);
+    }
+    const double n = std::max<size_t>(1, col.size());
+    const double mean = sum / n;
+    s.mean.push_back(static_cast<float>(mean));
+    s.std.push_back(static_cast<float>(std::sqrt(std::max(0.0, sq / n - mean * mean))));
+    s.min.push_back(mn);
+    s.max.push_back(mx);
+    s.mask.push_back(true);
+  }
+  return s;
+}
+
+torch::Tensor ImageTensor(const RgbImage& image, const ModelConfig& config, absl::Status* status) {
+  PreprocessOptions pre{static_cast<int>(config.image_size), config.center_crop_area};
+  auto pixels = PreprocessImage(image, pre);
+  if (!pixels.ok()) {
+    *status = pixels.status();
+    return {};
+  }
+  return torch::from_blob(pixels->data(), {3, config.image_size, config.image_size},
+                          torch::kFloat32)
+      .clone();
+}
+
+}  // namespace
+
+sim::SimOptions SpecSimOptions(const EpisodeSpec& spec, int image_size) {
+  sim::SimOptions o;
+  o.image_size = image_size;
+  o.num_distractors = spec.num_distractors;
+  return o;
+}
+
+absl::StatusOr<DemoSummary> RunDemo(const EpisodeSpec& spec, int image_size) {
+  auto rep = Replayer::Create(spec, image_size);
+  if (!rep.ok()) return rep.status();
+  DemoSummary d;
+  while (!rep->episode().done()) {
+    auto a = rep->Step();
+    if (!a.ok()) return a.status();
+  }
+  d.success = rep->episode().success();
+  d.length = rep->episode().steps();
+  return d;
+}
+
+absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chunk,
+                                        int image_size) {
+  if (chunk <= 0) return absl::InvalidArgumentError("chunk: must be positive");
+  auto rep = Replayer::Create(spec, image_size);
+  if (!rep.ok()) return rep.status();
+  for (int i = 0; i < t && !rep->episode().done(); ++i) {
+    auto a = rep->Step();
+    if (!a.ok()) return a.status();
+  }
+  RawSample s;
+  const sim::Episode& ep = rep->episode();
+  s.instruction = ep.instruction();
+  s.main = ep.RenderMain();
+  s.wrist = ep.RenderWrist();
+  s.proprio = ep.proprio();
+  sim::Episode branch = ep;
+  sim::ScriptedExpert expert = rep->expert();
+  for (int k = 0; k < chunk; ++k) {
+    sim::Action a = expert.Act(branch);
+    s.actions.push_back(a);
+    if (!branch.done()) {
+      auto r = branch.Step(a);
+      if (!r.ok()) return r.status();
+    }
+  }
+  return s;
+}
+
+RgbImage ShiftImage(const RgbImage& image, int dx, int dy) {
+  RgbImage out = image;
+  const int h = image.height, w = image.width;
+  for (int y = 0; y < h; ++y) {
+    const int sy = std::clamp(y - dy, 0, h - 1);
+    for (int x = 0; x < w; ++x) {
+      const int sx = std::clamp(x - dx, 0, w - 1);
+      for (int c = 0; c < 3; ++c)
+        out.pixels[(y * w + x) * 3 + c] = image.pixels[(sy * w + sx) * 3 + c];
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<DatasetStats> ComputeStatistics(const std::vector<EpisodeSpec>& specs,
+                                               int image_size, const std::string& key) {
+  std::vector<std::vector<float>> act(sim::kActionDim), prop(sim::kProprioDim);
+  int64_t transitions = 0, trajectories = 0;
+  for (const auto& spec : specs) {
+    auto rep = Replayer::Create(spec, image_size);
+    if (!rep.ok()) return rep.status();
+    std::vector<sim::Action> actions;
+    std::vector<sim::Proprio> proprios;
+    while (!rep->episode().done()) {
+      proprios.push_back(rep->episode().proprio());
+      auto a = rep->Step();
+      if (!a.ok()) return a.status();
+      actions.push_back(*a);
+    }
+    if (!rep->episode().success()) continue;
+    ++trajectories;
+    for (size_t i = 0; i < actions.size(); ++i) {
+      ++transitions;
+      for (int d = 0; d < sim::kActionDim; ++d) act[d].push_back(actions[i][d]);
+      for (int d = 0; d < sim::kProprioDim; ++d) prop[d].push_back(proprios[i][d]);
+    }
+  }
+  if (trajectories == 0)
+    return absl::FailedPreconditionError("statistics: no successful demonstration");
+  DatasetStats stats;
+  stats.key = key;
+  stats.action = StatsOf(act);
+  stats.action.mask.back() = false;  // gripper passes through (OpenVLA)
+  stats.proprio = StatsOf(prop);
+  stats.num_transitions = transitions;
+  stats.num_trajectories = trajectories;
+  return stats;
+}
+
+absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const ModelConfig& config,
+                                  const Tokenizer& tokenizer, const DatasetStats& stats,
+                                  int max_shift, std::mt19937_64* rng) {
+  if (samples.empty()) return absl::InvalidArgumentError("samples: empty batch");
+  if (config.cameras.size() != 2)
+    return absl::InvalidArgumentError("config.cameras: the simulator renders exactly 2 cameras");
+  if (config.action_dim != sim::kActionDim || config.proprio_dim != sim::kProprioDim)
+    return absl::InvalidArgumentError("config: action_dim/proprio_dim must match the simulator");
+  const int64_t b = static_cast<int64_t>(samples.size());
+  const int64_t chunk = config.chunk_size, s = config.image_size;
+  BcBatch batch;
+  batch.pixels = torch::empty({b, 2, 3, s, s}, torch::kFloat32);
+  batch.proprio = torch::empty({b, config.proprio_dim}, torch::kFloat32);
+  batch.actions = torch::empty({b, chunk, config.action_dim}, torch::kFloat32);
+  std::uniform_int_distribution<int> shift(-max_shift, max_shift);
+  for (int64_t i = 0; i < b; ++i) {
+    const RawSample& r = samples[i];
+    if (static_cast<int64_t>(r.actions.size()) != chunk)
+      return absl::InvalidArgumentError(
+          absl::StrCat("samples[", i, "].actions: expected ", chunk, " actions"));
+    const RgbImage* cams[2] = {&r.main, &r.wrist};
+    for (int c = 0; c < 2; ++c) {
+      RgbImage img = *cams[c];
+      if (max_shift > 0 && rng != nullptr) img = ShiftImage(img, shift(*rng), shift(*rng));
+      absl::Status st;
+      auto t = ImageTensor(img, config, &st);
+      if (!st.ok()) return st;
+      batch.pixels[i][c].copy_(t);
+    }
+    float p[sim::kProprioDim];
+    if (auto st = NormalizeProprio(stats.proprio, r.proprio.data(), p, sim::kProprioDim); !st.ok())
+      return st;
+    batch.proprio[i].copy_(torch::from_blob(p, {sim::kProprioDim}, torch::kFloat32));
+    std::vector<float> a;
+    for (const auto& act : r.actions) a.insert(a.end(), act.begin(), act.end());
+    if (auto st = NormalizeActions(stats.action, a.data(), chunk, sim::kActionDim); !st.ok())
+      return st;
+    batch.actions[i].copy_(
+        torch::from_blob(a.data(), {chunk, sim::kActionDim}, torch::kFloat32));
+    batch.prompt_ids.push_back(BuildPromptIds(config, tokenizer, r.instruction));
+  }
+  return batch;
+}
+
+torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
+                              const torch::Tensor& pixels, const torch::Tensor& proprio,
+                              const std::vector<std::vector<int64_t>>& prompt_ids) {
+  const auto& llm = config.llm;
+  const int64_t bsz = pixels.size(0);
+  const int64_t p = config.vision_tokens();
+  const int64_t d = llm.hidden;
+  const int64_t a = config.action_tokens();
+  auto ref = module->projector->parameters().front();
+  const auto device = ref.device();
+  const auto dtype = ref.scalar_type();
+  const auto opts = torch::TensorOptions().device(device).dtype(dtype);
+  const auto long_opts = torch::TensorOptions().device(device).dtype(torch::kLong);
+  auto lm = module->language_model->model;
+
+  auto px = pixels.reshape({-1, 3, config.image_size, config.image_size}).to(opts);
+  auto feats = module->vision_backbone->forward(px);
+  feats = feats.reshape({bsz, p, feats.size(-1)});
+  auto vision = module->projector->forward(feats);
+  auto prop = module->proprio_projector->forward(proprio.reshape({bsz, -1}).to(opts));
+
+  std::vector<int64_t> lens(bsz);
+  int64_t t_max = 0;
+  for (int64_t b = 0; b < bsz; ++b) {
+    lens[b] = 1 + p + 1 + static_cast<int64_t>(prompt_ids[b].size()) + a + 1;
+    t_max = std::max(t_max, lens[b]);
+  }
+  std::vector<torch::Tensor> seqs;
+  for (int64_t b = 0; b < bsz; ++b) {
+    const auto& pr = prompt_ids[b];
+    const int64_t m = static_cast<int64_t>(pr.size());
+    std::vector<int64_t> ids;
+    ids.push_back(llm.bos_token_id);
+    ids.insert(ids.end(), pr.begin(), pr.end());
+    ids.push_back(llm.eos_token_id);
+    auto emb = lm->embed_tokens->forward(torch::tensor(ids, long_opts));
+    auto vb = vision[b];
+    auto pb = prop[b].unsqueeze(0);
+    auto dt = vb.scalar_type();  // autocast may have produced bf16 activations
+    auto seq = torch::cat({emb.slice(0, 0, 1).to(dt), vb, pb.to(dt), emb.slice(0, 1, 1 + m).to(dt),
+                           torch::zeros({a, d}, vb.options()), emb.slice(0, 1 + m, 2 + m).to(dt)});
+    if (lens[b] < t_max)
+      seq = torch::cat({seq, torch::zeros({t_max - lens[b], d}, seq.options())});
+    seqs.push_back(seq);
+  }
+  auto h = torch::stack(seqs);
+  auto lens_t = torch::tensor(lens, torch::kLong);
+  auto valid = torch::arange(t_max, torch::kLong).unsqueeze(0).lt(lens_t.unsqueeze(1)).to(device);
+  auto positions = torch::arange(t_max, torch::kLong).unsqueeze(0).expand({bsz, t_max});
+  positions = positions.masked_fill(valid.to(torch::kCPU).logical_not(), 0).to(device);
+  const int64_t head_dim = d / llm.heads;
+  auto rope = MakeRope(positions, head_dim, llm.rope_theta, dtype);
+  auto bias = KeyPaddingBias(valid, dtype);
+  for (size_t l = 0; l < lm->layer_list.size(); ++l)
+    h = lm->layer_list[l]->forward(h, rope, bias, valid, nullptr, nullptr);
+
+  auto read = torch::empty({bsz, a}, torch::kLong);
+  for (int64_t b = 0; b < bsz; ++b) {
+    const int64_t first = 1 + p + 1 + static_cast<int64_t>(prompt_ids[b].size()) - 1;
+    read[b].copy_(torch::arange(first, first + a, torch::kLong));
+  }
+  read = read.to(device);
+  auto action_hidden = lm->norm->forward(h.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
+  return module->action_head->forward(action_hidden);
+}
+
+absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const ModelConfig& config,
+                                             const std::vector<int64_t>& prompt_ids,
+                                             const NormStats& proprio_stats,
+                                             torch::Tensor* frame_patches) {
+  if (config.cameras.size() != 2)
+    return absl::InvalidArgumentError("config.cameras: the simulator renders exactly 2 cameras");
+  SampleInput in;
+  std::vector<torch::Tensor> patches;
+  for (const RgbImage& img : {episode.RenderMain(), episode.RenderWrist()}) {
+    absl::Status st;
+    auto t = ImageTensor(img, config, &st);
+    if (!st.ok()) return st;
+    if (frame_patches != nullptr) patches.push_back(extract_patches(t, config.towers[0].patch_size));
+    in.images.push_back(t);
+  }
+  if (frame_patches != nullptr) *frame_patches = torch::cat(patches, 0);
+  in.prompt_ids = prompt_ids;
+  sim::Proprio raw = episode.proprio();
+  std::vector<float> prop(raw.begin(), raw.end());
+  if (proprio_stats.dim() == config.proprio_dim) {
+    if (auto st = NormalizeProprio(proprio_stats, raw.data(), prop.data(), config.proprio_dim);
+        !st.ok())
+      return st;
+  }
+  in.proprio = torch::tensor(prop, torch::kFloat32);
+  return in;
+}
+
+absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
+    const VlaModel& model, const Tokenizer& tokenizer, const DatasetStats& stats,
+    std::vector<sim::Episode> episodes, const RolloutOptions& options, const RolloutHooks& hooks) {
+  const ModelConfig& c = model.config();
+  if (options.execute_steps < 1 || options.execute_steps > c.chunk_size)
+    return absl::InvalidArgumentError(
+        absl::StrCat("execute_steps: must be in [1, ", c.chunk_size, "]"));
+  if (options.max_batch < 1) return absl::InvalidArgumentError("max_batch: must be positive");
+  std::vector<EpisodeOutcome> out(episodes.size());
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& ep : episodes) prompts.push_back(BuildPromptIds(c, tokenizer, ep.instruction()));
+  while (true) {
+    std::vector<size_t> active;
+    for (size_t i = 0; i < episodes.size(); ++i)
+      if (!episodes[i].done()) active.push_back(i);
+    if (active.empty()) break;
+    for (size_t begin = 0; begin < active.size(); begin += options.max_batch) {
+      const size_t end = std::min(active.size(), begin + options.max_batch);
+      std::vector<SampleInput> inputs;
+      std::vector<std::unique_ptr<SamplePruner>> pruners;
+      for (size_t j = begin; j < end; ++j) {
+        const size_t e = active[j];
+        torch::Tensor patches;
+        auto in = ObservationInput(episodes[e], c, prompts[e], stats.proprio,
+                                   hooks.make_pruner ? &patches : nullptr);
+        if (!in.ok()) return in.status();
+        std::unique_ptr<SamplePruner> pruner;
+        if (hooks.make_pruner) {
+          auto pr = hooks.make_pruner(e, patches);
+          if (!pr.ok()) return pr.status();
+          pruner = *std::move(pr);
+        }
+        in->pruner = pruner.get();
+        inputs.push_back(*std::move(in));
+        pruners.push_back(std::move(pruner));
+      }
+      auto results = model.Forward(inputs);
+      if (!results.ok()) return results.status();
+      for (size_t j = begin; j < end; ++j) {
+        const size_t e = active[j];
+        const size_t k = j - begin;
+        const SampleResult& r = (*results)[k];
+        if (hooks.observe) {
+          if (auto st = hooks.observe(e, inputs[k], r, pruners[k].get()); !st.ok()) return st;
+        }
+        torch::Tensor actions = r.normalized_actions.contiguous().clone();
+        float* a = actions.data_ptr<float>();
+        if (auto st = UnnormalizeActions(stats.action, a, c.chunk_size, c.action_dim); !st.ok())
+          return st;
+        ++out[e].forward_passes;
+        for (int s = 0; s < options.execute_steps && !episodes[e].done(); ++s) {
+          sim::Action act;
+          for (int d = 0; d < sim::kActionDim; ++d) act[d] = a[s * c.action_dim + d];
+          if (c.gripper_postprocess == "binarize") act[6] = act[6] > 0.5f ? 1.0f : 0.0f;
+          for (float& v : act)
+            if (!std::isfinite(v)) v = 0.0f;  // a diverged model fails the episode, not the run
+          auto st = episodes[e].Step(act);
+          if (!st.ok()) return st.status();
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < episodes.size(); ++i) {
+    out[i].success = episodes[i].success();
+    out[i].steps = episodes[i].steps();
+    out[i].goals_satisfied = episodes[i].goals_satisfied();
+  }
+  return out;
+}
+
+}  // namespace specprune

@@ -1,0 +1,575 @@
+// specprune_train: behaviour cloning of the `tiny` policy on the simulator's scripted expert
+// (issue #6; docs/training.md). Resumable from its own output directory.
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "model/checkpoint.h"
+#include "model/tokenizer.h"
+#include "nlohmann/json.hpp"
+#include "tools/bc_data.h"
+
+namespace specprune {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct TrainOptions {
+  std::string out = "models/tiny-trained";  // output (and resume) directory
+  std::string init = "models/tiny";          // config.json + tokenizer.model source
+  int64_t steps = 20000;                     // total optimizer steps
+  int batch = 48;
+  double lr = 5e-4;
+  double min_lr_ratio = 0.05;  // cosine floor as a fraction of lr
+  double weight_decay = 0.01;
+  int64_t warmup = 500;
+  double clip = 1.0;
+  int threads = 2;               // torch intra-op threads
+  int data_threads = 1;          // batch producer threads
+  std::string dtype = "bf16";    // autocast dtype of the forward: bf16 or fp32
+  int64_t log_every = 50;
+  int64_t holdout_every = 500;   // held-out loss + first-action correlation
+  int64_t eval_every = 2000;     // closed-loop success
+  int eval_episodes = 8;         // per suite
+  int64_t ckpt_every = 500;
+  int max_shift = 3;             // shift augmentation, pixels
+  double noise_frac = 0.5;       // fraction of demos with noisy execution (DART)
+  double noise_std = 0.3;
+  int train_seeds = 5000;        // demo seeds per suite
+  int64_t stage1 = 2000;         // steps with num_distractors = 0 (spatial, object, goal)
+  int64_t stage2 = 6000;         // steps before the long suite joins
+  int stats_episodes = 200;      // demos per suite for the statistics
+  uint64_t seed = 1;
+  int64_t benchmark = 0;         // > 0: time this many steps fp32 vs bf16 and exit
+};
+
+std::atomic<bool> g_autocast_bf16{false};
+
+void SetAutocast(bool on) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  at::autocast::set_autocast_enabled(at::kCPU, on);
+  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+#else
+  at::autocast::set_cpu_enabled(on);
+  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+#endif
+  if (!on) at::autocast::clear_cache();
+}
+
+bool ParseArgs(int argc, char** argv, TrainOptions* o) {
+  std::map<std::string, std::string> kv;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) {
+      std::fprintf(stderr, "unexpected argument %s\n", a.c_str());
+      return false;
+    }
+    a = a.substr(2);
+    auto eq = a.find('=');
+    if (eq != std::string::npos) {
+      kv[a.substr(0, eq)] = a.substr(eq + 1);
+    } else if (i + 1 < argc) {
+      kv[a] = argv[++i];
+    } else {
+      std::fprintf(stderr, "--%s needs a value\n", a.c_str());
+      return false;
+    }
+  }
+  try {
+    for (const auto& [k, v] : kv) {
+      if (k == "out") o->out = v;
+      else if (k == "init") o->init = v;
+      else if (k == "steps") o->steps = std::stoll(v);
+      else if (k == "batch") o->batch = std::stoi(v);
+      else if (k == "lr") o->lr = std::stod(v);
+      else if (k == "min_lr_ratio") o->min_lr_ratio = std::stod(v);
+      else if (k == "weight_decay") o->weight_decay = std::stod(v);
+      else if (k == "warmup") o->warmup = std::stoll(v);
+      else if (k == "clip") o->clip = std::stod(v);
+      else if (k == "threads") o->threads = std::stoi(v);
+      else if (k == "data_threads") o->data_threads = std::stoi(v);
+      else if (k == "dtype") o->dtype = v;
+      else if (k == "log_every") o->log_every = std::stoll(v);
+      else if (k == "holdout_every") o->holdout_every = std::stoll(v);
+      else if (k == "eval_every") o->eval_every = std::stoll(v);
+      else if (k == "eval_episodes") o->eval_episodes = std::stoi(v);
+      else if (k == "ckpt_every") o->ckpt_every = std::stoll(v);
+      else if (k == "max_shift") o->max_shift = std::stoi(v);
+      else if (k == "noise_frac") o->noise_frac = std::stod(v);
+      else if (k == "noise_std") o->noise_std = std::stod(v);
+      else if (k == "train_seeds") o->train_seeds = std::stoi(v);
+      else if (k == "stage1") o->stage1 = std::stoll(v);
+      else if (k == "stage2") o->stage2 = std::stoll(v);
+      else if (k == "stats_episodes") o->stats_episodes = std::stoi(v);
+      else if (k == "seed") o->seed = std::stoull(v);
+      else if (k == "benchmark") o->benchmark = std::stoll(v);
+      else {
+        std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
+        return false;
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bad flag value: %s\n", e.what());
+    return false;
+  }
+  if (o->dtype != "bf16" && o->dtype != "fp32") {
+    std::fprintf(stderr, "--dtype: use bf16 or fp32\n");
+    return false;
+  }
+  if (o->batch < 1 || o->steps < 1 || o->threads < 1 || o->data_threads < 1) {
+    std::fprintf(stderr, "--batch, --steps, --threads, --data_threads must be positive\n");
+    return false;
+  }
+  return true;
+}
+
+// Held-out and training seeds never overlap: held-out seeds start here.
+constexpr uint64_t kHoldoutSeedBase = 1000000;
+
+// Curriculum: which demos a step draws from.
+EpisodeSpec DrawSpec(const TrainOptions& o, int64_t step, std::mt19937_64& rng) {
+  using sim::Suite;
+  EpisodeSpec s;
+  std::uniform_int_distribution<int> seed_d(0, o.train_seeds - 1);
+  std::uniform_real_distribution<double> u(0, 1);
+  s.seed = static_cast<uint64_t>(seed_d(rng));
+  s.noise_std = u(rng) < o.noise_frac ? static_cast<float>(o.noise_std) : 0.0f;
+  const Suite easy[] = {Suite::kSpatial, Suite::kObject, Suite::kGoal};
+  if (step < o.stage1) {
+    s.suite = easy[rng() % 3];
+    s.num_distractors = 0;
+  } else if (step < o.stage2) {
+    s.suite = easy[rng() % 3];
+    s.num_distractors = u(rng) < 0.25 ? 0 : -1;
+  } else {
+    s.suite = sim::kAllSuites[rng() % 4];
+    s.num_distractors = u(rng) < 0.1 ? 0 : -1;
+  }
+  return s;
+}
+
+// Background batch producer (bounded queue).
+class Producer {
+ public:
+  Producer(const TrainOptions& o, const ModelConfig& c, const Tokenizer& tok,
+           const DatasetStats& stats, std::atomic<int64_t>* step)
+      : o_(o), c_(c), tok_(tok), stats_(stats), step_(step) {
+    for (int i = 0; i < o.data_threads; ++i)
+      threads_.emplace_back([this, i] { Run(o_.seed * 1000 + i + 17 * step_->load()); });
+  }
+  ~Producer() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  absl::StatusOr<BcBatch> Next() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return !queue_.empty() || !error_.ok(); });
+    if (!error_.ok()) return error_;
+    BcBatch b = std::move(queue_.front());
+    queue_.pop_front();
+    cv_.notify_all();
+    return b;
+  }
+
+ private:
+  void Run(uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::map<std::tuple<int, uint64_t, int, float>, int> lengths;  // 0 = failed demo
+    while (true) {
+      std::vector<RawSample> raw;
+      while (static_cast<int>(raw.size()) < o_.batch) {
+        EpisodeSpec s = DrawSpec(o_, step_->load(), rng);
+        auto key = std::make_tuple(static_cast<int>(s.suite), s.seed, s.num_distractors,
+                                   s.noise_std);
+        auto it = lengths.find(key);
+        if (it == lengths.end()) {
+          auto d = RunDemo(s, static_cast<int>(c_.image_size));
+          if (!d.ok()) return Fail(d.status());
+          it = lengths.emplace(key, d->success ? d->length : 0).first;
+        }
+        if (it->second == 0) continue;
+        const int t = static_cast<int>(rng() % static_cast<uint64_t>(it->second));
+        auto r = MakeRawSample(s, t, static_cast<int>(c_.chunk_size),
+                               static_cast<int>(c_.image_size));
+        if (!r.ok()) return Fail(r.status());
+        raw.push_back(*std::move(r));
+      }
+      auto b = MakeBatch(raw, c_, tok_, stats_, o_.max_shift, &rng);
+      if (!b.ok()) return Fail(b.status());
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [&] { return queue_.size() < 4 || stop_; });
+      if (stop_) return;
+      queue_.push_back(*std::move(b));
+      cv_.notify_all();
+    }
+  }
+  void Fail(absl::Status s) {
+    std::lock_guard<std::mutex> l(mu_);
+    error_ = s;
+    cv_.notify_all();
+  }
+
+  const TrainOptions& o_;
+  const ModelConfig& c_;
+  const Tokenizer& tok_;
+  const DatasetStats& stats_;
+  std::atomic<int64_t>* step_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<BcBatch> queue_;
+  bool stop_ = false;
+  absl::Status error_;
+  std::vector<std::thread> threads_;
+};
+
+double LearningRate(const TrainOptions& o, int64_t step) {
+  if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
+  const double p = std::min(1.0, static_cast<double>(step - o.warmup) /
+                                     static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup)));
+  const double cosine = 0.5 * (1 + std::cos(M_PI * p));
+  return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine);
+}
+
+torch::Tensor Loss(VlaModule& m, const ModelConfig& c, const BcBatch& b, bool bf16) {
+  SetAutocast(bf16);
+  auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids);
+  SetAutocast(false);
+  return (pred.to(torch::kFloat32) - b.actions).abs().mean();
+}
+
+double Pearson(const torch::Tensor& x, const torch::Tensor& y) {
+  auto xc = x - x.mean(), yc = y - y.mean();
+  auto den = (xc.pow(2).sum() * yc.pow(2).sum()).sqrt().item<double>();
+  return den > 0 ? (xc * yc).sum().item<double>() / den : 0.0;
+}
+
+struct Holdout {
+  std::vector<BcBatch> batches;
+};
+
+absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
+                                    const DatasetStats& stats, int n) {
+  Holdout h;
+  std::mt19937_64 rng(424242);
+  std::vector<RawSample> raw;
+  for (int i = 0; i < n; ++i) {
+    EpisodeSpec s;
+    s.suite = sim::kAllSuites[i % 4];
+    s.seed = kHoldoutSeedBase + i;
+    auto d = RunDemo(s, static_cast<int>(c.image_size));
+    if (!d.ok()) return d.status();
+    if (!d->success) continue;
+    auto r = MakeRawSample(s, static_cast<int>(rng() % d->length), static_cast<int>(c.chunk_size),
+                           static_cast<int>(c.image_size));
+    if (!r.ok()) return r.status();
+    raw.push_back(*std::move(r));
+    if (raw.size() == 64) {
+      auto b = MakeBatch(raw, c, tok, stats, 0, nullptr);
+      if (!b.ok()) return b.status();
+      h.batches.push_back(*std::move(b));
+      raw.clear();
+    }
+  }
+  return h;
+}
+
+// Held-out L1 and the correlation of predicted vs expert first-action dx, dy (normalized).
+void EvalHoldout(VlaModule& m, const ModelConfig& c, const Holdout& h, double* loss,
+                 double* corr_x, double* corr_y) {
+  torch::NoGradGuard ng;
+  std::vector<torch::Tensor> preds, targets;
+  double sum = 0;
+  int64_t n = 0;
+  for (const auto& b : h.batches) {
+    auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids).to(torch::kFloat32);
+    sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
+    n += b.actions.size(0);
+    preds.push_back(pred.select(1, 0));
+    targets.push_back(b.actions.select(1, 0));
+  }
+  auto p = torch::cat(preds), t = torch::cat(targets);
+  *loss = n > 0 ? sum / n : 0;
+  *corr_x = Pearson(p.select(1, 0), t.select(1, 0));
+  *corr_y = Pearson(p.select(1, 1), t.select(1, 1));
+}
+
+absl::StatusOr<std::vector<double>> ClosedLoop(const VlaModel& model, const Tokenizer& tok,
+                                               const DatasetStats& stats, int episodes) {
+  std::vector<sim::Episode> eps;
+  for (sim::Suite s : sim::kAllSuites)
+    for (int i = 0; i < episodes; ++i) {
+      EpisodeSpec spec;
+      spec.suite = s;
+      auto e = sim::Episode::Create(s, kHoldoutSeedBase + 500000 + i,
+                                    SpecSimOptions(spec, static_cast<int>(model.config().image_size)));
+      if (!e.ok()) return e.status();
+      eps.push_back(*std::move(e));
+    }
+  auto out = RunPolicyEpisodes(model, tok, stats, std::move(eps), RolloutOptions{});
+  if (!out.ok()) return out.status();
+  std::vector<double> rate(4, 0);
+  for (size_t i = 0; i < out->size(); ++i) rate[i / episodes] += (*out)[i].success ? 1.0 : 0.0;
+  for (double& r : rate) r /= episodes;
+  return rate;
+}
+
+absl::Status SaveAll(const VlaModel& model, const DatasetStatistics& stats_file,
+                     const std::string& tokenizer_src, const std::string& dir) {
+  if (auto s = SaveWeights(model, dir, "fp32"); !s.ok()) return s;
+  if (auto s = stats_file.Save(dir + "/dataset_statistics.json"); !s.ok()) return s;
+  std::error_code ec;
+  if (fs::absolute(tokenizer_src) != fs::absolute(dir + "/tokenizer.model"))
+    fs::copy_file(tokenizer_src, dir + "/tokenizer.model", fs::copy_options::overwrite_existing,
+                  ec);
+  if (ec) return absl::InternalError(absl::StrCat("copying tokenizer: ", ec.message()));
+  return absl::OkStatus();
+}
+
+int Main(int argc, char** argv) {
+  TrainOptions o;
+  if (!ParseArgs(argc, argv, &o)) return 2;
+  torch::set_num_threads(o.threads);
+  const std::string state_path = o.out + "/train_state.json";
+  const bool resume = fs::exists(state_path);
+  auto config = LoadModelConfig(resume ? o.out : o.init);
+  if (!config.ok()) {
+    std::fprintf(stderr, "config: %s\n", config.status().ToString().c_str());
+    return 1;
+  }
+  const std::string tok_path = (resume ? o.out : o.init) + "/tokenizer.model";
+  auto tok = Tokenizer::Load(tok_path);
+  if (!tok.ok()) {
+    std::fprintf(stderr, "tokenizer: %s\n", tok.status().ToString().c_str());
+    return 1;
+  }
+  ModelOptions mo;
+  mo.seed = o.seed;
+  auto model = VlaModel::Create(*config, mo);
+  if (!model.ok()) {
+    std::fprintf(stderr, "model: %s\n", model.status().ToString().c_str());
+    return 1;
+  }
+  fs::create_directories(o.out);
+  const std::string key = "specprune_sim";
+  DatasetStatistics stats_file;
+  int64_t start_step = 0;
+  double best_success = -1;
+  if (resume) {
+    if (auto s = LoadWeights(o.out, **model); !s.ok()) {
+      std::fprintf(stderr, "resume: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    auto st = DatasetStatistics::Load(o.out + "/dataset_statistics.json");
+    if (!st.ok()) {
+      std::fprintf(stderr, "resume: %s\n", st.status().ToString().c_str());
+      return 1;
+    }
+    stats_file = *st;
+    std::ifstream f(state_path);
+    auto j = nlohmann::json::parse(f, nullptr, false);
+    if (j.is_discarded() || !j.contains("step")) {
+      std::fprintf(stderr, "resume: %s is not valid\n", state_path.c_str());
+      return 1;
+    }
+    start_step = j["step"].get<int64_t>();
+    best_success = j.value("best_success", -1.0);
+    std::printf("resuming from step %lld\n", static_cast<long long>(start_step));
+  } else {
+    std::vector<EpisodeSpec> specs;
+    for (sim::Suite s : sim::kAllSuites)
+      for (int i = 0; i < o.stats_episodes; ++i) {
+        EpisodeSpec e;
+        e.suite = s;
+        e.seed = static_cast<uint64_t>(i);
+        e.noise_std = (i % 2 == 1) ? static_cast<float>(o.noise_std) : 0.0f;
+        specs.push_back(e);
+      }
+    auto st = ComputeStatistics(specs, static_cast<int>(config->image_size), key);
+    if (!st.ok()) {
+      std::fprintf(stderr, "statistics: %s\n", st.status().ToString().c_str());
+      return 1;
+    }
+    if (auto s = stats_file.Add(*st); !s.ok()) {
+      std::fprintf(stderr, "statistics: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    std::printf("statistics: %lld transitions, %lld demos\n",
+                static_cast<long long>(st->num_transitions),
+                static_cast<long long>(st->num_trajectories));
+  }
+  const DatasetStats& stats = **stats_file.Get(key);
+
+  VlaModule module = (*model)->module();
+  module->train();
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& p : module->named_parameters()) {
+    (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
+                                 torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay)));
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
+                                    torch::optim::AdamWOptions(o.lr).weight_decay(0.0)));
+  torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(o.lr));
+  if (resume && fs::exists(o.out + "/optimizer.pt")) {
+    try {
+      torch::load(opt, o.out + "/optimizer.pt");
+    } catch (const c10::Error& e) {
+      std::fprintf(stderr, "resume: optimizer state: %s\n", e.what_without_backtrace());
+      return 1;
+    }
+  }
+
+  std::atomic<int64_t> step{start_step};
+  const ModelConfig& c = (*model)->config();
+
+  if (o.benchmark > 0) {
+    Producer prod(o, c, **tok, stats, &step);
+    auto b = prod.Next();
+    if (!b.ok()) return 1;
+    for (bool bf16 : {false, true}) {
+      for (int i = 0; i < 2; ++i) {  // warm-up
+        opt.zero_grad();
+        Loss(module, c, *b, bf16).backward();
+        opt.step();
+      }
+      auto t0 = Clock::now();
+      for (int64_t i = 0; i < o.benchmark; ++i) {
+        opt.zero_grad();
+        Loss(module, c, *b, bf16).backward();
+        opt.step();
+      }
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      std::printf("benchmark %s: batch %d, threads %d: %.3f steps/s (%.1f samples/s)\n",
+                  bf16 ? "bf16-autocast" : "fp32", o.batch, o.threads, o.benchmark / s,
+                  o.benchmark * o.batch / s);
+    }
+    auto t0 = Clock::now();
+    for (int i = 0; i < 5; ++i) (void)prod.Next();
+    std::printf("data producer: %.3f batches/s (%d threads)\n",
+                5 / std::chrono::duration<double>(Clock::now() - t0).count(), o.data_threads);
+    return 0;
+  }
+
+  auto holdout = MakeHoldout(c, **tok, stats, 256);
+  if (!holdout.ok()) {
+    std::fprintf(stderr, "holdout: %s\n", holdout.status().ToString().c_str());
+    return 1;
+  }
+  Producer prod(o, c, **tok, stats, &step);
+  const bool bf16 = o.dtype == "bf16";
+  double ema = -1;
+  auto t_log = Clock::now();
+  double wait_s = 0;
+  for (int64_t s = start_step; s < o.steps; ++s) {
+    auto tw = Clock::now();
+    auto batch = prod.Next();
+    wait_s += std::chrono::duration<double>(Clock::now() - tw).count();
+    if (!batch.ok()) {
+      std::fprintf(stderr, "data: %s\n", batch.status().ToString().c_str());
+      return 1;
+    }
+    const double lr = LearningRate(o, s);
+    for (auto& g : opt.param_groups())
+      static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    opt.zero_grad();
+    auto loss = Loss(module, c, *batch, bf16);
+    loss.backward();
+    const double gnorm = torch::nn::utils::clip_grad_norm_(module->parameters(), o.clip);
+    opt.step();
+    step.store(s + 1);
+    const double l = loss.item<double>();
+    ema = ema < 0 ? l : 0.98 * ema + 0.02 * l;
+    const int64_t done = s + 1;
+    if (done % o.log_every == 0) {
+      const double dt = std::chrono::duration<double>(Clock::now() - t_log).count();
+      std::printf("step %lld loss %.4f ema %.4f lr %.2e gnorm %.2f %.2f steps/s (data wait %.0f%%)\n",
+                  static_cast<long long>(done), l, ema, lr, gnorm, o.log_every / dt,
+                  100 * wait_s / dt);
+      std::fflush(stdout);
+      t_log = Clock::now();
+      wait_s = 0;
+    }
+    if (done % o.holdout_every == 0 || done == o.steps) {
+      module->eval();
+      double hl, cx, cy;
+      EvalHoldout(module, c, *holdout, &hl, &cx, &cy);
+      module->train();
+      std::printf("holdout step %lld l1 %.4f corr(first dx) %.3f corr(first dy) %.3f\n",
+                  static_cast<long long>(done), hl, cx, cy);
+      std::fflush(stdout);
+    }
+    bool new_best = false;
+    if (done % o.eval_every == 0 || done == o.steps) {
+      module->eval();
+      auto t0 = Clock::now();
+      auto rate = ClosedLoop(**model, **tok, stats, o.eval_episodes);
+      module->train();
+      if (!rate.ok()) {
+        std::fprintf(stderr, "closed loop: %s\n", rate.status().ToString().c_str());
+        return 1;
+      }
+      const double mean = ((*rate)[0] + (*rate)[1] + (*rate)[2] + (*rate)[3]) / 4;
+      std::printf("closed-loop step %lld success spatial %.2f object %.2f goal %.2f long %.2f "
+                  "mean %.3f (%d eps/suite, %.0f s)\n",
+                  static_cast<long long>(done), (*rate)[0], (*rate)[1], (*rate)[2], (*rate)[3],
+                  mean, o.eval_episodes,
+                  std::chrono::duration<double>(Clock::now() - t0).count());
+      std::fflush(stdout);
+      if (mean > best_success) {
+        best_success = mean;
+        new_best = true;
+        if (auto st = SaveAll(**model, stats_file, tok_path, o.out + "/best"); !st.ok()) {
+          std::fprintf(stderr, "checkpoint: %s\n", st.ToString().c_str());
+          return 1;
+        }
+      }
+    }
+    if (done % o.ckpt_every == 0 || done == o.steps || new_best) {
+      if (auto st = SaveAll(**model, stats_file, tok_path, o.out); !st.ok()) {
+        std::fprintf(stderr, "checkpoint: %s\n", st.ToString().c_str());
+        return 1;
+      }
+      try {
+        torch::save(opt, o.out + "/optimizer.pt.tmp");
+        fs::rename(o.out + "/optimizer.pt.tmp", o.out + "/optimizer.pt");
+      } catch (const c10::Error& e) {
+        std::fprintf(stderr, "checkpoint: optimizer: %s\n", e.what_without_backtrace());
+        return 1;
+      }
+      nlohmann::json j = {{"step", done}, {"best_success", best_success}, {"loss_ema", ema}};
+      std::ofstream f(state_path + ".tmp");
+      f << j.dump(2) << "\n";
+      f.close();
+      fs::rename(state_path + ".tmp", state_path);
+    }
+  }
+  std::printf("done at step %lld\n", static_cast<long long>(o.steps));
+  return 0;
+}
+
+}  // namespace
+}  // namespace specprune
+
+int main(int argc, char** argv) { return specprune::Main(argc, argv); }
