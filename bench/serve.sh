@@ -209,6 +209,11 @@ for line in open(runs_file):
              "loadgen_exit": int(lg_rc), "server_exit": int(server_rc),
              "server_command": server_cmd, "loadgen_command": cmd}
     try:
+        entry["server_config"] = json.load(
+            open(os.path.join(work, rn.rsplit("-n", 1)[0] + ".config.json")))
+    except (OSError, ValueError):
+        entry["server_config"] = None
+    try:
         entry["result"] = json.load(open(os.path.join(work, rn + ".json")))
     except (OSError, ValueError):
         entry["result"] = None

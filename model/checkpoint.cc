@@ -47,33 +47,56 @@ namespace pickle {
 struct Value;
 using Ref = std::shared_ptr<Value>;
 
-enum class Kind { kNone, kBool, kInt, kFloat, kStr, kTuple, kList, kDict, kGlobal, kStorage, kTensor };
+enum class Kind {
+  kNone,
+  kBool,
+  kInt,
+  kFloat,
+  kStr,
+  kTuple,
+  kList,
+  kDict,
+  kGlobal,
+  kStorage,
+  kTensor
+};
 
 const char* KindName(Kind k) {
   switch (k) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kStr: return "str";
-    case Kind::kTuple: return "tuple";
-    case Kind::kList: return "list";
-    case Kind::kDict: return "dict";
-    case Kind::kGlobal: return "global";
-    case Kind::kStorage: return "storage";
-    case Kind::kTensor: return "tensor";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kStr:
+      return "str";
+    case Kind::kTuple:
+      return "tuple";
+    case Kind::kList:
+      return "list";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kGlobal:
+      return "global";
+    case Kind::kStorage:
+      return "storage";
+    case Kind::kTensor:
+      return "tensor";
   }
   return "?";
 }
 
 struct Value {
   Kind kind = Kind::kNone;
-  int64_t i = 0;                          // kBool, kInt
-  double f = 0;                           // kFloat
-  std::string s;                          // kStr; kGlobal: "module.name"
-  std::vector<Ref> items;                 // kTuple, kList
-  std::vector<std::pair<Ref, Ref>> dict;  // kDict, in insertion order
-  torch::Tensor tensor;                   // kStorage (1-D), kTensor
+  int64_t i = 0;                                  // kBool, kInt
+  double f = 0;                                   // kFloat
+  std::string s;                                  // kStr; kGlobal: "module.name"
+  std::vector<Ref> items;                         // kTuple, kList
+  std::vector<std::pair<Ref, Ref>> dict;          // kDict, in insertion order
+  torch::Tensor tensor;                           // kStorage (1-D), kTensor
   std::optional<torch::ScalarType> storage_type;  // kGlobal naming a torch.*Storage class
 };
 
@@ -90,9 +113,8 @@ std::optional<torch::ScalarType> StorageType(const std::string& name) {
 }
 
 // Returns the storage (a 1-D CPU tensor of `numel` elements) for a persistent id.
-using StorageLoader =
-    std::function<absl::StatusOr<torch::Tensor>(const std::string& key, torch::ScalarType type,
-                                                int64_t numel)>;
+using StorageLoader = std::function<absl::StatusOr<torch::Tensor>(
+    const std::string& key, torch::ScalarType type, int64_t numel)>;
 
 class StateDictUnpickler {
  public:
@@ -190,8 +212,8 @@ class StateDictUnpickler {
     if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
       return absl::InvalidArgumentError("stack underflow");
     if (stack_.back()->kind != want)
-      return absl::InvalidArgumentError(absl::StrCat("expected a ", KindName(want), ", found a ",
-                                                     KindName(stack_.back()->kind)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("expected a ", KindName(want), ", found a ", KindName(stack_.back()->kind)));
     return stack_.back();
   }
   absl::Status Memo(uint64_t id) {
@@ -225,10 +247,12 @@ class StateDictUnpickler {
 
   absl::StatusOr<Ref> Global(const std::string& module, const std::string& name) {
     const std::string full = absl::StrCat(module, ".", name);
-    static const std::set<std::string> kCallables = {
-        "collections.OrderedDict",          "torch._utils._rebuild_tensor_v2",
-        "torch._utils._rebuild_tensor",     "torch._utils._rebuild_parameter",
-        "torch._utils._rebuild_parameter_with_state", "torch.jit._pickle.restore_type_tag"};
+    static const std::set<std::string> kCallables = {"collections.OrderedDict",
+                                                     "torch._utils._rebuild_tensor_v2",
+                                                     "torch._utils._rebuild_tensor",
+                                                     "torch._utils._rebuild_parameter",
+                                                     "torch._utils._rebuild_parameter_with_state",
+                                                     "torch.jit._pickle.restore_type_tag"};
     if (kCallables.count(full)) return MakeStr(full, Kind::kGlobal);
     if (module == "torch") {
       if (auto t = StorageType(name)) {
@@ -307,15 +331,14 @@ class StateDictUnpickler {
       return a[0];
     }
     if (f == "torch.jit._pickle.restore_type_tag" && a.size() == 2) return a[0];
-    return absl::InvalidArgumentError(
-        absl::StrCat(f, " called with ", a.size(), " arguments"));
+    return absl::InvalidArgumentError(absl::StrCat(f, " called with ", a.size(), " arguments"));
   }
 
   absl::StatusOr<Ref> PersistentLoad(const Ref& pid) {
-    if (pid->kind != Kind::kTuple || pid->items.size() != 5 ||
-        pid->items[0]->kind != Kind::kStr || pid->items[0]->s != "storage" ||
-        pid->items[1]->kind != Kind::kGlobal || !pid->items[1]->storage_type ||
-        pid->items[2]->kind != Kind::kStr || pid->items[4]->kind != Kind::kInt)
+    if (pid->kind != Kind::kTuple || pid->items.size() != 5 || pid->items[0]->kind != Kind::kStr ||
+        pid->items[0]->s != "storage" || pid->items[1]->kind != Kind::kGlobal ||
+        !pid->items[1]->storage_type || pid->items[2]->kind != Kind::kStr ||
+        pid->items[4]->kind != Kind::kInt)
       return absl::InvalidArgumentError(
           "persistent id is not ('storage', torch.<T>Storage, key, location, numel)");
     const std::string& key = pid->items[2]->s;
@@ -525,8 +548,8 @@ class StateDictUnpickler {
       case 'b': {  // BUILD: only the state of dicts (OrderedDict._metadata) and tensors, dropped
         auto state = Pop();
         if (!state.ok()) return state.status();
-        if (stack_.empty() || (stack_.back()->kind != Kind::kDict &&
-                               stack_.back()->kind != Kind::kTensor))
+        if (stack_.empty() ||
+            (stack_.back()->kind != Kind::kDict && stack_.back()->kind != Kind::kTensor))
           return absl::InvalidArgumentError("BUILD on something other than a dict or tensor");
         return absl::OkStatus();
       }
@@ -559,8 +582,12 @@ class StateDictUnpickler {
 
 // Tensors a real OpenVLA checkpoint carries that the served model does not use.
 bool IsKnownUnused(const std::string& name) {
-  static const char* kUnused[] = {"language_model.lm_head.", ".norm.weight", ".norm.bias",
-                                  ".attn_pool.",             ".head.",       ".fc_norm."};
+  static const char* kUnused[] = {"language_model.lm_head.",
+                                  ".norm.weight",
+                                  ".norm.bias",
+                                  ".attn_pool.",
+                                  ".head.",
+                                  ".fc_norm."};
   if (absl::StartsWith(name, "language_model.lm_head.")) return true;
   if (!absl::StartsWith(name, "vision_backbone.")) return false;
   for (const char* u : kUnused)
@@ -573,11 +600,16 @@ bool IsKnownUnused(const std::string& name) {
 
 absl::StatusOr<torch::ScalarType> TorchDType(DType t) {
   switch (t) {
-    case DType::kF32: return torch::kFloat32;
-    case DType::kF16: return torch::kFloat16;
-    case DType::kBF16: return torch::kBFloat16;
-    case DType::kF64: return torch::kFloat64;
-    default: return absl::InvalidArgumentError(std::string(DTypeName(t)));
+    case DType::kF32:
+      return torch::kFloat32;
+    case DType::kF16:
+      return torch::kFloat16;
+    case DType::kBF16:
+      return torch::kBFloat16;
+    case DType::kF64:
+      return torch::kFloat64;
+    default:
+      return absl::InvalidArgumentError(std::string(DTypeName(t)));
   }
 }
 
@@ -595,7 +627,9 @@ struct Entry {
   const TensorView* view = nullptr;
   torch::Tensor tensor;
   std::vector<int64_t> shape() const { return view ? view->shape : tensor.sizes().vec(); }
-  bool dtype_ok() const { return view ? TorchDType(view->dtype).ok() : IsWeightDType(tensor.scalar_type()); }
+  bool dtype_ok() const {
+    return view ? TorchDType(view->dtype).ok() : IsWeightDType(tensor.scalar_type());
+  }
   std::string dtype_name() const {
     return view ? std::string(DTypeName(view->dtype))
                 : std::string(c10::toString(tensor.scalar_type()));
@@ -624,8 +658,8 @@ absl::StatusOr<std::string> FindSideFile(const std::string& dir, const std::stri
         absl::StrCat(dir, ": no ", stem, "--*.safetensors (or ", stem, "--*.pt) file"));
   std::sort(found.begin(), found.end());
   if (found.size() > 1)
-    return absl::FailedPreconditionError(absl::StrCat(dir, ": several ", stem,
-                                                      "--* files: ", absl::StrJoin(found, ", ")));
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, ": several ", stem, "--* files: ", absl::StrJoin(found, ", ")));
   return (fs::path(dir) / found[0]).string();
 }
 
@@ -671,8 +705,7 @@ absl::StatusOr<nlohmann::json> ReadConfigJson(const std::string& dir) {
   return j;
 }
 
-absl::StatusOr<ModelConfig> ConfigFromConfigJson(const nlohmann::json& j,
-                                                 const std::string& path) {
+absl::StatusOr<ModelConfig> ConfigFromConfigJson(const nlohmann::json& j, const std::string& path) {
   if (j.is_object() && j.contains("specprune")) {
     auto config = ConfigFromJson(j["specprune"]);
     if (!config.ok())
@@ -686,9 +719,10 @@ absl::StatusOr<ModelConfig> ConfigFromConfigJson(const nlohmann::json& j,
     return config;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat(path, ": missing the \"specprune\" object with the model shapes, and not a "
-                         "Hugging Face OpenVLA config (\"architectures\": "
-                         "[\"OpenVLAForActionPrediction\"])"));
+      absl::StrCat(path,
+                   ": missing the \"specprune\" object with the model shapes, and not a "
+                   "Hugging Face OpenVLA config (\"architectures\": "
+                   "[\"OpenVLAForActionPrediction\"])"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,7 +732,8 @@ absl::Status WriteConfigJson(const ModelConfig& config, const fs::path& dir,
                              torch::ScalarType dtype) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
   std::ofstream out((dir / "config.json").string());
   nlohmann::json j = {{"specprune", ConfigToJson(config)},
                       {"torch_dtype", dtype == torch::kBFloat16 ? "bfloat16" : "float32"}};
@@ -741,10 +776,12 @@ class ModelFileWriter {
     std::error_code ec;
     nlohmann::json weight_map = nlohmann::json::object();
     for (int64_t k = 0; k < n; ++k) {
-      const std::string name =
-          n == 1 ? "model.safetensors" : absl::StrFormat("model-%05d-of-%05d.safetensors", k + 1, n);
+      const std::string name = n == 1 ? "model.safetensors"
+                                      : absl::StrFormat("model-%05d-of-%05d.safetensors", k + 1, n);
       fs::rename(dir_ / shard_files_[k], dir_ / name, ec);
-      if (ec) return absl::InternalError(absl::StrCat("renaming shard in ", dir_.string(), ": ", ec.message()));
+      if (ec)
+        return absl::InternalError(
+            absl::StrCat("renaming shard in ", dir_.string(), ": ", ec.message()));
       final_names.insert(name);
       for (const auto& t : shard_names_[k]) weight_map[t] = name;
     }
@@ -776,7 +813,8 @@ class ModelFileWriter {
   using Tensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
   absl::Status Flush() {
-    const std::string tmp = absl::StrFormat("model-%05d.safetensors.partial", shard_files_.size() + 1);
+    const std::string tmp =
+        absl::StrFormat("model-%05d.safetensors.partial", shard_files_.size() + 1);
     SP_RETURN_IF_ERROR(Write(dir_ / tmp, shard_));
     shard_files_.push_back(tmp);
     std::vector<std::string> names;
@@ -825,14 +863,16 @@ absl::StatusOr<torch::ScalarType> OutputDtype(const CheckpointWriteOptions& opti
 absl::StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ReadTorchStateDict(
     const std::string& path) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+  if (!fs::is_regular_file(path, ec))
+    return absl::NotFoundError(absl::StrCat(path, ": no such file"));
   {
     std::ifstream in(path, std::ios::binary);
     char magic[4] = {};
     if (!in.read(magic, 4) || std::memcmp(magic, "PK\x03\x04", 4) != 0)
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": not a zip-format torch.save file (corrupt, or the legacy format of "
-                "PyTorch < 1.6: re-save it with torch.save in a current PyTorch)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path,
+                       ": not a zip-format torch.save file (corrupt, or the legacy format of "
+                       "PyTorch < 1.6: re-save it with torch.save in a current PyTorch)"));
   }
   auto fail = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", why));
@@ -842,7 +882,8 @@ absl::StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ReadTorchStat
     if (reader.hasRecord("byteorder")) {
       auto [ptr, n] = reader.getRecord("byteorder");
       const std::string order(static_cast<const char*>(ptr.get()), n);
-      if (order != "little") return fail(absl::StrCat("byte order \"", order, "\" is not supported"));
+      if (order != "little")
+        return fail(absl::StrCat("byte order \"", order, "\" is not supported"));
     }
     if (!reader.hasRecord("data.pkl")) return fail("no data.pkl record (not a torch.save file)");
     auto [pkl, pkl_size] = reader.getRecord("data.pkl");
@@ -930,8 +971,8 @@ absl::Status LoadWeights(const std::string& dir, VlaModel& model) {
     if (!targets.count(name) && !IsKnownUnused(name)) unexpected.push_back(name);
   if (!missing.empty() || !mismatched.empty() || !unexpected.empty() || !bad_dtype.empty() ||
       !ct->duplicates.empty()) {
-    std::string msg = absl::StrCat("checkpoint ", dir, " does not match config \"",
-                                   model.config().name, "\":");
+    std::string msg =
+        absl::StrCat("checkpoint ", dir, " does not match config \"", model.config().name, "\":");
     auto add = [&](const char* what, const std::vector<std::string>& v) {
       if (v.empty()) return;
       const size_t shown = std::min<size_t>(v.size(), 20);
@@ -973,8 +1014,8 @@ absl::StatusOr<DatasetStatistics> LoadModelStatistics(const std::string& dir) {
     if (j.ok() && j->is_object() && j->contains("norm_stats")) {
       auto stats = NormStatsFromHfConfig(*j);
       if (!stats.ok())
-        return absl::InvalidArgumentError(absl::StrCat(
-            (fs::path(dir) / "config.json").string(), ": ", stats.status().message()));
+        return absl::InvalidArgumentError(
+            absl::StrCat((fs::path(dir) / "config.json").string(), ": ", stats.status().message()));
       return stats;
     }
   }
@@ -1001,10 +1042,9 @@ absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, const ModelOpti
   auto stats = LoadModelStatistics(dir);
   if (!stats.ok()) return stats.status();
   std::error_code ec;
-  const std::string stats_source =
-      fs::exists(fs::path(dir) / "dataset_statistics.json", ec)
-          ? (fs::path(dir) / "dataset_statistics.json").string()
-          : absl::StrCat(config_path, " norm_stats");
+  const std::string stats_source = fs::exists(fs::path(dir) / "dataset_statistics.json", ec)
+                                       ? (fs::path(dir) / "dataset_statistics.json").string()
+                                       : absl::StrCat(config_path, " norm_stats");
   lm.stats = std::move(*stats);
   for (const auto& key : lm.stats.keys()) {
     auto s = lm.stats.Get(key);
@@ -1012,8 +1052,7 @@ absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, const ModelOpti
         ((*s)->proprio.dim() != 0 && (*s)->proprio.dim() != config->proprio_dim))
       return absl::InvalidArgumentError(absl::StrCat(
           stats_source, ": key \"", key, "\" has action/proprio dims ", (*s)->action.dim(), "/",
-          (*s)->proprio.dim(), ", the model needs ", config->action_dim, "/",
-          config->proprio_dim));
+          (*s)->proprio.dim(), ", the model needs ", config->action_dim, "/", config->proprio_dim));
   }
   auto model = VlaModel::Create(*config, options);
   if (!model.ok()) return model.status();
@@ -1043,8 +1082,8 @@ absl::Status SaveWeights(const VlaModel& model, const std::string& dir,
   return writer.Finish().status();
 }
 
-absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& config,
-                                                           uint64_t seed, const std::string& dir,
+absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed,
+                                                           const std::string& dir,
                                                            const CheckpointWriteOptions& options) {
   if (auto s = ValidateConfig(config); !s.ok()) return s;
   auto dt = OutputDtype(options);
@@ -1068,13 +1107,14 @@ absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& co
     // generator's draws land in the same tensors as in VlaModel::Create.
     torch::manual_seed(seed);
     for (const auto& t : config.towers)
-      SP_RETURN_IF_ERROR(add("vision_backbone." + t.name + ".", *VisionTower(t, config.image_size)));
+      SP_RETURN_IF_ERROR(
+          add("vision_backbone." + t.name + ".", *VisionTower(t, config.image_size)));
     SP_RETURN_IF_ERROR(add("projector.", *VisionProjector(config)));
     SP_RETURN_IF_ERROR(add("language_model.model.embed_tokens.",
                            *torch::nn::Embedding(config.llm.vocab_size, config.llm.hidden)));
     for (int64_t l = 0; l < config.llm.layers; ++l)
-      SP_RETURN_IF_ERROR(
-          add(absl::StrCat("language_model.model.layers.", l, "."), *LlamaDecoderLayer(config.llm)));
+      SP_RETURN_IF_ERROR(add(absl::StrCat("language_model.model.layers.", l, "."),
+                             *LlamaDecoderLayer(config.llm)));
     SP_RETURN_IF_ERROR(
         add("language_model.model.norm.", *RmsNorm(config.llm.hidden, config.llm.rms_norm_eps)));
     SP_RETURN_IF_ERROR(add("action_head.", *L1RegressionActionHead(config)));
@@ -1112,10 +1152,10 @@ absl::StatusOr<CheckpointSizeEstimate> EstimateRandomCheckpointMemory(
   // One unit in fp32 + its converted copy + a full shard (its tensors may exceed the limit by
   // one tensor) + the side files (kept until the end).
   const int64_t side = (all.action_head + all.proprio_projector) * out_bytes;
-  const int64_t shard = std::min(options.max_shard_bytes + e.largest_unit_parameters * out_bytes,
-                                 e.disk_bytes);
-  e.peak_memory_bytes = e.largest_unit_parameters * (4 + (out_bytes == 4 ? 0 : out_bytes)) +
-                        shard + side;
+  const int64_t shard =
+      std::min(options.max_shard_bytes + e.largest_unit_parameters * out_bytes, e.disk_bytes);
+  e.peak_memory_bytes =
+      e.largest_unit_parameters * (4 + (out_bytes == 4 ? 0 : out_bytes)) + shard + side;
   return e;
 }
 

@@ -61,9 +61,9 @@ absl::Status LoadWeights(const std::string& dir, VlaModel& model);
 // with LibTorch's PyTorchStreamReader; the pickle is decoded by a restricted, bounds-checked
 // state-dict unpickler, because LibTorch's own (torch::pickle_load) cannot read OrderedDict state
 // dicts before PyTorch 2.6 (pytorch/pytorch#100741). Only the globals a state dict needs are
-// accepted (tensor rebuild functions, storage types, OrderedDict); anything else, a legacy (pre-1.6)
-// file, a corrupt or truncated file, out-of-range tensor views or non-tensor entries give an
-// InvalidArgumentError naming the file (NotFoundError if it does not exist).
+// accepted (tensor rebuild functions, storage types, OrderedDict); anything else, a legacy
+// (pre-1.6) file, a corrupt or truncated file, out-of-range tensor views or non-tensor entries give
+// an InvalidArgumentError naming the file (NotFoundError if it does not exist).
 absl::StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ReadTorchStateDict(
     const std::string& path);
 
@@ -83,8 +83,8 @@ absl::Status SaveWeights(const VlaModel& model, const std::string& dir,
                          const CheckpointWriteOptions& options);
 
 struct CheckpointWriteStats {
-  int64_t parameters = 0;          // written
-  int64_t shards = 0;              // model.* files
+  int64_t parameters = 0;               // written
+  int64_t shards = 0;                   // model.* files
   int64_t largest_unit_parameters = 0;  // the most parameters that existed in fp32 at once
 };
 
@@ -95,8 +95,8 @@ struct CheckpointWriteStats {
 // torch::manual_seed(seed). The tensors therefore equal those of SaveWeights(*VlaModel::Create(
 // config, {.seed = seed}), dir, options), while the peak memory is one submodule in fp32 plus one
 // shard (EstimateRandomCheckpointMemory), e.g. ~7 GB instead of ~45 GB for openvla-oft-7b in bf16.
-absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& config,
-                                                           uint64_t seed, const std::string& dir,
+absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed,
+                                                           const std::string& dir,
                                                            const CheckpointWriteOptions& options);
 
 struct CheckpointSizeEstimate {

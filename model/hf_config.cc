@@ -17,8 +17,7 @@ constexpr const char* kDinoTimmId = "vit_large_patch14_reg4_dinov2.lvd142m";
 constexpr const char* kSiglipTimmId = "vit_so400m_patch14_siglip_224";
 
 absl::Status FieldError(const std::string& field, const std::string& why) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("HF OpenVLA config field \"", field, "\": ", why));
+  return absl::InvalidArgumentError(absl::StrCat("HF OpenVLA config field \"", field, "\": ", why));
 }
 
 // Reads an integer field when present (JSON integers, or floats with an integral value).
@@ -68,10 +67,10 @@ absl::Status ReadString(const json& j, const char* key, const std::string& path,
   return absl::OkStatus();
 }
 
-#define SP_RETURN_IF_ERROR(expr)    \
-  do {                              \
-    absl::Status _st = (expr);      \
-    if (!_st.ok()) return _st;      \
+#define SP_RETURN_IF_ERROR(expr) \
+  do {                           \
+    absl::Status _st = (expr);   \
+    if (!_st.ok()) return _st;   \
   } while (0)
 
 absl::Status MapVision(const json& j, ModelConfig* c) {
@@ -83,17 +82,16 @@ absl::Status MapVision(const json& j, ModelConfig* c) {
   auto ids = j.find("timm_model_ids");
   if (ids == j.end()) return FieldError("timm_model_ids", "missing (needs the two timm ids)");
   if (!ids->is_array() || ids->size() != 2 || !(*ids)[0].is_string() || !(*ids)[1].is_string() ||
-      (*ids)[0].get<std::string>() != kDinoTimmId ||
-      (*ids)[1].get<std::string>() != kSiglipTimmId)
+      (*ids)[0].get<std::string>() != kDinoTimmId || (*ids)[1].get<std::string>() != kSiglipTimmId)
     return FieldError("timm_model_ids", absl::StrCat("must be [\"", kDinoTimmId, "\", \"",
                                                      kSiglipTimmId, "\"], got ", ids->dump()));
   if (auto it = j.find("timm_override_act_layers"); it != j.end() && !it->is_null()) {
     if (!it->is_array()) return FieldError("timm_override_act_layers", "must be a list");
     for (const auto& v : *it)
       if (!v.is_null())
-        return FieldError("timm_override_act_layers",
-                          absl::StrCat("overridden activations are not supported, got ",
-                                       it->dump()));
+        return FieldError(
+            "timm_override_act_layers",
+            absl::StrCat("overridden activations are not supported, got ", it->dump()));
   }
   if (auto it = j.find("image_sizes"); it != j.end()) {
     if (!it->is_array() || it->size() != c->towers.size())
@@ -108,9 +106,9 @@ absl::Status MapVision(const json& j, ModelConfig* c) {
   bool has_arch = false;
   SP_RETURN_IF_ERROR(ReadString(j, "arch_specifier", "", &arch, &has_arch));
   if (has_arch && !absl::StrContains(arch, "fused-gelu-mlp"))
-    return FieldError("arch_specifier",
-                      absl::StrCat("\"", arch, "\": only the fused-gelu-mlp projector is "
-                                               "implemented"));
+    return FieldError("arch_specifier", absl::StrCat("\"", arch,
+                                                     "\": only the fused-gelu-mlp projector is "
+                                                     "implemented"));
   std::string resize;
   bool has_resize = false;
   SP_RETURN_IF_ERROR(ReadString(j, "image_resize_strategy", "", &resize, &has_resize));
@@ -156,8 +154,8 @@ absl::Status MapLlm(const json& j, ModelConfig* c) {
   SP_RETURN_IF_ERROR(ReadInt(tc, "pad_token_id", p, &pad_text));
   SP_RETURN_IF_ERROR(ReadInt(j, "pad_token_id", "", &pad_top));
   if (pad_text >= 0 && pad_top >= 0 && pad_text != pad_top)
-    return FieldError("pad_token_id", absl::StrCat(pad_top, " differs from text_config.pad_token_id ",
-                                                   pad_text));
+    return FieldError("pad_token_id",
+                      absl::StrCat(pad_top, " differs from text_config.pad_token_id ", pad_text));
   l.pad_token_id = pad_text >= 0 ? pad_text : pad_top;
   if (l.pad_token_id < 0) l.pad_token_id = c->llm.pad_token_id;  // the preset's (32000)
   if (!(l.rms_norm_eps > 0)) return FieldError(p + "rms_norm_eps", "must be positive");
@@ -180,22 +178,19 @@ absl::Status MapLlm(const json& j, ModelConfig* c) {
     SP_RETURN_IF_ERROR(ReadBool(tc, key, p, &bias));
     if (bias) return FieldError(p + key, "biases in the Llama projections are not implemented");
   }
-  for (auto [value, key] : {std::pair{l.hidden, "hidden_size"},
-                            std::pair{l.intermediate, "intermediate_size"},
-                            std::pair{l.layers, "num_hidden_layers"},
-                            std::pair{l.heads, "num_attention_heads"},
-                            std::pair{l.vocab_size, "vocab_size"}})
+  for (auto [value, key] :
+       {std::pair{l.hidden, "hidden_size"}, std::pair{l.intermediate, "intermediate_size"},
+        std::pair{l.layers, "num_hidden_layers"}, std::pair{l.heads, "num_attention_heads"},
+        std::pair{l.vocab_size, "vocab_size"}})
     if (value <= 0) return FieldError(p + key, absl::StrCat("must be positive, got ", value));
   if (l.hidden % l.heads != 0 || (l.hidden / l.heads) % 2 != 0)
-    return FieldError(p + "num_attention_heads",
-                      absl::StrCat(l.heads, " must divide hidden_size ", l.hidden,
-                                   " into an even head dim"));
+    return FieldError(p + "num_attention_heads", absl::StrCat(l.heads, " must divide hidden_size ",
+                                                              l.hidden, " into an even head dim"));
   for (auto [value, key] : {std::pair{l.bos_token_id, "text_config.bos_token_id"},
                             std::pair{l.eos_token_id, "text_config.eos_token_id"},
                             std::pair{l.pad_token_id, "pad_token_id"}})
     if (value < 0 || value >= l.vocab_size)
-      return FieldError(key, absl::StrCat(value, " is not a token id < vocab_size ",
-                                          l.vocab_size));
+      return FieldError(key, absl::StrCat(value, " is not a token id < vocab_size ", l.vocab_size));
   c->llm = l;
   c->action_head_hidden = l.hidden;
   return absl::OkStatus();
@@ -221,8 +216,9 @@ bool IsHfOpenVlaConfig(const json& j) {
 
 absl::StatusOr<ModelConfig> ModelConfigFromHfConfig(const json& j) {
   if (!IsHfOpenVlaConfig(j))
-    return FieldError("architectures", "not an OpenVLA config (expected "
-                                       "[\"OpenVLAForActionPrediction\"])");
+    return FieldError("architectures",
+                      "not an OpenVLA config (expected "
+                      "[\"OpenVLAForActionPrediction\"])");
   auto preset = PresetConfig("openvla-oft-7b");
   if (!preset.ok()) return preset.status();
   ModelConfig c = *preset;
@@ -237,9 +233,9 @@ absl::StatusOr<ModelConfig> ModelConfigFromHfConfig(const json& j) {
   SP_RETURN_IF_ERROR(ReadInt(j, "num_actions_chunk", "", &c.chunk_size));
   SP_RETURN_IF_ERROR(ReadInt(j, "action_dim", "", &c.action_dim));
   SP_RETURN_IF_ERROR(ReadInt(j, "proprio_dim", "", &c.proprio_dim));
-  for (auto [value, key] : {std::pair{c.chunk_size, "num_actions_chunk"},
-                            std::pair{c.action_dim, "action_dim"},
-                            std::pair{c.proprio_dim, "proprio_dim"}})
+  for (auto [value, key] :
+       {std::pair{c.chunk_size, "num_actions_chunk"}, std::pair{c.action_dim, "action_dim"},
+        std::pair{c.proprio_dim, "proprio_dim"}})
     if (value <= 0 || value > 4096)
       return FieldError(key, absl::StrCat("must be in [1, 4096], got ", value));
 

@@ -37,7 +37,8 @@ struct PtTensor {
 // byte for byte against CPython 3.11 by PickleEmitterMatchesCPython.
 class PythonStateDictPickler {
  public:
-  std::string Pickle(const std::vector<PtTensor>& tensors, const std::vector<std::string>& modules) {
+  std::string Pickle(const std::vector<PtTensor>& tensors,
+                     const std::vector<std::string>& modules) {
     out_.clear();
     memo_.clear();
     next_ = 0;
@@ -454,7 +455,8 @@ TEST_F(CheckpointTest, ModulePrefixInSideFilesIsStripped) {
 
 TEST_F(CheckpointTest, PtSideFilesWrittenWithPickleSaveLoadAndForwardIdentically) {
   CppPickleSave(dir_ / "action_head--150000_checkpoint.pt", SideTensors("action_head.", "module."));
-  CppPickleSave(dir_ / "proprio_projector--150000_checkpoint.pt", SideTensors("proprio_projector."));
+  CppPickleSave(dir_ / "proprio_projector--150000_checkpoint.pt",
+                SideTensors("proprio_projector."));
   RemoveSafetensorsSideFiles();
   ExpectSameForwardAsSavedModel();
 }
@@ -546,7 +548,10 @@ TEST_F(CheckpointTest, CorruptOrForeignPtFilesAreClearErrorsNotCrashes) {
   fs::resize_file(truncated, fs::file_size(good) / 2);
   expect_error(truncated, "truncated or corrupt");
   // Not a zip (legacy torch.save or garbage).
-  { std::ofstream(dir_ / "legacy.pt", std::ios::binary) << "\x80\x02\x8a\x0a" << std::string(64, 'x'); }
+  {
+    std::ofstream(dir_ / "legacy.pt", std::ios::binary)
+        << "\x80\x02\x8a\x0a" << std::string(64, 'x');
+  }
   expect_error(dir_ / "legacy.pt", "not a zip-format torch.save file");
   EXPECT_EQ(ReadTorchStateDict((dir_ / "absent.pt").string()).status().code(),
             absl::StatusCode::kNotFound);
@@ -554,7 +559,13 @@ TEST_F(CheckpointTest, CorruptOrForeignPtFilesAreClearErrorsNotCrashes) {
   std::vector<PtTensor> one = {{"w", "FloatStorage", "0", 4, 0, {4}, {1}}};
   const std::string floats = Bytes(torch::ones({4}));
   // A global outside the state-dict subset (what a malicious pickle would use).
-  const char evil[] = "\x80\x02" "cos\nsystem\n" "X\x02\x00\x00\x00" "ls" "\x85" "R.";
+  const char evil[] =
+      "\x80\x02"
+      "cos\nsystem\n"
+      "X\x02\x00\x00\x00"
+      "ls"
+      "\x85"
+      "R.";
   WriteTorchZip(dir_ / "evil.pt", std::string(evil, sizeof(evil) - 1), {});
   expect_error(dir_ / "evil.pt", "global os.system is not allowed");
   // Missing storage record.
@@ -569,7 +580,11 @@ TEST_F(CheckpointTest, CorruptOrForeignPtFilesAreClearErrorsNotCrashes) {
   WriteTorchZip(dir_ / "view.pt", PythonStateDictPickler().Pickle(past, {""}), {{"0", floats}});
   expect_error(dir_ / "view.pt", "outside its storage");
   // A training checkpoint rather than a state dict.
-  const char epoch[] = "\x80\x02}q\x00X\x05\x00\x00\x00" "epoch" "K\x03" "s.";
+  const char epoch[] =
+      "\x80\x02}q\x00X\x05\x00\x00\x00"
+      "epoch"
+      "K\x03"
+      "s.";
   WriteTorchZip(dir_ / "epoch.pt", std::string(epoch, sizeof(epoch) - 1), {});
   expect_error(dir_ / "epoch.pt", "entry \"epoch\" is a int, not a tensor");
   // Garbage pickle.
@@ -589,7 +604,9 @@ TEST_F(CheckpointTest, CorruptOrForeignPtFilesAreClearErrorsNotCrashes) {
       bad[i] = static_cast<char>(bad[i] ^ x);
       WriteTorchZip(p, bad, {{"0", floats}});
       auto sd = ReadTorchStateDict(p.string());
-      if (!sd.ok()) EXPECT_NE(sd.status().message().find(p.string()), std::string::npos);
+      if (!sd.ok()) {
+        EXPECT_NE(sd.status().message().find(p.string()), std::string::npos);
+      }
     }
 }
 
@@ -621,7 +638,8 @@ TEST_F(CheckpointTest, SideFileInBothFormatsIsAmbiguous) {
       << loaded.status();
 }
 
-// ---- Writing -------------------------------------------------------------------------------------
+// ---- Writing
+// -------------------------------------------------------------------------------------
 
 std::map<std::string, std::string> AllTensorBytes(const fs::path& dir) {
   std::map<std::string, std::string> out;
@@ -632,14 +650,15 @@ std::map<std::string, std::string> AllTensorBytes(const fs::path& dir) {
     const TensorView* v = (*backbone)->Find(n);
     out[n] = std::string(reinterpret_cast<const char*>(v->data), v->nbytes);
   }
-  for (const char* side : {"action_head--specprune.safetensors",
-                           "proprio_projector--specprune.safetensors"}) {
+  for (const char* side :
+       {"action_head--specprune.safetensors", "proprio_projector--specprune.safetensors"}) {
     auto f = SafetensorsFile::Open((dir / side).string());
     EXPECT_TRUE(f.ok()) << f.status();
     if (!f.ok()) continue;
     for (const auto& n : (*f)->names()) {
       const TensorView* v = (*f)->Find(n);
-      out[std::string(side) + ":" + n] = std::string(reinterpret_cast<const char*>(v->data), v->nbytes);
+      out[std::string(side) + ":" + n] =
+          std::string(reinterpret_cast<const char*>(v->data), v->nbytes);
     }
   }
   return out;
@@ -715,10 +734,11 @@ TEST_F(CheckpointTest, Oft7bBf16CheckpointFitsA24GbMachine) {
   options.dtype = "bf16";
   auto e = EstimateRandomCheckpointMemory(*c, options);
   ASSERT_TRUE(e.ok()) << e.status();
-  std::printf("openvla-oft-7b bf16: %.2f GB on disk, peak memory %.2f GB, largest submodule %lld "
-              "parameters\n",
-              e->disk_bytes / 1e9, e->peak_memory_bytes / 1e9,
-              static_cast<long long>(e->largest_unit_parameters));
+  std::printf(
+      "openvla-oft-7b bf16: %.2f GB on disk, peak memory %.2f GB, largest submodule %lld "
+      "parameters\n",
+      e->disk_bytes / 1e9, e->peak_memory_bytes / 1e9,
+      static_cast<long long>(e->largest_unit_parameters));
   EXPECT_EQ(e->parameters, CountParameters(*c).total());
   EXPECT_EQ(e->disk_bytes, 2 * e->parameters);
   // The largest submodule is the SigLIP tower (412M parameters, 1.65 GB in fp32), not the model.

@@ -158,22 +158,28 @@ TEST_F(HfCheckpointTest, UnsupportedOrMalformedFieldsAreErrorsNamingTheField) {
       {[](json& j) { j["timm_model_ids"][1] = "vit_so400m_patch14_siglip_384"; }, "timm_model_ids"},
       {[](json& j) { j.erase("timm_model_ids"); }, "timm_model_ids"},
       {[](json& j) { j["use_fused_vision_backbone"] = false; }, "use_fused_vision_backbone"},
-      {[](json& j) { j["image_sizes"] = {384, 384}; }, "image_sizes[0]"},
+      {[](json& j) {
+         j["image_sizes"] = {384, 384};
+       },
+       "image_sizes[0]"},
       {[](json& j) { j["image_sizes"] = {224}; }, "image_sizes"},
       {[](json& j) { j["arch_specifier"] = "no-align+gelu-mlp"; }, "arch_specifier"},
       {[](json& j) { j["image_resize_strategy"] = "letterbox"; }, "image_resize_strategy"},
-      {[](json& j) { j["timm_override_act_layers"] = {"gelu", nullptr}; },
+      {[](json& j) {
+         j["timm_override_act_layers"] = {"gelu", nullptr};
+       },
        "timm_override_act_layers"},
       {[](json& j) { j["text_config"]["model_type"] = "mistral"; }, "text_config.model_type"},
       {[](json& j) { j["text_config"]["num_key_value_heads"] = 8; },
        "text_config.num_key_value_heads"},
       {[](json& j) { j["text_config"]["hidden_act"] = "gelu"; }, "text_config.hidden_act"},
-      {[](json& j) { j["text_config"]["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}}; },
+      {[](json& j) {
+         j["text_config"]["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+       },
        "text_config.rope_scaling"},
       {[](json& j) { j["text_config"]["attention_bias"] = true; }, "text_config.attention_bias"},
       {[](json& j) { j["text_config"]["hidden_size"] = "big"; }, "text_config.hidden_size"},
-      {[](json& j) { j["text_config"]["num_hidden_layers"] = 0; },
-       "text_config.num_hidden_layers"},
+      {[](json& j) { j["text_config"]["num_hidden_layers"] = 0; }, "text_config.num_hidden_layers"},
       {[](json& j) { j["text_config"]["num_attention_heads"] = 3; },
        "text_config.num_attention_heads"},
       {[](json& j) { j["text_config"]["rms_norm_eps"] = -1.0; }, "text_config.rms_norm_eps"},
@@ -182,7 +188,10 @@ TEST_F(HfCheckpointTest, UnsupportedOrMalformedFieldsAreErrorsNamingTheField) {
       {[](json& j) { j["text_config"]["vocab_size"] = 32000; }, "pad_token_id"},
       {[](json& j) { j["num_images_in_input"] = 0; }, "num_images_in_input"},
       {[](json& j) { j["num_actions_chunk"] = -8; }, "num_actions_chunk"},
-      {[](json& j) { j["architectures"] = {"LlamaForCausalLM"}; j.erase("model_type"); },
+      {[](json& j) {
+         j["architectures"] = {"LlamaForCausalLM"};
+         j.erase("model_type");
+       },
        "architectures"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {

@@ -94,8 +94,8 @@ TEST(VisionGeometryTest, DepthReducedTowersHaveThe7bShapesAndDropThePrefixTokens
     return (x - mean) / std;
   };
   auto xd = dino.patch_embed->forward(norm(images, c.towers[0])) + dino.pos_embed;
-  xd = torch::cat({dino.cls_token.expand({2, 1, 1024}), dino.reg_token.expand({2, 4, 1024}), xd},
-                  1);
+  xd =
+      torch::cat({dino.cls_token.expand({2, 1, 1024}), dino.reg_token.expand({2, 4, 1024}), xd}, 1);
   ASSERT_EQ(xd.size(1), 261);
   auto want_dino = dino_block.forward(xd).slice(1, 5);
   auto xs = siglip.patch_embed->forward(norm(images, c.towers[1])) + siglip.pos_embed;
@@ -103,8 +103,8 @@ TEST(VisionGeometryTest, DepthReducedTowersHaveThe7bShapesAndDropThePrefixTokens
   EXPECT_TRUE(torch::allclose(out.slice(2, 0, 1024), want_dino, 1e-4, 1e-4));
   EXPECT_TRUE(torch::allclose(out.slice(2, 1024), want_siglip, 1e-4, 1e-4));
   // Keeping the prefix (or dropping the wrong rows) would not match.
-  EXPECT_FALSE(torch::allclose(out.slice(2, 0, 1024), dino_block.forward(xd).slice(1, 0, 256),
-                               1e-3, 1e-3));
+  EXPECT_FALSE(
+      torch::allclose(out.slice(2, 0, 1024), dino_block.forward(xd).slice(1, 0, 256), 1e-3, 1e-3));
   // Two cameras of 256 patches each make the 512 vision tokens of one sample.
   EXPECT_EQ(out.reshape({1, -1, 2176}).size(1), Oft7b().vision_tokens());
 }
@@ -136,11 +136,12 @@ TEST(VisionGeometryTest, Oft7bParameterCountsMatchThePublishedArchitectures) {
   const int64_t proprio = (8 * 4096 + 4096) + (4096 * 4096 + 4096);
 
   const ParameterCounts p = CountParameters(Oft7b());
-  std::printf("openvla-oft-7b parameters: vision %lld (DINOv2 %lld + SigLIP %lld) projector %lld "
-              "llm %lld action_head %lld proprio %lld total %lld\n",
-              (long long)p.vision, (long long)dino, (long long)siglip, (long long)p.projector,
-              (long long)p.llm, (long long)p.action_head, (long long)p.proprio_projector,
-              (long long)p.total());
+  std::printf(
+      "openvla-oft-7b parameters: vision %lld (DINOv2 %lld + SigLIP %lld) projector %lld "
+      "llm %lld action_head %lld proprio %lld total %lld\n",
+      (long long)p.vision, (long long)dino, (long long)siglip, (long long)p.projector,
+      (long long)p.llm, (long long)p.action_head, (long long)p.proprio_projector,
+      (long long)p.total());
   EXPECT_EQ(p.vision, dino + siglip);
   EXPECT_EQ(p.projector, projector);
   EXPECT_EQ(p.llm, llm);

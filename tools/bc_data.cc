@@ -1,6 +1,10 @@
 #include "tools/bc_data.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -24,7 +28,11 @@ class Replayer {
   absl::StatusOr<sim::Action> Step() {
     sim::Action label = expert_.Act(episode_);
     sim::Action exec = label;
-    if (noise_std_ > 0) {
+    const auto phase = expert_.phase();
+    const bool transit = phase == sim::ScriptedExpert::Phase::kLift ||
+                         phase == sim::ScriptedExpert::Phase::kTransit ||
+                         phase == sim::ScriptedExpert::Phase::kDescend;
+    if (noise_std_ > 0 && transit) {
       for (int i = 0; i < 3; ++i)
         exec[i] = std::clamp(exec[i] + noise_std_ * normal_(rng_), -1.0f, 1.0f);
     }
@@ -98,6 +106,24 @@ torch::Tensor ImageTensor(const RgbImage& image, const ModelConfig& config, absl
 }
 
 }  // namespace
+
+bool CpuAutocastEnabled() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return at::autocast::is_autocast_enabled(at::kCPU);
+#else
+  return at::autocast::is_cpu_enabled();
+#endif
+}
+
+void SetCpuAutocast(bool enabled) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  at::autocast::set_autocast_enabled(at::kCPU, enabled);
+  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+#else
+  at::autocast::set_cpu_enabled(enabled);
+  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+#endif
+}
 
 sim::SimOptions SpecSimOptions(const EpisodeSpec& spec, int image_size) {
   sim::SimOptions o;
@@ -303,7 +329,13 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   }
   read = read.to(device);
   auto action_hidden = lm->norm->forward(h.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
-  return module->action_head->forward(action_hidden);
+  // The head's LayerNorms reject bf16 inputs with fp32 weights under CPU autocast (LibTorch
+  // 1.13); the head is small, so it runs in the parameters' dtype.
+  const bool autocast = CpuAutocastEnabled();
+  SetCpuAutocast(false);
+  auto out = module->action_head->forward(action_hidden.to(dtype));
+  SetCpuAutocast(autocast);
+  return out;
 }
 
 absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const ModelConfig& config,
@@ -336,7 +368,8 @@ absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const 
 
 absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     const VlaModel& model, const Tokenizer& tokenizer, const DatasetStats& stats,
-    std::vector<sim::Episode> episodes, const RolloutOptions& options, const RolloutHooks& hooks) {
+    std::vector<sim::Episode> episodes, const RolloutOptions& options, const RolloutHooks& hooks,
+    RolloutTimings* timings) {
   const ModelConfig& c = model.config();
   if (options.execute_steps < 1 || options.execute_steps > c.chunk_size)
     return absl::InvalidArgumentError(
@@ -370,8 +403,15 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
         inputs.push_back(*std::move(in));
         pruners.push_back(std::move(pruner));
       }
+      const auto t0 = std::chrono::steady_clock::now();
       auto results = model.Forward(inputs);
       if (!results.ok()) return results.status();
+      if (timings != nullptr) {
+        timings->forward_seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        timings->samples += static_cast<int64_t>(inputs.size());
+        ++timings->passes;
+      }
       for (size_t j = begin; j < end; ++j) {
         const size_t e = active[j];
         const size_t k = j - begin;

@@ -39,7 +39,8 @@ struct EpisodeSpec {
   sim::Suite suite = sim::Suite::kSpatial;
   uint64_t seed = 0;
   int num_distractors = -1;  // -1 = suite default, else [0, 4]
-  float noise_std = 0.0f;    // std of Gaussian noise added to executed dx, dy, dz (labels clean)
+  float noise_std = 0.0f;    // std of Gaussian noise on executed dx, dy, dz in transit phases
+                             // (lift, transit, descend); labels stay clean
 };
 
 // Simulator options of a spec (image size from the model).
@@ -96,6 +97,10 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
                               const std::vector<std::vector<int64_t>>& prompt_ids);
 
+// CPU autocast (bf16) state, portable across LibTorch 1.13 and 2.x. Thread-local in LibTorch.
+bool CpuAutocastEnabled();
+void SetCpuAutocast(bool enabled);
+
 // Observation -> model input as the server builds it: PreprocessImage per camera, NormalizeProprio.
 // `frame_patches` (optional out): [P, patch_dim] pixel patches for the pruners.
 absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const ModelConfig& config,
@@ -128,11 +133,19 @@ struct RolloutHooks {
       observe;
 };
 
+// Wall time of the policy's own forward passes (hooks excluded).
+struct RolloutTimings {
+  double forward_seconds = 0;
+  int64_t samples = 0;  // sample-passes run
+  int64_t passes = 0;   // batched Forward calls
+};
+
 // Runs every episode to its end with the model, batching the forward passes. Actions are
 // un-normalized with `stats.action`, binarized per config.gripper_postprocess, and executed.
+// `timings` (optional) accumulates.
 absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     const VlaModel& model, const Tokenizer& tokenizer, const DatasetStats& stats,
     std::vector<sim::Episode> episodes, const RolloutOptions& options,
-    const RolloutHooks& hooks = {});
+    const RolloutHooks& hooks = {}, RolloutTimings* timings = nullptr);
 
 }  // namespace specprune

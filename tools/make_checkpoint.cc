@@ -125,11 +125,11 @@ int main(int argc, char** argv) {
   options.max_shard_bytes = shard_mb << 20;
   auto estimate = specprune::EstimateRandomCheckpointMemory(*config, options);
   if (!estimate.ok()) return Usage(std::string(estimate.status().message()).c_str());
-  std::printf("%s: %lld parameters, %.1f GiB on disk, peak memory ~%.1f GiB (largest submodule "
-              "%lld parameters in fp32 + one shard)\n",
-              config_name.c_str(), static_cast<long long>(estimate->parameters),
-              GiB(estimate->disk_bytes), GiB(estimate->peak_memory_bytes),
-              static_cast<long long>(estimate->largest_unit_parameters));
+  std::printf(
+      "%s: %lld parameters, %.1f GiB on disk, peak memory ~%.1f GiB (largest submodule "
+      "%lld parameters in fp32 + one shard)\n",
+      config_name.c_str(), static_cast<long long>(estimate->parameters), GiB(estimate->disk_bytes),
+      GiB(estimate->peak_memory_bytes), static_cast<long long>(estimate->largest_unit_parameters));
   if (resource_check) {
     if (auto mem = AvailableMemory(); mem && *mem < estimate->peak_memory_bytes) {
       std::fprintf(stderr,

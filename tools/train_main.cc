@@ -2,7 +2,6 @@
 // (issue #6; docs/training.md). Resumable from its own output directory.
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
-#include <torch/version.h>
 
 #include <atomic>
 #include <chrono>
@@ -58,18 +57,12 @@ struct TrainOptions {
   int stats_episodes = 200;      // demos per suite for the statistics
   uint64_t seed = 1;
   int64_t benchmark = 0;         // > 0: time this many steps fp32 vs bf16 and exit
+  int check_demos = 0;           // > 0: print expert success per suite/noise over N seeds, exit
 };
 
-std::atomic<bool> g_autocast_bf16{false};
 
 void SetAutocast(bool on) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  at::autocast::set_autocast_enabled(at::kCPU, on);
-  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
-#else
-  at::autocast::set_cpu_enabled(on);
-  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-#endif
+  SetCpuAutocast(on);
   if (!on) at::autocast::clear_cache();
 }
 
@@ -120,6 +113,7 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
       else if (k == "stats_episodes") o->stats_episodes = std::stoi(v);
       else if (k == "seed") o->seed = std::stoull(v);
       else if (k == "benchmark") o->benchmark = std::stoll(v);
+      else if (k == "check_demos") o->check_demos = std::stoi(v);
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -350,6 +344,31 @@ int Main(int argc, char** argv) {
   TrainOptions o;
   if (!ParseArgs(argc, argv, &o)) return 2;
   torch::set_num_threads(o.threads);
+  if (o.check_demos > 0) {
+    for (double noise : {0.0, o.noise_std})
+      for (sim::Suite s : sim::kAllSuites)
+        for (int distractors : {0, -1}) {
+          int ok = 0;
+          int64_t len = 0;
+          auto t0 = Clock::now();
+          for (int i = 0; i < o.check_demos; ++i) {
+            EpisodeSpec e{s, static_cast<uint64_t>(i), distractors, static_cast<float>(noise)};
+            auto d = RunDemo(e, 64);
+            if (!d.ok()) {
+              std::fprintf(stderr, "%s\n", d.status().ToString().c_str());
+              return 1;
+            }
+            ok += d->success;
+            len += d->success ? d->length : 0;
+          }
+          std::printf("noise %.2f %-7s distractors %2d: %d/%d succeed, mean length %.1f, %.2f ms/demo\n",
+                      noise, std::string(sim::SuiteName(s)).c_str(), distractors, ok,
+                      o.check_demos, ok ? static_cast<double>(len) / ok : 0.0,
+                      1e3 * std::chrono::duration<double>(Clock::now() - t0).count() /
+                          o.check_demos);
+        }
+    return 0;
+  }
   const std::string state_path = o.out + "/train_state.json";
   const bool resume = fs::exists(state_path);
   auto config = LoadModelConfig(resume ? o.out : o.init);

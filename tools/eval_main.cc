@@ -1,0 +1,431 @@
+// specprune_eval: closed-loop evaluation of a model directory on the simulator with the pruning
+// methods of the server (DESIGN §8, issue #6; docs/training.md). Per suite and method: success
+// rate, average vision-token retention, FLOPs %, forward speedup vs none (same run), mean action
+// deviation from the unpruned chunk, recall of V_global. FastV and random run at SpecPrune's
+// measured average retention.
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "model/checkpoint.h"
+#include "nlohmann/json.hpp"
+#include "pruning/policies.h"
+#include "pruning/pruning_config.h"
+#include "pruning/specprune_math.h"
+#include "pruning/specprune_policy.h"
+#include "tools/bc_data.h"
+
+namespace specprune {
+namespace {
+
+struct EvalOptions {
+  std::string model;                                    // model directory (required)
+  std::vector<std::string> suites = {"spatial", "object", "goal", "long"};
+  std::vector<std::string> methods = {"none", "specprune", "fastv", "random"};
+  int episodes = 10;         // per suite and method
+  uint64_t seed = 2000000;   // episode seeds are seed, seed + 1, ...
+  std::string json;          // output file ("" = none)
+  int execute_steps = 8;     // actions of each chunk executed open loop (OFT: the whole chunk)
+  int threads = 2;
+  int batch = 64;            // episodes per forward pass
+  std::string dtype = "fp32";
+  std::string unnorm_key;    // "" = the only / first key
+  double keep_ratio = -1;    // > 0: FastV/random keep ratio instead of SpecPrune's retention
+  double require_success = -1;  // >= 0: exit 3 unless unpruned mean success > this
+  bool reference = true;     // run unpruned reference passes (deviation, recall)
+};
+
+bool ParseArgs(int argc, char** argv, EvalOptions* o) {
+  std::map<std::string, std::string> kv;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) {
+      std::fprintf(stderr, "unexpected argument %s\n", a.c_str());
+      return false;
+    }
+    a = a.substr(2);
+    auto eq = a.find('=');
+    if (eq != std::string::npos) {
+      kv[a.substr(0, eq)] = a.substr(eq + 1);
+    } else if (i + 1 < argc) {
+      kv[a] = argv[++i];
+    } else {
+      std::fprintf(stderr, "--%s needs a value\n", a.c_str());
+      return false;
+    }
+  }
+  try {
+    for (const auto& [k, v] : kv) {
+      if (k == "model") o->model = v;
+      else if (k == "suites") o->suites = absl::StrSplit(v, ',', absl::SkipEmpty());
+      else if (k == "methods") o->methods = absl::StrSplit(v, ',', absl::SkipEmpty());
+      else if (k == "episodes") o->episodes = std::stoi(v);
+      else if (k == "seed") o->seed = std::stoull(v);
+      else if (k == "json") o->json = v;
+      else if (k == "execute_steps") o->execute_steps = std::stoi(v);
+      else if (k == "threads") o->threads = std::stoi(v);
+      else if (k == "batch") o->batch = std::stoi(v);
+      else if (k == "dtype") o->dtype = v;
+      else if (k == "unnorm_key") o->unnorm_key = v;
+      else if (k == "keep_ratio") o->keep_ratio = std::stod(v);
+      else if (k == "require_success") o->require_success = std::stod(v);
+      else if (k == "reference") o->reference = v != "0" && v != "false";
+      else {
+        std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
+        return false;
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bad flag value: %s\n", e.what());
+    return false;
+  }
+  if (o->model.empty()) {
+    std::fprintf(stderr, "--model: required\n");
+    return false;
+  }
+  if (o->episodes < 1 || o->threads < 1 || o->batch < 1) {
+    std::fprintf(stderr, "--episodes, --threads, --batch: must be positive\n");
+    return false;
+  }
+  if (o->keep_ratio > 1) {
+    std::fprintf(stderr, "--keep_ratio: must be in (0, 1]\n");
+    return false;
+  }
+  return true;
+}
+
+// Accumulated metrics of one (method, suite) cell.
+struct Cell {
+  std::string method, suite;
+  int episodes = 0, successes = 0;
+  double retention_sum = 0;  // per pass: mean over layers of kept / total vision tokens
+  double flops_ratio_sum = 0;
+  int64_t passes = 0;
+  double deviation_sum = 0;  // per pass: mean |a - a_ref| (normalized actions)
+  int64_t deviation_n = 0;
+  double recall_sum = 0;
+  int64_t recall_n = 0;
+  double forward_seconds = 0;
+  int64_t forward_samples = 0;
+  double mean_steps = 0;
+
+  double success() const { return episodes ? static_cast<double>(successes) / episodes : 0; }
+  double retention() const { return passes ? retention_sum / passes : 0; }
+  double flops() const { return passes ? flops_ratio_sum / passes : 0; }
+  double seconds_per_sample() const {
+    return forward_samples ? forward_seconds / forward_samples : 0;
+  }
+  double deviation() const { return deviation_n ? deviation_sum / deviation_n : NAN; }
+  double recall() const { return recall_n ? recall_sum / recall_n : NAN; }
+};
+
+absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
+                             const PruningConfig& pruning, const std::string& suite_name,
+                             const EvalOptions& o) {
+  auto suite = sim::ParseSuite(suite_name);
+  if (!suite.ok()) return suite.status();
+  const ModelConfig& c = m.model->config();
+  Cell cell;
+  cell.method = MethodName(pruning.method);
+  cell.suite = std::string(sim::SuiteName(*suite));
+  std::vector<sim::Episode> eps;
+  for (int i = 0; i < o.episodes; ++i) {
+    EpisodeSpec spec;
+    spec.suite = *suite;
+    auto e = sim::Episode::Create(*suite, o.seed + i,
+                                  SpecSimOptions(spec, static_cast<int>(c.image_size)));
+    if (!e.ok()) return e.status();
+    eps.push_back(*std::move(e));
+  }
+  std::vector<EpisodeState> states(eps.size());
+  std::vector<int64_t> step_of(eps.size(), 0);
+  PruningConfig none = pruning;
+  none.method = PruningMethod::kNone;
+  RolloutHooks hooks;
+  const bool prune = pruning.method != PruningMethod::kNone;
+  hooks.make_pruner = [&](size_t e, const torch::Tensor& patches)
+      -> absl::StatusOr<std::unique_ptr<SamplePruner>> {
+    PrunerContext ctx;
+    ctx.config = &pruning;
+    ctx.state = &states[e];
+    ctx.frame_patches = patches;
+    ctx.num_layers = static_cast<int>(c.llm.layers);
+    ctx.num_vision_tokens = c.vision_tokens();
+    ctx.seed = absl::HashOf(o.seed, cell.suite, e, step_of[e]++);
+    return CreatePruner(ctx);
+  };
+  hooks.observe = [&](size_t e, const SampleInput& in, const SampleResult& r,
+                      SamplePruner* pruner) -> absl::Status {
+    double kept = 0;
+    for (int32_t n : r.vision_tokens_per_layer) kept += n;
+    cell.retention_sum += kept / (static_cast<double>(r.vision_tokens_per_layer.size()) *
+                                  static_cast<double>(r.total_vision_tokens));
+    cell.flops_ratio_sum += r.flops() / r.flops_unpruned();
+    ++cell.passes;
+    if (!prune || !o.reference) return absl::OkStatus();
+    PrunerContext ctx;
+    ctx.config = &none;
+    ctx.num_layers = static_cast<int>(c.llm.layers);
+    ctx.num_vision_tokens = c.vision_tokens();
+    ctx.record_layers = pruning.specprune.global_layers;
+    auto ref_pruner = CreatePruner(ctx);
+    if (!ref_pruner.ok()) return ref_pruner.status();
+    SampleInput ref_in = in;
+    ref_in.pruner = ref_pruner->get();
+    auto ref = m.model->Forward({ref_in});
+    if (!ref.ok()) return ref.status();
+    cell.deviation_sum +=
+        (r.normalized_actions - (*ref)[0].normalized_actions).abs().mean().item<double>();
+    ++cell.deviation_n;
+    auto* sp = dynamic_cast<SpecPrunePruner*>(pruner);
+    auto* keep_all = dynamic_cast<KeepAllPruner*>(ref_pruner->get());
+    if (sp != nullptr && keep_all != nullptr && !sp->v_global().empty()) {
+      auto mean = keep_all->MeanRecordedScores();
+      if (mean.defined()) {
+        mean = mean.contiguous();
+        std::vector<float> scores(mean.data_ptr<float>(), mean.data_ptr<float>() + mean.numel());
+        auto top = TopKIndices(scores, static_cast<int64_t>(sp->v_global().size()));
+        cell.recall_sum += Recall(sp->v_global(), top);
+        ++cell.recall_n;
+      }
+    }
+    return absl::OkStatus();
+  };
+  RolloutOptions ro;
+  ro.execute_steps = o.execute_steps;
+  ro.max_batch = o.batch;
+  RolloutTimings timings;
+  auto out = RunPolicyEpisodes(*m.model, *m.tokenizer, stats, std::move(eps), ro, hooks, &timings);
+  if (!out.ok()) return out.status();
+  cell.episodes = static_cast<int>(out->size());
+  for (const auto& r : *out) {
+    cell.successes += r.success;
+    cell.mean_steps += r.steps;
+  }
+  cell.mean_steps /= std::max(1, cell.episodes);
+  cell.forward_seconds = timings.forward_seconds;
+  cell.forward_samples = timings.samples;
+  return cell;
+}
+
+nlohmann::json CellJson(const Cell& c, double none_sps) {
+  auto num = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(); };
+  return {{"method", c.method},
+          {"suite", c.suite},
+          {"episodes", c.episodes},
+          {"successes", c.successes},
+          {"success_rate", c.success()},
+          {"mean_episode_steps", c.mean_steps},
+          {"mean_vision_retention", c.retention()},
+          {"flops_ratio", c.flops()},
+          {"forward_seconds_per_sample", c.seconds_per_sample()},
+          {"speedup_vs_none", num(none_sps > 0 && c.seconds_per_sample() > 0
+                                      ? none_sps / c.seconds_per_sample()
+                                      : NAN)},
+          {"action_deviation", num(c.deviation())},
+          {"global_recall", num(c.recall())},
+          {"forward_passes", c.passes}};
+}
+
+Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
+  Cell all;
+  all.method = method;
+  all.suite = "all";
+  double steps = 0;
+  double success_rate_sum = 0;
+  int n = 0;
+  for (const auto& c : cells) {
+    if (c.method != method) continue;
+    all.episodes += c.episodes;
+    all.successes += c.successes;
+    all.retention_sum += c.retention_sum;
+    all.flops_ratio_sum += c.flops_ratio_sum;
+    all.passes += c.passes;
+    all.deviation_sum += c.deviation_sum;
+    all.deviation_n += c.deviation_n;
+    all.recall_sum += c.recall_sum;
+    all.recall_n += c.recall_n;
+    all.forward_seconds += c.forward_seconds;
+    all.forward_samples += c.forward_samples;
+    steps += c.mean_steps * c.episodes;
+    success_rate_sum += c.success();
+    ++n;
+  }
+  all.mean_steps = all.episodes ? steps / all.episodes : 0;
+  return all;
+}
+
+int Main(int argc, char** argv) {
+  EvalOptions o;
+  if (!ParseArgs(argc, argv, &o)) return 2;
+  torch::set_num_threads(o.threads);
+  ModelOptions mo;
+  mo.dtype = o.dtype;
+  auto m = LoadModelDir(o.model, mo);
+  if (!m.ok()) {
+    std::fprintf(stderr, "--model: %s\n", m.status().ToString().c_str());
+    return 1;
+  }
+  auto stats = m->stats.Get(o.unnorm_key);
+  if (!stats.ok()) {
+    std::fprintf(stderr, "--unnorm_key: %s\n", stats.status().ToString().c_str());
+    return 1;
+  }
+  for (const auto& s : o.suites)
+    if (auto p = sim::ParseSuite(s); !p.ok()) {
+      std::fprintf(stderr, "--suites: %s\n", p.status().ToString().c_str());
+      return 2;
+    }
+  std::vector<PruningMethod> methods;
+  for (const auto& name : o.methods) {
+    auto pm = ParseMethod(name);
+    if (!pm.ok()) {
+      std::fprintf(stderr, "--methods: %s\n", pm.status().ToString().c_str());
+      return 2;
+    }
+    methods.push_back(*pm);
+  }
+  // Order: none (speed reference), specprune (retention to match), then the rest.
+  std::stable_sort(methods.begin(), methods.end(), [](PruningMethod a, PruningMethod b) {
+    auto rank = [](PruningMethod x) {
+      return x == PruningMethod::kNone ? 0 : x == PruningMethod::kSpecPrune ? 1 : 2;
+    };
+    return rank(a) < rank(b);
+  });
+  const ModelConfig& c = m->model->config();
+  const PruningConfig defaults = DefaultPruningConfig(
+      static_cast<int>(c.llm.layers), c.vision_tokens(), c.patches_per_image());
+  const int num_layers = static_cast<int>(c.llm.layers);
+
+  std::vector<Cell> cells;
+  double matched_keep = o.keep_ratio;
+  double specprune_retention = -1;
+  auto t_start = std::chrono::steady_clock::now();
+  for (PruningMethod method : methods) {
+    PruningConfig pc = defaults;
+    pc.method = method;
+    if (method == PruningMethod::kFastV || method == PruningMethod::kRandom) {
+      if (matched_keep <= 0) {
+        if (specprune_retention <= 0) {
+          // Calibration pass: SpecPrune's retention on the same episodes (not reported).
+          PruningConfig sp = defaults;
+          sp.method = PruningMethod::kSpecPrune;
+          EvalOptions calib = o;
+          calib.reference = false;
+          std::vector<Cell> cal;
+          for (const auto& s : o.suites) {
+            auto cell = RunCell(*m, **stats, sp, s, calib);
+            if (!cell.ok()) {
+              std::fprintf(stderr, "calibration: %s\n", cell.status().ToString().c_str());
+              return 1;
+            }
+            cal.push_back(*cell);
+          }
+          specprune_retention = Merge(cal, MethodName(PruningMethod::kSpecPrune)).retention();
+        }
+        // Layers up to and including the pruning layer see every token; match the mean over
+        // all layers: (n_full + (L - n_full) r) / L = SpecPrune's retention.
+        const int layer = method == PruningMethod::kFastV ? pc.fastv.layer : pc.random.layer;
+        const int n_full = std::min(num_layers - 1, layer + 1);
+        matched_keep = (specprune_retention * num_layers - n_full) / (num_layers - n_full);
+        matched_keep = std::clamp(matched_keep, 1.0 / c.vision_tokens(), 1.0);
+      }
+      pc.fastv.keep_ratio = matched_keep;
+      pc.random.keep_ratio = matched_keep;
+    }
+    for (const auto& s : o.suites) {
+      auto cell = RunCell(*m, **stats, pc, s, o);
+      if (!cell.ok()) {
+        std::fprintf(stderr, "%s/%s: %s\n", MethodName(method).c_str(), s.c_str(),
+                     cell.status().ToString().c_str());
+        return 1;
+      }
+      std::fprintf(stderr, "%s/%s: success %d/%d\n", cell->method.c_str(), cell->suite.c_str(),
+                   cell->successes, cell->episodes);
+      cells.push_back(*cell);
+    }
+    if (method == PruningMethod::kSpecPrune)
+      specprune_retention = Merge(cells, MethodName(method)).retention();
+  }
+
+  std::map<std::string, double> none_sps;
+  for (const auto& cell : cells)
+    if (cell.method == "none") none_sps[cell.suite] = cell.seconds_per_sample();
+  none_sps["all"] = Merge(cells, "none").seconds_per_sample();
+
+  nlohmann::json j;
+  j["model"] = o.model;
+  j["episodes_per_suite"] = o.episodes;
+  j["seed"] = o.seed;
+  j["execute_steps"] = o.execute_steps;
+  j["dtype"] = o.dtype;
+  j["threads"] = o.threads;
+  j["matched_keep_ratio"] = matched_keep > 0 ? nlohmann::json(matched_keep) : nlohmann::json();
+  j["wall_seconds"] =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  j["results"] = nlohmann::json::array();
+  j["summary"] = nlohmann::json::array();
+
+  std::printf("%-10s %-8s %8s %10s %7s %8s %10s %7s\n", "method", "suite", "success", "retention",
+              "flops%", "speedup", "deviation", "recall");
+  auto row = [&](const Cell& cell) {
+    const double ref = none_sps.count(cell.suite) ? none_sps[cell.suite] : 0;
+    auto cj = CellJson(cell, ref);
+    auto fmt = [](const nlohmann::json& v, const char* f) {
+      char buf[32];
+      if (v.is_null()) return std::string("-");
+      std::snprintf(buf, sizeof buf, f, v.get<double>());
+      return std::string(buf);
+    };
+    std::printf("%-10s %-8s %3d/%-4d %9.1f%% %6.1f%% %8s %10s %7s\n", cell.method.c_str(),
+                cell.suite.c_str(), cell.successes, cell.episodes, 100 * cell.retention(),
+                100 * cell.flops(), fmt(cj["speedup_vs_none"], "%.2fx").c_str(),
+                fmt(cj["action_deviation"], "%.4f").c_str(),
+                fmt(cj["global_recall"], "%.3f").c_str());
+    return cj;
+  };
+  for (const auto& cell : cells) j["results"].push_back(row(cell));
+  double none_success = -1;
+  for (PruningMethod method : methods) {
+    Cell all = Merge(cells, MethodName(method));
+    auto cj = row(all);
+    // Mean of per-suite success rates (suites have equal episode counts, so equal to pooled).
+    j["summary"].push_back(cj);
+    if (method == PruningMethod::kNone) none_success = all.success();
+  }
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    f << j.dump(2) << "\n";
+    if (!f) {
+      std::fprintf(stderr, "--json: cannot write %s\n", o.json.c_str());
+      return 1;
+    }
+  }
+  if (o.require_success >= 0) {
+    if (none_success < 0) {
+      std::fprintf(stderr, "--require_success needs method none\n");
+      return 2;
+    }
+    if (!(none_success > o.require_success)) {
+      std::fprintf(stderr, "unpruned success %.3f is not above --require_success %.3f\n",
+                   none_success, o.require_success);
+      return 3;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace specprune
+
+int main(int argc, char** argv) { return specprune::Main(argc, argv); }
