@@ -14,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "model/checkpoint.h"
@@ -161,7 +160,8 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
     ctx.frame_patches = patches;
     ctx.num_layers = static_cast<int>(c.llm.layers);
     ctx.num_vision_tokens = c.vision_tokens();
-    ctx.seed = absl::HashOf(o.seed, cell.suite, e, step_of[e]++);
+    ctx.seed = (o.seed * 0x9E3779B97F4A7C15ull) ^ (static_cast<uint64_t>(*suite) << 48) ^
+               (static_cast<uint64_t>(e) << 24) ^ static_cast<uint64_t>(step_of[e]++);
     return CreatePruner(ctx);
   };
   hooks.observe = [&](size_t e, const SampleInput& in, const SampleResult& r,
