@@ -44,8 +44,7 @@ constexpr absl::Duration kWait = absl::Seconds(15);
 // The normalized action the fake runner returns for element (t, d) of the
 // chunk; p0, p1 are the sample's first two normalized proprio values.
 float FakeAction(float p0, float p1, int64_t prompt_len, int64_t t, int64_t d) {
-  return p0 + 0.1f * p1 + 0.01f * static_cast<float>(t) +
-         0.001f * static_cast<float>(d) +
+  return p0 + 0.1f * p1 + 0.01f * static_cast<float>(t) + 0.001f * static_cast<float>(d) +
          0.0001f * static_cast<float>(prompt_len);
 }
 
@@ -53,13 +52,9 @@ float FakeAction(float p0, float p1, int64_t prompt_len, int64_t t, int64_t d) {
 struct Seen {
   int robot = -1;
   int step = -1;
-  bool operator==(const Seen& o) const {
-    return robot == o.robot && step == o.step;
-  }
+  bool operator==(const Seen& o) const { return robot == o.robot && step == o.step; }
 };
-void PrintTo(const Seen& s, std::ostream* os) {
-  *os << "robot " << s.robot << " step " << s.step;
-}
+void PrintTo(const Seen& s, std::ostream* os) { *os << "robot " << s.robot << " step " << s.step; }
 
 // A deterministic ModelRunner that drives each sample's pruner like VlaModel
 // (StatsWanted/AfterLayer with synthetic attention statistics, Finish), records
@@ -73,9 +68,8 @@ class FakeRunner : public ModelRunner {
   std::string device_name() const override { return "fake"; }
   std::string dtype_name() const override { return "fp32"; }
 
-  absl::StatusOr<std::vector<SampleResult>> Forward(
-      const std::vector<SampleInput>& batch,
-      ForwardTimings* timings) const override {
+  absl::StatusOr<std::vector<SampleResult>> Forward(const std::vector<SampleInput>& batch,
+                                                    ForwardTimings* timings) const override {
     std::vector<Seen> seen;
     for (const auto& in : batch) {
       const float* p = in.proprio.data_ptr<float>();
@@ -135,8 +129,7 @@ class FakeRunner : public ModelRunner {
   // Waits until Forward has been entered `n` times in total.
   bool WaitEntered(int n) {
     std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, absl::ToChronoNanoseconds(kWait),
-                        [&] { return entered_ >= n; });
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(kWait), [&] { return entered_ >= n; });
   }
   std::vector<std::vector<Seen>> batches() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -161,8 +154,7 @@ class FakeRunner : public ModelRunner {
     std::vector<int64_t> tokens_per_layer;
     for (int l = 0; l < static_cast<int>(c.llm.layers); ++l) {
       r.vision_tokens_per_layer.push_back(static_cast<int32_t>(ids.size()));
-      tokens_per_layer.push_back(
-          SequenceLength(c, prompt_len, static_cast<int64_t>(ids.size())));
+      tokens_per_layer.push_back(SequenceLength(c, prompt_len, static_cast<int64_t>(ids.size())));
       if (in.pruner == nullptr) continue;
       LayerAttentionStats stats;
       const LayerAttentionStats* stats_ptr = nullptr;
@@ -181,8 +173,7 @@ class FakeRunner : public ModelRunner {
       std::set<int64_t> present(ids.begin(), ids.end()), kept;
       for (int64_t id : *keep) {
         if (present.count(id) == 0)
-          return absl::InternalError(
-              absl::StrCat("pruner kept absent token ", id));
+          return absl::InternalError(absl::StrCat("pruner kept absent token ", id));
         kept.insert(id);
       }
       ids.assign(kept.begin(), kept.end());
@@ -228,8 +219,7 @@ struct Outcome {
 class Collector {
  public:
   InferenceEngine::Done Callback(int tag) {
-    return [this, tag](absl::Status s,
-                       std::shared_ptr<const v1::PredictResponse> r) {
+    return [this, tag](absl::Status s, std::shared_ptr<const v1::PredictResponse> r) {
       {
         std::lock_guard<std::mutex> lock(mu_);
         outcomes_[tag] = {std::move(s), std::move(r)};
@@ -247,9 +237,7 @@ class Collector {
   Outcome Get(int tag) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = outcomes_.find(tag);
-    return it == outcomes_.end()
-               ? Outcome{absl::UnknownError("no answer"), nullptr}
-               : it->second;
+    return it == outcomes_.end() ? Outcome{absl::UnknownError("no answer"), nullptr} : it->second;
   }
   int calls(int tag) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -296,8 +284,7 @@ class EngineTest : public ::testing::Test {
   }
 
   static std::string TokenizerPath() {
-    return std::string(SPECPRUNE_SOURCE_DIR) +
-           "/tests/data/tokenizer_test.model";
+    return std::string(SPECPRUNE_SOURCE_DIR) + "/tests/data/tokenizer_test.model";
   }
 
   // Creates the engine with options_ and SpecPrune defaults for the model.
@@ -315,21 +302,19 @@ class EngineTest : public ::testing::Test {
     s.proprio.q99.assign(config_.proprio_dim, kProprioRange);
     ASSERT_TRUE(stats.Add(s).ok());
     PruningConfig pruning = DefaultPruningConfig(
-        static_cast<int>(config_.llm.layers), config_.vision_tokens(),
-        config_.patches_per_image());
+        static_cast<int>(config_.llm.layers), config_.vision_tokens(), config_.patches_per_image());
     ASSERT_EQ(pruning.method, PruningMethod::kSpecPrune);
-    auto engine =
-        InferenceEngine::Create(EngineModel{"fake-model", std::move(runner),
-                                            std::move(*tok), std::move(stats)},
-                                pruning, options_, &metrics_);
+    auto engine = InferenceEngine::Create(
+        EngineModel{"fake-model", std::move(runner), std::move(*tok), std::move(stats)}, pruning,
+        options_, &metrics_);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = std::move(*engine);
   }
 
   // Robot `robot` (index r, id "robot-r") at `step`; the instruction's length
   // depends on r so prompts differ between robots.
-  static std::shared_ptr<v1::PredictRequest> Request(
-      int robot, uint64_t step, const std::string& episode = "ep") {
+  static std::shared_ptr<v1::PredictRequest> Request(int robot, uint64_t step,
+                                                     const std::string& episode = "ep") {
     auto req = std::make_shared<v1::PredictRequest>();
     req->set_robot_id(absl::StrCat("robot-", robot));
     req->set_episode_id(episode);
@@ -358,14 +343,12 @@ class EngineTest : public ::testing::Test {
     return s;
   }
 
-  void Submit(int tag, std::shared_ptr<v1::PredictRequest> req,
-              RequestContext ctx = {}) {
+  void Submit(int tag, std::shared_ptr<v1::PredictRequest> req, RequestContext ctx = {}) {
     engine_->Predict(std::move(req), std::move(ctx), collector_.Callback(tag));
   }
 
   // Submits and waits for the answer.
-  Outcome Call(std::shared_ptr<v1::PredictRequest> req,
-               RequestContext ctx = {}) {
+  Outcome Call(std::shared_ptr<v1::PredictRequest> req, RequestContext ctx = {}) {
     const int tag = next_call_tag_++;
     const size_t before = collector_.answered();
     Submit(tag, std::move(req), std::move(ctx));
@@ -381,16 +364,13 @@ class EngineTest : public ::testing::Test {
     EXPECT_EQ(r.robot_id(), absl::StrCat("robot-", robot));
     EXPECT_EQ(r.step(), step);
     ASSERT_EQ(r.actions_size(), config_.chunk_size * config_.action_dim);
-    const int64_t prompt_len = static_cast<int64_t>(
-        BuildPromptIds(config_, *tokenizer_, Instruction(robot)).size());
+    const int64_t prompt_len =
+        static_cast<int64_t>(BuildPromptIds(config_, *tokenizer_, Instruction(robot)).size());
     for (int64_t t = 0; t < config_.chunk_size; ++t)
       for (int64_t d = 0; d < config_.action_dim; ++d)
         EXPECT_NEAR(r.actions(t * config_.action_dim + d),
-                    FakeAction(robot / kProprioRange, step / kProprioRange,
-                               prompt_len, t, d),
-                    2e-5)
-            << "robot " << robot << " step " << step << " t " << t << " d "
-            << d;
+                    FakeAction(robot / kProprioRange, step / kProprioRange, prompt_len, t, d), 2e-5)
+            << "robot " << robot << " step " << step << " t " << t << " d " << d;
     EXPECT_EQ(r.total_vision_tokens(), config_.vision_tokens());
     EXPECT_EQ(r.pruning().retained_per_layer_size(), config_.llm.layers);
   }
@@ -438,8 +418,7 @@ TEST_F(EngineTest, StepsOfOneRobotRunInOrderAndNeverShareABatch) {
   for (const auto& batch : runner_->batches()) {
     std::set<int> robots;
     for (const Seen& s : batch) {
-      EXPECT_TRUE(robots.insert(s.robot).second)
-          << "robot " << s.robot << " twice in one batch";
+      EXPECT_TRUE(robots.insert(s.robot).second) << "robot " << s.robot << " twice in one batch";
       steps_seen[s.robot].push_back(s.step);
     }
   }
@@ -458,12 +437,10 @@ TEST_F(EngineTest, RobotsSubmittedTogetherShareABatchAndGetTheirOwnAnswers) {
   std::set<int> robots;
   for (const Seen& s : batches[0]) robots.insert(s.robot);
   EXPECT_EQ(robots, (std::set<int>{1, 2, 3, 4}));
-  for (int robot = 1; robot <= 4; ++robot)
-    ExpectOwnAnswer(collector_.Get(robot), robot, 0);
+  for (int robot = 1; robot <= 4; ++robot) ExpectOwnAnswer(collector_.Get(robot), robot, 0);
 }
 
-TEST_F(EngineTest,
-       FullQueueRejectsWithResourceExhaustedAndQueuedWorkCompletes) {
+TEST_F(EngineTest, FullQueueRejectsWithResourceExhaustedAndQueuedWorkCompletes) {
   options_.batcher.max_batch_size = 1;
   options_.batcher.max_queue_delay = absl::ZeroDuration();
   options_.batcher.max_queue_size = 2;
@@ -477,18 +454,15 @@ TEST_F(EngineTest,
   Submit(4, Request(4, 0));  // queue holds 2 and 3
   ASSERT_TRUE(collector_.WaitFor(1));
   const Outcome rejected = collector_.Get(4);
-  EXPECT_EQ(rejected.status.code(), absl::StatusCode::kResourceExhausted)
-      << rejected.status;
+  EXPECT_EQ(rejected.status.code(), absl::StatusCode::kResourceExhausted) << rejected.status;
   EXPECT_THAT(rejected.status.message(), HasSubstr("queue full"));
   EXPECT_EQ(rejected.response, nullptr);
   runner_->Unblock();
   ASSERT_TRUE(collector_.WaitFor(4));
-  for (int robot = 1; robot <= 3; ++robot)
-    ExpectOwnAnswer(collector_.Get(robot), robot, 0);
+  for (int robot = 1; robot <= 3; ++robot) ExpectOwnAnswer(collector_.Get(robot), robot, 0);
   for (const Seen& s : runner_->samples()) EXPECT_NE(s.robot, 4);
-  EXPECT_THAT(
-      metrics_.Serialize(),
-      HasSubstr("specprune_rejected_requests_total{reason=\"queue_full\"} 1"));
+  EXPECT_THAT(metrics_.Serialize(),
+              HasSubstr("specprune_rejected_requests_total{reason=\"queue_full\"} 1"));
   // The rejected robot's session is usable: its retry is computed.
   ExpectOwnAnswer(Call(Request(4, 0)), 4, 0);
 }
@@ -498,10 +472,8 @@ TEST_F(EngineTest, ExpiredDeadlineIsNotComputed) {
   options_.batcher.max_queue_delay = absl::ZeroDuration();
   ASSERT_NO_FATAL_FAILURE(Start());
   // Already expired on arrival.
-  const Outcome late =
-      Call(Request(1, 0), WithDeadline(absl::Now() - absl::Seconds(1)));
-  EXPECT_EQ(late.status.code(), absl::StatusCode::kDeadlineExceeded)
-      << late.status;
+  const Outcome late = Call(Request(1, 0), WithDeadline(absl::Now() - absl::Seconds(1)));
+  EXPECT_EQ(late.status.code(), absl::StatusCode::kDeadlineExceeded) << late.status;
   EXPECT_TRUE(runner_->batches().empty());
 
   // Expires while queued behind a blocked runner.
@@ -512,8 +484,7 @@ TEST_F(EngineTest, ExpiredDeadlineIsNotComputed) {
   absl::SleepFor(absl::Milliseconds(600));
   runner_->Unblock();
   ASSERT_TRUE(collector_.WaitFor(3));
-  EXPECT_EQ(collector_.Get(3).status.code(),
-            absl::StatusCode::kDeadlineExceeded)
+  EXPECT_EQ(collector_.Get(3).status.code(), absl::StatusCode::kDeadlineExceeded)
       << collector_.Get(3).status;
   ExpectOwnAnswer(collector_.Get(2), 2, 0);
   EXPECT_THAT(runner_->samples(), ElementsAre(Seen{2, 0}));
@@ -527,8 +498,7 @@ TEST_F(EngineTest, CancelledRequestIsNotComputed) {
   runner_->Block();
   Submit(1, Request(1, 0));
   ASSERT_TRUE(runner_->WaitEntered(1));
-  Submit(2, Request(2, 0),
-         {.cancelled = [cancelled] { return cancelled->load(); }});
+  Submit(2, Request(2, 0), {.cancelled = [cancelled] { return cancelled->load(); }});
   cancelled->store(true);
   runner_->Unblock();
   ASSERT_TRUE(collector_.WaitFor(2));
@@ -569,12 +539,10 @@ TEST_F(EngineTest, RetryOfTheLastStepReturnsTheCachedResponse) {
 
 TEST_F(EngineTest, StepBelowTheLastIsRejectedWithFailedPrecondition) {
   ASSERT_NO_FATAL_FAILURE(Start());
-  for (uint64_t step : {0u, 1u, 2u})
-    ExpectOwnAnswer(Call(Request(1, step)), 1, step);
+  for (uint64_t step : {0u, 1u, 2u}) ExpectOwnAnswer(Call(Request(1, step)), 1, step);
   const size_t passes = runner_->samples().size();
   const Outcome stale = Call(Request(1, 1));
-  EXPECT_EQ(stale.status.code(), absl::StatusCode::kFailedPrecondition)
-      << stale.status;
+  EXPECT_EQ(stale.status.code(), absl::StatusCode::kFailedPrecondition) << stale.status;
   EXPECT_THAT(stale.status.message(), HasSubstr("step"));
   EXPECT_EQ(runner_->samples().size(), passes);
   const Outcome next = Call(Request(1, 3));
@@ -631,17 +599,14 @@ TEST_F(EngineTest, InvalidRequestIsRejectedAndNeverReachesTheRunner) {
   auto bad_key = Request(1, 0);
   bad_key->set_unnorm_key("no_such_dataset");
   auto bad_jpeg = Request(1, 0);  // framing passes validation, decoding fails
-  bad_jpeg->mutable_images(0)->set_encoded(
-      std::string("\xFF\xD8\xFF\xE0garbage", 11));
+  bad_jpeg->mutable_images(0)->set_encoded(std::string("\xFF\xD8\xFF\xE0garbage", 11));
 
-  const std::vector<std::pair<std::shared_ptr<v1::PredictRequest>, std::string>>
-      cases = {{short_proprio, "proprio"}, {bad_robot, "robot_id"},
-               {bad_pixels, "images[1]"},  {nan_proprio, "proprio[3]"},
-               {bad_key, "unnorm_key"},    {bad_jpeg, "images[0]"}};
+  const std::vector<std::pair<std::shared_ptr<v1::PredictRequest>, std::string>> cases = {
+      {short_proprio, "proprio"},  {bad_robot, "robot_id"}, {bad_pixels, "images[1]"},
+      {nan_proprio, "proprio[3]"}, {bad_key, "unnorm_key"}, {bad_jpeg, "images[0]"}};
   for (const auto& [req, field] : cases) {
     const Outcome o = Call(req);
-    EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument)
-        << field << ": " << o.status;
+    EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument) << field << ": " << o.status;
     EXPECT_THAT(std::string(o.status.message()), HasSubstr(field));
     EXPECT_EQ(o.response, nullptr);
   }
@@ -686,16 +651,14 @@ TEST_F(EngineTest, ShutdownDrainsQueuedWorkThenRejectsWithUnavailable) {
   runner_->SetDelay(absl::Milliseconds(5));
   constexpr int kRobots = 3, kSteps = 4;
   for (int step = 0; step < kSteps; ++step)
-    for (int robot = 1; robot <= kRobots; ++robot)
-      Submit(robot * 100 + step, Request(robot, step));
+    for (int robot = 1; robot <= kRobots; ++robot) Submit(robot * 100 + step, Request(robot, step));
   engine_->Shutdown();
   // Shutdown returned: every accepted request has been answered, once.
   EXPECT_EQ(collector_.answered(), static_cast<size_t>(kRobots * kSteps));
   for (int step = 0; step < kSteps; ++step) {
     for (int robot = 1; robot <= kRobots; ++robot) {
       const int tag = robot * 100 + step;
-      EXPECT_EQ(collector_.calls(tag), 1)
-          << "robot " << robot << " step " << step;
+      EXPECT_EQ(collector_.calls(tag), 1) << "robot " << robot << " step " << step;
       ExpectOwnAnswer(collector_.Get(tag), robot, step);
     }
   }
