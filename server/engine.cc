@@ -257,6 +257,15 @@ void InferenceEngine::Predict(std::shared_ptr<const v1::PredictRequest> request,
   job->done = std::move(done);
   job->session =
       sessions_.GetOrCreate(job->request->robot_id(), &job->session_created);
+  if (job->session->pending() >= options_.max_pending_per_robot) {
+    if (metrics_) metrics_->RecordRejected(RejectReason::kQueueFull);
+    Finish(*job,
+           absl::ResourceExhaustedError(absl::StrCat(
+               "robot_id \"", job->request->robot_id(), "\": ", options_.max_pending_per_robot,
+               " requests already waiting for this robot; send one step at a time")),
+           nullptr);
+    return;
+  }
   job->session->Submit([this, job](Session::Done session_done) {
     job->session_done = std::move(session_done);
     StartStep(job);
@@ -282,6 +291,16 @@ void InferenceEngine::StartStep(std::shared_ptr<Job> job) {
                "step: ", req.step(), " is lower than the episode's last step ",
                job->session->last_step, " (episode \"",
                job->session->episode_id, "\")")),
+           nullptr);
+    return;
+  }
+  // Bound the work accepted ahead of the batcher, as the batcher bounds its own queue.
+  if (preprocess_pool_->pending() >= options_.batcher.max_queue_size) {
+    if (metrics_) metrics_->RecordRejected(RejectReason::kQueueFull);
+    Finish(*job,
+           absl::ResourceExhaustedError(absl::StrCat(
+               "request queue full (", preprocess_pool_->pending(),
+               " requests waiting for preprocessing); retry later")),
            nullptr);
     return;
   }

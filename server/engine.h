@@ -40,6 +40,9 @@ namespace specprune {
 struct EngineOptions {
   BatcherOptions batcher;        // max batch size, queue delay, queue bound
   int preprocess_threads = 2;    // image decode/resize pool
+  // Requests of one robot waiting behind its running step; more are RESOURCE_EXHAUSTED (a robot
+  // controller has at most one step in flight; this bounds a misbehaving client).
+  size_t max_pending_per_robot = 8;
   SessionStoreOptions sessions;  // LRU bound and idle TTL
   ValidationLimits
       limits;  // request limits (cameras etc. are filled from the model)

@@ -467,6 +467,23 @@ TEST_F(EngineTest, FullQueueRejectsWithResourceExhaustedAndQueuedWorkCompletes) 
   ExpectOwnAnswer(Call(Request(4, 0)), 4, 0);
 }
 
+TEST_F(EngineTest, TooManyRequestsWaitingForOneRobotAreRejected) {
+  options_.max_pending_per_robot = 3;
+  ASSERT_NO_FATAL_FAILURE(Start());
+  runner_->Block();
+  Submit(0, Request(1, 0));
+  ASSERT_TRUE(runner_->WaitEntered(1));
+  for (uint64_t step = 1; step <= 4; ++step) Submit(static_cast<int>(step), Request(1, step));
+  ASSERT_TRUE(collector_.WaitFor(1));
+  const Outcome rejected = collector_.Get(4);  // steps 1-3 wait behind step 0
+  EXPECT_EQ(rejected.status.code(), absl::StatusCode::kResourceExhausted) << rejected.status;
+  EXPECT_THAT(rejected.status.message(), HasSubstr("robot-1"));
+  runner_->Unblock();
+  ASSERT_TRUE(collector_.WaitFor(5));
+  for (uint64_t step = 0; step <= 3; ++step)
+    ExpectOwnAnswer(collector_.Get(static_cast<int>(step)), 1, step);
+}
+
 TEST_F(EngineTest, ExpiredDeadlineIsNotComputed) {
   options_.batcher.max_batch_size = 1;
   options_.batcher.max_queue_delay = absl::ZeroDuration();
