@@ -75,13 +75,16 @@ torch::Tensor SceneFrame(int64_t size, int robot, int camera, int step) {
   for (int c = 0; c < 3; ++c)
     img[c] = 0.35 + 0.1 * torch::sin(6.0 * xx * (c + 1) + robot) * torch::cos(5.0 * yy + camera);
   for (int k = 0; k < 4; ++k) {
-    const double cx = 0.2 + 0.6 * std::fmod(0.17 * (k + 1) * (robot + 1) + 0.01 * step * (k + 1), 1.0);
+    const double cx =
+        0.2 + 0.6 * std::fmod(0.17 * (k + 1) * (robot + 1) + 0.01 * step * (k + 1), 1.0);
     const double cy = 0.2 + 0.6 * std::fmod(0.29 * (k + 2) + 0.13 * camera, 1.0);
-    const int64_t half = size / 10, x0 = static_cast<int64_t>(cx * size), y0 = static_cast<int64_t>(cy * size);
+    const int64_t half = size / 10, x0 = static_cast<int64_t>(cx * size),
+                  y0 = static_cast<int64_t>(cy * size);
     const float color[3] = {static_cast<float>(k % 3 == 0), static_cast<float>(k % 3 == 1),
                             static_cast<float>(k % 3 == 2)};
     for (int c = 0; c < 3; ++c)
-      img[c].slice(0, std::max<int64_t>(0, y0 - half), std::min(size, y0 + half))
+      img[c]
+          .slice(0, std::max<int64_t>(0, y0 - half), std::min(size, y0 + half))
           .slice(1, std::max<int64_t>(0, x0 - half), std::min(size, x0 + half))
           .fill_(color[c]);
   }
@@ -107,7 +110,8 @@ int RunModel(const Args& args) {
   } else {
     auto config = PresetConfig(args.config);
     if (!config.ok()) return Usage(std::string(config.status().message()).c_str());
-    auto m = VlaModel::Create(*config, {.device = args.device, .dtype = args.dtype, .seed = args.seed});
+    auto m =
+        VlaModel::Create(*config, {.device = args.device, .dtype = args.dtype, .seed = args.seed});
     if (!m.ok()) return Usage(std::string(m.status().message()).c_str());
     model = std::move(*m);
     auto tok = Tokenizer::Load(std::string(SPECPRUNE_SOURCE_DIR) + "/models/tiny/tokenizer.model");
@@ -115,8 +119,8 @@ int RunModel(const Args& args) {
     tokenizer = std::move(*tok);
   }
   const ModelConfig& c = model->config();
-  const PruningConfig defaults =
-      DefaultPruningConfig(static_cast<int>(c.llm.layers), c.vision_tokens(), c.patches_per_image());
+  const PruningConfig defaults = DefaultPruningConfig(static_cast<int>(c.llm.layers),
+                                                      c.vision_tokens(), c.patches_per_image());
   std::vector<PruningConfig> configs;
   for (const auto& name : args.methods) {
     auto method = ParseMethod(name);
@@ -132,11 +136,12 @@ int RunModel(const Args& args) {
   // Per method, per robot episode state.
   std::vector<std::vector<EpisodeState>> states(nm, std::vector<EpisodeState>(args.batch));
   std::vector<MethodStats> stats(nm);
-  std::printf("model %s (%lld params, %lld vision tokens, %lld layers), batch %d, %s on %s, "
-              "%d torch threads\n",
-              c.name.c_str(), static_cast<long long>(model->parameter_count()),
-              static_cast<long long>(c.vision_tokens()), static_cast<long long>(c.llm.layers),
-              args.batch, args.dtype.c_str(), args.device.c_str(), at::get_num_threads());
+  std::printf(
+      "model %s (%lld params, %lld vision tokens, %lld layers), batch %d, %s on %s, "
+      "%d torch threads\n",
+      c.name.c_str(), static_cast<long long>(model->parameter_count()),
+      static_cast<long long>(c.vision_tokens()), static_cast<long long>(c.llm.layers), args.batch,
+      args.dtype.c_str(), args.device.c_str(), at::get_num_threads());
   for (int it = 0; it < args.warmup + args.iters; ++it) {
     const int step = it % args.episode_steps;
     // Inputs shared by every method this iteration.
@@ -149,8 +154,7 @@ int RunModel(const Args& args) {
         pp.push_back(extract_patches(base[b].images.back(), c.towers[0].patch_size));
       }
       patches[b] = torch::cat(pp, 0);
-      base[b].prompt_ids =
-          BuildPromptIds(c, *tokenizer, instructions[b % instructions.size()]);
+      base[b].prompt_ids = BuildPromptIds(c, *tokenizer, instructions[b % instructions.size()]);
       base[b].proprio = torch::zeros({c.proprio_dim});
     }
     for (int k = 0; k < nm; ++k) {
@@ -196,11 +200,14 @@ int RunModel(const Args& args) {
         s.flops_ratio.push_back(r.flops() / r.flops_unpruned());
         s.llm_flops_ratio.push_back(r.llm_flops / r.llm_flops_unpruned);
         const ControllerMode mode = pruners[b]->mode();
-        s.modes[mode == ControllerMode::kFine ? "fine" : mode == ControllerMode::kCoarse ? "coarse" : "none"]++;
+        s.modes[mode == ControllerMode::kFine     ? "fine"
+                : mode == ControllerMode::kCoarse ? "coarse"
+                                                  : "none"]++;
         s.fallbacks += pruners[b]->used_fallback();
       }
     }
-    if ((it + 1) % 10 == 0) std::fprintf(stderr, "  iteration %d/%d\n", it + 1, args.warmup + args.iters);
+    if ((it + 1) % 10 == 0)
+      std::fprintf(stderr, "  iteration %d/%d\n", it + 1, args.warmup + args.iters);
   }
   auto mean = [](const std::vector<double>& v) {
     return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / v.size();
@@ -225,25 +232,26 @@ int RunModel(const Args& args) {
                 args.methods[m].c_str(), e2e * 1e3, llm * 1e3, Percentile(s.vision, 0.5) * 1e3,
                 100 * mean(s.retained_static), 100 * mean(s.retained_mean), mean(s.flops_ratio),
                 mean(s.llm_flops_ratio), speedup, llm_speedup, efficiency);
-    results.push_back({{"method", args.methods[m]},
-                       {"e2e_seconds", {{"median", e2e}, {"p90", Percentile(s.e2e, 0.9)}}},
-                       {"llm_seconds", {{"median", llm}, {"p90", Percentile(s.llm, 0.9)}}},
-                       {"vision_seconds",
-                        {{"median", Percentile(s.vision, 0.5)}, {"p90", Percentile(s.vision, 0.9)}}},
-                       {"action_head_seconds",
-                        {{"median", Percentile(s.head, 0.5)}, {"p90", Percentile(s.head, 0.9)}}},
-                       {"retention_after_static", mean(s.retained_static)},
-                       {"retention_final_layer", mean(s.retained_final)},
-                       {"retention_mean_over_layers", mean(s.retained_mean)},
-                       {"flops_ratio", mean(s.flops_ratio)},
-                       {"llm_flops_ratio", mean(s.llm_flops_ratio)},
-                       {"speedup_vs_none", speedup},
-                       {"llm_speedup_vs_none", llm_speedup},
-                       {"llm_flops_ideal_speedup", ideal},
-                       {"efficiency", efficiency},
-                       {"controller_modes", s.modes},
-                       {"first_step_fallbacks", s.fallbacks},
-                       {"samples", s.e2e.size() * args.batch}});
+    results.push_back(
+        {{"method", args.methods[m]},
+         {"e2e_seconds", {{"median", e2e}, {"p90", Percentile(s.e2e, 0.9)}}},
+         {"llm_seconds", {{"median", llm}, {"p90", Percentile(s.llm, 0.9)}}},
+         {"vision_seconds",
+          {{"median", Percentile(s.vision, 0.5)}, {"p90", Percentile(s.vision, 0.9)}}},
+         {"action_head_seconds",
+          {{"median", Percentile(s.head, 0.5)}, {"p90", Percentile(s.head, 0.9)}}},
+         {"retention_after_static", mean(s.retained_static)},
+         {"retention_final_layer", mean(s.retained_final)},
+         {"retention_mean_over_layers", mean(s.retained_mean)},
+         {"flops_ratio", mean(s.flops_ratio)},
+         {"llm_flops_ratio", mean(s.llm_flops_ratio)},
+         {"speedup_vs_none", speedup},
+         {"llm_speedup_vs_none", llm_speedup},
+         {"llm_flops_ideal_speedup", ideal},
+         {"efficiency", efficiency},
+         {"controller_modes", s.modes},
+         {"first_step_fallbacks", s.fallbacks},
+         {"samples", s.e2e.size() * args.batch}});
   }
   const auto flops = UnprunedForwardFlops(c, 20);
   nlohmann::json j = {{"benchmark", "model"},
@@ -293,19 +301,32 @@ int main(int argc, char** argv) {
     const std::string v = argv[++i];
     auto num = [&](int* out) { return absl::SimpleAtoi(v, out); };
     bool ok = true;
-    if (f == "--model") a.model_dir = v;
-    else if (f == "--config") a.config = v;
-    else if (f == "--dtype") a.dtype = v;
-    else if (f == "--device") a.device = v;
-    else if (f == "--json") a.json = v;
-    else if (f == "--methods") a.methods = absl::StrSplit(v, ',', absl::SkipEmpty());
-    else if (f == "--batch") ok = num(&a.batch) && a.batch > 0;
-    else if (f == "--iters") ok = num(&a.iters) && a.iters > 0;
-    else if (f == "--warmup") ok = num(&a.warmup) && a.warmup >= 0;
-    else if (f == "--episode-steps") ok = num(&a.episode_steps) && a.episode_steps > 0;
-    else if (f == "--threads") ok = num(&a.threads) && a.threads >= 0;
-    else if (f == "--seed") ok = absl::SimpleAtoi(v, &a.seed);
-    else return Usage(("unknown flag " + f).c_str());
+    if (f == "--model")
+      a.model_dir = v;
+    else if (f == "--config")
+      a.config = v;
+    else if (f == "--dtype")
+      a.dtype = v;
+    else if (f == "--device")
+      a.device = v;
+    else if (f == "--json")
+      a.json = v;
+    else if (f == "--methods")
+      a.methods = absl::StrSplit(v, ',', absl::SkipEmpty());
+    else if (f == "--batch")
+      ok = num(&a.batch) && a.batch > 0;
+    else if (f == "--iters")
+      ok = num(&a.iters) && a.iters > 0;
+    else if (f == "--warmup")
+      ok = num(&a.warmup) && a.warmup >= 0;
+    else if (f == "--episode-steps")
+      ok = num(&a.episode_steps) && a.episode_steps > 0;
+    else if (f == "--threads")
+      ok = num(&a.threads) && a.threads >= 0;
+    else if (f == "--seed")
+      ok = absl::SimpleAtoi(v, &a.seed);
+    else
+      return Usage(("unknown flag " + f).c_str());
     if (!ok) return Usage(("bad value for " + f + ": " + v).c_str());
   }
   if (a.methods.empty()) return Usage("--methods is empty");

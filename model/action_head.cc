@@ -22,17 +22,20 @@ torch::Tensor ProprioProjectorImpl::forward(const torch::Tensor& x) {
 }
 
 MlpResNetBlockImpl::MlpResNetBlockImpl(int64_t dim) {
-  ffn = register_module("ffn", torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})),
-                                                     torch::nn::Linear(dim, dim), torch::nn::ReLU()));
+  ffn = register_module(
+      "ffn", torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})),
+                                   torch::nn::Linear(dim, dim), torch::nn::ReLU()));
 }
 
 MlpResNetImpl::MlpResNetImpl(int64_t num_blocks, int64_t input_dim, int64_t hidden_dim,
                              int64_t output_dim) {
-  layer_norm1 = register_module("layer_norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({input_dim})));
+  layer_norm1 = register_module("layer_norm1",
+                                torch::nn::LayerNorm(torch::nn::LayerNormOptions({input_dim})));
   fc1 = register_module("fc1", torch::nn::Linear(input_dim, hidden_dim));
   mlp_resnet_blocks = register_module("mlp_resnet_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < num_blocks; ++i) mlp_resnet_blocks->push_back(MlpResNetBlock(hidden_dim));
-  layer_norm2 = register_module("layer_norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden_dim})));
+  layer_norm2 = register_module("layer_norm2",
+                                torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden_dim})));
   fc2 = register_module("fc2", torch::nn::Linear(hidden_dim, output_dim));
 }
 

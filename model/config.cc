@@ -249,7 +249,8 @@ namespace {
 
 // Reads j[key] into *out when present; type errors name the field.
 template <typename T>
-absl::Status Read(const nlohmann::json& j, const std::string& key, const std::string& path, T* out) {
+absl::Status Read(const nlohmann::json& j, const std::string& key, const std::string& path,
+                  T* out) {
   auto it = j.find(key);
   if (it == j.end()) return absl::OkStatus();
   try {
@@ -271,21 +272,21 @@ absl::Status CheckKeys(const nlohmann::json& j, const std::string& path,
   return absl::OkStatus();
 }
 
-#define SP_READ(j, key, path, out)                                   \
-  do {                                                               \
-    absl::Status _s = Read(j, key, path, out);                       \
-    if (!_s.ok()) return _s;                                         \
+#define SP_READ(j, key, path, out)             \
+  do {                                         \
+    absl::Status _s = Read(j, key, path, out); \
+    if (!_s.ok()) return _s;                   \
   } while (0)
 
 }  // namespace
 
 absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
   ModelConfig c;
-  if (auto s = CheckKeys(j, "",
-                         {"name", "image_size", "cameras", "towers", "projector_hidden", "llm",
-                          "proprio_dim", "action_dim", "chunk_size", "action_head_hidden",
-                          "action_head_blocks", "prompt_suffix_token", "prompt_template",
-                          "gripper_postprocess", "center_crop_area"});
+  if (auto s = CheckKeys(
+          j, "",
+          {"name", "image_size", "cameras", "towers", "projector_hidden", "llm", "proprio_dim",
+           "action_dim", "chunk_size", "action_head_hidden", "action_head_blocks",
+           "prompt_suffix_token", "prompt_template", "gripper_postprocess", "center_crop_area"});
       !s.ok())
     return s;
   // Start from the named preset so a config file may override only some numbers.
@@ -301,11 +302,11 @@ absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
     for (size_t i = 0; i < it->size(); ++i) {
       const auto& tj = (*it)[i];
       const std::string p = absl::StrCat("towers[", i, "].");
-      if (auto s = CheckKeys(tj, p,
-                             {"name", "width", "depth", "heads", "mlp_dim", "patch_size",
-                              "output_block", "num_register_tokens", "class_token",
-                              "layer_scale", "gelu_tanh", "norm_eps", "stem", "stem_channels",
-                              "pos_embed", "mean", "std"});
+      if (auto s =
+              CheckKeys(tj, p,
+                        {"name", "width", "depth", "heads", "mlp_dim", "patch_size", "output_block",
+                         "num_register_tokens", "class_token", "layer_scale", "gelu_tanh",
+                         "norm_eps", "stem", "stem_channels", "pos_embed", "mean", "std"});
           !s.ok())
         return s;
       VisionTowerConfig t = i < c.towers.size() ? c.towers[i] : VisionTowerConfig{};
@@ -332,10 +333,10 @@ absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
   }
   SP_READ(j, "projector_hidden", "", &c.projector_hidden);
   if (auto it = j.find("llm"); it != j.end()) {
-    if (auto s = CheckKeys(*it, "llm.",
-                           {"hidden", "layers", "heads", "intermediate", "vocab_size",
-                            "rms_norm_eps", "rope_theta", "bos_token_id", "eos_token_id",
-                            "pad_token_id"});
+    if (auto s =
+            CheckKeys(*it, "llm.",
+                      {"hidden", "layers", "heads", "intermediate", "vocab_size", "rms_norm_eps",
+                       "rope_theta", "bos_token_id", "eos_token_id", "pad_token_id"});
         !s.ok())
       return s;
     SP_READ(*it, "hidden", "llm.", &c.llm.hidden);

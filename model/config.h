@@ -1,7 +1,7 @@
 // Model configuration: every shape of the VLA (DESIGN §4). Configs differ in numbers, not in code
 // paths. Presets: "tiny" (embedded default), "small" (OpenVLA token geometry, narrow network) and
-// "openvla-oft-7b" (exact OpenVLA-OFT shapes). A config round-trips through JSON (`config.json` in a
-// model directory, key "specprune").
+// "openvla-oft-7b" (exact OpenVLA-OFT shapes). A config round-trips through JSON (`config.json` in
+// a model directory, key "specprune").
 #pragma once
 
 #include <array>
@@ -18,7 +18,7 @@ namespace specprune {
 struct VisionTowerConfig {
   std::string name = "featurizer";  // checkpoint prefix under vision_backbone.
   int64_t width = 128;
-  int64_t depth = 2;                // blocks that exist in the checkpoint
+  int64_t depth = 2;  // blocks that exist in the checkpoint
   int64_t heads = 4;
   int64_t mlp_dim = 256;
   int64_t patch_size = 8;
@@ -32,7 +32,7 @@ struct VisionTowerConfig {
   // "patch": a single strided conv (timm PatchEmbed). "conv": a convolutional stem of stride-2
   // 3x3 convs followed by a 1x1 projection (hybrid ViT) with the same output grid.
   std::string stem = "patch";
-  int64_t stem_channels = 32;       // first conv width of the "conv" stem
+  int64_t stem_channels = 32;  // first conv width of the "conv" stem
   // Positional embedding: "learned" (timm pos_embed, patches only) or "sincos" (fixed 2D).
   std::string pos_embed = "learned";
   // Per-channel normalization of [0,1] RGB before the tower.
@@ -79,7 +79,9 @@ struct ModelConfig {
   int64_t patches_per_image() const {
     return (image_size / towers.at(0).patch_size) * (image_size / towers.at(0).patch_size);
   }
-  int64_t vision_tokens() const { return patches_per_image() * static_cast<int64_t>(cameras.size()); }
+  int64_t vision_tokens() const {
+    return patches_per_image() * static_cast<int64_t>(cameras.size());
+  }
   int64_t vision_width() const {
     int64_t w = 0;
     for (const auto& t : towers) w += t.width;

@@ -24,36 +24,31 @@ using json = nlohmann::json;
 
 constexpr double kEps = 1e-8;
 
-absl::Status ReadFloats(const json& parent, const char* field,
-                        const std::string& what, bool required,
-                        std::vector<float>* out) {
+absl::Status ReadFloats(const json& parent, const char* field, const std::string& what,
+                        bool required, std::vector<float>* out) {
   const auto it = parent.find(field);
   if (it == parent.end()) {
     if (!required) return absl::OkStatus();
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": missing field '", field, "'"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": missing field '", field, "'"));
   }
   if (!it->is_array()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ".", field, ": not an array"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ".", field, ": not an array"));
   }
   out->clear();
   out->reserve(it->size());
   for (size_t i = 0; i < it->size(); ++i) {
     const json& v = (*it)[i];
     if (!v.is_number()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ".", field, "[", i, "]: not a number: ", v.dump()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ".", field, "[", i, "]: not a number: ", v.dump()));
     }
     out->push_back(v.get<float>());
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<NormStats> ParseNormStats(const json& j,
-                                         const std::string& what) {
-  if (!j.is_object())
-    return absl::InvalidArgumentError(absl::StrCat(what, ": not an object"));
+absl::StatusOr<NormStats> ParseNormStats(const json& j, const std::string& what) {
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(what, ": not an object"));
   NormStats s;
   absl::Status status = ReadFloats(j, "q01", what, true, &s.q01);
   if (status.ok()) status = ReadFloats(j, "q99", what, true, &s.q99);
@@ -65,13 +60,12 @@ absl::StatusOr<NormStats> ParseNormStats(const json& j,
   const auto mask = j.find("mask");
   if (mask != j.end()) {
     if (!mask->is_array()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ".mask: not an array"));
+      return absl::InvalidArgumentError(absl::StrCat(what, ".mask: not an array"));
     }
     for (size_t i = 0; i < mask->size(); ++i) {
       if (!(*mask)[i].is_boolean()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            what, ".mask[", i, "]: not a boolean: ", (*mask)[i].dump()));
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, ".mask[", i, "]: not a boolean: ", (*mask)[i].dump()));
       }
       s.mask.push_back((*mask)[i].get<bool>());
     }
@@ -91,37 +85,30 @@ json NormStatsToJson(const NormStats& s) {
   return j;
 }
 
-absl::StatusOr<int64_t> ReadCount(const json& entry, const char* field,
-                                  const std::string& what) {
+absl::StatusOr<int64_t> ReadCount(const json& entry, const char* field, const std::string& what) {
   const auto it = entry.find(field);
   if (it == entry.end()) return 0;
   if (!it->is_number_unsigned() ||
-      it->get<uint64_t>() >
-          static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ".", field, ": not a non-negative integer: ", it->dump()));
+      it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ".", field, ": not a non-negative integer: ", it->dump()));
   }
   return it->get<int64_t>();
 }
 
-absl::Status CheckDim(const NormStats& stats, int64_t dim,
-                      const std::string& what) {
+absl::Status CheckDim(const NormStats& stats, int64_t dim, const std::string& what) {
   if (dim != stats.dim()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": dimension ", dim,
-                     " does not match the statistics' ", stats.dim()));
+        absl::StrCat(what, ": dimension ", dim, " does not match the statistics' ", stats.dim()));
   }
   if (!stats.mask.empty() && static_cast<int64_t>(stats.mask.size()) != dim) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": mask has ", stats.mask.size(),
-                     " entries, statistics have ", dim));
+        absl::StrCat(what, ": mask has ", stats.mask.size(), " entries, statistics have ", dim));
   }
   return absl::OkStatus();
 }
 
-inline bool Masked(const NormStats& s, int64_t i) {
-  return s.mask.empty() || s.mask[i];
-}
+inline bool Masked(const NormStats& s, int64_t i) { return s.mask.empty() || s.mask[i]; }
 
 inline float Normalize(const NormStats& s, int64_t i, float x) {
   const double lo = s.q01[i], hi = s.q99[i];
@@ -131,25 +118,24 @@ inline float Normalize(const NormStats& s, int64_t i, float x) {
 
 }  // namespace
 
-absl::Status ValidateNormStats(const NormStats& stats,
-                               std::string_view what_view) {
+absl::Status ValidateNormStats(const NormStats& stats, std::string_view what_view) {
   const std::string what(what_view);
   const size_t n = stats.q01.size();
   if (stats.q99.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": q99 has ", stats.q99.size(), " entries, q01 has ", n));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": q99 has ", stats.q99.size(), " entries, q01 has ", n));
   }
   if (!stats.mask.empty() && stats.mask.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": mask has ", stats.mask.size(), " entries, q01 has ", n));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": mask has ", stats.mask.size(), " entries, q01 has ", n));
   }
   const std::pair<const char*, const std::vector<float>*> fields[] = {
       {"q01", &stats.q01}, {"q99", &stats.q99}, {"mean", &stats.mean},
       {"std", &stats.std}, {"min", &stats.min}, {"max", &stats.max}};
   for (const auto& [name, values] : fields) {
     if (!values->empty() && values->size() != n) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": ", name, " has ", values->size(), " entries, q01 has ", n));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": ", name, " has ", values->size(), " entries, q01 has ", n));
     }
     for (size_t i = 0; i < values->size(); ++i) {
       if (!std::isfinite((*values)[i])) {
@@ -160,20 +146,17 @@ absl::Status ValidateNormStats(const NormStats& stats,
   }
   for (size_t i = 0; i < n; ++i) {
     if (stats.q01[i] > stats.q99[i]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": q01[", i, "] = ", stats.q01[i], " > q99[", i,
-                       "] = ", stats.q99[i]));
+      return absl::InvalidArgumentError(absl::StrCat(what, ": q01[", i, "] = ", stats.q01[i],
+                                                     " > q99[", i, "] = ", stats.q99[i]));
     }
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<DatasetStatistics> DatasetStatistics::Load(
-    const std::string& path) {
+absl::StatusOr<DatasetStatistics> DatasetStatistics::Load(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat(path, ": cannot open dataset statistics"));
+    return absl::NotFoundError(absl::StrCat(path, ": cannot open dataset statistics"));
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
@@ -183,49 +166,40 @@ absl::StatusOr<DatasetStatistics> DatasetStatistics::Load(
   }
   absl::StatusOr<DatasetStatistics> stats = FromJson(j);
   if (!stats.ok()) {
-    return absl::Status(stats.status().code(),
-                        absl::StrCat(path, ": ", stats.status().message()));
+    return absl::Status(stats.status().code(), absl::StrCat(path, ": ", stats.status().message()));
   }
   return stats;
 }
 
 absl::StatusOr<DatasetStatistics> DatasetStatistics::FromJson(const json& j) {
   if (!j.is_object()) {
-    return absl::InvalidArgumentError(
-        "dataset statistics: top level is not an object");
+    return absl::InvalidArgumentError("dataset statistics: top level is not an object");
   }
-  if (j.empty())
-    return absl::InvalidArgumentError("dataset statistics: no dataset entries");
+  if (j.empty()) return absl::InvalidArgumentError("dataset statistics: no dataset entries");
   DatasetStatistics out;
   for (const auto& [key, entry] : j.items()) {
     const std::string where = absl::StrCat("dataset statistics '", key, "'");
     if (!entry.is_object()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": entry is not an object"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": entry is not an object"));
     }
     DatasetStats ds;
     ds.key = key;
     const auto action = entry.find("action");
     if (action == entry.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": missing field 'action'"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": missing field 'action'"));
     }
-    absl::StatusOr<NormStats> a =
-        ParseNormStats(*action, absl::StrCat(where, ": action"));
+    absl::StatusOr<NormStats> a = ParseNormStats(*action, absl::StrCat(where, ": action"));
     if (!a.ok()) return a.status();
     ds.action = *std::move(a);
     const auto proprio = entry.find("proprio");
     if (proprio != entry.end()) {
-      absl::StatusOr<NormStats> p =
-          ParseNormStats(*proprio, absl::StrCat(where, ": proprio"));
+      absl::StatusOr<NormStats> p = ParseNormStats(*proprio, absl::StrCat(where, ": proprio"));
       if (!p.ok()) return p.status();
       ds.proprio = *std::move(p);
     }
-    absl::StatusOr<int64_t> transitions =
-        ReadCount(entry, "num_transitions", where);
+    absl::StatusOr<int64_t> transitions = ReadCount(entry, "num_transitions", where);
     if (!transitions.ok()) return transitions.status();
-    absl::StatusOr<int64_t> trajectories =
-        ReadCount(entry, "num_trajectories", where);
+    absl::StatusOr<int64_t> trajectories = ReadCount(entry, "num_trajectories", where);
     if (!trajectories.ok()) return trajectories.status();
     ds.num_transitions = *transitions;
     ds.num_trajectories = *trajectories;
@@ -251,8 +225,7 @@ json DatasetStatistics::ToJson() const {
 absl::Status DatasetStatistics::Save(const std::string& path) const {
   static std::atomic<uint64_t> counter{0};
   const std::string tmp =
-      absl::StrCat(path, ".tmp.", ::getpid(), ".",
-                   counter.fetch_add(1, std::memory_order_relaxed));
+      absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1, std::memory_order_relaxed));
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) return absl::InternalError(absl::StrCat(tmp, ": cannot create"));
@@ -266,22 +239,19 @@ absl::Status DatasetStatistics::Save(const std::string& path) const {
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     std::remove(tmp.c_str());
-    return absl::InternalError(
-        absl::StrCat(path, ": rename failed: ", std::strerror(err)));
+    return absl::InternalError(absl::StrCat(path, ": rename failed: ", std::strerror(err)));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<const DatasetStats*> DatasetStatistics::Get(
-    std::string_view key) const {
-  if (stats_.empty())
-    return absl::NotFoundError("dataset statistics: no dataset entries");
+absl::StatusOr<const DatasetStats*> DatasetStatistics::Get(std::string_view key) const {
+  if (stats_.empty()) return absl::NotFoundError("dataset statistics: no dataset entries");
   if (key.empty()) return &stats_.begin()->second;
   const auto it = stats_.find(key);
   if (it == stats_.end()) {
-    return absl::NotFoundError(absl::StrCat(
-        "dataset statistics: unknown unnorm_key '", std::string(key),
-        "'; available: ", absl::StrJoin(keys(), ", ")));
+    return absl::NotFoundError(absl::StrCat("dataset statistics: unknown unnorm_key '",
+                                            std::string(key),
+                                            "'; available: ", absl::StrJoin(keys(), ", ")));
   }
   return &it->second;
 }
@@ -294,55 +264,45 @@ std::vector<std::string> DatasetStatistics::keys() const {
 }
 
 absl::Status DatasetStatistics::Add(DatasetStats stats) {
-  const std::string where =
-      absl::StrCat("dataset statistics '", stats.key, "'");
-  if (stats.key.empty())
-    return absl::InvalidArgumentError("dataset statistics: empty key");
-  absl::Status status =
-      ValidateNormStats(stats.action, absl::StrCat(where, ": action"));
-  if (status.ok())
-    status = ValidateNormStats(stats.proprio, absl::StrCat(where, ": proprio"));
+  const std::string where = absl::StrCat("dataset statistics '", stats.key, "'");
+  if (stats.key.empty()) return absl::InvalidArgumentError("dataset statistics: empty key");
+  absl::Status status = ValidateNormStats(stats.action, absl::StrCat(where, ": action"));
+  if (status.ok()) status = ValidateNormStats(stats.proprio, absl::StrCat(where, ": proprio"));
   if (!status.ok()) return status;
   if (stats.action.dim() == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": action statistics are empty"));
+    return absl::InvalidArgumentError(absl::StrCat(where, ": action statistics are empty"));
   }
   if (stats.num_transitions < 0 || stats.num_trajectories < 0) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": negative counts"));
   }
-  if (stats.action.mask.empty())
-    stats.action.mask.assign(stats.action.q01.size(), true);
-  if (stats.proprio.mask.empty())
-    stats.proprio.mask.assign(stats.proprio.q01.size(), true);
+  if (stats.action.mask.empty()) stats.action.mask.assign(stats.action.q01.size(), true);
+  if (stats.proprio.mask.empty()) stats.proprio.mask.assign(stats.proprio.q01.size(), true);
   std::string key = stats.key;
   stats_.insert_or_assign(std::move(key), std::move(stats));
   return absl::OkStatus();
 }
 
-absl::Status UnnormalizeActions(const NormStats& stats, float* actions,
-                                int64_t n_rows, int64_t dim) {
+absl::Status UnnormalizeActions(const NormStats& stats, float* actions, int64_t n_rows,
+                                int64_t dim) {
   absl::Status status = CheckDim(stats, dim, "UnnormalizeActions");
   if (!status.ok()) return status;
-  if (n_rows < 0)
-    return absl::InvalidArgumentError("UnnormalizeActions: negative n_rows");
+  if (n_rows < 0) return absl::InvalidArgumentError("UnnormalizeActions: negative n_rows");
   for (int64_t r = 0; r < n_rows; ++r) {
     float* row = actions + r * dim;
     for (int64_t i = 0; i < dim; ++i) {
       if (!Masked(stats, i)) continue;
       const double lo = stats.q01[i], hi = stats.q99[i];
-      row[i] = static_cast<float>(
-          0.5 * (static_cast<double>(row[i]) + 1.0) * (hi - lo + kEps) + lo);
+      row[i] =
+          static_cast<float>(0.5 * (static_cast<double>(row[i]) + 1.0) * (hi - lo + kEps) + lo);
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status NormalizeActions(const NormStats& stats, float* actions,
-                              int64_t n_rows, int64_t dim) {
+absl::Status NormalizeActions(const NormStats& stats, float* actions, int64_t n_rows, int64_t dim) {
   absl::Status status = CheckDim(stats, dim, "NormalizeActions");
   if (!status.ok()) return status;
-  if (n_rows < 0)
-    return absl::InvalidArgumentError("NormalizeActions: negative n_rows");
+  if (n_rows < 0) return absl::InvalidArgumentError("NormalizeActions: negative n_rows");
   for (int64_t r = 0; r < n_rows; ++r) {
     float* row = actions + r * dim;
     for (int64_t i = 0; i < dim; ++i) {
@@ -352,8 +312,7 @@ absl::Status NormalizeActions(const NormStats& stats, float* actions,
   return absl::OkStatus();
 }
 
-absl::Status NormalizeProprio(const NormStats& stats, const float* in,
-                              float* out, int64_t dim) {
+absl::Status NormalizeProprio(const NormStats& stats, const float* in, float* out, int64_t dim) {
   absl::Status status = CheckDim(stats, dim, "NormalizeProprio");
   if (!status.ok()) return status;
   for (int64_t i = 0; i < dim; ++i) {

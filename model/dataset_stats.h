@@ -92,22 +92,20 @@ class DatasetStatistics {
 //   a = 0.5 * (a_hat + 1) * (q99 - q01 + 1e-8) + q01
 // and unchanged elsewhere. Not clipped (the policy output may exceed [-1, 1]).
 // InvalidArgumentError if dim != stats.dim().
-absl::Status UnnormalizeActions(const NormStats& stats, float* actions,
-                                int64_t n_rows, int64_t dim);
+absl::Status UnnormalizeActions(const NormStats& stats, float* actions, int64_t n_rows,
+                                int64_t dim);
 
 // Inverse of UnnormalizeActions for training tools, in place; where the mask
 // is true:
 //   a_hat = clip(2 * (a - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)
 // and unchanged elsewhere.
-absl::Status NormalizeActions(const NormStats& stats, float* actions,
-                              int64_t n_rows, int64_t dim);
+absl::Status NormalizeActions(const NormStats& stats, float* actions, int64_t n_rows, int64_t dim);
 
 // Proprio normalization of one state vector; where the mask is true (all true
 // when the stats have no mask):
 //   out = clip(2 * (x - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)
 // and out = x elsewhere. `in` and `out` may alias. InvalidArgumentError if
 // dim != stats.dim() (including empty proprio stats).
-absl::Status NormalizeProprio(const NormStats& stats, const float* in,
-                              float* out, int64_t dim);
+absl::Status NormalizeProprio(const NormStats& stats, const float* in, float* out, int64_t dim);
 
 }  // namespace specprune

@@ -4,9 +4,9 @@ namespace specprune {
 
 double LlmLayerFlops(const LlmConfig& c, int64_t n) {
   const double d = c.hidden, i = c.intermediate, t = static_cast<double>(n);
-  const double proj = 2.0 * t * d * d * 4;   // q, k, v, o
-  const double attn = 2.0 * t * t * d * 2;   // QK^T and PV over all heads
-  const double mlp = 2.0 * t * d * i * 3;    // gate, up, down
+  const double proj = 2.0 * t * d * d * 4;  // q, k, v, o
+  const double attn = 2.0 * t * t * d * 2;  // QK^T and PV over all heads
+  const double mlp = 2.0 * t * d * i * 3;   // gate, up, down
   return proj + attn + mlp;
 }
 
@@ -47,14 +47,14 @@ FlopsBreakdown ForwardFlops(const ModelConfig& c, const std::vector<int64_t>& to
                 2.0 * (c.proprio_dim * d + d * d);
   for (int64_t n : tokens_per_layer) f.llm += LlmLayerFlops(c.llm, n);
   const double h = c.action_head_hidden;
-  f.action_head = 2.0 * c.chunk_size *
-                  (d * c.action_dim * h + c.action_head_blocks * h * h + h * c.action_dim);
+  f.action_head =
+      2.0 * c.chunk_size * (d * c.action_dim * h + c.action_head_blocks * h * h + h * c.action_dim);
   return f;
 }
 
 FlopsBreakdown UnprunedForwardFlops(const ModelConfig& c, int64_t prompt_tokens) {
-  return ForwardFlops(c, std::vector<int64_t>(
-                             c.llm.layers, SequenceLength(c, prompt_tokens, c.vision_tokens())));
+  return ForwardFlops(
+      c, std::vector<int64_t>(c.llm.layers, SequenceLength(c, prompt_tokens, c.vision_tokens())));
 }
 
 ParameterCounts CountParameters(const ModelConfig& c) {

@@ -37,8 +37,8 @@ torch::Tensor ApplyRope(const torch::Tensor& x, const Rope& rope) {
 }
 
 torch::Tensor KeyPaddingBias(const torch::Tensor& key_valid, torch::ScalarType dtype) {
-  auto bias = torch::zeros(key_valid.sizes(), torch::TensorOptions().dtype(dtype).device(
-                                                  key_valid.device()));
+  auto bias = torch::zeros(key_valid.sizes(),
+                           torch::TensorOptions().dtype(dtype).device(key_valid.device()));
   bias.masked_fill_(key_valid.logical_not(), -std::numeric_limits<float>::infinity());
   return bias.view({key_valid.size(0), 1, 1, key_valid.size(1)});
 }

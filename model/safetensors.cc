@@ -37,11 +37,10 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kDTypes[] = {
-    {DType::kF32, "F32", 4},   {DType::kF16, "F16", 2},
-    {DType::kBF16, "BF16", 2}, {DType::kF64, "F64", 8},
-    {DType::kI64, "I64", 8},   {DType::kI32, "I32", 4},
-    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},
-    {DType::kU8, "U8", 1},     {DType::kBool, "BOOL", 1},
+    {DType::kF32, "F32", 4},   {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},
+    {DType::kF64, "F64", 8},   {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
+    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},   {DType::kU8, "U8", 1},
+    {DType::kBool, "BOOL", 1},
 };
 
 const DTypeInfo& Info(DType dtype) {
@@ -53,38 +52,34 @@ const DTypeInfo& Info(DType dtype) {
 
 // Parses JSON without exceptions and reports the first duplicate object key (at
 // any depth), which nlohmann would otherwise silently merge.
-json ParseJsonRejectingDuplicates(const char* begin, const char* end,
-                                  std::string* duplicate) {
+json ParseJsonRejectingDuplicates(const char* begin, const char* end, std::string* duplicate) {
   std::vector<std::set<std::string>> keys;
-  json::parser_callback_t callback =
-      [&](int /*depth*/, json::parse_event_t event, json& parsed) {
-        switch (event) {
-          case json::parse_event_t::object_start:
-            keys.emplace_back();
-            break;
-          case json::parse_event_t::object_end:
-            if (!keys.empty()) keys.pop_back();
-            break;
-          case json::parse_event_t::key:
-            if (!keys.empty() &&
-                !keys.back().insert(parsed.get<std::string>()).second &&
-                duplicate->empty()) {
-              *duplicate = parsed.get<std::string>();
-            }
-            break;
-          default:
-            break;
+  json::parser_callback_t callback = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+        keys.emplace_back();
+        break;
+      case json::parse_event_t::object_end:
+        if (!keys.empty()) keys.pop_back();
+        break;
+      case json::parse_event_t::key:
+        if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
+            duplicate->empty()) {
+          *duplicate = parsed.get<std::string>();
         }
-        return true;
-      };
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
   return json::parse(begin, end, callback, /*allow_exceptions=*/false);
 }
 
 absl::StatusOr<uint64_t> NonNegativeInteger(const json& value) {
   if (value.is_number_unsigned()) return value.get<uint64_t>();
   if (value.is_number_integer()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("negative value ", value.get<int64_t>()));
+    return absl::InvalidArgumentError(absl::StrCat("negative value ", value.get<int64_t>()));
   }
   return absl::InvalidArgumentError(
       absl::StrCat("expected a non-negative integer, got ", value.dump()));
@@ -96,9 +91,7 @@ struct Placement {
   const std::string* name;
 };
 
-absl::Status ErrnoError(int err, const std::string& what) {
-  return absl::ErrnoToStatus(err, what);
-}
+absl::Status ErrnoError(int err, const std::string& what) { return absl::ErrnoToStatus(err, what); }
 
 }  // namespace
 
@@ -110,8 +103,7 @@ absl::StatusOr<DType> ParseDType(std::string_view name) {
   for (const DTypeInfo& info : kDTypes) {
     if (info.name == name) return info.dtype;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown dtype '", std::string(name), "'"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", std::string(name), "'"));
 }
 
 int64_t NumElements(const std::vector<int64_t>& shape) {
@@ -129,15 +121,12 @@ SafetensorsFile::~SafetensorsFile() {
   }
 }
 
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
-    const std::string& path) {
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
 
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return ErrnoError(errno,
-                      absl::StrCat(path, ": cannot open safetensors file"));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat(path, ": cannot open safetensors file"));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
@@ -146,15 +135,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
   }
   const size_t size = static_cast<size_t>(st.st_size);
   if (size < 8) {
     ::close(fd);
     return absl::DataLossError(
-        absl::StrCat(path, ": file has ", size,
-                     " bytes, less than the 8-byte header length"));
+        absl::StrCat(path, ": file has ", size, " bytes, less than the 8-byte header length"));
   }
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   if (map != MAP_FAILED) {
@@ -169,10 +156,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
       if (n <= 0) {
         const int err = n < 0 ? errno : 0;
         ::close(fd);
-        if (err != 0)
-          return ErrnoError(err, absl::StrCat(path, ": read failed"));
-        return absl::DataLossError(
-            absl::StrCat(path, ": file shrank while reading"));
+        if (err != 0) return ErrnoError(err, absl::StrCat(path, ": read failed"));
+        return absl::DataLossError(absl::StrCat(path, ": file shrank while reading"));
       }
       done += static_cast<size_t>(n);
     }
@@ -184,26 +169,23 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | file->base_[i];
   if (header_len > kMaxHeaderBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": header length ", header_len, " exceeds the 100 MB limit"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": header length ", header_len, " exceeds the 100 MB limit"));
   }
   if (header_len > size - 8) {
-    return absl::DataLossError(
-        absl::StrCat(path, ": header length ", header_len,
-                     " extends past the end of the file (", size,
-                     " bytes); file truncated?"));
+    return absl::DataLossError(absl::StrCat(path, ": header length ", header_len,
+                                            " extends past the end of the file (", size,
+                                            " bytes); file truncated?"));
   }
   const char* header_begin = reinterpret_cast<const char*>(file->base_ + 8);
   std::string duplicate;
-  const json header = ParseJsonRejectingDuplicates(
-      header_begin, header_begin + header_len, &duplicate);
+  const json header =
+      ParseJsonRejectingDuplicates(header_begin, header_begin + header_len, &duplicate);
   if (header.is_discarded()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": header is not valid JSON"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header is not valid JSON"));
   }
   if (!header.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": header is not a JSON object"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header is not a JSON object"));
   }
   if (!duplicate.empty()) {
     return absl::InvalidArgumentError(
@@ -221,8 +203,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
       }
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              path, ": __metadata__ value of '", key, "' is not a string"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ": __metadata__ value of '", key, "' is not a string"));
         }
         file->metadata_[key] = value.get<std::string>();
       }
@@ -230,28 +212,24 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     }
     const std::string where = absl::StrCat(path, ": tensor '", name, "'");
     if (!entry.is_object()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": entry is not an object"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": entry is not an object"));
     }
     TensorView view;
     view.name = name;
 
     const auto dtype_it = entry.find("dtype");
     if (dtype_it == entry.end() || !dtype_it->is_string()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": missing string field 'dtype'"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": missing string field 'dtype'"));
     }
     absl::StatusOr<DType> dtype = ParseDType(dtype_it->get<std::string>());
     if (!dtype.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": dtype: ", dtype.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": dtype: ", dtype.status().message()));
     }
     view.dtype = *dtype;
 
     const auto shape_it = entry.find("shape");
     if (shape_it == entry.end() || !shape_it->is_array()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": missing array field 'shape'"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": missing array field 'shape'"));
     }
     uint64_t numel = 1;
     bool overflow = false;
@@ -261,48 +239,42 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
         return absl::InvalidArgumentError(
             absl::StrCat(where, ": shape[", i, "]: ", dim.status().message()));
       }
-      if (*dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-        overflow = true;
+      if (*dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
       view.shape.push_back(static_cast<int64_t>(*dim));
-      if (*dim != 0 && numel > std::numeric_limits<uint64_t>::max() / *dim)
-        overflow = true;
+      if (*dim != 0 && numel > std::numeric_limits<uint64_t>::max() / *dim) overflow = true;
       numel *= *dim;
     }
     const uint64_t elem = DTypeSize(view.dtype);
     if (overflow || numel > std::numeric_limits<uint64_t>::max() / elem) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": shape is too large"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": shape is too large"));
     }
 
     const auto offsets_it = entry.find("data_offsets");
-    if (offsets_it == entry.end() || !offsets_it->is_array() ||
-        offsets_it->size() != 2) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": 'data_offsets' must be an array [begin, end]"));
+    if (offsets_it == entry.end() || !offsets_it->is_array() || offsets_it->size() != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": 'data_offsets' must be an array [begin, end]"));
     }
     absl::StatusOr<uint64_t> begin = NonNegativeInteger((*offsets_it)[0]);
     absl::StatusOr<uint64_t> end = NonNegativeInteger((*offsets_it)[1]);
     if (!begin.ok() || !end.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          where, ": data_offsets: ",
-          (!begin.ok() ? begin.status() : end.status()).message()));
+          where, ": data_offsets: ", (!begin.ok() ? begin.status() : end.status()).message()));
     }
     if (*begin > *end) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": data_offsets [", *begin, ", ", *end, "] has begin > end"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": data_offsets [", *begin, ", ", *end, "] has begin > end"));
     }
     const uint64_t nbytes = *end - *begin;
     if (nbytes != numel * elem) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": data_offsets span ", nbytes, " bytes but shape [",
-          absl::StrJoin(view.shape, ","), "] of ",
-          std::string(DTypeName(view.dtype)), " needs ", numel * elem));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": data_offsets span ", nbytes, " bytes but shape [",
+                       absl::StrJoin(view.shape, ","), "] of ", std::string(DTypeName(view.dtype)),
+                       " needs ", numel * elem));
     }
     if (*end > data_size) {
-      return absl::DataLossError(
-          absl::StrCat(where, ": data_offsets [", *begin, ", ", *end,
-                       "] extend past the end of the data buffer (", data_size,
-                       " bytes); file truncated?"));
+      return absl::DataLossError(absl::StrCat(where, ": data_offsets [", *begin, ", ", *end,
+                                              "] extend past the end of the data buffer (",
+                                              data_size, " bytes); file truncated?"));
     }
     view.data = data + *begin;
     view.nbytes = static_cast<size_t>(nbytes);
@@ -310,17 +282,16 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     placements.push_back({*begin, *end, &it->first});
   }
 
-  std::sort(placements.begin(), placements.end(),
-            [](const Placement& a, const Placement& b) {
-              return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-            });
+  std::sort(placements.begin(), placements.end(), [](const Placement& a, const Placement& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
   const Placement* prev = nullptr;
   for (const Placement& p : placements) {
     if (p.begin == p.end) continue;  // empty tensors occupy no bytes
     if (prev != nullptr && p.begin < prev->end) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": tensors '", *prev->name, "' [", prev->begin, ", ", prev->end,
-          ") and '", *p.name, "' [", p.begin, ", ", p.end, ") overlap"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensors '", *prev->name, "' [", prev->begin, ", ", prev->end,
+                       ") and '", *p.name, "' [", p.begin, ", ", p.end, ") overlap"));
     }
     prev = &p;
   }
@@ -357,8 +328,7 @@ absl::StatusOr<std::unique_ptr<ShardedSafetensors>> ShardedSafetensors::Open(
                        "nor model.safetensors"));
     }
   } else if (!fs::exists(input, ec)) {
-    return absl::NotFoundError(
-        absl::StrCat(dir_or_file, ": no such file or directory"));
+    return absl::NotFoundError(absl::StrCat(dir_or_file, ": no such file or directory"));
   } else if (absl::EndsWith(input.filename().string(), ".index.json")) {
     index_path = input;
   } else {
@@ -370,24 +340,20 @@ absl::StatusOr<std::unique_ptr<ShardedSafetensors>> ShardedSafetensors::Open(
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
         SafetensorsFile::Open(single_path.string());
     if (!file.ok()) return file.status();
-    for (const std::string& name : (*file)->names())
-      out->index_[name] = (*file)->Find(name);
+    for (const std::string& name : (*file)->names()) out->index_[name] = (*file)->Find(name);
     out->shards_.push_back(*std::move(file));
   } else {
     const std::string index_name = index_path.string();
     std::ifstream in(index_path, std::ios::binary);
-    if (!in)
-      return absl::NotFoundError(
-          absl::StrCat(index_name, ": cannot open index"));
+    if (!in) return absl::NotFoundError(absl::StrCat(index_name, ": cannot open index"));
     std::stringstream buffer;
     buffer << in.rdbuf();
     const std::string text = buffer.str();
     std::string duplicate;
-    const json index = ParseJsonRejectingDuplicates(
-        text.data(), text.data() + text.size(), &duplicate);
+    const json index =
+        ParseJsonRejectingDuplicates(text.data(), text.data() + text.size(), &duplicate);
     if (index.is_discarded() || !index.is_object()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(index_name, ": not a JSON object"));
+      return absl::InvalidArgumentError(absl::StrCat(index_name, ": not a JSON object"));
     }
     if (!duplicate.empty()) {
       return absl::InvalidArgumentError(
@@ -402,15 +368,14 @@ absl::StatusOr<std::unique_ptr<ShardedSafetensors>> ShardedSafetensors::Open(
     for (const auto& [tensor, shard] : map_it->items()) {
       if (!shard.is_string()) {
         return absl::InvalidArgumentError(
-            absl::StrCat(index_name, ": weight_map['", tensor,
-                         "'] is not a file name string"));
+            absl::StrCat(index_name, ": weight_map['", tensor, "'] is not a file name string"));
       }
       const std::string shard_name = shard.get<std::string>();
-      if (shard_name.empty() || shard_name.find('/') != std::string::npos ||
-          shard_name == "." || shard_name == "..") {
-        return absl::InvalidArgumentError(
-            absl::StrCat(index_name, ": weight_map['", tensor, "'] = '",
-                         shard_name, "' is not a plain file name"));
+      if (shard_name.empty() || shard_name.find('/') != std::string::npos || shard_name == "." ||
+          shard_name == "..") {
+        return absl::InvalidArgumentError(absl::StrCat(index_name, ": weight_map['", tensor,
+                                                       "'] = '", shard_name,
+                                                       "' is not a plain file name"));
       }
       by_shard[shard_name].push_back(tensor);
     }
@@ -418,18 +383,17 @@ absl::StatusOr<std::unique_ptr<ShardedSafetensors>> ShardedSafetensors::Open(
     for (const auto& [shard_name, tensors] : by_shard) {
       const fs::path shard_path = dir / shard_name;
       if (!fs::exists(shard_path, ec)) {
-        return absl::NotFoundError(
-            absl::StrCat(index_name, ": shard '", shard_name, "' (holding '",
-                         tensors.front(), "') does not exist"));
+        return absl::NotFoundError(absl::StrCat(index_name, ": shard '", shard_name, "' (holding '",
+                                                tensors.front(), "') does not exist"));
       }
       absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
           SafetensorsFile::Open(shard_path.string());
       if (!file.ok()) return file.status();
       for (const std::string& tensor : tensors) {
         if ((*file)->Find(tensor) == nullptr) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              index_name, ": tensor '", tensor, "' is mapped to shard '",
-              shard_name, "' which does not contain it"));
+          return absl::InvalidArgumentError(absl::StrCat(index_name, ": tensor '", tensor,
+                                                         "' is mapped to shard '", shard_name,
+                                                         "' which does not contain it"));
         }
       }
       out->shards_.push_back(*std::move(file));
@@ -439,9 +403,9 @@ absl::StatusOr<std::unique_ptr<ShardedSafetensors>> ShardedSafetensors::Open(
       for (const std::string& name : shard->names()) {
         auto [it, inserted] = owner.emplace(name, shard.get());
         if (!inserted) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              index_name, ": tensor '", name, "' appears in two shards ('",
-              it->second->path(), "' and '", shard->path(), "')"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(index_name, ": tensor '", name, "' appears in two shards ('",
+                           it->second->path(), "' and '", shard->path(), "')"));
         }
         out->index_[name] = shard->Find(name);
       }
@@ -460,31 +424,26 @@ const TensorView* ShardedSafetensors::Find(std::string_view name) const {
 // --------------------------------------------------------------------------
 // Writer
 
-absl::Status WriteSafetensors(
-    const std::string& path, const std::vector<TensorView>& tensors,
-    const std::map<std::string, std::string>& metadata) {
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
   std::set<std::string_view> seen;
   for (const TensorView& t : tensors) {
     if (t.name.empty() || t.name == kMetadataKey) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": invalid tensor name '", t.name, "'"));
+      return absl::InvalidArgumentError(absl::StrCat(path, ": invalid tensor name '", t.name, "'"));
     }
     if (!seen.insert(t.name).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": duplicate tensor '", t.name, "'"));
+      return absl::InvalidArgumentError(absl::StrCat(path, ": duplicate tensor '", t.name, "'"));
     }
     for (int64_t d : t.shape) {
       if (d < 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            path, ": tensor '", t.name, "' has a negative dimension"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": tensor '", t.name, "' has a negative dimension"));
       }
     }
-    const uint64_t expected =
-        static_cast<uint64_t>(t.numel()) * DTypeSize(t.dtype);
+    const uint64_t expected = static_cast<uint64_t>(t.numel()) * DTypeSize(t.dtype);
     if (t.nbytes != expected) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": tensor '", t.name, "' has ", t.nbytes,
-                       " bytes, shape needs ", expected));
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", t.name, "' has ", t.nbytes,
+                                                     " bytes, shape needs ", expected));
     }
     if (t.nbytes > 0 && t.data == nullptr) {
       return absl::InvalidArgumentError(
@@ -495,11 +454,10 @@ absl::Status WriteSafetensors(
   std::vector<const TensorView*> order;
   order.reserve(tensors.size());
   for (const TensorView& t : tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(),
-            [](const TensorView* a, const TensorView* b) {
-              const size_t sa = DTypeSize(a->dtype), sb = DTypeSize(b->dtype);
-              return sa != sb ? sa > sb : a->name < b->name;
-            });
+  std::sort(order.begin(), order.end(), [](const TensorView* a, const TensorView* b) {
+    const size_t sa = DTypeSize(a->dtype), sb = DTypeSize(b->dtype);
+    return sa != sb ? sa > sb : a->name < b->name;
+  });
 
   json header = json::object();
   uint64_t offset = 0;
@@ -515,15 +473,12 @@ absl::Status WriteSafetensors(
 
   uint8_t len_bytes[8];
   const uint64_t header_len = header_text.size();
-  for (int i = 0; i < 8; ++i)
-    len_bytes[i] = static_cast<uint8_t>(header_len >> (8 * i));
+  for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<uint8_t>(header_len >> (8 * i));
 
   static std::atomic<uint64_t> counter{0};
   const std::string tmp =
-      absl::StrCat(path, ".tmp.", ::getpid(), ".",
-                   counter.fetch_add(1, std::memory_order_relaxed));
-  const int fd =
-      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1, std::memory_order_relaxed));
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError(errno, absl::StrCat(tmp, ": cannot create"));
 
   auto write_all = [fd](const void* p, size_t n) -> int {
@@ -548,8 +503,8 @@ absl::Status WriteSafetensors(
   if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
   if (err != 0) {
     ::unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat(
-        path, ": writing safetensors failed: ", std::strerror(err)));
+    return absl::InternalError(
+        absl::StrCat(path, ": writing safetensors failed: ", std::strerror(err)));
   }
   return absl::OkStatus();
 }
@@ -570,9 +525,7 @@ float BitsFloat(uint32_t u) {
 }
 }  // namespace
 
-float Bf16ToFloat(uint16_t bits) {
-  return BitsFloat(static_cast<uint32_t>(bits) << 16);
-}
+float Bf16ToFloat(uint16_t bits) { return BitsFloat(static_cast<uint32_t>(bits) << 16); }
 
 uint16_t FloatToBf16(float value) {
   const uint32_t u = FloatBits(value);
@@ -600,12 +553,10 @@ uint16_t FloatToHalf(float value) {
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7FFFFFFFu;
   if (a > 0x7F800000u) {
-    return static_cast<uint16_t>(sign | 0x7E00u |
-                                 ((a >> 13) & 0x3FFu));  // quiet NaN
+    return static_cast<uint16_t>(sign | 0x7E00u | ((a >> 13) & 0x3FFu));  // quiet NaN
   }
-  if (a >= 0x477FF000u)
-    return sign | 0x7C00u;  // >= 65520 rounds to inf (and inf itself)
-  if (a < 0x38800000u) {    // below the smallest normal half, 2^-14
+  if (a >= 0x477FF000u) return sign | 0x7C00u;  // >= 65520 rounds to inf (and inf itself)
+  if (a < 0x38800000u) {                        // below the smallest normal half, 2^-14
     const uint32_t exp = a >> 23;
     if (exp < 102) return sign;  // < 2^-25: rounds to zero
     const uint32_t mant = (a & 0x7FFFFFu) | 0x800000u;

@@ -67,8 +67,7 @@ class SafetensorsFile {
   //     object; unknown dtype; bad shape; bad data_offsets; byte count !=
   //     numel * dtype size; overlapping tensors; duplicate names; malformed
   //     __metadata__.
-  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
-      const std::string& path);
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
 
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -80,9 +79,7 @@ class SafetensorsFile {
   // The tensor called `name`, or nullptr. The pointer is owned by this object.
   const TensorView* Find(std::string_view name) const;
   // The "__metadata__" map (empty when absent).
-  const std::map<std::string, std::string>& metadata() const {
-    return metadata_;
-  }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
   // True when the file is memory-mapped (false: read into a heap buffer).
   bool mapped() const { return mapped_; }
 
@@ -92,7 +89,7 @@ class SafetensorsFile {
   std::string path_;
   const uint8_t* base_ = nullptr;  // start of the file's bytes
   size_t size_ = 0;                // file size in bytes
-  bool mapped_ = false;  // base_ is an mmap (else points into buffer_)
+  bool mapped_ = false;            // base_ is an mmap (else points into buffer_)
   std::unique_ptr<uint8_t[]> buffer_;
   std::map<std::string, TensorView, std::less<>> tensors_;
   std::vector<std::string> names_;
@@ -114,17 +111,14 @@ class ShardedSafetensors {
   // path components, a tensor named in the weight_map missing from its shard, a
   // tensor present in two shards), plus any error of SafetensorsFile::Open for
   // a shard.
-  static absl::StatusOr<std::unique_ptr<ShardedSafetensors>> Open(
-      const std::string& dir_or_file);
+  static absl::StatusOr<std::unique_ptr<ShardedSafetensors>> Open(const std::string& dir_or_file);
 
   // The tensor called `name` in any shard, or nullptr.
   const TensorView* Find(std::string_view name) const;
   // All tensor names (across shards), sorted.
   const std::vector<std::string>& names() const { return names_; }
   // The shards, in sorted file-name order.
-  const std::vector<std::unique_ptr<SafetensorsFile>>& shards() const {
-    return shards_;
-  }
+  const std::vector<std::unique_ptr<SafetensorsFile>>& shards() const { return shards_; }
 
  private:
   ShardedSafetensors() = default;
@@ -143,9 +137,8 @@ class ShardedSafetensors {
 // InvalidArgumentError for empty/duplicate/reserved names, nbytes != numel *
 // dtype size, or null data with nbytes > 0; InternalError for I/O failures
 // (naming the path).
-absl::Status WriteSafetensors(
-    const std::string& path, const std::vector<TensorView>& tensors,
-    const std::map<std::string, std::string>& metadata = {});
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
 
 // bfloat16 / IEEE half <-> float. Narrowing rounds to nearest, ties to even;
 // overflow gives inf; NaN stays a (quiet) NaN with its sign.

@@ -1,6 +1,8 @@
 // SentencePiece is reached through a small shared library (model/sentencepiece_shim.cc) loaded
 // with RTLD_LOCAL | RTLD_DEEPBIND: libsentencepiece embeds its own protobuf and must not be
 // linked next to libprotobuf (LibTorch, gRPC). See the shim for details.
+#include "model/tokenizer.h"
+
 #include <dlfcn.h>
 #include <sys/stat.h>
 
@@ -10,7 +12,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "model/tokenizer.h"
 
 #ifndef SPECPRUNE_SPM_SHIM_PATH
 #define SPECPRUNE_SPM_SHIM_PATH "libspecprune_spm_shim.so"
@@ -96,16 +97,13 @@ Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Tokenizer::~Tokenizer() = default;
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
-    const std::string& model_path) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_path) {
   struct stat st;
   if (::stat(model_path.c_str(), &st) != 0) {
-    return absl::NotFoundError(
-        absl::StrCat(model_path, ": tokenizer model not found"));
+    return absl::NotFoundError(absl::StrCat(model_path, ": tokenizer model not found"));
   }
   if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(model_path, ": not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(model_path, ": not a regular file"));
   }
   auto api = GetSpmApi();
   if (!api.ok()) return api.status();
@@ -116,12 +114,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
   if (impl->handle == nullptr) {
     std::string message = error != nullptr ? error : "unknown error";
     if (error != nullptr) impl->api->free_buffer(error);
-    return absl::InvalidArgumentError(absl::StrCat(
-        model_path, ": not a valid SentencePiece model: ", message));
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_path, ": not a valid SentencePiece model: ", message));
   }
   if (impl->api->piece_size(impl->handle) <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(model_path, ": empty vocabulary"));
+    return absl::InvalidArgumentError(absl::StrCat(model_path, ": empty vocabulary"));
   }
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
 }
@@ -140,8 +137,7 @@ std::string Tokenizer::Decode(const std::vector<int64_t>& ids) const {
   const int64_t n = vocab_size();
   std::vector<int> in;
   in.reserve(ids.size());
-  for (int64_t id : ids)
-    in.push_back(static_cast<int>(id >= 0 && id < n ? id : unk_id()));
+  for (int64_t id : ids) in.push_back(static_cast<int>(id >= 0 && id < n ? id : unk_id()));
   char* text = nullptr;
   size_t len = 0;
   if (impl_->api->decode(impl_->handle, in.data(), in.size(), &text, &len) != 0) return "";

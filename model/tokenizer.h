@@ -21,8 +21,7 @@ class Tokenizer {
   // Loads a SentencePiece `tokenizer.model`. NotFoundError when the file does
   // not exist, InvalidArgumentError (naming the path) when it is not a valid
   // SentencePiece model.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(
-      const std::string& model_path);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_path);
 
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;

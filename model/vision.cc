@@ -76,14 +76,14 @@ PatchEmbedImpl::PatchEmbedImpl(const VisionTowerConfig& c) {
     proj = register_module("proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, c.width, 1)));
   } else {
     proj = register_module(
-        "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, c.width, c.patch_size)
-                                      .stride(c.patch_size)));
+        "proj",
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(3, c.width, c.patch_size).stride(c.patch_size)));
   }
 }
 
 torch::Tensor PatchEmbedImpl::forward(const torch::Tensor& images) {
   auto x = stem ? stem->forward(images) : images;
-  x = proj(x);                           // [N, W, g, g]
+  x = proj(x);                          // [N, W, g, g]
   return x.flatten(2).transpose(1, 2);  // [N, P, W]
 }
 
@@ -95,8 +95,8 @@ torch::Tensor SinCos2dPositionEmbedding(int64_t grid, int64_t width) {
   auto ys = coords.repeat_interleave(grid);  // row index of each patch
   auto xs = coords.repeat({grid});
   auto out_y = torch::outer(ys, omega), out_x = torch::outer(xs, omega);
-  auto emb = torch::cat({torch::sin(out_x), torch::cos(out_x), torch::sin(out_y), torch::cos(out_y)},
-                        1);
+  auto emb =
+      torch::cat({torch::sin(out_x), torch::cos(out_x), torch::sin(out_y), torch::cos(out_y)}, 1);
   if (emb.size(1) < width)
     emb = torch::cat({emb, torch::zeros({grid * grid, width - emb.size(1)}, torch::kFloat64)}, 1);
   return emb.to(torch::kFloat32);
@@ -111,8 +111,8 @@ VisionTowerImpl::VisionTowerImpl(const VisionTowerConfig& c, int64_t image_size)
   if (c.pos_embed == "learned") {
     pos_embed = register_parameter("pos_embed", torch::randn({1, grid * grid, c.width}) * 0.02);
   } else {
-    pos_embed = register_buffer("pos_embed_sincos",
-                                SinCos2dPositionEmbedding(grid, c.width).unsqueeze(0));
+    pos_embed =
+        register_buffer("pos_embed_sincos", SinCos2dPositionEmbedding(grid, c.width).unsqueeze(0));
   }
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.depth; ++i) blocks->push_back(VitBlock(c));
@@ -124,7 +124,8 @@ torch::Tensor VisionTowerImpl::forward(const torch::Tensor& images) {
   std::vector<torch::Tensor> parts;
   if (cls_token.defined()) parts.push_back(cls_token.expand({n, -1, -1}));
   if (reg_token.defined()) parts.push_back(reg_token.expand({n, -1, -1}));
-  const int64_t prefix = parts.empty() ? 0 : (cls_token.defined() ? 1 : 0) + config.num_register_tokens;
+  const int64_t prefix =
+      parts.empty() ? 0 : (cls_token.defined() ? 1 : 0) + config.num_register_tokens;
   if (prefix > 0) {
     parts.push_back(x);
     x = torch::cat(parts, 1);

@@ -26,8 +26,9 @@ struct SampleRows {
   std::vector<int64_t> vision_ids;  // original vision index of each vision row, ascending
   int64_t prompt_len = 0;
   int64_t action_tokens = 0;
-  int64_t length() const { return 1 + static_cast<int64_t>(vision_ids.size()) + 1 + prompt_len +
-                                  action_tokens + 1; }
+  int64_t length() const {
+    return 1 + static_cast<int64_t>(vision_ids.size()) + 1 + prompt_len + action_tokens + 1;
+  }
   int64_t vision_begin() const { return 1; }
   int64_t prompt_begin() const { return 2 + static_cast<int64_t>(vision_ids.size()); }
   int64_t actions_begin() const { return prompt_begin() + prompt_len; }
@@ -135,8 +136,8 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::Forward(const std::vector<Sa
           absl::StrCat("sample ", b, ": proprio must have ", config_.proprio_dim, " values"));
     for (int64_t id : in.prompt_ids)
       if (id < 0 || id >= config_.llm.vocab_size)
-        return absl::InvalidArgumentError(absl::StrCat("sample ", b, ": token id ", id,
-                                                       " outside the vocabulary"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("sample ", b, ": token id ", id, " outside the vocabulary"));
   }
   try {
     return ForwardImpl(batch, timings);
@@ -171,7 +172,7 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
   auto pixels = torch::stack(images).to(opts);
   auto feats = mod->vision_backbone->forward(pixels);  // [B*cams, P_img, W]
   feats = feats.reshape({bsz, p, feats.size(-1)});
-  auto vision = mod->projector->forward(feats);                                // [B,P,D]
+  auto vision = mod->projector->forward(feats);                                     // [B,P,D]
   auto proprio = mod->proprio_projector->forward(torch::stack(proprios).to(opts));  // [B,D]
   SyncIfCuda(device_);
   auto t1 = Clock::now();
@@ -192,9 +193,9 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
     ids.push_back(llm.eos_token_id);
     auto emb = lm->embed_tokens->forward(torch::tensor(ids, long_opts));  // [1+m+1, D]
     const int64_t m = rows[b].prompt_len;
-    seqs.push_back(torch::cat({emb.slice(0, 0, 1), vision[b], proprio[b].unsqueeze(0),
-                               emb.slice(0, 1, 1 + m), torch::zeros({a, d}, opts),
-                               emb.slice(0, 1 + m, 2 + m)}));
+    seqs.push_back(
+        torch::cat({emb.slice(0, 0, 1), vision[b], proprio[b].unsqueeze(0), emb.slice(0, 1, 1 + m),
+                    torch::zeros({a, d}, opts), emb.slice(0, 1 + m, 2 + m)}));
     t_max = std::max(t_max, rows[b].length());
   }
   auto h = torch::zeros({bsz, t_max, d}, opts);
@@ -261,8 +262,7 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
       query.vision_rows = vrows.to(device_);
     }
     for (int64_t b = 0; b < bsz; ++b) {
-      results[b].vision_tokens_per_layer.push_back(
-          static_cast<int32_t>(rows[b].vision_ids.size()));
+      results[b].vision_tokens_per_layer.push_back(static_cast<int32_t>(rows[b].vision_ids.size()));
       tokens_per_layer[b].push_back(rows[b].length());
     }
     h = lm->layer_list[l]->forward(h, rope, bias, valid, any_stats ? &query : nullptr,
@@ -320,10 +320,12 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
       auto gather = torch::zeros({bsz, new_max}, torch::kLong);
       for (int64_t b = 0; b < bsz; ++b) {
         if (keep_rows[b].empty()) {
-          gather[b].slice(0, 0, rows[b].length())
+          gather[b]
+              .slice(0, 0, rows[b].length())
               .copy_(torch::arange(rows[b].length(), torch::kLong));
         } else {
-          gather[b].slice(0, 0, static_cast<int64_t>(keep_rows[b].size()))
+          gather[b]
+              .slice(0, 0, static_cast<int64_t>(keep_rows[b].size()))
               .copy_(torch::tensor(keep_rows[b], torch::kLong));
         }
       }

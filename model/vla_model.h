@@ -77,8 +77,8 @@ class VlaModel : public ModelRunner {
                                                           const ModelOptions& options);
 
   // Runs one batch. Images must already be resized to config().image_size.
-  absl::StatusOr<std::vector<SampleResult>> Forward(const std::vector<SampleInput>& batch,
-                                                    ForwardTimings* timings = nullptr) const override;
+  absl::StatusOr<std::vector<SampleResult>> Forward(
+      const std::vector<SampleInput>& batch, ForwardTimings* timings = nullptr) const override;
 
   const ModelConfig& config() const override { return config_; }
   std::string device_name() const override { return options_.device; }

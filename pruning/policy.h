@@ -44,13 +44,13 @@ class SamplePruner {
   // Statistics the model must compute during layer `layer` (0-based).
   virtual StatsRows StatsWanted(int layer) const = 0;
 
-  // Called after layer `layer` has run. `vision_ids` are the original indices (0..P-1, camera-major)
-  // of the vision rows present in this layer, in row order; `stats` is non-null iff
+  // Called after layer `layer` has run. `vision_ids` are the original indices (0..P-1,
+  // camera-major) of the vision rows present in this layer, in row order; `stats` is non-null iff
   // StatsWanted(layer) != kNone. Returns the original indices of the vision tokens that go on to
   // layer + 1 (a subset of vision_ids, any order), or nullopt to keep all of them.
   virtual std::optional<std::vector<int64_t>> AfterLayer(int layer,
-                                                          const std::vector<int64_t>& vision_ids,
-                                                          const LayerAttentionStats* stats) = 0;
+                                                         const std::vector<int64_t>& vision_ids,
+                                                         const LayerAttentionStats* stats) = 0;
 
   // Called once after the action head with this sample's normalized action chunk
   // [chunk, action_dim] (float32, CPU).

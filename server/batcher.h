@@ -71,9 +71,9 @@ class Batcher {
 
   // Validates the options and starts the workers. InvalidArgument names the bad
   // option.
-  static absl::StatusOr<std::unique_ptr<Batcher>> Create(
-      BatcherOptions options, RunBatch run_batch,
-      IsExpired is_expired = nullptr, OnExpired on_expired = nullptr) {
+  static absl::StatusOr<std::unique_ptr<Batcher>> Create(BatcherOptions options, RunBatch run_batch,
+                                                         IsExpired is_expired = nullptr,
+                                                         OnExpired on_expired = nullptr) {
     if (options.max_batch_size < 1) {
       return absl::InvalidArgumentError("batcher max_batch_size: must be >= 1");
     }
@@ -85,14 +85,11 @@ class Batcher {
     }
     if (options.max_queue_delay < absl::ZeroDuration() ||
         options.max_queue_delay == absl::InfiniteDuration()) {
-      return absl::InvalidArgumentError(
-          "batcher max_queue_delay: must be finite and >= 0");
+      return absl::InvalidArgumentError("batcher max_queue_delay: must be finite and >= 0");
     }
-    if (!run_batch)
-      return absl::InvalidArgumentError("batcher run_batch: must be set");
-    return std::unique_ptr<Batcher>(new Batcher(options, std::move(run_batch),
-                                                std::move(is_expired),
-                                                std::move(on_expired)));
+    if (!run_batch) return absl::InvalidArgumentError("batcher run_batch: must be set");
+    return std::unique_ptr<Batcher>(
+        new Batcher(options, std::move(run_batch), std::move(is_expired), std::move(on_expired)));
   }
 
   Batcher(const Batcher&) = delete;
@@ -112,9 +109,8 @@ class Batcher {
         return absl::FailedPreconditionError("batcher is shutting down");
       }
       if (queue_.size() >= options_.max_queue_size) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("request queue full (", options_.max_queue_size,
-                         " requests waiting); retry later"));
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "request queue full (", options_.max_queue_size, " requests waiting); retry later"));
       }
       queue_.push_back(Queued{std::move(item), absl::Now()});
     }
@@ -146,8 +142,7 @@ class Batcher {
   const BatcherOptions& options() const { return options_; }
 
  private:
-  Batcher(BatcherOptions options, RunBatch run_batch, IsExpired is_expired,
-          OnExpired on_expired)
+  Batcher(BatcherOptions options, RunBatch run_batch, IsExpired is_expired, OnExpired on_expired)
       : options_(options),
         run_batch_(std::move(run_batch)),
         is_expired_(std::move(is_expired)),
@@ -166,11 +161,9 @@ class Batcher {
     for (;;) {
       cv_.wait(lock, [this] { return !queue_.empty() || shutdown_; });
       if (queue_.empty()) return {};  // shut down and drained
-      const absl::Time deadline =
-          queue_.front().enqueued + options_.max_queue_delay;
+      const absl::Time deadline = queue_.front().enqueued + options_.max_queue_delay;
       const absl::Time now = absl::Now();
-      if (shutdown_ || queue_.size() >= options_.max_batch_size ||
-          now >= deadline) {
+      if (shutdown_ || queue_.size() >= options_.max_batch_size || now >= deadline) {
         break;
       }
       // Woken by a new item, shutdown, the deadline or spuriously; another

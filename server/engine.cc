@@ -7,11 +7,11 @@
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
-#include "nlohmann/json.hpp"
 #include "kernels/ops.h"
 #include "model/flops.h"
 #include "model/image_codec.h"
 #include "model/image_preprocess.h"
+#include "nlohmann/json.hpp"
 #include "pruning/policies.h"
 #include "pruning/specprune_math.h"
 #include "pruning/specprune_policy.h"
@@ -95,15 +95,14 @@ absl::StatusOr<std::unique_ptr<InferenceEngine>> InferenceEngine::Create(
   if (model.runner == nullptr || model.tokenizer == nullptr)
     return absl::InvalidArgumentError("engine: model not loaded");
   if (model.stats.keys().empty())
-    return absl::InvalidArgumentError(
-        "engine: model has no dataset statistics");
+    return absl::InvalidArgumentError("engine: model has no dataset statistics");
   if (auto s = ValidatePruningConfig(pruning_defaults); !s.ok()) return s;
   const auto& c = model.runner->config();
   options.limits.cameras = c.cameras;
   options.limits.proprio_dim = c.proprio_dim;
   options.limits.unnorm_keys = model.stats.keys();
-  std::unique_ptr<InferenceEngine> engine(new InferenceEngine(
-      std::move(model), std::move(pruning_defaults), options, metrics));
+  std::unique_ptr<InferenceEngine> engine(
+      new InferenceEngine(std::move(model), std::move(pruning_defaults), options, metrics));
   InferenceEngine* e = engine.get();
   auto batcher = Batcher<std::shared_ptr<Job>>::Create(
       options.batcher,
@@ -111,19 +110,15 @@ absl::StatusOr<std::unique_ptr<InferenceEngine>> InferenceEngine::Create(
         e->RunBatch(std::move(batch));
       },
       [](const std::shared_ptr<Job>& job) {
-        return absl::Now() > job->ctx.deadline ||
-               (job->ctx.cancelled && job->ctx.cancelled());
+        return absl::Now() > job->ctx.deadline || (job->ctx.cancelled && job->ctx.cancelled());
       },
       [e](Batcher<std::shared_ptr<Job>>::Queued&& q) {
         if (e->metrics_) e->metrics_->RecordExpired();
         auto& job = *q.item;
         const bool cancelled = job.ctx.cancelled && job.ctx.cancelled();
         e->Finish(job,
-                  cancelled
-                      ? absl::CancelledError(
-                            "request cancelled by the client before compute")
-                      : absl::DeadlineExceededError(
-                            "deadline expired before compute"),
+                  cancelled ? absl::CancelledError("request cancelled by the client before compute")
+                            : absl::DeadlineExceededError("deadline expired before compute"),
                   nullptr);
       });
   if (!batcher.ok()) return batcher.status();
@@ -132,16 +127,14 @@ absl::StatusOr<std::unique_ptr<InferenceEngine>> InferenceEngine::Create(
   return engine;
 }
 
-InferenceEngine::InferenceEngine(EngineModel model,
-                                 PruningConfig pruning_defaults,
+InferenceEngine::InferenceEngine(EngineModel model, PruningConfig pruning_defaults,
                                  EngineOptions options, ServerMetrics* metrics)
     : model_(std::move(model)),
       pruning_defaults_(std::move(pruning_defaults)),
       options_([&] {
         EngineOptions o = std::move(options);
         auto user_evict = o.sessions.on_evict;
-        o.sessions.on_evict = [metrics, user_evict](const Session& s,
-                                                    EvictionReason r) {
+        o.sessions.on_evict = [metrics, user_evict](const Session& s, EvictionReason r) {
           if (metrics) metrics->RecordSessionEvictions();
           if (user_evict) user_evict(s, r);
         };
@@ -149,8 +142,7 @@ InferenceEngine::InferenceEngine(EngineModel model,
       }()),
       metrics_(metrics),
       sessions_(options_.sessions),
-      preprocess_pool_(
-          std::make_unique<ThreadPool>(options_.preprocess_threads)) {
+      preprocess_pool_(std::make_unique<ThreadPool>(options_.preprocess_threads)) {
   BuildModelInfo();
 }
 
@@ -170,8 +162,7 @@ void InferenceEngine::Shutdown() {
     stop_maintenance_ = true;
   }
   if (maintenance_thread_.joinable()) maintenance_thread_.join();
-  preprocess_pool_
-      .reset();  // runs queued preprocessing, which submits to the batcher
+  preprocess_pool_.reset();  // runs queued preprocessing, which submits to the batcher
   if (batcher_) batcher_->Shutdown();
 }
 
@@ -207,8 +198,7 @@ void InferenceEngine::BuildModelInfo() {
   info.set_llm_layers(c.llm.layers);
   info.set_parameter_count(model_.runner->parameter_count());
   const int64_t prompt = static_cast<int64_t>(
-      BuildPromptIds(c, *model_.tokenizer,
-                     "pick up the red block and place it on the blue plate")
+      BuildPromptIds(c, *model_.tokenizer, "pick up the red block and place it on the blue plate")
           .size());
   info.set_tokens_per_forward(SequenceLength(c, prompt, c.vision_tokens()));
   info.set_flops_per_forward(UnprunedForwardFlops(c, prompt).total());
@@ -225,12 +215,10 @@ void InferenceEngine::BuildModelInfo() {
   info.set_max_batch_size(options_.batcher.max_batch_size);
 }
 
-bool InferenceEngine::Reset(const std::string& robot_id) {
-  return sessions_.Erase(robot_id);
-}
+bool InferenceEngine::Reset(const std::string& robot_id) { return sessions_.Erase(robot_id); }
 
-void InferenceEngine::Predict(std::shared_ptr<const v1::PredictRequest> request,
-                              RequestContext ctx, Done done) {
+void InferenceEngine::Predict(std::shared_ptr<const v1::PredictRequest> request, RequestContext ctx,
+                              Done done) {
   if (shutting_down_) {
     if (metrics_) metrics_->RecordRejected(RejectReason::kShuttingDown);
     done(absl::UnavailableError("server is shutting down"), nullptr);
@@ -255,8 +243,7 @@ void InferenceEngine::Predict(std::shared_ptr<const v1::PredictRequest> request,
   job->request = std::move(request);
   job->ctx = std::move(ctx);
   job->done = std::move(done);
-  job->session =
-      sessions_.GetOrCreate(job->request->robot_id(), &job->session_created);
+  job->session = sessions_.GetOrCreate(job->request->robot_id(), &job->session_created);
   if (job->session->pending() >= options_.max_pending_per_robot) {
     if (metrics_) metrics_->RecordRejected(RejectReason::kQueueFull);
     Finish(*job,
@@ -274,12 +261,10 @@ void InferenceEngine::Predict(std::shared_ptr<const v1::PredictRequest> request,
 
 void InferenceEngine::StartStep(std::shared_ptr<Job> job) {
   const auto& req = *job->request;
-  StepCheck check = DecideStep(*job->session, req.episode_id(), req.step(),
-                               job->session_created);
+  StepCheck check = DecideStep(*job->session, req.episode_id(), req.step(), job->session_created);
   job->session_restarted = check.session_restarted;
   if (check.decision == StepDecision::kRetry) {
-    auto cached =
-        std::make_shared<v1::PredictResponse>(*job->session->last_response);
+    auto cached = std::make_shared<v1::PredictResponse>(*job->session->last_response);
     cached->set_cached(true);
     Finish(*job, absl::OkStatus(), std::move(cached));
     return;
@@ -289,8 +274,7 @@ void InferenceEngine::StartStep(std::shared_ptr<Job> job) {
     Finish(*job,
            absl::FailedPreconditionError(absl::StrCat(
                "step: ", req.step(), " is lower than the episode's last step ",
-               job->session->last_step, " (episode \"",
-               job->session->episode_id, "\")")),
+               job->session->last_step, " (episode \"", job->session->episode_id, "\")")),
            nullptr);
     return;
   }
@@ -298,9 +282,9 @@ void InferenceEngine::StartStep(std::shared_ptr<Job> job) {
   if (preprocess_pool_->pending() >= options_.batcher.max_queue_size) {
     if (metrics_) metrics_->RecordRejected(RejectReason::kQueueFull);
     Finish(*job,
-           absl::ResourceExhaustedError(absl::StrCat(
-               "request queue full (", preprocess_pool_->pending(),
-               " requests waiting for preprocessing); retry later")),
+           absl::ResourceExhaustedError(
+               absl::StrCat("request queue full (", preprocess_pool_->pending(),
+                            " requests waiting for preprocessing); retry later")),
            nullptr);
     return;
   }
@@ -312,27 +296,24 @@ absl::Status InferenceEngine::PrepareInputs(Job& job) {
   const auto& c = model_.runner->config();
   auto images = ImagesInCameraOrder(req, options_.limits);
   if (!images.ok()) return images.status();
-  DecodeLimits limits{options_.limits.max_image_width,
-                      options_.limits.max_image_height};
+  DecodeLimits limits{options_.limits.max_image_width, options_.limits.max_image_height};
   PreprocessOptions pre{static_cast<int>(c.image_size), c.center_crop_area};
   std::vector<torch::Tensor> patches;
   for (size_t i = 0; i < images->size(); ++i) {
     const v1::Image& img = *(*images)[i];
     absl::StatusOr<RgbImage> rgb =
         img.has_raw() ? RawImageFromBytes(img.raw().height(), img.raw().width(),
-                                          img.raw().channels(),
-                                          img.raw().pixels(), limits)
+                                          img.raw().channels(), img.raw().pixels(), limits)
                       : DecodeImage(img.encoded(), limits);
     if (!rgb.ok())
-      return absl::InvalidArgumentError(absl::StrCat(
-          "images[", i, "] (", c.cameras[i], "): ", rgb.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("images[", i, "] (", c.cameras[i], "): ", rgb.status().message()));
     auto pixels = PreprocessImage(*rgb, pre);
     if (!pixels.ok())
-      return absl::InvalidArgumentError(absl::StrCat(
-          "images[", i, "] (", c.cameras[i], "): ", pixels.status().message()));
-    auto t = torch::from_blob(pixels->data(), {3, c.image_size, c.image_size},
-                              torch::kFloat32)
-                 .clone();
+      return absl::InvalidArgumentError(
+          absl::StrCat("images[", i, "] (", c.cameras[i], "): ", pixels.status().message()));
+    auto t =
+        torch::from_blob(pixels->data(), {3, c.image_size, c.image_size}, torch::kFloat32).clone();
     patches.push_back(extract_patches(t, c.towers[0].patch_size));
     job.images.push_back(std::move(t));
   }
@@ -340,24 +321,23 @@ absl::Status InferenceEngine::PrepareInputs(Job& job) {
   job.prompt_ids = BuildPromptIds(c, *model_.tokenizer, req.instruction());
   auto stats = model_.stats.Get(req.unnorm_key());
   if (!stats.ok())
-    return absl::InvalidArgumentError(
-        absl::StrCat("unnorm_key: ", stats.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("unnorm_key: ", stats.status().message()));
   job.stats = *stats;
   std::vector<float> proprio(req.proprio().begin(), req.proprio().end());
   if (job.stats->proprio.dim() == c.proprio_dim) {
     std::vector<float> normalized(proprio.size());
-    if (auto s = NormalizeProprio(job.stats->proprio, proprio.data(),
-                                  normalized.data(), c.proprio_dim);
+    if (auto s =
+            NormalizeProprio(job.stats->proprio, proprio.data(), normalized.data(), c.proprio_dim);
         !s.ok())
       return absl::InvalidArgumentError(absl::StrCat("proprio: ", s.message()));
     proprio = std::move(normalized);
   }
   job.proprio = torch::tensor(proprio, torch::kFloat32);
   const auto& o = req.pruning();
-  auto pruning = ApplyOverride(
-      pruning_defaults_, ToMethod(o.method()),
-      o.has_alpha() ? std::optional<float>(o.alpha()) : std::nullopt,
-      o.has_keep_ratio() ? std::optional<float>(o.keep_ratio()) : std::nullopt);
+  auto pruning =
+      ApplyOverride(pruning_defaults_, ToMethod(o.method()),
+                    o.has_alpha() ? std::optional<float>(o.alpha()) : std::nullopt,
+                    o.has_keep_ratio() ? std::optional<float>(o.keep_ratio()) : std::nullopt);
   if (!pruning.ok()) return pruning.status();
   if (!o.config_json().empty()) {
     if (o.config_json().size() > 4096)
@@ -381,12 +361,10 @@ void InferenceEngine::Preprocess(std::shared_ptr<Job> job) {
   try {
     s = PrepareInputs(*job);
   } catch (const c10::Error& e) {
-    s = absl::InternalError(
-        absl::StrCat("preprocessing: ", e.what_without_backtrace()));
+    s = absl::InternalError(absl::StrCat("preprocessing: ", e.what_without_backtrace()));
   }
   job->preprocess_seconds = SecondsSince(t0);
-  if (metrics_)
-    metrics_->RecordStage(ComputeStage::kPreprocess, job->preprocess_seconds);
+  if (metrics_) metrics_->RecordStage(ComputeStage::kPreprocess, job->preprocess_seconds);
   if (!s.ok()) {
     if (metrics_ && s.code() == absl::StatusCode::kInvalidArgument)
       metrics_->RecordRejected(RejectReason::kInvalid);
@@ -396,8 +374,7 @@ void InferenceEngine::Preprocess(std::shared_ptr<Job> job) {
   auto submitted = batcher_->Submit(std::shared_ptr<Job>(job));
   if (!submitted.ok()) {
     if (metrics_) {
-      metrics_->RecordRejected(submitted.code() ==
-                                       absl::StatusCode::kResourceExhausted
+      metrics_->RecordRejected(submitted.code() == absl::StatusCode::kResourceExhausted
                                    ? RejectReason::kQueueFull
                                    : RejectReason::kShuttingDown);
     }
@@ -407,8 +384,7 @@ void InferenceEngine::Preprocess(std::shared_ptr<Job> job) {
   }
 }
 
-void InferenceEngine::RunBatch(
-    std::vector<Batcher<std::shared_ptr<Job>>::Queued>&& batch) {
+void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued>&& batch) {
   const auto now = absl::Now();
   const auto& c = model_.runner->config();
   if (metrics_) metrics_->RecordBatchSize(batch.size());
@@ -425,8 +401,8 @@ void InferenceEngine::RunBatch(
     ctx.frame_patches = job.frame_patches;
     ctx.num_layers = static_cast<int>(c.llm.layers);
     ctx.num_vision_tokens = c.vision_tokens();
-    ctx.seed = absl::HashOf(job.request->robot_id(), job.request->episode_id(),
-                            job.request->step());
+    ctx.seed =
+        absl::HashOf(job.request->robot_id(), job.request->episode_id(), job.request->step());
     auto pruner = CreatePruner(ctx);
     if (!pruner.ok()) {
       pruners.push_back(nullptr);
@@ -446,9 +422,7 @@ void InferenceEngine::RunBatch(
   std::vector<SampleInput> run_inputs;
   for (size_t i = 0; i < batch.size(); ++i) {
     if (pruners[i] == nullptr) {
-      Finish(*batch[i].item,
-             absl::InternalError("could not build the pruning policy"),
-             nullptr);
+      Finish(*batch[i].item, absl::InternalError("could not build the pruning policy"), nullptr);
       continue;
     }
     runnable.push_back(i);
@@ -465,8 +439,7 @@ void InferenceEngine::RunBatch(
   if (metrics_) {
     metrics_->RecordStage(ComputeStage::kVision, timings.vision_seconds);
     metrics_->RecordStage(ComputeStage::kLlm, timings.llm_seconds);
-    metrics_->RecordStage(ComputeStage::kActionHead,
-                          timings.action_head_seconds);
+    metrics_->RecordStage(ComputeStage::kActionHead, timings.action_head_seconds);
   }
   for (size_t r = 0; r < runnable.size(); ++r) {
     const size_t i = runnable[r];
@@ -482,9 +455,7 @@ void InferenceEngine::RunBatch(
     resp->set_action_dim(c.action_dim);
     torch::Tensor actions = res.normalized_actions.contiguous().clone();
     float* a = actions.data_ptr<float>();
-    if (auto s = UnnormalizeActions(job.stats->action, a, c.chunk_size,
-                                    c.action_dim);
-        !s.ok()) {
+    if (auto s = UnnormalizeActions(job.stats->action, a, c.chunk_size, c.action_dim); !s.ok()) {
       Finish(job, s, nullptr);
       continue;
     }
@@ -503,8 +474,7 @@ void InferenceEngine::RunBatch(
     auto* tel = resp->mutable_pruning();
     tel->set_method(ToProto(job.pruning.method));
     tel->set_total_vision_tokens(res.total_vision_tokens);
-    tel->set_retained_after_static(per_layer.size() > 2 ? per_layer[2]
-                                                        : per_layer.back());
+    tel->set_retained_after_static(per_layer.size() > 2 ? per_layer[2] : per_layer.back());
     for (int32_t n : per_layer) tel->add_retained_per_layer(n);
     tel->set_flops_ratio(res.flops() / res.flops_unpruned());
     tel->set_used_fallback(pruner->used_fallback());
@@ -525,10 +495,7 @@ void InferenceEngine::RunBatch(
         auto ref = model_.runner->Forward({in}, nullptr);
         if (ref.ok()) {
           tel->set_action_deviation(
-              (res.normalized_actions - (*ref)[0].normalized_actions)
-                  .abs()
-                  .mean()
-                  .item<double>());
+              (res.normalized_actions - (*ref)[0].normalized_actions).abs().mean().item<double>());
           auto* sp = dynamic_cast<SpecPrunePruner*>(pruner);
           auto* keep_all = dynamic_cast<KeepAllPruner*>(ref_pruner->get());
           if (sp != nullptr && keep_all != nullptr && !sp->v_global().empty()) {
@@ -536,8 +503,7 @@ void InferenceEngine::RunBatch(
             if (mean.defined()) {
               std::vector<float> scores(mean.data_ptr<float>(),
                                         mean.data_ptr<float>() + mean.numel());
-              auto top = TopKIndices(
-                  scores, static_cast<int64_t>(sp->v_global().size()));
+              auto top = TopKIndices(scores, static_cast<int64_t>(sp->v_global().size()));
               tel->set_global_recall(Recall(sp->v_global(), top));
             }
           }
@@ -563,9 +529,8 @@ void InferenceEngine::RunBatch(
   }
 }
 
-void InferenceEngine::Finish(
-    Job& job, absl::Status status,
-    std::shared_ptr<const v1::PredictResponse> response) {
+void InferenceEngine::Finish(Job& job, absl::Status status,
+                             std::shared_ptr<const v1::PredictResponse> response) {
   if (job.finished) return;
   job.finished = true;
   Done done = std::move(job.done);

@@ -38,23 +38,20 @@
 namespace specprune {
 
 struct EngineOptions {
-  BatcherOptions batcher;        // max batch size, queue delay, queue bound
-  int preprocess_threads = 2;    // image decode/resize pool
+  BatcherOptions batcher;      // max batch size, queue delay, queue bound
+  int preprocess_threads = 2;  // image decode/resize pool
   // Requests of one robot waiting behind its running step; more are RESOURCE_EXHAUSTED (a robot
   // controller has at most one step in flight; this bounds a misbehaving client).
   size_t max_pending_per_robot = 8;
   SessionStoreOptions sessions;  // LRU bound and idle TTL
-  ValidationLimits
-      limits;  // request limits (cameras etc. are filled from the model)
-  absl::Duration maintenance_period =
-      absl::Seconds(1);  // session expiry + gauges
+  ValidationLimits limits;       // request limits (cameras etc. are filled from the model)
+  absl::Duration maintenance_period = absl::Seconds(1);  // session expiry + gauges
 };
 
 // Per-request context from the transport.
 struct RequestContext {
   absl::Time deadline = absl::InfiniteFuture();
-  std::function<bool()>
-      cancelled;  // may be empty; must be callable from any thread
+  std::function<bool()> cancelled;  // may be empty; must be callable from any thread
 };
 
 // What the engine serves: a model runner plus the tokenizer and normalization statistics.
@@ -73,19 +70,18 @@ class InferenceEngine {
  public:
   // `done` is called exactly once, on an engine thread (or inline for immediate
   // rejections).
-  using Done = std::function<void(absl::Status,
-                                  std::shared_ptr<const v1::PredictResponse>)>;
+  using Done = std::function<void(absl::Status, std::shared_ptr<const v1::PredictResponse>)>;
 
   // Takes ownership of the loaded model. `metrics` must outlive the engine (may
   // be null).
-  static absl::StatusOr<std::unique_ptr<InferenceEngine>> Create(
-      EngineModel model, PruningConfig pruning_defaults, EngineOptions options,
-      ServerMetrics* metrics);
+  static absl::StatusOr<std::unique_ptr<InferenceEngine>> Create(EngineModel model,
+                                                                 PruningConfig pruning_defaults,
+                                                                 EngineOptions options,
+                                                                 ServerMetrics* metrics);
   ~InferenceEngine();
 
   // Validates and runs one Predict. The request is copied when needed.
-  void Predict(std::shared_ptr<const v1::PredictRequest> request,
-               RequestContext ctx, Done done);
+  void Predict(std::shared_ptr<const v1::PredictRequest> request, RequestContext ctx, Done done);
 
   // Ends the robot's episode. Returns whether a session existed.
   bool Reset(const std::string& robot_id);
@@ -102,15 +98,14 @@ class InferenceEngine {
 
  private:
   struct Job;
-  InferenceEngine(EngineModel model, PruningConfig pruning_defaults,
-                  EngineOptions options, ServerMetrics* metrics);
+  InferenceEngine(EngineModel model, PruningConfig pruning_defaults, EngineOptions options,
+                  ServerMetrics* metrics);
 
   void StartStep(std::shared_ptr<Job> job);
   void Preprocess(std::shared_ptr<Job> job);
   absl::Status PrepareInputs(Job& job);
   void RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued>&& batch);
-  void Finish(Job& job, absl::Status status,
-              std::shared_ptr<const v1::PredictResponse> response);
+  void Finish(Job& job, absl::Status status, std::shared_ptr<const v1::PredictResponse> response);
   void Maintenance();
   void BuildModelInfo();
 

@@ -23,37 +23,31 @@ int main(int argc, char** argv) {
   }
   auto options = specprune::LoadServerOptions("", argc, argv);
   if (!options.ok()) {
-    std::fprintf(stderr, "specprune_server: %s\n",
-                 std::string(options.status().message()).c_str());
+    std::fprintf(stderr, "specprune_server: %s\n", std::string(options.status().message()).c_str());
     return 2;
   }
-  std::fprintf(stderr, "specprune_server: loading %s on %s (%s)\n",
-               options->model_dir.c_str(), options->device.c_str(),
-               options->dtype.c_str());
+  std::fprintf(stderr, "specprune_server: loading %s on %s (%s)\n", options->model_dir.c_str(),
+               options->device.c_str(), options->dtype.c_str());
   auto server = specprune::SpecPruneServer::Start(*options);
   if (!server.ok()) {
-    std::fprintf(stderr, "specprune_server: %s\n",
-                 std::string(server.status().message()).c_str());
+    std::fprintf(stderr, "specprune_server: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
   const auto& info = (*server)->engine().model_info();
-  std::fprintf(
-      stderr,
-      "specprune_server: model %s (%llu parameters, %u vision tokens, %u "
-      "layers), "
-      "pruning default %s\n",
-      info.config_name().c_str(),
-      static_cast<unsigned long long>(info.parameter_count()),
-      info.vision_tokens_per_forward(), info.llm_layers(),
-      specprune::v1::PruningMethod_Name(info.pruning().method()).c_str());
-  std::printf("specprune_server listening on %s:%d metrics on %d\n",
-              options->host.c_str(), (*server)->port(),
-              (*server)->metrics_port());
+  std::fprintf(stderr,
+               "specprune_server: model %s (%llu parameters, %u vision tokens, %u "
+               "layers), "
+               "pruning default %s\n",
+               info.config_name().c_str(), static_cast<unsigned long long>(info.parameter_count()),
+               info.vision_tokens_per_forward(), info.llm_layers(),
+               specprune::v1::PruningMethod_Name(info.pruning().method()).c_str());
+  std::printf("specprune_server listening on %s:%d metrics on %d\n", options->host.c_str(),
+              (*server)->port(), (*server)->metrics_port());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  std::fprintf(stderr, "specprune_server: signal %d, draining (up to %.0f s)\n",
-               sig, options->drain_timeout_seconds);
+  std::fprintf(stderr, "specprune_server: signal %d, draining (up to %.0f s)\n", sig,
+               options->drain_timeout_seconds);
   (*server)->Shutdown(absl::Seconds(options->drain_timeout_seconds));
   std::fprintf(stderr, "specprune_server: stopped\n");
   return 0;

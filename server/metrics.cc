@@ -41,40 +41,37 @@ const Histogram::BucketBoundaries& LatencyBuckets() {
 
 // Queue wait buckets: 50 us .. 1 s.
 const Histogram::BucketBoundaries& QueueBuckets() {
-  static const auto* const b = new Histogram::BucketBoundaries{
-      0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005,
-      0.0075,  0.01,   0.02,    0.05,   0.1,   0.25,  0.5,   1};
+  static const auto* const b =
+      new Histogram::BucketBoundaries{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005,
+                                      0.0075,  0.01,   0.02,    0.05,   0.1,   0.25,  0.5,   1};
   return *b;
 }
 
 const Histogram::BucketBoundaries& TokenBuckets() {
   static const auto* const b = new Histogram::BucketBoundaries{
-      0,   8,   16,  32,  48,  64,  96,  128,  160,
-      192, 256, 320, 384, 448, 512, 768, 1024, 2048};
+      0, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 768, 1024, 2048};
   return *b;
 }
 
 const Histogram::BucketBoundaries& RatioBuckets() {
-  static const auto* const b = new Histogram::BucketBoundaries{
-      0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
-      0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0};
+  static const auto* const b =
+      new Histogram::BucketBoundaries{0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+                                      0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0};
   return *b;
 }
 
 const Histogram::BucketBoundaries& BatchBuckets() {
-  static const auto* const b = new Histogram::BucketBoundaries{
-      1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256};
+  static const auto* const b =
+      new Histogram::BucketBoundaries{1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256};
   return *b;
 }
 
-constexpr std::array<std::string_view, kNumComputeStages> kStageNames = {
-    "preprocess", "vision", "llm", "action_head"};
+constexpr std::array<std::string_view, kNumComputeStages> kStageNames = {"preprocess", "vision",
+                                                                         "llm", "action_head"};
 constexpr std::array<std::string_view, kNumRejectReasons> kRejectNames = {
     "queue_full", "invalid", "stale_step", "shutting_down"};
-constexpr std::array<std::string_view, 3> kModeNames = {"none", "coarse",
-                                                        "fine"};
-constexpr std::array<std::string_view, 4> kMethodNames = {"none", "specprune",
-                                                          "fastv", "random"};
+constexpr std::array<std::string_view, 3> kModeNames = {"none", "coarse", "fine"};
+constexpr std::array<std::string_view, 4> kMethodNames = {"none", "specprune", "fastv", "random"};
 
 }  // namespace
 
@@ -86,45 +83,38 @@ std::string_view RejectReasonName(RejectReason reason) {
   return kRejectNames.at(static_cast<size_t>(reason));
 }
 
-ServerMetrics::ServerMetrics()
-    : registry_(std::make_shared<prometheus::Registry>()) {
+ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
   prometheus::Registry& r = *registry_;
   requests_ = &prometheus::BuildCounter()
                    .Name("specprune_requests_total")
                    .Help("Finished RPCs by method and gRPC status code.")
                    .Register(r);
-  request_duration_ =
-      &prometheus::BuildHistogram()
-           .Name("specprune_request_duration_seconds")
-           .Help("Server-side end-to-end RPC duration in seconds.")
-           .Register(r);
-  queue_duration_ =
-      &prometheus::BuildHistogram()
-           .Name("specprune_queue_duration_seconds")
-           .Help("Time requests waited for a batch / model worker, in seconds.")
-           .Register(r)
-           .Add({}, QueueBuckets());
-  auto& stages =
-      prometheus::BuildHistogram()
-          .Name("specprune_compute_duration_seconds")
-          .Help("Compute time per stage and request in seconds (batch share).")
-          .Register(r);
+  request_duration_ = &prometheus::BuildHistogram()
+                           .Name("specprune_request_duration_seconds")
+                           .Help("Server-side end-to-end RPC duration in seconds.")
+                           .Register(r);
+  queue_duration_ = &prometheus::BuildHistogram()
+                         .Name("specprune_queue_duration_seconds")
+                         .Help("Time requests waited for a batch / model worker, in seconds.")
+                         .Register(r)
+                         .Add({}, QueueBuckets());
+  auto& stages = prometheus::BuildHistogram()
+                     .Name("specprune_compute_duration_seconds")
+                     .Help("Compute time per stage and request in seconds (batch share).")
+                     .Register(r);
   for (size_t i = 0; i < kStageNames.size(); ++i) {
-    stage_duration_[i] =
-        &stages.Add({{"stage", std::string(kStageNames[i])}}, LatencyBuckets());
+    stage_duration_[i] = &stages.Add({{"stage", std::string(kStageNames[i])}}, LatencyBuckets());
   }
-  retained_tokens_ =
-      &prometheus::BuildHistogram()
-           .Name("specprune_retained_vision_tokens")
-           .Help("Vision tokens reaching the last LLM layer, per sample.")
-           .Register(r)
-           .Add({}, TokenBuckets());
-  retention_ratio_ =
-      &prometheus::BuildHistogram()
-           .Name("specprune_vision_token_retention_ratio")
-           .Help("Retained / total vision tokens per sample (0..1).")
-           .Register(r)
-           .Add({}, RatioBuckets());
+  retained_tokens_ = &prometheus::BuildHistogram()
+                          .Name("specprune_retained_vision_tokens")
+                          .Help("Vision tokens reaching the last LLM layer, per sample.")
+                          .Register(r)
+                          .Add({}, TokenBuckets());
+  retention_ratio_ = &prometheus::BuildHistogram()
+                          .Name("specprune_vision_token_retention_ratio")
+                          .Help("Retained / total vision tokens per sample (0..1).")
+                          .Register(r)
+                          .Add({}, RatioBuckets());
   batch_size_ = &prometheus::BuildHistogram()
                      .Name("specprune_batch_size")
                      .Help("Samples per model forward pass.")
@@ -135,12 +125,11 @@ ServerMetrics::ServerMetrics()
                           .Help("Robot sessions currently held.")
                           .Register(r)
                           .Add({});
-  session_evictions_ =
-      &prometheus::BuildCounter()
-           .Name("specprune_session_evictions_total")
-           .Help("Sessions evicted by the LRU bound or the idle TTL.")
-           .Register(r)
-           .Add({});
+  session_evictions_ = &prometheus::BuildCounter()
+                            .Name("specprune_session_evictions_total")
+                            .Help("Sessions evicted by the LRU bound or the idle TTL.")
+                            .Register(r)
+                            .Add({});
   auto& modes = prometheus::BuildCounter()
                     .Name("specprune_controller_mode_total")
                     .Help("Samples by SpecPrune controller mode.")
@@ -172,8 +161,7 @@ ServerMetrics::ServerMetrics()
                      .Help("Samples computed by the model, by pruning method.")
                      .Register(r);
   for (size_t i = 0; i < kMethodNames.size(); ++i) {
-    forward_passes_[i] =
-        &passes.Add({{"method", std::string(kMethodNames[i])}});
+    forward_passes_[i] = &passes.Add({{"method", std::string(kMethodNames[i])}});
   }
 }
 
@@ -183,14 +171,13 @@ ServerMetrics::~ServerMetrics() { http_.reset(); }
 // and answers them one at a time (Prometheus scrapes are rare and small).
 class ServerMetrics::HttpEndpoint {
  public:
-  static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(
-      const std::string& host, int port, std::function<std::string()> render) {
+  static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& host, int port,
+                                                             std::function<std::string()> render) {
     auto endpoint = std::unique_ptr<HttpEndpoint>(new HttpEndpoint());
     endpoint->render_ = std::move(render);
     const std::string where = absl::StrCat(host, ":", port);
     std::string bind_host = host;
-    if (bind_host.size() >= 2 && bind_host.front() == '[' &&
-        bind_host.back() == ']') {
+    if (bind_host.size() >= 2 && bind_host.front() == '[' && bind_host.back() == ']') {
       bind_host = bind_host.substr(1, bind_host.size() - 2);
     }
     addrinfo hints{};
@@ -199,17 +186,15 @@ class ServerMetrics::HttpEndpoint {
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     addrinfo* addrs = nullptr;
     const std::string service = absl::StrCat(port);
-    const int gai = getaddrinfo(bind_host.empty() ? nullptr : bind_host.c_str(),
-                                service.c_str(), &hints, &addrs);
+    const int gai = getaddrinfo(bind_host.empty() ? nullptr : bind_host.c_str(), service.c_str(),
+                                &hints, &addrs);
     if (gai != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("metrics bind address \"", where,
-                       "\": cannot resolve host: ", gai_strerror(gai)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "metrics bind address \"", where, "\": cannot resolve host: ", gai_strerror(gai)));
     }
     std::string error = "no usable address";
     for (addrinfo* a = addrs; a != nullptr; a = a->ai_next) {
-      const int fd =
-          socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+      const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
       if (fd < 0) {
         error = std::strerror(errno);
         continue;
@@ -225,20 +210,18 @@ class ServerMetrics::HttpEndpoint {
     }
     freeaddrinfo(addrs);
     if (endpoint->listen_fd_ < 0) {
-      return absl::UnavailableError(absl::StrCat(
-          "metrics exporter cannot listen on ", where, ": ", error));
+      return absl::UnavailableError(
+          absl::StrCat("metrics exporter cannot listen on ", where, ": ", error));
     }
     sockaddr_storage bound{};
     socklen_t len = sizeof(bound);
-    getsockname(endpoint->listen_fd_, reinterpret_cast<sockaddr*>(&bound),
-                &len);
+    getsockname(endpoint->listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
     endpoint->port_ =
-        ntohs(bound.ss_family == AF_INET6
-                  ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
-                  : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+        ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                          : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
     if (pipe2(endpoint->wake_fds_, O_CLOEXEC) != 0) {
-      return absl::InternalError(absl::StrCat(
-          "metrics exporter: cannot create a pipe: ", std::strerror(errno)));
+      return absl::InternalError(
+          absl::StrCat("metrics exporter: cannot create a pipe: ", std::strerror(errno)));
     }
     HttpEndpoint* self = endpoint.get();
     endpoint->thread_ = std::thread([self] { self->Loop(); });
@@ -285,8 +268,7 @@ class ServerMetrics::HttpEndpoint {
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
     std::string request;
     char buffer[2048];
-    while (request.find("\r\n\r\n") == std::string::npos &&
-           request.size() < 16384) {
+    while (request.find("\r\n\r\n") == std::string::npos && request.size() < 16384) {
       const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) break;
@@ -305,25 +287,21 @@ class ServerMetrics::HttpEndpoint {
     if (method != "GET" && method != "HEAD") {
       Send(fd, "405 Method Not Allowed", "only GET is supported\n", true);
     } else if (path != "/metrics") {
-      Send(fd, "404 Not Found", "metrics are served at /metrics\n",
-           method == "GET");
+      Send(fd, "404 Not Found", "metrics are served at /metrics\n", method == "GET");
     } else {
       Send(fd, "200 OK", render_(), method == "GET");
     }
   }
 
-  static void Send(int fd, const std::string& status, const std::string& body,
-                   bool with_body) {
-    std::string out = absl::StrCat(
-        "HTTP/1.1 ", status,
-        "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-        "Content-Length: ",
-        body.size(), "\r\nConnection: close\r\n\r\n");
+  static void Send(int fd, const std::string& status, const std::string& body, bool with_body) {
+    std::string out = absl::StrCat("HTTP/1.1 ", status,
+                                   "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                                   "Content-Length: ",
+                                   body.size(), "\r\nConnection: close\r\n\r\n");
     if (with_body) out += body;
     size_t sent = 0;
     while (sent < out.size()) {
-      const ssize_t n =
-          send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+      const ssize_t n = send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return;
       sent += static_cast<size_t>(n);
@@ -343,27 +321,22 @@ absl::Status ServerMetrics::StartExposer(const std::string& bind_address) {
   }
   const size_t colon = bind_address.rfind(':');
   int port = -1;
-  if (colon == std::string::npos ||
-      !absl::SimpleAtoi(bind_address.substr(colon + 1), &port) || port < 0 ||
-      port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics bind address \"", bind_address,
-                     "\": expected host:port with port in [0, 65535]"));
+  if (colon == std::string::npos || !absl::SimpleAtoi(bind_address.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics bind address \"", bind_address, "\": expected host:port with port in [0, 65535]"));
   }
   if (port == 0) return absl::OkStatus();
-  absl::StatusOr<std::unique_ptr<HttpEndpoint>> endpoint = HttpEndpoint::Start(
-      bind_address.substr(0, colon), port, [this] { return Serialize(); });
+  absl::StatusOr<std::unique_ptr<HttpEndpoint>> endpoint =
+      HttpEndpoint::Start(bind_address.substr(0, colon), port, [this] { return Serialize(); });
   if (!endpoint.ok()) return endpoint.status();
   http_ = std::move(endpoint).value();
   return absl::OkStatus();
 }
 
-int ServerMetrics::exposer_port() const {
-  return http_ == nullptr ? 0 : http_->port();
-}
+int ServerMetrics::exposer_port() const { return http_ == nullptr ? 0 : http_->port(); }
 
-void ServerMetrics::RecordRequest(std::string_view rpc, int grpc_code,
-                                  double seconds) {
+void ServerMetrics::RecordRequest(std::string_view rpc, int grpc_code, double seconds) {
   const std::string_view code_name = GrpcCodeName(grpc_code);
   const size_t code_index = (grpc_code >= 0 && grpc_code < 17) ? grpc_code : 2;
   prometheus::Counter* counter;
@@ -373,13 +346,11 @@ void ServerMetrics::RecordRequest(std::string_view rpc, int grpc_code,
     auto it = rpc_children_.find(absl::string_view(rpc.data(), rpc.size()));
     if (it == rpc_children_.end()) {
       it = rpc_children_.emplace(std::string(rpc), RpcChildren{}).first;
-      it->second.duration = &request_duration_->Add({{"rpc", std::string(rpc)}},
-                                                    LatencyBuckets());
+      it->second.duration = &request_duration_->Add({{"rpc", std::string(rpc)}}, LatencyBuckets());
     }
     prometheus::Counter*& slot = it->second.by_code[code_index];
     if (slot == nullptr) {
-      slot = &requests_->Add(
-          {{"rpc", std::string(rpc)}, {"code", std::string(code_name)}});
+      slot = &requests_->Add({{"rpc", std::string(rpc)}, {"code", std::string(code_name)}});
     }
     counter = slot;
     duration = it->second.duration;
@@ -388,9 +359,7 @@ void ServerMetrics::RecordRequest(std::string_view rpc, int grpc_code,
   duration->Observe(seconds);
 }
 
-void ServerMetrics::RecordQueueWait(double seconds) {
-  queue_duration_->Observe(seconds);
-}
+void ServerMetrics::RecordQueueWait(double seconds) { queue_duration_->Observe(seconds); }
 
 void ServerMetrics::RecordStage(ComputeStage stage, double seconds) {
   stage_duration_.at(static_cast<size_t>(stage))->Observe(seconds);
@@ -398,8 +367,7 @@ void ServerMetrics::RecordStage(ComputeStage stage, double seconds) {
 
 void ServerMetrics::RecordRetainedTokens(uint32_t retained, uint32_t total) {
   retained_tokens_->Observe(static_cast<double>(retained));
-  if (total > 0)
-    retention_ratio_->Observe(static_cast<double>(retained) / total);
+  if (total > 0) retention_ratio_->Observe(static_cast<double>(retained) / total);
 }
 
 void ServerMetrics::RecordBatchSize(size_t samples) {
@@ -433,9 +401,7 @@ void ServerMetrics::RecordRejected(RejectReason reason) {
 
 void ServerMetrics::RecordExpired() { expired_->Increment(); }
 
-void ServerMetrics::SetQueueDepth(size_t depth) {
-  queue_depth_->Set(static_cast<double>(depth));
-}
+void ServerMetrics::SetQueueDepth(size_t depth) { queue_depth_->Set(static_cast<double>(depth)); }
 
 void ServerMetrics::RecordForwardPass(v1::PruningMethod method) {
   switch (method) {

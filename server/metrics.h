@@ -65,10 +65,8 @@ enum class RejectReason { kQueueFull = 0, kInvalid, kStaleStep, kShuttingDown };
 inline constexpr int kNumRejectReasons = 4;
 
 // Label values used by the families above.
-std::string_view ComputeStageName(
-    ComputeStage stage);  // "preprocess", "vision", ...
-std::string_view RejectReasonName(
-    RejectReason reason);  // "queue_full", "invalid", ...
+std::string_view ComputeStageName(ComputeStage stage);   // "preprocess", "vision", ...
+std::string_view RejectReasonName(RejectReason reason);  // "queue_full", "invalid", ...
 
 class ServerMetrics {
  public:
@@ -136,12 +134,10 @@ class ServerMetrics {
   std::array<prometheus::Counter*, kNumRejectReasons> rejected_;
   prometheus::Counter* expired_;
   prometheus::Gauge* queue_depth_;
-  std::array<prometheus::Counter*, 4>
-      forward_passes_;  // none, specprune, fastv, random
+  std::array<prometheus::Counter*, 4> forward_passes_;  // none, specprune, fastv, random
 
   std::mutex rpc_mu_;  // std::mutex: visible to ThreadSanitizer
-  absl::flat_hash_map<std::string, RpcChildren> rpc_children_
-      ABSL_GUARDED_BY(rpc_mu_);
+  absl::flat_hash_map<std::string, RpcChildren> rpc_children_ ABSL_GUARDED_BY(rpc_mu_);
 
   // Declared last: destroyed first, so no scrape runs while the metrics are
   // torn down.

@@ -36,17 +36,14 @@ absl::Status ValidateImage(const v1::Image& image, const std::string& field,
       const std::string& bytes = image.encoded();
       if (bytes.empty()) return Invalid(field + ".encoded", "empty");
       if (bytes.size() > limits.max_encoded_image_bytes) {
-        return Invalid(
-            field + ".encoded",
-            absl::StrCat(bytes.size(), " bytes exceeds the limit of ",
-                         limits.max_encoded_image_bytes));
+        return Invalid(field + ".encoded",
+                       absl::StrCat(bytes.size(), " bytes exceeds the limit of ",
+                                    limits.max_encoded_image_bytes));
       }
       static constexpr char kJpeg[] = "\xFF\xD8\xFF";
       static constexpr char kPng[] = "\x89PNG\r\n\x1A\n";
-      if (!StartsWithBytes(bytes, kJpeg, 3) &&
-          !StartsWithBytes(bytes, kPng, 8)) {
-        return Invalid(field + ".encoded",
-                       "not a JPEG or PNG file (unknown leading bytes)");
+      if (!StartsWithBytes(bytes, kJpeg, 3) && !StartsWithBytes(bytes, kPng, 8)) {
+        return Invalid(field + ".encoded", "not a JPEG or PNG file (unknown leading bytes)");
       }
       return absl::OkStatus();
     }
@@ -54,29 +51,22 @@ absl::Status ValidateImage(const v1::Image& image, const std::string& field,
       const v1::RawImage& raw = image.raw();
       const std::string raw_field = field + ".raw";
       if (raw.channels() != 3) {
-        return Invalid(raw_field, absl::StrCat("channels must be 3, got ",
-                                               raw.channels()));
+        return Invalid(raw_field, absl::StrCat("channels must be 3, got ", raw.channels()));
       }
-      if (raw.height() < 1 ||
-          raw.height() > static_cast<uint32_t>(limits.max_image_height)) {
-        return Invalid(raw_field, absl::StrCat("height must be in [1, ",
-                                               limits.max_image_height,
+      if (raw.height() < 1 || raw.height() > static_cast<uint32_t>(limits.max_image_height)) {
+        return Invalid(raw_field, absl::StrCat("height must be in [1, ", limits.max_image_height,
                                                "], got ", raw.height()));
       }
-      if (raw.width() < 1 ||
-          raw.width() > static_cast<uint32_t>(limits.max_image_width)) {
-        return Invalid(raw_field, absl::StrCat("width must be in [1, ",
-                                               limits.max_image_width,
+      if (raw.width() < 1 || raw.width() > static_cast<uint32_t>(limits.max_image_width)) {
+        return Invalid(raw_field, absl::StrCat("width must be in [1, ", limits.max_image_width,
                                                "], got ", raw.width()));
       }
-      const uint64_t expected =
-          uint64_t{raw.height()} * raw.width() * raw.channels();
+      const uint64_t expected = uint64_t{raw.height()} * raw.width() * raw.channels();
       if (raw.pixels().size() != expected) {
         return Invalid(
             raw_field + ".pixels",
-            absl::StrCat("expected ", expected, " bytes (", raw.height(), "x",
-                         raw.width(), "x", raw.channels(), "), got ",
-                         raw.pixels().size()));
+            absl::StrCat("expected ", expected, " bytes (", raw.height(), "x", raw.width(), "x",
+                         raw.channels(), "), got ", raw.pixels().size()));
       }
       return absl::OkStatus();
     }
@@ -88,18 +78,14 @@ absl::Status ValidateImage(const v1::Image& image, const std::string& field,
 
 absl::Status ValidatePruning(const v1::PruningOverride& pruning) {
   if (!v1::PruningMethod_IsValid(pruning.method())) {
-    return Invalid("pruning.method",
-                   absl::StrCat("unknown value ", pruning.method()));
+    return Invalid("pruning.method", absl::StrCat("unknown value ", pruning.method()));
   }
-  if (pruning.has_alpha() &&
-      !(pruning.alpha() > 0.0f && pruning.alpha() <= 4.0f)) {
-    return Invalid("pruning.alpha",
-                   absl::StrCat("must be in (0, 4], got ", pruning.alpha()));
+  if (pruning.has_alpha() && !(pruning.alpha() > 0.0f && pruning.alpha() <= 4.0f)) {
+    return Invalid("pruning.alpha", absl::StrCat("must be in (0, 4], got ", pruning.alpha()));
   }
-  if (pruning.has_keep_ratio() &&
-      !(pruning.keep_ratio() > 0.0f && pruning.keep_ratio() <= 1.0f)) {
-    return Invalid("pruning.keep_ratio", absl::StrCat("must be in (0, 1], got ",
-                                                      pruning.keep_ratio()));
+  if (pruning.has_keep_ratio() && !(pruning.keep_ratio() > 0.0f && pruning.keep_ratio() <= 1.0f)) {
+    return Invalid("pruning.keep_ratio",
+                   absl::StrCat("must be in (0, 1], got ", pruning.keep_ratio()));
   }
   return absl::OkStatus();
 }
@@ -110,8 +96,8 @@ bool IsValidId(std::string_view id, bool allow_empty) {
   if (id.empty()) return allow_empty;
   if (id.size() > kMaxIdLength) return false;
   for (const char c : id) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' &&
-        c != '_' && c != ':' && c != '-') {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != ':' &&
+        c != '-') {
       return false;
     }
   }
@@ -143,8 +129,7 @@ bool IsValidUtf8(std::string_view text, size_t* error_offset) {
       len = 0;
     }
     bool ok = len > 0 && i + len <= n && s[i + 1] >= lo && s[i + 1] <= hi;
-    for (size_t k = 2; ok && k < len; ++k)
-      ok = s[i + k] >= 0x80 && s[i + k] <= 0xBF;
+    for (size_t k = 2; ok && k < len; ++k) ok = s[i + k] >= 0x80 && s[i + k] <= 0xBF;
     if (!ok) {
       if (error_offset != nullptr) *error_offset = i;
       return false;
@@ -154,15 +139,14 @@ bool IsValidUtf8(std::string_view text, size_t* error_offset) {
   return true;
 }
 
-absl::StatusOr<std::vector<const v1::Image*>> ImagesInCameraOrder(
-    const v1::PredictRequest& request, const ValidationLimits& limits) {
+absl::StatusOr<std::vector<const v1::Image*>> ImagesInCameraOrder(const v1::PredictRequest& request,
+                                                                  const ValidationLimits& limits) {
   const auto& images = request.images();
   const size_t expected = limits.cameras.size();
   if (static_cast<size_t>(images.size()) != expected) {
-    return Invalid("images", absl::StrCat("expected ", expected, " image",
-                                          expected == 1 ? "" : "s", " (",
-                                          absl::StrJoin(limits.cameras, ", "),
-                                          "), got ", images.size()));
+    return Invalid("images",
+                   absl::StrCat("expected ", expected, " image", expected == 1 ? "" : "s", " (",
+                                absl::StrJoin(limits.cameras, ", "), "), got ", images.size()));
   }
   std::vector<const v1::Image*> ordered(expected, nullptr);
   if (expected == 0) return ordered;
@@ -171,13 +155,12 @@ absl::StatusOr<std::vector<const v1::Image*>> ImagesInCameraOrder(
     const std::string field = absl::StrCat("images[", i, "].camera");
     const std::string& camera = images[i].camera();
     if (camera.empty() == named) {
-      return Invalid(field, named
-                                ? absl::StrCat("empty, but images[0] is named ",
-                                               Quote(images[0].camera()),
-                                               "; name every image or none")
-                                : absl::StrCat(Quote(camera),
-                                               " named, but images[0] is not; "
-                                               "name every image or none"));
+      return Invalid(
+          field, named ? absl::StrCat("empty, but images[0] is named ", Quote(images[0].camera()),
+                                      "; name every image or none")
+                       : absl::StrCat(Quote(camera),
+                                      " named, but images[0] is not; "
+                                      "name every image or none"));
     }
     if (!named) {
       ordered[i] = &images[i];
@@ -186,8 +169,7 @@ absl::StatusOr<std::vector<const v1::Image*>> ImagesInCameraOrder(
     size_t index = 0;
     while (index < expected && limits.cameras[index] != camera) ++index;
     if (index == expected) {
-      return Invalid(field, absl::StrCat("unknown camera ", Quote(camera),
-                                         "; expected one of ",
+      return Invalid(field, absl::StrCat("unknown camera ", Quote(camera), "; expected one of ",
                                          absl::StrJoin(limits.cameras, ", ")));
     }
     if (ordered[index] != nullptr) {
@@ -204,47 +186,39 @@ absl::Status ValidatePredictRequest(const v1::PredictRequest& request,
     return Invalid("robot_id", "must be 1..128 characters of [A-Za-z0-9._:-]");
   }
   if (!IsValidId(request.episode_id(), /*allow_empty=*/true)) {
-    return Invalid("episode_id",
-                   "must be 0..128 characters of [A-Za-z0-9._:-]");
+    return Invalid("episode_id", "must be 0..128 characters of [A-Za-z0-9._:-]");
   }
 
-  absl::StatusOr<std::vector<const v1::Image*>> ordered =
-      ImagesInCameraOrder(request, limits);
+  absl::StatusOr<std::vector<const v1::Image*>> ordered = ImagesInCameraOrder(request, limits);
   if (!ordered.ok()) return ordered.status();
   for (int i = 0; i < request.images_size(); ++i) {
-    absl::Status status = ValidateImage(
-        request.images(i), absl::StrCat("images[", i, "]"), limits);
+    absl::Status status = ValidateImage(request.images(i), absl::StrCat("images[", i, "]"), limits);
     if (!status.ok()) return status;
   }
 
   const std::string& instruction = request.instruction();
   if (instruction.size() > limits.max_instruction_bytes) {
-    return Invalid("instruction", absl::StrCat(instruction.size(),
-                                               " bytes exceeds the limit of ",
+    return Invalid("instruction", absl::StrCat(instruction.size(), " bytes exceeds the limit of ",
                                                limits.max_instruction_bytes));
   }
   size_t bad_offset = 0;
   if (!IsValidUtf8(instruction, &bad_offset)) {
-    return Invalid("instruction",
-                   absl::StrCat("not valid UTF-8 (at byte ", bad_offset, ")"));
+    return Invalid("instruction", absl::StrCat("not valid UTF-8 (at byte ", bad_offset, ")"));
   }
   if (absl::StripAsciiWhitespace(instruction).empty()) {
-    return Invalid("instruction",
-                   instruction.empty() ? "empty" : "empty (only whitespace)");
+    return Invalid("instruction", instruction.empty() ? "empty" : "empty (only whitespace)");
   }
 
   if (request.proprio_size() != limits.proprio_dim) {
-    return Invalid("proprio",
-                   absl::StrCat("expected ", limits.proprio_dim,
-                                " values, got ", request.proprio_size()));
+    return Invalid("proprio", absl::StrCat("expected ", limits.proprio_dim, " values, got ",
+                                           request.proprio_size()));
   }
   for (int i = 0; i < request.proprio_size(); ++i) {
     const float v = request.proprio(i);
     if (!std::isfinite(v)) {
       return Invalid(
           absl::StrCat("proprio[", i, "]"),
-          absl::StrCat("not finite (",
-                       std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"), ")"));
+          absl::StrCat("not finite (", std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"), ")"));
     }
   }
 
@@ -253,12 +227,10 @@ absl::Status ValidatePredictRequest(const v1::PredictRequest& request,
     bool known = false;
     for (const std::string& k : limits.unnorm_keys) known = known || k == key;
     if (!known) {
-      return Invalid(
-          "unnorm_key",
-          absl::StrCat("unknown key ", Quote(key), "; known: ",
-                       limits.unnorm_keys.empty()
-                           ? std::string("(none)")
-                           : absl::StrJoin(limits.unnorm_keys, ", ")));
+      return Invalid("unnorm_key", absl::StrCat("unknown key ", Quote(key), "; known: ",
+                                                limits.unnorm_keys.empty()
+                                                    ? std::string("(none)")
+                                                    : absl::StrJoin(limits.unnorm_keys, ", ")));
     }
   }
 

@@ -58,8 +58,8 @@ absl::Status ValidateResetRequest(const v1::ResetRequest& request);
 // every image is named and by position when none is; mixing named and unnamed
 // images, unknown or duplicate names and a wrong image count are
 // InvalidArgument naming the field.
-absl::StatusOr<std::vector<const v1::Image*>> ImagesInCameraOrder(
-    const v1::PredictRequest& request, const ValidationLimits& limits);
+absl::StatusOr<std::vector<const v1::Image*>> ImagesInCameraOrder(const v1::PredictRequest& request,
+                                                                  const ValidationLimits& limits);
 
 // True when `id` is 1..128 (or, with allow_empty, 0..128) characters of
 // [A-Za-z0-9._:-].

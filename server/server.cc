@@ -14,27 +14,23 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
     const ServerOptions& options) {
   std::unique_ptr<SpecPruneServer> s(new SpecPruneServer());
   if (options.model_threads > 0) torch::set_num_threads(options.model_threads);
-  auto loaded = LoadModelDir(
-      options.model_dir, {.device = options.device, .dtype = options.dtype});
+  auto loaded = LoadModelDir(options.model_dir, {.device = options.device, .dtype = options.dtype});
   if (!loaded.ok()) return loaded.status();
   const ModelConfig& c = loaded->model->config();
   auto pruning = ParsePruningConfig(
-      options.pruning,
-      DefaultPruningConfig(static_cast<int>(c.llm.layers), c.vision_tokens(),
-                           c.patches_per_image()));
+      options.pruning, DefaultPruningConfig(static_cast<int>(c.llm.layers), c.vision_tokens(),
+                                            c.patches_per_image()));
   if (!pruning.ok()) return pruning.status();
 
   s->metrics_ = std::make_unique<ServerMetrics>();
   if (options.metrics_port > 0) {
-    if (auto st = s->metrics_->StartExposer(
-            absl::StrCat(options.host, ":", options.metrics_port));
+    if (auto st = s->metrics_->StartExposer(absl::StrCat(options.host, ":", options.metrics_port));
         !st.ok())
       return st;
   }
   EngineOptions eo;
   eo.batcher.max_batch_size = options.max_batch_size;
-  eo.batcher.max_queue_delay =
-      absl::Microseconds(options.max_queue_delay_ms * 1000.0);
+  eo.batcher.max_queue_delay = absl::Microseconds(options.max_queue_delay_ms * 1000.0);
   eo.batcher.max_queue_size = options.max_queue_size;
   eo.preprocess_threads = options.preprocess_threads;
   eo.sessions.max_sessions = options.max_sessions;
@@ -43,12 +39,11 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
   eo.limits.max_image_width = options.max_image_width;
   eo.limits.max_image_height = options.max_image_height;
   eo.limits.max_encoded_image_bytes = options.max_encoded_image_bytes;
-  auto engine = InferenceEngine::Create(EngineModel::FromLoaded(std::move(*loaded)), std::move(*pruning),
-                                        eo, s->metrics_.get());
+  auto engine = InferenceEngine::Create(EngineModel::FromLoaded(std::move(*loaded)),
+                                        std::move(*pruning), eo, s->metrics_.get());
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(*engine);
-  s->service_ =
-      std::make_unique<VlaServiceImpl>(s->engine_.get(), s->metrics_.get());
+  s->service_ = std::make_unique<VlaServiceImpl>(s->engine_.get(), s->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -60,9 +55,8 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0)
-    return absl::UnavailableError(absl::StrCat("cannot listen on ",
-                                               options.host, ":", options.port,
-                                               " (port in use?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.host, ":", options.port, " (port in use?)"));
   s->server_->GetHealthCheckService()->SetServingStatus(true);
   return s;
 }

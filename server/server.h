@@ -20,8 +20,7 @@ class SpecPruneServer {
   // Loads the model, starts the metrics exposer (metrics_port 0 = off) and the
   // gRPC server (port 0 = ephemeral). Any failure (bad model, bad pruning
   // config, port in use) is returned.
-  static absl::StatusOr<std::unique_ptr<SpecPruneServer>> Start(
-      const ServerOptions& options);
+  static absl::StatusOr<std::unique_ptr<SpecPruneServer>> Start(const ServerOptions& options);
   ~SpecPruneServer();
 
   int port() const { return port_; }

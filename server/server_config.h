@@ -74,15 +74,9 @@ struct ServerOptions {
   // cancelled.
   double drain_timeout_seconds = 10;  // [0, 3600]
 
-  absl::Duration session_idle_ttl() const {
-    return absl::Seconds(session_idle_ttl_seconds);
-  }
-  absl::Duration max_queue_delay() const {
-    return absl::Milliseconds(max_queue_delay_ms);
-  }
-  absl::Duration drain_timeout() const {
-    return absl::Seconds(drain_timeout_seconds);
-  }
+  absl::Duration session_idle_ttl() const { return absl::Seconds(session_idle_ttl_seconds); }
+  absl::Duration max_queue_delay() const { return absl::Milliseconds(max_queue_delay_ms); }
+  absl::Duration drain_timeout() const { return absl::Seconds(drain_timeout_seconds); }
 };
 
 // Builds the options: defaults <- JSON file <- flags. The JSON file is
@@ -94,14 +88,13 @@ struct ServerOptions {
 //   flag --port: must be an integer in [0, 65535], got "abc"
 // Unknown keys/flags, positional arguments, malformed JSON and a metrics_port
 // equal to port are errors too.
-absl::StatusOr<ServerOptions> LoadServerOptions(
-    const std::string& json_path_or_empty, int argc, char** argv);
+absl::StatusOr<ServerOptions> LoadServerOptions(const std::string& json_path_or_empty, int argc,
+                                                char** argv);
 
 // Applies a JSON object of overrides to `options` (the file step of
 // LoadServerOptions, without a source prefix in errors). On error `options` may
 // be partially updated.
-absl::Status ApplyServerOptionsJson(const nlohmann::json& j,
-                                    ServerOptions& options);
+absl::Status ApplyServerOptionsJson(const nlohmann::json& j, ServerOptions& options);
 
 // Checks cross-field constraints (e.g. metrics_port != port when both are set).
 absl::Status ValidateServerOptions(const ServerOptions& options);

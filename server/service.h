@@ -19,10 +19,9 @@ class VlaServiceImpl final : public v1::VlaService::CallbackService {
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx,
                                     const v1::PredictRequest* request,
                                     v1::PredictResponse* response) override;
-  grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>*
-  StreamPredict(grpc::CallbackServerContext* ctx) override;
-  grpc::ServerUnaryReactor* Reset(grpc::CallbackServerContext* ctx,
-                                  const v1::ResetRequest* request,
+  grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* StreamPredict(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* Reset(grpc::CallbackServerContext* ctx, const v1::ResetRequest* request,
                                   v1::ResetResponse* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx,
                                          const v1::GetModelInfoRequest* request,

@@ -87,8 +87,8 @@ void Session::RunChain(Work work) {
 // --- Episode logic
 // -------------------------------------------------------------------------------
 
-StepCheck DecideStep(Session& session, std::string_view episode_id,
-                     uint64_t step, bool session_created) {
+StepCheck DecideStep(Session& session, std::string_view episode_id, uint64_t step,
+                     bool session_created) {
   StepCheck check;
   if (episode_id != session.episode_id) {
     check.episode_changed = !session.episode_id.empty() || session.has_step;
@@ -105,8 +105,8 @@ StepCheck DecideStep(Session& session, std::string_view episode_id,
       check.decision = StepDecision::kRetry;
     }
   }
-  check.session_restarted = check.decision == StepDecision::kNew && step > 0 &&
-                            (session_created || !session.has_step);
+  check.session_restarted =
+      check.decision == StepDecision::kNew && step > 0 && (session_created || !session.has_step);
   return check;
 }
 
@@ -144,15 +144,13 @@ void SessionStore::RemoveLocked(Lru::iterator it, EvictionReason reason,
   ++evictions_;
 }
 
-void SessionStore::ExpireLocked(absl::Time now, size_t max_scan,
-                                std::vector<Evicted>& out) {
+void SessionStore::ExpireLocked(absl::Time now, size_t max_scan, std::vector<Evicted>& out) {
   if (options_.idle_ttl <= absl::ZeroDuration()) return;
   auto it = lru_.end();
   size_t scanned = 0;
   while (it != lru_.begin() && scanned < max_scan) {
     --it;
-    if (now - it->last_used < options_.idle_ttl)
-      break;  // the rest is more recent
+    if (now - it->last_used < options_.idle_ttl) break;  // the rest is more recent
     ++scanned;
     if (Evictable(*it)) {
       auto victim = it++;
@@ -166,8 +164,7 @@ void SessionStore::Notify(const std::vector<Evicted>& evicted) const {
   for (const Evicted& e : evicted) options_.on_evict(*e.session, e.reason);
 }
 
-std::shared_ptr<Session> SessionStore::GetOrCreate(std::string_view robot_id,
-                                                   bool* created) {
+std::shared_ptr<Session> SessionStore::GetOrCreate(std::string_view robot_id, bool* created) {
   std::vector<Evicted> evicted;
   std::shared_ptr<Session> session;
   bool was_created = false;
@@ -175,8 +172,7 @@ std::shared_ptr<Session> SessionStore::GetOrCreate(std::string_view robot_id,
     std::lock_guard<std::mutex> lock(mu_);
     const absl::Time now = Now();
     ExpireLocked(now, kOpportunisticExpiry, evicted);
-    auto found =
-        index_.find(absl::string_view(robot_id.data(), robot_id.size()));
+    auto found = index_.find(absl::string_view(robot_id.data(), robot_id.size()));
     if (found != index_.end()) {
       Lru::iterator it = found->second;
       it->last_used = now;

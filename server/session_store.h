@@ -119,8 +119,8 @@ struct StepCheck {
 // the same episode: step == last_step with a cached response -> kRetry; step <
 // last_step -> kStale; otherwise kNew (state untouched). A retry of a step that
 // failed (no cached response) is computed again (kNew).
-StepCheck DecideStep(Session& session, std::string_view episode_id,
-                     uint64_t step, bool session_created);
+StepCheck DecideStep(Session& session, std::string_view episode_id, uint64_t step,
+                     bool session_created);
 
 // Records a completed step: has_step, last_step and the response a retry
 // returns. Call from the robot's running work item after the forward pass.
@@ -161,14 +161,12 @@ class SessionStore {
   // null). Marks it most recently used. Cheaply expires a few idle sessions
   // from the LRU tail first, and at the bound evicts the least-recently-used
   // evictable session.
-  std::shared_ptr<Session> GetOrCreate(std::string_view robot_id,
-                                       bool* created = nullptr)
+  std::shared_ptr<Session> GetOrCreate(std::string_view robot_id, bool* created = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Returns the robot's session without creating it or refreshing its LRU
   // position; null if absent.
-  std::shared_ptr<Session> Find(std::string_view robot_id) const
-      ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<Session> Find(std::string_view robot_id) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Drops the robot's session (Reset). Returns whether one existed. Work in
   // flight finishes on the dropped session object; the robot's next request
@@ -194,17 +192,14 @@ class SessionStore {
     EvictionReason reason;
   };
 
-  absl::Time Now() const {
-    return options_.clock ? options_.clock() : absl::Now();
-  }
+  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
   // True when only the store references the session and it has no work.
   static bool Evictable(const Entry& entry);
   // Expires evictable entries idle since before `now`, scanning from the LRU
   // tail; examines at most `max_scan` expired entries (busy ones are skipped).
   void ExpireLocked(absl::Time now, size_t max_scan, std::vector<Evicted>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RemoveLocked(Lru::iterator it, EvictionReason reason,
-                    std::vector<Evicted>& out)
+  void RemoveLocked(Lru::iterator it, EvictionReason reason, std::vector<Evicted>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify(const std::vector<Evicted>& evicted) const;
 

@@ -94,12 +94,11 @@ class Recorder {
   std::vector<absl::Duration> waits_ ABSL_GUARDED_BY(mu_);
 };
 
-std::unique_ptr<Batcher<Item>> Make(
-    BatcherOptions options, Batcher<Item>::RunBatch run,
-    Batcher<Item>::IsExpired is_expired = nullptr,
-    Batcher<Item>::OnExpired on_expired = nullptr) {
-  auto batcher = Batcher<Item>::Create(
-      options, std::move(run), std::move(is_expired), std::move(on_expired));
+std::unique_ptr<Batcher<Item>> Make(BatcherOptions options, Batcher<Item>::RunBatch run,
+                                    Batcher<Item>::IsExpired is_expired = nullptr,
+                                    Batcher<Item>::OnExpired on_expired = nullptr) {
+  auto batcher =
+      Batcher<Item>::Create(options, std::move(run), std::move(is_expired), std::move(on_expired));
   EXPECT_TRUE(batcher.ok()) << batcher.status();
   return std::move(batcher).value();
 }
@@ -108,13 +107,11 @@ TEST(BatcherTest, BatchesFillUpToMaxSize) {
   Recorder recorder;
   BatcherOptions options;
   options.max_batch_size = 4;
-  options.max_queue_delay =
-      absl::Seconds(30);  // only a full batch may leave early
+  options.max_queue_delay = absl::Seconds(30);  // only a full batch may leave early
   auto batcher = Make(options, recorder.Runner());
   for (int i = 0; i < 8; ++i) ASSERT_TRUE(batcher->Submit(Item{i}).ok());
   ASSERT_TRUE(recorder.AwaitItems(8));
-  EXPECT_THAT(recorder.batches(),
-              ElementsAre(ElementsAre(0, 1, 2, 3), ElementsAre(4, 5, 6, 7)));
+  EXPECT_THAT(recorder.batches(), ElementsAre(ElementsAre(0, 1, 2, 3), ElementsAre(4, 5, 6, 7)));
 }
 
 TEST(BatcherTest, PartialBatchLeavesAfterMaxQueueDelay) {
@@ -165,8 +162,7 @@ TEST(BatcherTest, FullQueueIsResourceExhaustedAndKeepsTheItem) {
   auto& b = **batcher;
   ASSERT_TRUE(b.Submit(std::make_unique<int>(0)).ok());
   started.Wait();  // the worker is busy with item 0
-  for (int i = 1; i <= 3; ++i)
-    ASSERT_TRUE(b.Submit(std::make_unique<int>(i)).ok());
+  for (int i = 1; i <= 3; ++i) ASSERT_TRUE(b.Submit(std::make_unique<int>(i)).ok());
   EXPECT_EQ(b.queue_depth(), 3u);
 
   auto rejected = std::make_unique<int>(42);
@@ -195,8 +191,7 @@ TEST(BatcherTest, ExpiredItemsAreDroppedBeforeCompute) {
         std::lock_guard<std::mutex> lock(mu);
         expired_ids.push_back(q.item.id);
       });
-  for (int i = 0; i < 8; ++i)
-    ASSERT_TRUE(batcher->Submit(Item{i, i % 3 == 0}).ok());
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(batcher->Submit(Item{i, i % 3 == 0}).ok());
   batcher->Shutdown();
   EXPECT_THAT(recorder.batches(), ElementsAre(ElementsAre(1, 2, 4, 5, 7)));
   std::lock_guard<std::mutex> lock(mu);
@@ -229,8 +224,7 @@ TEST(BatcherTest, ShutdownDrainsWithoutWaitingAndRejectsLaterItems) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
   EXPECT_THAT(recorder.batches(), ElementsAre(ElementsAre(0, 1, 2, 3, 4)));
   Item late{9};
-  EXPECT_EQ(batcher->Submit(std::move(late)).code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(batcher->Submit(std::move(late)).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(batcher->queue_depth(), 0u);
   batcher->Shutdown();  // idempotent
 }
@@ -250,23 +244,18 @@ TEST(BatcherTest, InvalidOptionsAreRejected) {
   auto run = [](std::vector<Batcher<Item>::Queued>&&) {};
   BatcherOptions o;
   o.max_batch_size = 0;
-  EXPECT_THAT(Batcher<Item>::Create(o, run).status().message(),
-              HasSubstr("max_batch_size"));
+  EXPECT_THAT(Batcher<Item>::Create(o, run).status().message(), HasSubstr("max_batch_size"));
   o = BatcherOptions();
   o.max_queue_size = 0;
-  EXPECT_THAT(Batcher<Item>::Create(o, run).status().message(),
-              HasSubstr("max_queue_size"));
+  EXPECT_THAT(Batcher<Item>::Create(o, run).status().message(), HasSubstr("max_queue_size"));
   o = BatcherOptions();
   o.num_workers = 0;
-  EXPECT_THAT(Batcher<Item>::Create(o, run).status().message(),
-              HasSubstr("num_workers"));
+  EXPECT_THAT(Batcher<Item>::Create(o, run).status().message(), HasSubstr("num_workers"));
   o = BatcherOptions();
   o.max_queue_delay = absl::Milliseconds(-1);
-  EXPECT_THAT(Batcher<Item>::Create(o, run).status().message(),
-              HasSubstr("max_queue_delay"));
-  EXPECT_THAT(
-      Batcher<Item>::Create(BatcherOptions(), nullptr).status().message(),
-      HasSubstr("run_batch"));
+  EXPECT_THAT(Batcher<Item>::Create(o, run).status().message(), HasSubstr("max_queue_delay"));
+  EXPECT_THAT(Batcher<Item>::Create(BatcherOptions(), nullptr).status().message(),
+              HasSubstr("run_batch"));
 }
 
 // Producers on many threads, several workers: every item runs exactly once,
@@ -317,8 +306,7 @@ TEST(BatcherTest, ConcurrentProducersAndWorkers) {
   batcher->Shutdown();
   std::lock_guard<std::mutex> lock(mu);
   ASSERT_EQ(seen.size(), static_cast<size_t>(kProducers * kPerProducer));
-  for (int id = 0; id < kProducers * kPerProducer; ++id)
-    ASSERT_EQ(seen.count(id), 1u) << id;
+  for (int id = 0; id < kProducers * kPerProducer; ++id) ASSERT_EQ(seen.count(id), 1u) << id;
   EXPECT_LE(largest, options.max_batch_size);
   EXPECT_LE(max_in_flight.load(), options.num_workers);
 }

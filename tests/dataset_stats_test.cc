@@ -41,8 +41,7 @@ json TwoDatasets() {
 void ExpectInvalid(const json& j, const std::vector<std::string>& substrings) {
   absl::StatusOr<DatasetStatistics> stats = DatasetStatistics::FromJson(j);
   ASSERT_FALSE(stats.ok()) << j.dump();
-  EXPECT_EQ(stats.status().code(), absl::StatusCode::kInvalidArgument)
-      << stats.status();
+  EXPECT_EQ(stats.status().code(), absl::StatusCode::kInvalidArgument) << stats.status();
   for (const std::string& s : substrings) {
     EXPECT_THAT(stats.status().message(), HasSubstr(s)) << j.dump();
   }
@@ -51,15 +50,12 @@ void ExpectInvalid(const json& j, const std::vector<std::string>& substrings) {
 class DatasetStatsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl =
-        (fs::temp_directory_path() / "dataset_stats_test_XXXXXX").string();
+    std::string tmpl = (fs::temp_directory_path() / "dataset_stats_test_XXXXXX").string();
     ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
     dir_ = tmpl;
   }
   void TearDown() override { fs::remove_all(dir_); }
-  std::string Path(const std::string& name) const {
-    return (fs::path(dir_) / name).string();
-  }
+  std::string Path(const std::string& name) const { return (fs::path(dir_) / name).string(); }
 
   std::string dir_;
 };
@@ -78,8 +74,7 @@ TEST_F(DatasetStatsTest, LoadsOpenVlaFileAndSelectsKeys) {
   EXPECT_THAT((*libero)->action.q99, ElementsAre(1.0f, 2.0f, 1.0f));
   EXPECT_THAT((*libero)->action.mask, ElementsAre(true, true, false));
   EXPECT_THAT((*libero)->action.mean, ElementsAre(0.1f, 0.2f, 0.5f));
-  EXPECT_THAT((*libero)->proprio.mask,
-              ElementsAre(true, true));  // absent -> all true
+  EXPECT_THAT((*libero)->proprio.mask, ElementsAre(true, true));  // absent -> all true
   EXPECT_EQ((*libero)->proprio.dim(), 2);
   EXPECT_EQ((*libero)->num_transitions, 52970);
   EXPECT_EQ((*libero)->num_trajectories, 432);
@@ -93,8 +88,7 @@ TEST_F(DatasetStatsTest, LoadsOpenVlaFileAndSelectsKeys) {
   absl::StatusOr<const DatasetStats*> unknown = stats->Get("fractal");
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(unknown.status().message(), HasSubstr("'fractal'"));
-  EXPECT_THAT(unknown.status().message(),
-              HasSubstr("bridge_orig, libero_spatial"));
+  EXPECT_THAT(unknown.status().message(), HasSubstr("bridge_orig, libero_spatial"));
 }
 
 TEST_F(DatasetStatsTest, LoadErrorsNameTheFile) {
@@ -118,8 +112,7 @@ TEST_F(DatasetStatsTest, LoadErrorsNameTheFile) {
 }
 
 TEST_F(DatasetStatsTest, SaveAndLoadRoundTrip) {
-  absl::StatusOr<DatasetStatistics> stats =
-      DatasetStatistics::FromJson(TwoDatasets());
+  absl::StatusOr<DatasetStatistics> stats = DatasetStatistics::FromJson(TwoDatasets());
   ASSERT_TRUE(stats.ok());
   const std::string path = Path("out/../stats.json");
   fs::create_directories(Path("out"));
@@ -128,8 +121,7 @@ TEST_F(DatasetStatsTest, SaveAndLoadRoundTrip) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->ToJson(), stats->ToJson());
   const json j = loaded->ToJson();
-  EXPECT_EQ(j["libero_spatial"]["action"]["mask"],
-            json::array({true, true, false}));
+  EXPECT_EQ(j["libero_spatial"]["action"]["mask"], json::array({true, true, false}));
   EXPECT_EQ(j["libero_spatial"]["num_trajectories"], 432);
   EXPECT_FALSE(j["bridge_orig"]["action"].contains("mean"));
 }
@@ -160,45 +152,33 @@ TEST(DatasetStatisticsTest, ValidationErrorsNameKeyAndField) {
   ExpectInvalid(json::array(), {"not an object"});
   ExpectInvalid(json::object(), {"no dataset entries"});
   ExpectInvalid({{"k", 5}}, {"'k'", "not an object"});
-  ExpectInvalid({{"k", {{"proprio", {{"q01", {0}}, {"q99", {1}}}}}}},
-                {"'k'", "'action'"});
-  ExpectInvalid({{"k", {{"action", {{"q01", {0, 1}}}}}}},
-                {"'k'", "action", "'q99'"});
+  ExpectInvalid({{"k", {{"proprio", {{"q01", {0}}, {"q99", {1}}}}}}}, {"'k'", "'action'"});
+  ExpectInvalid({{"k", {{"action", {{"q01", {0, 1}}}}}}}, {"'k'", "action", "'q99'"});
   ExpectInvalid({{"k", {{"action", {{"q01", {0, 1}}, {"q99", {1}}}}}}},
                 {"'k'", "action", "q99 has 1 entries"});
   ExpectInvalid({{"k", {{"action", {{"q01", {0, 2}}, {"q99", {1, 1}}}}}}},
                 {"'k'", "action", "q01[1]", "q99[1]"});
-  ExpectInvalid({{"k", {{"action", {{"q01", {"x"}}, {"q99", {1}}}}}}},
-                {"'k'", "action.q01[0]"});
-  ExpectInvalid({{"k", {{"action", {{"q01", 1}, {"q99", {1}}}}}}},
-                {"'k'", "action.q01"});
+  ExpectInvalid({{"k", {{"action", {{"q01", {"x"}}, {"q99", {1}}}}}}}, {"'k'", "action.q01[0]"});
+  ExpectInvalid({{"k", {{"action", {{"q01", 1}, {"q99", {1}}}}}}}, {"'k'", "action.q01"});
   ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1e39}}}}}}},
                 {"'k'", "q99[0]", "finite"});
-  ExpectInvalid(
-      {{"k", {{"action", {{"q01", {0}}, {"q99", {1}}, {"mask", {1}}}}}}},
-      {"'k'", "action.mask[0]", "boolean"});
-  ExpectInvalid(
-      {{"k",
-        {{"action", {{"q01", {0}}, {"q99", {1}}, {"mask", {true, false}}}}}}},
-      {"'k'", "mask has 2 entries"});
-  ExpectInvalid(
-      {{"k", {{"action", {{"q01", {0}}, {"q99", {1}}, {"std", {1, 2}}}}}}},
-      {"'k'", "std has 2 entries"});
-  ExpectInvalid({{"k",
-                  {{"action", {{"q01", {0}}, {"q99", {1}}}},
-                   {"proprio", {{"q01", {3}}, {"q99", {1}}}}}}},
-                {"'k'", "proprio", "q01[0]"});
+  ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1}}, {"mask", {1}}}}}}},
+                {"'k'", "action.mask[0]", "boolean"});
+  ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1}}, {"mask", {true, false}}}}}}},
+                {"'k'", "mask has 2 entries"});
+  ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1}}, {"std", {1, 2}}}}}}},
+                {"'k'", "std has 2 entries"});
   ExpectInvalid(
       {{"k",
-        {{"action", {{"q01", {0}}, {"q99", {1}}}}, {"num_transitions", -3}}}},
-      {"'k'", "num_transitions"});
-  ExpectInvalid(
-      {{"k", {{"action", {{"q01", json::array()}, {"q99", json::array()}}}}}},
-      {"'k'", "empty"});
+        {{"action", {{"q01", {0}}, {"q99", {1}}}}, {"proprio", {{"q01", {3}}, {"q99", {1}}}}}}},
+      {"'k'", "proprio", "q01[0]"});
+  ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1}}}}, {"num_transitions", -3}}}},
+                {"'k'", "num_transitions"});
+  ExpectInvalid({{"k", {{"action", {{"q01", json::array()}, {"q99", json::array()}}}}}},
+                {"'k'", "empty"});
 }
 
-NormStats MakeStats(std::vector<float> q01, std::vector<float> q99,
-                    std::vector<bool> mask = {}) {
+NormStats MakeStats(std::vector<float> q01, std::vector<float> q99, std::vector<bool> mask = {}) {
   NormStats s;
   s.q01 = std::move(q01);
   s.q99 = std::move(q99);
@@ -207,15 +187,13 @@ NormStats MakeStats(std::vector<float> q01, std::vector<float> q99,
 }
 
 TEST(NormalizationTest, UnnormalizeActionsMatchesHandComputedValues) {
-  const NormStats stats =
-      MakeStats({-1.0f, 0.0f, 10.0f}, {1.0f, 2.0f, 20.0f}, {true, true, false});
+  const NormStats stats = MakeStats({-1.0f, 0.0f, 10.0f}, {1.0f, 2.0f, 20.0f}, {true, true, false});
   // a = 0.5 * (a_hat + 1) * (q99 - q01 + 1e-8) + q01; the masked-off dim is
   // left alone.
-  std::vector<float> actions = {
-      0.0f,  -1.0f, 0.5f,   // row 0
-      1.0f,  1.0f,  -3.0f,  // row 1
-      -1.0f, 0.5f,  99.0f,  // row 2
-      1.5f,  3.0f,  0.0f};  // row 3: outside [-1, 1], not clipped
+  std::vector<float> actions = {0.0f,  -1.0f, 0.5f,   // row 0
+                                1.0f,  1.0f,  -3.0f,  // row 1
+                                -1.0f, 0.5f,  99.0f,  // row 2
+                                1.5f,  3.0f,  0.0f};  // row 3: outside [-1, 1], not clipped
   ASSERT_TRUE(UnnormalizeActions(stats, actions.data(), 4, 3).ok());
   const std::vector<float> expected = {0.0f,  0.0f, 0.5f,  1.0f, 2.0f, -3.0f,
                                        -1.0f, 1.5f, 99.0f, 1.5f, 4.0f, 0.0f};
@@ -227,11 +205,9 @@ TEST(NormalizationTest, UnnormalizeActionsMatchesHandComputedValues) {
 }
 
 TEST(NormalizationTest, NormalizeActionsInvertsAndClips) {
-  const NormStats stats =
-      MakeStats({-1.0f, 0.0f, 10.0f}, {1.0f, 2.0f, 20.0f}, {true, true, false});
-  std::vector<float> actions = {
-      0.0f, 0.5f,  13.0f,  // in range
-      3.0f, -7.0f, 1.0f};  // clipped; masked dim kept raw
+  const NormStats stats = MakeStats({-1.0f, 0.0f, 10.0f}, {1.0f, 2.0f, 20.0f}, {true, true, false});
+  std::vector<float> actions = {0.0f, 0.5f,  13.0f,  // in range
+                                3.0f, -7.0f, 1.0f};  // clipped; masked dim kept raw
   ASSERT_TRUE(NormalizeActions(stats, actions.data(), 2, 3).ok());
   EXPECT_NEAR(actions[0], 0.0f, 1e-6);
   EXPECT_NEAR(actions[1], -0.5f, 1e-6);
@@ -248,8 +224,7 @@ TEST(NormalizationTest, NormalizeActionsInvertsAndClips) {
 }
 
 TEST(NormalizationTest, NormalizeProprioMapsToUnitRangeAndClips) {
-  const NormStats stats =
-      MakeStats({0.0f, -2.0f}, {4.0f, 2.0f});  // no mask: all dims normalized
+  const NormStats stats = MakeStats({0.0f, -2.0f}, {4.0f, 2.0f});  // no mask: all dims normalized
   float out[2];
   const float in[2] = {1.0f, 3.0f};
   ASSERT_TRUE(NormalizeProprio(stats, in, out, 2).ok());
@@ -288,8 +263,7 @@ TEST(NormalizationTest, DimensionMismatchIsRejected) {
   absl::Status status = UnnormalizeActions(stats, v.data(), 2, 3);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("dimension 3"));
-  EXPECT_EQ(NormalizeActions(stats, v.data(), 2, 3).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(NormalizeActions(stats, v.data(), 2, 3).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(NormalizeProprio(NormStats{}, v.data(), v.data(), 3).code(),
             absl::StatusCode::kInvalidArgument);
   const NormStats bad_mask = MakeStats({0.0f, 0.0f}, {1.0f, 1.0f}, {true});

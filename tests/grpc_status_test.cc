@@ -15,8 +15,7 @@ TEST(GrpcStatusTest, OkMapsToOk) {
 
 TEST(GrpcStatusTest, EveryCodeMapsNumericallyAndKeepsMessage) {
   for (int code = 1; code <= 16; ++code) {
-    const absl::Status status(static_cast<absl::StatusCode>(code),
-                              "field x: bad");
+    const absl::Status status(static_cast<absl::StatusCode>(code), "field x: bad");
     const grpc::Status g = ToGrpcStatus(status);
     EXPECT_EQ(static_cast<int>(g.error_code()), code);
     EXPECT_EQ(g.error_message(), "field x: bad");
@@ -43,8 +42,7 @@ TEST(GrpcStatusTest, OutOfRangeCodeBecomesUnknown) {
   const grpc::Status g = ToGrpcStatus(odd);
   EXPECT_EQ(g.error_code(), grpc::StatusCode::UNKNOWN);
   EXPECT_EQ(g.error_message(), "odd");
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "x"))
-                .code(),
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "x")).code(),
             absl::StatusCode::kUnknown);
 }
 
@@ -62,10 +60,8 @@ TEST(GrpcStatusTest, CodeNamesAreCanonical) {
   EXPECT_EQ(GrpcCodeName(17), "UNKNOWN");
   // Names agree with absl's own spelling of each code.
   for (int code = 0; code <= 16; ++code) {
-    std::string absl_name =
-        absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
-    for (char& c : absl_name)
-      c = (c == ' ') ? '_' : static_cast<char>(toupper(c));
+    std::string absl_name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+    for (char& c : absl_name) c = (c == ' ') ? '_' : static_cast<char>(toupper(c));
     EXPECT_EQ(GrpcCodeName(code), absl_name) << code;
   }
 }

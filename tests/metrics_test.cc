@@ -56,8 +56,7 @@ std::string HttpGet(int port, const std::string& path) {
     close(fd);
     return "";
   }
-  const std::string request =
-      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
+  const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
   send(fd, request.data(), request.size(), 0);
   std::string response;
   char buffer[4096];
@@ -119,23 +118,13 @@ TEST(MetricsTest, RequestsAreCountedByRpcAndCode) {
   metrics.RecordRequest("Reset", 0, 0.0001);
   metrics.RecordRequest("Predict", 99, 0.001);  // out of range -> UNKNOWN
   const std::string text = metrics.Serialize();
-  EXPECT_THAT(
-      text,
-      HasSubstr("specprune_requests_total{code=\"OK\",rpc=\"Predict\"} 2"));
+  EXPECT_THAT(text, HasSubstr("specprune_requests_total{code=\"OK\",rpc=\"Predict\"} 2"));
   EXPECT_THAT(text, HasSubstr("specprune_requests_total{code=\"INVALID_"
                               "ARGUMENT\",rpc=\"Predict\"} 1"));
-  EXPECT_THAT(
-      text, HasSubstr("specprune_requests_total{code=\"OK\",rpc=\"Reset\"} 1"));
-  EXPECT_THAT(
-      text,
-      HasSubstr(
-          "specprune_requests_total{code=\"UNKNOWN\",rpc=\"Predict\"} 1"));
-  EXPECT_THAT(
-      text,
-      HasSubstr("specprune_request_duration_seconds_count{rpc=\"Predict\"} 4"));
-  EXPECT_THAT(
-      text,
-      HasSubstr("specprune_request_duration_seconds_count{rpc=\"Reset\"} 1"));
+  EXPECT_THAT(text, HasSubstr("specprune_requests_total{code=\"OK\",rpc=\"Reset\"} 1"));
+  EXPECT_THAT(text, HasSubstr("specprune_requests_total{code=\"UNKNOWN\",rpc=\"Predict\"} 1"));
+  EXPECT_THAT(text, HasSubstr("specprune_request_duration_seconds_count{rpc=\"Predict\"} 4"));
+  EXPECT_THAT(text, HasSubstr("specprune_request_duration_seconds_count{rpc=\"Reset\"} 1"));
   // 0.004 and both 0.001 observations are <= 0.005; 0.3 is not.
   EXPECT_THAT(text, HasSubstr("specprune_request_duration_seconds_bucket{rpc="
                               "\"Predict\",le=\"0.005\"} 3"));
@@ -213,8 +202,7 @@ TEST(MetricsTest, ExposerServesMetricsOverHttp) {
   Listener probe;  // reserve a free port, then release it for the exporter
   const int port = probe.port();
   probe.Close();
-  const absl::Status started =
-      metrics.StartExposer(absl::StrCat("127.0.0.1:", port));
+  const absl::Status started = metrics.StartExposer(absl::StrCat("127.0.0.1:", port));
   ASSERT_TRUE(started.ok()) << started;
   EXPECT_EQ(metrics.exposer_port(), port);
   const std::string response = HttpGet(port, "/metrics");
@@ -233,9 +221,8 @@ TEST(MetricsTest, ExposerServesMetricsOverHttp) {
     EXPECT_THAT(HttpGet(port, "/metrics"), HasSubstr("200 OK"));
   }
   writer.join();
-  EXPECT_THAT(
-      HttpGet(port, "/metrics"),
-      HasSubstr("specprune_requests_total{code=\"OK\",rpc=\"Reset\"} 1000"));
+  EXPECT_THAT(HttpGet(port, "/metrics"),
+              HasSubstr("specprune_requests_total{code=\"OK\",rpc=\"Reset\"} 1000"));
   EXPECT_EQ(metrics.StartExposer(absl::StrCat("127.0.0.1:", port)).code(),
             absl::StatusCode::kFailedPrecondition);
 }
@@ -243,8 +230,7 @@ TEST(MetricsTest, ExposerServesMetricsOverHttp) {
 TEST(MetricsTest, BusyPortIsAnErrorNotACrash) {
   Listener occupied;
   ServerMetrics metrics;
-  const absl::Status status =
-      metrics.StartExposer(absl::StrCat("127.0.0.1:", occupied.port()));
+  const absl::Status status = metrics.StartExposer(absl::StrCat("127.0.0.1:", occupied.port()));
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(status.message(), HasSubstr(absl::StrCat(occupied.port())));
   EXPECT_EQ(metrics.exposer_port(), 0);
@@ -254,12 +240,9 @@ TEST(MetricsTest, PortZeroDisablesAndBadAddressIsRejected) {
   ServerMetrics metrics;
   EXPECT_TRUE(metrics.StartExposer("0.0.0.0:0").ok());
   EXPECT_EQ(metrics.exposer_port(), 0);
-  EXPECT_EQ(metrics.StartExposer("localhost").code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(metrics.StartExposer("localhost:http").code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(metrics.StartExposer("localhost:70000").code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(metrics.StartExposer("localhost").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(metrics.StartExposer("localhost:http").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(metrics.StartExposer("localhost:70000").code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -43,8 +43,7 @@ v1::PredictRequest ValidRequest() {
 
 // Validates and returns the error message ("" when OK); checks the code is
 // INVALID_ARGUMENT.
-std::string Error(const v1::PredictRequest& r,
-                  const ValidationLimits& limits = Limits()) {
+std::string Error(const v1::PredictRequest& r, const ValidationLimits& limits = Limits()) {
   absl::Status status = ValidatePredictRequest(r, limits);
   if (status.ok()) return "";
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
@@ -65,14 +64,11 @@ TEST(RequestValidationTest, ValidRequestPasses) {
 }
 
 TEST(RequestValidationTest, RobotIdMustBeWellFormed) {
-  for (const std::string& bad :
-       {std::string(""), std::string(129, 'a'), std::string("robot 1"),
-        std::string("r/1"), std::string("r\xC3\xA9")}) {
+  for (const std::string& bad : {std::string(""), std::string(129, 'a'), std::string("robot 1"),
+                                 std::string("r/1"), std::string("r\xC3\xA9")}) {
     v1::PredictRequest r = ValidRequest();
     r.set_robot_id(bad);
-    EXPECT_EQ(Error(r),
-              "robot_id: must be 1..128 characters of [A-Za-z0-9._:-]")
-        << bad;
+    EXPECT_EQ(Error(r), "robot_id: must be 1..128 characters of [A-Za-z0-9._:-]") << bad;
   }
   v1::PredictRequest r = ValidRequest();
   r.set_robot_id(std::string(128, 'a'));
@@ -82,8 +78,7 @@ TEST(RequestValidationTest, RobotIdMustBeWellFormed) {
 TEST(RequestValidationTest, EpisodeIdMustBeWellFormed) {
   v1::PredictRequest r = ValidRequest();
   r.set_episode_id("ep 1");
-  EXPECT_EQ(Error(r),
-            "episode_id: must be 0..128 characters of [A-Za-z0-9._:-]");
+  EXPECT_EQ(Error(r), "episode_id: must be 0..128 characters of [A-Za-z0-9._:-]");
   r.set_episode_id(std::string(129, 'e'));
   EXPECT_THAT(Error(r), StartsWith("episode_id: "));
 }
@@ -101,22 +96,17 @@ TEST(RequestValidationTest, CameraNamesMustBeKnownUniqueAndConsistent) {
   v1::PredictRequest r = ValidRequest();
   r.mutable_images(0)->set_camera("main");
   r.mutable_images(1)->set_camera("left");
-  EXPECT_EQ(
-      Error(r),
-      "images[1].camera: unknown camera \"left\"; expected one of main, wrist");
+  EXPECT_EQ(Error(r), "images[1].camera: unknown camera \"left\"; expected one of main, wrist");
 
   r.mutable_images(1)->set_camera("main");
   EXPECT_EQ(Error(r), "images[1].camera: duplicate camera \"main\"");
 
   r.mutable_images(1)->clear_camera();
-  EXPECT_THAT(Error(r),
-              StartsWith("images[1].camera: empty, but images[0] is named"));
+  EXPECT_THAT(Error(r), StartsWith("images[1].camera: empty, but images[0] is named"));
 
   r.mutable_images(0)->clear_camera();
   r.mutable_images(1)->set_camera("wrist");
-  EXPECT_THAT(
-      Error(r),
-      StartsWith("images[1].camera: \"wrist\" named, but images[0] is not"));
+  EXPECT_THAT(Error(r), StartsWith("images[1].camera: \"wrist\" named, but images[0] is not"));
 }
 
 TEST(RequestValidationTest, ImagesAreOrderedByNameOrPosition) {
@@ -135,8 +125,7 @@ TEST(RequestValidationTest, ImagesAreOrderedByNameOrPosition) {
   EXPECT_EQ(Error(r), "");
 
   r.mutable_images(1)->set_camera("wrist");
-  EXPECT_EQ(ImagesInCameraOrder(r, Limits()).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ImagesInCameraOrder(r, Limits()).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(RequestValidationTest, ImageMustCarryData) {
@@ -152,8 +141,7 @@ TEST(RequestValidationTest, RawImageShapeIsChecked) {
 
   r = ValidRequest();
   r.mutable_images(0)->mutable_raw()->set_pixels(std::string(100, '\0'));
-  EXPECT_EQ(Error(r),
-            "images[0].raw.pixels: expected 150528 bytes (224x224x3), got 100");
+  EXPECT_EQ(Error(r), "images[0].raw.pixels: expected 150528 bytes (224x224x3), got 100");
 
   r = ValidRequest();
   r.mutable_images(0)->mutable_raw()->set_height(0);
@@ -166,15 +154,13 @@ TEST(RequestValidationTest, RawImageShapeIsChecked) {
   ValidationLimits small = Limits();
   small.max_image_width = 100;
   r = ValidRequest();
-  EXPECT_EQ(Error(r, small),
-            "images[0].raw: width must be in [1, 100], got 224");
+  EXPECT_EQ(Error(r, small), "images[0].raw: width must be in [1, 100], got 224");
 
   // Dimensions whose product overflows 32 bits are rejected by the limits, not
   // wrapped.
   r = ValidRequest();
   r.mutable_images(0)->mutable_raw()->set_height(4000000000u);
-  EXPECT_THAT(Error(r),
-              StartsWith("images[0].raw: height must be in [1, 4096]"));
+  EXPECT_THAT(Error(r), StartsWith("images[0].raw: height must be in [1, 4096]"));
 }
 
 TEST(RequestValidationTest, EncodedImageIsChecked) {
@@ -183,15 +169,12 @@ TEST(RequestValidationTest, EncodedImageIsChecked) {
   EXPECT_EQ(Error(r), "images[1].encoded: empty");
 
   r.mutable_images(1)->set_encoded("GIF89a....");
-  EXPECT_EQ(
-      Error(r),
-      "images[1].encoded: not a JPEG or PNG file (unknown leading bytes)");
+  EXPECT_EQ(Error(r), "images[1].encoded: not a JPEG or PNG file (unknown leading bytes)");
 
   ValidationLimits small = Limits();
   small.max_encoded_image_bytes = 10;
   r = ValidRequest();
-  EXPECT_EQ(Error(r, small),
-            "images[1].encoded: 14 bytes exceeds the limit of 10");
+  EXPECT_EQ(Error(r, small), "images[1].encoded: 14 bytes exceeds the limit of 10");
 }
 
 TEST(RequestValidationTest, ProprioMustHaveTheRightSizeAndBeFinite) {
@@ -239,9 +222,7 @@ TEST(RequestValidationTest, Utf8ValidatorRejectsMalformedSequences) {
 TEST(RequestValidationTest, UnnormKeyMustBeKnown) {
   v1::PredictRequest r = ValidRequest();
   r.set_unnorm_key("x");
-  EXPECT_EQ(
-      Error(r),
-      "unnorm_key: unknown key \"x\"; known: libero_spatial, libero_object");
+  EXPECT_EQ(Error(r), "unnorm_key: unknown key \"x\"; known: libero_spatial, libero_object");
   ValidationLimits none = Limits();
   none.unnorm_keys.clear();
   EXPECT_EQ(Error(r, none), "unnorm_key: unknown key \"x\"; known: (none)");

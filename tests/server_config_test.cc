@@ -33,8 +33,7 @@ std::string WriteFile(const std::string& name, const std::string& text) {
   return path;
 }
 
-absl::StatusOr<ServerOptions> Load(const std::string& json_path,
-                                   std::vector<std::string> flags) {
+absl::StatusOr<ServerOptions> Load(const std::string& json_path, std::vector<std::string> flags) {
   Args args(std::move(flags));
   return LoadServerOptions(json_path, args.argc(), args.argv());
 }
@@ -95,13 +94,11 @@ TEST(ServerConfigTest, JsonFileOverridesDefaults) {
 }
 
 TEST(ServerConfigTest, FlagsOverrideJsonFile) {
-  const std::string path =
-      WriteFile("flags.json", R"({"port": 6000, "max_batch_size": 16})");
+  const std::string path = WriteFile("flags.json", R"({"port": 6000, "max_batch_size": 16})");
   absl::StatusOr<ServerOptions> o =
-      Load(path, {"--port", "7000", "--max-batch-size=4", "--model", "/m",
-                  "--metrics-port", "0", "--host", "::", "--max-queue-delay-ms",
-                  "3.5", "--device", "cuda", "--dtype", "bf16",
-                  "--max-sessions", "10"});
+      Load(path, {"--port", "7000", "--max-batch-size=4", "--model", "/m", "--metrics-port", "0",
+                  "--host", "::", "--max-queue-delay-ms", "3.5", "--device", "cuda", "--dtype",
+                  "bf16", "--max-sessions", "10"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->port, 7000);
   EXPECT_EQ(o->max_batch_size, 4);
@@ -115,8 +112,7 @@ TEST(ServerConfigTest, FlagsOverrideJsonFile) {
 }
 
 TEST(ServerConfigTest, ConfigFlagNamesTheFile) {
-  const std::string path =
-      WriteFile("viaflag.json", R"({"max_queue_size": 3})");
+  const std::string path = WriteFile("viaflag.json", R"({"max_queue_size": 3})");
   absl::StatusOr<ServerOptions> o = Load("", {"--config", path});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->max_queue_size, 3);
@@ -130,33 +126,24 @@ TEST(ServerConfigTest, UnknownKeyIsNamed) {
   const std::string path = WriteFile("unknown.json", R"({"max_batch": 4})");
   absl::StatusOr<ServerOptions> o = Load(path, {});
   EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(o.status().message(),
-              HasSubstr("unknown config field \"max_batch\""));
+  EXPECT_THAT(o.status().message(), HasSubstr("unknown config field \"max_batch\""));
   EXPECT_THAT(o.status().message(), HasSubstr(path));
 }
 
 TEST(ServerConfigTest, WrongTypeIsNamed) {
-  const std::string path =
-      WriteFile("type.json", R"({"max_batch_size": "eight"})");
+  const std::string path = WriteFile("type.json", R"({"max_batch_size": "eight"})");
   absl::StatusOr<ServerOptions> o = Load(path, {});
   EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(
-      o.status().message(),
-      HasSubstr("config field \"max_batch_size\": must be an integer in "
-                "[1, 256]"));
-  EXPECT_FALSE(
-      Load(WriteFile("t2.json", R"({"max_batch_size": 8.5})"), {}).ok());
-  EXPECT_THAT(
-      Load(WriteFile("t3.json", R"({"device": 1})"), {}).status().message(),
-      HasSubstr("config field \"device\": must be a string"));
-  EXPECT_THAT(
-      Load(WriteFile("t4.json", R"({"pruning": [1]})"), {}).status().message(),
-      HasSubstr("config field \"pruning\": must be a JSON object"));
-  EXPECT_THAT(
-      Load(WriteFile("t5.json", R"({"max_queue_delay_ms": true})"), {})
-          .status()
-          .message(),
-      HasSubstr("config field \"max_queue_delay_ms\": must be a number"));
+  EXPECT_THAT(o.status().message(),
+              HasSubstr("config field \"max_batch_size\": must be an integer in "
+                        "[1, 256]"));
+  EXPECT_FALSE(Load(WriteFile("t2.json", R"({"max_batch_size": 8.5})"), {}).ok());
+  EXPECT_THAT(Load(WriteFile("t3.json", R"({"device": 1})"), {}).status().message(),
+              HasSubstr("config field \"device\": must be a string"));
+  EXPECT_THAT(Load(WriteFile("t4.json", R"({"pruning": [1]})"), {}).status().message(),
+              HasSubstr("config field \"pruning\": must be a JSON object"));
+  EXPECT_THAT(Load(WriteFile("t5.json", R"({"max_queue_delay_ms": true})"), {}).status().message(),
+              HasSubstr("config field \"max_queue_delay_ms\": must be a number"));
 }
 
 TEST(ServerConfigTest, OutOfRangeIsNamed) {
@@ -165,18 +152,15 @@ TEST(ServerConfigTest, OutOfRangeIsNamed) {
     const char* expected;
   };
   const std::vector<Case> cases = {
-      {R"({"max_batch_size": 0})",
-       "\"max_batch_size\": must be an integer in [1, 256], got 0"},
+      {R"({"max_batch_size": 0})", "\"max_batch_size\": must be an integer in [1, 256], got 0"},
       {R"({"max_batch_size": 257})", "\"max_batch_size\""},
       {R"({"port": 70000})", "\"port\": must be an integer in [0, 65535]"},
       {R"({"port": -1})", "\"port\""},
-      {R"({"max_queue_delay_ms": -1})",
-       "\"max_queue_delay_ms\": must be a number in [0, 10000]"},
+      {R"({"max_queue_delay_ms": -1})", "\"max_queue_delay_ms\": must be a number in [0, 10000]"},
       {R"({"session_idle_ttl_seconds": 0})",
        "\"session_idle_ttl_seconds\": must be a number in (0,"},
       {R"({"max_sessions": 18446744073709551615})", "\"max_sessions\""},
-      {R"({"device": "tpu"})",
-       "\"device\": must be \"cpu\", \"cuda\" or \"cuda:N\""},
+      {R"({"device": "tpu"})", "\"device\": must be \"cpu\", \"cuda\" or \"cuda:N\""},
       {R"({"device": "cuda:x"})", "\"device\""},
       {R"({"dtype": "fp16"})", "\"dtype\": must be \"fp32\" or \"bf16\""},
       {R"({"model_dir": ""})", "\"model_dir\": must not be empty"},
@@ -207,21 +191,16 @@ TEST(ServerConfigTest, MissingFileIsNotFound) {
 }
 
 TEST(ServerConfigTest, BadFlagsAreNamed) {
-  EXPECT_THAT(Load("", {"--bogus", "1"}).status().message(),
-              HasSubstr("unknown flag --bogus"));
+  EXPECT_THAT(Load("", {"--bogus", "1"}).status().message(), HasSubstr("unknown flag --bogus"));
   EXPECT_THAT(Load("", {"--max_batch_size", "1"}).status().message(),
               HasSubstr("unknown flag --max_batch_size"));
   EXPECT_THAT(Load("", {"--pruning", "{}"}).status().message(),
               HasSubstr("unknown flag --pruning"));
-  EXPECT_THAT(Load("", {"--port"}).status().message(),
-              HasSubstr("flag --port: missing value"));
-  EXPECT_THAT(
-      Load("", {"--port", "abc"}).status().message(),
-      HasSubstr("flag --port: must be an integer in [0, 65535], got \"abc\""));
-  EXPECT_THAT(
-      Load("", {"--max-batch-size", "0"}).status().message(),
-      HasSubstr(
-          "flag --max-batch-size: must be an integer in [1, 256], got 0"));
+  EXPECT_THAT(Load("", {"--port"}).status().message(), HasSubstr("flag --port: missing value"));
+  EXPECT_THAT(Load("", {"--port", "abc"}).status().message(),
+              HasSubstr("flag --port: must be an integer in [0, 65535], got \"abc\""));
+  EXPECT_THAT(Load("", {"--max-batch-size", "0"}).status().message(),
+              HasSubstr("flag --max-batch-size: must be an integer in [1, 256], got 0"));
   EXPECT_THAT(Load("", {"--max-queue-delay-ms", "nan"}).status().message(),
               HasSubstr("flag --max-queue-delay-ms: must be a number"));
   EXPECT_THAT(Load("", {"positional"}).status().message(),
@@ -231,11 +210,9 @@ TEST(ServerConfigTest, BadFlagsAreNamed) {
 }
 
 TEST(ServerConfigTest, MetricsPortMustDifferFromPort) {
-  absl::StatusOr<ServerOptions> o =
-      Load("", {"--port", "9000", "--metrics-port", "9000"});
+  absl::StatusOr<ServerOptions> o = Load("", {"--port", "9000", "--metrics-port", "9000"});
   EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(o.status().message(),
-              HasSubstr("\"metrics_port\": must differ from \"port\""));
+  EXPECT_THAT(o.status().message(), HasSubstr("\"metrics_port\": must differ from \"port\""));
   EXPECT_TRUE(Load("", {"--port", "0", "--metrics-port", "0"}).ok());
 }
 
@@ -248,9 +225,9 @@ TEST(ServerConfigTest, HelpIsDetectedAndUsageListsFlags) {
   EXPECT_TRUE(Load("", {"--help"}).ok());
 
   const std::string usage = ServerUsage("specprune_server");
-  for (const char* flag : {"--config", "--model", "--port", "--metrics-port",
-                           "--host", "--max-batch-size", "--max-queue-delay-ms",
-                           "--device", "--dtype", "--help"}) {
+  for (const char* flag :
+       {"--config", "--model", "--port", "--metrics-port", "--host", "--max-batch-size",
+        "--max-queue-delay-ms", "--device", "--dtype", "--help"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
   EXPECT_THAT(usage, HasSubstr("(default 50051)"));

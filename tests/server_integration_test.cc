@@ -233,16 +233,17 @@ TEST_F(ServerIntegrationTest, EachBadInputGetsItsCodeNamingTheFieldAndTheServerK
       {"missing image", [](auto& r) { r.mutable_images()->RemoveLast(); },
        grpc::StatusCode::INVALID_ARGUMENT, "images"},
       {"corrupt jpeg",
-       [](auto& r) { r.mutable_images(0)->set_encoded(std::string("\xff\xd8\xff\xe0garbage", 11)); },
+       [](auto& r) {
+         r.mutable_images(0)->set_encoded(std::string("\xff\xd8\xff\xe0garbage", 11));
+       },
        grpc::StatusCode::INVALID_ARGUMENT, "images[0]"},
       {"not an image", [](auto& r) { r.mutable_images(1)->set_encoded("hello"); },
        grpc::StatusCode::INVALID_ARGUMENT, "images[1]"},
       {"raw size mismatch", [](auto& r) { r.mutable_images(0)->mutable_raw()->set_height(7); },
        grpc::StatusCode::INVALID_ARGUMENT, "images[0].raw"},
-      {"nan proprio", [nan](auto& r) { r.set_proprio(2, nan); },
-       grpc::StatusCode::INVALID_ARGUMENT, "proprio[2]"},
-      {"inf proprio",
-       [](auto& r) { r.set_proprio(0, std::numeric_limits<float>::infinity()); },
+      {"nan proprio", [nan](auto& r) { r.set_proprio(2, nan); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "proprio[2]"},
+      {"inf proprio", [](auto& r) { r.set_proprio(0, std::numeric_limits<float>::infinity()); },
        grpc::StatusCode::INVALID_ARGUMENT, "proprio[0]"},
       {"short proprio", [](auto& r) { r.mutable_proprio()->RemoveLast(); },
        grpc::StatusCode::INVALID_ARGUMENT, "proprio"},
@@ -317,7 +318,8 @@ TEST_F(ServerIntegrationTest, ConcurrentRobotsGetTheirOwnResponses) {
         const std::string robot = absl::StrCat("concurrent-", r);
         auto out = (*client)->Predict(robot, Obs(10 + r, step),
                                       {.episode_id = "c", .step = static_cast<uint64_t>(step)});
-        if (!out.ok() || out->raw.robot_id() != robot || out->raw.step() != static_cast<uint64_t>(step))
+        if (!out.ok() || out->raw.robot_id() != robot ||
+            out->raw.step() != static_cast<uint64_t>(step))
           failures++;
       }
     });

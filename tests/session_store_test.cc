@@ -39,8 +39,7 @@ class FakeClock {
 // Records evictions reported by the store.
 struct EvictionLog {
   std::mutex mu;
-  std::vector<std::pair<std::string, EvictionReason>> entries
-      ABSL_GUARDED_BY(mu);
+  std::vector<std::pair<std::string, EvictionReason>> entries ABSL_GUARDED_BY(mu);
 
   std::function<void(const Session&, EvictionReason)> Listener() {
     return [this](const Session& s, EvictionReason r) {
@@ -218,8 +217,7 @@ TEST(SessionStoreTest, BusySessionsAreNeverEvicted) {
   // a has a running work item that has not finished; nobody else holds a
   // reference.
   Session::Done a_done;
-  store.GetOrCreate("a")->Submit(
-      [&](Session::Done done) { a_done = std::move(done); });
+  store.GetOrCreate("a")->Submit([&](Session::Done done) { a_done = std::move(done); });
   store.GetOrCreate("b");
   store.GetOrCreate("c");  // a is the LRU but busy: b goes
   EXPECT_NE(store.Find("a"), nullptr);
@@ -237,8 +235,7 @@ TEST(SessionStoreTest, BusySessionsAreNeverEvicted) {
 
 TEST(SessionStoreTest, ReferencedSessionsAreNotEvicted) {
   SessionStore store(Options(1));
-  std::shared_ptr<Session> a =
-      store.GetOrCreate("a");  // request between lookup and Submit
+  std::shared_ptr<Session> a = store.GetOrCreate("a");  // request between lookup and Submit
   store.GetOrCreate("b");
   EXPECT_EQ(store.Find("a"), a);
 }
@@ -247,15 +244,13 @@ TEST(SessionStoreTest, ExceedsBoundWhenAllSessionsAreBusy) {
   SessionStore store(Options(2));
   std::vector<Session::Done> dones;
   for (const char* id : {"a", "b", "c"}) {
-    store.GetOrCreate(id)->Submit(
-        [&](Session::Done done) { dones.push_back(std::move(done)); });
+    store.GetOrCreate(id)->Submit([&](Session::Done done) { dones.push_back(std::move(done)); });
   }
   EXPECT_EQ(store.size(), 3u);
   EXPECT_EQ(store.evictions(), 0u);
   for (auto& done : dones) done();
   dones.clear();
-  store.GetOrCreate(
-      "d");  // shrinks back: one idle LRU session goes per insertion
+  store.GetOrCreate("d");  // shrinks back: one idle LRU session goes per insertion
   EXPECT_EQ(store.size(), 3u);
   EXPECT_EQ(store.Find("a"), nullptr);
 }
@@ -404,8 +399,7 @@ TEST(SessionStoreTest, LongSynchronousChainsDoNotRecurse) {
   auto s = std::make_shared<Session>("r");
   Session::Done first_done;
   s->Submit([&](Session::Done done) { first_done = std::move(done); });
-  constexpr int kItems =
-      200000;  // would overflow the stack if chained recursively
+  constexpr int kItems = 200000;  // would overflow the stack if chained recursively
   int count = 0;
   for (int i = 0; i < kItems; ++i) {
     s->Submit([&count](Session::Done done) {
@@ -445,8 +439,7 @@ TEST(SessionStoreTest, PerRobotWorkIsSerializedAndFifoUnderConcurrency) {
       for (int i = 0; i < kItemsPerSubmitter; ++i) {
         const int robot = static_cast<int>(rng() % kRobots);
         const bool async = rng() % 2 == 0;
-        std::shared_ptr<Session> s =
-            store.GetOrCreate("robot-" + std::to_string(robot));
+        std::shared_ptr<Session> s = store.GetOrCreate("robot-" + std::to_string(robot));
         Tracker& tr = trackers[robot];
         s->Submit([&tr, &pool, t, i, async](Session::Done done) {
           if (tr.running.fetch_add(1) != 0) tr.overlap = true;
@@ -483,8 +476,7 @@ TEST(SessionStoreTest, PerRobotWorkIsSerializedAndFifoUnderConcurrency) {
     absl::SleepFor(absl::Milliseconds(1));
   }
   ASSERT_TRUE(finished());
-  for (int r = 0; r < kRobots; ++r)
-    EXPECT_FALSE(trackers[r].overlap.load()) << r;
+  for (int r = 0; r < kRobots; ++r) EXPECT_FALSE(trackers[r].overlap.load()) << r;
   // The per-robot state is read here only after every item finished
   // (happens-after via done()).
   for (int r = 0; r < kRobots; ++r) EXPECT_FALSE(trackers[r].out_of_order) << r;
@@ -508,8 +500,7 @@ TEST(SessionStoreTest, SingleSubmitterOrderIsKeptWithAsyncCompletion) {
     });
   }
   // Wait until every item completed and the last done() has returned.
-  for (int spins = 0;
-       spins < 20000 && (completed.load() < kItems || !s->idle()); ++spins) {
+  for (int spins = 0; spins < 20000 && (completed.load() < kItems || !s->idle()); ++spins) {
     absl::SleepFor(absl::Milliseconds(1));
   }
   ASSERT_TRUE(s->idle());

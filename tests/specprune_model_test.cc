@@ -84,7 +84,8 @@ TEST_F(SpecPruneModelTest, OnlyVisionRowsArePrunedAndThePriorCarriesAcrossSteps)
     // FLOPs are consistent with "sequence = non-vision tokens + remaining vision tokens" at
     // every layer: nothing but vision rows ever left the sequence.
     std::vector<int64_t> tokens;
-    for (int32_t v : r.vision_tokens_per_layer) tokens.push_back(SequenceLength(config_, prompt, v));
+    for (int32_t v : r.vision_tokens_per_layer)
+      tokens.push_back(SequenceLength(config_, prompt, v));
     EXPECT_DOUBLE_EQ(ForwardFlops(config_, tokens).llm, r.llm_flops);
     if (step == 0) {
       EXPECT_TRUE(pruner->used_fallback());

@@ -83,8 +83,7 @@ TEST_F(TokenizerTest, EncodeDecodeRoundTripsPromptsWithoutBos) {
 }
 
 TEST_F(TokenizerTest, TrainedOnInstructionsSoCommonWordsAreCompact) {
-  const std::string instruction =
-      "pick up the red bowl and place it on the plate";
+  const std::string instruction = "pick up the red bowl and place it on the plate";
   const std::vector<int64_t> ids = tok().Encode(instruction);
   // Far fewer tokens than bytes: the vocabulary learned the instruction words.
   EXPECT_LT(ids.size(), instruction.size() / 2);
@@ -132,8 +131,7 @@ TEST_F(TokenizerTest, ConcurrentEncodeMatchesSequential) {
                          "42"};
   for (int i = 0; i < 64; ++i) {
     std::string t;
-    for (int w = 0; w < 8; ++w)
-      t += std::string(w ? " " : "") + words[rng() % std::size(words)];
+    for (int w = 0; w < 8; ++w) t += std::string(w ? " " : "") + words[rng() % std::size(words)];
     texts.push_back(t);
   }
   std::vector<std::vector<int64_t>> expected;
@@ -153,16 +151,13 @@ TEST_F(TokenizerTest, ConcurrentEncodeMatchesSequential) {
 }
 
 TEST(TokenizerLoadTest, MissingFileIsNotFound) {
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tok =
-      Tokenizer::Load("/nonexistent/tokenizer.model");
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load("/nonexistent/tokenizer.model");
   EXPECT_EQ(tok.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(tok.status().message(),
-              HasSubstr("/nonexistent/tokenizer.model"));
+  EXPECT_THAT(tok.status().message(), HasSubstr("/nonexistent/tokenizer.model"));
 }
 
 TEST(TokenizerLoadTest, GarbageOrDirectoryIsInvalidArgument) {
-  std::string tmpl =
-      (fs::temp_directory_path() / "tokenizer_test_XXXXXX").string();
+  std::string tmpl = (fs::temp_directory_path() / "tokenizer_test_XXXXXX").string();
   ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
   const std::string garbage = tmpl + "/garbage.model";
   {
@@ -176,11 +171,9 @@ TEST(TokenizerLoadTest, GarbageOrDirectoryIsInvalidArgument) {
 
   const std::string empty = tmpl + "/empty.model";
   std::ofstream(empty).close();
-  EXPECT_EQ(Tokenizer::Load(empty).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Tokenizer::Load(empty).status().code(), absl::StatusCode::kInvalidArgument);
 
-  EXPECT_EQ(Tokenizer::Load(tmpl).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Tokenizer::Load(tmpl).status().code(), absl::StatusCode::kInvalidArgument);
   fs::remove_all(tmpl);
 }
 

@@ -130,8 +130,8 @@ TEST_F(VlaModelTest, PrunedRowsAreRemovedAndCountedPerLayer) {
 
 TEST_F(VlaModelTest, SamplesWithDifferentRetainedSetsMatchThemselvesAlone) {
   auto s1 = MakeSample(8, 6), s2 = MakeSample(9, 14), s3 = MakeSample(10, 9);
-  FixedPruner p1(1, {1, 2, 3, 50}), p2(1, {10, 20, 30, 40, 50, 60, 70, 80, 90}), q1(1, {1, 2, 3, 50}),
-      q2(1, {10, 20, 30, 40, 50, 60, 70, 80, 90});
+  FixedPruner p1(1, {1, 2, 3, 50}), p2(1, {10, 20, 30, 40, 50, 60, 70, 80, 90}),
+      q1(1, {1, 2, 3, 50}), q2(1, {10, 20, 30, 40, 50, 60, 70, 80, 90});
   s1.pruner = &p1;
   s2.pruner = &p2;  // s3 unpruned
   auto together = model_->Forward({s1, s2, s3});
@@ -139,9 +139,12 @@ TEST_F(VlaModelTest, SamplesWithDifferentRetainedSetsMatchThemselvesAlone) {
   s1.pruner = &q1;
   s2.pruner = &q2;
   auto a1 = model_->Forward({s1}), a2 = model_->Forward({s2}), a3 = model_->Forward({s3});
-  EXPECT_TRUE(torch::allclose((*together)[0].normalized_actions, (*a1)[0].normalized_actions, 1e-4, 1e-5));
-  EXPECT_TRUE(torch::allclose((*together)[1].normalized_actions, (*a2)[0].normalized_actions, 1e-4, 1e-5));
-  EXPECT_TRUE(torch::allclose((*together)[2].normalized_actions, (*a3)[0].normalized_actions, 1e-4, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose((*together)[0].normalized_actions, (*a1)[0].normalized_actions, 1e-4, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose((*together)[1].normalized_actions, (*a2)[0].normalized_actions, 1e-4, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose((*together)[2].normalized_actions, (*a3)[0].normalized_actions, 1e-4, 1e-5));
 }
 
 TEST_F(VlaModelTest, RejectsMisshapenInputsWithoutThrowing) {
@@ -168,10 +171,11 @@ TEST(VlaConfigTest, OpenVla7bParameterCountMatchesPublishedSize) {
   auto c = PresetConfig("openvla-oft-7b");
   ASSERT_TRUE(c.ok());
   const auto p = CountParameters(*c);
-  std::printf("openvla-oft-7b parameters: vision %lld projector %lld llm %lld action_head %lld "
-              "proprio %lld total %lld\n",
-              (long long)p.vision, (long long)p.projector, (long long)p.llm,
-              (long long)p.action_head, (long long)p.proprio_projector, (long long)p.total());
+  std::printf(
+      "openvla-oft-7b parameters: vision %lld projector %lld llm %lld action_head %lld "
+      "proprio %lld total %lld\n",
+      (long long)p.vision, (long long)p.projector, (long long)p.llm, (long long)p.action_head,
+      (long long)p.proprio_projector, (long long)p.total());
   // DINOv2-L (~304M) + SigLIP-so400m (~400M, no head) ~ 0.7B; Llama-2-7B with 32064 vocab ~ 6.6B
   // without lm_head.
   EXPECT_NEAR(p.vision / 1e9, 0.73, 0.05);

@@ -15,7 +15,8 @@
 namespace specprune {
 namespace {
 
-// Expert replay with optional noisy execution; the noise stream is a pure function of the spec.
+// Expert replay with optional noisy execution; the noise stream is a pure
+// function of the spec.
 class Replayer {
  public:
   static absl::StatusOr<Replayer> Create(const EpisodeSpec& spec, int image_size) {
@@ -24,7 +25,8 @@ class Replayer {
     return Replayer(spec, *std::move(ep));
   }
 
-  // Executes one step; returns the clean expert action (the label at the pre-step state).
+  // Executes one step; returns the clean expert action (the label at the
+  // pre-step state).
   absl::StatusOr<sim::Action> Step() {
     sim::Action label = expert_.Act(episode_);
     sim::Action exec = label;
@@ -145,8 +147,7 @@ absl::StatusOr<DemoSummary> RunDemo(const EpisodeSpec& spec, int image_size) {
   return d;
 }
 
-absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chunk,
-                                        int image_size) {
+absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chunk, int image_size) {
   if (chunk <= 0) return absl::InvalidArgumentError("chunk: must be positive");
   auto rep = Replayer::Create(spec, image_size);
   if (!rep.ok()) return rep.status();
@@ -259,8 +260,7 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
     for (const auto& act : r.actions) a.insert(a.end(), act.begin(), act.end());
     if (auto st = NormalizeActions(stats.action, a.data(), chunk, sim::kActionDim); !st.ok())
       return st;
-    batch.actions[i].copy_(
-        torch::from_blob(a.data(), {chunk, sim::kActionDim}, torch::kFloat32));
+    batch.actions[i].copy_(torch::from_blob(a.data(), {chunk, sim::kActionDim}, torch::kFloat32));
     batch.prompt_ids.push_back(BuildPromptIds(config, tokenizer, r.instruction));
   }
   return batch;
@@ -307,8 +307,7 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
     auto dt = vb.scalar_type();  // autocast may have produced bf16 activations
     auto seq = torch::cat({emb.slice(0, 0, 1).to(dt), vb, pb.to(dt), emb.slice(0, 1, 1 + m).to(dt),
                            torch::zeros({a, d}, vb.options()), emb.slice(0, 1 + m, 2 + m).to(dt)});
-    if (lens[b] < t_max)
-      seq = torch::cat({seq, torch::zeros({t_max - lens[b], d}, seq.options())});
+    if (lens[b] < t_max) seq = torch::cat({seq, torch::zeros({t_max - lens[b], d}, seq.options())});
     seqs.push_back(seq);
   }
   auto h = torch::stack(seqs);
@@ -329,8 +328,9 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   }
   read = read.to(device);
   auto action_hidden = lm->norm->forward(h.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
-  // The head's LayerNorms reject bf16 inputs with fp32 weights under CPU autocast (LibTorch
-  // 1.13); the head is small, so it runs in the parameters' dtype.
+  // The head's LayerNorms reject bf16 inputs with fp32 weights under CPU
+  // autocast (LibTorch 1.13); the head is small, so it runs in the parameters'
+  // dtype.
   const bool autocast = CpuAutocastEnabled();
   SetCpuAutocast(false);
   auto out = module->action_head->forward(action_hidden.to(dtype));
@@ -350,7 +350,8 @@ absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const 
     absl::Status st;
     auto t = ImageTensor(img, config, &st);
     if (!st.ok()) return st;
-    if (frame_patches != nullptr) patches.push_back(extract_patches(t, config.towers[0].patch_size));
+    if (frame_patches != nullptr)
+      patches.push_back(extract_patches(t, config.towers[0].patch_size));
     in.images.push_back(t);
   }
   if (frame_patches != nullptr) *frame_patches = torch::cat(patches, 0);

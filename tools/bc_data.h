@@ -1,16 +1,21 @@
-// Behaviour-cloning data and closed-loop rollouts for the `tiny` policy (DESIGN §7, issue #6).
+// Behaviour-cloning data and closed-loop rollouts for the `tiny` policy (DESIGN
+// §7, issue #6).
 //
-// Data: no frames are stored. An EpisodeSpec names a deterministic simulator episode (suite,
-// seed, distractors) plus optional DART-style noise on the executed translation; a sample at step
-// t replays the expert (noisy execution, clean labels) to t, renders both cameras and labels the
-// chunk with the clean expert's next `chunk` actions branched off that state.
+// Data: no frames are stored. An EpisodeSpec names a deterministic simulator
+// episode (suite, seed, distractors) plus optional DART-style noise on the
+// executed translation; a sample at step t replays the expert (noisy execution,
+// clean labels) to t, renders both cameras and labels the chunk with the clean
+// expert's next `chunk` actions branched off that state.
 //
-// Model: TrainingForward is the differentiable twin of VlaModel::Forward without pruning (same
-// sequence layout; tests check they agree). RunPolicyEpisodes drives a batch of episodes with a
-// model exactly as the server does (preprocess, proprio normalization, per-sample pruners,
-// un-normalization), used by specprune_train (periodic success) and specprune_eval.
+// Model: TrainingForward is the differentiable twin of VlaModel::Forward
+// without pruning (same sequence layout; tests check they agree).
+// RunPolicyEpisodes drives a batch of episodes with a model exactly as the
+// server does (preprocess, proprio normalization, per-sample pruners,
+// un-normalization), used by specprune_train (periodic success) and
+// specprune_eval.
 //
-// Thread safety: free functions are reentrant; they share no state (the model is only read).
+// Thread safety: free functions are reentrant; they share no state (the model
+// is only read).
 #pragma once
 
 #include <torch/torch.h>
@@ -52,7 +57,8 @@ struct DemoSummary {
   int length = 0;  // steps executed
 };
 
-// Replays the whole demonstration (no rendering). InvalidArgument for bad specs.
+// Replays the whole demonstration (no rendering). InvalidArgument for bad
+// specs.
 absl::StatusOr<DemoSummary> RunDemo(const EpisodeSpec& spec, int image_size);
 
 // One training sample before tensor conversion.
@@ -63,15 +69,18 @@ struct RawSample {
   std::vector<sim::Action> actions;  // `chunk` clean expert actions from step t
 };
 
-// Replays `spec` to step t (clamped to the episode's end) and labels the next `chunk` actions; past
-// the end the expert's action at the final state is repeated (OpenVLA pads likewise).
+// Replays `spec` to step t (clamped to the episode's end) and labels the next
+// `chunk` actions; past the end the expert's action at the final state is
+// repeated (OpenVLA pads likewise).
 absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chunk, int image_size);
 
-// Translates an image by (dx, dy) pixels with edge replication (shift augmentation).
+// Translates an image by (dx, dy) pixels with edge replication (shift
+// augmentation).
 RgbImage ShiftImage(const RgbImage& image, int dx, int dy);
 
-// Action and proprio q01/q99 statistics (OpenVLA BOUNDS_Q99) over every step of `specs`' demos;
-// the gripper (last action dim) has mask false. Unsuccessful demos are skipped.
+// Action and proprio q01/q99 statistics (OpenVLA BOUNDS_Q99) over every step of
+// `specs`' demos; the gripper (last action dim) has mask false. Unsuccessful
+// demos are skipped.
 absl::StatusOr<DatasetStats> ComputeStatistics(const std::vector<EpisodeSpec>& specs,
                                                int image_size, const std::string& key);
 
@@ -83,26 +92,30 @@ struct BcBatch {
   std::vector<std::vector<int64_t>> prompt_ids;
 };
 
-// Converts raw samples (optionally shifting each camera image by up to +-max_shift pixels using
-// `rng`). InvalidArgument when shapes disagree with the config.
+// Converts raw samples (optionally shifting each camera image by up to
+// +-max_shift pixels using `rng`). InvalidArgument when shapes disagree with
+// the config.
 absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const ModelConfig& config,
                                   const Tokenizer& tokenizer, const DatasetStats& stats,
                                   int max_shift, std::mt19937_64* rng);
 
 // Differentiable forward without pruning, same layout as VlaModel::ForwardImpl:
-// [BOS | vision | proprio | prompt | zero placeholders | EOS]; the head reads the row before each
-// placeholder. Returns normalized actions [B, chunk, action_dim] in the module's dtype (or the
-// autocast dtype). Parameters are those of `module` (any device); inputs are moved to it.
+// [BOS | vision | proprio | prompt | zero placeholders | EOS]; the head reads
+// the row before each placeholder. Returns normalized actions [B, chunk,
+// action_dim] in the module's dtype (or the autocast dtype). Parameters are
+// those of `module` (any device); inputs are moved to it.
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
                               const std::vector<std::vector<int64_t>>& prompt_ids);
 
-// CPU autocast (bf16) state, portable across LibTorch 1.13 and 2.x. Thread-local in LibTorch.
+// CPU autocast (bf16) state, portable across LibTorch 1.13 and 2.x.
+// Thread-local in LibTorch.
 bool CpuAutocastEnabled();
 void SetCpuAutocast(bool enabled);
 
-// Observation -> model input as the server builds it: PreprocessImage per camera, NormalizeProprio.
-// `frame_patches` (optional out): [P, patch_dim] pixel patches for the pruners.
+// Observation -> model input as the server builds it: PreprocessImage per
+// camera, NormalizeProprio. `frame_patches` (optional out): [P, patch_dim]
+// pixel patches for the pruners.
 absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const ModelConfig& config,
                                              const std::vector<int64_t>& prompt_ids,
                                              const NormStats& proprio_stats,
@@ -121,9 +134,10 @@ struct EpisodeOutcome {
   int forward_passes = 0;
 };
 
-// Per-sample hooks. `make_pruner` (may be empty = no pruning) is called for each episode's forward
-// pass with the frame patches; the returned pruner lives until after `observe`. `observe` (may be
-// empty) sees each pass's input and result before its actions are executed.
+// Per-sample hooks. `make_pruner` (may be empty = no pruning) is called for
+// each episode's forward pass with the frame patches; the returned pruner lives
+// until after `observe`. `observe` (may be empty) sees each pass's input and
+// result before its actions are executed.
 struct RolloutHooks {
   std::function<absl::StatusOr<std::unique_ptr<SamplePruner>>(size_t episode,
                                                               const torch::Tensor& frame_patches)>
@@ -140,9 +154,9 @@ struct RolloutTimings {
   int64_t passes = 0;   // batched Forward calls
 };
 
-// Runs every episode to its end with the model, batching the forward passes. Actions are
-// un-normalized with `stats.action`, binarized per config.gripper_postprocess, and executed.
-// `timings` (optional) accumulates.
+// Runs every episode to its end with the model, batching the forward passes.
+// Actions are un-normalized with `stats.action`, binarized per
+// config.gripper_postprocess, and executed. `timings` (optional) accumulates.
 absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     const VlaModel& model, const Tokenizer& tokenizer, const DatasetStats& stats,
     std::vector<sim::Episode> episodes, const RolloutOptions& options,

@@ -1,5 +1,6 @@
-// specprune_train: behaviour cloning of the `tiny` policy on the simulator's scripted expert
-// (issue #6; docs/training.md). Resumable from its own output directory.
+// specprune_train: behaviour cloning of the `tiny` policy on the simulator's
+// scripted expert (issue #6; docs/training.md). Resumable from its own output
+// directory.
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
@@ -32,34 +33,33 @@ using Clock = std::chrono::steady_clock;
 
 struct TrainOptions {
   std::string out = "models/tiny-trained";  // output (and resume) directory
-  std::string init = "models/tiny";          // config.json + tokenizer.model source
-  int64_t steps = 20000;                     // total optimizer steps
+  std::string init = "models/tiny";         // config.json + tokenizer.model source
+  int64_t steps = 20000;                    // total optimizer steps
   int batch = 48;
   double lr = 5e-4;
   double min_lr_ratio = 0.05;  // cosine floor as a fraction of lr
   double weight_decay = 0.01;
   int64_t warmup = 500;
   double clip = 1.0;
-  int threads = 2;               // torch intra-op threads
-  int data_threads = 1;          // batch producer threads
-  std::string dtype = "bf16";    // autocast dtype of the forward: bf16 or fp32
+  int threads = 2;             // torch intra-op threads
+  int data_threads = 1;        // batch producer threads
+  std::string dtype = "bf16";  // autocast dtype of the forward: bf16 or fp32
   int64_t log_every = 50;
-  int64_t holdout_every = 500;   // held-out loss + first-action correlation
-  int64_t eval_every = 2000;     // closed-loop success
-  int eval_episodes = 8;         // per suite
+  int64_t holdout_every = 500;  // held-out loss + first-action correlation
+  int64_t eval_every = 2000;    // closed-loop success
+  int eval_episodes = 8;        // per suite
   int64_t ckpt_every = 500;
-  int max_shift = 3;             // shift augmentation, pixels
-  double noise_frac = 0.5;       // fraction of demos with noisy execution (DART)
+  int max_shift = 3;        // shift augmentation, pixels
+  double noise_frac = 0.5;  // fraction of demos with noisy execution (DART)
   double noise_std = 0.3;
-  int train_seeds = 5000;        // demo seeds per suite
-  int64_t stage1 = 2000;         // steps with num_distractors = 0 (spatial, object, goal)
-  int64_t stage2 = 6000;         // steps before the long suite joins
-  int stats_episodes = 200;      // demos per suite for the statistics
+  int train_seeds = 5000;    // demo seeds per suite
+  int64_t stage1 = 2000;     // steps with num_distractors = 0 (spatial, object, goal)
+  int64_t stage2 = 6000;     // steps before the long suite joins
+  int stats_episodes = 200;  // demos per suite for the statistics
   uint64_t seed = 1;
-  int64_t benchmark = 0;         // > 0: time this many steps fp32 vs bf16 and exit
-  int check_demos = 0;           // > 0: print expert success per suite/noise over N seeds, exit
+  int64_t benchmark = 0;  // > 0: time this many steps fp32 vs bf16 and exit
+  int check_demos = 0;    // > 0: print expert success per suite/noise over N seeds, exit
 };
-
 
 void SetAutocast(bool on) {
   SetCpuAutocast(on);
@@ -87,33 +87,60 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
   }
   try {
     for (const auto& [k, v] : kv) {
-      if (k == "out") o->out = v;
-      else if (k == "init") o->init = v;
-      else if (k == "steps") o->steps = std::stoll(v);
-      else if (k == "batch") o->batch = std::stoi(v);
-      else if (k == "lr") o->lr = std::stod(v);
-      else if (k == "min_lr_ratio") o->min_lr_ratio = std::stod(v);
-      else if (k == "weight_decay") o->weight_decay = std::stod(v);
-      else if (k == "warmup") o->warmup = std::stoll(v);
-      else if (k == "clip") o->clip = std::stod(v);
-      else if (k == "threads") o->threads = std::stoi(v);
-      else if (k == "data_threads") o->data_threads = std::stoi(v);
-      else if (k == "dtype") o->dtype = v;
-      else if (k == "log_every") o->log_every = std::stoll(v);
-      else if (k == "holdout_every") o->holdout_every = std::stoll(v);
-      else if (k == "eval_every") o->eval_every = std::stoll(v);
-      else if (k == "eval_episodes") o->eval_episodes = std::stoi(v);
-      else if (k == "ckpt_every") o->ckpt_every = std::stoll(v);
-      else if (k == "max_shift") o->max_shift = std::stoi(v);
-      else if (k == "noise_frac") o->noise_frac = std::stod(v);
-      else if (k == "noise_std") o->noise_std = std::stod(v);
-      else if (k == "train_seeds") o->train_seeds = std::stoi(v);
-      else if (k == "stage1") o->stage1 = std::stoll(v);
-      else if (k == "stage2") o->stage2 = std::stoll(v);
-      else if (k == "stats_episodes") o->stats_episodes = std::stoi(v);
-      else if (k == "seed") o->seed = std::stoull(v);
-      else if (k == "benchmark") o->benchmark = std::stoll(v);
-      else if (k == "check_demos") o->check_demos = std::stoi(v);
+      if (k == "out")
+        o->out = v;
+      else if (k == "init")
+        o->init = v;
+      else if (k == "steps")
+        o->steps = std::stoll(v);
+      else if (k == "batch")
+        o->batch = std::stoi(v);
+      else if (k == "lr")
+        o->lr = std::stod(v);
+      else if (k == "min_lr_ratio")
+        o->min_lr_ratio = std::stod(v);
+      else if (k == "weight_decay")
+        o->weight_decay = std::stod(v);
+      else if (k == "warmup")
+        o->warmup = std::stoll(v);
+      else if (k == "clip")
+        o->clip = std::stod(v);
+      else if (k == "threads")
+        o->threads = std::stoi(v);
+      else if (k == "data_threads")
+        o->data_threads = std::stoi(v);
+      else if (k == "dtype")
+        o->dtype = v;
+      else if (k == "log_every")
+        o->log_every = std::stoll(v);
+      else if (k == "holdout_every")
+        o->holdout_every = std::stoll(v);
+      else if (k == "eval_every")
+        o->eval_every = std::stoll(v);
+      else if (k == "eval_episodes")
+        o->eval_episodes = std::stoi(v);
+      else if (k == "ckpt_every")
+        o->ckpt_every = std::stoll(v);
+      else if (k == "max_shift")
+        o->max_shift = std::stoi(v);
+      else if (k == "noise_frac")
+        o->noise_frac = std::stod(v);
+      else if (k == "noise_std")
+        o->noise_std = std::stod(v);
+      else if (k == "train_seeds")
+        o->train_seeds = std::stoi(v);
+      else if (k == "stage1")
+        o->stage1 = std::stoll(v);
+      else if (k == "stage2")
+        o->stage2 = std::stoll(v);
+      else if (k == "stats_episodes")
+        o->stats_episodes = std::stoi(v);
+      else if (k == "seed")
+        o->seed = std::stoull(v);
+      else if (k == "benchmark")
+        o->benchmark = std::stoll(v);
+      else if (k == "check_demos")
+        o->check_demos = std::stoi(v);
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -194,8 +221,8 @@ class Producer {
       std::vector<RawSample> raw;
       while (static_cast<int>(raw.size()) < o_.batch) {
         EpisodeSpec s = DrawSpec(o_, step_->load(), rng);
-        auto key = std::make_tuple(static_cast<int>(s.suite), s.seed, s.num_distractors,
-                                   s.noise_std);
+        auto key =
+            std::make_tuple(static_cast<int>(s.suite), s.seed, s.num_distractors, s.noise_std);
         auto it = lengths.find(key);
         if (it == lengths.end()) {
           auto d = RunDemo(s, static_cast<int>(c_.image_size));
@@ -204,8 +231,8 @@ class Producer {
         }
         if (it->second == 0) continue;
         const int t = static_cast<int>(rng() % static_cast<uint64_t>(it->second));
-        auto r = MakeRawSample(s, t, static_cast<int>(c_.chunk_size),
-                               static_cast<int>(c_.image_size));
+        auto r =
+            MakeRawSample(s, t, static_cast<int>(c_.chunk_size), static_cast<int>(c_.image_size));
         if (!r.ok()) return Fail(r.status());
         raw.push_back(*std::move(r));
       }
@@ -288,9 +315,10 @@ absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
   return h;
 }
 
-// Held-out L1 and the correlation of predicted vs expert first-action dx, dy (normalized).
-void EvalHoldout(VlaModule& m, const ModelConfig& c, const Holdout& h, double* loss,
-                 double* corr_x, double* corr_y) {
+// Held-out L1 and the correlation of predicted vs expert first-action dx, dy
+// (normalized).
+void EvalHoldout(VlaModule& m, const ModelConfig& c, const Holdout& h, double* loss, double* corr_x,
+                 double* corr_y) {
   torch::NoGradGuard ng;
   std::vector<torch::Tensor> preds, targets;
   double sum = 0;
@@ -315,8 +343,9 @@ absl::StatusOr<std::vector<double>> ClosedLoop(const VlaModel& model, const Toke
     for (int i = 0; i < episodes; ++i) {
       EpisodeSpec spec;
       spec.suite = s;
-      auto e = sim::Episode::Create(s, kHoldoutSeedBase + 500000 + i,
-                                    SpecSimOptions(spec, static_cast<int>(model.config().image_size)));
+      auto e =
+          sim::Episode::Create(s, kHoldoutSeedBase + 500000 + i,
+                               SpecSimOptions(spec, static_cast<int>(model.config().image_size)));
       if (!e.ok()) return e.status();
       eps.push_back(*std::move(e));
     }
@@ -361,11 +390,12 @@ int Main(int argc, char** argv) {
             ok += d->success;
             len += d->success ? d->length : 0;
           }
-          std::printf("noise %.2f %-7s distractors %2d: %d/%d succeed, mean length %.1f, %.2f ms/demo\n",
-                      noise, std::string(sim::SuiteName(s)).c_str(), distractors, ok,
-                      o.check_demos, ok ? static_cast<double>(len) / ok : 0.0,
-                      1e3 * std::chrono::duration<double>(Clock::now() - t0).count() /
-                          o.check_demos);
+          std::printf(
+              "noise %.2f %-7s distractors %2d: %d/%d succeed, mean length "
+              "%.1f, %.2f ms/demo\n",
+              noise, std::string(sim::SuiteName(s)).c_str(), distractors, ok, o.check_demos,
+              ok ? static_cast<double>(len) / ok : 0.0,
+              1e3 * std::chrono::duration<double>(Clock::now() - t0).count() / o.check_demos);
         }
     return 0;
   }
@@ -484,10 +514,27 @@ int Main(int argc, char** argv) {
                   bf16 ? "bf16-autocast" : "fp32", o.batch, o.threads, o.benchmark / s,
                   o.benchmark * o.batch / s);
     }
+    // Data throughput on this thread alone (the producer's queue is already
+    // full here).
+    std::mt19937_64 rng(o.seed);
     auto t0 = Clock::now();
-    for (int i = 0; i < 5; ++i) (void)prod.Next();
-    std::printf("data producer: %.3f batches/s (%d threads)\n",
-                5 / std::chrono::duration<double>(Clock::now() - t0).count(), o.data_threads);
+    int64_t made = 0;
+    while (made < 4 * o.batch) {
+      EpisodeSpec spec = DrawSpec(o, o.stage2, rng);
+      auto d = RunDemo(spec, static_cast<int>(c.image_size));
+      if (!d.ok() || !d->success) continue;
+      std::vector<RawSample> raw;
+      for (int i = 0; i < o.batch; ++i) {
+        auto r = MakeRawSample(spec, static_cast<int>(rng() % d->length),
+                               static_cast<int>(c.chunk_size), static_cast<int>(c.image_size));
+        if (!r.ok()) return 1;
+        raw.push_back(*std::move(r));
+      }
+      if (!MakeBatch(raw, c, **tok, stats, o.max_shift, &rng).ok()) return 1;
+      made += o.batch;
+    }
+    std::printf("data: %.0f samples/s on one thread\n",
+                made / std::chrono::duration<double>(Clock::now() - t0).count());
     return 0;
   }
 
@@ -510,8 +557,7 @@ int Main(int argc, char** argv) {
       return 1;
     }
     const double lr = LearningRate(o, s);
-    for (auto& g : opt.param_groups())
-      static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     opt.zero_grad();
     auto loss = Loss(module, c, *batch, bf16);
     loss.backward();
@@ -523,9 +569,10 @@ int Main(int argc, char** argv) {
     const int64_t done = s + 1;
     if (done % o.log_every == 0) {
       const double dt = std::chrono::duration<double>(Clock::now() - t_log).count();
-      std::printf("step %lld loss %.4f ema %.4f lr %.2e gnorm %.2f %.2f steps/s (data wait %.0f%%)\n",
-                  static_cast<long long>(done), l, ema, lr, gnorm, o.log_every / dt,
-                  100 * wait_s / dt);
+      std::printf(
+          "step %lld loss %.4f ema %.4f lr %.2e gnorm %.2f %.2f steps/s (data "
+          "wait %.0f%%)\n",
+          static_cast<long long>(done), l, ema, lr, gnorm, o.log_every / dt, 100 * wait_s / dt);
       std::fflush(stdout);
       t_log = Clock::now();
       wait_s = 0;
@@ -550,11 +597,12 @@ int Main(int argc, char** argv) {
         return 1;
       }
       const double mean = ((*rate)[0] + (*rate)[1] + (*rate)[2] + (*rate)[3]) / 4;
-      std::printf("closed-loop step %lld success spatial %.2f object %.2f goal %.2f long %.2f "
-                  "mean %.3f (%d eps/suite, %.0f s)\n",
-                  static_cast<long long>(done), (*rate)[0], (*rate)[1], (*rate)[2], (*rate)[3],
-                  mean, o.eval_episodes,
-                  std::chrono::duration<double>(Clock::now() - t0).count());
+      std::printf(
+          "closed-loop step %lld success spatial %.2f object %.2f goal %.2f "
+          "long %.2f "
+          "mean %.3f (%d eps/suite, %.0f s)\n",
+          static_cast<long long>(done), (*rate)[0], (*rate)[1], (*rate)[2], (*rate)[3], mean,
+          o.eval_episodes, std::chrono::duration<double>(Clock::now() - t0).count());
       std::fflush(stdout);
       if (mean > best_success) {
         best_success = mean;

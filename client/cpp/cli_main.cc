@@ -29,8 +29,8 @@
 #include "client/cpp/client.h"
 #include "google/protobuf/util/json_util.h"
 #include "model/image_codec.h"
-#include "sim/episode.h"
 #include "nlohmann/json.hpp"
+#include "sim/episode.h"
 
 namespace specprune {
 namespace {
@@ -496,9 +496,9 @@ int RunSim(Client& client, const Args& args, bool json) {
     }
   }
   if (json) {
-    std::cout << nlohmann::json{{"episodes", out}, {"success_rate", double(successes) / episodes}}
-                     .dump(2)
-              << "\n";
+    std::cout
+        << nlohmann::json{{"episodes", out}, {"success_rate", double(successes) / episodes}}.dump(2)
+        << "\n";
   } else {
     std::cout << absl::StrFormat("success %d/%d\n", successes, episodes);
   }

@@ -28,7 +28,6 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "proto/grpc_status.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -37,6 +36,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "model/image_codec.h"
+#include "proto/grpc_status.h"
 #include "specprune/v1/vla_service.grpc.pb.h"
 
 namespace specprune {
@@ -206,8 +206,6 @@ class Client {
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, StepCounter> steps_ ABSL_GUARDED_BY(mu_);
 };
-
-
 
 // Checks a response against its request (same robot and step when the server echoes them, and
 // actions.size() == chunk_size * action_dim) and converts it.

@@ -105,12 +105,11 @@ constexpr char kUsage[] =
 // Flags
 
 struct LoadgenOptions {
-  std::string target;     // required
-  int robots = 0;         // required, [1, 4096]
-  int steps = 0;          // required, >= 1
-  std::string json_path;  // required
-  v1::PruningMethod method =
-      v1::PRUNING_METHOD_UNSPECIFIED;  // UNSPECIFIED = server default
+  std::string target;                                         // required
+  int robots = 0;                                             // required, [1, 4096]
+  int steps = 0;                                              // required, >= 1
+  std::string json_path;                                      // required
+  v1::PruningMethod method = v1::PRUNING_METHOD_UNSPECIFIED;  // UNSPECIFIED = server default
   int warmup = 2;                // calls per robot excluded from the statistics
   int deadline_ms = 30000;       // per call
   int image_size = 0;            // 0 = GetModelInfo's image size
@@ -124,12 +123,12 @@ struct LoadgenOptions {
   double connect_timeout_s = 10;
 };
 
-absl::StatusOr<int64_t> ParseInt(const std::string& flag, const std::string& v,
-                                 int64_t lo, int64_t hi) {
+absl::StatusOr<int64_t> ParseInt(const std::string& flag, const std::string& v, int64_t lo,
+                                 int64_t hi) {
   int64_t x = 0;
   if (!absl::SimpleAtoi(v, &x) || x < lo || x > hi) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "--%s must be an integer in [%d, %d], got \"%s\"", flag, lo, hi, v));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--%s must be an integer in [%d, %d], got \"%s\"", flag, lo, hi, v));
   }
   return x;
 }
@@ -140,8 +139,7 @@ absl::StatusOr<LoadgenOptions> ParseFlags(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected argument \"", arg, "\""));
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", arg, "\""));
     }
     std::string name = arg.substr(2);
     std::optional<std::string> value;
@@ -150,15 +148,13 @@ absl::StatusOr<LoadgenOptions> ParseFlags(int argc, char** argv) {
       name = name.substr(0, eq);
     }
     if (name == "shared-channel") {
-      if (value)
-        return absl::InvalidArgumentError("--shared-channel takes no value");
+      if (value) return absl::InvalidArgumentError("--shared-channel takes no value");
       o.shared_channel = true;
       continue;
     }
     if (!value) {
       if (i + 1 >= argc)
-        return absl::InvalidArgumentError(
-            absl::StrCat("--", name, " needs a value"));
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
       value = argv[++i];
     }
     const std::string& v = *value;
@@ -195,19 +191,16 @@ absl::StatusOr<LoadgenOptions> ParseFlags(int argc, char** argv) {
     } else if (name == "duration-s" || name == "connect-timeout-s") {
       double d = 0;
       if (!absl::SimpleAtod(v, &d) || !(d > 0) || d > 7 * 24 * 3600) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "--%s must be a number of seconds > 0, got \"%s\"", name, v));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("--%s must be a number of seconds > 0, got \"%s\"", name, v));
       }
       (name == "duration-s" ? o.duration_s : o.connect_timeout_s) = d;
     } else if (name == "run-tag") {
-      if (v.empty() || v.size() > 64 ||
-          !std::all_of(v.begin(), v.end(), [](char c) {
-            return absl::ascii_isalnum(c) || c == '.' || c == '_' || c == ':' ||
-                   c == '-';
+      if (v.empty() || v.size() > 64 || !std::all_of(v.begin(), v.end(), [](char c) {
+            return absl::ascii_isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-';
           })) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--run-tag must be 1..64 chars of [A-Za-z0-9._:-], got \"", v,
-            "\""));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--run-tag must be 1..64 chars of [A-Za-z0-9._:-], got \"", v, "\""));
       }
       o.run_tag = v;
     } else if (name == "encoding") {
@@ -227,25 +220,22 @@ absl::StatusOr<LoadgenOptions> ParseFlags(int argc, char** argv) {
       } else if (m == "random") {
         o.method = v1::PRUNING_METHOD_RANDOM;
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--method must be none|specprune|fastv|random, got \"", v, "\""));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--method must be none|specprune|fastv|random, got \"", v, "\""));
       }
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     }
   }
-  if (o.target.empty())
-    return absl::InvalidArgumentError("--target is required");
+  if (o.target.empty()) return absl::InvalidArgumentError("--target is required");
   if (o.robots == 0) return absl::InvalidArgumentError("--robots is required");
   if (o.steps == 0) return absl::InvalidArgumentError("--steps is required");
-  if (o.json_path.empty())
-    return absl::InvalidArgumentError("--json is required");
+  if (o.json_path.empty()) return absl::InvalidArgumentError("--json is required");
   if (o.duration_s > 0 && have_episodes) {
-    return absl::InvalidArgumentError(
-        "--episodes and --duration-s are mutually exclusive");
+    return absl::InvalidArgumentError("--episodes and --duration-s are mutually exclusive");
   }
-  if (o.duration_s == 0 && static_cast<int64_t>(o.warmup) >=
-                               static_cast<int64_t>(o.steps) * o.episodes) {
+  if (o.duration_s == 0 &&
+      static_cast<int64_t>(o.warmup) >= static_cast<int64_t>(o.steps) * o.episodes) {
     return absl::InvalidArgumentError(
         absl::StrFormat("--warmup (%d) must be smaller than the calls per "
                         "robot (--steps x --episodes = %d)",
@@ -254,11 +244,9 @@ absl::StatusOr<LoadgenOptions> ParseFlags(int argc, char** argv) {
   if (o.robot_id_pool == 0) o.robot_id_pool = o.robots;
   if (o.robot_id_pool % o.robots != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "--robot-id-pool (%d) must be a multiple of --robots (%d)",
-        o.robot_id_pool, o.robots));
+        "--robot-id-pool (%d) must be a multiple of --robots (%d)", o.robot_id_pool, o.robots));
   }
-  if (o.run_tag.empty())
-    o.run_tag = absl::StrFormat("lg%d-%d", o.seed, static_cast<int>(getpid()));
+  if (o.run_tag.empty()) o.run_tag = absl::StrFormat("lg%d-%d", o.seed, static_cast<int>(getpid()));
   return o;
 }
 
@@ -288,9 +276,7 @@ uint64_t SplitMix(uint64_t x) {
 }
 
 // Uniform in [0, 1) from a hash.
-double Unit(uint64_t h) {
-  return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0);
-}
+double Unit(uint64_t h) { return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0); }
 
 // One robot episode's tabletop: a static background, table texture and objects,
 // and a gripper that moves smoothly (about 1% of the image side per step) along
@@ -300,12 +286,9 @@ double Unit(uint64_t h) {
 class Scene {
  public:
   Scene(uint64_t seed, int robot, int episode, int size) : size_(size) {
-    key_ = SplitMix(SplitMix(seed) ^
-                    SplitMix(static_cast<uint64_t>(robot) * 1000003ULL) ^
+    key_ = SplitMix(SplitMix(seed) ^ SplitMix(static_cast<uint64_t>(robot) * 1000003ULL) ^
                     SplitMix(static_cast<uint64_t>(episode) + 0x51ed270b27ULL));
-    auto u = [&](int i) {
-      return Unit(SplitMix(key_ + static_cast<uint64_t>(i)));
-    };
+    auto u = [&](int i) { return Unit(SplitMix(key_ + static_cast<uint64_t>(i))); };
     for (int c = 0; c < 3; ++c) table_[c] = 90 + static_cast<int>(80 * u(c));
     for (int k = 0; k < kObjects; ++k) {
       Object& ob = objects_[k];
@@ -313,9 +296,8 @@ class Scene {
       ob.y = 0.2 + 0.6 * u(11 + 4 * k);
       ob.half = 0.05 + 0.06 * u(12 + 4 * k);
       const int hue = static_cast<int>(6 * u(13 + 4 * k));
-      static constexpr uint8_t kColors[6][3] = {{210, 40, 40},  {40, 170, 60},
-                                                {40, 70, 210},  {220, 200, 40},
-                                                {200, 60, 200}, {240, 140, 30}};
+      static constexpr uint8_t kColors[6][3] = {{210, 40, 40},  {40, 170, 60},  {40, 70, 210},
+                                                {220, 200, 40}, {200, 60, 200}, {240, 140, 30}};
       for (int c = 0; c < 3; ++c) ob.rgb[c] = kColors[hue][c];
     }
     phase_x_ = 6.2831853 * u(30);
@@ -347,21 +329,18 @@ class Scene {
     const double grip_x = camera == 0 ? gx : 0.5;
     const double grip_y = camera == 0 ? gy : 0.92;
     const double inv = 1.0 / size_;
-    const uint64_t noise_key =
-        SplitMix(key_ ^ (static_cast<uint64_t>(camera) << 56) ^ step);
+    const uint64_t noise_key = SplitMix(key_ ^ (static_cast<uint64_t>(camera) << 56) ^ step);
     for (int yy = 0; yy < size_; ++yy) {
       for (int xx = 0; xx < size_; ++xx) {
         const double fx = (xx + 0.5) * inv, fy = (yy + 0.5) * inv;
         const double sx = fx - shift_x, sy = fy - shift_y;
         // Table: low-contrast checker texture plus a vertical lighting
         // gradient.
-        const bool check = (static_cast<int>(std::floor(sx * 8)) +
-                            static_cast<int>(std::floor(sy * 8))) &
-                           1;
+        const bool check =
+            (static_cast<int>(std::floor(sx * 8)) + static_cast<int>(std::floor(sy * 8))) & 1;
         int rgb[3];
         for (int c = 0; c < 3; ++c)
-          rgb[c] = table_[c] + (check ? 12 : -12) +
-                   static_cast<int>(30 * (sy - 0.5));
+          rgb[c] = table_[c] + (check ? 12 : -12) + static_cast<int>(30 * (sy - 0.5));
         for (const Object& ob : objects_) {
           if (std::abs(sx - ob.x) < ob.half && std::abs(sy - ob.y) < ob.half) {
             for (int c = 0; c < 3; ++c) rgb[c] = ob.rgb[c];
@@ -374,8 +353,7 @@ class Scene {
         const size_t i = (static_cast<size_t>(yy) * size_ + xx) * 3;
         const uint64_t h = SplitMix(noise_key + i);
         for (int c = 0; c < 3; ++c) {
-          const int v = rgb[c] + static_cast<int>((h >> (8 * c)) % 5) -
-                        2;  // +-2 sensor noise
+          const int v = rgb[c] + static_cast<int>((h >> (8 * c)) % 5) - 2;  // +-2 sensor noise
           p[i + c] = static_cast<uint8_t>(std::clamp(v, 0, 255));
         }
       }
@@ -384,8 +362,7 @@ class Scene {
 
   // Proprioceptive state: gripper xyz in metres, then slowly varying joint-like
   // values.
-  void Proprio(uint64_t step, int dim,
-               google::protobuf::RepeatedField<float>* out) const {
+  void Proprio(uint64_t step, int dim, google::protobuf::RepeatedField<float>* out) const {
     double x, y, z;
     Gripper(step, &x, &y, &z);
     out->Clear();
@@ -419,16 +396,13 @@ class Scene {
 
 std::string Instruction(uint64_t seed, int robot) {
   static constexpr const char* kVerbs[] = {"put", "place", "move", "push"};
-  static constexpr const char* kColors[] = {"red",    "green",  "blue",
-                                            "yellow", "purple", "orange"};
-  static constexpr const char* kObjects[] = {"block", "cube", "bowl", "mug",
-                                             "can"};
-  static constexpr const char* kTargets[] = {"on the plate", "into the basket",
-                                             "next to the box", "onto the tray",
-                                             "to the left edge"};
+  static constexpr const char* kColors[] = {"red", "green", "blue", "yellow", "purple", "orange"};
+  static constexpr const char* kObjects[] = {"block", "cube", "bowl", "mug", "can"};
+  static constexpr const char* kTargets[] = {"on the plate", "into the basket", "next to the box",
+                                             "onto the tray", "to the left edge"};
   const uint64_t h = SplitMix(seed * 7919 + static_cast<uint64_t>(robot));
-  return absl::StrCat(kVerbs[h % 4], " the ", kColors[(h >> 8) % 6], " ",
-                      kObjects[(h >> 16) % 5], " ", kTargets[(h >> 24) % 5]);
+  return absl::StrCat(kVerbs[h % 4], " the ", kColors[(h >> 8) % 6], " ", kObjects[(h >> 16) % 5],
+                      " ", kTargets[(h >> 24) % 5]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,8 +434,7 @@ struct RobotStats {
   std::vector<std::string> mismatch_examples;
   // Measured OK responses only.
   std::vector<double> latency_ms;
-  std::vector<double> preprocess_ms, queue_ms, vision_ms, llm_ms,
-      action_head_ms, total_ms;
+  std::vector<double> preprocess_ms, queue_ms, vision_ms, llm_ms, action_head_ms, total_ms;
   double retained_sum = 0, total_tokens_sum = 0, flops_ratio_sum = 0;
   Clock::time_point last_done;
 };
@@ -475,9 +448,8 @@ struct RunControl {
   explicit RunControl(int robots) : warmed_up(robots) {}
   absl::BlockingCounter warmed_up;
   absl::Notification measuring;
-  Clock::time_point measure_start;  // written before `measuring` is notified
-  std::optional<Clock::time_point>
-      measure_end;  // duration mode: stop starting calls after this
+  Clock::time_point measure_start;               // written before `measuring` is notified
+  std::optional<Clock::time_point> measure_end;  // duration mode: stop starting calls after this
 };
 
 class Robot {
@@ -506,13 +478,10 @@ class Robot {
       if (opts_.duration_s == 0 && e >= opts_.episodes) break;
       if (Expired(passed_barrier)) break;
       const int id_number =
-          static_cast<int>((static_cast<int64_t>(e) * opts_.robots + index_) %
-                           opts_.robot_id_pool);
-      const std::string robot_id =
-          absl::StrCat(opts_.run_tag, "-robot", id_number);
+          static_cast<int>((static_cast<int64_t>(e) * opts_.robots + index_) % opts_.robot_id_pool);
+      const std::string robot_id = absl::StrCat(opts_.run_tag, "-robot", id_number);
       if (e % 2 == 1) DoReset(robot_id);
-      const std::string episode_id =
-          absl::StrCat(opts_.run_tag, "-r", index_, "-e", e);
+      const std::string episode_id = absl::StrCat(opts_.run_tag, "-r", index_, "-e", e);
       const Scene scene(opts_.seed, index_, e, shape_.image_size);
       stats_.episodes += 1;
       // Forward passes of this episode known to have run on the server;
@@ -521,8 +490,7 @@ class Robot {
       for (int step = 0; step < opts_.steps; ++step) {
         if (stats_.sent == opts_.warmup) barrier();
         if (Expired(passed_barrier)) break;
-        DoStep(robot_id, episode_id, static_cast<uint64_t>(step), scene,
-               passed_barrier, &passes);
+        DoStep(robot_id, episode_id, static_cast<uint64_t>(step), scene, passed_barrier, &passes);
       }
       if (Expired(passed_barrier)) break;
     }
@@ -533,8 +501,7 @@ class Robot {
 
  private:
   bool Expired(bool measuring) const {
-    return measuring && control_->measure_end &&
-           Clock::now() >= *control_->measure_end;
+    return measuring && control_->measure_end && Clock::now() >= *control_->measure_end;
   }
 
   void DoReset(const std::string& robot_id) {
@@ -554,12 +521,11 @@ class Robot {
 
   void Mismatch(const std::string& what) {
     stats_.mismatches += 1;
-    if (stats_.mismatch_examples.size() < 5)
-      stats_.mismatch_examples.push_back(what);
+    if (stats_.mismatch_examples.size() < 5) stats_.mismatch_examples.push_back(what);
   }
 
-  void BuildRequest(const std::string& robot_id, const std::string& episode_id,
-                    uint64_t step, const Scene& scene) {
+  void BuildRequest(const std::string& robot_id, const std::string& episode_id, uint64_t step,
+                    const Scene& scene) {
     req_.Clear();
     req_.set_robot_id(robot_id);
     req_.set_episode_id(episode_id);
@@ -583,8 +549,7 @@ class Robot {
         std::string buf;
         scene.Render(static_cast<int>(c), step, &buf);
         rgb.pixels.assign(buf.begin(), buf.end());
-        auto enc =
-            opts_.encoding == "png" ? EncodePng(rgb) : EncodeJpeg(rgb, 90);
+        auto enc = opts_.encoding == "png" ? EncodePng(rgb) : EncodeJpeg(rgb, 90);
         // Encoding a valid synthetic frame cannot fail; an error here is a bug
         // worth seeing.
         if (!enc.ok()) {
@@ -598,9 +563,8 @@ class Robot {
     scene.Proprio(step, shape_.proprio_dim, req_.mutable_proprio());
   }
 
-  void DoStep(const std::string& robot_id, const std::string& episode_id,
-              uint64_t step, const Scene& scene, bool measured,
-              int64_t* passes) {
+  void DoStep(const std::string& robot_id, const std::string& episode_id, uint64_t step,
+              const Scene& scene, bool measured, int64_t* passes) {
     BuildRequest(robot_id, episode_id, step, scene);
     v1::PredictResponse resp;
     grpc::ClientContext ctx;
@@ -627,8 +591,7 @@ class Robot {
     Verify(resp, passes);
     if (!measured) return;
     stats_.ok += 1;
-    stats_.latency_ms.push_back(
-        std::chrono::duration<double, std::milli>(t1 - t0).count());
+    stats_.latency_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
     const v1::StageTimings& t = resp.timings();
     stats_.preprocess_ms.push_back(1e3 * t.preprocess_seconds());
     stats_.queue_ms.push_back(1e3 * t.queue_seconds());
@@ -644,26 +607,22 @@ class Robot {
   }
 
   void Verify(const v1::PredictResponse& resp, int64_t* passes) {
-    const std::string where =
-        absl::StrFormat("robot %s episode %s step %d: ", req_.robot_id(),
-                        req_.episode_id(), req_.step());
+    const std::string where = absl::StrFormat("robot %s episode %s step %d: ", req_.robot_id(),
+                                              req_.episode_id(), req_.step());
     if (resp.session_restarted()) stats_.session_restarted += 1;
-    if (resp.robot_id() != req_.robot_id() ||
-        resp.episode_id() != req_.episode_id() || resp.step() != req_.step()) {
-      Mismatch(absl::StrFormat("%sanswer is for robot %s episode %s step %d",
-                               where, resp.robot_id(), resp.episode_id(),
-                               resp.step()));
+    if (resp.robot_id() != req_.robot_id() || resp.episode_id() != req_.episode_id() ||
+        resp.step() != req_.step()) {
+      Mismatch(absl::StrFormat("%sanswer is for robot %s episode %s step %d", where,
+                               resp.robot_id(), resp.episode_id(), resp.step()));
       *passes = kUnknown;
       return;
     }
-    if (resp.chunk_size() != shape_.chunk_size ||
-        resp.action_dim() != shape_.action_dim ||
+    if (resp.chunk_size() != shape_.chunk_size || resp.action_dim() != shape_.action_dim ||
         static_cast<uint64_t>(resp.actions_size()) !=
             static_cast<uint64_t>(shape_.chunk_size) * shape_.action_dim) {
-      Mismatch(absl::StrFormat("%s%d actions as %d x %d, expected %d x %d",
-                               where, resp.actions_size(), resp.chunk_size(),
-                               resp.action_dim(), shape_.chunk_size,
-                               shape_.action_dim));
+      Mismatch(absl::StrFormat("%s%d actions as %d x %d, expected %d x %d", where,
+                               resp.actions_size(), resp.chunk_size(), resp.action_dim(),
+                               shape_.chunk_size, shape_.action_dim));
       *passes = kUnknown;
       return;
     }
@@ -679,25 +638,20 @@ class Robot {
       *passes = kUnknown;
       return;
     }
-    if ((shape_.vision_tokens != 0 &&
-         resp.total_vision_tokens() != shape_.vision_tokens) ||
+    if ((shape_.vision_tokens != 0 && resp.total_vision_tokens() != shape_.vision_tokens) ||
         resp.retained_vision_tokens() > resp.total_vision_tokens()) {
-      Mismatch(
-          absl::StrFormat("%sretained/total vision tokens %d/%d, model has %d",
-                          where, resp.retained_vision_tokens(),
-                          resp.total_vision_tokens(), shape_.vision_tokens));
+      Mismatch(absl::StrFormat("%sretained/total vision tokens %d/%d, model has %d", where,
+                               resp.retained_vision_tokens(), resp.total_vision_tokens(),
+                               shape_.vision_tokens));
       *passes = kUnknown;
       return;
     }
     // A fresh server-side session (evicted or expired) restarts the count at 1.
     const int64_t expected =
-        resp.session_restarted()
-            ? 1
-            : (*passes == kUnknown ? kUnknown : *passes + 1);
-    if (expected != kUnknown &&
-        resp.episode_steps() != static_cast<uint64_t>(expected)) {
-      Mismatch(absl::StrFormat("%sepisode_steps %d, expected %d", where,
-                               resp.episode_steps(), expected));
+        resp.session_restarted() ? 1 : (*passes == kUnknown ? kUnknown : *passes + 1);
+    if (expected != kUnknown && resp.episode_steps() != static_cast<uint64_t>(expected)) {
+      Mismatch(absl::StrFormat("%sepisode_steps %d, expected %d", where, resp.episode_steps(),
+                               expected));
     }
     *passes = static_cast<int64_t>(resp.episode_steps());
   }
@@ -715,14 +669,12 @@ class Robot {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
-                                           bool own_connection) {
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, bool own_connection) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   if (own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
-                                   args);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
 // Nearest-rank percentile (q in [0, 100]) of a sorted sample; 0 for an empty
@@ -769,21 +721,17 @@ int Main(int argc, char** argv) {
   v1::ModelInfo info;
   {
     auto stub = v1::VlaService::NewStub(shared);
-    const auto give_up =
-        Clock::now() +
-        std::chrono::duration_cast<Clock::duration>(
-            std::chrono::duration<double>(opts.connect_timeout_s));
+    const auto give_up = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(opts.connect_timeout_s));
     for (;;) {
       grpc::ClientContext ctx;
-      ctx.set_deadline(DeadlineIn(std::min<Clock::duration>(
-          give_up - Clock::now(), std::chrono::seconds(5))));
+      ctx.set_deadline(
+          DeadlineIn(std::min<Clock::duration>(give_up - Clock::now(), std::chrono::seconds(5))));
       ctx.set_wait_for_ready(true);
-      grpc::Status s =
-          stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
+      grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
       if (s.ok()) break;
       if (Clock::now() >= give_up) {
-        std::fprintf(stderr,
-                     "specprune_loadgen: GetModelInfo on %s failed: %s %s\n",
+        std::fprintf(stderr, "specprune_loadgen: GetModelInfo on %s failed: %s %s\n",
                      opts.target.c_str(), CodeName(s.error_code()).c_str(),
                      s.error_message().c_str());
         return 3;
@@ -793,18 +741,14 @@ int Main(int argc, char** argv) {
   }
   ServingShape shape;
   shape.cameras.assign(info.cameras().begin(), info.cameras().end());
-  shape.image_size = opts.image_size > 0
-                         ? opts.image_size
-                         : static_cast<int>(info.image_height());
+  shape.image_size = opts.image_size > 0 ? opts.image_size : static_cast<int>(info.image_height());
   shape.proprio_dim = static_cast<int>(info.proprio_dim());
   shape.chunk_size = info.chunk_size();
   shape.action_dim = info.action_dim();
   shape.vision_tokens = info.vision_tokens_per_forward();
   if (shape.cameras.empty() || shape.image_size <= 0 || shape.chunk_size == 0 ||
       shape.action_dim == 0) {
-    std::fprintf(
-        stderr,
-        "specprune_loadgen: GetModelInfo returned an unusable model shape\n");
+    std::fprintf(stderr, "specprune_loadgen: GetModelInfo returned an unusable model shape\n");
     return 3;
   }
 
@@ -812,9 +756,7 @@ int Main(int argc, char** argv) {
   std::vector<std::unique_ptr<Robot>> robots;
   for (int i = 0; i < opts.robots; ++i) {
     robots.push_back(std::make_unique<Robot>(
-        i, opts, shape,
-        opts.shared_channel ? shared : MakeChannel(opts.target, true),
-        &control));
+        i, opts, shape, opts.shared_channel ? shared : MakeChannel(opts.target, true), &control));
   }
   const absl::Time started_at = absl::Now();
   const double cpu_at_start = ProcessCpuSeconds();
@@ -823,9 +765,9 @@ int Main(int argc, char** argv) {
   control.warmed_up.Wait();
   control.measure_start = Clock::now();
   if (opts.duration_s > 0) {
-    control.measure_end = control.measure_start +
-                          std::chrono::duration_cast<Clock::duration>(
-                              std::chrono::duration<double>(opts.duration_s));
+    control.measure_end =
+        control.measure_start +
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.duration_s));
   }
   control.measuring.Notify();
   for (auto& t : threads) t.join();
@@ -863,8 +805,7 @@ int Main(int argc, char** argv) {
     all.flops_ratio_sum += s.flops_ratio_sum;
     if (s.measured > 0) end = std::max(end, s.last_done);
   }
-  const double window_s =
-      std::chrono::duration<double>(end - control.measure_start).count();
+  const double window_s = std::chrono::duration<double>(end - control.measure_start).count();
   const double throughput = window_s > 0 ? all.ok / window_s : 0;
   std::sort(all.latency_ms.begin(), all.latency_ms.end());
   const auto& lat = all.latency_ms;
@@ -875,8 +816,7 @@ int Main(int argc, char** argv) {
 
   nlohmann::json j;
   j["tool"] = "specprune_loadgen";
-  j["started_at"] =
-      absl::FormatTime(absl::RFC3339_sec, started_at, absl::UTCTimeZone());
+  j["started_at"] = absl::FormatTime(absl::RFC3339_sec, started_at, absl::UTCTimeZone());
   j["config"] = {
       {"target", opts.target},
       {"robots", opts.robots},
@@ -887,22 +827,20 @@ int Main(int argc, char** argv) {
       {"image_size", shape.image_size},
       {"encoding", opts.encoding},
       {"seed", opts.seed},
-      {"episodes", opts.duration_s > 0 ? nlohmann::json(nullptr)
-                                       : nlohmann::json(opts.episodes)},
+      {"episodes", opts.duration_s > 0 ? nlohmann::json(nullptr) : nlohmann::json(opts.episodes)},
       {"duration_s", opts.duration_s},
       {"robot_id_pool", opts.robot_id_pool},
       {"run_tag", opts.run_tag},
       {"channels", opts.shared_channel ? "shared" : "per-robot"}};
-  j["server"] = {
-      {"config_name", info.config_name()},
-      {"device", info.device()},
-      {"dtype", info.dtype()},
-      {"cameras", shape.cameras},
-      {"model_image_size", info.image_height()},
-      {"vision_tokens_per_forward", info.vision_tokens_per_forward()},
-      {"llm_layers", info.llm_layers()},
-      {"max_batch_size", info.max_batch_size()},
-      {"default_method", MethodFlagName(info.pruning().method())}};
+  j["server"] = {{"config_name", info.config_name()},
+                 {"device", info.device()},
+                 {"dtype", info.dtype()},
+                 {"cameras", shape.cameras},
+                 {"model_image_size", info.image_height()},
+                 {"vision_tokens_per_forward", info.vision_tokens_per_forward()},
+                 {"llm_layers", info.llm_layers()},
+                 {"max_batch_size", info.max_batch_size()},
+                 {"default_method", MethodFlagName(info.pruning().method())}};
   j["requests"] = {{"sent", all.sent},
                    {"ok", all.ok_total},
                    {"measured", all.measured},
@@ -926,18 +864,15 @@ int Main(int argc, char** argv) {
                      {"p99", Percentile(lat, 99)},
                      {"max", lat.empty() ? 0.0 : lat.back()},
                      {"mean", lat_mean}};
-  j["server_timings_median_ms"] = {{"preprocess", Median(all.preprocess_ms)},
-                                   {"queue", Median(all.queue_ms)},
-                                   {"vision", Median(all.vision_ms)},
-                                   {"llm", Median(all.llm_ms)},
-                                   {"action_head", Median(all.action_head_ms)},
-                                   {"total", Median(all.total_ms)}};
-  j["vision_tokens"] = {
-      {"mean_retained", mean_retained},
-      {"mean_total", mean_total},
-      {"retention", mean_total > 0 ? mean_retained / mean_total : 0},
-      {"mean_flops_ratio", all.ok ? all.flops_ratio_sum / all.ok : 0},
-      {"fallback_passes", all.fallback_passes}};
+  j["server_timings_median_ms"] = {
+      {"preprocess", Median(all.preprocess_ms)},   {"queue", Median(all.queue_ms)},
+      {"vision", Median(all.vision_ms)},           {"llm", Median(all.llm_ms)},
+      {"action_head", Median(all.action_head_ms)}, {"total", Median(all.total_ms)}};
+  j["vision_tokens"] = {{"mean_retained", mean_retained},
+                        {"mean_total", mean_total},
+                        {"retention", mean_total > 0 ? mean_retained / mean_total : 0},
+                        {"mean_flops_ratio", all.ok ? all.flops_ratio_sum / all.ok : 0},
+                        {"fallback_passes", all.fallback_passes}};
   j["controller_modes"] = all.modes;
   const bool pass = all.mismatches == 0 && all.lost == 0;
   j["pass"] = pass;
@@ -949,31 +884,26 @@ int Main(int argc, char** argv) {
     std::ofstream f(opts.json_path);
     f << text;
     if (!f) {
-      std::fprintf(stderr, "specprune_loadgen: cannot write --json %s\n",
-                   opts.json_path.c_str());
+      std::fprintf(stderr, "specprune_loadgen: cannot write --json %s\n", opts.json_path.c_str());
       return 3;
     }
   }
   std::string errs;
-  for (const auto& [k, v] : all.errors)
-    absl::StrAppend(&errs, errs.empty() ? "" : ",", k, "=", v);
-  std::fprintf(
-      opts.json_path == "-" ? stderr : stdout,
-      "loadgen robots=%d method=%s batch=%u: %lld ok in %.2f s = %.1f req/s | "
-      "latency ms p50 %.1f "
-      "p90 %.1f p99 %.1f max %.1f | server med ms queue %.2f llm %.2f total "
-      "%.2f | tokens "
-      "%.1f/%.0f | errors %lld%s%s%s | mismatches %lld lost %lld | %s\n",
-      opts.robots, MethodFlagName(opts.method).c_str(), info.max_batch_size(),
-      static_cast<long long>(all.ok), window_s, throughput, Percentile(lat, 50),
-      Percentile(lat, 90), Percentile(lat, 99), lat.empty() ? 0.0 : lat.back(),
-      Median(all.queue_ms), Median(all.llm_ms), Median(all.total_ms),
-      mean_retained, mean_total, static_cast<long long>(errors_total),
-      errs.empty() ? "" : " (", errs.c_str(), errs.empty() ? "" : ")",
-      static_cast<long long>(all.mismatches), static_cast<long long>(all.lost),
-      pass ? "PASS" : "FAIL");
-  for (const auto& m : all.mismatch_examples)
-    std::fprintf(stderr, "  mismatch: %s\n", m.c_str());
+  for (const auto& [k, v] : all.errors) absl::StrAppend(&errs, errs.empty() ? "" : ",", k, "=", v);
+  std::fprintf(opts.json_path == "-" ? stderr : stdout,
+               "loadgen robots=%d method=%s batch=%u: %lld ok in %.2f s = %.1f req/s | "
+               "latency ms p50 %.1f "
+               "p90 %.1f p99 %.1f max %.1f | server med ms queue %.2f llm %.2f total "
+               "%.2f | tokens "
+               "%.1f/%.0f | errors %lld%s%s%s | mismatches %lld lost %lld | %s\n",
+               opts.robots, MethodFlagName(opts.method).c_str(), info.max_batch_size(),
+               static_cast<long long>(all.ok), window_s, throughput, Percentile(lat, 50),
+               Percentile(lat, 90), Percentile(lat, 99), lat.empty() ? 0.0 : lat.back(),
+               Median(all.queue_ms), Median(all.llm_ms), Median(all.total_ms), mean_retained,
+               mean_total, static_cast<long long>(errors_total), errs.empty() ? "" : " (",
+               errs.c_str(), errs.empty() ? "" : ")", static_cast<long long>(all.mismatches),
+               static_cast<long long>(all.lost), pass ? "PASS" : "FAIL");
+  for (const auto& m : all.mismatch_examples) std::fprintf(stderr, "  mismatch: %s\n", m.c_str());
   return pass ? 0 : 1;
 }
 

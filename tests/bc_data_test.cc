@@ -1,0 +1,224 @@
+#include "tools/bc_data.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "model/tokenizer.h"
+
+namespace specprune {
+namespace {
+
+const std::string kTokenizer = std::string(SPECPRUNE_SOURCE_DIR) + "/models/tiny/tokenizer.model";
+
+ModelConfig TinyConfig() {
+  auto c = PresetConfig("tiny");
+  EXPECT_TRUE(c.ok());
+  return *c;
+}
+
+DatasetStats SmallStats() {
+  std::vector<EpisodeSpec> specs;
+  for (sim::Suite s : sim::kAllSuites)
+    for (uint64_t seed = 0; seed < 3; ++seed) specs.push_back({s, seed, -1, 0.0f});
+  auto st = ComputeStatistics(specs, 64, "specprune_sim");
+  EXPECT_TRUE(st.ok()) << st.status();
+  return *st;
+}
+
+TEST(BcDataTest, ChunkLabelsAreTheExpertsNextActions) {
+  const EpisodeSpec spec{sim::Suite::kObject, 5, -1, 0.0f};
+  auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+  ASSERT_TRUE(ep.ok());
+  sim::ScriptedExpert expert(*ep);
+  std::vector<sim::Action> actions;
+  while (!ep->done()) {
+    actions.push_back(expert.Act(*ep));
+    ASSERT_TRUE(ep->Step(actions.back()).ok());
+  }
+  ASSERT_GT(actions.size(), 20u);
+  auto s = MakeRawSample(spec, 10, 8, 64);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(s->actions.size(), 8u);
+  for (int k = 0; k < 8; ++k) EXPECT_EQ(s->actions[k], actions[10 + k]) << k;
+  EXPECT_EQ(s->main.width, 64);
+  EXPECT_EQ(s->wrist.height, 64);
+  EXPECT_FALSE(s->instruction.empty());
+}
+
+TEST(BcDataTest, SamplesAreDeterministicAndPadPastTheEnd) {
+  const EpisodeSpec spec{sim::Suite::kGoal, 2, 0, 0.3f};
+  auto demo = RunDemo(spec, 64);
+  ASSERT_TRUE(demo.ok());
+  ASSERT_TRUE(demo->success);
+  auto a = MakeRawSample(spec, demo->length - 2, 8, 64);
+  auto b = MakeRawSample(spec, demo->length - 2, 8, 64);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->main.pixels, b->main.pixels);
+  EXPECT_EQ(a->proprio, b->proprio);
+  for (int k = 3; k < 8; ++k) EXPECT_EQ(a->actions[k], a->actions[2]) << k;  // padded
+}
+
+TEST(BcDataTest, NoisyExecutionChangesTheTrajectoryNotTheLabelSource) {
+  const EpisodeSpec clean{sim::Suite::kSpatial, 4, -1, 0.0f};
+  EpisodeSpec noisy = clean;
+  noisy.noise_std = 0.3f;
+  auto c = MakeRawSample(clean, 30, 8, 64);
+  auto n = MakeRawSample(noisy, 30, 8, 64);
+  ASSERT_TRUE(c.ok() && n.ok());
+  EXPECT_NE(c->proprio, n->proprio);
+  // Labels are still the clean expert's: actions stay within [-1, 1] and the
+  // gripper is +-1.
+  for (const auto& act : n->actions) {
+    for (float v : act) EXPECT_LE(std::abs(v), 1.0f);
+    EXPECT_EQ(std::abs(act[6]), 1.0f);
+  }
+}
+
+TEST(BcDataTest, StatisticsLeaveTheGripperUnnormalized) {
+  DatasetStats st = SmallStats();
+  ASSERT_EQ(st.action.dim(), 7);
+  ASSERT_EQ(st.proprio.dim(), 8);
+  EXPECT_FALSE(st.action.mask[6]);
+  for (int d = 0; d < 6; ++d) EXPECT_TRUE(st.action.mask[d]);
+  for (int d = 0; d < 7; ++d) EXPECT_LE(st.action.q01[d], st.action.q99[d]);
+  EXPECT_LT(st.action.q01[0], 0.0f);
+  EXPECT_GT(st.action.q99[0], 0.0f);
+  EXPECT_EQ(st.num_trajectories, 12);
+}
+
+TEST(BcDataTest, ShiftImageTranslatesWithEdgeReplication) {
+  RgbImage img{4, 4, std::vector<uint8_t>(48, 0)};
+  for (int y = 0; y < 4; ++y)
+    for (int x = 0; x < 4; ++x) img.pixels[(y * 4 + x) * 3] = static_cast<uint8_t>(10 * y + x);
+  RgbImage s = ShiftImage(img, 1, 0);
+  EXPECT_EQ(s.pixels[(0 * 4 + 1) * 3], 0);   // (x=1) <- (x=0)
+  EXPECT_EQ(s.pixels[(0 * 4 + 0) * 3], 0);   // replicated edge
+  EXPECT_EQ(s.pixels[(2 * 4 + 3) * 3], 22);  // (x=3) <- (x=2)
+  EXPECT_EQ(ShiftImage(img, 0, 0).pixels, img.pixels);
+}
+
+TEST(BcDataTest, BatchHasModelShapesAndNormalizedTargets) {
+  ModelConfig c = TinyConfig();
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  DatasetStats st = SmallStats();
+  std::vector<RawSample> raw;
+  for (int i = 0; i < 3; ++i) {
+    auto s = MakeRawSample({sim::kAllSuites[i], 1, -1, 0.0f}, 5 * i, 8, 64);
+    ASSERT_TRUE(s.ok());
+    raw.push_back(*s);
+  }
+  std::mt19937_64 rng(1);
+  auto b = MakeBatch(raw, c, **tok, st, 3, &rng);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->pixels.sizes(), torch::IntArrayRef({3, 2, 3, 64, 64}));
+  EXPECT_EQ(b->actions.sizes(), torch::IntArrayRef({3, 8, 7}));
+  EXPECT_EQ(b->proprio.sizes(), torch::IntArrayRef({3, 8}));
+  EXPECT_LE(b->actions.abs().max().item<float>(), 1.0f);
+  EXPECT_LE(b->proprio.abs().max().item<float>(), 1.0f);
+  EXPECT_GE(b->pixels.min().item<float>(), 0.0f);
+  EXPECT_LE(b->pixels.max().item<float>(), 1.0f);
+  EXPECT_EQ(b->prompt_ids.size(), 3u);
+  raw[0].actions.pop_back();
+  EXPECT_EQ(MakeBatch(raw, c, **tok, st, 0, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Guards against train/serve skew: the training forward must equal the serving
+// forward.
+TEST(BcDataTest, TrainingForwardMatchesVlaModelForward) {
+  ModelConfig c = TinyConfig();
+  ModelOptions mo;
+  mo.seed = 3;
+  auto model = VlaModel::Create(c, mo);
+  ASSERT_TRUE(model.ok());
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  DatasetStats st = SmallStats();
+  std::vector<sim::Episode> eps;
+  std::vector<SampleInput> inputs;
+  for (int i = 0; i < 3; ++i) {
+    const EpisodeSpec spec{sim::kAllSuites[i + 1], static_cast<uint64_t>(i), -1, 0.0f};
+    auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+    ASSERT_TRUE(ep.ok());
+    auto in =
+        ObservationInput(*ep, c, BuildPromptIds(c, **tok, ep->instruction()), st.proprio, nullptr);
+    ASSERT_TRUE(in.ok()) << in.status();
+    inputs.push_back(*in);
+  }
+  ASSERT_NE(inputs[0].prompt_ids.size(),
+            inputs[2].prompt_ids.size());  // ragged batch
+  auto served = (*model)->Forward(inputs);
+  ASSERT_TRUE(served.ok()) << served.status();
+  std::vector<torch::Tensor> imgs, props;
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& in : inputs) {
+    imgs.push_back(torch::stack(in.images));
+    props.push_back(in.proprio);
+    prompts.push_back(in.prompt_ids);
+  }
+  torch::NoGradGuard ng;
+  auto trained =
+      TrainingForward((*model)->module(), c, torch::stack(imgs), torch::stack(props), prompts);
+  ASSERT_EQ(trained.sizes(), torch::IntArrayRef({3, 8, 7}));
+  for (int b = 0; b < 3; ++b)
+    EXPECT_LT((trained[b] - (*served)[b].normalized_actions).abs().max().item<float>(), 1e-5f) << b;
+  // Gradients reach the vision tower (the path visual grounding depends on).
+  torch::AutoGradMode grad(true);
+  (*model)->module()->zero_grad();
+  TrainingForward((*model)->module(), c, torch::stack(imgs), torch::stack(props), prompts)
+      .abs()
+      .mean()
+      .backward();
+  double g = 0;
+  for (const auto& p : (*model)->module()->vision_backbone->parameters())
+    if (p.grad().defined()) g += p.grad().abs().sum().item<double>();
+  EXPECT_GT(g, 0.0);
+}
+
+TEST(BcDataTest, RolloutRejectsBadExecuteSteps) {
+  ModelConfig c = TinyConfig();
+  auto model = VlaModel::Create(c, {});
+  ASSERT_TRUE(model.ok());
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  RolloutOptions o;
+  o.execute_steps = 9;
+  auto r = RunPolicyEpisodes(**model, **tok, SmallStats(), {}, o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(BcDataTest, RolloutRunsEpisodesToTheEnd) {
+  ModelConfig c = TinyConfig();
+  auto model = VlaModel::Create(c, {});
+  ASSERT_TRUE(model.ok());
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  sim::SimOptions so;
+  so.max_steps = 12;
+  std::vector<sim::Episode> eps;
+  for (uint64_t s = 0; s < 2; ++s) eps.push_back(*sim::Episode::Create(sim::Suite::kObject, s, so));
+  RolloutOptions o;
+  o.execute_steps = 5;
+  int observed = 0;
+  RolloutHooks hooks;
+  hooks.observe = [&](size_t, const SampleInput&, const SampleResult& r, SamplePruner*) {
+    EXPECT_EQ(r.normalized_actions.sizes(), torch::IntArrayRef({8, 7}));
+    ++observed;
+    return absl::OkStatus();
+  };
+  RolloutTimings t;
+  auto r = RunPolicyEpisodes(**model, **tok, SmallStats(), eps, o, hooks, &t);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->size(), 2u);
+  for (const auto& e : *r) {
+    EXPECT_EQ(e.steps, 12);          // an untrained policy does not finish in 12 steps
+    EXPECT_EQ(e.forward_passes, 3);  // ceil(12 / 5)
+  }
+  EXPECT_EQ(observed, 6);
+  EXPECT_EQ(t.samples, 6);
+}
+
+}  // namespace
+}  // namespace specprune
