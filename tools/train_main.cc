@@ -24,6 +24,7 @@
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "tools/bc_data.h"
+#include "tools/flag_map.h"
 
 namespace specprune {
 namespace {
@@ -67,24 +68,9 @@ void SetAutocast(bool on) {
 }
 
 bool ParseArgs(int argc, char** argv, TrainOptions* o) {
-  std::map<std::string, std::string> kv;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) {
-      std::fprintf(stderr, "unexpected argument %s\n", a.c_str());
-      return false;
-    }
-    a = a.substr(2);
-    auto eq = a.find('=');
-    if (eq != std::string::npos) {
-      kv[a.substr(0, eq)] = a.substr(eq + 1);
-    } else if (i + 1 < argc) {
-      kv[a] = argv[++i];
-    } else {
-      std::fprintf(stderr, "--%s needs a value\n", a.c_str());
-      return false;
-    }
-  }
+  const auto parsed = ParseFlagMap(argc, argv);
+  if (!parsed.has_value()) return false;
+  const std::map<std::string, std::string>& kv = *parsed;
   try {
     for (const auto& [k, v] : kv) {
       if (k == "out")
