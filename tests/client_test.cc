@@ -477,3 +477,23 @@ TEST_F(ClientTest, StreamDestroyedWithoutCloseDoesNotHang) {
 
 }  // namespace
 }  // namespace specprune
+
+namespace specprune {
+namespace {
+
+TEST(ClientMethodNamesTest, ParseAndNameRoundTripAndRejectUnknown) {
+  for (auto m : {v1::PRUNING_METHOD_NONE, v1::PRUNING_METHOD_SPECPRUNE, v1::PRUNING_METHOD_FASTV,
+                 v1::PRUNING_METHOD_RANDOM}) {
+    auto parsed = ParsePruningMethod(PruningMethodName(m));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, m);
+  }
+  EXPECT_EQ(*ParsePruningMethod("FastV"), v1::PRUNING_METHOD_FASTV);
+  auto bad = ParsePruningMethod("topk");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("topk"), std::string::npos);
+  EXPECT_STREQ(PruningMethodName(v1::PRUNING_METHOD_UNSPECIFIED), "unspecified");
+}
+
+}  // namespace
+}  // namespace specprune

@@ -120,16 +120,6 @@ absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
   return args;
 }
 
-absl::StatusOr<v1::PruningMethod> ParseMethod(const std::string& s) {
-  const std::string m = absl::AsciiStrToLower(s);
-  if (m == "none") return v1::PRUNING_METHOD_NONE;
-  if (m == "specprune") return v1::PRUNING_METHOD_SPECPRUNE;
-  if (m == "fastv") return v1::PRUNING_METHOD_FASTV;
-  if (m == "random") return v1::PRUNING_METHOD_RANDOM;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--method must be none|specprune|fastv|random, got \"", s, "\""));
-}
-
 absl::StatusOr<float> ParseFloatFlag(const std::string& flag, const std::string& s) {
   float v;
   if (!absl::SimpleAtof(s, &v)) {
@@ -161,21 +151,6 @@ const char* ModeName(v1::ControllerMode m) {
       return "coarse";
     case v1::CONTROLLER_MODE_FINE:
       return "fine";
-    default:
-      return "unspecified";
-  }
-}
-
-const char* MethodName(v1::PruningMethod m) {
-  switch (m) {
-    case v1::PRUNING_METHOD_NONE:
-      return "none";
-    case v1::PRUNING_METHOD_SPECPRUNE:
-      return "specprune";
-    case v1::PRUNING_METHOD_FASTV:
-      return "fastv";
-    case v1::PRUNING_METHOD_RANDOM:
-      return "random";
     default:
       return "unspecified";
   }
@@ -261,7 +236,7 @@ int RunPredict(Client& client, const Args& args, bool json) {
   }
   opts.step = step;
   if (args.Has("method")) {
-    absl::StatusOr<v1::PruningMethod> m = ParseMethod(args.Get("method"));
+    absl::StatusOr<v1::PruningMethod> m = ParsePruningMethod(args.Get("method"));
     if (!m.ok()) return Fail(m.status());
     opts.method = *m;
   }
@@ -306,7 +281,7 @@ int RunPredict(Client& client, const Args& args, bool json) {
                           {"timings", ProtoToJson(r.timings())},
                           {"pruning", ProtoToJson(r.pruning())},
                           {"client_seconds", client_seconds}};
-    out["pruning"]["method"] = MethodName(r.pruning().method());
+    out["pruning"]["method"] = PruningMethodName(r.pruning().method());
     std::cout << out.dump(2) << "\n";
     return 0;
   }
@@ -332,9 +307,9 @@ int RunPredict(Client& client, const Args& args, bool json) {
   std::cout << absl::StrFormat(
       "vision tokens: %d / %d retained (%.1f%%)  method %s  mode %s  flops "
       "ratio %.3f%s\n",
-      r.retained_vision_tokens(), r.total_vision_tokens(), pct, MethodName(r.pruning().method()),
-      ModeName(r.controller_mode()), r.pruning().flops_ratio(),
-      r.pruning().used_fallback() ? "  (fallback: no prior)" : "");
+      r.retained_vision_tokens(), r.total_vision_tokens(), pct,
+      PruningMethodName(r.pruning().method()), ModeName(r.controller_mode()),
+      r.pruning().flops_ratio(), r.pruning().used_fallback() ? "  (fallback: no prior)" : "");
   if (r.pruning().has_action_deviation() || r.pruning().has_global_recall()) {
     std::cout << absl::StrFormat("diagnostic: action deviation %.6f  global recall %.3f\n",
                                  r.pruning().action_deviation(), r.pruning().global_recall());
@@ -392,7 +367,7 @@ int RunInfo(Client& client, bool json) {
       absl::StrJoin(info->unnorm_keys(), ","), info->vision_tokens_per_forward(),
       info->tokens_per_forward(), info->llm_layers(), info->parameter_count(),
       info->flops_per_forward(), info->dtype(), info->device(), info->max_batch_size(),
-      MethodName(p.method()), p.alpha(), p.k_global(), p.k_local(), p.k_dynamic(),
+      PruningMethodName(p.method()), p.alpha(), p.k_global(), p.k_local(), p.k_dynamic(),
       p.fastv_keep_ratio(), p.fastv_layer());
   return 0;
 }
@@ -429,7 +404,7 @@ int RunSim(Client& client, const Args& args, bool json) {
   }
   PredictOptions opts;
   if (args.Has("method")) {
-    auto m = ParseMethod(args.Get("method"));
+    auto m = ParsePruningMethod(args.Get("method"));
     if (!m.ok()) return Fail(m.status());
     opts.method = *m;
   }

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/random/random.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -55,6 +56,31 @@ absl::Status AddImage(const CameraImage& in, size_t index, v1::Image* out) {
 }
 
 }  // namespace
+
+absl::StatusOr<v1::PruningMethod> ParsePruningMethod(std::string_view name) {
+  const std::string m = absl::AsciiStrToLower(std::string(name));
+  if (m == "none") return v1::PRUNING_METHOD_NONE;
+  if (m == "specprune") return v1::PRUNING_METHOD_SPECPRUNE;
+  if (m == "fastv") return v1::PRUNING_METHOD_FASTV;
+  if (m == "random") return v1::PRUNING_METHOD_RANDOM;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "pruning method must be none|specprune|fastv|random, got \"", std::string(name), "\""));
+}
+
+const char* PruningMethodName(v1::PruningMethod method) {
+  switch (method) {
+    case v1::PRUNING_METHOD_NONE:
+      return "none";
+    case v1::PRUNING_METHOD_SPECPRUNE:
+      return "specprune";
+    case v1::PRUNING_METHOD_FASTV:
+      return "fastv";
+    case v1::PRUNING_METHOD_RANDOM:
+      return "random";
+    default:
+      return "unspecified";
+  }
+}
 
 absl::StatusOr<ActionChunk> ToActionChunk(const v1::PredictRequest& request,
                                           v1::PredictResponse response) {

@@ -207,6 +207,12 @@ class Client {
   absl::flat_hash_map<std::string, StepCounter> steps_ ABSL_GUARDED_BY(mu_);
 };
 
+// "none" | "specprune" | "fastv" | "random" (case-insensitive) -> the wire enum; anything else is
+// InvalidArgument listing the accepted names.
+absl::StatusOr<v1::PruningMethod> ParsePruningMethod(std::string_view name);
+// The lower-case name of a method ("unspecified" for PRUNING_METHOD_UNSPECIFIED / unknown values).
+const char* PruningMethodName(v1::PruningMethod method);
+
 // Checks a response against its request (same robot and step when the server echoes them, and
 // actions.size() == chunk_size * action_dim) and converts it.
 absl::StatusOr<ActionChunk> ToActionChunk(const v1::PredictRequest& request,

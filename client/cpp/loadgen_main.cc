@@ -64,6 +64,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/cpp/client.h"
 #include "grpcpp/grpcpp.h"
 #include "model/image_codec.h"
 #include "nlohmann/json.hpp"
@@ -71,6 +72,11 @@
 
 namespace specprune {
 namespace {
+
+// The method a run asked for; unspecified means the server's default.
+std::string MethodLabel(v1::PruningMethod m) {
+  return m == v1::PRUNING_METHOD_UNSPECIFIED ? "server-default" : PruningMethodName(m);
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -210,19 +216,10 @@ absl::StatusOr<LoadgenOptions> ParseFlags(int argc, char** argv) {
             absl::StrCat("--encoding must be raw|png|jpeg, got \"", v, "\""));
       }
     } else if (name == "method") {
-      const std::string m = absl::AsciiStrToLower(v);
-      if (m == "none") {
-        o.method = v1::PRUNING_METHOD_NONE;
-      } else if (m == "specprune") {
-        o.method = v1::PRUNING_METHOD_SPECPRUNE;
-      } else if (m == "fastv") {
-        o.method = v1::PRUNING_METHOD_FASTV;
-      } else if (m == "random") {
-        o.method = v1::PRUNING_METHOD_RANDOM;
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--method must be none|specprune|fastv|random, got \"", v, "\""));
-      }
+      auto m = ParsePruningMethod(v);
+      if (!m.ok())
+        return absl::InvalidArgumentError(absl::StrCat("--method: ", m.status().message()));
+      o.method = *m;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     }
@@ -248,21 +245,6 @@ absl::StatusOr<LoadgenOptions> ParseFlags(int argc, char** argv) {
   }
   if (o.run_tag.empty()) o.run_tag = absl::StrFormat("lg%d-%d", o.seed, static_cast<int>(getpid()));
   return o;
-}
-
-std::string MethodFlagName(v1::PruningMethod m) {
-  switch (m) {
-    case v1::PRUNING_METHOD_NONE:
-      return "none";
-    case v1::PRUNING_METHOD_SPECPRUNE:
-      return "specprune";
-    case v1::PRUNING_METHOD_FASTV:
-      return "fastv";
-    case v1::PRUNING_METHOD_RANDOM:
-      return "random";
-    default:
-      return "server-default";
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -822,7 +804,7 @@ int Main(int argc, char** argv) {
       {"robots", opts.robots},
       {"steps", opts.steps},
       {"warmup", opts.warmup},
-      {"method", MethodFlagName(opts.method)},
+      {"method", MethodLabel(opts.method)},
       {"deadline_ms", opts.deadline_ms},
       {"image_size", shape.image_size},
       {"encoding", opts.encoding},
@@ -840,7 +822,7 @@ int Main(int argc, char** argv) {
                  {"vision_tokens_per_forward", info.vision_tokens_per_forward()},
                  {"llm_layers", info.llm_layers()},
                  {"max_batch_size", info.max_batch_size()},
-                 {"default_method", MethodFlagName(info.pruning().method())}};
+                 {"default_method", MethodLabel(info.pruning().method())}};
   j["requests"] = {{"sent", all.sent},
                    {"ok", all.ok_total},
                    {"measured", all.measured},
@@ -896,7 +878,7 @@ int Main(int argc, char** argv) {
                "p90 %.1f p99 %.1f max %.1f | server med ms queue %.2f llm %.2f total "
                "%.2f | tokens "
                "%.1f/%.0f | errors %lld%s%s%s | mismatches %lld lost %lld | %s\n",
-               opts.robots, MethodFlagName(opts.method).c_str(), info.max_batch_size(),
+               opts.robots, MethodLabel(opts.method).c_str(), info.max_batch_size(),
                static_cast<long long>(all.ok), window_s, throughput, Percentile(lat, 50),
                Percentile(lat, 90), Percentile(lat, 99), lat.empty() ? 0.0 : lat.back(),
                Median(all.queue_ms), Median(all.llm_ms), Median(all.total_ms), mean_retained,
