@@ -18,7 +18,8 @@
 #   --warmup K     unmeasured first calls per robot (default 3)
 #   --repeat R     rounds over all configurations, each with fresh servers; the table shows
 #                  medians over the rounds (default 3; --quick: 1)
-# Environment: BUILD_DIR, MODEL_DIR, QUEUE_DELAY_MS (server --max-queue-delay-ms, default 2),
+# Environment: BUILD_DIR, MODEL_DIR, MODEL_THREADS (server --model-threads, default: the server's),
+#   QUEUE_DELAY_MS (server --max-queue-delay-ms, default 2),
 #   PYTHON (default /usr/bin/python3), LOADGEN_TIMEOUT_S (per loadgen run, default 900).
 # Exit status: 0 when every run passed (no mismatch, no lost response, server exit 0), else 1.
 set -euo pipefail
@@ -100,6 +101,7 @@ start_server() {
     local args=(--host 127.0.0.1 --port 0 --metrics-port "$metrics_port" --max-batch-size "$batch"
                 --max-queue-delay-ms "$QUEUE_DELAY_MS" --config "$work/$name.config.json")
     [[ -z ${MODEL_DIR:-} ]] || args+=(--model-dir "$MODEL_DIR")
+    [[ -z ${MODEL_THREADS:-} ]] || args+=(--model-threads "$MODEL_THREADS")
     server_cmd="specprune_server ${args[*]}"
     "$SERVER" "${args[@]}" > "$work/$name.server.out" 2> "$work/$name.server.err" &
     server_pid=$!

@@ -245,8 +245,10 @@ PruningConfig DefaultPruningConfig(int num_layers, int64_t vision_tokens,
   const int L = std::max(num_layers, 1);
   SpecPruneConfig& s = c.specprune;
 
-  s.local_layers = {0};
-  if (L >= 2) s.local_layers.push_back(1);
+  // The paper's two local layers are the first 1/16 of the depth.
+  const int num_local = std::clamp(static_cast<int>(std::lround(L / 16.0)), 1, L);
+  s.local_layers.clear();
+  for (int l = 0; l < num_local; ++l) s.local_layers.push_back(l);
   const int static_layer = s.local_layers.back();
 
   const int mid = std::clamp(ScaledLayer(15.0 / kRefLayers, L), 0, L - 1);

@@ -116,22 +116,25 @@ struct PruningConfig {
 
 // Defaults scaled to a model. Reference: OpenVLA-OFT-7B (L = 32 layers, P = 512 vision tokens),
 // where they equal the in-class defaults above. For other models:
-//   local layers    {0, 1} (clamped to L - 1);
+//   local layers    the first max(1, round(L / 16)) layers (the paper's 2 of 32: 7B {0, 1};
+//                   small, L = 12, and tiny, L = 6: {0}), so the share of the depth that sees
+//                   every vision token stays the paper's 1/16 as far as whole layers allow;
 //   global layers   {round(15 L / 32) - 1, L - 1}  (paper's 15 and 32, 1-based);
 //   prune layers    {round(f L) - 1 : f = 1/4, 1/2, 3/4} (round half away from zero), keeping
 //                   those after the last local layer and before L - 1 (7B: 7, 15, 23;
-//                   small, L = 12: 2, 5, 8; tiny, L = 6: 2, 4);
+//                   small, L = 12: 2, 5, 8; tiny, L = 6: 1, 2, 4);
 //   update layers   every layer from the static-pruning layer + 1 to the last prune layer;
 //   K_*             max(1, round(K_7B * P / 512)) (small, P = 512: 30/24/20; tiny, P = 128: 8/6/5);
 //   min_tokens      = scaled k_global; fastv/random layer = the static-pruning layer.
 // Retention on "small" (12 layers, 512 tokens) with the paper's K, alpha and 10% per prune layer
-// unchanged: layers 0-1 see all tokens; static pruning keeps |V_global ∪ V_local ∪ V_dynamic| <=
-// (30 + 2 x 24 + 20) x scale tokens, i.e. <= 79 (15%) in coarse mode and <= 147 (29%) in fine
-// mode; in coarse mode the prune layers 2, 5, 8 cut the mean over layers 2-11 to ~0.84 of that.
-// Mean over all 12 layers: <= (2 x 100% + 10 x 13%) / 12 ~= 28% in coarse mode and <= 41% in fine
-// mode, both upper bounds for disjoint sets; the three sets overlap in practice (both local layers
-// and the prior favour the same objects) and fine mode covers only the slow/contact phases, so the
-// average stays well under the project's 40% ceiling.
+// unchanged: layer 0 sees all tokens; static pruning keeps |V_global ∪ V_local ∪ V_dynamic| <=
+// (30 + 24 + 20) x scale tokens, i.e. <= 59 (12%) in coarse mode and <= 111 (22%) in fine mode;
+// the prune layers 2, 5, 8 cut the mean over layers 1-11 further. Mean over all 12 layers:
+// <= (100% + 11 x 12%) / 12 ~= 19% in coarse mode and <= (100% + 11 x 22%) / 12 ~= 28% in fine
+// mode, upper bounds for disjoint sets. On "tiny" (6 layers, 128 tokens): <= (8 + 6 + 5) x scale
+// = 15 (coarse) / 29 (fine) tokens after layer 0, i.e. <= 26% / 40% over all 6 layers. With two
+// full layers instead of one, a 6-layer model could not get below 40% (2 / 6 = 33% before any
+// pruned layer counts), which is why the local depth scales with L.
 PruningConfig DefaultPruningConfig(int num_layers, int64_t vision_tokens,
                                    int64_t patches_per_camera);
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "pruning/specprune_policy.h"
+#include "tests/pruning_test_configs.h"
 
 namespace specprune {
 namespace {
@@ -69,7 +70,7 @@ PrunerContext Context(const PruningConfig* config, EpisodeState* state) {
 }
 
 TEST(PoliciesTest, FactoryCreatesTheConfiguredMethod) {
-  PruningConfig config = DefaultPruningConfig(kLayers, kTokens, 64);
+  PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
   EpisodeState state;
   const PrunerContext ctx = Context(&config, &state);
   config.method = PruningMethod::kNone;
@@ -83,7 +84,7 @@ TEST(PoliciesTest, FactoryCreatesTheConfiguredMethod) {
 }
 
 TEST(PoliciesTest, FactoryRejectsBadContexts) {
-  PruningConfig config = DefaultPruningConfig(kLayers, kTokens, 64);
+  PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
   EpisodeState state;
   PrunerContext ctx = Context(&config, &state);
   ctx.config = nullptr;
@@ -105,7 +106,7 @@ TEST(PoliciesTest, FactoryRejectsBadContexts) {
 }
 
 TEST(PoliciesTest, KeepAllKeepsEverythingAndRecordsRequestedLayers) {
-  PruningConfig config = DefaultPruningConfig(kLayers, kTokens, 64);
+  PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
   PrunerContext ctx = Context(&config, nullptr);
   ctx.record_layers = {2, 5};
   KeepAllPruner pruner(ctx);
@@ -127,7 +128,7 @@ TEST(PoliciesTest, KeepAllKeepsEverythingAndRecordsRequestedLayers) {
 }
 
 TEST(PoliciesTest, EveryMethodMaintainsTheEpisodeState) {
-  PruningConfig config = DefaultPruningConfig(kLayers, kTokens, 64);
+  PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
   config.specprune.max_history = 3;
   EpisodeState state;
   const PruningMethod methods[] = {PruningMethod::kNone, PruningMethod::kFastV,
@@ -151,7 +152,7 @@ TEST(PoliciesTest, EveryMethodMaintainsTheEpisodeState) {
 }
 
 TEST(PoliciesTest, FastVKeepsTopRatioByLastRowAttention) {
-  PruningConfig config = DefaultPruningConfig(kLayers, kTokens, 64);
+  PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
   config.fastv.layer = 1;
   config.fastv.keep_ratio = 0.3;
   FastVPruner pruner(Context(&config, nullptr));
@@ -172,7 +173,7 @@ TEST(PoliciesTest, FastVKeepsTopRatioByLastRowAttention) {
 }
 
 TEST(PoliciesTest, RandomKeepsRequestedCountDeterministically) {
-  PruningConfig config = DefaultPruningConfig(kLayers, kTokens, 64);
+  PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
   PrunerContext ctx = Context(&config, nullptr);
   ctx.random_keep_count = 40;
   ctx.seed = 5;
@@ -195,7 +196,7 @@ TEST(PoliciesTest, RandomKeepsRequestedCountDeterministically) {
 }
 
 TEST(PoliciesTest, RandomSubsetsCoverAllTokensAcrossSeeds) {
-  PruningConfig config = DefaultPruningConfig(kLayers, kTokens, 64);
+  PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
   PrunerContext ctx = Context(&config, nullptr);
   ctx.random_keep_count = 32;
   std::vector<int> hits(kTokens, 0);

@@ -55,9 +55,11 @@ TEST(PruningConfigTest, DefaultsFor7BAreThePaperValues) {
 
 TEST(PruningConfigTest, DefaultsScaleToSmall) {
   const PruningConfig c = DefaultPruningConfig(12, 512, 256);
+  EXPECT_EQ(c.specprune.local_layers, (std::vector<int>{0}));  // round(12 / 16) = 1 layer
   EXPECT_EQ(c.specprune.global_layers, (std::vector<int>{5, 11}));
   EXPECT_EQ(c.specprune.prune_layers, (std::vector<int>{2, 5, 8}));
-  EXPECT_EQ(c.specprune.update_layers, Range(2, 8));
+  EXPECT_EQ(c.specprune.update_layers, Range(1, 8));
+  EXPECT_EQ(c.fastv.layer, 0);
   EXPECT_EQ(c.specprune.k_global, 30);
   EXPECT_EQ(c.specprune.k_local, 24);
   EXPECT_EQ(c.specprune.k_dynamic, 20);
@@ -66,10 +68,10 @@ TEST(PruningConfigTest, DefaultsScaleToSmall) {
 
 TEST(PruningConfigTest, DefaultsScaleToTiny) {
   const PruningConfig c = DefaultPruningConfig(6, 128, 64);
-  EXPECT_EQ(c.specprune.local_layers, (std::vector<int>{0, 1}));
+  EXPECT_EQ(c.specprune.local_layers, (std::vector<int>{0}));
   EXPECT_EQ(c.specprune.global_layers, (std::vector<int>{2, 5}));
-  EXPECT_EQ(c.specprune.prune_layers, (std::vector<int>{2, 4}));
-  EXPECT_EQ(c.specprune.update_layers, Range(2, 4));
+  EXPECT_EQ(c.specprune.prune_layers, (std::vector<int>{1, 2, 4}));
+  EXPECT_EQ(c.specprune.update_layers, Range(1, 4));
   EXPECT_EQ(c.specprune.k_global, 8);  // 7.5 rounds up
   EXPECT_EQ(c.specprune.k_local, 6);
   EXPECT_EQ(c.specprune.k_dynamic, 5);

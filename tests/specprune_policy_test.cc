@@ -8,12 +8,14 @@
 #include <set>
 #include <vector>
 
+#include "tests/pruning_test_configs.h"
+
 namespace specprune {
 namespace {
 
 using Ids = std::vector<int64_t>;
 
-constexpr int kLayers = 6;        // "tiny": global {2, 5}, prune {2, 4}, update {2, 3, 4}
+constexpr int kLayers = 6;  // TwoLocalLayerConfig: global {2, 5}, prune {2, 4}, update {2, 3, 4}
 constexpr int64_t kTokens = 128;  // K_global 8, K_local 6, K_dynamic 5, min_tokens 8
 constexpr int64_t kPatchDim = 12;
 
@@ -113,7 +115,7 @@ class SpecPrunePolicyTest : public ::testing::Test {
     return r;
   }
 
-  PruningConfig config_ = DefaultPruningConfig(kLayers, kTokens, 64);
+  PruningConfig config_ = TwoLocalLayerConfig(kLayers, kTokens);
   EpisodeState state_;
   std::unique_ptr<SpecPrunePruner> pruner_;
 };

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/ops.h"
@@ -161,6 +162,27 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
   s.main = ep.RenderMain();
   s.wrist = ep.RenderWrist();
   s.proprio = ep.proprio();
+  if (!ep.goals().empty()) {
+    const sim::World& w = ep.world();
+    const sim::Goal* goal = &ep.goals().back();
+    for (const sim::Goal& g : ep.goals())
+      if (!sim::GoalSatisfied(w, g)) {
+        goal = &g;
+        break;
+      }
+    const sim::Object& o = w.objects[goal->object];
+    double dx, dy;
+    if (goal->kind == sim::Goal::Kind::kOnPlate) {
+      dx = w.plates[goal->target].x, dy = w.plates[goal->target].y;
+    } else {
+      dx = w.objects[goal->target].x, dy = w.objects[goal->target].y;
+    }
+    const double k = 1.0 / kAuxPositionScale;
+    const sim::Vec3& tip = w.gripper.tip;
+    const double v[kAuxTargetDim] = {o.x,         o.y,         dx,         dy,
+                                     o.x - tip.x, o.y - tip.y, dx - tip.x, dy - tip.y};
+    for (int i = 0; i < kAuxTargetDim; ++i) s.aux[i] = static_cast<float>(v[i] * k);
+  }
   sim::Episode branch = ep;
   sim::ScriptedExpert expert = rep->expert();
   for (int k = 0; k < chunk; ++k) {
@@ -237,6 +259,7 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
   batch.pixels = torch::empty({b, 2, 3, s, s}, torch::kFloat32);
   batch.proprio = torch::empty({b, config.proprio_dim}, torch::kFloat32);
   batch.actions = torch::empty({b, chunk, config.action_dim}, torch::kFloat32);
+  batch.aux = torch::empty({b, kAuxTargetDim}, torch::kFloat32);
   std::uniform_int_distribution<int> shift(-max_shift, max_shift);
   for (int64_t i = 0; i < b; ++i) {
     const RawSample& r = samples[i];
@@ -261,6 +284,7 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
     if (auto st = NormalizeActions(stats.action, a.data(), chunk, sim::kActionDim); !st.ok())
       return st;
     batch.actions[i].copy_(torch::from_blob(a.data(), {chunk, sim::kActionDim}, torch::kFloat32));
+    batch.aux[i].copy_(torch::tensor(std::vector<float>(r.aux.begin(), r.aux.end())));
     batch.prompt_ids.push_back(BuildPromptIds(config, tokenizer, r.instruction));
   }
   return batch;
@@ -268,7 +292,8 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
 
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
-                              const std::vector<std::vector<int64_t>>& prompt_ids) {
+                              const std::vector<std::vector<int64_t>>& prompt_ids,
+                              torch::Tensor* action_hidden_out) {
   const auto& llm = config.llm;
   const int64_t bsz = pixels.size(0);
   const int64_t p = config.vision_tokens();
@@ -328,6 +353,7 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   }
   read = read.to(device);
   auto action_hidden = lm->norm->forward(h.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
+  if (action_hidden_out != nullptr) *action_hidden_out = action_hidden;
   // The head's LayerNorms reject bf16 inputs with fp32 weights under CPU
   // autocast (LibTorch 1.13); the head is small, so it runs in the parameters'
   // dtype.
@@ -377,6 +403,17 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
         absl::StrCat("execute_steps: must be in [1, ", c.chunk_size, "]"));
   if (options.max_batch < 1) return absl::InvalidArgumentError("max_batch: must be positive");
   std::vector<EpisodeOutcome> out(episodes.size());
+  const auto track = [&](size_t e) {  // failure-analysis fields of out[e]
+    const sim::Episode& ep = episodes[e];
+    if (ep.goals().empty() || out[e].grasped_goal_object) return;
+    const sim::Object& o = ep.world().objects[ep.goals().front().object];
+    const sim::Vec3& tip = ep.world().gripper.tip;
+    out[e].min_xy_error = std::min(out[e].min_xy_error, std::hypot(o.x - tip.x, o.y - tip.y));
+  };
+  for (size_t e = 0; e < episodes.size(); ++e) {
+    out[e].min_xy_error = std::numeric_limits<double>::infinity();
+    track(e);
+  }
   std::vector<std::vector<int64_t>> prompts;
   for (const auto& ep : episodes) prompts.push_back(BuildPromptIds(c, tokenizer, ep.instruction()));
   while (true) {
@@ -425,6 +462,15 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
         if (auto st = UnnormalizeActions(stats.action, a, c.chunk_size, c.action_dim); !st.ok())
           return st;
         ++out[e].forward_passes;
+        if (static_cast<int>(e) == options.trace_episode && !episodes[e].goals().empty()) {
+          const sim::World& w = episodes[e].world();
+          const sim::Object& o = w.objects[episodes[e].goals().front().object];
+          std::fprintf(stderr,
+                       "trace step %3d tip %+.3f %+.3f %.3f held %d | object %+.3f %+.3f %.3f | "
+                       "a0 %+.2f %+.2f %+.2f grip %+.2f\n",
+                       episodes[e].steps(), w.gripper.tip.x, w.gripper.tip.y, w.gripper.tip.z,
+                       w.gripper.held, o.x, o.y, o.z, a[0], a[1], a[2], a[6]);
+        }
         for (int s = 0; s < options.execute_steps && !episodes[e].done(); ++s) {
           sim::Action act;
           for (int d = 0; d < sim::kActionDim; ++d) act[d] = a[s * c.action_dim + d];
@@ -433,6 +479,9 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
             if (!std::isfinite(v)) v = 0.0f;  // a diverged model fails the episode, not the run
           auto st = episodes[e].Step(act);
           if (!st.ok()) return st.status();
+          track(e);
+          if (!episodes[e].goals().empty() && st->grasped == episodes[e].goals().front().object)
+            out[e].grasped_goal_object = true;
         }
       }
     }

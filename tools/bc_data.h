@@ -20,6 +20,7 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -61,12 +62,20 @@ struct DemoSummary {
 // specs.
 absl::StatusOr<DemoSummary> RunDemo(const EpisodeSpec& spec, int image_size);
 
+inline constexpr int kAuxTargetDim = 8;
+inline constexpr double kAuxPositionScale = 0.3;  // metres; table coordinates -> about [-1, 1]
+
 // One training sample before tensor conversion.
 struct RawSample {
   std::string instruction;
   RgbImage main, wrist;  // rendered camera images
   sim::Proprio proprio{};
   std::vector<sim::Action> actions;  // `chunk` clean expert actions from step t
+  // Grounding targets (auxiliary training loss only), divided by kAuxPositionScale: world x, y of
+  // the object the current goal moves and of its destination (plate or base object), then the
+  // same two relative to the fingertips (object - tip, destination - tip). The current goal is
+  // the first unsatisfied one (the last goal once all hold).
+  std::array<float, kAuxTargetDim> aux{};
 };
 
 // Replays `spec` to step t (clamped to the episode's end) and labels the next
@@ -89,6 +98,7 @@ struct BcBatch {
   torch::Tensor pixels;   // [B, cams, 3, S, S] float32 in [0, 1]
   torch::Tensor proprio;  // [B, proprio_dim] normalized
   torch::Tensor actions;  // [B, chunk, action_dim] normalized targets
+  torch::Tensor aux;      // [B, kAuxTargetDim] grounding targets (RawSample::aux)
   std::vector<std::vector<int64_t>> prompt_ids;
 };
 
@@ -103,10 +113,13 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
 // [BOS | vision | proprio | prompt | zero placeholders | EOS]; the head reads
 // the row before each placeholder. Returns normalized actions [B, chunk,
 // action_dim] in the module's dtype (or the autocast dtype). Parameters are
-// those of `module` (any device); inputs are moved to it.
+// those of `module` (any device); inputs are moved to it. `action_hidden`
+// (optional out): the normed LLM rows the head reads, [B, action tokens,
+// hidden], for auxiliary losses.
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
-                              const std::vector<std::vector<int64_t>>& prompt_ids);
+                              const std::vector<std::vector<int64_t>>& prompt_ids,
+                              torch::Tensor* action_hidden = nullptr);
 
 // CPU autocast (bf16) state, portable across LibTorch 1.13 and 2.x.
 // Thread-local in LibTorch.
@@ -123,8 +136,9 @@ absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const 
 
 // Closed-loop rollouts.
 struct RolloutOptions {
-  int execute_steps = 8;  // actions of each predicted chunk executed open loop, [1, chunk]
-  int max_batch = 64;     // episodes per forward pass
+  int execute_steps = 8;   // actions of each predicted chunk executed open loop, [1, chunk]
+  int max_batch = 64;      // episodes per forward pass
+  int trace_episode = -1;  // >= 0: print that episode's state and first action per pass (stderr)
 };
 
 struct EpisodeOutcome {
@@ -132,6 +146,10 @@ struct EpisodeOutcome {
   int steps = 0;
   int goals_satisfied = 0;
   int forward_passes = 0;
+  // Failure analysis: the first goal's object was grasped at some step, and the closest the
+  // fingertips came to it in xy (m) before that (or over the whole episode when never grasped).
+  bool grasped_goal_object = false;
+  double min_xy_error = 0;
 };
 
 // Per-sample hooks. `make_pruner` (may be empty = no pruning) is called for

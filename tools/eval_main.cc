@@ -42,6 +42,7 @@ struct EvalOptions {
   std::string dtype = "fp32";
   std::string unnorm_key;       // "" = the only / first key
   double keep_ratio = -1;       // > 0: FastV/random keep ratio instead of SpecPrune's retention
+  int trace_episode = -1;       // >= 0: per-pass trace of this episode of every cell (stderr)
   double require_success = -1;  // >= 0: exit 3 unless unpruned mean success > this
   bool reference = true;        // run unpruned reference passes (deviation, recall)
 };
@@ -76,6 +77,8 @@ bool ParseArgs(int argc, char** argv, EvalOptions* o) {
         o->unnorm_key = v;
       else if (k == "keep_ratio")
         o->keep_ratio = std::stod(v);
+      else if (k == "trace_episode")
+        o->trace_episode = std::stoi(v);
       else if (k == "require_success")
         o->require_success = std::stod(v);
       else if (k == "reference")
@@ -118,6 +121,8 @@ struct Cell {
   double forward_seconds = 0;
   int64_t forward_samples = 0;
   double mean_steps = 0;
+  int grasped_goal_object = 0;  // episodes that grasped the first goal's object
+  double min_xy_error_sum = 0;  // sum over episodes of EpisodeOutcome::min_xy_error (m)
 
   double success() const { return episodes ? static_cast<double>(successes) / episodes : 0; }
   double retention() const { return passes ? retention_sum / passes : 0; }
@@ -205,6 +210,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   RolloutOptions ro;
   ro.execute_steps = o.execute_steps;
   ro.max_batch = o.batch;
+  ro.trace_episode = o.trace_episode;
   RolloutTimings timings;
   auto out = RunPolicyEpisodes(*m.model, *m.tokenizer, stats, std::move(eps), ro, hooks, &timings);
   if (!out.ok()) return out.status();
@@ -212,6 +218,8 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   for (const auto& r : *out) {
     cell.successes += r.success;
     cell.mean_steps += r.steps;
+    cell.grasped_goal_object += r.grasped_goal_object;
+    cell.min_xy_error_sum += r.min_xy_error;
   }
   cell.mean_steps /= std::max(1, cell.episodes);
   cell.forward_seconds = timings.forward_seconds;
@@ -228,6 +236,8 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
       {"successes", c.successes},
       {"success_rate", c.success()},
       {"mean_episode_steps", c.mean_steps},
+      {"grasped_goal_object", c.grasped_goal_object},
+      {"mean_min_xy_error_m", c.episodes ? c.min_xy_error_sum / c.episodes : 0.0},
       {"mean_vision_retention", c.retention()},
       {"flops_ratio", c.flops()},
       {"forward_seconds_per_sample", c.seconds_per_sample()},
@@ -247,6 +257,8 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     if (c.method != method) continue;
     all.episodes += c.episodes;
     all.successes += c.successes;
+    all.grasped_goal_object += c.grasped_goal_object;
+    all.min_xy_error_sum += c.min_xy_error_sum;
     all.retention_sum += c.retention_sum;
     all.flops_ratio_sum += c.flops_ratio_sum;
     all.passes += c.passes;
@@ -363,8 +375,11 @@ int Main(int argc, char** argv) {
                      cell.status().ToString().c_str());
         return 1;
       }
-      std::fprintf(stderr, "%s/%s: success %d/%d\n", cell->method.c_str(), cell->suite.c_str(),
-                   cell->successes, cell->episodes);
+      std::fprintf(stderr,
+                   "%s/%s: success %d/%d, grasped the goal's object %d, mean closest xy %.3f m\n",
+                   cell->method.c_str(), cell->suite.c_str(), cell->successes, cell->episodes,
+                   cell->grasped_goal_object,
+                   cell->episodes ? cell->min_xy_error_sum / cell->episodes : 0.0);
       cells.push_back(*cell);
     }
     if (method == PruningMethod::kSpecPrune)

@@ -60,6 +60,12 @@ struct TrainOptions {
   uint64_t seed = 1;
   int64_t benchmark = 0;  // > 0: time this many steps fp32 vs bf16 and exit
   int check_demos = 0;    // > 0: print expert success per suite/noise over N seeds, exit
+  // Weight of the auxiliary grounding loss: an MLP on the action rows predicts the current goal's
+  // object and destination positions (RawSample::aux). Training only: the head is saved to
+  // aux_head.pt for resuming, never into the served model.
+  double aux_weight = 1.0;
+  int aux_targets = 4;       // 4: absolute positions; 8: also relative to the fingertips
+  bool aux_per_row = false;  // predict from every action row (else from their mean)
 };
 
 void SetAutocast(bool on) {
@@ -127,6 +133,12 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->benchmark = std::stoll(v);
       else if (k == "check_demos")
         o->check_demos = std::stoi(v);
+      else if (k == "aux_weight")
+        o->aux_weight = std::stod(v);
+      else if (k == "aux_targets")
+        o->aux_targets = std::stoi(v);
+      else if (k == "aux_per_row")
+        o->aux_per_row = v != "0" && v != "false";
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -138,6 +150,10 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
   }
   if (o->dtype != "bf16" && o->dtype != "fp32") {
     std::fprintf(stderr, "--dtype: use bf16 or fp32\n");
+    return false;
+  }
+  if (o->aux_targets != 4 && o->aux_targets != kAuxTargetDim) {
+    std::fprintf(stderr, "--aux_targets: use 4 or %d\n", kAuxTargetDim);
     return false;
   }
   if (o->batch < 1 || o->steps < 1 || o->threads < 1 || o->data_threads < 1) {
@@ -258,11 +274,39 @@ double LearningRate(const TrainOptions& o, int64_t step) {
   return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine);
 }
 
-torch::Tensor Loss(VlaModule& m, const ModelConfig& c, const BcBatch& b, bool bf16) {
+// Training-only grounding head (TrainOptions::aux_weight).
+struct AuxHeadImpl : torch::nn::Module {
+  AuxHeadImpl(int64_t hidden, int64_t targets, bool per_row) : per_row(per_row) {
+    fc1 = register_module("fc1", torch::nn::Linear(hidden, hidden));
+    fc2 = register_module("fc2", torch::nn::Linear(hidden, targets));
+  }
+  // [B, A, D] -> [B, A, targets] (per row) or [B, 1, targets] (from the mean row).
+  torch::Tensor forward(const torch::Tensor& action_hidden) {
+    auto x = action_hidden.to(torch::kFloat32);
+    if (!per_row) x = x.mean(1, /*keepdim=*/true);
+    return fc2(torch::gelu(fc1(x)));
+  }
+  bool per_row;
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(AuxHead);
+
+struct Losses {
+  torch::Tensor action;  // L1 on normalized actions
+  torch::Tensor aux;     // L1 on grounding targets
+  torch::Tensor aux_pred;
+};
+
+Losses Loss(VlaModule& m, AuxHead& aux, const ModelConfig& c, const BcBatch& b, bool bf16) {
   SetAutocast(bf16);
-  auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids);
+  torch::Tensor hidden;
+  auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, &hidden);
   SetAutocast(false);
-  return (pred.to(torch::kFloat32) - b.actions).abs().mean();
+  Losses l;
+  l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
+  l.aux_pred = aux->forward(hidden);
+  l.aux = (l.aux_pred - b.aux.slice(1, 0, l.aux_pred.size(2)).unsqueeze(1)).abs().mean();
+  return l;
 }
 
 double Pearson(const torch::Tensor& x, const torch::Tensor& y) {
@@ -303,23 +347,37 @@ absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
 
 // Held-out L1 and the correlation of predicted vs expert first-action dx, dy
 // (normalized).
-void EvalHoldout(VlaModule& m, const ModelConfig& c, const Holdout& h, double* loss, double* corr_x,
-                 double* corr_y) {
+// (normalized), and of the grounding head's object x / destination x.
+struct HoldoutResult {
+  double l1 = 0, corr_x = 0, corr_y = 0, corr_obj_x = 0, corr_dest_x = 0, corr_rel_x = NAN;
+};
+
+HoldoutResult EvalHoldout(VlaModule& m, AuxHead& aux, const ModelConfig& c, const Holdout& h) {
   torch::NoGradGuard ng;
-  std::vector<torch::Tensor> preds, targets;
+  std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets;
   double sum = 0;
   int64_t n = 0;
   for (const auto& b : h.batches) {
-    auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids).to(torch::kFloat32);
+    torch::Tensor hidden;
+    auto pred =
+        TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, &hidden).to(torch::kFloat32);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
     n += b.actions.size(0);
     preds.push_back(pred.select(1, 0));
     targets.push_back(b.actions.select(1, 0));
+    aux_preds.push_back(aux->forward(hidden).mean(1));
+    aux_targets.push_back(b.aux);
   }
   auto p = torch::cat(preds), t = torch::cat(targets);
-  *loss = n > 0 ? sum / n : 0;
-  *corr_x = Pearson(p.select(1, 0), t.select(1, 0));
-  *corr_y = Pearson(p.select(1, 1), t.select(1, 1));
+  auto ap = torch::cat(aux_preds), at = torch::cat(aux_targets);
+  HoldoutResult r;
+  r.l1 = n > 0 ? sum / n : 0;
+  r.corr_x = Pearson(p.select(1, 0), t.select(1, 0));
+  r.corr_y = Pearson(p.select(1, 1), t.select(1, 1));
+  r.corr_obj_x = Pearson(ap.select(1, 0), at.select(1, 0));
+  r.corr_dest_x = Pearson(ap.select(1, 2), at.select(1, 2));
+  if (ap.size(1) > 4) r.corr_rel_x = Pearson(ap.select(1, 4), at.select(1, 4));
+  return r;
 }
 
 absl::StatusOr<std::vector<double>> ClosedLoop(const VlaModel& model, const Tokenizer& tok,
@@ -457,10 +515,21 @@ int Main(int argc, char** argv) {
 
   VlaModule module = (*model)->module();
   module->train();
+  AuxHead aux((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row);
+  const std::string aux_path = o.out + "/aux_head.pt";
+  if (resume && fs::exists(aux_path)) {
+    try {
+      torch::load(aux, aux_path);
+    } catch (const c10::Error& e) {
+      std::fprintf(stderr, "resume: aux head: %s\n", e.what_without_backtrace());
+      return 1;
+    }
+  }
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& p : module->named_parameters()) {
     (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
   }
+  for (const auto& p : aux->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
                                  torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay)));
@@ -486,13 +555,13 @@ int Main(int argc, char** argv) {
     for (bool bf16 : {false, true}) {
       for (int i = 0; i < 2; ++i) {  // warm-up
         opt.zero_grad();
-        Loss(module, c, *b, bf16).backward();
+        Loss(module, aux, c, *b, bf16).action.backward();
         opt.step();
       }
       auto t0 = Clock::now();
       for (int64_t i = 0; i < o.benchmark; ++i) {
         opt.zero_grad();
-        Loss(module, c, *b, bf16).backward();
+        Loss(module, aux, c, *b, bf16).action.backward();
         opt.step();
       }
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -531,7 +600,7 @@ int Main(int argc, char** argv) {
   }
   Producer prod(o, c, **tok, stats, &step);
   const bool bf16 = o.dtype == "bf16";
-  double ema = -1;
+  double ema = -1, aux_ema = -1;
   auto t_log = Clock::now();
   double wait_s = 0;
   for (int64_t s = start_step; s < o.steps; ++s) {
@@ -545,31 +614,41 @@ int Main(int argc, char** argv) {
     const double lr = LearningRate(o, s);
     for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     opt.zero_grad();
-    auto loss = Loss(module, c, *batch, bf16);
-    loss.backward();
-    const double gnorm = torch::nn::utils::clip_grad_norm_(module->parameters(), o.clip);
+    auto losses = Loss(module, aux, c, *batch, bf16);
+    auto loss = losses.action;
+    (o.aux_weight > 0 ? losses.action + o.aux_weight * losses.aux : losses.action).backward();
+    auto params = module->parameters();
+    for (const auto& p : aux->parameters()) params.push_back(p);
+    const double gnorm = torch::nn::utils::clip_grad_norm_(params, o.clip);
     opt.step();
     step.store(s + 1);
     const double l = loss.item<double>();
     ema = ema < 0 ? l : 0.98 * ema + 0.02 * l;
+    const double la = losses.aux.item<double>();
+    aux_ema = aux_ema < 0 ? la : 0.98 * aux_ema + 0.02 * la;
     const int64_t done = s + 1;
     if (done % o.log_every == 0) {
       const double dt = std::chrono::duration<double>(Clock::now() - t_log).count();
       std::printf(
-          "step %lld loss %.4f ema %.4f lr %.2e gnorm %.2f %.2f steps/s (data "
+          "step %lld loss %.4f ema %.4f aux ema %.4f lr %.2e gnorm %.2f %.2f steps/s (data "
           "wait %.0f%%)\n",
-          static_cast<long long>(done), l, ema, lr, gnorm, o.log_every / dt, 100 * wait_s / dt);
+          static_cast<long long>(done), l, ema, aux_ema, lr, gnorm, o.log_every / dt,
+          100 * wait_s / dt);
       std::fflush(stdout);
       t_log = Clock::now();
       wait_s = 0;
     }
     if (done % o.holdout_every == 0 || done == o.steps) {
       module->eval();
-      double hl, cx, cy;
-      EvalHoldout(module, c, *holdout, &hl, &cx, &cy);
+      aux->eval();
+      const HoldoutResult hr = EvalHoldout(module, aux, c, *holdout);
       module->train();
-      std::printf("holdout step %lld l1 %.4f corr(first dx) %.3f corr(first dy) %.3f\n",
-                  static_cast<long long>(done), hl, cx, cy);
+      aux->train();
+      std::printf(
+          "holdout step %lld l1 %.4f corr(first dx) %.3f corr(first dy) %.3f "
+          "corr(aux object x) %.3f corr(aux destination x) %.3f corr(aux object - tip x) %.3f\n",
+          static_cast<long long>(done), hr.l1, hr.corr_x, hr.corr_y, hr.corr_obj_x, hr.corr_dest_x,
+          hr.corr_rel_x);
       std::fflush(stdout);
     }
     bool new_best = false;
@@ -607,6 +686,8 @@ int Main(int argc, char** argv) {
       try {
         torch::save(opt, o.out + "/optimizer.pt.tmp");
         fs::rename(o.out + "/optimizer.pt.tmp", o.out + "/optimizer.pt");
+        torch::save(aux, aux_path + ".tmp");
+        fs::rename(aux_path + ".tmp", aux_path);
       } catch (const c10::Error& e) {
         std::fprintf(stderr, "checkpoint: optimizer: %s\n", e.what_without_backtrace());
         return 1;
