@@ -19,6 +19,7 @@
 #   --repeat R     rounds over all configurations, each with fresh servers; the table shows
 #                  medians over the rounds (default 3; --quick: 1)
 # Environment: BUILD_DIR, MODEL_DIR, MODEL_THREADS (server --model-threads, default: the server's),
+#   MODEL_DTYPE (server --dtype, default fp32),
 #   QUEUE_DELAY_MS (server --max-queue-delay-ms, default 2),
 #   PYTHON (default /usr/bin/python3), LOADGEN_TIMEOUT_S (per loadgen run, default 900).
 # Exit status: 0 when every run passed (no mismatch, no lost response, server exit 0), else 1.
@@ -102,6 +103,7 @@ start_server() {
                 --max-queue-delay-ms "$QUEUE_DELAY_MS" --config "$work/$name.config.json")
     [[ -z ${MODEL_DIR:-} ]] || args+=(--model-dir "$MODEL_DIR")
     [[ -z ${MODEL_THREADS:-} ]] || args+=(--model-threads "$MODEL_THREADS")
+    [[ -z ${MODEL_DTYPE:-} ]] || args+=(--dtype "$MODEL_DTYPE")
     server_cmd="specprune_server ${args[*]}"
     "$SERVER" "${args[@]}" > "$work/$name.server.out" 2> "$work/$name.server.err" &
     server_pid=$!

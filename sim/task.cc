@@ -126,9 +126,12 @@ bool PlaceAll(Rng& rng, World* world, const std::function<bool(const World&)>& e
   return false;
 }
 
+// Home pose over the front edge of the table, outside the band where objects and plates are placed
+// (|y| <= ~0.4) and outside the main camera's view: an open gripper is 0.4 m wide and, seen from
+// 2 m above, would otherwise hide the objects under it in the first frame.
 void InitGripper(Rng& rng, World* world) {
   world->gripper = Gripper{};
-  world->gripper.tip = {rng.Uniform(-0.1, 0.1), rng.Uniform(-0.3, -0.2), rng.Uniform(0.32, 0.4)};
+  world->gripper.tip = {rng.Uniform(-0.1, 0.1), rng.Uniform(-0.49, -0.45), rng.Uniform(0.32, 0.4)};
 }
 
 int DistractorCount(Rng& rng, int requested, int lo, int hi) {

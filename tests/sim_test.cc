@@ -413,8 +413,25 @@ TEST(SimTest, ObjectsSpanAtLeastTwoPatchesInTheMainView) {
   }
 }
 
+TEST(SimTest, GripperStartsOutsideTheMainView) {
+  // The home pose must not hide any object in the first frame.
+  for (Suite suite : kAllSuites) {
+    for (uint64_t seed = 0; seed < 20; ++seed) {
+      Episode episode = MakeEpisode(suite, seed);
+      World away = episode.world();
+      away.gripper.tip = {5, 5, 0.3};
+      const RgbImage a = Render(away, episode.main_camera()), b = episode.RenderMain();
+      int first_row = 64;
+      for (size_t i = 0; i < a.pixels.size(); ++i)
+        if (a.pixels[i] != b.pixels[i]) first_row = std::min(first_row, static_cast<int>(i / 192));
+      EXPECT_EQ(first_row, 64) << SuiteName(suite) << " seed " << seed;
+    }
+  }
+}
+
 TEST(SimTest, WristViewFollowsTheGripper) {
   Episode episode = MakeEpisode(Suite::kObject, 9);
+  MoveTo(episode, {0.0, -0.1, 0.35}, false);  // into the main view
   const RgbImage wrist0 = episode.RenderWrist(), main0 = episode.RenderMain();
   ASSERT_TRUE(episode.Step({0.5f, 0, 0, 0, 0, 0, -1}).ok());
   const RgbImage wrist1 = episode.RenderWrist(), main1 = episode.RenderMain();

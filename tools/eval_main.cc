@@ -42,6 +42,7 @@ struct EvalOptions {
   std::string dtype = "fp32";
   std::string unnorm_key;       // "" = the only / first key
   double keep_ratio = -1;       // > 0: FastV/random keep ratio instead of SpecPrune's retention
+  int distractors = -1;         // objects not named by the goal: -1 = suite default, else [0, 4]
   int trace_episode = -1;       // >= 0: per-pass trace of this episode of every cell (stderr)
   double require_success = -1;  // >= 0: exit 3 unless unpruned mean success > this
   bool reference = true;        // run unpruned reference passes (deviation, recall)
@@ -77,6 +78,8 @@ bool ParseArgs(int argc, char** argv, EvalOptions* o) {
         o->unnorm_key = v;
       else if (k == "keep_ratio")
         o->keep_ratio = std::stod(v);
+      else if (k == "distractors")
+        o->distractors = std::stoi(v);
       else if (k == "trace_episode")
         o->trace_episode = std::stoi(v);
       else if (k == "require_success")
@@ -147,6 +150,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   for (int i = 0; i < o.episodes; ++i) {
     EpisodeSpec spec;
     spec.suite = *suite;
+    spec.num_distractors = o.distractors;
     auto e = sim::Episode::Create(*suite, o.seed + i,
                                   SpecSimOptions(spec, static_cast<int>(c.image_size)));
     if (!e.ok()) return e.status();
@@ -396,6 +400,7 @@ int Main(int argc, char** argv) {
   j["episodes_per_suite"] = o.episodes;
   j["seed"] = o.seed;
   j["execute_steps"] = o.execute_steps;
+  j["distractors"] = o.distractors;
   j["dtype"] = o.dtype;
   j["threads"] = o.threads;
   j["matched_keep_ratio"] = matched_keep > 0 ? nlohmann::json(matched_keep) : nlohmann::json();

@@ -60,6 +60,7 @@ struct TrainOptions {
   uint64_t seed = 1;
   int64_t benchmark = 0;  // > 0: time this many steps fp32 vs bf16 and exit
   int check_demos = 0;    // > 0: print expert success per suite/noise over N seeds, exit
+  int diagnose = 0;       // > 0: print step-0 expert vs model first action for N seeds, exit
   // Weight of the auxiliary grounding loss: an MLP on the action rows predicts the current goal's
   // object and destination positions (RawSample::aux). Training only: the head is saved to
   // aux_head.pt for resuming, never into the served model.
@@ -133,6 +134,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->benchmark = std::stoll(v);
       else if (k == "check_demos")
         o->check_demos = std::stoi(v);
+      else if (k == "diagnose")
+        o->diagnose = std::stoi(v);
       else if (k == "aux_weight")
         o->aux_weight = std::stod(v);
       else if (k == "aux_targets")
@@ -593,6 +596,40 @@ int Main(int argc, char** argv) {
     return 0;
   }
 
+  if (o.diagnose > 0) {  // first action and grounding of step 0, no distractors, per suite
+    torch::NoGradGuard ng;
+    module->eval();
+    aux->eval();
+    for (sim::Suite suite : sim::kAllSuites) {
+      std::vector<RawSample> raw;
+      for (int i = 0; i < o.diagnose; ++i) {
+        EpisodeSpec spec;
+        spec.suite = suite;
+        spec.seed = static_cast<uint64_t>(i);
+        spec.num_distractors = 0;
+        auto r =
+            MakeRawSample(spec, 0, static_cast<int>(c.chunk_size), static_cast<int>(c.image_size));
+        if (!r.ok()) return 1;
+        raw.push_back(*std::move(r));
+      }
+      auto b = MakeBatch(raw, c, **tok, stats, 0, nullptr);
+      if (!b.ok()) return 1;
+      torch::Tensor hidden;
+      auto pred = TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids, &hidden);
+      auto ap = aux->forward(hidden).mean(1);
+      for (int i = 0; i < o.diagnose; ++i) {
+        std::printf(
+            "%-7s seed %d: expert a0 %+.2f %+.2f %+.2f model %+.2f %+.2f %+.2f | aux object "
+            "%+.2f %+.2f pred %+.2f %+.2f | %s\n",
+            std::string(sim::SuiteName(suite)).c_str(), i, b->actions[i][0][0].item<float>(),
+            b->actions[i][0][1].item<float>(), b->actions[i][0][2].item<float>(),
+            pred[i][0][0].item<float>(), pred[i][0][1].item<float>(), pred[i][0][2].item<float>(),
+            b->aux[i][0].item<float>(), b->aux[i][1].item<float>(), ap[i][0].item<float>(),
+            ap[i][1].item<float>(), raw[i].instruction.c_str());
+      }
+    }
+    return 0;
+  }
   auto holdout = MakeHoldout(c, **tok, stats, 256);
   if (!holdout.ok()) {
     std::fprintf(stderr, "holdout: %s\n", holdout.status().ToString().c_str());
