@@ -300,7 +300,9 @@ totals = {"requests_ok": sum(r["result"]["requests"]["ok"] for r in runs if r["r
 doc = {"benchmark": "specprune serve (bench/serve.sh)", "date": date, "git_revision": rev,
        "quick": quick == "1", "rounds": int(repeat),
        "machine": {"nproc": int(nproc), "cpu_model": cpu, "kernel": os.uname().release},
-       "server": {"max_queue_delay_ms": float(qdelay), "host": "127.0.0.1"},
+       "server": {"max_queue_delay_ms": float(qdelay), "host": "127.0.0.1",
+                  "model_threads": os.environ.get("MODEL_THREADS") or "server default",
+                  "dtype": os.environ.get("MODEL_DTYPE") or "fp32"},
        "cells": cells, "batching_comparison": comparisons, "totals": totals, "runs": runs,
        "pass": passed}
 with open(out, "w") as f:
