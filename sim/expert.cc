@@ -62,13 +62,7 @@ Action ScriptedExpert::Act(const Episode& episode) {
                   close ? 1.0f : -1.0f};
   };
 
-  const Goal* goal = nullptr;
-  for (const Goal& candidate : episode.goals()) {
-    if (!GoalSatisfied(w, candidate)) {
-      goal = &candidate;
-      break;
-    }
-  }
+  const Goal* goal = FirstUnsatisfiedGoal(w, episode.goals());
   if (goal == nullptr) {
     closing_ = false;
     return command(Phase::kDone, g.tip + Vec3{0, 0, 0.05}, kLiftCap, false);

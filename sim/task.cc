@@ -350,6 +350,12 @@ absl::StatusOr<Suite> ParseSuite(std::string_view name) {
                                                  "\" (expected spatial, object, goal or long)"));
 }
 
+const Goal* FirstUnsatisfiedGoal(const World& world, const std::vector<Goal>& goals) {
+  for (const Goal& goal : goals)
+    if (!GoalSatisfied(world, goal)) return &goal;
+  return nullptr;
+}
+
 bool GoalSatisfied(const World& world, const Goal& goal) {
   if (goal.object < 0 || goal.object >= static_cast<int>(world.objects.size())) return false;
   const Object& o = world.objects[goal.object];

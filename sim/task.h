@@ -56,6 +56,9 @@ inline constexpr double kStackTolerance = 0.07;
 // - kOnObject: it rests on the target object with centres within kStackTolerance.
 bool GoalSatisfied(const World& world, const Goal& goal);
 
+// The first goal (in instruction order) whose placement does not hold, or nullptr when all hold.
+const Goal* FirstUnsatisfiedGoal(const World& world, const std::vector<Goal>& goals);
+
 struct Task {
   World world;
   std::vector<Goal> goals;  // in instruction order

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 
 #include "model/tokenizer.h"
@@ -44,6 +45,41 @@ TEST(BcDataTest, ChunkLabelsAreTheExpertsNextActions) {
   EXPECT_EQ(s->main.width, 64);
   EXPECT_EQ(s->wrist.height, 64);
   EXPECT_FALSE(s->instruction.empty());
+}
+
+TEST(BcDataTest, AuxTargetsLocateTheCurrentGoalsObjectAndDestination) {
+  const EpisodeSpec spec{sim::Suite::kLong, 3, 0, 0.0f};
+  auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+  ASSERT_TRUE(ep.ok());
+  ASSERT_EQ(ep->goals().size(), 2u);
+  const auto expect_goal = [&](const RawSample& s, const sim::Goal& g, const sim::World& w) {
+    const sim::Object& o = w.objects[g.object];
+    const double dx =
+        g.kind == sim::Goal::Kind::kOnPlate ? w.plates[g.target].x : w.objects[g.target].x;
+    const double dy =
+        g.kind == sim::Goal::Kind::kOnPlate ? w.plates[g.target].y : w.objects[g.target].y;
+    const double k = 1.0 / kAuxPositionScale;
+    EXPECT_NEAR(s.aux[0], o.x * k, 1e-5);
+    EXPECT_NEAR(s.aux[1], o.y * k, 1e-5);
+    EXPECT_NEAR(s.aux[2], dx * k, 1e-5);
+    EXPECT_NEAR(s.aux[3], dy * k, 1e-5);
+    EXPECT_NEAR(s.aux[4], (o.x - w.gripper.tip.x) * k, 1e-5);
+    EXPECT_NEAR(s.aux[7], (dy - w.gripper.tip.y) * k, 1e-5);
+  };
+  auto first = MakeRawSample(spec, 0, 8, 64);
+  ASSERT_TRUE(first.ok()) << first.status();
+  expect_goal(*first, ep->goals()[0], ep->world());
+  // After the first placement holds, the targets move on to the second goal.
+  sim::ScriptedExpert expert(*ep);
+  int t = 0;
+  while (!ep->done() && sim::FirstUnsatisfiedGoal(ep->world(), ep->goals()) == &ep->goals()[0]) {
+    ASSERT_TRUE(ep->Step(expert.Act(*ep)).ok());
+    ++t;
+  }
+  ASSERT_FALSE(ep->done());
+  auto second = MakeRawSample(spec, t, 8, 64);
+  ASSERT_TRUE(second.ok()) << second.status();
+  expect_goal(*second, ep->goals()[1], ep->world());
 }
 
 TEST(BcDataTest, SamplesAreDeterministicAndPadPastTheEnd) {
@@ -212,9 +248,15 @@ TEST(BcDataTest, RolloutRunsEpisodesToTheEnd) {
   auto r = RunPolicyEpisodes(**model, **tok, SmallStats(), eps, o, hooks, &t);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->size(), 2u);
-  for (const auto& e : *r) {
+  for (size_t i = 0; i < r->size(); ++i) {
+    const EpisodeOutcome& e = (*r)[i];
     EXPECT_EQ(e.steps, 12);          // an untrained policy does not finish in 12 steps
     EXPECT_EQ(e.forward_passes, 3);  // ceil(12 / 5)
+    // Failure analysis: the closest approach is at most the starting distance.
+    const sim::World& w0 = eps[i].world();
+    const sim::Object& o = w0.objects[eps[i].goals().front().object];
+    EXPECT_LE(e.min_xy_error, std::hypot(o.x - w0.gripper.tip.x, o.y - w0.gripper.tip.y));
+    EXPECT_GE(e.min_xy_error, 0.0);
   }
   EXPECT_EQ(observed, 6);
   EXPECT_EQ(t.samples, 6);

@@ -164,12 +164,8 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
   s.proprio = ep.proprio();
   if (!ep.goals().empty()) {
     const sim::World& w = ep.world();
-    const sim::Goal* goal = &ep.goals().back();
-    for (const sim::Goal& g : ep.goals())
-      if (!sim::GoalSatisfied(w, g)) {
-        goal = &g;
-        break;
-      }
+    const sim::Goal* goal = sim::FirstUnsatisfiedGoal(w, ep.goals());
+    if (goal == nullptr) goal = &ep.goals().back();
     const sim::Object& o = w.objects[goal->object];
     double dx, dy;
     if (goal->kind == sim::Goal::Kind::kOnPlate) {
@@ -284,7 +280,8 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
     if (auto st = NormalizeActions(stats.action, a.data(), chunk, sim::kActionDim); !st.ok())
       return st;
     batch.actions[i].copy_(torch::from_blob(a.data(), {chunk, sim::kActionDim}, torch::kFloat32));
-    batch.aux[i].copy_(torch::tensor(std::vector<float>(r.aux.begin(), r.aux.end())));
+    batch.aux[i].copy_(
+        torch::from_blob(const_cast<float*>(r.aux.data()), {kAuxTargetDim}, torch::kFloat32));
     batch.prompt_ids.push_back(BuildPromptIds(config, tokenizer, r.instruction));
   }
   return batch;
