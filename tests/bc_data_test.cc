@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <random>
 
@@ -82,6 +83,61 @@ TEST(BcDataTest, AuxTargetsLocateTheCurrentGoalsObjectAndDestination) {
   expect_goal(*second, ep->goals()[1], ep->world());
 }
 
+TEST(BcDataTest, PatchLabelsMarkThePatchesADiscOverlaps) {
+  const ImageDisc discs[kPatchTargetItems] = {{20, 12, 3}, {0, 0, 0}};
+  auto labels = PatchLabels(discs, 64, 8, 0, 0);
+  ASSERT_EQ(labels.sizes(), torch::IntArrayRef({64, kPatchTargetItems}));
+  EXPECT_EQ(labels.select(1, 0).sum().item<float>(), 1.0f);
+  EXPECT_EQ(labels[1 * 8 + 2][0].item<float>(), 1.0f);       // row 1 (v 8..16), column 2 (u 16..24)
+  EXPECT_EQ(labels.select(1, 1).sum().item<float>(), 0.0f);  // r == 0: not in view
+  // Shifted 4 px right, the disc straddles columns 2 and 3.
+  auto shifted = PatchLabels(discs, 64, 8, 4, 0);
+  EXPECT_EQ(shifted.select(1, 0).sum().item<float>(), 2.0f);
+  EXPECT_EQ(shifted[1 * 8 + 3][0].item<float>(), 1.0f);
+  // Pushed off the image, it labels nothing.
+  EXPECT_EQ(PatchLabels(discs, 64, 8, 60, 0).sum().item<float>(), 0.0f);
+}
+
+TEST(BcDataTest, PatchTargetsShowTheGoalsObjectInTheMainView) {
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const EpisodeSpec spec{sim::Suite::kObject, seed, -1, 0.0f};
+    auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+    ASSERT_TRUE(ep.ok());
+    auto s = MakeRawSample(spec, 0, 8, 64);
+    ASSERT_TRUE(s.ok()) << s.status();
+    const sim::Object& o = ep->world().objects[ep->goals()[0].object];
+    const ImageDisc& d = s->discs[0];  // main camera, object
+    // The main camera sees x, y in [-0.5, 0.5] at table height, +y up in the image; an object's
+    // top face is a little larger and further from the centre.
+    EXPECT_NEAR(d.u, (o.x + 0.5) * 64, 3.0) << seed;
+    EXPECT_NEAR(d.v, (0.5 - o.y) * 64, 3.0) << seed;
+    EXPECT_NEAR(d.r, o.half_width() * 64, 0.3 * o.half_width() * 64) << seed;
+    // The pixel at the disc's centre has the object's hue: the nearest object colour in
+    // chromaticity (shading scales all channels).
+    const int u = static_cast<int>(d.u), v = static_cast<int>(d.v);
+    const uint8_t* px = &s->main.pixels[(v * 64 + u) * 3];
+    const auto chroma = [](double r, double g, double b) {
+      const double sum = r + g + b + 1e-9;
+      return std::array<double, 3>{r / sum, g / sum, b / sum};
+    };
+    const auto seen = chroma(px[0], px[1], px[2]);
+    int best = -1;
+    double best_dist = 1e9;
+    for (int c = 0; c < sim::kNumObjectColors; ++c) {
+      const sim::Rgb rgb = sim::ColorRgb(static_cast<sim::Color>(c));
+      const auto ref = chroma(rgb[0], rgb[1], rgb[2]);
+      const double dist =
+          std::hypot(std::hypot(seen[0] - ref[0], seen[1] - ref[1]), seen[2] - ref[2]);
+      if (dist < best_dist) best_dist = dist, best = c;
+    }
+    EXPECT_EQ(best, static_cast<int>(o.color)) << seed;
+    // The plate is the destination.
+    const sim::Plate& plate = ep->world().plates[0];
+    EXPECT_NEAR(s->discs[1].u, (plate.x + 0.5) * 64, 1.0) << seed;
+    EXPECT_NEAR(s->discs[1].r, sim::kPlateRadius * 64, 1.0) << seed;
+  }
+}
+
 TEST(BcDataTest, SamplesAreDeterministicAndPadPastTheEnd) {
   const EpisodeSpec spec{sim::Suite::kGoal, 2, 0, 0.3f};
   auto demo = RunDemo(spec, 64);
@@ -156,6 +212,8 @@ TEST(BcDataTest, BatchHasModelShapesAndNormalizedTargets) {
   EXPECT_GE(b->pixels.min().item<float>(), 0.0f);
   EXPECT_LE(b->pixels.max().item<float>(), 1.0f);
   EXPECT_EQ(b->prompt_ids.size(), 3u);
+  EXPECT_EQ(b->patch_labels.sizes(), torch::IntArrayRef({3, 128, kPatchTargetItems}));
+  EXPECT_GT(b->patch_labels.slice(1, 0, 64).select(2, 0).sum().item<float>(), 0.0f);
   raw[0].actions.pop_back();
   EXPECT_EQ(MakeBatch(raw, c, **tok, st, 0, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -21,3 +21,9 @@ add_test(NAME closed_loop_eval_smoke
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(closed_loop_eval_smoke PROPERTIES LABELS "eval" TIMEOUT 600)
 endif()
+
+# The trainer: a few steps with every grounding loss, checkpoint, resume, load for evaluation.
+add_test(NAME train_smoke
+         COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/train_smoke.sh $<TARGET_FILE:specprune_train>
+                 $<TARGET_FILE:specprune_eval> ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/train_smoke)
+set_tests_properties(train_smoke PROPERTIES LABELS "eval" TIMEOUT 600)

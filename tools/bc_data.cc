@@ -12,6 +12,7 @@
 #include "kernels/ops.h"
 #include "model/image_preprocess.h"
 #include "model/tokenizer.h"
+#include "sim/render.h"
 
 namespace specprune {
 namespace {
@@ -178,6 +179,34 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
     const double v[kAuxTargetDim] = {o.x,         o.y,         dx,         dy,
                                      o.x - tip.x, o.y - tip.y, dx - tip.x, dy - tip.y};
     for (int i = 0; i < kAuxTargetDim; ++i) s.aux[i] = static_cast<float>(v[i] * k);
+    const sim::Camera cams[2] = {sim::MainCamera(image_size),
+                                 sim::WristCamera(w.gripper, image_size)};
+    const double top = o.z + sim::ShapeHeight(o.shape);
+    const sim::Vec3 obj_centre = {o.x, o.y, top};
+    const sim::Vec3 obj_edge = {o.x + o.half_width(), o.y, top};
+    sim::Vec3 dst_centre, dst_edge;
+    if (goal->kind == sim::Goal::Kind::kOnPlate) {
+      dst_centre = {dx, dy, sim::kPlateHeight};
+      dst_edge = {dx + sim::kPlateRadius, dy, sim::kPlateHeight};
+    } else {
+      const sim::Object& base = w.objects[goal->target];
+      const double base_top = base.z + sim::ShapeHeight(base.shape);
+      dst_centre = {dx, dy, base_top};
+      dst_edge = {dx + base.half_width(), dy, base_top};
+    }
+    for (int c = 0; c < 2; ++c) {
+      const std::pair<sim::Vec3, sim::Vec3> items[kPatchTargetItems] = {{obj_centre, obj_edge},
+                                                                        {dst_centre, dst_edge}};
+      for (int item = 0; item < kPatchTargetItems; ++item) {
+        double u, v, ue, ve;
+        ImageDisc& d = s.discs[c * kPatchTargetItems + item];
+        if (sim::Project(cams[c], items[item].first, &u, &v) &&
+            sim::Project(cams[c], items[item].second, &ue, &ve)) {
+          d = {static_cast<float>(u), static_cast<float>(v),
+               static_cast<float>(std::hypot(ue - u, ve - v))};
+        }
+      }
+    }
   }
   sim::Episode branch = ep;
   sim::ScriptedExpert expert = rep->expert();
@@ -190,6 +219,25 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
     }
   }
   return s;
+}
+
+torch::Tensor PatchLabels(const ImageDisc* discs, int size, int patch, int dx, int dy) {
+  const int grid = size / patch;
+  auto labels = torch::zeros({grid * grid, kPatchTargetItems}, torch::kFloat32);
+  auto acc = labels.accessor<float, 2>();
+  for (int item = 0; item < kPatchTargetItems; ++item) {
+    const ImageDisc& d = discs[item];
+    if (!(d.r > 0)) continue;
+    const double u = d.u + dx, v = d.v + dy;
+    for (int row = 0; row < grid; ++row) {
+      for (int col = 0; col < grid; ++col) {
+        const double nu = std::clamp(u, 1.0 * col * patch, 1.0 * (col + 1) * patch);
+        const double nv = std::clamp(v, 1.0 * row * patch, 1.0 * (row + 1) * patch);
+        if (std::hypot(nu - u, nv - v) < d.r) acc[row * grid + col][item] = 1.0f;
+      }
+    }
+  }
+  return labels;
 }
 
 RgbImage ShiftImage(const RgbImage& image, int dx, int dy) {
@@ -256,6 +304,9 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
   batch.proprio = torch::empty({b, config.proprio_dim}, torch::kFloat32);
   batch.actions = torch::empty({b, chunk, config.action_dim}, torch::kFloat32);
   batch.aux = torch::empty({b, kAuxTargetDim}, torch::kFloat32);
+  const int64_t pp = config.patches_per_image();
+  const int patch = static_cast<int>(config.towers.at(0).patch_size);
+  batch.patch_labels = torch::empty({b, 2 * pp, kPatchTargetItems}, torch::kFloat32);
   std::uniform_int_distribution<int> shift(-max_shift, max_shift);
   for (int64_t i = 0; i < b; ++i) {
     const RawSample& r = samples[i];
@@ -265,7 +316,14 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
     const RgbImage* cams[2] = {&r.main, &r.wrist};
     for (int c = 0; c < 2; ++c) {
       RgbImage img = *cams[c];
-      if (max_shift > 0 && rng != nullptr) img = ShiftImage(img, shift(*rng), shift(*rng));
+      int dx = 0, dy = 0;
+      if (max_shift > 0 && rng != nullptr) {
+        dx = shift(*rng), dy = shift(*rng);
+        img = ShiftImage(img, dx, dy);
+      }
+      batch.patch_labels[i]
+          .slice(0, c * pp, (c + 1) * pp)
+          .copy_(PatchLabels(&r.discs[c * kPatchTargetItems], static_cast<int>(s), patch, dx, dy));
       absl::Status st;
       auto t = ImageTensor(img, config, &st);
       if (!st.ok()) return st;
@@ -290,7 +348,8 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
                               const std::vector<std::vector<int64_t>>& prompt_ids,
-                              torch::Tensor* action_hidden_out) {
+                              torch::Tensor* action_hidden_out, int vision_tap_layer,
+                              torch::Tensor* vision_hidden_out) {
   const auto& llm = config.llm;
   const int64_t bsz = pixels.size(0);
   const int64_t p = config.vision_tokens();
@@ -340,8 +399,11 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   const int64_t head_dim = d / llm.heads;
   auto rope = MakeRope(positions, head_dim, llm.rope_theta, dtype);
   auto bias = KeyPaddingBias(valid, dtype);
-  for (size_t l = 0; l < lm->layer_list.size(); ++l)
+  for (size_t l = 0; l < lm->layer_list.size(); ++l) {
     h = lm->layer_list[l]->forward(h, rope, bias, valid, nullptr, nullptr);
+    if (vision_hidden_out != nullptr && static_cast<int>(l) == vision_tap_layer)
+      *vision_hidden_out = h.slice(1, 1, 1 + p);
+  }
 
   auto read = torch::empty({bsz, a}, torch::kLong);
   for (int64_t b = 0; b < bsz; ++b) {

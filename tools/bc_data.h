@@ -65,6 +65,14 @@ absl::StatusOr<DemoSummary> RunDemo(const EpisodeSpec& spec, int image_size);
 inline constexpr int kAuxTargetDim = 8;
 inline constexpr double kAuxPositionScale = 0.3;  // metres; table coordinates -> about [-1, 1]
 
+// Where an item appears in a camera image: a disc with centre (u, v) and radius r in pixels
+// (pixel (i, j) covers [i, i+1) x [j, j+1)); r == 0 when the item is not in front of the camera.
+struct ImageDisc {
+  float u = 0, v = 0, r = 0;
+};
+// Patch-grounding items per camera: the current goal's object, then its destination.
+inline constexpr int kPatchTargetItems = 2;
+
 // One training sample before tensor conversion.
 struct RawSample {
   std::string instruction;
@@ -76,6 +84,11 @@ struct RawSample {
   // same two relative to the fingertips (object - tip, destination - tip). The current goal is
   // the first unsatisfied one (the last goal once all hold).
   std::array<float, kAuxTargetDim> aux{};
+  // Patch-grounding targets (auxiliary training loss only): where the current goal's object and
+  // destination appear in each image, indexed [camera * kPatchTargetItems + item] (camera 0 main,
+  // 1 wrist). The object disc is its footprint at its top face; the destination's is the plate's
+  // or the base object's.
+  std::array<ImageDisc, 2 * kPatchTargetItems> discs{};
 };
 
 // Replays `spec` to step t (clamped to the episode's end) and labels the next
@@ -99,6 +112,9 @@ struct BcBatch {
   torch::Tensor proprio;  // [B, proprio_dim] normalized
   torch::Tensor actions;  // [B, chunk, action_dim] normalized targets
   torch::Tensor aux;      // [B, kAuxTargetDim] grounding targets (RawSample::aux)
+  // [B, vision tokens, kPatchTargetItems] in {0, 1}: the patch (in the model's vision-token order:
+  // camera-major, row-major patches) overlaps the item's disc after the batch's shift augmentation.
+  torch::Tensor patch_labels;
   std::vector<std::vector<int64_t>> prompt_ids;
 };
 
@@ -115,11 +131,19 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
 // action_dim] in the module's dtype (or the autocast dtype). Parameters are
 // those of `module` (any device); inputs are moved to it. `action_hidden`
 // (optional out): the normed LLM rows the head reads, [B, action tokens,
-// hidden], for auxiliary losses.
+// hidden], for auxiliary losses. `vision_hidden` (optional out): the vision rows of the residual
+// stream after LLM layer `vision_tap_layer` (0-based, must be valid when requested), [B, vision
+// tokens, hidden].
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
                               const std::vector<std::vector<int64_t>>& prompt_ids,
-                              torch::Tensor* action_hidden = nullptr);
+                              torch::Tensor* action_hidden = nullptr, int vision_tap_layer = -1,
+                              torch::Tensor* vision_hidden = nullptr);
+
+// Patch labels of one camera image: [patches, kPatchTargetItems] in {0, 1}, row-major patches of
+// `patch` pixels over a `size` x `size` image; a patch is 1 when its square intersects the item's
+// disc moved by (dx, dy) pixels. Discs with r == 0 label nothing.
+torch::Tensor PatchLabels(const ImageDisc* discs, int size, int patch, int dx, int dy);
 
 // CPU autocast (bf16) state, portable across LibTorch 1.13 and 2.x.
 // Thread-local in LibTorch.

@@ -46,6 +46,9 @@ struct EvalOptions {
   int trace_episode = -1;       // >= 0: per-pass trace of this episode of every cell (stderr)
   double require_success = -1;  // >= 0: exit 3 unless unpruned mean success > this
   bool reference = true;        // run unpruned reference passes (deviation, recall)
+  // JSON file with a "pruning" object as in the server config (or that object alone), overlaid on
+  // the model's default pruning config for every method ("" = the defaults the server uses).
+  std::string pruning;
 };
 
 bool ParseArgs(int argc, char** argv, EvalOptions* o) {
@@ -86,6 +89,8 @@ bool ParseArgs(int argc, char** argv, EvalOptions* o) {
         o->require_success = std::stod(v);
       else if (k == "reference")
         o->reference = v != "0" && v != "false";
+      else if (k == "pruning")
+        o->pruning = v;
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -317,8 +322,22 @@ int Main(int argc, char** argv) {
     return rank(a) < rank(b);
   });
   const ModelConfig& c = m->model->config();
-  const PruningConfig defaults = DefaultPruningConfig(static_cast<int>(c.llm.layers),
-                                                      c.vision_tokens(), c.patches_per_image());
+  PruningConfig defaults = DefaultPruningConfig(static_cast<int>(c.llm.layers), c.vision_tokens(),
+                                                c.patches_per_image());
+  if (!o.pruning.empty()) {
+    std::ifstream f(o.pruning);
+    auto j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+    if (!f.is_open() || j.is_discarded() || !j.is_object()) {
+      std::fprintf(stderr, "--pruning: %s is not a readable JSON object\n", o.pruning.c_str());
+      return 2;
+    }
+    auto parsed = ParsePruningConfig(j.contains("pruning") ? j["pruning"] : j, defaults);
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "--pruning: %s\n", parsed.status().ToString().c_str());
+      return 2;
+    }
+    defaults = *parsed;
+  }
   const int num_layers = static_cast<int>(c.llm.layers);
 
   {
@@ -403,6 +422,7 @@ int Main(int argc, char** argv) {
   j["distractors"] = o.distractors;
   j["dtype"] = o.dtype;
   j["threads"] = o.threads;
+  j["pruning"] = ToJson(defaults);
   j["matched_keep_ratio"] = matched_keep > 0 ? nlohmann::json(matched_keep) : nlohmann::json();
   j["wall_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

@@ -65,8 +65,22 @@ struct TrainOptions {
   // object and destination positions (RawSample::aux). Training only: the head is saved to
   // aux_head.pt for resuming, never into the served model.
   double aux_weight = 1.0;
-  int aux_targets = 4;       // 4: absolute positions; 8: also relative to the fingertips
-  bool aux_per_row = false;  // predict from every action row (else from their mean)
+  int aux_targets = kAuxTargetDim;  // 4: absolute positions; 8: also relative to the fingertips
+  bool aux_per_row = true;          // predict from every action row (else from their mean)
+  // Weight of the patch-grounding loss: a linear probe on the vision rows after LLM layer
+  // `patch_layer` classifies, per patch, whether it shows the current goal's object / destination
+  // (BcBatch::patch_labels), so the language-conditioned selection is learned where the action rows
+  // can read it. Training only: saved to patch_head.pt. 0 = off.
+  double patch_weight = 1.0;
+  int patch_layer = 2;
+  // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present) instead of
+  // a random initialization; ignored when resuming from `out`.
+  bool init_weights = false;
+  // Fraction of samples drawn from a demo's first `early_steps` steps instead of uniformly: the
+  // transit towards the first object is where the scene and instruction decide the action, and
+  // it is a small part of a long demo.
+  double early_frac = 0.5;
+  int early_steps = 24;
 };
 
 void SetAutocast(bool on) {
@@ -142,6 +156,16 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->aux_targets = std::stoi(v);
       else if (k == "aux_per_row")
         o->aux_per_row = v != "0" && v != "false";
+      else if (k == "patch_weight")
+        o->patch_weight = std::stod(v);
+      else if (k == "patch_layer")
+        o->patch_layer = std::stoi(v);
+      else if (k == "init_weights")
+        o->init_weights = v != "0" && v != "false";
+      else if (k == "early_frac")
+        o->early_frac = std::stod(v);
+      else if (k == "early_steps")
+        o->early_steps = std::stoi(v);
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -157,6 +181,10 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
   }
   if (o->aux_targets != 4 && o->aux_targets != kAuxTargetDim) {
     std::fprintf(stderr, "--aux_targets: use 4 or %d\n", kAuxTargetDim);
+    return false;
+  }
+  if (o->early_frac < 0 || o->early_frac > 1 || o->early_steps < 1) {
+    std::fprintf(stderr, "--early_frac must be in [0, 1], --early_steps positive\n");
     return false;
   }
   if (o->batch < 1 || o->steps < 1 || o->threads < 1 || o->data_threads < 1) {
@@ -235,7 +263,9 @@ class Producer {
           it = lengths.emplace(key, d->success ? d->length : 0).first;
         }
         if (it->second == 0) continue;
-        const int t = static_cast<int>(rng() % static_cast<uint64_t>(it->second));
+        const bool early = std::uniform_real_distribution<double>(0, 1)(rng) < o_.early_frac;
+        const int span = early ? std::min(it->second, o_.early_steps) : it->second;
+        const int t = static_cast<int>(rng() % static_cast<uint64_t>(span));
         auto r =
             MakeRawSample(s, t, static_cast<int>(c_.chunk_size), static_cast<int>(c_.image_size));
         if (!r.ok()) return Fail(r.status());
@@ -294,22 +324,64 @@ struct AuxHeadImpl : torch::nn::Module {
 };
 TORCH_MODULE(AuxHead);
 
+// Training-only patch-grounding probe (TrainOptions::patch_weight): LayerNorm + linear, per vision
+// row, one logit per kPatchTargetItems.
+struct PatchHeadImpl : torch::nn::Module {
+  explicit PatchHeadImpl(int64_t hidden) {
+    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
+    fc = register_module("fc", torch::nn::Linear(hidden, kPatchTargetItems));
+  }
+  // [B, P, D] -> [B, P, kPatchTargetItems] logits.
+  torch::Tensor forward(const torch::Tensor& vision_hidden) {
+    return fc(norm(vision_hidden.to(torch::kFloat32)));
+  }
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(PatchHead);
+
+struct Heads {
+  AuxHead aux;
+  PatchHead patch;
+  int patch_layer;
+};
+
 struct Losses {
   torch::Tensor action;  // L1 on normalized actions
   torch::Tensor aux;     // L1 on grounding targets
-  torch::Tensor aux_pred;
+  torch::Tensor patch;   // BCE on patch labels
+  torch::Tensor aux_pred, patch_logits;
 };
 
-Losses Loss(VlaModule& m, AuxHead& aux, const ModelConfig& c, const BcBatch& b, bool bf16) {
+// Positives are a few patches per image; weighting them keeps the probe from settling on "none".
+constexpr double kPatchPositiveWeight = 4.0;
+
+Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, bool bf16) {
   SetAutocast(bf16);
-  torch::Tensor hidden;
-  auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, &hidden);
+  torch::Tensor hidden, vision;
+  auto pred =
+      TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, &hidden, heads.patch_layer, &vision);
   SetAutocast(false);
   Losses l;
   l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
-  l.aux_pred = aux->forward(hidden);
+  l.aux_pred = heads.aux->forward(hidden);
   l.aux = (l.aux_pred - b.aux.slice(1, 0, l.aux_pred.size(2)).unsqueeze(1)).abs().mean();
+  l.patch_logits = heads.patch->forward(vision);
+  l.patch = torch::binary_cross_entropy_with_logits(
+      l.patch_logits, b.patch_labels, /*weight=*/{},
+      torch::full({kPatchTargetItems}, kPatchPositiveWeight), at::Reduction::Mean);
   return l;
+}
+
+// Fraction of images (with the item in view) whose highest-scoring patch shows the item.
+double PatchTop1(const torch::Tensor& logits, const torch::Tensor& labels, int64_t pp, int camera,
+                 int item) {
+  auto lg = logits.slice(1, camera * pp, (camera + 1) * pp).select(2, item);
+  auto lb = labels.slice(1, camera * pp, (camera + 1) * pp).select(2, item);
+  auto visible = lb.sum(1).gt(0);
+  if (visible.sum().item<int64_t>() == 0) return NAN;
+  auto hit = lb.gather(1, lg.argmax(1, /*keepdim=*/true)).squeeze(1).gt(0);
+  return hit.logical_and(visible).sum().item<double>() / visible.sum().item<double>();
 }
 
 double Pearson(const torch::Tensor& x, const torch::Tensor& y) {
@@ -351,19 +423,25 @@ absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
 // Held-out L1 and the correlation of predicted vs expert first-action dx, dy
 // (normalized).
 // (normalized), and of the grounding head's object x / destination x.
+// Patch probe: top-1 hit rate of the object / destination in the main view.
 struct HoldoutResult {
   double l1 = 0, corr_x = 0, corr_y = 0, corr_obj_x = 0, corr_dest_x = 0, corr_rel_x = NAN;
+  double patch_object = NAN, patch_destination = NAN;
 };
 
-HoldoutResult EvalHoldout(VlaModule& m, AuxHead& aux, const ModelConfig& c, const Holdout& h) {
+HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, const Holdout& h) {
   torch::NoGradGuard ng;
-  std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets;
+  AuxHead& aux = heads.aux;
+  std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets, patch_logits, patch_labels;
   double sum = 0;
   int64_t n = 0;
   for (const auto& b : h.batches) {
-    torch::Tensor hidden;
-    auto pred =
-        TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, &hidden).to(torch::kFloat32);
+    torch::Tensor hidden, vision;
+    auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, &hidden, heads.patch_layer,
+                                &vision)
+                    .to(torch::kFloat32);
+    patch_logits.push_back(heads.patch->forward(vision));
+    patch_labels.push_back(b.patch_labels);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
     n += b.actions.size(0);
     preds.push_back(pred.select(1, 0));
@@ -380,6 +458,9 @@ HoldoutResult EvalHoldout(VlaModule& m, AuxHead& aux, const ModelConfig& c, cons
   r.corr_obj_x = Pearson(ap.select(1, 0), at.select(1, 0));
   r.corr_dest_x = Pearson(ap.select(1, 2), at.select(1, 2));
   if (ap.size(1) > 4) r.corr_rel_x = Pearson(ap.select(1, 4), at.select(1, 4));
+  auto pl = torch::cat(patch_logits), pt = torch::cat(patch_labels);
+  r.patch_object = PatchTop1(pl, pt, c.patches_per_image(), 0, 0);
+  r.patch_destination = PatchTop1(pl, pt, c.patches_per_image(), 0, 1);
   return r;
 }
 
@@ -448,6 +529,10 @@ int Main(int argc, char** argv) {
   }
   const std::string state_path = o.out + "/train_state.json";
   const bool resume = fs::exists(state_path);
+  if (o.patch_layer < 0) {
+    std::fprintf(stderr, "--patch_layer: must be >= 0\n");
+    return 2;
+  }
   auto config = LoadModelConfig(resume ? o.out : o.init);
   if (!config.ok()) {
     std::fprintf(stderr, "config: %s\n", config.status().ToString().c_str());
@@ -471,6 +556,13 @@ int Main(int argc, char** argv) {
   DatasetStatistics stats_file;
   int64_t start_step = 0;
   double best_success = -1;
+  if (!resume && o.init_weights) {
+    if (auto s = LoadWeights(o.init, **model); !s.ok()) {
+      std::fprintf(stderr, "--init_weights: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    std::printf("initialized from the weights in %s\n", o.init.c_str());
+  }
   if (resume) {
     if (auto s = LoadWeights(o.out, **model); !s.ok()) {
       std::fprintf(stderr, "resume: %s\n", s.ToString().c_str());
@@ -518,21 +610,32 @@ int Main(int argc, char** argv) {
 
   VlaModule module = (*model)->module();
   module->train();
-  AuxHead aux((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row);
+  if (o.patch_layer >= static_cast<int>((*model)->config().llm.layers)) {
+    std::fprintf(stderr, "--patch_layer: the model has %lld layers\n",
+                 static_cast<long long>((*model)->config().llm.layers));
+    return 2;
+  }
+  Heads heads{AuxHead((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row),
+              PatchHead((*model)->config().llm.hidden), o.patch_layer};
+  AuxHead& aux = heads.aux;
   const std::string aux_path = o.out + "/aux_head.pt";
-  if (resume && fs::exists(aux_path)) {
-    try {
-      torch::load(aux, aux_path);
-    } catch (const c10::Error& e) {
-      std::fprintf(stderr, "resume: aux head: %s\n", e.what_without_backtrace());
-      return 1;
-    }
+  const std::string patch_path = o.out + "/patch_head.pt";
+  const std::string head_dir = resume ? o.out : (o.init_weights ? o.init : "");
+  try {
+    if (!head_dir.empty() && fs::exists(head_dir + "/aux_head.pt"))
+      torch::load(aux, head_dir + "/aux_head.pt");
+    if (!head_dir.empty() && fs::exists(head_dir + "/patch_head.pt"))
+      torch::load(heads.patch, head_dir + "/patch_head.pt");
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "%s: grounding heads: %s\n", head_dir.c_str(), e.what_without_backtrace());
+    return 1;
   }
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& p : module->named_parameters()) {
     (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
   }
   for (const auto& p : aux->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  for (const auto& p : heads.patch->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
                                  torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay)));
@@ -558,13 +661,13 @@ int Main(int argc, char** argv) {
     for (bool bf16 : {false, true}) {
       for (int i = 0; i < 2; ++i) {  // warm-up
         opt.zero_grad();
-        Loss(module, aux, c, *b, bf16).action.backward();
+        Loss(module, heads, c, *b, bf16).action.backward();
         opt.step();
       }
       auto t0 = Clock::now();
       for (int64_t i = 0; i < o.benchmark; ++i) {
         opt.zero_grad();
-        Loss(module, aux, c, *b, bf16).action.backward();
+        Loss(module, heads, c, *b, bf16).action.backward();
         opt.step();
       }
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -596,7 +699,7 @@ int Main(int argc, char** argv) {
     return 0;
   }
 
-  if (o.diagnose > 0) {  // first action and grounding of step 0, no distractors, per suite
+  if (o.diagnose > 0) {  // first action and grounding of step 0, default distractors, per suite
     torch::NoGradGuard ng;
     module->eval();
     aux->eval();
@@ -606,7 +709,7 @@ int Main(int argc, char** argv) {
         EpisodeSpec spec;
         spec.suite = suite;
         spec.seed = static_cast<uint64_t>(i);
-        spec.num_distractors = 0;
+        spec.num_distractors = -1;
         auto r =
             MakeRawSample(spec, 0, static_cast<int>(c.chunk_size), static_cast<int>(c.image_size));
         if (!r.ok()) return 1;
@@ -614,9 +717,15 @@ int Main(int argc, char** argv) {
       }
       auto b = MakeBatch(raw, c, **tok, stats, 0, nullptr);
       if (!b.ok()) return 1;
-      torch::Tensor hidden;
-      auto pred = TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids, &hidden);
+      torch::Tensor hidden, vision;
+      auto pred = TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids, &hidden,
+                                  heads.patch_layer, &vision);
       auto ap = aux->forward(hidden).mean(1);
+      auto pl = heads.patch->forward(vision);
+      std::printf("%-7s patch probe top-1 in the main view: object %.2f destination %.2f\n",
+                  std::string(sim::SuiteName(suite)).c_str(),
+                  PatchTop1(pl, b->patch_labels, c.patches_per_image(), 0, 0),
+                  PatchTop1(pl, b->patch_labels, c.patches_per_image(), 0, 1));
       for (int i = 0; i < o.diagnose; ++i) {
         std::printf(
             "%-7s seed %d: expert a0 %+.2f %+.2f %+.2f model %+.2f %+.2f %+.2f | aux object "
@@ -637,7 +746,7 @@ int Main(int argc, char** argv) {
   }
   Producer prod(o, c, **tok, stats, &step);
   const bool bf16 = o.dtype == "bf16";
-  double ema = -1, aux_ema = -1;
+  double ema = -1, aux_ema = -1, patch_ema = -1;
   auto t_log = Clock::now();
   double wait_s = 0;
   for (int64_t s = start_step; s < o.steps; ++s) {
@@ -651,11 +760,15 @@ int Main(int argc, char** argv) {
     const double lr = LearningRate(o, s);
     for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     opt.zero_grad();
-    auto losses = Loss(module, aux, c, *batch, bf16);
+    auto losses = Loss(module, heads, c, *batch, bf16);
     auto loss = losses.action;
-    (o.aux_weight > 0 ? losses.action + o.aux_weight * losses.aux : losses.action).backward();
+    auto total = losses.action;
+    if (o.aux_weight > 0) total = total + o.aux_weight * losses.aux;
+    if (o.patch_weight > 0) total = total + o.patch_weight * losses.patch;
+    total.backward();
     auto params = module->parameters();
     for (const auto& p : aux->parameters()) params.push_back(p);
+    for (const auto& p : heads.patch->parameters()) params.push_back(p);
     const double gnorm = torch::nn::utils::clip_grad_norm_(params, o.clip);
     opt.step();
     step.store(s + 1);
@@ -663,13 +776,15 @@ int Main(int argc, char** argv) {
     ema = ema < 0 ? l : 0.98 * ema + 0.02 * l;
     const double la = losses.aux.item<double>();
     aux_ema = aux_ema < 0 ? la : 0.98 * aux_ema + 0.02 * la;
+    const double lp = losses.patch.item<double>();
+    patch_ema = patch_ema < 0 ? lp : 0.98 * patch_ema + 0.02 * lp;
     const int64_t done = s + 1;
     if (done % o.log_every == 0) {
       const double dt = std::chrono::duration<double>(Clock::now() - t_log).count();
       std::printf(
-          "step %lld loss %.4f ema %.4f aux ema %.4f lr %.2e gnorm %.2f %.2f steps/s (data "
-          "wait %.0f%%)\n",
-          static_cast<long long>(done), l, ema, aux_ema, lr, gnorm, o.log_every / dt,
+          "step %lld loss %.4f ema %.4f aux ema %.4f patch ema %.4f lr %.2e gnorm %.2f %.2f "
+          "steps/s (data wait %.0f%%)\n",
+          static_cast<long long>(done), l, ema, aux_ema, patch_ema, lr, gnorm, o.log_every / dt,
           100 * wait_s / dt);
       std::fflush(stdout);
       t_log = Clock::now();
@@ -678,14 +793,15 @@ int Main(int argc, char** argv) {
     if (done % o.holdout_every == 0 || done == o.steps) {
       module->eval();
       aux->eval();
-      const HoldoutResult hr = EvalHoldout(module, aux, c, *holdout);
+      const HoldoutResult hr = EvalHoldout(module, heads, c, *holdout);
       module->train();
       aux->train();
       std::printf(
           "holdout step %lld l1 %.4f corr(first dx) %.3f corr(first dy) %.3f "
-          "corr(aux object x) %.3f corr(aux destination x) %.3f corr(aux object - tip x) %.3f\n",
+          "corr(aux object x) %.3f corr(aux destination x) %.3f corr(aux object - tip x) %.3f "
+          "patch top-1 object %.3f destination %.3f\n",
           static_cast<long long>(done), hr.l1, hr.corr_x, hr.corr_y, hr.corr_obj_x, hr.corr_dest_x,
-          hr.corr_rel_x);
+          hr.corr_rel_x, hr.patch_object, hr.patch_destination);
       std::fflush(stdout);
     }
     bool new_best = false;
@@ -725,6 +841,8 @@ int Main(int argc, char** argv) {
         fs::rename(o.out + "/optimizer.pt.tmp", o.out + "/optimizer.pt");
         torch::save(aux, aux_path + ".tmp");
         fs::rename(aux_path + ".tmp", aux_path);
+        torch::save(heads.patch, patch_path + ".tmp");
+        fs::rename(patch_path + ".tmp", patch_path);
       } catch (const c10::Error& e) {
         std::fprintf(stderr, "checkpoint: optimizer: %s\n", e.what_without_backtrace());
         return 1;
