@@ -138,6 +138,31 @@ TEST(BcDataTest, PatchTargetsShowTheGoalsObjectInTheMainView) {
   }
 }
 
+TEST(BcDataTest, DemoSummaryRecordsWhenEachGoalBecomesCurrent) {
+  const EpisodeSpec spec{sim::Suite::kLong, 3, 0, 0.0f};
+  auto demo = RunDemo(spec, 64);
+  ASSERT_TRUE(demo.ok()) << demo.status();
+  ASSERT_TRUE(demo->success);
+  ASSERT_EQ(demo->goal_starts.size(), 2u);
+  EXPECT_EQ(demo->goal_starts[0], 0);
+  const int switch_step = demo->goal_starts[1];
+  ASSERT_GT(switch_step, 0);
+  ASSERT_LT(switch_step, demo->length);
+  // Replaying to the recorded step: the first goal has just been satisfied.
+  auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+  ASSERT_TRUE(ep.ok());
+  sim::ScriptedExpert expert(*ep);
+  for (int t = 0; t < switch_step; ++t) {
+    EXPECT_EQ(sim::FirstUnsatisfiedGoal(ep->world(), ep->goals()), &ep->goals()[0]) << t;
+    ASSERT_TRUE(ep->Step(expert.Act(*ep)).ok());
+  }
+  EXPECT_EQ(sim::FirstUnsatisfiedGoal(ep->world(), ep->goals()), &ep->goals()[1]);
+  // A one-goal suite has a single start.
+  auto single = RunDemo({sim::Suite::kGoal, 3, -1, 0.0f}, 64);
+  ASSERT_TRUE(single.ok());
+  EXPECT_EQ(single->goal_starts, std::vector<int>{0});
+}
+
 TEST(BcDataTest, SamplesAreDeterministicAndPadPastTheEnd) {
   const EpisodeSpec spec{sim::Suite::kGoal, 2, 0, 0.3f};
   auto demo = RunDemo(spec, 64);

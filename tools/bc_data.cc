@@ -140,9 +140,20 @@ absl::StatusOr<DemoSummary> RunDemo(const EpisodeSpec& spec, int image_size) {
   auto rep = Replayer::Create(spec, image_size);
   if (!rep.ok()) return rep.status();
   DemoSummary d;
-  while (!rep->episode().done()) {
+  const sim::Episode& ep = rep->episode();
+  const auto current_goal = [&ep]() -> int {  // index of the first unsatisfied goal, -1 if none
+    const sim::Goal* g = sim::FirstUnsatisfiedGoal(ep.world(), ep.goals());
+    return g == nullptr ? -1 : static_cast<int>(g - ep.goals().data());
+  };
+  int reached = current_goal();
+  if (reached >= 0) d.goal_starts.push_back(0);
+  while (!ep.done()) {
     auto a = rep->Step();
     if (!a.ok()) return a.status();
+    if (const int g = current_goal(); g > reached) {
+      d.goal_starts.push_back(ep.steps());
+      reached = g;
+    }
   }
   d.success = rep->episode().success();
   d.length = rep->episode().steps();

@@ -56,6 +56,9 @@ sim::SimOptions SpecSimOptions(const EpisodeSpec& spec, int image_size);
 struct DemoSummary {
   bool success = false;
   int length = 0;  // steps executed
+  // Step at which each goal became the current (first unsatisfied) one, in order: 0 for the
+  // first; one entry per goal reached.
+  std::vector<int> goal_starts;
 };
 
 // Replays the whole demonstration (no rendering). InvalidArgument for bad

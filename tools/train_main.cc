@@ -76,11 +76,13 @@ struct TrainOptions {
   // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present) instead of
   // a random initialization; ignored when resuming from `out`.
   bool init_weights = false;
-  // Fraction of samples drawn from a demo's first `early_steps` steps instead of uniformly: the
-  // transit towards the first object is where the scene and instruction decide the action, and
-  // it is a small part of a long demo.
+  // Fraction of samples drawn from the first `early_steps` steps after a goal becomes current
+  // (episode start; in `long`, also the switch to the second goal) instead of uniformly: the
+  // transit towards the goal's object is where the scene and instruction decide the action, and
+  // it is a small part of a demo.
   double early_frac = 0.5;
   int early_steps = 24;
+  double long_frac = 0.25;  // share of the `long` suite once all suites are drawn (after stage2)
 };
 
 void SetAutocast(bool on) {
@@ -166,6 +168,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->early_frac = std::stod(v);
       else if (k == "early_steps")
         o->early_steps = std::stoi(v);
+      else if (k == "long_frac")
+        o->long_frac = std::stod(v);
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -183,8 +187,9 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
     std::fprintf(stderr, "--aux_targets: use 4 or %d\n", kAuxTargetDim);
     return false;
   }
-  if (o->early_frac < 0 || o->early_frac > 1 || o->early_steps < 1) {
-    std::fprintf(stderr, "--early_frac must be in [0, 1], --early_steps positive\n");
+  if (o->early_frac < 0 || o->early_frac > 1 || o->early_steps < 1 || o->long_frac < 0 ||
+      o->long_frac > 1) {
+    std::fprintf(stderr, "--early_frac, --long_frac must be in [0, 1], --early_steps positive\n");
     return false;
   }
   if (o->batch < 1 || o->steps < 1 || o->threads < 1 || o->data_threads < 1) {
@@ -213,7 +218,7 @@ EpisodeSpec DrawSpec(const TrainOptions& o, int64_t step, std::mt19937_64& rng) 
     s.suite = easy[rng() % 3];
     s.num_distractors = u(rng) < 0.25 ? 0 : -1;
   } else {
-    s.suite = sim::kAllSuites[rng() % 4];
+    s.suite = u(rng) < o.long_frac ? Suite::kLong : easy[rng() % 3];
     s.num_distractors = u(rng) < 0.1 ? 0 : -1;
   }
   return s;
@@ -249,23 +254,28 @@ class Producer {
  private:
   void Run(uint64_t seed) {
     std::mt19937_64 rng(seed);
-    std::map<std::tuple<int, uint64_t, int, float>, int> lengths;  // 0 = failed demo
+    std::map<std::tuple<int, uint64_t, int, float>, DemoSummary> demos;
     while (true) {
       std::vector<RawSample> raw;
       while (static_cast<int>(raw.size()) < o_.batch) {
         EpisodeSpec s = DrawSpec(o_, step_->load(), rng);
         auto key =
             std::make_tuple(static_cast<int>(s.suite), s.seed, s.num_distractors, s.noise_std);
-        auto it = lengths.find(key);
-        if (it == lengths.end()) {
+        auto it = demos.find(key);
+        if (it == demos.end()) {
           auto d = RunDemo(s, static_cast<int>(c_.image_size));
           if (!d.ok()) return Fail(d.status());
-          it = lengths.emplace(key, d->success ? d->length : 0).first;
+          it = demos.emplace(key, *std::move(d)).first;
         }
-        if (it->second == 0) continue;
-        const bool early = std::uniform_real_distribution<double>(0, 1)(rng) < o_.early_frac;
-        const int span = early ? std::min(it->second, o_.early_steps) : it->second;
-        const int t = static_cast<int>(rng() % static_cast<uint64_t>(span));
+        const DemoSummary& demo = it->second;
+        if (!demo.success || demo.length == 0) continue;
+        int t = static_cast<int>(rng() % static_cast<uint64_t>(demo.length));
+        if (std::uniform_real_distribution<double>(0, 1)(rng) < o_.early_frac &&
+            !demo.goal_starts.empty()) {
+          const int start = demo.goal_starts[rng() % demo.goal_starts.size()];
+          const int span = std::max(1, std::min(o_.early_steps, demo.length - start));
+          t = start + static_cast<int>(rng() % static_cast<uint64_t>(span));
+        }
         auto r =
             MakeRawSample(s, t, static_cast<int>(c_.chunk_size), static_cast<int>(c_.image_size));
         if (!r.ok()) return Fail(r.status());
