@@ -28,3 +28,10 @@ add_test(NAME train_smoke
          COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/train_smoke.sh $<TARGET_FILE:specprune_train>
                  $<TARGET_FILE:specprune_eval> ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/train_smoke)
 set_tests_properties(train_smoke PROPERTIES LABELS "eval" TIMEOUT 600)
+
+# A bad --pruning file is rejected with the field named (same parser as the server config).
+add_test(NAME eval_rejects_bad_pruning_config
+         COMMAND specprune_eval --model ${CMAKE_SOURCE_DIR}/models/tiny --suites goal --methods none
+                 --episodes 1 --pruning ${CMAKE_CURRENT_LIST_DIR}/data/pruning_negative_k_global.json)
+set_tests_properties(eval_rejects_bad_pruning_config PROPERTIES LABELS "eval"
+                     PASS_REGULAR_EXPRESSION "pruning.specprune.k_global: must be >= 0")

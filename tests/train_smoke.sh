@@ -21,7 +21,10 @@ grep -q "resuming from step 2" "$out.second.log" || { cat "$out.second.log"; exi
 grep -q "^step 3 " "$out.second.log"
 grep -q "done at step 4" "$out.second.log"
 grep -q '"step": 4' "$out/train_state.json"
-# The checkpoint is a model directory the evaluation (and the server) loads.
-"$eval" --model "$out" --suites goal --methods none --episodes 1 --threads 1 --reference 0 \
-  > "$out.eval.log" 2>&1 || { cat "$out.eval.log"; exit 1; }
+# The checkpoint is a model directory the evaluation (and the server) loads; --pruning overlays a
+# config on the model's defaults and the JSON records it.
+"$eval" --model "$out" --suites goal --methods none,specprune --episodes 1 --threads 1 \
+  --reference 0 --pruning "$src/bench/pruning/specprune-alpha1.6-fine2.4.json" \
+  --json "$out.eval.json" > "$out.eval.log" 2>&1 || { cat "$out.eval.log"; exit 1; }
+grep -q '"coarse_scale": 1.6' "$out.eval.json" || { echo "--pruning not applied"; exit 1; }
 echo "train smoke OK"

@@ -205,9 +205,9 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
       dst_centre = {dx, dy, base_top};
       dst_edge = {dx + base.half_width(), dy, base_top};
     }
+    const std::pair<sim::Vec3, sim::Vec3> items[kPatchTargetItems] = {{obj_centre, obj_edge},
+                                                                      {dst_centre, dst_edge}};
     for (int c = 0; c < 2; ++c) {
-      const std::pair<sim::Vec3, sim::Vec3> items[kPatchTargetItems] = {{obj_centre, obj_edge},
-                                                                        {dst_centre, dst_edge}};
       for (int item = 0; item < kPatchTargetItems; ++item) {
         double u, v, ue, ve;
         ImageDisc& d = s.discs[c * kPatchTargetItems + item];

@@ -360,7 +360,6 @@ struct Losses {
   torch::Tensor action;  // L1 on normalized actions
   torch::Tensor aux;     // L1 on grounding targets
   torch::Tensor patch;   // BCE on patch labels
-  torch::Tensor aux_pred, patch_logits;
 };
 
 // Positives are a few patches per image; weighting them keeps the probe from settling on "none".
@@ -374,11 +373,10 @@ Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, 
   SetAutocast(false);
   Losses l;
   l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
-  l.aux_pred = heads.aux->forward(hidden);
-  l.aux = (l.aux_pred - b.aux.slice(1, 0, l.aux_pred.size(2)).unsqueeze(1)).abs().mean();
-  l.patch_logits = heads.patch->forward(vision);
+  auto aux_pred = heads.aux->forward(hidden);
+  l.aux = (aux_pred - b.aux.slice(1, 0, aux_pred.size(2)).unsqueeze(1)).abs().mean();
   l.patch = torch::binary_cross_entropy_with_logits(
-      l.patch_logits, b.patch_labels, /*weight=*/{},
+      heads.patch->forward(vision), b.patch_labels, /*weight=*/{},
       torch::full({kPatchTargetItems}, kPatchPositiveWeight), at::Reduction::Mean);
   return l;
 }
