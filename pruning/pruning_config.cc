@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <tuple>
 
@@ -428,6 +430,32 @@ absl::StatusOr<PruningConfig> ApplyOverride(const PruningConfig& config,
     c.random.keep_ratio = *keep_ratio;
   }
   return c;
+}
+
+absl::StatusOr<PruningConfig> LoadPruningConfigFile(const std::string& path,
+                                                    PruningConfig defaults) {
+  std::ifstream f(path);
+  if (!f.is_open()) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  auto parsed = ParsePruningConfig(j.contains("pruning") ? j["pruning"] : j, std::move(defaults));
+  if (!parsed.ok()) {
+    return absl::Status(parsed.status().code(),
+                        absl::StrCat(path, ": ", parsed.status().message()));
+  }
+  return parsed;
+}
+
+absl::StatusOr<PruningConfig> ModelPruningDefaults(const std::string& model_dir, int num_layers,
+                                                   int64_t vision_tokens,
+                                                   int64_t patches_per_camera) {
+  PruningConfig defaults = DefaultPruningConfig(num_layers, vision_tokens, patches_per_camera);
+  const std::filesystem::path file = std::filesystem::path(model_dir) / kModelPruningConfigFile;
+  std::error_code ec;
+  if (!std::filesystem::exists(file, ec)) return defaults;
+  return LoadPruningConfigFile(file.string(), std::move(defaults));
 }
 
 }  // namespace specprune

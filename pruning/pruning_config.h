@@ -147,6 +147,25 @@ absl::Status ValidatePruningConfig(const PruningConfig& config);
 // random{layer, keep_ratio}. Enums as strings (see the comments above). Lists replace the default.
 absl::StatusOr<PruningConfig> ParsePruningConfig(const nlohmann::json& j, PruningConfig defaults);
 
+// Reads the JSON file at `path` and overlays it onto `defaults` with ParsePruningConfig. The file
+// holds either the "pruning" section itself or an object with a "pruning" key (a server config
+// fragment). Errors: NotFound when the file cannot be opened, InvalidArgument when it is not a JSON
+// object or a field is bad; the message names the file (and the field).
+absl::StatusOr<PruningConfig> LoadPruningConfigFile(const std::string& path,
+                                                    PruningConfig defaults);
+
+// Optional file in a model directory with pruning defaults tuned for that model (same format as
+// LoadPruningConfigFile). The paper's K and alpha are tuned for OpenVLA-OFT-7B; a small model
+// that needs more tokens ships its measured values here, like a generation config.
+inline constexpr char kModelPruningConfigFile[] = "pruning_config.json";
+
+// The defaults a server (or the evaluator) starts from for the model in `model_dir`:
+// DefaultPruningConfig for its geometry, overlaid with <model_dir>/pruning_config.json when that
+// file exists. A server config's "pruning" section then overlays the result.
+absl::StatusOr<PruningConfig> ModelPruningDefaults(const std::string& model_dir, int num_layers,
+                                                   int64_t vision_tokens,
+                                                   int64_t patches_per_camera);
+
 // The JSON accepted by ParsePruningConfig (geometry fields excluded).
 nlohmann::json ToJson(const PruningConfig& config);
 

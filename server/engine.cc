@@ -207,6 +207,7 @@ void InferenceEngine::BuildModelInfo() {
   auto* p = info.mutable_pruning();
   p->set_method(ToProto(pruning_defaults_.method));
   p->set_alpha(pruning_defaults_.specprune.coarse_scale);
+  p->set_fine_scale(pruning_defaults_.specprune.fine_scale);
   p->set_k_global(pruning_defaults_.specprune.k_global);
   p->set_k_local(pruning_defaults_.specprune.k_local);
   p->set_k_dynamic(pruning_defaults_.specprune.k_dynamic);

@@ -17,9 +17,10 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
   auto loaded = LoadModelDir(options.model_dir, {.device = options.device, .dtype = options.dtype});
   if (!loaded.ok()) return loaded.status();
   const ModelConfig& c = loaded->model->config();
-  auto pruning = ParsePruningConfig(
-      options.pruning, DefaultPruningConfig(static_cast<int>(c.llm.layers), c.vision_tokens(),
-                                            c.patches_per_image()));
+  auto model_defaults = ModelPruningDefaults(options.model_dir, static_cast<int>(c.llm.layers),
+                                             c.vision_tokens(), c.patches_per_image());
+  if (!model_defaults.ok()) return model_defaults.status();
+  auto pruning = ParsePruningConfig(options.pruning, *std::move(model_defaults));
   if (!pruning.ok()) return pruning.status();
 
   s->metrics_ = std::make_unique<ServerMetrics>();

@@ -2,10 +2,15 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 
 namespace specprune {
@@ -186,6 +191,81 @@ TEST(PruningConfigTest, OverrideRejectsOutOfRange) {
   auto r = ApplyOverride(base, std::nullopt, std::nullopt, 1.5f);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), "pruning.keep_ratio: must be in (0, 1]");
+}
+
+// A fresh directory under the test temp dir (removed by the caller's scope).
+std::filesystem::path TempDir(const std::string& name) {
+  const char* base = std::getenv("TEST_TMPDIR");
+  std::filesystem::path dir = std::filesystem::path(base != nullptr ? base : "/tmp") /
+                              absl::StrCat("pruning_config_test_", name, "_", ::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+void WriteFile(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+TEST(PruningConfigTest, FileOverlaysEitherTheSectionOrAServerConfigFragment) {
+  const PruningConfig d = DefaultPruningConfig(6, 128, 64);
+  const auto dir = TempDir("file");
+  WriteFile(dir / "section.json", R"({"specprune": {"coarse_scale": 1.6, "fine_scale": 2.4}})");
+  WriteFile(dir / "fragment.json", R"({"pruning": {"specprune": {"coarse_scale": 1.6,
+                                                                 "fine_scale": 2.4}}})");
+  for (const char* name : {"section.json", "fragment.json"}) {
+    auto c = LoadPruningConfigFile((dir / name).string(), d);
+    ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+    EXPECT_DOUBLE_EQ(c->specprune.coarse_scale, 1.6);
+    EXPECT_DOUBLE_EQ(c->specprune.fine_scale, 2.4);
+    EXPECT_EQ(c->specprune.k_global, d.specprune.k_global);  // untouched fields keep the default
+    EXPECT_EQ(c->num_layers, 6);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PruningConfigTest, FileErrorsNameTheFileAndTheField) {
+  const PruningConfig d = DefaultPruningConfig(6, 128, 64);
+  const auto dir = TempDir("errors");
+  const std::string missing = (dir / "missing.json").string();
+  auto m = LoadPruningConfigFile(missing, d);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(m.status().message(), HasSubstr(missing));
+
+  WriteFile(dir / "garbage.json", "{not json");
+  auto g = LoadPruningConfigFile((dir / "garbage.json").string(), d);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(g.status().message(), HasSubstr("garbage.json: not a JSON object"));
+
+  WriteFile(dir / "bad.json", R"({"specprune": {"coarse_scale": -1}})");
+  auto b = LoadPruningConfigFile((dir / "bad.json").string(), d);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(b.status().message(), HasSubstr("bad.json: pruning.specprune.coarse_scale"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PruningConfigTest, ModelDefaultsAreTheScaledDefaultsUnlessTheModelShipsItsOwn) {
+  const auto dir = TempDir("model");
+  auto plain = ModelPruningDefaults(dir.string(), 6, 128, 64);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(ToJson(*plain), ToJson(DefaultPruningConfig(6, 128, 64)));
+
+  WriteFile(dir / kModelPruningConfigFile, R"({"specprune": {"coarse_scale": 1.25}})");
+  auto tuned = ModelPruningDefaults(dir.string(), 6, 128, 64);
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  EXPECT_DOUBLE_EQ(tuned->specprune.coarse_scale, 1.25);
+  EXPECT_EQ(tuned->specprune.prune_layers, plain->specprune.prune_layers);
+
+  // A layer the model does not have is rejected against the model's geometry.
+  WriteFile(dir / kModelPruningConfigFile, R"({"specprune": {"prune_layers": [9]}})");
+  auto bad = ModelPruningDefaults(dir.string(), 6, 128, 64);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(),
+              HasSubstr("pruning_config.json: pruning.specprune.prune_layers"));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

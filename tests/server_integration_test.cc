@@ -7,12 +7,16 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/cpp/client.h"
 #include "model/image_codec.h"
+#include "pruning/pruning_config.h"
 #include "server/server.h"
 
 namespace specprune {
@@ -381,6 +385,61 @@ TEST_F(ServerIntegrationTest, NewEpisodeIdClearsThePrior) {
   EXPECT_TRUE(r.pruning().used_fallback());
   EXPECT_EQ(r.episode_steps(), 1u);
   EXPECT_FALSE(r.session_restarted());
+}
+
+// A copy of the embedded model's directory (files symlinked) whose pruning_config.json says
+// `pruning_json`.
+std::filesystem::path ModelDirWithPruningFile(const std::string& name,
+                                              const std::string& pruning_json) {
+  namespace fs = std::filesystem;
+  const fs::path dir =
+      fs::temp_directory_path() / absl::StrCat("server_integration_test_", name, "_", ::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const auto& entry : fs::directory_iterator(ServerOptions{}.model_dir)) {
+    if (entry.is_regular_file() && entry.path().filename() != kModelPruningConfigFile) {
+      fs::create_symlink(fs::absolute(entry.path()), dir / entry.path().filename());
+    }
+  }
+  std::ofstream(dir / kModelPruningConfigFile) << pruning_json;
+  return dir;
+}
+
+TEST(ServerStartTest, ModelPruningFileSetsTheDefaultsAndTheServerConfigOverlaysThem) {
+  const auto dir = ModelDirWithPruningFile(
+      "tuned", R"({"specprune": {"coarse_scale": 1.3, "fine_scale": 2.1, "k_global": 9}})");
+  ServerOptions options;
+  options.model_dir = dir.string();
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.pruning = nlohmann::json::parse(R"({"specprune": {"fine_scale": 2.5}})");
+  auto server = SpecPruneServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Create(
+      {.target = absl::StrCat("127.0.0.1:", (*server)->port()), .deadline = absl::Seconds(20)});
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto info = (*client)->ModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_FLOAT_EQ(info->pruning().alpha(), 1.3f);       // from the model's file
+  EXPECT_EQ(info->pruning().k_global(), 9u);            // from the model's file
+  EXPECT_FLOAT_EQ(info->pruning().fine_scale(), 2.5f);  // the server config wins
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ServerStartTest, BadModelPruningFileFailsStartNamingTheFileAndField) {
+  const auto dir = ModelDirWithPruningFile("bad", R"({"specprune": {"fine_scale": 0.5}})");
+  ServerOptions options;
+  options.model_dir = dir.string();
+  options.host = "127.0.0.1";
+  options.port = 0;
+  auto server = SpecPruneServer::Start(options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(server.status().message(), "pruning_config.json"))
+      << server.status();
+  EXPECT_TRUE(absl::StrContains(server.status().message(), "pruning.specprune.fine_scale"))
+      << server.status();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

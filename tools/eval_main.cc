@@ -322,21 +322,20 @@ int Main(int argc, char** argv) {
     return rank(a) < rank(b);
   });
   const ModelConfig& c = m->model->config();
-  PruningConfig defaults = DefaultPruningConfig(static_cast<int>(c.llm.layers), c.vision_tokens(),
-                                                c.patches_per_image());
+  auto model_defaults = ModelPruningDefaults(o.model, static_cast<int>(c.llm.layers),
+                                             c.vision_tokens(), c.patches_per_image());
+  if (!model_defaults.ok()) {
+    std::fprintf(stderr, "--model: %s\n", model_defaults.status().ToString().c_str());
+    return 1;
+  }
+  PruningConfig defaults = *std::move(model_defaults);
   if (!o.pruning.empty()) {
-    std::ifstream f(o.pruning);
-    auto j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
-    if (!f.is_open() || j.is_discarded() || !j.is_object()) {
-      std::fprintf(stderr, "--pruning: %s is not a readable JSON object\n", o.pruning.c_str());
-      return 2;
-    }
-    auto parsed = ParsePruningConfig(j.contains("pruning") ? j["pruning"] : j, defaults);
+    auto parsed = LoadPruningConfigFile(o.pruning, defaults);
     if (!parsed.ok()) {
       std::fprintf(stderr, "--pruning: %s\n", parsed.status().ToString().c_str());
       return 2;
     }
-    defaults = *parsed;
+    defaults = *std::move(parsed);
   }
   const int num_layers = static_cast<int>(c.llm.layers);
 
@@ -423,6 +422,12 @@ int Main(int argc, char** argv) {
   j["dtype"] = o.dtype;
   j["threads"] = o.threads;
   j["pruning"] = ToJson(defaults);
+  {
+    const std::string model_file = o.model + "/" + kModelPruningConfigFile;
+    j["model_pruning_file"] =
+        std::ifstream(model_file).is_open() ? nlohmann::json(model_file) : nlohmann::json();
+    j["pruning_file"] = o.pruning.empty() ? nlohmann::json() : nlohmann::json(o.pruning);
+  }
   j["matched_keep_ratio"] = matched_keep > 0 ? nlohmann::json(matched_keep) : nlohmann::json();
   j["wall_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

@@ -359,7 +359,7 @@ int RunInfo(Client& client, bool json) {
       "  %d vision tokens/forward, %d tokens/forward, %d LLM layers, %d "
       "parameters, %.3g "
       "FLOPs/forward\n  dtype %s  device %s  max batch %d\n"
-      "  pruning default %s: alpha %.2f  K global/local/dynamic %d/%d/%d  "
+      "  pruning default %s: alpha %.2f  fine scale %.2f  K global/local/dynamic %d/%d/%d  "
       "fastv keep %.2f at "
       "layer %d\n",
       info->config_name(), info->model_path(), cameras, info->image_height(), info->image_width(),
@@ -367,8 +367,8 @@ int RunInfo(Client& client, bool json) {
       absl::StrJoin(info->unnorm_keys(), ","), info->vision_tokens_per_forward(),
       info->tokens_per_forward(), info->llm_layers(), info->parameter_count(),
       info->flops_per_forward(), info->dtype(), info->device(), info->max_batch_size(),
-      PruningMethodName(p.method()), p.alpha(), p.k_global(), p.k_local(), p.k_dynamic(),
-      p.fastv_keep_ratio(), p.fastv_layer());
+      PruningMethodName(p.method()), p.alpha(), p.fine_scale(), p.k_global(), p.k_local(),
+      p.k_dynamic(), p.fastv_keep_ratio(), p.fastv_layer());
   return 0;
 }
 
