@@ -18,6 +18,9 @@ constexpr double kAlignGrasp = 0.01;  // xy alignment before descending (m)
 constexpr double kAlignPlace = 0.015;
 constexpr double kZTolerance = 0.005;
 constexpr double kClearance = 0.06;  // transit clearance above the tallest object (m)
+// Misalignments up to this (m) are corrected at the current height instead of by lifting back to
+// the transit height (a small drift while descending, or a state another controller left).
+constexpr double kRealign = 0.04;
 
 }  // namespace
 
@@ -41,6 +44,18 @@ std::string_view ScriptedExpert::PhaseName(Phase phase) {
       return "done";
   }
   return "?";
+}
+
+void ScriptedExpert::TakeOver(const Episode& episode, bool last_gripper_closed) {
+  closing_ = false;
+  const World& w = episode.world();
+  const Gripper& g = w.gripper;
+  const Goal* goal = FirstUnsatisfiedGoal(w, episode.goals());
+  if (!last_gripper_closed || goal == nullptr || g.held >= 0 || g.opening >= 1.0) return;
+  const Object& o = w.objects[goal->object];
+  const double grasp_z = std::max(o.z, o.top() - kGraspBelowTop);
+  closing_ = std::hypot(o.x - g.tip.x, o.y - g.tip.y) <= kGraspPerpTolerance &&
+             g.tip.z <= grasp_z + kZTolerance;
 }
 
 Action ScriptedExpert::Act(const Episode& episode) {
@@ -93,10 +108,11 @@ Action ScriptedExpert::Act(const Episode& episode) {
     const double carry_z = std::clamp(others_top + kClearance - g.held_dz, 0.0, kMaxTipZ);
     const double place_z = support_top + kPlaceDrop - g.held_dz;
     if (err_xy > kAlignPlace) {
-      if (g.tip.z < carry_z - 0.01 && err_xy > 0.04) {
+      if (g.tip.z < carry_z - 0.01 && err_xy > kRealign) {
         return command(Phase::kLift, {g.tip.x, g.tip.y, carry_z}, kLiftCap, true);
       }
-      return command(Phase::kTransit, {g.tip.x + dx, g.tip.y + dy, carry_z}, kFastCap, true);
+      const double z = err_xy > kRealign ? carry_z : std::min(g.tip.z, carry_z);
+      return command(Phase::kTransit, {g.tip.x + dx, g.tip.y + dy, z}, kFastCap, true);
     }
     if (g.tip.z > place_z + kZTolerance) {
       const bool slow = g.tip.z < place_z + kSlowZone;
@@ -111,10 +127,11 @@ Action ScriptedExpert::Act(const Episode& episode) {
   const double transit_z = std::clamp(others_top + kClearance, 0.25, kMaxTipZ);
   const double err_xy = std::hypot(o.x - g.tip.x, o.y - g.tip.y);
   if (err_xy > kAlignGrasp && !closing_) {
-    if (g.tip.z < transit_z - 0.01 && err_xy > 0.04) {
+    if (g.tip.z < transit_z - 0.01 && err_xy > kRealign) {
       return command(Phase::kLift, {g.tip.x, g.tip.y, transit_z}, kLiftCap, false);
     }
-    return command(Phase::kTransit, {o.x, o.y, transit_z}, kFastCap, false);
+    const double z = err_xy > kRealign ? transit_z : std::min(g.tip.z, transit_z);
+    return command(Phase::kTransit, {o.x, o.y, z}, kFastCap, false);
   }
   if (g.tip.z > grasp_z + kZTolerance && !closing_) {
     const bool slow = g.tip.z < o.top() + kSlowZone;

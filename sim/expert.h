@@ -12,7 +12,9 @@
 // the largest component is within the phase's cap: fast in transit, slow and downward near
 // contact (the profile that SpecPrune's velocity-aware controller keys on). The plan is chosen
 // from the current world state at every step, so the expert also recovers from states it did not
-// produce. Rotation commands are zero except to steer the yaw back to 0.
+// produce: off by more than 1 cm (grasp) / 1.5 cm (place) above the object or destination, it
+// re-aligns at the current height when off by at most 4 cm, and lifts back to the transit or carry
+// height first when off by more. Rotation commands are zero except to steer the yaw back to 0.
 //
 // Deterministic; not thread-safe (use one expert per episode).
 #pragma once
@@ -32,6 +34,13 @@ class ScriptedExpert {
 
   // The expert's action for the episode's current state.
   Action Act(const Episode& episode);
+
+  // Takes over an episode that someone else (a policy) has been driving, for DAgger labels.
+  // `last_gripper_closed`: whether the last executed action closed the fingers. At the grasp pose
+  // (no object held, the fingers partly closed, the fingertips within grasp reach of the current
+  // goal's object) the expert then goes on closing, as it would after its own close; anywhere else
+  // it starts from its fresh state (open fully first, then close).
+  void TakeOver(const Episode& episode, bool last_gripper_closed);
 
   // Phase of the last Act() (for logging / data labels).
   Phase phase() const { return phase_; }

@@ -345,5 +345,76 @@ TEST(BcDataTest, RolloutRunsEpisodesToTheEnd) {
   EXPECT_EQ(t.samples, 6);
 }
 
+TEST(BcDataTest, RolloutRecordsTheExecutedActionsWhenAsked) {
+  ModelConfig c = TinyConfig();
+  auto model = VlaModel::Create(c, {});
+  ASSERT_TRUE(model.ok());
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  const EpisodeSpec spec{sim::Suite::kGoal, 4, -1, 0.0f};
+  sim::SimOptions so = SpecSimOptions(spec, 64);
+  so.max_steps = 11;
+  auto ep = sim::Episode::Create(spec.suite, spec.seed, so);
+  ASSERT_TRUE(ep.ok());
+  RolloutOptions opts;
+  auto plain = RunPolicyEpisodes(**model, **tok, SmallStats(), {*ep}, opts);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_TRUE((*plain)[0].executed.empty());
+  opts.record_actions = true;
+  auto r = RunPolicyEpisodes(**model, **tok, SmallStats(), {*ep}, opts);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::vector<sim::Action>& executed = (*r)[0].executed;
+  ASSERT_EQ(executed.size(), 11u);
+  // Replaying the recorded actions retraces the rollout (its closest approach to the object).
+  sim::Episode replay = *ep;
+  const sim::Object& o = replay.world().objects[replay.goals().front().object];
+  const auto xy_error = [&] {
+    const sim::Vec3& tip = replay.world().gripper.tip;
+    return std::hypot(o.x - tip.x, o.y - tip.y);
+  };
+  double closest = xy_error();
+  for (const sim::Action& a : executed) {
+    ASSERT_TRUE(replay.Step(a).ok());
+    if (!(*r)[0].grasped_goal_object) closest = std::min(closest, xy_error());
+  }
+  EXPECT_EQ(replay.steps(), 11);
+  EXPECT_DOUBLE_EQ(closest, (*r)[0].min_xy_error);
+  EXPECT_NE(replay.proprio(), ep->proprio());  // the policy moved the gripper
+}
+
+TEST(BcDataTest, TraceSamplesShowThePolicysStateWithExpertLabels) {
+  const EpisodeSpec spec{sim::Suite::kObject, 9, -1, 0.0f};
+  auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+  ASSERT_TRUE(ep.ok());
+  // A "policy" that drifts right and up for 10 steps: states the expert never visits.
+  PolicyTrace trace;
+  trace.spec = spec;
+  for (int i = 0; i < 10; ++i) trace.executed.push_back({0.8f, 0.0f, 0.5f, 0, 0, 0, -1.0f});
+  sim::Episode visited = *ep;
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(visited.Step(trace.executed[i]).ok());
+
+  auto s = MakeTraceSample(trace, 6, 8, 64);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->proprio, visited.proprio());
+  EXPECT_EQ(s->main.pixels, visited.RenderMain().pixels);
+  EXPECT_EQ(s->wrist.pixels, visited.RenderWrist().pixels);
+  EXPECT_EQ(s->instruction, visited.instruction());
+  // Labels: the expert's next 8 actions from the visited state.
+  sim::ScriptedExpert expert(visited);
+  sim::Episode branch = visited;
+  ASSERT_EQ(s->actions.size(), 8u);
+  for (int k = 0; k < 8; ++k) {
+    const sim::Action a = expert.Act(branch);
+    EXPECT_EQ(s->actions[k], a) << k;
+    ASSERT_TRUE(branch.Step(a).ok());
+  }
+  // t is clamped to the trace: past the end is the final state.
+  auto last = MakeTraceSample(trace, 99, 8, 64);
+  ASSERT_TRUE(last.ok());
+  for (int i = 6; i < 10; ++i) ASSERT_TRUE(visited.Step(trace.executed[i]).ok());
+  EXPECT_EQ(last->proprio, visited.proprio());
+  EXPECT_FALSE(MakeTraceSample(trace, 3, 0, 64).ok());
+}
+
 }  // namespace
 }  // namespace specprune

@@ -186,6 +186,42 @@ TEST(SimTest, ExpertMovesFastInTransitAndSlowlyDownwardNearContact) {
   EXPECT_EQ(approach_down, approach_steps);
 }
 
+TEST(SimTest, ExpertTakingOverAtTheGraspPoseGoesOnClosing) {
+  Episode episode = MakeEpisode(Suite::kObject, 2);
+  const Object o = episode.world().objects[episode.goals().front().object];
+  MoveTo(episode, {o.x, o.y, 0.4}, false);
+  MoveTo(episode, {o.x + 0.005, o.y, std::max(o.z, o.top() - 0.06)}, false);
+  Hold(episode, true, 1);  // someone else started closing here
+  ASSERT_LT(episode.world().gripper.opening, 1.0);
+  ASSERT_EQ(episode.world().gripper.held, -1);
+
+  ScriptedExpert fresh(episode);
+  EXPECT_LE(fresh.Act(episode)[6], 0.0f);  // a fresh expert opens fully first
+  ScriptedExpert closing(episode);
+  closing.TakeOver(episode, /*last_gripper_closed=*/true);
+  EXPECT_GT(closing.Act(episode)[6], 0.0f);
+  EXPECT_EQ(closing.phase(), ScriptedExpert::Phase::kClose);
+  ScriptedExpert opened(episode);
+  opened.TakeOver(episode, /*last_gripper_closed=*/false);
+  EXPECT_LE(opened.Act(episode)[6], 0.0f);
+
+  // Taking over then finishes the task from that state.
+  for (int i = 0; i < 150 && !episode.done(); ++i)
+    ASSERT_TRUE(episode.Step(closing.Act(episode)).ok());
+  EXPECT_TRUE(episode.success());
+}
+
+TEST(SimTest, ExpertTakingOverAwayFromTheObjectDoesNotClose) {
+  Episode episode = MakeEpisode(Suite::kObject, 2);
+  const Vec3 spot = EmptySpot(episode.world(), 0.3);
+  MoveTo(episode, {spot.x, spot.y, 0.05}, false);
+  Hold(episode, true, 1);
+  ScriptedExpert expert(episode);
+  expert.TakeOver(episode, /*last_gripper_closed=*/true);
+  EXPECT_LE(expert.Act(episode)[6], 0.0f);
+  EXPECT_NE(expert.phase(), ScriptedExpert::Phase::kClose);
+}
+
 TEST(SimTest, ClosingAwayFromObjectsGraspsNothing) {
   for (Suite suite : kAllSuites) {
     Episode episode = MakeEpisode(suite, 3);

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Smoke test of specprune_train (issue #6): a few steps from the committed model's weights with every
-# grounding loss on, a checkpoint, then a resume that must continue from the saved step and leave a
+# grounding loss and DAgger on, a checkpoint, then a resume that must continue from the saved step and leave a
 # directory the server can load. Usage: train_smoke.sh SPECPRUNE_TRAIN SPECPRUNE_EVAL SOURCE_DIR OUT_DIR
 set -euo pipefail
 train=$1 eval=$2 src=$3 out=$4
 rm -rf "$out"
 common=(--out "$out" --init "$src/models/tiny" --init_weights 1 --batch 4 --warmup 1 --threads 1
         --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
-        --aux_weight 1 --patch_weight 1 --early_frac 0.5)
+        --aux_weight 1 --patch_weight 1 --early_frac 0.5 --dagger_every 2 --dagger_episodes 2
+        --dagger_frac 0.5)
 "$train" "${common[@]}" --steps 2 > "$out.first.log" 2>&1 || { cat "$out.first.log"; exit 1; }
 grep -q "initialized from the weights in" "$out.first.log"
+grep -q "statistics: from .*models/tiny/dataset_statistics.json" "$out.first.log"
+grep -q "^dagger step 0 rollouts on training seeds" "$out.first.log" || { cat "$out.first.log"; exit 1; }
 grep -q "^holdout step 2 .*patch top-1 object" "$out.first.log" || { cat "$out.first.log"; exit 1; }
 for f in config.json model.safetensors action_head--specprune.safetensors \
          proprio_projector--specprune.safetensors tokenizer.model dataset_statistics.json \
-         optimizer.pt aux_head.pt patch_head.pt train_state.json; do
+         optimizer.pt aux_head.pt patch_head.pt train_state.json dagger_pool.txt; do
   [[ -s "$out/$f" ]] || { echo "missing $out/$f"; exit 1; }
 done
 "$train" "${common[@]}" --steps 4 > "$out.second.log" 2>&1 || { cat "$out.second.log"; exit 1; }
 grep -q "resuming from step 2" "$out.second.log" || { cat "$out.second.log"; exit 1; }
+grep -q "resumed the DAgger pool: 2 traces" "$out.second.log" || { cat "$out.second.log"; exit 1; }
 grep -q "^step 3 " "$out.second.log"
 grep -q "done at step 4" "$out.second.log"
 grep -q '"step": 4' "$out/train_state.json"

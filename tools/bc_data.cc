@@ -160,16 +160,13 @@ absl::StatusOr<DemoSummary> RunDemo(const EpisodeSpec& spec, int image_size) {
   return d;
 }
 
-absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chunk, int image_size) {
-  if (chunk <= 0) return absl::InvalidArgumentError("chunk: must be positive");
-  auto rep = Replayer::Create(spec, image_size);
-  if (!rep.ok()) return rep.status();
-  for (int i = 0; i < t && !rep->episode().done(); ++i) {
-    auto a = rep->Step();
-    if (!a.ok()) return a.status();
-  }
+namespace {
+
+// The sample at the episode's current state: observations, grounding targets, and the next `chunk`
+// actions of `expert` branched off this state.
+absl::StatusOr<RawSample> LabelState(const sim::Episode& ep, sim::ScriptedExpert expert, int chunk,
+                                     int image_size) {
   RawSample s;
-  const sim::Episode& ep = rep->episode();
   s.instruction = ep.instruction();
   s.main = ep.RenderMain();
   s.wrist = ep.RenderWrist();
@@ -220,7 +217,6 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
     }
   }
   sim::Episode branch = ep;
-  sim::ScriptedExpert expert = rep->expert();
   for (int k = 0; k < chunk; ++k) {
     sim::Action a = expert.Act(branch);
     s.actions.push_back(a);
@@ -230,6 +226,35 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
     }
   }
   return s;
+}
+
+}  // namespace
+
+absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chunk, int image_size) {
+  if (chunk <= 0) return absl::InvalidArgumentError("chunk: must be positive");
+  auto rep = Replayer::Create(spec, image_size);
+  if (!rep.ok()) return rep.status();
+  for (int i = 0; i < t && !rep->episode().done(); ++i) {
+    auto a = rep->Step();
+    if (!a.ok()) return a.status();
+  }
+  return LabelState(rep->episode(), rep->expert(), chunk, image_size);
+}
+
+absl::StatusOr<RawSample> MakeTraceSample(const PolicyTrace& trace, int t, int chunk,
+                                          int image_size) {
+  if (chunk <= 0) return absl::InvalidArgumentError("chunk: must be positive");
+  auto ep = sim::Episode::Create(trace.spec.suite, trace.spec.seed,
+                                 SpecSimOptions(trace.spec, image_size));
+  if (!ep.ok()) return ep.status();
+  t = std::clamp(t, 0, static_cast<int>(trace.executed.size()));
+  for (int i = 0; i < t && !ep->done(); ++i) {
+    auto r = ep->Step(trace.executed[i]);
+    if (!r.ok()) return r.status();
+  }
+  sim::ScriptedExpert expert(*ep);
+  expert.TakeOver(*ep, t > 0 && trace.executed[t - 1][6] > 0);
+  return LabelState(*ep, expert, chunk, image_size);
 }
 
 torch::Tensor PatchLabels(const ImageDisc* discs, int size, int patch, int dx, int dy) {
@@ -535,6 +560,17 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
         if (static_cast<int>(e) == options.trace_episode && !episodes[e].goals().empty()) {
           const sim::World& w = episodes[e].world();
           const sim::Object& o = w.objects[episodes[e].goals().front().object];
+          if (episodes[e].steps() == 0) {
+            std::fprintf(stderr, "trace \"%s\"\n", episodes[e].instruction().c_str());
+            for (const sim::Plate& p : w.plates)
+              std::fprintf(stderr, "trace plate %s at %+.3f %+.3f\n",
+                           std::string(sim::ColorName(p.color)).c_str(), p.x, p.y);
+            for (const sim::Goal& g : episodes[e].goals()) {
+              const sim::Object& go = w.objects[g.object];
+              std::fprintf(stderr, "trace goal object %d at %+.3f %+.3f -> target %d\n", g.object,
+                           go.x, go.y, g.target);
+            }
+          }
           std::fprintf(stderr,
                        "trace step %3d tip %+.3f %+.3f %.3f held %d | object %+.3f %+.3f %.3f | "
                        "a0 %+.2f %+.2f %+.2f grip %+.2f\n",
@@ -549,6 +585,7 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
             if (!std::isfinite(v)) v = 0.0f;  // a diverged model fails the episode, not the run
           auto st = episodes[e].Step(act);
           if (!st.ok()) return st.status();
+          if (options.record_actions) out[e].executed.push_back(act);
           track(e);
           if (!episodes[e].goals().empty() && st->grasped == episodes[e].goals().front().object)
             out[e].grasped_goal_object = true;

@@ -99,6 +99,20 @@ struct RawSample {
 // repeated (OpenVLA pads likewise).
 absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chunk, int image_size);
 
+// A closed-loop rollout of a policy, kept for DAgger: replaying `executed` from the start of the
+// spec's episode reproduces every state the policy visited (the simulator is deterministic).
+struct PolicyTrace {
+  EpisodeSpec spec;                   // the episode; noise_std is unused
+  std::vector<sim::Action> executed;  // the actions executed, in order
+  bool success = false;
+};
+
+// The sample at step t of a policy trace (t clamped to [0, executed.size()]): observations as the
+// policy saw them, labels from the clean expert taking over at that state
+// (ScriptedExpert::TakeOver; the chunk is the expert's next `chunk` actions branched off it).
+absl::StatusOr<RawSample> MakeTraceSample(const PolicyTrace& trace, int t, int chunk,
+                                          int image_size);
+
 // Translates an image by (dx, dy) pixels with edge replication (shift
 // augmentation).
 RgbImage ShiftImage(const RgbImage& image, int dx, int dy);
@@ -166,6 +180,7 @@ struct RolloutOptions {
   int execute_steps = 8;   // actions of each predicted chunk executed open loop, [1, chunk]
   int max_batch = 64;      // episodes per forward pass
   int trace_episode = -1;  // >= 0: print that episode's state and first action per pass (stderr)
+  bool record_actions = false;  // fill EpisodeOutcome::executed
 };
 
 struct EpisodeOutcome {
@@ -177,6 +192,7 @@ struct EpisodeOutcome {
   // fingertips came to it in xy (m) before that (or over the whole episode when never grasped).
   bool grasped_goal_object = false;
   double min_xy_error = 0;
+  std::vector<sim::Action> executed;  // every executed action (RolloutOptions::record_actions)
 };
 
 // Per-sample hooks. `make_pruner` (may be empty = no pruning) is called for

@@ -129,8 +129,9 @@ struct Cell {
   double forward_seconds = 0;
   int64_t forward_samples = 0;
   double mean_steps = 0;
-  int grasped_goal_object = 0;  // episodes that grasped the first goal's object
-  double min_xy_error_sum = 0;  // sum over episodes of EpisodeOutcome::min_xy_error (m)
+  int grasped_goal_object = 0;         // episodes that grasped the first goal's object
+  int goals = 0, goals_completed = 0;  // sub-goals over all episodes / satisfied at the end
+  double min_xy_error_sum = 0;         // sum over episodes of EpisodeOutcome::min_xy_error (m)
 
   double success() const { return episodes ? static_cast<double>(successes) / episodes : 0; }
   double retention() const { return passes ? retention_sum / passes : 0; }
@@ -220,6 +221,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   ro.execute_steps = o.execute_steps;
   ro.max_batch = o.batch;
   ro.trace_episode = o.trace_episode;
+  for (const auto& ep : eps) cell.goals += static_cast<int>(ep.goals().size());
   RolloutTimings timings;
   auto out = RunPolicyEpisodes(*m.model, *m.tokenizer, stats, std::move(eps), ro, hooks, &timings);
   if (!out.ok()) return out.status();
@@ -228,6 +230,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
     cell.successes += r.success;
     cell.mean_steps += r.steps;
     cell.grasped_goal_object += r.grasped_goal_object;
+    cell.goals_completed += r.goals_satisfied;
     cell.min_xy_error_sum += r.min_xy_error;
   }
   cell.mean_steps /= std::max(1, cell.episodes);
@@ -246,6 +249,8 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
       {"success_rate", c.success()},
       {"mean_episode_steps", c.mean_steps},
       {"grasped_goal_object", c.grasped_goal_object},
+      {"goals", c.goals},
+      {"goals_completed", c.goals_completed},
       {"mean_min_xy_error_m", c.episodes ? c.min_xy_error_sum / c.episodes : 0.0},
       {"mean_vision_retention", c.retention()},
       {"flops_ratio", c.flops()},
@@ -267,6 +272,8 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     all.episodes += c.episodes;
     all.successes += c.successes;
     all.grasped_goal_object += c.grasped_goal_object;
+    all.goals += c.goals;
+    all.goals_completed += c.goals_completed;
     all.min_xy_error_sum += c.min_xy_error_sum;
     all.retention_sum += c.retention_sum;
     all.flops_ratio_sum += c.flops_ratio_sum;
@@ -398,9 +405,10 @@ int Main(int argc, char** argv) {
         return 1;
       }
       std::fprintf(stderr,
-                   "%s/%s: success %d/%d, grasped the goal's object %d, mean closest xy %.3f m\n",
+                   "%s/%s: success %d/%d, grasped the goal's object %d, sub-goals completed "
+                   "%d/%d, mean closest xy %.3f m\n",
                    cell->method.c_str(), cell->suite.c_str(), cell->successes, cell->episodes,
-                   cell->grasped_goal_object,
+                   cell->grasped_goal_object, cell->goals_completed, cell->goals,
                    cell->episodes ? cell->min_xy_error_sum / cell->episodes : 0.0);
       cells.push_back(*cell);
     }

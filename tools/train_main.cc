@@ -73,8 +73,9 @@ struct TrainOptions {
   // can read it. Training only: saved to patch_head.pt. 0 = off.
   double patch_weight = 1.0;
   int patch_layer = 2;
-  // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present) instead of
-  // a random initialization; ignored when resuming from `out`.
+  // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present, and its
+  // dataset statistics when they have the simulator key) instead of a random initialization;
+  // ignored when resuming from `out`.
   bool init_weights = false;
   // Fraction of samples drawn from the first `early_steps` steps after a goal becomes current
   // (episode start; in `long`, also the switch to the second goal) instead of uniformly: the
@@ -83,6 +84,18 @@ struct TrainOptions {
   double early_frac = 0.5;
   int early_steps = 24;
   double long_frac = 0.25;  // share of the `long` suite once all suites are drawn (after stage2)
+  // DAgger: every `dagger_every` steps (0 = off) the current policy drives `dagger_episodes`
+  // training episodes closed loop (suites and distractors as the curriculum draws them, no noise);
+  // the traces join a pool of at most `dagger_pool` (oldest dropped), and `dagger_frac` of every
+  // batch is drawn from the pool's visited states, labelled by the expert taking over there.
+  int64_t dagger_every = 0;
+  // Steps (counted from 0) in which only the training-only heads learn: the trunk's gradients are
+  // dropped. For fine-tuning from weights whose heads were not kept: freshly initialized heads
+  // would otherwise push random gradients into the trained trunk.
+  int64_t head_warmup = 0;
+  int dagger_episodes = 48;
+  double dagger_frac = 0.5;
+  int dagger_pool = 1500;
 };
 
 void SetAutocast(bool on) {
@@ -170,6 +183,16 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->early_steps = std::stoi(v);
       else if (k == "long_frac")
         o->long_frac = std::stod(v);
+      else if (k == "head_warmup")
+        o->head_warmup = std::stoll(v);
+      else if (k == "dagger_every")
+        o->dagger_every = std::stoll(v);
+      else if (k == "dagger_episodes")
+        o->dagger_episodes = std::stoi(v);
+      else if (k == "dagger_frac")
+        o->dagger_frac = std::stod(v);
+      else if (k == "dagger_pool")
+        o->dagger_pool = std::stoi(v);
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -190,6 +213,13 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
   if (o->early_frac < 0 || o->early_frac > 1 || o->early_steps < 1 || o->long_frac < 0 ||
       o->long_frac > 1) {
     std::fprintf(stderr, "--early_frac, --long_frac must be in [0, 1], --early_steps positive\n");
+    return false;
+  }
+  if (o->dagger_every < 0 || o->dagger_episodes < 1 || o->dagger_frac < 0 || o->dagger_frac > 1 ||
+      o->dagger_pool < 1) {
+    std::fprintf(stderr,
+                 "--dagger_every must be >= 0, --dagger_episodes and --dagger_pool positive, "
+                 "--dagger_frac in [0, 1]\n");
     return false;
   }
   if (o->batch < 1 || o->steps < 1 || o->threads < 1 || o->data_threads < 1) {
@@ -224,12 +254,90 @@ EpisodeSpec DrawSpec(const TrainOptions& o, int64_t step, std::mt19937_64& rng) 
   return s;
 }
 
+// DAgger aggregate of policy traces (TrainOptions::dagger_*). Thread-safe: the training loop adds,
+// the producer samples.
+class DaggerPool {
+ public:
+  explicit DaggerPool(size_t capacity) : capacity_(capacity) {}
+
+  void Add(std::vector<PolicyTrace> traces) {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& t : traces) {
+      if (t.executed.empty()) continue;
+      traces_.push_back(std::make_shared<const PolicyTrace>(std::move(t)));
+    }
+    while (traces_.size() > capacity_) traces_.pop_front();
+  }
+
+  // A uniformly drawn trace, or null while the pool is empty.
+  std::shared_ptr<const PolicyTrace> Sample(std::mt19937_64& rng) const {
+    std::lock_guard<std::mutex> l(mu_);
+    if (traces_.empty()) return nullptr;
+    return traces_[rng() % traces_.size()];
+  }
+
+  size_t size() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return traces_.size();
+  }
+
+  // Text file, one trace per line: suite seed distractors success n, then n x 7 actions.
+  absl::Status Save(const std::string& path) const {
+    std::lock_guard<std::mutex> l(mu_);
+    std::FILE* f = std::fopen((path + ".tmp").c_str(), "w");
+    if (f == nullptr) return absl::InternalError(absl::StrCat("cannot write ", path, ".tmp"));
+    for (const auto& t : traces_) {
+      std::fprintf(f, "%d %llu %d %d %zu", static_cast<int>(t->spec.suite),
+                   static_cast<unsigned long long>(t->spec.seed), t->spec.num_distractors,
+                   t->success ? 1 : 0, t->executed.size());
+      for (const sim::Action& a : t->executed)
+        for (float v : a) std::fprintf(f, " %.9g", v);
+      std::fputc('\n', f);
+    }
+    const bool ok = std::fclose(f) == 0;
+    std::error_code ec;
+    if (ok) fs::rename(path + ".tmp", path, ec);
+    if (!ok || ec) return absl::InternalError(absl::StrCat("cannot write ", path));
+    return absl::OkStatus();
+  }
+
+  absl::Status Load(const std::string& path) {
+    std::ifstream f(path);
+    if (!f) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+    std::vector<PolicyTrace> loaded;
+    int suite, distractors, success;
+    unsigned long long seed;
+    size_t n;
+    while (f >> suite >> seed >> distractors >> success >> n) {
+      if (suite < 0 || suite > 3 || n > 100000)
+        return absl::DataLossError(absl::StrCat(path, ": bad trace header"));
+      PolicyTrace t;
+      t.spec.suite = static_cast<sim::Suite>(suite);
+      t.spec.seed = seed;
+      t.spec.num_distractors = distractors;
+      t.success = success != 0;
+      t.executed.resize(n);
+      for (auto& a : t.executed)
+        for (float& v : a)
+          if (!(f >> v)) return absl::DataLossError(absl::StrCat(path, ": truncated trace"));
+      loaded.push_back(std::move(t));
+    }
+    Add(std::move(loaded));
+    return absl::OkStatus();
+  }
+
+ private:
+  const size_t capacity_;
+  mutable std::mutex mu_;
+  std::deque<std::shared_ptr<const PolicyTrace>> traces_;
+};
+
 // Background batch producer (bounded queue).
 class Producer {
  public:
   Producer(const TrainOptions& o, const ModelConfig& c, const Tokenizer& tok,
-           const DatasetStats& stats, std::atomic<int64_t>* step)
-      : o_(o), c_(c), tok_(tok), stats_(stats), step_(step) {
+           const DatasetStats& stats, std::atomic<int64_t>* step, const DaggerPool* pool)
+      : o_(o), c_(c), tok_(tok), stats_(stats), step_(step), pool_(pool) {
     for (int i = 0; i < o.data_threads; ++i)
       threads_.emplace_back([this, i] { Run(o_.seed * 1000 + i + 17 * step_->load()); });
   }
@@ -258,6 +366,17 @@ class Producer {
     while (true) {
       std::vector<RawSample> raw;
       while (static_cast<int>(raw.size()) < o_.batch) {
+        if (pool_ != nullptr && o_.dagger_frac > 0 &&
+            std::uniform_real_distribution<double>(0, 1)(rng) < o_.dagger_frac) {
+          if (auto trace = pool_->Sample(rng)) {
+            const int t = static_cast<int>(rng() % trace->executed.size());
+            auto r = MakeTraceSample(*trace, t, static_cast<int>(c_.chunk_size),
+                                     static_cast<int>(c_.image_size));
+            if (!r.ok()) return Fail(r.status());
+            raw.push_back(*std::move(r));
+            continue;
+          }
+        }
         EpisodeSpec s = DrawSpec(o_, step_->load(), rng);
         auto key =
             std::make_tuple(static_cast<int>(s.suite), s.seed, s.num_distractors, s.noise_std);
@@ -301,6 +420,7 @@ class Producer {
   const Tokenizer& tok_;
   const DatasetStats& stats_;
   std::atomic<int64_t>* step_;
+  const DaggerPool* pool_;  // may be null
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<BcBatch> queue_;
@@ -493,6 +613,48 @@ absl::StatusOr<std::vector<double>> ClosedLoop(const VlaModel& model, const Toke
   return rate;
 }
 
+// One DAgger round: the policy drives `o.dagger_episodes` training episodes drawn as the
+// curriculum draws demos at `step` (without execution noise). Returns the traces; prints the
+// per-suite success (a closed-loop check on training seeds, with more episodes than ClosedLoop).
+absl::StatusOr<std::vector<PolicyTrace>> CollectDaggerTraces(const VlaModel& model,
+                                                             const Tokenizer& tok,
+                                                             const DatasetStats& stats,
+                                                             const TrainOptions& o, int64_t step,
+                                                             std::mt19937_64& rng) {
+  std::vector<PolicyTrace> traces;
+  std::vector<sim::Episode> eps;
+  for (int i = 0; i < o.dagger_episodes; ++i) {
+    PolicyTrace t;
+    t.spec = DrawSpec(o, step, rng);
+    t.spec.noise_std = 0;
+    auto e =
+        sim::Episode::Create(t.spec.suite, t.spec.seed,
+                             SpecSimOptions(t.spec, static_cast<int>(model.config().image_size)));
+    if (!e.ok()) return e.status();
+    eps.push_back(*std::move(e));
+    traces.push_back(std::move(t));
+  }
+  RolloutOptions ro;
+  ro.record_actions = true;
+  auto out = RunPolicyEpisodes(model, tok, stats, std::move(eps), ro);
+  if (!out.ok()) return out.status();
+  int runs[4] = {0, 0, 0, 0}, wins[4] = {0, 0, 0, 0};
+  for (size_t i = 0; i < traces.size(); ++i) {
+    traces[i].executed = std::move((*out)[i].executed);
+    traces[i].success = (*out)[i].success;
+    const int s = static_cast<int>(traces[i].spec.suite);
+    ++runs[s];
+    wins[s] += traces[i].success ? 1 : 0;
+  }
+  std::printf("dagger step %lld rollouts on training seeds:", static_cast<long long>(step));
+  for (sim::Suite s : sim::kAllSuites) {
+    const int k = static_cast<int>(s);
+    std::printf(" %s %d/%d", std::string(sim::SuiteName(s)).c_str(), wins[k], runs[k]);
+  }
+  std::printf("\n");
+  return traces;
+}
+
 absl::Status SaveAll(const VlaModel& model, const DatasetStatistics& stats_file,
                      const std::string& tokenizer_src, const std::string& dir) {
   if (auto s = SaveWeights(model, dir, "fp32"); !s.ok()) return s;
@@ -591,6 +753,11 @@ int Main(int argc, char** argv) {
     start_step = j["step"].get<int64_t>();
     best_success = j.value("best_success", -1.0);
     std::printf("resuming from step %lld\n", static_cast<long long>(start_step));
+  } else if (auto init_stats = DatasetStatistics::Load(o.init + "/dataset_statistics.json");
+             o.init_weights && init_stats.ok() && init_stats->Get(key).ok()) {
+    // Fine-tuning keeps the normalization the weights were trained with.
+    stats_file = *init_stats;
+    std::printf("statistics: from %s/dataset_statistics.json\n", o.init.c_str());
   } else {
     std::vector<EpisodeSpec> specs;
     for (sim::Suite s : sim::kAllSuites)
@@ -663,7 +830,7 @@ int Main(int argc, char** argv) {
   const ModelConfig& c = (*model)->config();
 
   if (o.benchmark > 0) {
-    Producer prod(o, c, **tok, stats, &step);
+    Producer prod(o, c, **tok, stats, &step, nullptr);
     auto b = prod.Next();
     if (!b.ok()) return 1;
     for (bool bf16 : {false, true}) {
@@ -752,7 +919,37 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "holdout: %s\n", holdout.status().ToString().c_str());
     return 1;
   }
-  Producer prod(o, c, **tok, stats, &step);
+  DaggerPool pool(static_cast<size_t>(o.dagger_pool));
+  const std::string pool_path = o.out + "/dagger_pool.txt";
+  if (resume && o.dagger_every > 0 && fs::exists(pool_path)) {
+    if (auto st = pool.Load(pool_path); !st.ok()) {
+      std::fprintf(stderr, "resume: %s\n", st.ToString().c_str());
+      return 1;
+    }
+    std::printf("resumed the DAgger pool: %zu traces\n", pool.size());
+  }
+  std::mt19937_64 dagger_rng(o.seed * 7919 + static_cast<uint64_t>(start_step));
+  const auto dagger_round = [&](int64_t at) -> bool {
+    module->eval();
+    auto t0 = Clock::now();
+    auto traces = CollectDaggerTraces(**model, **tok, stats, o, at, dagger_rng);
+    module->train();
+    if (!traces.ok()) {
+      std::fprintf(stderr, "dagger: %s\n", traces.status().ToString().c_str());
+      return false;
+    }
+    pool.Add(*std::move(traces));
+    if (auto st = pool.Save(pool_path); !st.ok()) {
+      std::fprintf(stderr, "dagger: %s\n", st.ToString().c_str());
+      return false;
+    }
+    std::printf("dagger pool %zu traces (%.0f s)\n", pool.size(),
+                std::chrono::duration<double>(Clock::now() - t0).count());
+    std::fflush(stdout);
+    return true;
+  };
+  if (o.dagger_every > 0 && pool.size() == 0 && !dagger_round(start_step)) return 1;
+  Producer prod(o, c, **tok, stats, &step, o.dagger_every > 0 ? &pool : nullptr);
   const bool bf16 = o.dtype == "bf16";
   double ema = -1, aux_ema = -1, patch_ema = -1;
   auto t_log = Clock::now();
@@ -774,6 +971,9 @@ int Main(int argc, char** argv) {
     if (o.aux_weight > 0) total = total + o.aux_weight * losses.aux;
     if (o.patch_weight > 0) total = total + o.patch_weight * losses.patch;
     total.backward();
+    if (s < o.head_warmup) {
+      for (auto& p : module->parameters()) p.mutable_grad() = torch::Tensor();
+    }
     auto params = module->parameters();
     for (const auto& p : aux->parameters()) params.push_back(p);
     for (const auto& p : heads.patch->parameters()) params.push_back(p);
@@ -812,6 +1012,8 @@ int Main(int argc, char** argv) {
           hr.corr_rel_x, hr.patch_object, hr.patch_destination);
       std::fflush(stdout);
     }
+    if (o.dagger_every > 0 && done % o.dagger_every == 0 && done < o.steps && !dagger_round(done))
+      return 1;
     bool new_best = false;
     if (done % o.eval_every == 0 || done == o.steps) {
       module->eval();
