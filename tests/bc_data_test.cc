@@ -296,6 +296,32 @@ TEST(BcDataTest, TrainingForwardMatchesVlaModelForward) {
   EXPECT_GT(g, 0.0);
 }
 
+TEST(BcDataTest, TextTapsAreThePromptRowsOfARaggedBatch) {
+  ModelConfig c = TinyConfig();
+  auto model = VlaModel::Create(c, {});
+  ASSERT_TRUE(model.ok());
+  const std::vector<std::vector<int64_t>> prompts = {{5, 6, 7, 8, 9}, {10, 11}, {12, 13, 14}};
+  torch::manual_seed(4);
+  auto pixels = torch::rand({3, 2, 3, c.image_size, c.image_size});
+  auto proprio = torch::randn({3, c.proprio_dim});
+  torch::Tensor action_hidden, text_hidden, text_mask;
+  ForwardTaps taps;
+  taps.action_hidden = &action_hidden;
+  taps.text_hidden = &text_hidden;
+  taps.text_mask = &text_mask;
+  torch::NoGradGuard ng;
+  TrainingForward((*model)->module(), c, pixels, proprio, prompts, taps);
+  ASSERT_EQ(text_hidden.sizes(), torch::IntArrayRef({3, 5, c.llm.hidden}));
+  ASSERT_EQ(text_mask.sizes(), torch::IntArrayRef({3, 5}));
+  for (int b = 0; b < 3; ++b) {
+    const int64_t m = static_cast<int64_t>(prompts[b].size());
+    EXPECT_EQ(text_mask[b].sum().item<float>(), static_cast<float>(m)) << b;
+    EXPECT_EQ(text_mask[b].slice(0, 0, m).min().item<float>(), 1.0f) << b;
+    // The first action row the head reads is the last prompt row (OpenVLA-OFT's convention).
+    EXPECT_TRUE(torch::equal(action_hidden[b][0], text_hidden[b][m - 1])) << b;
+  }
+}
+
 TEST(BcDataTest, RolloutRejectsBadExecuteSteps) {
   ModelConfig c = TinyConfig();
   auto model = VlaModel::Create(c, {});
@@ -322,7 +348,8 @@ TEST(BcDataTest, RolloutRunsEpisodesToTheEnd) {
   o.execute_steps = 5;
   int observed = 0;
   RolloutHooks hooks;
-  hooks.observe = [&](size_t, const SampleInput&, const SampleResult& r, SamplePruner*) {
+  hooks.observe = [&](size_t, const sim::Episode&, const SampleInput&, const SampleResult& r,
+                      SamplePruner*) {
     EXPECT_EQ(r.normalized_actions.sizes(), torch::IntArrayRef({8, 7}));
     ++observed;
     return absl::OkStatus();

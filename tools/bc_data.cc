@@ -162,6 +162,64 @@ absl::StatusOr<DemoSummary> RunDemo(const EpisodeSpec& spec, int image_size) {
 
 namespace {
 
+// The current goal (the first unsatisfied one; the last once all hold) and its destination's
+// centre in xy. Null when the task has no goals.
+const sim::Goal* CurrentGoal(const sim::Episode& ep, double* dest_x, double* dest_y) {
+  if (ep.goals().empty()) return nullptr;
+  const sim::World& w = ep.world();
+  const sim::Goal* goal = sim::FirstUnsatisfiedGoal(w, ep.goals());
+  if (goal == nullptr) goal = &ep.goals().back();
+  if (goal->kind == sim::Goal::Kind::kOnPlate) {
+    *dest_x = w.plates[goal->target].x, *dest_y = w.plates[goal->target].y;
+  } else {
+    *dest_x = w.objects[goal->target].x, *dest_y = w.objects[goal->target].y;
+  }
+  return goal;
+}
+
+}  // namespace
+
+std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& ep) {
+  std::array<ImageDisc, 2 * kPatchTargetItems> discs{};
+  double dx, dy;
+  const sim::Goal* goal = CurrentGoal(ep, &dx, &dy);
+  if (goal == nullptr) return discs;
+  const sim::World& w = ep.world();
+  const sim::Object& o = w.objects[goal->object];
+  const int image_size = ep.options().image_size;
+  const sim::Camera cams[2] = {sim::MainCamera(image_size),
+                               sim::WristCamera(w.gripper, image_size)};
+  const double top = o.z + sim::ShapeHeight(o.shape);
+  const sim::Vec3 obj_centre = {o.x, o.y, top};
+  const sim::Vec3 obj_edge = {o.x + o.half_width(), o.y, top};
+  sim::Vec3 dst_centre, dst_edge;
+  if (goal->kind == sim::Goal::Kind::kOnPlate) {
+    dst_centre = {dx, dy, sim::kPlateHeight};
+    dst_edge = {dx + sim::kPlateRadius, dy, sim::kPlateHeight};
+  } else {
+    const sim::Object& base = w.objects[goal->target];
+    const double base_top = base.z + sim::ShapeHeight(base.shape);
+    dst_centre = {dx, dy, base_top};
+    dst_edge = {dx + base.half_width(), dy, base_top};
+  }
+  const std::pair<sim::Vec3, sim::Vec3> items[kPatchTargetItems] = {{obj_centre, obj_edge},
+                                                                    {dst_centre, dst_edge}};
+  for (int c = 0; c < 2; ++c) {
+    for (int item = 0; item < kPatchTargetItems; ++item) {
+      double u, v, ue, ve;
+      ImageDisc& d = discs[c * kPatchTargetItems + item];
+      if (sim::Project(cams[c], items[item].first, &u, &v) &&
+          sim::Project(cams[c], items[item].second, &ue, &ve)) {
+        d = {static_cast<float>(u), static_cast<float>(v),
+             static_cast<float>(std::hypot(ue - u, ve - v))};
+      }
+    }
+  }
+  return discs;
+}
+
+namespace {
+
 // The sample at the episode's current state: observations, grounding targets, and the next `chunk`
 // actions of `expert` branched off this state.
 absl::StatusOr<RawSample> LabelState(const sim::Episode& ep, sim::ScriptedExpert expert, int chunk,
@@ -171,50 +229,16 @@ absl::StatusOr<RawSample> LabelState(const sim::Episode& ep, sim::ScriptedExpert
   s.main = ep.RenderMain();
   s.wrist = ep.RenderWrist();
   s.proprio = ep.proprio();
-  if (!ep.goals().empty()) {
+  double dx, dy;
+  if (const sim::Goal* goal = CurrentGoal(ep, &dx, &dy); goal != nullptr) {
     const sim::World& w = ep.world();
-    const sim::Goal* goal = sim::FirstUnsatisfiedGoal(w, ep.goals());
-    if (goal == nullptr) goal = &ep.goals().back();
     const sim::Object& o = w.objects[goal->object];
-    double dx, dy;
-    if (goal->kind == sim::Goal::Kind::kOnPlate) {
-      dx = w.plates[goal->target].x, dy = w.plates[goal->target].y;
-    } else {
-      dx = w.objects[goal->target].x, dy = w.objects[goal->target].y;
-    }
     const double k = 1.0 / kAuxPositionScale;
     const sim::Vec3& tip = w.gripper.tip;
     const double v[kAuxTargetDim] = {o.x,         o.y,         dx,         dy,
                                      o.x - tip.x, o.y - tip.y, dx - tip.x, dy - tip.y};
     for (int i = 0; i < kAuxTargetDim; ++i) s.aux[i] = static_cast<float>(v[i] * k);
-    const sim::Camera cams[2] = {sim::MainCamera(image_size),
-                                 sim::WristCamera(w.gripper, image_size)};
-    const double top = o.z + sim::ShapeHeight(o.shape);
-    const sim::Vec3 obj_centre = {o.x, o.y, top};
-    const sim::Vec3 obj_edge = {o.x + o.half_width(), o.y, top};
-    sim::Vec3 dst_centre, dst_edge;
-    if (goal->kind == sim::Goal::Kind::kOnPlate) {
-      dst_centre = {dx, dy, sim::kPlateHeight};
-      dst_edge = {dx + sim::kPlateRadius, dy, sim::kPlateHeight};
-    } else {
-      const sim::Object& base = w.objects[goal->target];
-      const double base_top = base.z + sim::ShapeHeight(base.shape);
-      dst_centre = {dx, dy, base_top};
-      dst_edge = {dx + base.half_width(), dy, base_top};
-    }
-    const std::pair<sim::Vec3, sim::Vec3> items[kPatchTargetItems] = {{obj_centre, obj_edge},
-                                                                      {dst_centre, dst_edge}};
-    for (int c = 0; c < 2; ++c) {
-      for (int item = 0; item < kPatchTargetItems; ++item) {
-        double u, v, ue, ve;
-        ImageDisc& d = s.discs[c * kPatchTargetItems + item];
-        if (sim::Project(cams[c], items[item].first, &u, &v) &&
-            sim::Project(cams[c], items[item].second, &ue, &ve)) {
-          d = {static_cast<float>(u), static_cast<float>(v),
-               static_cast<float>(std::hypot(ue - u, ve - v))};
-        }
-      }
-    }
+    s.discs = TargetDiscs(ep);
   }
   sim::Episode branch = ep;
   for (int k = 0; k < chunk; ++k) {
@@ -384,8 +408,7 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
                               const std::vector<std::vector<int64_t>>& prompt_ids,
-                              torch::Tensor* action_hidden_out, int vision_tap_layer,
-                              torch::Tensor* vision_hidden_out) {
+                              const ForwardTaps& taps) {
   const auto& llm = config.llm;
   const int64_t bsz = pixels.size(0);
   const int64_t p = config.vision_tokens();
@@ -437,8 +460,25 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   auto bias = KeyPaddingBias(valid, dtype);
   for (size_t l = 0; l < lm->layer_list.size(); ++l) {
     h = lm->layer_list[l]->forward(h, rope, bias, valid, nullptr, nullptr);
-    if (vision_hidden_out != nullptr && static_cast<int>(l) == vision_tap_layer)
-      *vision_hidden_out = h.slice(1, 1, 1 + p);
+    if (taps.vision_hidden != nullptr && static_cast<int>(l) == taps.vision_layer)
+      *taps.vision_hidden = h.slice(1, 1, 1 + p);
+  }
+  if (taps.text_hidden != nullptr || taps.text_mask != nullptr) {
+    int64_t m_max = 1;
+    for (const auto& pr : prompt_ids) m_max = std::max<int64_t>(m_max, pr.size());
+    auto rows = torch::zeros({bsz, m_max}, torch::kLong);
+    auto mask = torch::zeros({bsz, m_max}, torch::kFloat32);
+    for (int64_t b = 0; b < bsz; ++b) {
+      const int64_t m = static_cast<int64_t>(prompt_ids[b].size());
+      if (m == 0) continue;
+      rows[b].slice(0, 0, m).copy_(torch::arange(1 + p + 1, 1 + p + 1 + m, torch::kLong));
+      mask[b].slice(0, 0, m).fill_(1.0f);
+    }
+    rows = rows.to(device);
+    if (taps.text_hidden != nullptr)
+      *taps.text_hidden =
+          lm->norm->forward(h.gather(1, rows.unsqueeze(-1).expand({bsz, m_max, d})));
+    if (taps.text_mask != nullptr) *taps.text_mask = mask.to(device);
   }
 
   auto read = torch::empty({bsz, a}, torch::kLong);
@@ -448,7 +488,7 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   }
   read = read.to(device);
   auto action_hidden = lm->norm->forward(h.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
-  if (action_hidden_out != nullptr) *action_hidden_out = action_hidden;
+  if (taps.action_hidden != nullptr) *taps.action_hidden = action_hidden;
   // The head's LayerNorms reject bf16 inputs with fp32 weights under CPU
   // autocast (LibTorch 1.13); the head is small, so it runs in the parameters'
   // dtype.
@@ -550,7 +590,8 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
         const size_t k = j - begin;
         const SampleResult& r = (*results)[k];
         if (hooks.observe) {
-          if (auto st = hooks.observe(e, inputs[k], r, pruners[k].get()); !st.ok()) return st;
+          if (auto st = hooks.observe(e, episodes[e], inputs[k], r, pruners[k].get()); !st.ok())
+            return st;
         }
         torch::Tensor actions = r.normalized_actions.contiguous().clone();
         float* a = actions.data_ptr<float>();

@@ -94,6 +94,11 @@ struct RawSample {
   std::array<ImageDisc, 2 * kPatchTargetItems> discs{};
 };
 
+// Where the current goal's object and destination appear in both cameras at the episode's current
+// state (RawSample::discs; the images are episode.options().image_size square). All r == 0 for a
+// task without goals.
+std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& episode);
+
 // Replays `spec` to step t (clamped to the episode's end) and labels the next
 // `chunk` actions; past the end the expert's action at the final state is
 // repeated (OpenVLA pads likewise).
@@ -142,20 +147,29 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
                                   const Tokenizer& tokenizer, const DatasetStats& stats,
                                   int max_shift, std::mt19937_64* rng);
 
+// Optional intermediate outputs of TrainingForward (auxiliary training losses). Null = not wanted.
+struct ForwardTaps {
+  // The final-normed rows the action head reads, [B, action tokens, hidden].
+  torch::Tensor* action_hidden = nullptr;
+  // The vision rows of the residual stream after LLM layer `vision_layer` (0-based, must be valid
+  // when vision_hidden is set), [B, vision tokens, hidden].
+  int vision_layer = -1;
+  torch::Tensor* vision_hidden = nullptr;
+  // The final-normed prompt (text) rows, the rows SpecPrune's scores average over, zero-padded to
+  // the longest prompt: [B, M, hidden]; text_mask [B, M] is 1 for real rows, 0 for padding.
+  torch::Tensor* text_hidden = nullptr;
+  torch::Tensor* text_mask = nullptr;
+};
+
 // Differentiable forward without pruning, same layout as VlaModel::ForwardImpl:
 // [BOS | vision | proprio | prompt | zero placeholders | EOS]; the head reads
 // the row before each placeholder. Returns normalized actions [B, chunk,
 // action_dim] in the module's dtype (or the autocast dtype). Parameters are
-// those of `module` (any device); inputs are moved to it. `action_hidden`
-// (optional out): the normed LLM rows the head reads, [B, action tokens,
-// hidden], for auxiliary losses. `vision_hidden` (optional out): the vision rows of the residual
-// stream after LLM layer `vision_tap_layer` (0-based, must be valid when requested), [B, vision
-// tokens, hidden].
+// those of `module` (any device); inputs are moved to it.
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
                               const std::vector<std::vector<int64_t>>& prompt_ids,
-                              torch::Tensor* action_hidden = nullptr, int vision_tap_layer = -1,
-                              torch::Tensor* vision_hidden = nullptr);
+                              const ForwardTaps& taps = {});
 
 // Patch labels of one camera image: [patches, kPatchTargetItems] in {0, 1}, row-major patches of
 // `patch` pixels over a `size` x `size` image; a patch is 1 when its square intersects the item's
@@ -197,14 +211,14 @@ struct EpisodeOutcome {
 
 // Per-sample hooks. `make_pruner` (may be empty = no pruning) is called for
 // each episode's forward pass with the frame patches; the returned pruner lives
-// until after `observe`. `observe` (may be empty) sees each pass's input and
-// result before its actions are executed.
+// until after `observe`. `observe` (may be empty) sees each pass's episode (in the state the
+// pass observed), input and result before its actions are executed.
 struct RolloutHooks {
   std::function<absl::StatusOr<std::unique_ptr<SamplePruner>>(size_t episode,
                                                               const torch::Tensor& frame_patches)>
       make_pruner;
-  std::function<absl::Status(size_t episode, const SampleInput& input, const SampleResult& result,
-                             SamplePruner* pruner)>
+  std::function<absl::Status(size_t index, const sim::Episode& episode, const SampleInput& input,
+                             const SampleResult& result, SamplePruner* pruner)>
       observe;
 };
 

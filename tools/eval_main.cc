@@ -6,6 +6,7 @@
 // SpecPrune's measured average retention.
 #include <torch/torch.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -132,6 +133,12 @@ struct Cell {
   int grasped_goal_object = 0;         // episodes that grasped the first goal's object
   int goals = 0, goals_completed = 0;  // sub-goals over all episodes / satisfied at the end
   double min_xy_error_sum = 0;         // sum over episodes of EpisodeOutcome::min_xy_error (m)
+  // Unpruned passes only: per layer and target item (the current goal's object, its destination;
+  // both cameras), the summed share of the text->vision attention that falls on the item's
+  // patches, and the summed share of the vision tokens those patches are (the uniform baseline).
+  std::vector<std::array<double, kPatchTargetItems>> attention_share;
+  std::array<double, kPatchTargetItems> area_share{};
+  int64_t attention_n = 0;
 
   double success() const { return episodes ? static_cast<double>(successes) / episodes : 0; }
   double retention() const { return passes ? retention_sum / passes : 0; }
@@ -142,6 +149,34 @@ struct Cell {
   double deviation() const { return deviation_n ? deviation_sum / deviation_n : NAN; }
   double recall() const { return recall_n ? recall_sum / recall_n : NAN; }
 };
+
+// Attention grounding of one unpruned pass (Cell::attention_share).
+void AddAttentionShares(const KeepAllPruner& pruner, const sim::Episode& episode,
+                        const ModelConfig& c, Cell* cell) {
+  const auto discs = TargetDiscs(episode);
+  const int64_t pp = c.patches_per_image();
+  std::vector<torch::Tensor> per_camera;
+  for (int cam = 0; cam < 2; ++cam)
+    per_camera.push_back(PatchLabels(&discs[cam * kPatchTargetItems],
+                                     static_cast<int>(c.image_size),
+                                     static_cast<int>(c.towers.at(0).patch_size), 0, 0));
+  const torch::Tensor labels = torch::cat(per_camera, 0);  // [P, items]
+  if (labels.size(0) != c.vision_tokens() || pp <= 0) return;
+  const auto& recorded = pruner.recorded_scores();
+  if (recorded.empty()) return;
+  cell->attention_share.resize(c.llm.layers);
+  for (const auto& [layer, scores] : recorded) {
+    if (layer < 0 || layer >= static_cast<int>(c.llm.layers)) continue;
+    const double total = scores.sum().item<double>();
+    if (!(total > 0)) return;
+    for (int item = 0; item < kPatchTargetItems; ++item)
+      cell->attention_share[layer][item] +=
+          (scores * labels.select(1, item)).sum().item<double>() / total;
+  }
+  for (int item = 0; item < kPatchTargetItems; ++item)
+    cell->area_share[item] += labels.select(1, item).mean().item<double>();
+  ++cell->attention_n;
+}
 
 absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
                              const PruningConfig& pruning, const std::string& suite_name,
@@ -178,10 +213,14 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
     ctx.num_vision_tokens = c.vision_tokens();
     ctx.seed = (o.seed * 0x9E3779B97F4A7C15ull) ^ (static_cast<uint64_t>(*suite) << 48) ^
                (static_cast<uint64_t>(e) << 24) ^ static_cast<uint64_t>(step_of[e]++);
+    if (!prune)
+      for (int l = 0; l < ctx.num_layers; ++l) ctx.record_layers.push_back(l);
     return CreatePruner(ctx);
   };
-  hooks.observe = [&](size_t e, const SampleInput& in, const SampleResult& r,
-                      SamplePruner* pruner) -> absl::Status {
+  hooks.observe = [&](size_t e, const sim::Episode& episode, const SampleInput& in,
+                      const SampleResult& r, SamplePruner* pruner) -> absl::Status {
+    if (auto* keep_all = dynamic_cast<KeepAllPruner*>(pruner); keep_all != nullptr)
+      AddAttentionShares(*keep_all, episode, c, &cell);
     double kept = 0;
     for (int32_t n : r.vision_tokens_per_layer) kept += n;
     cell.retention_sum += kept / (static_cast<double>(r.vision_tokens_per_layer.size()) *
@@ -239,6 +278,20 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   return cell;
 }
 
+// Mean attention shares of Cell::attention_share, null without unpruned passes.
+nlohmann::json AttentionJson(const Cell& c) {
+  if (c.attention_n == 0) return nullptr;
+  nlohmann::json j;
+  static const char* kItems[kPatchTargetItems] = {"object", "destination"};
+  for (int item = 0; item < kPatchTargetItems; ++item) {
+    std::vector<double> by_layer;
+    for (const auto& shares : c.attention_share) by_layer.push_back(shares[item] / c.attention_n);
+    j[kItems[item]] = {{"attention_share_by_layer", by_layer},
+                       {"token_share", c.area_share[item] / c.attention_n}};
+  }
+  return j;
+}
+
 nlohmann::json CellJson(const Cell& c, double none_sps) {
   auto num = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(); };
   return {
@@ -259,7 +312,8 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
        num(none_sps > 0 && c.seconds_per_sample() > 0 ? none_sps / c.seconds_per_sample() : NAN)},
       {"action_deviation", num(c.deviation())},
       {"global_recall", num(c.recall())},
-      {"forward_passes", c.passes}};
+      {"forward_passes", c.passes},
+      {"attention_grounding", AttentionJson(c)}};
 }
 
 Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
@@ -282,6 +336,12 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     all.deviation_n += c.deviation_n;
     all.recall_sum += c.recall_sum;
     all.recall_n += c.recall_n;
+    all.attention_share.resize(std::max(all.attention_share.size(), c.attention_share.size()));
+    for (size_t l = 0; l < c.attention_share.size(); ++l)
+      for (int item = 0; item < kPatchTargetItems; ++item)
+        all.attention_share[l][item] += c.attention_share[l][item];
+    for (int item = 0; item < kPatchTargetItems; ++item) all.area_share[item] += c.area_share[item];
+    all.attention_n += c.attention_n;
     all.forward_seconds += c.forward_seconds;
     all.forward_samples += c.forward_samples;
     steps += c.mean_steps * c.episodes;
@@ -410,6 +470,17 @@ int Main(int argc, char** argv) {
                    cell->method.c_str(), cell->suite.c_str(), cell->successes, cell->episodes,
                    cell->grasped_goal_object, cell->goals_completed, cell->goals,
                    cell->episodes ? cell->min_xy_error_sum / cell->episodes : 0.0);
+      if (cell->attention_n > 0) {
+        std::fprintf(stderr, "%s/%s: text->vision attention share by layer (token share):",
+                     cell->method.c_str(), cell->suite.c_str());
+        for (int item = 0; item < kPatchTargetItems; ++item) {
+          std::fprintf(stderr, " %s", item == 0 ? "object" : "| destination");
+          for (const auto& shares : cell->attention_share)
+            std::fprintf(stderr, " %.3f", shares[item] / cell->attention_n);
+          std::fprintf(stderr, " (%.3f)", cell->area_share[item] / cell->attention_n);
+        }
+        std::fprintf(stderr, "\n");
+      }
       cells.push_back(*cell);
     }
     if (method == PruningMethod::kSpecPrune)

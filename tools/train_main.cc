@@ -73,6 +73,12 @@ struct TrainOptions {
   // can read it. Training only: saved to patch_head.pt. 0 = off.
   double patch_weight = 1.0;
   int patch_layer = 2;
+  // Weight of the text-row grounding loss (0 = off): every prompt row's final hidden state predicts
+  // the same targets as the action-row head (RawSample::aux), a referring-expression task like a
+  // VLM's grounding pretraining. The instruction rows must then gather the named object's and
+  // destination's patches, so text->vision attention (SpecPrune's Score_l) carries that signal as
+  // it does in OpenVLA-OFT (the paper's Insight 1). Training only: saved to text_head.pt.
+  double text_aux_weight = 0.0;
   // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present, and its
   // dataset statistics when they have the simulator key) instead of a random initialization;
   // ignored when resuming from `out`.
@@ -175,6 +181,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->patch_weight = std::stod(v);
       else if (k == "patch_layer")
         o->patch_layer = std::stoi(v);
+      else if (k == "text_aux_weight")
+        o->text_aux_weight = std::stod(v);
       else if (k == "init_weights")
         o->init_weights = v != "0" && v != "false";
       else if (k == "early_frac")
@@ -474,30 +482,63 @@ struct Heads {
   AuxHead aux;
   PatchHead patch;
   int patch_layer;
+  AuxHead text{nullptr};  // per prompt row; null when TrainOptions::text_aux_weight == 0
 };
 
 struct Losses {
   torch::Tensor action;  // L1 on normalized actions
   torch::Tensor aux;     // L1 on grounding targets
   torch::Tensor patch;   // BCE on patch labels
+  torch::Tensor text;    // L1 on grounding targets from the prompt rows (0 without the head)
 };
+
+// The taps every loss and diagnostic here reads.
+struct Tapped {
+  torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask;
+  ForwardTaps Taps(const Heads& heads) {
+    ForwardTaps t;
+    t.action_hidden = &action_hidden;
+    t.vision_layer = heads.patch_layer;
+    t.vision_hidden = &vision_hidden;
+    if (!heads.text.is_empty()) {
+      t.text_hidden = &text_hidden;
+      t.text_mask = &text_mask;
+    }
+    return t;
+  }
+};
+
+// Mean L1 of the text head's per-row predictions [B, M, T] against targets [B, >= T] over the real
+// rows of `mask` [B, M].
+torch::Tensor TextAuxLoss(const torch::Tensor& pred, const torch::Tensor& targets,
+                          const torch::Tensor& mask) {
+  auto err = (pred - targets.slice(1, 0, pred.size(2)).unsqueeze(1)).abs().mean(2);
+  return (err * mask).sum() / mask.sum().clamp_min(1.0);
+}
+
+// Per-sample mean over the real rows of the text head's predictions: [B, T].
+torch::Tensor TextAuxMean(const torch::Tensor& pred, const torch::Tensor& mask) {
+  return (pred * mask.unsqueeze(2)).sum(1) / mask.sum(1, /*keepdim=*/true).clamp_min(1.0);
+}
 
 // Positives are a few patches per image; weighting them keeps the probe from settling on "none".
 constexpr double kPatchPositiveWeight = 4.0;
 
 Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, bool bf16) {
   SetAutocast(bf16);
-  torch::Tensor hidden, vision;
-  auto pred =
-      TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, &hidden, heads.patch_layer, &vision);
+  Tapped tap;
+  auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads));
   SetAutocast(false);
   Losses l;
   l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
-  auto aux_pred = heads.aux->forward(hidden);
+  auto aux_pred = heads.aux->forward(tap.action_hidden);
   l.aux = (aux_pred - b.aux.slice(1, 0, aux_pred.size(2)).unsqueeze(1)).abs().mean();
   l.patch = torch::binary_cross_entropy_with_logits(
-      heads.patch->forward(vision), b.patch_labels, /*weight=*/{},
+      heads.patch->forward(tap.vision_hidden), b.patch_labels, /*weight=*/{},
       torch::full({kPatchTargetItems}, kPatchPositiveWeight), at::Reduction::Mean);
+  l.text = heads.text.is_empty()
+               ? torch::zeros({}, torch::kFloat32)
+               : TextAuxLoss(heads.text->forward(tap.text_hidden), b.aux, tap.text_mask);
   return l;
 }
 
@@ -554,6 +595,7 @@ absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
 // Patch probe: top-1 hit rate of the object / destination in the main view.
 struct HoldoutResult {
   double l1 = 0, corr_x = 0, corr_y = 0, corr_obj_x = 0, corr_dest_x = 0, corr_rel_x = NAN;
+  double corr_text_obj_x = NAN;  // the text-row head's object x (when it is on)
   double patch_object = NAN, patch_destination = NAN;
 };
 
@@ -561,14 +603,17 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   torch::NoGradGuard ng;
   AuxHead& aux = heads.aux;
   std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets, patch_logits, patch_labels;
+  std::vector<torch::Tensor> text_preds;
   double sum = 0;
   int64_t n = 0;
   for (const auto& b : h.batches) {
-    torch::Tensor hidden, vision;
-    auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, &hidden, heads.patch_layer,
-                                &vision)
+    Tapped tap;
+    auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads))
                     .to(torch::kFloat32);
-    patch_logits.push_back(heads.patch->forward(vision));
+    const torch::Tensor& hidden = tap.action_hidden;
+    patch_logits.push_back(heads.patch->forward(tap.vision_hidden));
+    if (!heads.text.is_empty())
+      text_preds.push_back(TextAuxMean(heads.text->forward(tap.text_hidden), tap.text_mask));
     patch_labels.push_back(b.patch_labels);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
     n += b.actions.size(0);
@@ -586,6 +631,8 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   r.corr_obj_x = Pearson(ap.select(1, 0), at.select(1, 0));
   r.corr_dest_x = Pearson(ap.select(1, 2), at.select(1, 2));
   if (ap.size(1) > 4) r.corr_rel_x = Pearson(ap.select(1, 4), at.select(1, 4));
+  if (!text_preds.empty())
+    r.corr_text_obj_x = Pearson(torch::cat(text_preds).select(1, 0), at.select(1, 0));
   auto pl = torch::cat(patch_logits), pt = torch::cat(patch_labels);
   r.patch_object = PatchTop1(pl, pt, c.patches_per_image(), 0, 0);
   r.patch_destination = PatchTop1(pl, pt, c.patches_per_image(), 0, 1);
@@ -792,15 +839,20 @@ int Main(int argc, char** argv) {
   }
   Heads heads{AuxHead((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row),
               PatchHead((*model)->config().llm.hidden), o.patch_layer};
+  if (o.text_aux_weight > 0)
+    heads.text = AuxHead((*model)->config().llm.hidden, o.aux_targets, /*per_row=*/true);
   AuxHead& aux = heads.aux;
   const std::string aux_path = o.out + "/aux_head.pt";
   const std::string patch_path = o.out + "/patch_head.pt";
+  const std::string text_path = o.out + "/text_head.pt";
   const std::string head_dir = resume ? o.out : (o.init_weights ? o.init : "");
   try {
     if (!head_dir.empty() && fs::exists(head_dir + "/aux_head.pt"))
       torch::load(aux, head_dir + "/aux_head.pt");
     if (!head_dir.empty() && fs::exists(head_dir + "/patch_head.pt"))
       torch::load(heads.patch, head_dir + "/patch_head.pt");
+    if (!heads.text.is_empty() && !head_dir.empty() && fs::exists(head_dir + "/text_head.pt"))
+      torch::load(heads.text, head_dir + "/text_head.pt");
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "%s: grounding heads: %s\n", head_dir.c_str(), e.what_without_backtrace());
     return 1;
@@ -811,6 +863,8 @@ int Main(int argc, char** argv) {
   }
   for (const auto& p : aux->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   for (const auto& p : heads.patch->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  if (!heads.text.is_empty())
+    for (const auto& p : heads.text->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
                                  torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay)));
@@ -892,11 +946,10 @@ int Main(int argc, char** argv) {
       }
       auto b = MakeBatch(raw, c, **tok, stats, 0, nullptr);
       if (!b.ok()) return 1;
-      torch::Tensor hidden, vision;
-      auto pred = TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids, &hidden,
-                                  heads.patch_layer, &vision);
-      auto ap = aux->forward(hidden).mean(1);
-      auto pl = heads.patch->forward(vision);
+      Tapped tap;
+      auto pred = TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids, tap.Taps(heads));
+      auto ap = aux->forward(tap.action_hidden).mean(1);
+      auto pl = heads.patch->forward(tap.vision_hidden);
       std::printf("%-7s patch probe top-1 in the main view: object %.2f destination %.2f\n",
                   std::string(sim::SuiteName(suite)).c_str(),
                   PatchTop1(pl, b->patch_labels, c.patches_per_image(), 0, 0),
@@ -951,7 +1004,7 @@ int Main(int argc, char** argv) {
   if (o.dagger_every > 0 && pool.size() == 0 && !dagger_round(start_step)) return 1;
   Producer prod(o, c, **tok, stats, &step, o.dagger_every > 0 ? &pool : nullptr);
   const bool bf16 = o.dtype == "bf16";
-  double ema = -1, aux_ema = -1, patch_ema = -1;
+  double ema = -1, aux_ema = -1, patch_ema = -1, text_ema = -1;
   auto t_log = Clock::now();
   double wait_s = 0;
   for (int64_t s = start_step; s < o.steps; ++s) {
@@ -970,6 +1023,7 @@ int Main(int argc, char** argv) {
     auto total = losses.action;
     if (o.aux_weight > 0) total = total + o.aux_weight * losses.aux;
     if (o.patch_weight > 0) total = total + o.patch_weight * losses.patch;
+    if (o.text_aux_weight > 0) total = total + o.text_aux_weight * losses.text;
     total.backward();
     if (s < o.head_warmup) {
       for (auto& p : module->parameters()) p.mutable_grad() = torch::Tensor();
@@ -977,6 +1031,8 @@ int Main(int argc, char** argv) {
     auto params = module->parameters();
     for (const auto& p : aux->parameters()) params.push_back(p);
     for (const auto& p : heads.patch->parameters()) params.push_back(p);
+    if (!heads.text.is_empty())
+      for (const auto& p : heads.text->parameters()) params.push_back(p);
     const double gnorm = torch::nn::utils::clip_grad_norm_(params, o.clip);
     opt.step();
     step.store(s + 1);
@@ -986,14 +1042,16 @@ int Main(int argc, char** argv) {
     aux_ema = aux_ema < 0 ? la : 0.98 * aux_ema + 0.02 * la;
     const double lp = losses.patch.item<double>();
     patch_ema = patch_ema < 0 ? lp : 0.98 * patch_ema + 0.02 * lp;
+    const double lt = losses.text.item<double>();
+    text_ema = text_ema < 0 ? lt : 0.98 * text_ema + 0.02 * lt;
     const int64_t done = s + 1;
     if (done % o.log_every == 0) {
       const double dt = std::chrono::duration<double>(Clock::now() - t_log).count();
       std::printf(
-          "step %lld loss %.4f ema %.4f aux ema %.4f patch ema %.4f lr %.2e gnorm %.2f %.2f "
-          "steps/s (data wait %.0f%%)\n",
-          static_cast<long long>(done), l, ema, aux_ema, patch_ema, lr, gnorm, o.log_every / dt,
-          100 * wait_s / dt);
+          "step %lld loss %.4f ema %.4f aux ema %.4f patch ema %.4f text ema %.4f lr %.2e gnorm "
+          "%.2f %.2f steps/s (data wait %.0f%%)\n",
+          static_cast<long long>(done), l, ema, aux_ema, patch_ema, text_ema, lr, gnorm,
+          o.log_every / dt, 100 * wait_s / dt);
       std::fflush(stdout);
       t_log = Clock::now();
       wait_s = 0;
@@ -1007,9 +1065,9 @@ int Main(int argc, char** argv) {
       std::printf(
           "holdout step %lld l1 %.4f corr(first dx) %.3f corr(first dy) %.3f "
           "corr(aux object x) %.3f corr(aux destination x) %.3f corr(aux object - tip x) %.3f "
-          "patch top-1 object %.3f destination %.3f\n",
+          "patch top-1 object %.3f destination %.3f corr(text object x) %.3f\n",
           static_cast<long long>(done), hr.l1, hr.corr_x, hr.corr_y, hr.corr_obj_x, hr.corr_dest_x,
-          hr.corr_rel_x, hr.patch_object, hr.patch_destination);
+          hr.corr_rel_x, hr.patch_object, hr.patch_destination, hr.corr_text_obj_x);
       std::fflush(stdout);
     }
     if (o.dagger_every > 0 && done % o.dagger_every == 0 && done < o.steps && !dagger_round(done))
@@ -1053,6 +1111,10 @@ int Main(int argc, char** argv) {
         fs::rename(aux_path + ".tmp", aux_path);
         torch::save(heads.patch, patch_path + ".tmp");
         fs::rename(patch_path + ".tmp", patch_path);
+        if (!heads.text.is_empty()) {
+          torch::save(heads.text, text_path + ".tmp");
+          fs::rename(text_path + ".tmp", text_path);
+        }
       } catch (const c10::Error& e) {
         std::fprintf(stderr, "checkpoint: optimizer: %s\n", e.what_without_backtrace());
         return 1;
