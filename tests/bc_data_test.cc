@@ -372,6 +372,31 @@ TEST(BcDataTest, RolloutRunsEpisodesToTheEnd) {
   EXPECT_EQ(t.samples, 6);
 }
 
+TEST(BcDataTest, EmptyGripperStepsExcludeThoseHoldingAnObject) {
+  // The expert's own actions as a trace: it holds the object from its grasp to its release.
+  const EpisodeSpec spec{sim::Suite::kObject, 3, 0, 0.0f};
+  auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+  ASSERT_TRUE(ep.ok());
+  sim::ScriptedExpert expert(*ep);
+  PolicyTrace trace;
+  trace.spec = spec;
+  std::vector<bool> held_before;
+  while (!ep->done()) {
+    held_before.push_back(ep->world().gripper.held >= 0);
+    trace.executed.push_back(expert.Act(*ep));
+    ASSERT_TRUE(ep->Step(trace.executed.back()).ok());
+  }
+  ASSERT_TRUE(ep->success());
+  auto steps = TraceStepsWithEmptyGripper(trace, 64);
+  ASSERT_TRUE(steps.ok()) << steps.status();
+  std::vector<int> expected;
+  for (size_t t = 0; t < held_before.size(); ++t)
+    if (!held_before[t]) expected.push_back(static_cast<int>(t));
+  EXPECT_EQ(*steps, expected);
+  EXPECT_LT(steps->size(), trace.executed.size());  // it did carry the object
+  EXPECT_EQ(steps->front(), 0);
+}
+
 TEST(BcDataTest, RolloutRecordsTheExecutedActionsWhenAsked) {
   ModelConfig c = TinyConfig();
   auto model = VlaModel::Create(c, {});
@@ -435,6 +460,10 @@ TEST(BcDataTest, TraceSamplesShowThePolicysStateWithExpertLabels) {
     EXPECT_EQ(s->actions[k], a) << k;
     ASSERT_TRUE(branch.Step(a).ok());
   }
+  // Every step of this trace starts with an empty gripper (it never closes).
+  auto empty = TraceStepsWithEmptyGripper(trace, 64);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(empty->size(), trace.executed.size());
   // t is clamped to the trace: past the end is the final state.
   auto last = MakeTraceSample(trace, 99, 8, 64);
   ASSERT_TRUE(last.ok());

@@ -265,6 +265,20 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
   return LabelState(rep->episode(), rep->expert(), chunk, image_size);
 }
 
+absl::StatusOr<std::vector<int>> TraceStepsWithEmptyGripper(const PolicyTrace& trace,
+                                                            int image_size) {
+  auto ep = sim::Episode::Create(trace.spec.suite, trace.spec.seed,
+                                 SpecSimOptions(trace.spec, image_size));
+  if (!ep.ok()) return ep.status();
+  std::vector<int> steps;
+  for (int t = 0; t < static_cast<int>(trace.executed.size()) && !ep->done(); ++t) {
+    if (ep->world().gripper.held < 0) steps.push_back(t);
+    auto r = ep->Step(trace.executed[t]);
+    if (!r.ok()) return r.status();
+  }
+  return steps;
+}
+
 absl::StatusOr<RawSample> MakeTraceSample(const PolicyTrace& trace, int t, int chunk,
                                           int image_size) {
   if (chunk <= 0) return absl::InvalidArgumentError("chunk: must be positive");
@@ -603,6 +617,11 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
           const sim::Object& o = w.objects[episodes[e].goals().front().object];
           if (episodes[e].steps() == 0) {
             std::fprintf(stderr, "trace \"%s\"\n", episodes[e].instruction().c_str());
+            for (size_t i = 0; i < w.objects.size(); ++i)
+              std::fprintf(stderr, "trace object %zu %s %s at %+.3f %+.3f\n", i,
+                           std::string(sim::ColorName(w.objects[i].color)).c_str(),
+                           std::string(sim::ShapeName(w.objects[i].shape)).c_str(), w.objects[i].x,
+                           w.objects[i].y);
             for (const sim::Plate& p : w.plates)
               std::fprintf(stderr, "trace plate %s at %+.3f %+.3f\n",
                            std::string(sim::ColorName(p.color)).c_str(), p.x, p.y);

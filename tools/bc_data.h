@@ -112,6 +112,11 @@ struct PolicyTrace {
   bool success = false;
 };
 
+// Steps t of the trace (0 <= t < executed.size()) at which the gripper holds nothing, i.e. before
+// executing action t: the policy is choosing or approaching what to grasp. Replays kinematics only.
+absl::StatusOr<std::vector<int>> TraceStepsWithEmptyGripper(const PolicyTrace& trace,
+                                                            int image_size);
+
 // The sample at step t of a policy trace (t clamped to [0, executed.size()]): observations as the
 // policy saw them, labels from the clean expert taking over at that state
 // (ScriptedExpert::TakeOver; the chunk is the expert's next `chunk` actions branched off it).

@@ -102,6 +102,11 @@ struct TrainOptions {
   int dagger_episodes = 48;
   double dagger_frac = 0.5;
   int dagger_pool = 1500;
+  // Which visited states are labelled: "empty" = only where the gripper holds nothing (choosing and
+  // approaching what to grasp: wrong-object and copycat errors), "all" = every step. With "all",
+  // states holding a wrong object get the expert's "let go at once" label, which looks like the
+  // legitimate second sub-task of `long` and taught a fine-tune to drop objects mid-air.
+  std::string dagger_states = "empty";
 };
 
 void SetAutocast(bool on) {
@@ -201,6 +206,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->dagger_frac = std::stod(v);
       else if (k == "dagger_pool")
         o->dagger_pool = std::stoi(v);
+      else if (k == "dagger_states")
+        o->dagger_states = v;
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -228,6 +235,10 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
     std::fprintf(stderr,
                  "--dagger_every must be >= 0, --dagger_episodes and --dagger_pool positive, "
                  "--dagger_frac in [0, 1]\n");
+    return false;
+  }
+  if (o->dagger_states != "empty" && o->dagger_states != "all") {
+    std::fprintf(stderr, "--dagger_states: use empty or all\n");
     return false;
   }
   if (o->batch < 1 || o->steps < 1 || o->threads < 1 || o->data_threads < 1) {
@@ -266,27 +277,55 @@ EpisodeSpec DrawSpec(const TrainOptions& o, int64_t step, std::mt19937_64& rng) 
 // the producer samples.
 class DaggerPool {
  public:
-  explicit DaggerPool(size_t capacity) : capacity_(capacity) {}
+  // `empty_gripper_only`: sample only the steps where the gripper holds nothing
+  // (TrainOptions::dagger_states).
+  DaggerPool(size_t capacity, int image_size, bool empty_gripper_only)
+      : capacity_(capacity), image_size_(image_size), empty_only_(empty_gripper_only) {}
 
-  void Add(std::vector<PolicyTrace> traces) {
-    std::lock_guard<std::mutex> l(mu_);
+  absl::Status Add(std::vector<PolicyTrace> traces) {
+    std::vector<Entry> entries;
     for (auto& t : traces) {
       if (t.executed.empty()) continue;
-      traces_.push_back(std::make_shared<const PolicyTrace>(std::move(t)));
+      Entry e;
+      if (empty_only_) {
+        auto steps = TraceStepsWithEmptyGripper(t, image_size_);
+        if (!steps.ok()) return steps.status();
+        if (steps->empty()) continue;
+        e.steps = *std::move(steps);
+      }
+      e.trace = std::make_shared<const PolicyTrace>(std::move(t));
+      entries.push_back(std::move(e));
     }
-    while (traces_.size() > capacity_) traces_.pop_front();
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& e : entries) entries_.push_back(std::move(e));
+    while (entries_.size() > capacity_) entries_.pop_front();
+    return absl::OkStatus();
   }
 
-  // A uniformly drawn trace, or null while the pool is empty.
-  std::shared_ptr<const PolicyTrace> Sample(std::mt19937_64& rng) const {
+  // A trace and a step to label, or a null trace while the pool is empty. The suite is drawn
+  // uniformly among those in the pool (failed `long` rollouts are long and many, and would
+  // otherwise dominate), then a trace of it, then one of its eligible steps.
+  std::pair<std::shared_ptr<const PolicyTrace>, int> Sample(std::mt19937_64& rng) const {
     std::lock_guard<std::mutex> l(mu_);
-    if (traces_.empty()) return nullptr;
-    return traces_[rng() % traces_.size()];
+    if (entries_.empty()) return {nullptr, 0};
+    std::vector<int> suites;
+    for (const Entry& e : entries_) {
+      const int s = static_cast<int>(e.trace->spec.suite);
+      if (std::find(suites.begin(), suites.end(), s) == suites.end()) suites.push_back(s);
+    }
+    const int suite = suites[rng() % suites.size()];
+    std::vector<const Entry*> of_suite;
+    for (const Entry& e : entries_)
+      if (static_cast<int>(e.trace->spec.suite) == suite) of_suite.push_back(&e);
+    const Entry& e = *of_suite[rng() % of_suite.size()];
+    const int t = e.steps.empty() ? static_cast<int>(rng() % e.trace->executed.size())
+                                  : e.steps[rng() % e.steps.size()];
+    return {e.trace, t};
   }
 
   size_t size() const {
     std::lock_guard<std::mutex> l(mu_);
-    return traces_.size();
+    return entries_.size();
   }
 
   // Text file, one trace per line: suite seed distractors success n, then n x 7 actions.
@@ -294,7 +333,8 @@ class DaggerPool {
     std::lock_guard<std::mutex> l(mu_);
     std::FILE* f = std::fopen((path + ".tmp").c_str(), "w");
     if (f == nullptr) return absl::InternalError(absl::StrCat("cannot write ", path, ".tmp"));
-    for (const auto& t : traces_) {
+    for (const Entry& e : entries_) {
+      const PolicyTrace* t = e.trace.get();
       std::fprintf(f, "%d %llu %d %d %zu", static_cast<int>(t->spec.suite),
                    static_cast<unsigned long long>(t->spec.seed), t->spec.num_distractors,
                    t->success ? 1 : 0, t->executed.size());
@@ -330,14 +370,19 @@ class DaggerPool {
           if (!(f >> v)) return absl::DataLossError(absl::StrCat(path, ": truncated trace"));
       loaded.push_back(std::move(t));
     }
-    Add(std::move(loaded));
-    return absl::OkStatus();
+    return Add(std::move(loaded));
   }
 
  private:
+  struct Entry {
+    std::shared_ptr<const PolicyTrace> trace;
+    std::vector<int> steps;  // eligible steps; empty = all
+  };
   const size_t capacity_;
+  const int image_size_;
+  const bool empty_only_;
   mutable std::mutex mu_;
-  std::deque<std::shared_ptr<const PolicyTrace>> traces_;
+  std::deque<Entry> entries_;
 };
 
 // Background batch producer (bounded queue).
@@ -376,8 +421,7 @@ class Producer {
       while (static_cast<int>(raw.size()) < o_.batch) {
         if (pool_ != nullptr && o_.dagger_frac > 0 &&
             std::uniform_real_distribution<double>(0, 1)(rng) < o_.dagger_frac) {
-          if (auto trace = pool_->Sample(rng)) {
-            const int t = static_cast<int>(rng() % trace->executed.size());
+          if (auto [trace, t] = pool_->Sample(rng); trace != nullptr) {
             auto r = MakeTraceSample(*trace, t, static_cast<int>(c_.chunk_size),
                                      static_cast<int>(c_.image_size));
             if (!r.ok()) return Fail(r.status());
@@ -972,7 +1016,8 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "holdout: %s\n", holdout.status().ToString().c_str());
     return 1;
   }
-  DaggerPool pool(static_cast<size_t>(o.dagger_pool));
+  DaggerPool pool(static_cast<size_t>(o.dagger_pool), static_cast<int>(c.image_size),
+                  o.dagger_states == "empty");
   const std::string pool_path = o.out + "/dagger_pool.txt";
   if (resume && o.dagger_every > 0 && fs::exists(pool_path)) {
     if (auto st = pool.Load(pool_path); !st.ok()) {
@@ -991,7 +1036,10 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "dagger: %s\n", traces.status().ToString().c_str());
       return false;
     }
-    pool.Add(*std::move(traces));
+    if (auto st = pool.Add(*std::move(traces)); !st.ok()) {
+      std::fprintf(stderr, "dagger: %s\n", st.ToString().c_str());
+      return false;
+    }
     if (auto st = pool.Save(pool_path); !st.ok()) {
       std::fprintf(stderr, "dagger: %s\n", st.ToString().c_str());
       return false;
