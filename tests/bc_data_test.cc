@@ -138,6 +138,39 @@ TEST(BcDataTest, PatchTargetsShowTheGoalsObjectInTheMainView) {
   }
 }
 
+TEST(BcDataTest, PatchAttributesNameTheShapeAndColourUnderEachPatch) {
+  const EpisodeSpec spec{sim::Suite::kGoal, 1, -1, 0.0f};
+  auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+  ASSERT_TRUE(ep.ok());
+  const auto items = ItemDiscs(*ep);
+  const sim::World& w = ep->world();
+  ASSERT_EQ(items[0].size(), w.objects.size() + w.plates.size());  // all in the main view
+  auto attrs = PatchAttributes(items[0], 64, 8, 0, 0);
+  ASSERT_EQ(attrs.sizes(), torch::IntArrayRef({64, 2}));
+  const sim::Camera cam = sim::MainCamera(64);
+  const auto patch_at = [&](double x, double y, double z) {
+    double u, v;
+    EXPECT_TRUE(sim::Project(cam, {x, y, z}, &u, &v));
+    return static_cast<int64_t>(v / 8) * 8 + static_cast<int64_t>(u / 8);
+  };
+  for (const sim::Object& o : w.objects) {
+    const int64_t p = patch_at(o.x, o.y, o.top());
+    EXPECT_EQ(attrs[p][0].item<int64_t>(), 1 + static_cast<int>(o.shape));
+    EXPECT_EQ(attrs[p][1].item<int64_t>(), 1 + static_cast<int>(o.color));
+  }
+  for (const sim::Plate& pl : w.plates) {
+    const int64_t p = patch_at(pl.x, pl.y, sim::kPlateHeight);
+    EXPECT_EQ(attrs[p][0].item<int64_t>(), kShapeClasses - 1);
+    EXPECT_EQ(attrs[p][1].item<int64_t>(), 1 + static_cast<int>(pl.color));
+  }
+  // The table's front corner shows nothing; a shift moves the labels with the image.
+  EXPECT_EQ(attrs[56][0].item<int64_t>(), 0);
+  const sim::Object& o = w.objects[0];
+  const int64_t p = patch_at(o.x, o.y, o.top());
+  auto shifted = PatchAttributes(items[0], 64, 8, 8, 0);
+  EXPECT_TRUE(torch::equal(shifted[p + 1], attrs[p]));
+}
+
 TEST(BcDataTest, DemoSummaryRecordsWhenEachGoalBecomesCurrent) {
   const EpisodeSpec spec{sim::Suite::kLong, 3, 0, 0.0f};
   auto demo = RunDemo(spec, 64);

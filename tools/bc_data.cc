@@ -218,6 +218,58 @@ std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& ep)
   return discs;
 }
 
+std::array<std::vector<ItemDisc>, 2> ItemDiscs(const sim::Episode& ep) {
+  std::array<std::vector<ItemDisc>, 2> out;
+  const sim::World& w = ep.world();
+  const int image_size = ep.options().image_size;
+  const sim::Camera cams[2] = {sim::MainCamera(image_size),
+                               sim::WristCamera(w.gripper, image_size)};
+  const auto add = [&](const sim::Vec3& centre, double radius, int shape, int color) {
+    for (int c = 0; c < 2; ++c) {
+      double u, v, ue, ve;
+      if (sim::Project(cams[c], centre, &u, &v) &&
+          sim::Project(cams[c], {centre.x + radius, centre.y, centre.z}, &ue, &ve)) {
+        out[c].push_back({{static_cast<float>(u), static_cast<float>(v),
+                           static_cast<float>(std::hypot(ue - u, ve - v))},
+                          shape,
+                          color,
+                          static_cast<float>(centre.z)});
+      }
+    }
+  };
+  for (const sim::Plate& p : w.plates)
+    add({p.x, p.y, sim::kPlateHeight}, sim::kPlateRadius, kShapeClasses - 1,
+        1 + static_cast<int>(p.color));
+  for (const sim::Object& o : w.objects)
+    add({o.x, o.y, o.top()}, o.half_width(), 1 + static_cast<int>(o.shape),
+        1 + static_cast<int>(o.color));
+  return out;
+}
+
+torch::Tensor PatchAttributes(const std::vector<ItemDisc>& items, int size, int patch, int dx,
+                              int dy) {
+  const int grid = size / patch;
+  auto out = torch::zeros({grid * grid, 2}, torch::kLong);
+  auto acc = out.accessor<int64_t, 2>();
+  std::vector<const ItemDisc*> order;
+  for (const ItemDisc& it : items)
+    if (it.disc.r > 0) order.push_back(&it);
+  std::stable_sort(order.begin(), order.end(),
+                   [](const ItemDisc* a, const ItemDisc* b) { return a->height < b->height; });
+  for (const ItemDisc* it : order) {
+    const double u = it->disc.u + dx, v = it->disc.v + dy;
+    for (int row = 0; row < grid; ++row) {
+      for (int col = 0; col < grid; ++col) {
+        if (std::hypot((col + 0.5) * patch - u, (row + 0.5) * patch - v) <= it->disc.r) {
+          acc[row * grid + col][0] = it->shape;
+          acc[row * grid + col][1] = it->color;
+        }
+      }
+    }
+  }
+  return out;
+}
+
 namespace {
 
 // The sample at the episode's current state: observations, grounding targets, and the next `chunk`
@@ -240,6 +292,7 @@ absl::StatusOr<RawSample> LabelState(const sim::Episode& ep, sim::ScriptedExpert
     for (int i = 0; i < kAuxTargetDim; ++i) s.aux[i] = static_cast<float>(v[i] * k);
     s.discs = TargetDiscs(ep);
   }
+  s.items = ItemDiscs(ep);
   sim::Episode branch = ep;
   for (int k = 0; k < chunk; ++k) {
     sim::Action a = expert.Act(branch);
@@ -381,6 +434,7 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
   const int64_t pp = config.patches_per_image();
   const int patch = static_cast<int>(config.towers.at(0).patch_size);
   batch.patch_labels = torch::empty({b, 2 * pp, kPatchTargetItems}, torch::kFloat32);
+  batch.patch_attributes = torch::empty({b, 2 * pp, 2}, torch::kLong);
   std::uniform_int_distribution<int> shift(-max_shift, max_shift);
   for (int64_t i = 0; i < b; ++i) {
     const RawSample& r = samples[i];
@@ -398,6 +452,9 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
       batch.patch_labels[i]
           .slice(0, c * pp, (c + 1) * pp)
           .copy_(PatchLabels(&r.discs[c * kPatchTargetItems], static_cast<int>(s), patch, dx, dy));
+      batch.patch_attributes[i]
+          .slice(0, c * pp, (c + 1) * pp)
+          .copy_(PatchAttributes(r.items[c], static_cast<int>(s), patch, dx, dy));
       absl::Status st;
       auto t = ImageTensor(img, config, &st);
       if (!st.ok()) return st;
@@ -439,6 +496,7 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   auto feats = module->vision_backbone->forward(px);
   feats = feats.reshape({bsz, p, feats.size(-1)});
   auto vision = module->projector->forward(feats);
+  if (taps.vision_tokens != nullptr) *taps.vision_tokens = vision;
   auto prop = module->proprio_projector->forward(proprio.reshape({bsz, -1}).to(opts));
 
   std::vector<int64_t> lens(bsz);

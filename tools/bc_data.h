@@ -76,6 +76,18 @@ struct ImageDisc {
 // Patch-grounding items per camera: the current goal's object, then its destination.
 inline constexpr int kPatchTargetItems = 2;
 
+// Per-patch attribute classes (the attribute loss): what the patch shows.
+inline constexpr int kShapeClasses = 5;  // 0 nothing (table, gripper), 1 cube, 2 cylinder, 3 bowl,
+                                         // 4 plate
+inline constexpr int kColorClasses = 8;  // 0 nothing, 1 + sim::Color
+// An object's top face or a plate as seen by one camera, with its attribute classes.
+struct ItemDisc {
+  ImageDisc disc;
+  int shape = 0;        // [1, kShapeClasses)
+  int color = 0;        // [1, kColorClasses)
+  float height = 0.0f;  // world z of the disc (higher items hide lower ones)
+};
+
 // One training sample before tensor conversion.
 struct RawSample {
   std::string instruction;
@@ -92,12 +104,18 @@ struct RawSample {
   // 1 wrist). The object disc is its footprint at its top face; the destination's is the plate's
   // or the base object's.
   std::array<ImageDisc, 2 * kPatchTargetItems> discs{};
+  // Attribute targets (auxiliary training loss only): every object and plate per camera (0 main,
+  // 1 wrist).
+  std::array<std::vector<ItemDisc>, 2> items;
 };
 
 // Where the current goal's object and destination appear in both cameras at the episode's current
 // state (RawSample::discs; the images are episode.options().image_size square). All r == 0 for a
 // task without goals.
 std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& episode);
+
+// Every object's top face and every plate in both cameras (RawSample::items).
+std::array<std::vector<ItemDisc>, 2> ItemDiscs(const sim::Episode& episode);
 
 // Replays `spec` to step t (clamped to the episode's end) and labels the next
 // `chunk` actions; past the end the expert's action at the final state is
@@ -142,6 +160,9 @@ struct BcBatch {
   // [B, vision tokens, kPatchTargetItems] in {0, 1}: the patch (in the model's vision-token order:
   // camera-major, row-major patches) overlaps the item's disc after the batch's shift augmentation.
   torch::Tensor patch_labels;
+  // [B, vision tokens, 2] int64: shape and colour class of what each patch shows (PatchAttributes,
+  // after the shift augmentation).
+  torch::Tensor patch_attributes;
   std::vector<std::vector<int64_t>> prompt_ids;
 };
 
@@ -164,6 +185,8 @@ struct ForwardTaps {
   // the longest prompt: [B, M, hidden]; text_mask [B, M] is 1 for real rows, 0 for padding.
   torch::Tensor* text_hidden = nullptr;
   torch::Tensor* text_mask = nullptr;
+  // The vision tokens as they enter the LLM (projector output), [B, vision tokens, hidden].
+  torch::Tensor* vision_tokens = nullptr;
 };
 
 // Differentiable forward without pruning, same layout as VlaModel::ForwardImpl:
@@ -180,6 +203,13 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
 // `patch` pixels over a `size` x `size` image; a patch is 1 when its square intersects the item's
 // disc moved by (dx, dy) pixels. Discs with r == 0 label nothing.
 torch::Tensor PatchLabels(const ImageDisc* discs, int size, int patch, int dx, int dy);
+
+// Attribute classes per patch of one camera image: [patches, 2] int64 (shape, colour class),
+// row-major patches of `patch` pixels over a `size` x `size` image. A patch takes the classes of
+// the highest item whose disc, moved by (dx, dy) pixels, contains the patch centre; 0 (nothing)
+// otherwise.
+torch::Tensor PatchAttributes(const std::vector<ItemDisc>& items, int size, int patch, int dx,
+                              int dy);
 
 // CPU autocast (bf16) state, portable across LibTorch 1.13 and 2.x.
 // Thread-local in LibTorch.

@@ -79,6 +79,12 @@ struct TrainOptions {
   // destination's patches, so text->vision attention (SpecPrune's Score_l) carries that signal as
   // it does in OpenVLA-OFT (the paper's Insight 1). Training only: saved to text_head.pt.
   double text_aux_weight = 0.0;
+  // Weight of the patch-attribute loss (0 = off): a linear probe on the vision tokens entering the
+  // LLM classifies the shape and colour of what each patch shows (BcBatch::patch_attributes), as a
+  // VLA's pretrained vision towers already encode objects; patches in the middle of an object's
+  // top face must then carry the object's shape, which only its outline shows. Training only:
+  // saved to attr_head.pt.
+  double attr_weight = 0.0;
   // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present, and its
   // dataset statistics when they have the simulator key) instead of a random initialization;
   // ignored when resuming from `out`.
@@ -95,10 +101,12 @@ struct TrainOptions {
   // the traces join a pool of at most `dagger_pool` (oldest dropped), and `dagger_frac` of every
   // batch is drawn from the pool's visited states, labelled by the expert taking over there.
   int64_t dagger_every = 0;
-  // Steps (counted from 0) in which only the training-only heads learn: the trunk's gradients are
-  // dropped. For fine-tuning from weights whose heads were not kept: freshly initialized heads
-  // would otherwise push random gradients into the trained trunk.
+  // Steps (counted from 0) in which only the training-only heads learn, at the constant `head_lr`;
+  // the trunk's gradients are dropped and its LR schedule (warm-up, cosine) starts afterwards. For
+  // fine-tuning from weights whose heads were not kept: freshly initialized heads would otherwise
+  // push random gradients into the trained trunk.
   int64_t head_warmup = 0;
+  double head_lr = 1e-3;
   int dagger_episodes = 48;
   double dagger_frac = 0.5;
   int dagger_pool = 1500;
@@ -188,6 +196,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->patch_layer = std::stoi(v);
       else if (k == "text_aux_weight")
         o->text_aux_weight = std::stod(v);
+      else if (k == "attr_weight")
+        o->attr_weight = std::stod(v);
       else if (k == "init_weights")
         o->init_weights = v != "0" && v != "false";
       else if (k == "early_frac")
@@ -198,6 +208,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->long_frac = std::stod(v);
       else if (k == "head_warmup")
         o->head_warmup = std::stoll(v);
+      else if (k == "head_lr")
+        o->head_lr = std::stod(v);
       else if (k == "dagger_every")
         o->dagger_every = std::stoll(v);
       else if (k == "dagger_episodes")
@@ -482,9 +494,12 @@ class Producer {
 };
 
 double LearningRate(const TrainOptions& o, int64_t step) {
+  if (step < o.head_warmup) return o.head_lr;
+  step -= o.head_warmup;
   if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
-  const double p = std::min(1.0, static_cast<double>(step - o.warmup) /
-                                     static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup)));
+  const double p = std::min(
+      1.0, static_cast<double>(step - o.warmup) /
+               static_cast<double>(std::max<int64_t>(1, o.steps - o.head_warmup - o.warmup)));
   const double cosine = 0.5 * (1 + std::cos(M_PI * p));
   return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine);
 }
@@ -522,25 +537,61 @@ struct PatchHeadImpl : torch::nn::Module {
 };
 TORCH_MODULE(PatchHead);
 
+// Training-only patch-attribute probe (TrainOptions::attr_weight): LayerNorm + linear per vision
+// token, kShapeClasses then kColorClasses logits.
+struct AttrHeadImpl : torch::nn::Module {
+  explicit AttrHeadImpl(int64_t hidden) {
+    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
+    fc = register_module("fc", torch::nn::Linear(hidden, kShapeClasses + kColorClasses));
+  }
+  torch::Tensor forward(const torch::Tensor& tokens) {
+    return fc(norm(tokens.to(torch::kFloat32)));
+  }
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(AttrHead);
+
 struct Heads {
   AuxHead aux;
   PatchHead patch;
   int patch_layer;
-  AuxHead text{nullptr};  // per prompt row; null when TrainOptions::text_aux_weight == 0
+  AuxHead text{nullptr};   // per prompt row; null when TrainOptions::text_aux_weight == 0
+  AttrHead attr{nullptr};  // null when TrainOptions::attr_weight == 0
 };
+
+// Cross-entropy of the attribute logits [B, P, shape + colour classes] against
+// BcBatch::patch_attributes, shape and colour averaged. `accuracy` (optional out): the fraction of
+// patches showing an object or plate whose shape and colour are both right.
+torch::Tensor AttrLoss(const torch::Tensor& logits, const torch::Tensor& attrs,
+                       double* accuracy = nullptr) {
+  auto shape = logits.slice(2, 0, kShapeClasses).reshape({-1, kShapeClasses});
+  auto color = logits.slice(2, kShapeClasses).reshape({-1, kColorClasses});
+  auto ts = attrs.select(2, 0).reshape({-1}), tc = attrs.select(2, 1).reshape({-1});
+  if (accuracy != nullptr) {
+    auto shown = ts.gt(0);
+    auto right = shape.argmax(1).eq(ts).logical_and(color.argmax(1).eq(tc)).logical_and(shown);
+    const double n = shown.sum().item<double>();
+    *accuracy = n > 0 ? right.sum().item<double>() / n : NAN;
+  }
+  namespace F = torch::nn::functional;
+  return 0.5 * (F::cross_entropy(shape, ts) + F::cross_entropy(color, tc));
+}
 
 struct Losses {
   torch::Tensor action;  // L1 on normalized actions
   torch::Tensor aux;     // L1 on grounding targets
   torch::Tensor patch;   // BCE on patch labels
   torch::Tensor text;    // L1 on grounding targets from the prompt rows (0 without the head)
+  torch::Tensor attr;    // CE on patch attributes (0 without the head)
 };
 
 // The taps every loss and diagnostic here reads.
 struct Tapped {
-  torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask;
+  torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask, vision_tokens;
   ForwardTaps Taps(const Heads& heads) {
     ForwardTaps t;
+    if (!heads.attr.is_empty()) t.vision_tokens = &vision_tokens;
     t.action_hidden = &action_hidden;
     t.vision_layer = heads.patch_layer;
     t.vision_hidden = &vision_hidden;
@@ -583,6 +634,9 @@ Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, 
   l.text = heads.text.is_empty()
                ? torch::zeros({}, torch::kFloat32)
                : TextAuxLoss(heads.text->forward(tap.text_hidden), b.aux, tap.text_mask);
+  l.attr = heads.attr.is_empty()
+               ? torch::zeros({}, torch::kFloat32)
+               : AttrLoss(heads.attr->forward(tap.vision_tokens), b.patch_attributes);
   return l;
 }
 
@@ -640,6 +694,7 @@ absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
 struct HoldoutResult {
   double l1 = 0, corr_x = 0, corr_y = 0, corr_obj_x = 0, corr_dest_x = 0, corr_rel_x = NAN;
   double corr_text_obj_x = NAN;  // the text-row head's object x (when it is on)
+  double attr_accuracy = NAN;    // the attribute probe on patches showing something (when on)
   double patch_object = NAN, patch_destination = NAN;
 };
 
@@ -648,6 +703,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   AuxHead& aux = heads.aux;
   std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets, patch_logits, patch_labels;
   std::vector<torch::Tensor> text_preds;
+  double attr_right = 0, attr_batches = 0;
   double sum = 0;
   int64_t n = 0;
   for (const auto& b : h.batches) {
@@ -658,6 +714,11 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
     patch_logits.push_back(heads.patch->forward(tap.vision_hidden));
     if (!heads.text.is_empty())
       text_preds.push_back(TextAuxMean(heads.text->forward(tap.text_hidden), tap.text_mask));
+    if (!heads.attr.is_empty()) {
+      double acc = NAN;
+      AttrLoss(heads.attr->forward(tap.vision_tokens), b.patch_attributes, &acc);
+      if (std::isfinite(acc)) attr_right += acc, attr_batches += 1;
+    }
     patch_labels.push_back(b.patch_labels);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
     n += b.actions.size(0);
@@ -675,6 +736,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   r.corr_obj_x = Pearson(ap.select(1, 0), at.select(1, 0));
   r.corr_dest_x = Pearson(ap.select(1, 2), at.select(1, 2));
   if (ap.size(1) > 4) r.corr_rel_x = Pearson(ap.select(1, 4), at.select(1, 4));
+  if (attr_batches > 0) r.attr_accuracy = attr_right / attr_batches;
   if (!text_preds.empty())
     r.corr_text_obj_x = Pearson(torch::cat(text_preds).select(1, 0), at.select(1, 0));
   auto pl = torch::cat(patch_logits), pt = torch::cat(patch_labels);
@@ -885,10 +947,12 @@ int Main(int argc, char** argv) {
               PatchHead((*model)->config().llm.hidden), o.patch_layer};
   if (o.text_aux_weight > 0)
     heads.text = AuxHead((*model)->config().llm.hidden, o.aux_targets, /*per_row=*/true);
+  if (o.attr_weight > 0) heads.attr = AttrHead((*model)->config().llm.hidden);
   AuxHead& aux = heads.aux;
   const std::string aux_path = o.out + "/aux_head.pt";
   const std::string patch_path = o.out + "/patch_head.pt";
   const std::string text_path = o.out + "/text_head.pt";
+  const std::string attr_path = o.out + "/attr_head.pt";
   const std::string head_dir = resume ? o.out : (o.init_weights ? o.init : "");
   try {
     if (!head_dir.empty() && fs::exists(head_dir + "/aux_head.pt"))
@@ -897,6 +961,8 @@ int Main(int argc, char** argv) {
       torch::load(heads.patch, head_dir + "/patch_head.pt");
     if (!heads.text.is_empty() && !head_dir.empty() && fs::exists(head_dir + "/text_head.pt"))
       torch::load(heads.text, head_dir + "/text_head.pt");
+    if (!heads.attr.is_empty() && !head_dir.empty() && fs::exists(head_dir + "/attr_head.pt"))
+      torch::load(heads.attr, head_dir + "/attr_head.pt");
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "%s: grounding heads: %s\n", head_dir.c_str(), e.what_without_backtrace());
     return 1;
@@ -909,6 +975,8 @@ int Main(int argc, char** argv) {
   for (const auto& p : heads.patch->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   if (!heads.text.is_empty())
     for (const auto& p : heads.text->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  if (!heads.attr.is_empty())
+    for (const auto& p : heads.attr->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
                                  torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay)));
@@ -1052,7 +1120,7 @@ int Main(int argc, char** argv) {
   if (o.dagger_every > 0 && pool.size() == 0 && !dagger_round(start_step)) return 1;
   Producer prod(o, c, **tok, stats, &step, o.dagger_every > 0 ? &pool : nullptr);
   const bool bf16 = o.dtype == "bf16";
-  double ema = -1, aux_ema = -1, patch_ema = -1, text_ema = -1;
+  double ema = -1, aux_ema = -1, patch_ema = -1, text_ema = -1, attr_ema = -1;
   auto t_log = Clock::now();
   double wait_s = 0;
   for (int64_t s = start_step; s < o.steps; ++s) {
@@ -1072,6 +1140,7 @@ int Main(int argc, char** argv) {
     if (o.aux_weight > 0) total = total + o.aux_weight * losses.aux;
     if (o.patch_weight > 0) total = total + o.patch_weight * losses.patch;
     if (o.text_aux_weight > 0) total = total + o.text_aux_weight * losses.text;
+    if (o.attr_weight > 0) total = total + o.attr_weight * losses.attr;
     total.backward();
     if (s < o.head_warmup) {
       for (auto& p : module->parameters()) p.mutable_grad() = torch::Tensor();
@@ -1081,6 +1150,8 @@ int Main(int argc, char** argv) {
     for (const auto& p : heads.patch->parameters()) params.push_back(p);
     if (!heads.text.is_empty())
       for (const auto& p : heads.text->parameters()) params.push_back(p);
+    if (!heads.attr.is_empty())
+      for (const auto& p : heads.attr->parameters()) params.push_back(p);
     const double gnorm = torch::nn::utils::clip_grad_norm_(params, o.clip);
     opt.step();
     step.store(s + 1);
@@ -1092,13 +1163,15 @@ int Main(int argc, char** argv) {
     patch_ema = patch_ema < 0 ? lp : 0.98 * patch_ema + 0.02 * lp;
     const double lt = losses.text.item<double>();
     text_ema = text_ema < 0 ? lt : 0.98 * text_ema + 0.02 * lt;
+    const double lat = losses.attr.item<double>();
+    attr_ema = attr_ema < 0 ? lat : 0.98 * attr_ema + 0.02 * lat;
     const int64_t done = s + 1;
     if (done % o.log_every == 0) {
       const double dt = std::chrono::duration<double>(Clock::now() - t_log).count();
       std::printf(
-          "step %lld loss %.4f ema %.4f aux ema %.4f patch ema %.4f text ema %.4f lr %.2e gnorm "
-          "%.2f %.2f steps/s (data wait %.0f%%)\n",
-          static_cast<long long>(done), l, ema, aux_ema, patch_ema, text_ema, lr, gnorm,
+          "step %lld loss %.4f ema %.4f aux ema %.4f patch ema %.4f text ema %.4f attr ema %.4f lr "
+          "%.2e gnorm %.2f %.2f steps/s (data wait %.0f%%)\n",
+          static_cast<long long>(done), l, ema, aux_ema, patch_ema, text_ema, attr_ema, lr, gnorm,
           o.log_every / dt, 100 * wait_s / dt);
       std::fflush(stdout);
       t_log = Clock::now();
@@ -1113,9 +1186,11 @@ int Main(int argc, char** argv) {
       std::printf(
           "holdout step %lld l1 %.4f corr(first dx) %.3f corr(first dy) %.3f "
           "corr(aux object x) %.3f corr(aux destination x) %.3f corr(aux object - tip x) %.3f "
-          "patch top-1 object %.3f destination %.3f corr(text object x) %.3f\n",
+          "patch top-1 object %.3f destination %.3f corr(text object x) %.3f attribute accuracy "
+          "%.3f\n",
           static_cast<long long>(done), hr.l1, hr.corr_x, hr.corr_y, hr.corr_obj_x, hr.corr_dest_x,
-          hr.corr_rel_x, hr.patch_object, hr.patch_destination, hr.corr_text_obj_x);
+          hr.corr_rel_x, hr.patch_object, hr.patch_destination, hr.corr_text_obj_x,
+          hr.attr_accuracy);
       std::fflush(stdout);
     }
     if (o.dagger_every > 0 && done % o.dagger_every == 0 && done < o.steps && !dagger_round(done))
@@ -1162,6 +1237,10 @@ int Main(int argc, char** argv) {
         if (!heads.text.is_empty()) {
           torch::save(heads.text, text_path + ".tmp");
           fs::rename(text_path + ".tmp", text_path);
+        }
+        if (!heads.attr.is_empty()) {
+          torch::save(heads.attr, attr_path + ".tmp");
+          fs::rename(attr_path + ".tmp", attr_path);
         }
       } catch (const c10::Error& e) {
         std::fprintf(stderr, "checkpoint: optimizer: %s\n", e.what_without_backtrace());
