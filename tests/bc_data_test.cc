@@ -7,6 +7,8 @@
 #include <random>
 
 #include "model/tokenizer.h"
+#include "pruning/policies.h"
+#include "pruning/pruning_config.h"
 
 namespace specprune {
 namespace {
@@ -352,6 +354,64 @@ TEST(BcDataTest, TextTapsAreThePromptRowsOfARaggedBatch) {
     EXPECT_EQ(text_mask[b].slice(0, 0, m).min().item<float>(), 1.0f) << b;
     // The first action row the head reads is the last prompt row (OpenVLA-OFT's convention).
     EXPECT_TRUE(torch::equal(action_hidden[b][0], text_hidden[b][m - 1])) << b;
+  }
+}
+
+TEST(BcDataTest, AttentionTapMatchesTheScoresTheServedModelPrunesBy) {
+  ModelConfig c = TinyConfig();
+  ModelOptions mo;
+  mo.seed = 5;
+  auto model = VlaModel::Create(c, mo);
+  ASSERT_TRUE(model.ok());
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  DatasetStats st = SmallStats();
+  PruningConfig none = DefaultPruningConfig(static_cast<int>(c.llm.layers), c.vision_tokens(),
+                                            c.patches_per_image());
+  none.method = PruningMethod::kNone;
+  const std::vector<int> layers = {0, 2, 5};
+  std::vector<SampleInput> inputs;
+  std::vector<std::unique_ptr<SamplePruner>> pruners;
+  for (int i = 0; i < 2; ++i) {  // ragged prompts
+    const EpisodeSpec spec{sim::kAllSuites[2 * i + 1], static_cast<uint64_t>(i), -1, 0.0f};
+    auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+    ASSERT_TRUE(ep.ok());
+    auto in =
+        ObservationInput(*ep, c, BuildPromptIds(c, **tok, ep->instruction()), st.proprio, nullptr);
+    ASSERT_TRUE(in.ok()) << in.status();
+    PrunerContext ctx;
+    ctx.config = &none;
+    ctx.num_layers = static_cast<int>(c.llm.layers);
+    ctx.num_vision_tokens = c.vision_tokens();
+    ctx.record_layers = layers;
+    auto pruner = CreatePruner(ctx);
+    ASSERT_TRUE(pruner.ok()) << pruner.status();
+    in->pruner = pruner->get();
+    inputs.push_back(*std::move(in));
+    pruners.push_back(*std::move(pruner));
+  }
+  ASSERT_NE(inputs[0].prompt_ids.size(), inputs[1].prompt_ids.size());
+  ASSERT_TRUE((*model)->Forward(inputs).ok());
+  std::vector<torch::Tensor> imgs, props, scores;
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& in : inputs) {
+    imgs.push_back(torch::stack(in.images));
+    props.push_back(in.proprio);
+    prompts.push_back(in.prompt_ids);
+  }
+  ForwardTaps taps;
+  taps.attention_layers = layers;
+  taps.text_vision_attention = &scores;
+  torch::NoGradGuard ng;
+  TrainingForward((*model)->module(), c, torch::stack(imgs), torch::stack(props), prompts, taps);
+  ASSERT_EQ(scores.size(), layers.size());
+  for (int b = 0; b < 2; ++b) {
+    const auto& recorded = dynamic_cast<KeepAllPruner*>(pruners[b].get())->recorded_scores();
+    for (size_t i = 0; i < layers.size(); ++i) {
+      ASSERT_EQ(recorded.count(layers[i]), 1u);
+      EXPECT_LT((scores[i][b] - recorded.at(layers[i])).abs().max().item<float>(), 1e-5f)
+          << "sample " << b << " layer " << layers[i];
+    }
   }
 }
 

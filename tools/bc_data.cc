@@ -530,28 +530,50 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   const int64_t head_dim = d / llm.heads;
   auto rope = MakeRope(positions, head_dim, llm.rope_theta, dtype);
   auto bias = KeyPaddingBias(valid, dtype);
+  // Prompt rows (zero-padded) and their validity, for the text taps.
+  int64_t m_max = 1;
+  for (const auto& pr : prompt_ids) m_max = std::max<int64_t>(m_max, pr.size());
+  auto text_rows = torch::zeros({bsz, m_max}, torch::kLong);
+  auto text_valid = torch::zeros({bsz, m_max}, torch::kFloat32);
+  for (int64_t b = 0; b < bsz; ++b) {
+    const int64_t m = static_cast<int64_t>(prompt_ids[b].size());
+    if (m == 0) continue;
+    text_rows[b].slice(0, 0, m).copy_(torch::arange(1 + p + 1, 1 + p + 1 + m, torch::kLong));
+    text_valid[b].slice(0, 0, m).fill_(1.0f);
+  }
+  text_rows = text_rows.to(device);
+  text_valid = text_valid.to(device);
   for (size_t l = 0; l < lm->layer_list.size(); ++l) {
-    h = lm->layer_list[l]->forward(h, rope, bias, valid, nullptr, nullptr);
+    auto layer = lm->layer_list[l];
+    if (taps.text_vision_attention != nullptr &&
+        std::find(taps.attention_layers.begin(), taps.attention_layers.end(),
+                  static_cast<int>(l)) != taps.attention_layers.end()) {
+      auto att = layer->self_attn;
+      auto xn = layer->input_layernorm->forward(h);
+      const int64_t t = h.size(1);
+      auto heads_view = [&](const torch::Tensor& y) {
+        return y.view({bsz, t, att->heads, att->head_dim}).transpose(1, 2);
+      };
+      auto q = ApplyRope(heads_view(att->q_proj(xn)), rope);
+      auto k = ApplyRope(heads_view(att->k_proj(xn)), rope);
+      auto idx = text_rows.view({bsz, 1, m_max, 1}).expand({bsz, att->heads, m_max, att->head_dim});
+      auto logits = torch::matmul(q.gather(2, idx).to(torch::kFloat32),
+                                  k.to(torch::kFloat32).transpose(-2, -1)) /
+                        std::sqrt(static_cast<double>(att->head_dim)) +
+                    bias.to(torch::kFloat32);
+      auto probs = torch::softmax(logits, -1).mean(1);  // [B, M, T]
+      auto per_row = (probs * text_valid.unsqueeze(2)).sum(1) /
+                     text_valid.sum(1, /*keepdim=*/true).clamp_min(1.0);  // [B, T]
+      taps.text_vision_attention->push_back(per_row.slice(1, 1, 1 + p));
+    }
+    h = layer->forward(h, rope, bias, valid, nullptr, nullptr);
     if (taps.vision_hidden != nullptr && static_cast<int>(l) == taps.vision_layer)
       *taps.vision_hidden = h.slice(1, 1, 1 + p);
   }
-  if (taps.text_hidden != nullptr || taps.text_mask != nullptr) {
-    int64_t m_max = 1;
-    for (const auto& pr : prompt_ids) m_max = std::max<int64_t>(m_max, pr.size());
-    auto rows = torch::zeros({bsz, m_max}, torch::kLong);
-    auto mask = torch::zeros({bsz, m_max}, torch::kFloat32);
-    for (int64_t b = 0; b < bsz; ++b) {
-      const int64_t m = static_cast<int64_t>(prompt_ids[b].size());
-      if (m == 0) continue;
-      rows[b].slice(0, 0, m).copy_(torch::arange(1 + p + 1, 1 + p + 1 + m, torch::kLong));
-      mask[b].slice(0, 0, m).fill_(1.0f);
-    }
-    rows = rows.to(device);
-    if (taps.text_hidden != nullptr)
-      *taps.text_hidden =
-          lm->norm->forward(h.gather(1, rows.unsqueeze(-1).expand({bsz, m_max, d})));
-    if (taps.text_mask != nullptr) *taps.text_mask = mask.to(device);
-  }
+  if (taps.text_hidden != nullptr)
+    *taps.text_hidden =
+        lm->norm->forward(h.gather(1, text_rows.unsqueeze(-1).expand({bsz, m_max, d})));
+  if (taps.text_mask != nullptr) *taps.text_mask = text_valid;
 
   auto read = torch::empty({bsz, a}, torch::kLong);
   for (int64_t b = 0; b < bsz; ++b) {

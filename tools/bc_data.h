@@ -187,6 +187,11 @@ struct ForwardTaps {
   torch::Tensor* text_mask = nullptr;
   // The vision tokens as they enter the LLM (projector output), [B, vision tokens, hidden].
   torch::Tensor* vision_tokens = nullptr;
+  // SpecPrune's Score_l, differentiable: for each layer in `attention_layers`, the attention
+  // probability from the prompt rows to each vision token (softmax over all keys, averaged over
+  // heads and prompt rows), [B, vision tokens], appended to *text_vision_attention in that order.
+  std::vector<int> attention_layers;
+  std::vector<torch::Tensor>* text_vision_attention = nullptr;
 };
 
 // Differentiable forward without pruning, same layout as VlaModel::ForwardImpl:

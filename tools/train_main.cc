@@ -85,6 +85,16 @@ struct TrainOptions {
   // top face must then carry the object's shape, which only its outline shows. Training only:
   // saved to attr_head.pt.
   double attr_weight = 0.0;
+  // Weight of the attention-grounding loss (0 = off): at each of `attn_layers` (default: from
+  // round(L / 3) to the last layer), -log of the share of the prompt rows' attention over the
+  // vision tokens (SpecPrune's Score_l, renormalized over the vision columns) that falls on the
+  // current goal's object, plus the same for its destination (BcBatch::patch_labels, both cameras).
+  // It gives the policy the property the paper measured on OpenVLA-OFT (Insight 1: middle and deep
+  // layers' text->image attention concentrates on the task's objects); a from-scratch 6-layer
+  // model does not develop it (its text->object attention share is about the object's share of
+  // the tokens), so no attention-based pruning can find the objects in it.
+  double attn_weight = 0.0;
+  std::vector<int> attn_layers;
   // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present, and its
   // dataset statistics when they have the simulator key) instead of a random initialization;
   // ignored when resuming from `out`.
@@ -198,7 +208,13 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->text_aux_weight = std::stod(v);
       else if (k == "attr_weight")
         o->attr_weight = std::stod(v);
-      else if (k == "init_weights")
+      else if (k == "attn_weight")
+        o->attn_weight = std::stod(v);
+      else if (k == "attn_layers") {
+        o->attn_layers.clear();
+        for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
+          o->attn_layers.push_back(std::stoi(std::string(part)));
+      } else if (k == "init_weights")
         o->init_weights = v != "0" && v != "false";
       else if (k == "early_frac")
         o->early_frac = std::stod(v);
@@ -556,9 +572,35 @@ struct Heads {
   AuxHead aux;
   PatchHead patch;
   int patch_layer;
-  AuxHead text{nullptr};   // per prompt row; null when TrainOptions::text_aux_weight == 0
-  AttrHead attr{nullptr};  // null when TrainOptions::attr_weight == 0
+  AuxHead text{nullptr};         // per prompt row; null when TrainOptions::text_aux_weight == 0
+  AttrHead attr{nullptr};        // null when TrainOptions::attr_weight == 0
+  std::vector<int> attn_layers;  // attention-grounding layers; empty when attn_weight == 0
 };
+
+// Attention-grounding loss (TrainOptions::attn_weight) and, optionally, the mean share of the
+// vision attention on the target items over layers and samples.
+torch::Tensor AttnLoss(const std::vector<torch::Tensor>& scores, const torch::Tensor& labels,
+                       double* mean_share = nullptr) {
+  torch::Tensor loss = torch::zeros({}, torch::kFloat32);
+  double share_sum = 0, share_n = 0;
+  for (const auto& sc : scores) {
+    auto dist = sc / sc.sum(1, /*keepdim=*/true).clamp_min(1e-12);  // [B, P]
+    for (int item = 0; item < kPatchTargetItems; ++item) {
+      auto target = labels.select(2, item);  // [B, P]
+      auto shown = target.sum(1).gt(0).to(torch::kFloat32);
+      auto share = (dist * target).sum(1);
+      const double n = shown.sum().item<double>();
+      if (n == 0) continue;
+      loss = loss - ((share + 1e-4).log() * shown).sum() / n;
+      if (mean_share != nullptr) {
+        share_sum += (share.detach() * shown).sum().item<double>();
+        share_n += n;
+      }
+    }
+  }
+  if (mean_share != nullptr) *mean_share = share_n > 0 ? share_sum / share_n : NAN;
+  return scores.empty() ? loss : loss / (kPatchTargetItems * static_cast<double>(scores.size()));
+}
 
 // Cross-entropy of the attribute logits [B, P, shape + colour classes] against
 // BcBatch::patch_attributes, shape and colour averaged. `accuracy` (optional out): the fraction of
@@ -584,13 +626,19 @@ struct Losses {
   torch::Tensor patch;   // BCE on patch labels
   torch::Tensor text;    // L1 on grounding targets from the prompt rows (0 without the head)
   torch::Tensor attr;    // CE on patch attributes (0 without the head)
+  torch::Tensor attn;    // attention grounding (0 when off)
 };
 
 // The taps every loss and diagnostic here reads.
 struct Tapped {
   torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask, vision_tokens;
+  std::vector<torch::Tensor> attention;
   ForwardTaps Taps(const Heads& heads) {
     ForwardTaps t;
+    if (!heads.attn_layers.empty()) {
+      t.attention_layers = heads.attn_layers;
+      t.text_vision_attention = &attention;
+    }
     if (!heads.attr.is_empty()) t.vision_tokens = &vision_tokens;
     t.action_hidden = &action_hidden;
     t.vision_layer = heads.patch_layer;
@@ -637,6 +685,7 @@ Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, 
   l.attr = heads.attr.is_empty()
                ? torch::zeros({}, torch::kFloat32)
                : AttrLoss(heads.attr->forward(tap.vision_tokens), b.patch_attributes);
+  l.attn = AttnLoss(tap.attention, b.patch_labels);
   return l;
 }
 
@@ -695,6 +744,7 @@ struct HoldoutResult {
   double l1 = 0, corr_x = 0, corr_y = 0, corr_obj_x = 0, corr_dest_x = 0, corr_rel_x = NAN;
   double corr_text_obj_x = NAN;  // the text-row head's object x (when it is on)
   double attr_accuracy = NAN;    // the attribute probe on patches showing something (when on)
+  double attn_share = NAN;       // mean vision-attention share on each target item (when on)
   double patch_object = NAN, patch_destination = NAN;
 };
 
@@ -703,7 +753,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   AuxHead& aux = heads.aux;
   std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets, patch_logits, patch_labels;
   std::vector<torch::Tensor> text_preds;
-  double attr_right = 0, attr_batches = 0;
+  double attr_right = 0, attr_batches = 0, attn_share = 0, attn_batches = 0;
   double sum = 0;
   int64_t n = 0;
   for (const auto& b : h.batches) {
@@ -718,6 +768,11 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
       double acc = NAN;
       AttrLoss(heads.attr->forward(tap.vision_tokens), b.patch_attributes, &acc);
       if (std::isfinite(acc)) attr_right += acc, attr_batches += 1;
+    }
+    if (!tap.attention.empty()) {
+      double share = NAN;
+      AttnLoss(tap.attention, b.patch_labels, &share);
+      if (std::isfinite(share)) attn_share += share, attn_batches += 1;
     }
     patch_labels.push_back(b.patch_labels);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
@@ -737,6 +792,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   r.corr_dest_x = Pearson(ap.select(1, 2), at.select(1, 2));
   if (ap.size(1) > 4) r.corr_rel_x = Pearson(ap.select(1, 4), at.select(1, 4));
   if (attr_batches > 0) r.attr_accuracy = attr_right / attr_batches;
+  if (attn_batches > 0) r.attn_share = attn_share / attn_batches;
   if (!text_preds.empty())
     r.corr_text_obj_x = Pearson(torch::cat(text_preds).select(1, 0), at.select(1, 0));
   auto pl = torch::cat(patch_logits), pt = torch::cat(patch_labels);
@@ -948,6 +1004,18 @@ int Main(int argc, char** argv) {
   if (o.text_aux_weight > 0)
     heads.text = AuxHead((*model)->config().llm.hidden, o.aux_targets, /*per_row=*/true);
   if (o.attr_weight > 0) heads.attr = AttrHead((*model)->config().llm.hidden);
+  if (o.attn_weight > 0) {
+    const int layers = static_cast<int>((*model)->config().llm.layers);
+    heads.attn_layers = o.attn_layers;
+    if (heads.attn_layers.empty())
+      for (int l = static_cast<int>(std::lround(layers / 3.0)); l < layers; ++l)
+        heads.attn_layers.push_back(l);
+    for (int l : heads.attn_layers)
+      if (l < 0 || l >= layers) {
+        std::fprintf(stderr, "--attn_layers: the model has %d layers\n", layers);
+        return 2;
+      }
+  }
   AuxHead& aux = heads.aux;
   const std::string aux_path = o.out + "/aux_head.pt";
   const std::string patch_path = o.out + "/patch_head.pt";
@@ -1120,7 +1188,7 @@ int Main(int argc, char** argv) {
   if (o.dagger_every > 0 && pool.size() == 0 && !dagger_round(start_step)) return 1;
   Producer prod(o, c, **tok, stats, &step, o.dagger_every > 0 ? &pool : nullptr);
   const bool bf16 = o.dtype == "bf16";
-  double ema = -1, aux_ema = -1, patch_ema = -1, text_ema = -1, attr_ema = -1;
+  double ema = -1, aux_ema = -1, patch_ema = -1, text_ema = -1, attr_ema = -1, attn_ema = -1;
   auto t_log = Clock::now();
   double wait_s = 0;
   for (int64_t s = start_step; s < o.steps; ++s) {
@@ -1141,6 +1209,7 @@ int Main(int argc, char** argv) {
     if (o.patch_weight > 0) total = total + o.patch_weight * losses.patch;
     if (o.text_aux_weight > 0) total = total + o.text_aux_weight * losses.text;
     if (o.attr_weight > 0) total = total + o.attr_weight * losses.attr;
+    if (o.attn_weight > 0) total = total + o.attn_weight * losses.attn;
     total.backward();
     if (s < o.head_warmup) {
       for (auto& p : module->parameters()) p.mutable_grad() = torch::Tensor();
@@ -1165,14 +1234,16 @@ int Main(int argc, char** argv) {
     text_ema = text_ema < 0 ? lt : 0.98 * text_ema + 0.02 * lt;
     const double lat = losses.attr.item<double>();
     attr_ema = attr_ema < 0 ? lat : 0.98 * attr_ema + 0.02 * lat;
+    const double lan = losses.attn.item<double>();
+    attn_ema = attn_ema < 0 ? lan : 0.98 * attn_ema + 0.02 * lan;
     const int64_t done = s + 1;
     if (done % o.log_every == 0) {
       const double dt = std::chrono::duration<double>(Clock::now() - t_log).count();
       std::printf(
-          "step %lld loss %.4f ema %.4f aux ema %.4f patch ema %.4f text ema %.4f attr ema %.4f lr "
-          "%.2e gnorm %.2f %.2f steps/s (data wait %.0f%%)\n",
-          static_cast<long long>(done), l, ema, aux_ema, patch_ema, text_ema, attr_ema, lr, gnorm,
-          o.log_every / dt, 100 * wait_s / dt);
+          "step %lld loss %.4f ema %.4f aux ema %.4f patch ema %.4f text ema %.4f attr ema %.4f "
+          "attn ema %.4f lr %.2e gnorm %.2f %.2f steps/s (data wait %.0f%%)\n",
+          static_cast<long long>(done), l, ema, aux_ema, patch_ema, text_ema, attr_ema, attn_ema,
+          lr, gnorm, o.log_every / dt, 100 * wait_s / dt);
       std::fflush(stdout);
       t_log = Clock::now();
       wait_s = 0;
@@ -1187,10 +1258,10 @@ int Main(int argc, char** argv) {
           "holdout step %lld l1 %.4f corr(first dx) %.3f corr(first dy) %.3f "
           "corr(aux object x) %.3f corr(aux destination x) %.3f corr(aux object - tip x) %.3f "
           "patch top-1 object %.3f destination %.3f corr(text object x) %.3f attribute accuracy "
-          "%.3f\n",
+          "%.3f attention share %.3f\n",
           static_cast<long long>(done), hr.l1, hr.corr_x, hr.corr_y, hr.corr_obj_x, hr.corr_dest_x,
           hr.corr_rel_x, hr.patch_object, hr.patch_destination, hr.corr_text_obj_x,
-          hr.attr_accuracy);
+          hr.attr_accuracy, hr.attn_share);
       std::fflush(stdout);
     }
     if (o.dagger_every > 0 && done % o.dagger_every == 0 && done < o.steps && !dagger_round(done))
