@@ -8,15 +8,20 @@ rm -rf "$out"
 common=(--out "$out" --init "$src/models/tiny" --init_weights 1 --batch 4 --warmup 1 --threads 1
         --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
         --aux_weight 1 --patch_weight 1 --early_frac 0.5 --dagger_every 2 --dagger_episodes 2
-        --dagger_frac 0.5 --dagger_states empty --text_aux_weight 0.5)
+        --dagger_frac 0.5 --dagger_states empty --text_aux_weight 0.5 --attr_weight 0.5
+        --attn_weight 0.5 --attn_layers 0,2)
 "$train" "${common[@]}" --steps 2 > "$out.first.log" 2>&1 || { cat "$out.first.log"; exit 1; }
+grep -q "^command: .*specprune_train .*--attn_weight 0.5" "$out.first.log"
 grep -q "initialized from the weights in" "$out.first.log"
 grep -q "statistics: from .*models/tiny/dataset_statistics.json" "$out.first.log"
 grep -q "^dagger step 0 rollouts on training seeds" "$out.first.log" || { cat "$out.first.log"; exit 1; }
-grep -q "^holdout step 2 .*patch top-1 object .*corr(text object x)" "$out.first.log" || { cat "$out.first.log"; exit 1; }
+grep -q "^holdout step 2 .*patch top-1 object .*corr(text object x) .*attribute accuracy 0\.[0-9]* attention share 0\.[0-9]*$" \
+  "$out.first.log" || { cat "$out.first.log"; exit 1; }
+grep -qE "^step 1 .* attr ema [0-9.]+ attn ema (0\.0*[1-9]|[1-9])" "$out.first.log" || { cat "$out.first.log"; exit 1; }
 for f in config.json model.safetensors action_head--specprune.safetensors \
          proprio_projector--specprune.safetensors tokenizer.model dataset_statistics.json \
-         optimizer.pt aux_head.pt patch_head.pt text_head.pt train_state.json dagger_pool.txt; do
+         optimizer.pt aux_head.pt patch_head.pt text_head.pt attr_head.pt train_state.json \
+         dagger_pool.txt; do
   [[ -s "$out/$f" ]] || { echo "missing $out/$f"; exit 1; }
 done
 "$train" "${common[@]}" --steps 4 > "$out.second.log" 2>&1 || { cat "$out.second.log"; exit 1; }

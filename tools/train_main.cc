@@ -572,9 +572,11 @@ struct Heads {
   AuxHead aux;
   PatchHead patch;
   int patch_layer;
-  AuxHead text{nullptr};         // per prompt row; null when TrainOptions::text_aux_weight == 0
-  AttrHead attr{nullptr};        // null when TrainOptions::attr_weight == 0
-  std::vector<int> attn_layers;  // attention-grounding layers; empty when attn_weight == 0
+  AuxHead text{nullptr};   // per prompt row; null when TrainOptions::text_aux_weight == 0
+  AttrHead attr{nullptr};  // null when TrainOptions::attr_weight == 0
+  std::vector<int>
+      attn_layers;         // attention-grounding layers (the held-out share always reads them)
+  bool attn_loss = false;  // TrainOptions::attn_weight > 0
 };
 
 // Attention-grounding loss (TrainOptions::attn_weight) and, optionally, the mean share of the
@@ -633,9 +635,11 @@ struct Losses {
 struct Tapped {
   torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask, vision_tokens;
   std::vector<torch::Tensor> attention;
-  ForwardTaps Taps(const Heads& heads) {
+  // `with_attention`: also tap the text->vision attention (the held-out check taps it even when
+  // the attention-grounding loss is off, to report the share on an untouched model).
+  ForwardTaps Taps(const Heads& heads, bool with_attention) {
     ForwardTaps t;
-    if (!heads.attn_layers.empty()) {
+    if (with_attention && !heads.attn_layers.empty()) {
       t.attention_layers = heads.attn_layers;
       t.text_vision_attention = &attention;
     }
@@ -670,7 +674,8 @@ constexpr double kPatchPositiveWeight = 4.0;
 Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, bool bf16) {
   SetAutocast(bf16);
   Tapped tap;
-  auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads));
+  auto pred =
+      TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads, heads.attn_loss));
   SetAutocast(false);
   Losses l;
   l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
@@ -758,7 +763,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   int64_t n = 0;
   for (const auto& b : h.batches) {
     Tapped tap;
-    auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads))
+    auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads, true))
                     .to(torch::kFloat32);
     const torch::Tensor& hidden = tap.action_hidden;
     patch_logits.push_back(heads.patch->forward(tap.vision_hidden));
@@ -880,6 +885,10 @@ int Main(int argc, char** argv) {
   TrainOptions o;
   if (!ParseArgs(argc, argv, &o)) return 2;
   torch::set_num_threads(o.threads);
+  // The log records how the run was started, so a checkpoint's lineage can be re-run.
+  std::string command = "command:";
+  for (int i = 0; i < argc; ++i) absl::StrAppend(&command, " ", argv[i]);
+  std::printf("%s\n", command.c_str());
   if (o.check_demos > 0) {
     for (double noise : {0.0, o.noise_std})
       for (sim::Suite s : sim::kAllSuites)
@@ -1000,12 +1009,18 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Heads heads{AuxHead((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row),
-              PatchHead((*model)->config().llm.hidden), o.patch_layer};
+              PatchHead((*model)->config().llm.hidden),
+              o.patch_layer,
+              nullptr,
+              nullptr,
+              {},
+              false};
   if (o.text_aux_weight > 0)
     heads.text = AuxHead((*model)->config().llm.hidden, o.aux_targets, /*per_row=*/true);
   if (o.attr_weight > 0) heads.attr = AttrHead((*model)->config().llm.hidden);
-  if (o.attn_weight > 0) {
+  {
     const int layers = static_cast<int>((*model)->config().llm.layers);
+    heads.attn_loss = o.attn_weight > 0;
     heads.attn_layers = o.attn_layers;
     if (heads.attn_layers.empty())
       for (int l = static_cast<int>(std::lround(layers / 3.0)); l < layers; ++l)
@@ -1127,7 +1142,8 @@ int Main(int argc, char** argv) {
       auto b = MakeBatch(raw, c, **tok, stats, 0, nullptr);
       if (!b.ok()) return 1;
       Tapped tap;
-      auto pred = TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids, tap.Taps(heads));
+      auto pred =
+          TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids, tap.Taps(heads, false));
       auto ap = aux->forward(tap.action_hidden).mean(1);
       auto pl = heads.patch->forward(tap.vision_hidden);
       std::printf("%-7s patch probe top-1 in the main view: object %.2f destination %.2f\n",
