@@ -46,7 +46,9 @@ struct EvalOptions {
   int distractors = -1;         // objects not named by the goal: -1 = suite default, else [0, 4]
   int trace_episode = -1;       // >= 0: per-pass trace of this episode of every cell (stderr)
   double require_success = -1;  // >= 0: exit 3 unless unpruned mean success > this
-  bool reference = true;        // run unpruned reference passes (deviation, recall)
+  // >= 0: exit 3 unless SpecPrune's mean success >= unpruned mean success - this (needs both).
+  double require_specprune_within = -1;
+  bool reference = true;  // run unpruned reference passes (deviation, recall)
   // JSON file with a "pruning" object as in the server config (or that object alone), overlaid on
   // the model's default pruning config for every method ("" = the defaults the server uses).
   std::string pruning;
@@ -88,6 +90,8 @@ bool ParseArgs(int argc, char** argv, EvalOptions* o) {
         o->trace_episode = std::stoi(v);
       else if (k == "require_success")
         o->require_success = std::stod(v);
+      else if (k == "require_specprune_within")
+        o->require_specprune_within = std::stod(v);
       else if (k == "reference")
         o->reference = v != "0" && v != "false";
       else if (k == "pruning")
@@ -532,13 +536,14 @@ int Main(int argc, char** argv) {
     return cj;
   };
   for (const auto& cell : cells) j["results"].push_back(row(cell));
-  double none_success = -1;
+  double none_success = -1, specprune_success = -1;
   for (PruningMethod method : methods) {
     Cell all = Merge(cells, MethodName(method));
     auto cj = row(all);
     // Pooled over suites (equal episode counts: the mean of the per-suite rates).
     j["summary"].push_back(cj);
     if (method == PruningMethod::kNone) none_success = all.success();
+    if (method == PruningMethod::kSpecPrune) specprune_success = all.success();
   }
   if (!o.json.empty()) {
     std::ofstream f(o.json);
@@ -556,6 +561,19 @@ int Main(int argc, char** argv) {
     if (!(none_success > o.require_success)) {
       std::fprintf(stderr, "unpruned success %.3f is not above --require_success %.3f\n",
                    none_success, o.require_success);
+      return 3;
+    }
+  }
+  if (o.require_specprune_within >= 0) {
+    if (none_success < 0 || specprune_success < 0) {
+      std::fprintf(stderr, "--require_specprune_within needs methods none and specprune\n");
+      return 2;
+    }
+    if (specprune_success < none_success - o.require_specprune_within) {
+      std::fprintf(stderr,
+                   "specprune success %.3f is more than --require_specprune_within %.3f below "
+                   "unpruned %.3f\n",
+                   specprune_success, o.require_specprune_within, none_success);
       return 3;
     }
   }
