@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""Prints a specprune_eval JSON file (--json) as the Markdown table used in docs/BENCHMARKS.md.
+"""Prints a specprune_eval JSON file (--json) as the Markdown table used in docs/BENCHMARKS.md,
+then, when the file has per-episode results, a paired comparison of each method with `none`.
 
 Usage: bench/eval_table.py RESULT.json
 """
 import json
+import math
 import sys
 
 
@@ -19,13 +21,42 @@ def row(r, bold=False):
         + (f' ({100 * r["success_rate"]:.1f}%)' if bold else ""),
         f'{100 * r["mean_vision_retention"]:.1f}%',
         f'{100 * r["flops_ratio"]:.1f}%',
-        f'{r["speedup_vs_none"]:.2f}x',
+        dash(r["speedup_vs_none"], "{:.2f}x"),
         dash(r["action_deviation"], "{:.3f}"),
         dash(r["global_recall"], "{:.2f}"),
     ]
     if bold:
         cells = [f"**{c}**" if i < 3 else c for i, c in enumerate(cells)]
     return "| " + " | ".join(cells) + " |"
+
+
+def mcnemar_p(b, c):
+    """Exact two-sided McNemar p-value for b and c discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired(results):
+    """Episodes only `none` solved / only the method solved, per suite (same seeds)."""
+    base = {r["suite"]: r.get("episode_success") for r in results if r["method"] == "none"}
+    lines = []
+    for r in results:
+        ref, mine = base.get(r["suite"]), r.get("episode_success")
+        if r["method"] == "none" or not ref or not mine or len(ref) != len(mine):
+            continue
+        b = sum(1 for x, y in zip(ref, mine) if x and not y)
+        c = sum(1 for x, y in zip(ref, mine) if y and not x)
+        lines.append(f'| {r["method"]} | {r["suite"]} | {b} | {c} | {c - b:+d} '
+                     f'| {mcnemar_p(b, c):.3f} |')
+    if lines:
+        print()
+        print("| method | suite | solved by none only | solved by method only | net "
+              "| McNemar exact p |")
+        print("|---|---|--:|--:|--:|--:|")
+        print("\n".join(lines))
 
 
 def main():
@@ -41,6 +72,10 @@ def main():
     summary = d["summary"]
     for r in summary if isinstance(summary, list) else summary.values():
         print(row(dict(r, suite=r.get("suite", "all")), bold=True))
+    rows = list(d["results"])
+    rows += [dict(r, suite=r.get("suite", "all"))
+             for r in (summary if isinstance(summary, list) else summary.values())]
+    paired(rows)
 
 
 if __name__ == "__main__":

@@ -250,6 +250,35 @@ TEST(BcDataTest, ShiftImageTranslatesWithEdgeReplication) {
   EXPECT_EQ(ShiftImage(img, 0, 0).pixels, img.pixels);
 }
 
+TEST(BcDataTest, NamedLabelsCoverEveryGoalsItemsAndEqualTheTargetForOneGoal) {
+  ModelConfig c = TinyConfig();
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const DatasetStats st = SmallStats();
+  auto one = MakeRawSample({sim::Suite::kGoal, 4, -1, 0.0f}, 0, 8, 64);
+  auto two = MakeRawSample({sim::Suite::kLong, 3, 0, 0.0f}, 0, 8, 64);
+  ASSERT_TRUE(one.ok() && two.ok());
+  ASSERT_EQ(one->named_discs.size(), 1u);
+  ASSERT_EQ(two->named_discs.size(), 2u);
+  for (int d = 0; d < 2 * kPatchTargetItems; ++d) {
+    EXPECT_EQ(two->named_discs[0][d].u, two->discs[d].u) << d;  // goal 0 is the current one
+    EXPECT_EQ(two->named_discs[0][d].r, two->discs[d].r) << d;
+  }
+  std::mt19937_64 rng(5);
+  auto b = MakeBatch({*one, *two}, c, **tok, st, 2, &rng);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->named_labels.sizes(), b->patch_labels.sizes());
+  EXPECT_TRUE(torch::equal(b->named_labels[0], b->patch_labels[0]));
+  // The long sample's named set holds the current goal's patches and, in the main view, the
+  // second goal's object and plate as well.
+  const auto named = b->named_labels[1], current = b->patch_labels[1];
+  EXPECT_TRUE(torch::equal(torch::maximum(named, current), named));
+  for (int item = 0; item < kPatchTargetItems; ++item)
+    EXPECT_GT(named.slice(0, 0, 64).select(1, item).sum().item<float>(),
+              current.slice(0, 0, 64).select(1, item).sum().item<float>())
+        << item;
+}
+
 TEST(BcDataTest, BatchHasModelShapesAndNormalizedTargets) {
   ModelConfig c = TinyConfig();
   auto tok = Tokenizer::Load(kTokenizer);

@@ -53,3 +53,23 @@ add_test(NAME eval_fails_when_specprune_falls_behind
 set_tests_properties(eval_fails_when_specprune_falls_behind PROPERTIES LABELS "eval"
                      PASS_REGULAR_EXPRESSION
                      "specprune success [0-9.]+ is more than --require_specprune_within 0.200 below")
+
+# --help prints every flag and exits 0; a bad flag points at --help and exits 2.
+add_test(NAME eval_help_lists_flags COMMAND specprune_eval --help)
+set_tests_properties(eval_help_lists_flags PROPERTIES LABELS "eval"
+                     PASS_REGULAR_EXPRESSION "usage: specprune_eval.*--require_specprune_within")
+add_test(NAME train_help_lists_flags COMMAND specprune_train --help)
+set_tests_properties(train_help_lists_flags PROPERTIES LABELS "eval"
+                     PASS_REGULAR_EXPRESSION "usage: specprune_train.*--dagger_states")
+add_test(NAME eval_rejects_unknown_flag COMMAND specprune_eval --model models/tiny --bogus 1)
+set_tests_properties(eval_rejects_unknown_flag PROPERTIES LABELS "eval"
+                     PASS_REGULAR_EXPRESSION "unknown flag --bogus.*--help lists the flags")
+
+# bench/eval_table.py: the Markdown table and the paired comparison with `none` (same seeds): in
+# tests/data/eval_result_small.json SpecPrune loses 3 of none's episodes and wins 1 (p = 0.625).
+add_test(NAME eval_table_pairs_methods_with_none
+         COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/bench/eval_table.py
+                 ${CMAKE_CURRENT_LIST_DIR}/data/eval_result_small.json)
+set_tests_properties(eval_table_pairs_methods_with_none PROPERTIES LABELS "eval"
+                     PASS_REGULAR_EXPRESSION
+                     "\\| specprune \\| long \\| 2/6 \\| 31.0% \\| 63.0% \\| – .*\\| specprune \\| long \\| 3 \\| 1 \\| -2 \\| 0.625 \\|")

@@ -9,7 +9,7 @@ common=(--out "$out" --init "$src/models/tiny" --init_weights 1 --batch 4 --warm
         --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
         --aux_weight 1 --patch_weight 1 --early_frac 0.5 --dagger_every 2 --dagger_episodes 2
         --dagger_frac 0.5 --dagger_states empty --text_aux_weight 0.5 --attr_weight 0.5
-        --attn_weight 0.5 --attn_layers 0,2)
+        --attn_weight 0.5 --attn_layers 0,2 --attn_named_layers 0)
 "$train" "${common[@]}" --steps 2 > "$out.first.log" 2>&1 || { cat "$out.first.log"; exit 1; }
 grep -q "^command: .*specprune_train .*--attn_weight 0.5" "$out.first.log"
 grep -q "initialized from the weights in" "$out.first.log"
@@ -36,4 +36,11 @@ grep -q '"step": 4' "$out/train_state.json"
   --reference 0 --pruning "$src/bench/pruning/specprune-alpha1.6-fine2.4.json" \
   --json "$out.eval.json" > "$out.eval.log" 2>&1 || { cat "$out.eval.log"; exit 1; }
 grep -q '"coarse_scale": 1.6' "$out.eval.json" || { echo "--pruning not applied"; exit 1; }
+grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.eval.json" ||
+  { echo "no target coverage for SpecPrune"; exit 1; }
+# A named-target layer must be one of the attention-grounding layers.
+if "$train" "${common[@]}" --out "$out.bad" --steps 1 --attn_named_layers 1 > "$out.bad.log" 2>&1; then
+  echo "--attn_named_layers 1 outside --attn_layers 0,2 was accepted"; exit 1
+fi
+grep -q -- "--attn_named_layers: layer 1 is not in --attn_layers" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 echo "train smoke OK"

@@ -179,13 +179,14 @@ const sim::Goal* CurrentGoal(const sim::Episode& ep, double* dest_x, double* des
 
 }  // namespace
 
-std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& ep) {
+namespace {
+
+// Where `goal`'s object and destination appear in both cameras (TargetDiscs' layout).
+std::array<ImageDisc, 2 * kPatchTargetItems> GoalDiscs(const sim::Episode& ep,
+                                                       const sim::Goal& goal) {
   std::array<ImageDisc, 2 * kPatchTargetItems> discs{};
-  double dx, dy;
-  const sim::Goal* goal = CurrentGoal(ep, &dx, &dy);
-  if (goal == nullptr) return discs;
   const sim::World& w = ep.world();
-  const sim::Object& o = w.objects[goal->object];
+  const sim::Object& o = w.objects[goal.object];
   const int image_size = ep.options().image_size;
   const sim::Camera cams[2] = {sim::MainCamera(image_size),
                                sim::WristCamera(w.gripper, image_size)};
@@ -193,14 +194,15 @@ std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& ep)
   const sim::Vec3 obj_centre = {o.x, o.y, top};
   const sim::Vec3 obj_edge = {o.x + o.half_width(), o.y, top};
   sim::Vec3 dst_centre, dst_edge;
-  if (goal->kind == sim::Goal::Kind::kOnPlate) {
-    dst_centre = {dx, dy, sim::kPlateHeight};
-    dst_edge = {dx + sim::kPlateRadius, dy, sim::kPlateHeight};
+  if (goal.kind == sim::Goal::Kind::kOnPlate) {
+    const sim::Plate& plate = w.plates[goal.target];
+    dst_centre = {plate.x, plate.y, sim::kPlateHeight};
+    dst_edge = {plate.x + sim::kPlateRadius, plate.y, sim::kPlateHeight};
   } else {
-    const sim::Object& base = w.objects[goal->target];
+    const sim::Object& base = w.objects[goal.target];
     const double base_top = base.z + sim::ShapeHeight(base.shape);
-    dst_centre = {dx, dy, base_top};
-    dst_edge = {dx + base.half_width(), dy, base_top};
+    dst_centre = {base.x, base.y, base_top};
+    dst_edge = {base.x + base.half_width(), base.y, base_top};
   }
   const std::pair<sim::Vec3, sim::Vec3> items[kPatchTargetItems] = {{obj_centre, obj_edge},
                                                                     {dst_centre, dst_edge}};
@@ -216,6 +218,21 @@ std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& ep)
     }
   }
   return discs;
+}
+
+}  // namespace
+
+std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& ep) {
+  double dx, dy;
+  const sim::Goal* goal = CurrentGoal(ep, &dx, &dy);
+  if (goal == nullptr) return {};
+  return GoalDiscs(ep, *goal);
+}
+
+std::vector<std::array<ImageDisc, 2 * kPatchTargetItems>> NamedDiscs(const sim::Episode& ep) {
+  std::vector<std::array<ImageDisc, 2 * kPatchTargetItems>> out;
+  for (const sim::Goal& goal : ep.goals()) out.push_back(GoalDiscs(ep, goal));
+  return out;
 }
 
 std::array<std::vector<ItemDisc>, 2> ItemDiscs(const sim::Episode& ep) {
@@ -291,6 +308,7 @@ absl::StatusOr<RawSample> LabelState(const sim::Episode& ep, sim::ScriptedExpert
                                      o.x - tip.x, o.y - tip.y, dx - tip.x, dy - tip.y};
     for (int i = 0; i < kAuxTargetDim; ++i) s.aux[i] = static_cast<float>(v[i] * k);
     s.discs = TargetDiscs(ep);
+    s.named_discs = NamedDiscs(ep);
   }
   s.items = ItemDiscs(ep);
   sim::Episode branch = ep;
@@ -434,6 +452,7 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
   const int64_t pp = config.patches_per_image();
   const int patch = static_cast<int>(config.towers.at(0).patch_size);
   batch.patch_labels = torch::empty({b, 2 * pp, kPatchTargetItems}, torch::kFloat32);
+  batch.named_labels = torch::empty({b, 2 * pp, kPatchTargetItems}, torch::kFloat32);
   batch.patch_attributes = torch::empty({b, 2 * pp, 2}, torch::kLong);
   std::uniform_int_distribution<int> shift(-max_shift, max_shift);
   for (int64_t i = 0; i < b; ++i) {
@@ -452,6 +471,11 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
       batch.patch_labels[i]
           .slice(0, c * pp, (c + 1) * pp)
           .copy_(PatchLabels(&r.discs[c * kPatchTargetItems], static_cast<int>(s), patch, dx, dy));
+      auto named = batch.named_labels[i].slice(0, c * pp, (c + 1) * pp);
+      named.zero_();
+      for (const auto& goal : r.named_discs)
+        named.copy_(torch::maximum(
+            named, PatchLabels(&goal[c * kPatchTargetItems], static_cast<int>(s), patch, dx, dy)));
       batch.patch_attributes[i]
           .slice(0, c * pp, (c + 1) * pp)
           .copy_(PatchAttributes(r.items[c], static_cast<int>(s), patch, dx, dy));

@@ -104,6 +104,8 @@ struct RawSample {
   // 1 wrist). The object disc is its footprint at its top face; the destination's is the plate's
   // or the base object's.
   std::array<ImageDisc, 2 * kPatchTargetItems> discs{};
+  // The same for every goal of the instruction, in its order (`long`: both sub-tasks' items).
+  std::vector<std::array<ImageDisc, 2 * kPatchTargetItems>> named_discs;
   // Attribute targets (auxiliary training loss only): every object and plate per camera (0 main,
   // 1 wrist).
   std::array<std::vector<ItemDisc>, 2> items;
@@ -113,6 +115,9 @@ struct RawSample {
 // state (RawSample::discs; the images are episode.options().image_size square). All r == 0 for a
 // task without goals.
 std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& episode);
+
+// TargetDiscs of every goal of the episode, in instruction order (RawSample::named_discs).
+std::vector<std::array<ImageDisc, 2 * kPatchTargetItems>> NamedDiscs(const sim::Episode& episode);
 
 // Every object's top face and every plate in both cameras (RawSample::items).
 std::array<std::vector<ItemDisc>, 2> ItemDiscs(const sim::Episode& episode);
@@ -160,6 +165,9 @@ struct BcBatch {
   // [B, vision tokens, kPatchTargetItems] in {0, 1}: the patch (in the model's vision-token order:
   // camera-major, row-major patches) overlaps the item's disc after the batch's shift augmentation.
   torch::Tensor patch_labels;
+  // The same for the items every goal of the instruction names (the union over
+  // RawSample::named_discs): equal to patch_labels for one-goal instructions.
+  torch::Tensor named_labels;
   // [B, vision tokens, 2] int64: shape and colour class of what each patch shows (PatchAttributes,
   // after the shift augmentation).
   torch::Tensor patch_attributes;

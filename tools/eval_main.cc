@@ -124,7 +124,8 @@ bool ParseArgs(int argc, char** argv, EvalOptions* o) {
 struct Cell {
   std::string method, suite;
   int episodes = 0, successes = 0;
-  double retention_sum = 0;  // per pass: mean over layers of kept / total vision tokens
+  std::vector<int> episode_success;  // per episode in seed order, 1 = solved (paired comparisons)
+  double retention_sum = 0;          // per pass: mean over layers of kept / total vision tokens
   double flops_ratio_sum = 0;
   int64_t passes = 0;
   double deviation_sum = 0;  // per pass: mean |a - a_ref| (normalized actions)
@@ -143,6 +144,12 @@ struct Cell {
   std::vector<std::array<double, kPatchTargetItems>> attention_share;
   std::array<double, kPatchTargetItems> area_share{};
   int64_t attention_n = 0;
+  // SpecPrune passes that pruned statically: per target item (as above), the summed share of the
+  // item's patches in V_retain = V_global u V_local u V_dynamic, and in V_global and V_local alone
+  // (passes where the item is visible in neither camera are skipped); and the passes, among those
+  // where the item shows in the main view, that keep at least one of its main-view patches.
+  std::array<double, kPatchTargetItems> kept_cover{}, global_cover{}, local_cover{};
+  std::array<int64_t, kPatchTargetItems> cover_n{}, main_seen{}, main_shown{};
 
   double success() const { return episodes ? static_cast<double>(successes) / episodes : 0; }
   double retention() const { return passes ? retention_sum / passes : 0; }
@@ -155,17 +162,21 @@ struct Cell {
 };
 
 // Attention grounding of one unpruned pass (Cell::attention_share).
-void AddAttentionShares(const KeepAllPruner& pruner, const sim::Episode& episode,
-                        const ModelConfig& c, Cell* cell) {
+// [P, items] 0/1 labels of the current goal's object and destination patches, both cameras.
+torch::Tensor TargetPatchLabels(const sim::Episode& episode, const ModelConfig& c) {
   const auto discs = TargetDiscs(episode);
-  const int64_t pp = c.patches_per_image();
   std::vector<torch::Tensor> per_camera;
   for (int cam = 0; cam < 2; ++cam)
     per_camera.push_back(PatchLabels(&discs[cam * kPatchTargetItems],
                                      static_cast<int>(c.image_size),
                                      static_cast<int>(c.towers.at(0).patch_size), 0, 0));
-  const torch::Tensor labels = torch::cat(per_camera, 0);  // [P, items]
-  if (labels.size(0) != c.vision_tokens() || pp <= 0) return;
+  return torch::cat(per_camera, 0);
+}
+
+void AddAttentionShares(const KeepAllPruner& pruner, const sim::Episode& episode,
+                        const ModelConfig& c, Cell* cell) {
+  const torch::Tensor labels = TargetPatchLabels(episode, c);
+  if (labels.size(0) != c.vision_tokens() || c.patches_per_image() <= 0) return;
   const auto& recorded = pruner.recorded_scores();
   if (recorded.empty()) return;
   cell->attention_share.resize(c.llm.layers);
@@ -180,6 +191,49 @@ void AddAttentionShares(const KeepAllPruner& pruner, const sim::Episode& episode
   for (int item = 0; item < kPatchTargetItems; ++item)
     cell->area_share[item] += labels.select(1, item).mean().item<double>();
   ++cell->attention_n;
+}
+
+// Target coverage of SpecPrune's kept sets in one pass (Cell::kept_cover).
+void AddTargetCoverage(const SpecPrunePruner& sp, const sim::Episode& episode, const ModelConfig& c,
+                       Cell* cell) {
+  const int64_t p = c.vision_tokens();
+  if (sp.retained_after_static() < 0 || sp.retained_after_static() >= p) return;
+  const torch::Tensor labels = TargetPatchLabels(episode, c).contiguous();
+  if (labels.size(0) != p) return;
+  auto mask_of = [p](std::initializer_list<const std::vector<int64_t>*> sets) {
+    std::vector<char> in(static_cast<size_t>(p), 0);
+    for (const auto* ids : sets)
+      for (int64_t id : *ids)
+        if (id >= 0 && id < p) in[static_cast<size_t>(id)] = 1;
+    return in;
+  };
+  const auto kept = mask_of({&sp.v_global(), &sp.v_local(), &sp.v_dynamic()});
+  const auto global = mask_of({&sp.v_global()});
+  const auto local = mask_of({&sp.v_local()});
+  const auto acc = labels.accessor<float, 2>();
+  const int64_t main_patches = c.patches_per_image();
+  for (int item = 0; item < kPatchTargetItems; ++item) {
+    double total = 0, in_kept = 0, in_global = 0, in_local = 0;
+    bool shown_main = false, seen_main = false;
+    for (int64_t i = 0; i < p; ++i) {
+      const double w = acc[i][item];
+      total += w;
+      in_kept += kept[static_cast<size_t>(i)] * w;
+      in_global += global[static_cast<size_t>(i)] * w;
+      in_local += local[static_cast<size_t>(i)] * w;
+      if (i < main_patches && w > 0) {
+        shown_main = true;
+        seen_main = seen_main || kept[static_cast<size_t>(i)];
+      }
+    }
+    cell->main_shown[item] += shown_main;
+    cell->main_seen[item] += seen_main;
+    if (!(total > 0)) continue;
+    cell->kept_cover[item] += in_kept / total;
+    cell->global_cover[item] += in_global / total;
+    cell->local_cover[item] += in_local / total;
+    ++cell->cover_n[item];
+  }
 }
 
 absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
@@ -225,6 +279,8 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
                       const SampleResult& r, SamplePruner* pruner) -> absl::Status {
     if (auto* keep_all = dynamic_cast<KeepAllPruner*>(pruner); keep_all != nullptr)
       AddAttentionShares(*keep_all, episode, c, &cell);
+    if (auto* spp = dynamic_cast<SpecPrunePruner*>(pruner); spp != nullptr)
+      AddTargetCoverage(*spp, episode, c, &cell);
     double kept = 0;
     for (int32_t n : r.vision_tokens_per_layer) kept += n;
     cell.retention_sum += kept / (static_cast<double>(r.vision_tokens_per_layer.size()) *
@@ -271,6 +327,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   cell.episodes = static_cast<int>(out->size());
   for (const auto& r : *out) {
     cell.successes += r.success;
+    cell.episode_success.push_back(r.success ? 1 : 0);
     cell.mean_steps += r.steps;
     cell.grasped_goal_object += r.grasped_goal_object;
     cell.goals_completed += r.goals_satisfied;
@@ -296,6 +353,25 @@ nlohmann::json AttentionJson(const Cell& c) {
   return j;
 }
 
+// Mean target coverage of Cell::kept_cover, null without SpecPrune passes that pruned.
+nlohmann::json CoverageJson(const Cell& c) {
+  nlohmann::json j;
+  static const char* kItems[kPatchTargetItems] = {"object", "destination"};
+  for (int item = 0; item < kPatchTargetItems; ++item) {
+    const double n = static_cast<double>(c.cover_n[item]);
+    if (n == 0) continue;
+    j[kItems[item]] = {
+        {"retained", c.kept_cover[item] / n},
+        {"v_global", c.global_cover[item] / n},
+        {"v_local", c.local_cover[item] / n},
+        {"passes", c.cover_n[item]},
+        {"main_view_seen", c.main_shown[item] ? static_cast<double>(c.main_seen[item]) /
+                                                    static_cast<double>(c.main_shown[item])
+                                              : 0.0}};
+  }
+  return j.empty() ? nlohmann::json() : j;
+}
+
 nlohmann::json CellJson(const Cell& c, double none_sps) {
   auto num = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(); };
   return {
@@ -317,7 +393,9 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
       {"action_deviation", num(c.deviation())},
       {"global_recall", num(c.recall())},
       {"forward_passes", c.passes},
-      {"attention_grounding", AttentionJson(c)}};
+      {"attention_grounding", AttentionJson(c)},
+      {"episode_success", c.episode_success},
+      {"target_coverage", CoverageJson(c)}};
 }
 
 Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
@@ -329,6 +407,8 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     if (c.method != method) continue;
     all.episodes += c.episodes;
     all.successes += c.successes;
+    all.episode_success.insert(all.episode_success.end(), c.episode_success.begin(),
+                               c.episode_success.end());
     all.grasped_goal_object += c.grasped_goal_object;
     all.goals += c.goals;
     all.goals_completed += c.goals_completed;
@@ -346,6 +426,14 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
         all.attention_share[l][item] += c.attention_share[l][item];
     for (int item = 0; item < kPatchTargetItems; ++item) all.area_share[item] += c.area_share[item];
     all.attention_n += c.attention_n;
+    for (int item = 0; item < kPatchTargetItems; ++item) {
+      all.kept_cover[item] += c.kept_cover[item];
+      all.global_cover[item] += c.global_cover[item];
+      all.local_cover[item] += c.local_cover[item];
+      all.cover_n[item] += c.cover_n[item];
+      all.main_seen[item] += c.main_seen[item];
+      all.main_shown[item] += c.main_shown[item];
+    }
     all.forward_seconds += c.forward_seconds;
     all.forward_samples += c.forward_samples;
     steps += c.mean_steps * c.episodes;
@@ -354,9 +442,31 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
   return all;
 }
 
+constexpr char kUsage[] =
+    "usage: specprune_eval --model DIR [flags]   (flags: --name value or --name=value)\n"
+    "Closed-loop success of pruning methods on the tabletop simulator (DESIGN section 7).\n"
+    "  --model DIR                    model directory (required)\n"
+    "  --suites a,b                   spatial,object,goal,long (default: all four)\n"
+    "  --methods a,b                  none,specprune,fastv,random (default: all four)\n"
+    "  --episodes N                   per suite and method (default 10)\n"
+    "  --seed S                       episode seeds are S, S+1, ... (default 2000000)\n"
+    "  --json FILE                    write the results as JSON\n"
+    "  --pruning FILE                 pruning overrides ({\"pruning\": {...}}) for every method\n"
+    "  --keep_ratio R                 FastV/random keep ratio (default: SpecPrune's retention)\n"
+    "  --distractors N                objects not named by the goal, -1 = suite default\n"
+    "  --execute_steps N              actions of each chunk executed open loop (default 8)\n"
+    "  --threads N --batch N          torch threads (2), episodes per forward pass (64)\n"
+    "  --dtype fp32|bf16              forward dtype (default fp32)\n"
+    "  --unnorm_key KEY               dataset-statistics key (default: the first)\n"
+    "  --reference 0|1                run unpruned reference passes (deviation, recall; 1)\n"
+    "  --trace_episode I              per-pass trace of episode I of every cell (stderr)\n"
+    "  --require_success X            exit 3 unless unpruned mean success > X\n"
+    "  --require_specprune_within D   exit 3 unless SpecPrune >= unpruned - D\n";
+
 int Main(int argc, char** argv) {
+  if (WantsHelp(argc, argv)) return std::fputs(kUsage, stdout), 0;
   EvalOptions o;
-  if (!ParseArgs(argc, argv, &o)) return 2;
+  if (!ParseArgs(argc, argv, &o)) return std::fputs("(--help lists the flags)\n", stderr), 2;
   torch::set_num_threads(o.threads);
   ModelOptions mo;
   mo.dtype = o.dtype;

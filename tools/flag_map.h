@@ -5,8 +5,18 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace specprune {
+
+// True if any argument is --help or -h; the tool then prints its usage to stdout and exits 0.
+inline bool WantsHelp(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--help" || a == "-h") return true;
+  }
+  return false;
+}
 
 // Returns nullopt (after printing why) on a positional argument or a flag without a value.
 inline std::optional<std::map<std::string, std::string>> ParseFlagMap(int argc, char** argv) {

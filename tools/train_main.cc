@@ -95,6 +95,12 @@ struct TrainOptions {
   // the tokens), so no attention-based pruning can find the objects in it.
   double attn_weight = 0.0;
   std::vector<int> attn_layers;
+  // Layers of `attn_layers` whose target is every item the instruction names (all goals' objects
+  // and destinations, BcBatch::named_labels) instead of the current goal's. For the layers
+  // SpecPrune reads the current step's V_local from: in `long` the early layers cannot tell which
+  // sub-task is current, and a target they cannot meet left the second sub-task's object out of
+  // the kept set after the switch (docs/training.md).
+  std::vector<int> attn_named_layers;
   // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present, and its
   // dataset statistics when they have the simulator key) instead of a random initialization;
   // ignored when resuming from `out`.
@@ -210,7 +216,11 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->attr_weight = std::stod(v);
       else if (k == "attn_weight")
         o->attn_weight = std::stod(v);
-      else if (k == "attn_layers") {
+      else if (k == "attn_named_layers") {
+        o->attn_named_layers.clear();
+        for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
+          o->attn_named_layers.push_back(std::stoi(std::string(part)));
+      } else if (k == "attn_layers") {
         o->attn_layers.clear();
         for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
           o->attn_layers.push_back(std::stoi(std::string(part)));
@@ -577,18 +587,26 @@ struct Heads {
   std::vector<int>
       attn_layers;         // attention-grounding layers (the held-out share always reads them)
   bool attn_loss = false;  // TrainOptions::attn_weight > 0
+  // Per entry of attn_layers: its target is BcBatch::named_labels
+  // (TrainOptions::attn_named_layers).
+  std::vector<bool> attn_named;
 };
 
 // Attention-grounding loss (TrainOptions::attn_weight) and, optionally, the mean share of the
 // vision attention on the target items over layers and samples.
+// `named` (optional, per entry of `scores`): that layer's target is `named_labels` instead.
 torch::Tensor AttnLoss(const std::vector<torch::Tensor>& scores, const torch::Tensor& labels,
-                       double* mean_share = nullptr) {
+                       double* mean_share = nullptr, const std::vector<bool>& named = {},
+                       const torch::Tensor& named_labels = {}) {
   torch::Tensor loss = torch::zeros({}, torch::kFloat32);
   double share_sum = 0, share_n = 0;
-  for (const auto& sc : scores) {
+  for (size_t li = 0; li < scores.size(); ++li) {
+    const torch::Tensor& sc = scores[li];
+    const torch::Tensor& layer_labels =
+        li < named.size() && named[li] && named_labels.defined() ? named_labels : labels;
     auto dist = sc / sc.sum(1, /*keepdim=*/true).clamp_min(1e-12);  // [B, P]
     for (int item = 0; item < kPatchTargetItems; ++item) {
-      auto target = labels.select(2, item);  // [B, P]
+      auto target = layer_labels.select(2, item);  // [B, P]
       auto shown = target.sum(1).gt(0).to(torch::kFloat32);
       auto share = (dist * target).sum(1);
       const double n = shown.sum().item<double>();
@@ -690,7 +708,7 @@ Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, 
   l.attr = heads.attr.is_empty()
                ? torch::zeros({}, torch::kFloat32)
                : AttrLoss(heads.attr->forward(tap.vision_tokens), b.patch_attributes);
-  l.attn = AttnLoss(tap.attention, b.patch_labels);
+  l.attn = AttnLoss(tap.attention, b.patch_labels, nullptr, heads.attn_named, b.named_labels);
   return l;
 }
 
@@ -881,9 +899,30 @@ absl::Status SaveAll(const VlaModel& model, const DatasetStatistics& stats_file,
   return absl::OkStatus();
 }
 
+constexpr char kUsage[] =
+    "usage: specprune_train [flags]   (flags: --name value or --name=value)\n"
+    "Behaviour cloning of the tabletop expert into a servable checkpoint (docs/training.md).\n"
+    "Rerunning the same command resumes from the checkpoint in --out.\n"
+    "  run:        --out DIR --init DIR --init_weights 0|1 --steps N --seed S --threads N\n"
+    "              --data_threads N --dtype bf16|fp32\n"
+    "  optimizer:  --batch N --lr X --min_lr_ratio X --weight_decay X --warmup N --clip X\n"
+    "              --head_warmup N --head_lr X\n"
+    "  data:       --max_shift PX --noise_frac X --noise_std X --train_seeds N --stage1 N\n"
+    "              --stage2 N --stats_episodes N --early_frac X --early_steps N --long_frac X\n"
+    "  grounding:  --aux_weight X --aux_targets 4|8 --aux_per_row 0|1 --patch_weight X\n"
+    "              --patch_layer L --text_aux_weight X --attr_weight X --attn_weight X\n"
+    "              --attn_layers a,b,... --attn_named_layers a,b,...\n"
+    "  DAgger:     --dagger_every N --dagger_episodes N --dagger_frac X --dagger_pool N\n"
+    "              --dagger_states empty|all\n"
+    "  progress:   --log_every N --holdout_every N --eval_every N --eval_episodes N --ckpt_every "
+    "N\n"
+    "  one-shot:   --benchmark N (fp32 vs bf16 step time) --check_demos N --diagnose N\n"
+    "Defaults and meanings: TrainOptions in tools/train_main.cc.\n";
+
 int Main(int argc, char** argv) {
+  if (WantsHelp(argc, argv)) return std::fputs(kUsage, stdout), 0;
   TrainOptions o;
-  if (!ParseArgs(argc, argv, &o)) return 2;
+  if (!ParseArgs(argc, argv, &o)) return std::fputs("(--help lists the flags)\n", stderr), 2;
   torch::set_num_threads(o.threads);
   // The log records how the run was started, so a checkpoint's lineage can be re-run.
   std::string command = "command:";
@@ -1014,7 +1053,8 @@ int Main(int argc, char** argv) {
               nullptr,
               nullptr,
               {},
-              false};
+              false,
+              {}};
   if (o.text_aux_weight > 0)
     heads.text = AuxHead((*model)->config().llm.hidden, o.aux_targets, /*per_row=*/true);
   if (o.attr_weight > 0) heads.attr = AttrHead((*model)->config().llm.hidden);
@@ -1030,6 +1070,15 @@ int Main(int argc, char** argv) {
         std::fprintf(stderr, "--attn_layers: the model has %d layers\n", layers);
         return 2;
       }
+    for (int l : o.attn_named_layers)
+      if (std::find(heads.attn_layers.begin(), heads.attn_layers.end(), l) ==
+          heads.attn_layers.end()) {
+        std::fprintf(stderr, "--attn_named_layers: layer %d is not in --attn_layers\n", l);
+        return 2;
+      }
+    for (int l : heads.attn_layers)
+      heads.attn_named.push_back(std::find(o.attn_named_layers.begin(), o.attn_named_layers.end(),
+                                           l) != o.attn_named_layers.end());
   }
   AuxHead& aux = heads.aux;
   const std::string aux_path = o.out + "/aux_head.pt";
