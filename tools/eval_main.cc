@@ -145,7 +145,8 @@ struct Cell {
   std::array<double, kPatchTargetItems> area_share{};
   int64_t attention_n = 0;
   // SpecPrune passes that pruned statically: per target item (as above), the summed share of the
-  // item's patches in V_retain = V_global u V_local u V_dynamic, and in V_global and V_local alone
+  // item's patches in V_global u V_local u V_dynamic (V_retain before its fill up to min_tokens,
+  // which tops up only when that union is smaller), and in V_global and V_local alone
   // (passes where the item is visible in neither camera are skipped); and the passes, among those
   // where the item shows in the main view, that keep at least one of its main-view patches.
   std::array<double, kPatchTargetItems> kept_cover{}, global_cover{}, local_cover{};
@@ -161,7 +162,6 @@ struct Cell {
   double recall() const { return recall_n ? recall_sum / recall_n : NAN; }
 };
 
-// Attention grounding of one unpruned pass (Cell::attention_share).
 // [P, items] 0/1 labels of the current goal's object and destination patches, both cameras.
 torch::Tensor TargetPatchLabels(const sim::Episode& episode, const ModelConfig& c) {
   const auto discs = TargetDiscs(episode);
@@ -173,6 +173,7 @@ torch::Tensor TargetPatchLabels(const sim::Episode& episode, const ModelConfig& 
   return torch::cat(per_camera, 0);
 }
 
+// Attention grounding of one unpruned pass (Cell::attention_share).
 void AddAttentionShares(const KeepAllPruner& pruner, const sim::Episode& episode,
                         const ModelConfig& c, Cell* cell) {
   const torch::Tensor labels = TargetPatchLabels(episode, c);

@@ -138,6 +138,14 @@ void SetAutocast(bool on) {
   if (!on) at::autocast::clear_cache();
 }
 
+// "0,2,5" -> {0, 2, 5}; std::stoi throws on a bad entry (ParseArgs reports it).
+std::vector<int> ParseIntList(const std::string& v) {
+  std::vector<int> out;
+  for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
+    out.push_back(std::stoi(std::string(part)));
+  return out;
+}
+
 bool ParseArgs(int argc, char** argv, TrainOptions* o) {
   const auto parsed = ParseFlagMap(argc, argv);
   if (!parsed.has_value()) return false;
@@ -216,15 +224,11 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->attr_weight = std::stod(v);
       else if (k == "attn_weight")
         o->attn_weight = std::stod(v);
-      else if (k == "attn_named_layers") {
-        o->attn_named_layers.clear();
-        for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
-          o->attn_named_layers.push_back(std::stoi(std::string(part)));
-      } else if (k == "attn_layers") {
-        o->attn_layers.clear();
-        for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
-          o->attn_layers.push_back(std::stoi(std::string(part)));
-      } else if (k == "init_weights")
+      else if (k == "attn_named_layers")
+        o->attn_named_layers = ParseIntList(v);
+      else if (k == "attn_layers")
+        o->attn_layers = ParseIntList(v);
+      else if (k == "init_weights")
         o->init_weights = v != "0" && v != "false";
       else if (k == "early_frac")
         o->early_frac = std::stod(v);
@@ -914,8 +918,8 @@ constexpr char kUsage[] =
     "              --attn_layers a,b,... --attn_named_layers a,b,...\n"
     "  DAgger:     --dagger_every N --dagger_episodes N --dagger_frac X --dagger_pool N\n"
     "              --dagger_states empty|all\n"
-    "  progress:   --log_every N --holdout_every N --eval_every N --eval_episodes N --ckpt_every "
-    "N\n"
+    "  progress:   --log_every N --holdout_every N --eval_every N --eval_episodes N\n"
+    "              --ckpt_every N\n"
     "  one-shot:   --benchmark N (fp32 vs bf16 step time) --check_demos N --diagnose N\n"
     "Defaults and meanings: TrainOptions in tools/train_main.cc.\n";
 
