@@ -23,6 +23,9 @@ struct EpisodeState {
   torch::Tensor last_actions;
   // Forward passes run in this episode.
   int64_t steps = 0;
+  // Set by SpecPrune's Finish when its chunk opened the gripper and refresh_after_release is on:
+  // the next pass skips static pruning to rebuild global_prior from every token.
+  bool refresh_next = false;
 
   void Clear() { *this = EpisodeState(); }
 };

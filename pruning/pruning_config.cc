@@ -161,6 +161,14 @@ absl::Status ParseSpecPrune(const json& j, SpecPruneConfig* c) {
       s = ReadDouble(v, f, &c->fine_scale);
     } else if (key == "dynamic_in_fine") {
       s = ReadBool(v, f, &c->dynamic_in_fine);
+    } else if (key == "refresh_after_release") {
+      s = ReadBool(v, f, &c->refresh_after_release);
+    } else if (key == "gripper_column") {
+      s = ReadInt(v, f, &c->gripper_column);
+    } else if (key == "gripper_threshold") {
+      s = ReadDouble(v, f, &c->gripper_threshold);
+    } else if (key == "gripper_closed_above") {
+      s = ReadBool(v, f, &c->gripper_closed_above);
     } else {
       s = FieldError(f, "unknown field");
     }
@@ -303,6 +311,10 @@ absl::Status ValidatePruningConfig(const PruningConfig& c) {
   }
   if (s.max_history < 0) return FieldError(p + "max_history", "must be >= 0");
   if (s.min_tokens < 1) return FieldError(p + "min_tokens", "must be >= 1");
+  if (s.gripper_column < 0) return FieldError(p + "gripper_column", "must be >= 0");
+  if (!std::isfinite(s.gripper_threshold)) {
+    return FieldError(p + "gripper_threshold", "must be finite");
+  }
   if (s.prune_fraction < 0.0 || s.prune_fraction >= 1.0) {
     return FieldError(p + "prune_fraction", "must be in [0, 1)");
   }
@@ -400,6 +412,10 @@ nlohmann::json ToJson(const PruningConfig& c) {
       {"coarse_scale", s.coarse_scale},
       {"fine_scale", s.fine_scale},
       {"dynamic_in_fine", s.dynamic_in_fine},
+      {"refresh_after_release", s.refresh_after_release},
+      {"gripper_column", s.gripper_column},
+      {"gripper_threshold", s.gripper_threshold},
+      {"gripper_closed_above", s.gripper_closed_above},
   };
   return json{
       {"method", MethodName(c.method)},

@@ -86,6 +86,22 @@ struct SpecPruneConfig {
   double coarse_scale = 0.8;     // alpha: K multiplier in coarse mode (more pruning)
   double fine_scale = 1.5;       // K multiplier in fine mode (less pruning), >= 1
   bool dynamic_in_fine = false;  // run layer-level dynamic pruning in fine mode
+
+  // --- Prior refresh at sub-task boundaries (not in the paper; off by default) ---
+  // V_global can only re-find tokens the previous pass kept to its global layers, so an object
+  // that only matters after a sub-task switch (the second pick of a two-step task) can stay pruned.
+  // When true, the pass after a chunk that opened the gripper (a "closed" value followed by an
+  // "open" one in column gripper_column of the normalized chunk, across chunk boundaries too) skips
+  // static pruning: every layer sees every token and the global layers rebuild the prior. Costs
+  // one unpruned pass per release. The trigger reads the whole predicted chunk, so it assumes the
+  // robot executes the chunk to its end (OFT's open-loop execution).
+  bool refresh_after_release = false;
+  // Column of the gripper in the normalized chunk (OpenVLA's 7-dim action: [xyz, rpy, gripper]).
+  // A value is "closed" iff it is > gripper_threshold, or < it when gripper_closed_above is false
+  // (models whose gripper output is 1 = open, 0 = closed: threshold 0.5, closed_above false).
+  int gripper_column = 6;
+  double gripper_threshold = 0.0;
+  bool gripper_closed_above = true;
 };
 
 struct FastVConfig {

@@ -16,6 +16,10 @@
 //    remaining tokens is dropped (never below min_tokens). Skipped in fine mode unless
 //    dynamic_in_fine, and when the pass did not prune statically.
 //  * global_layers: kText stats, scattered to original ids and averaged for the next prior.
+//  * refresh_after_release: a pass whose state->refresh_next is set skips static (and dynamic)
+//    pruning like the keep-all fallback; Finish() sets refresh_next iff the new chunk opens the
+//    gripper (closed -> open in gripper_column, the previous chunk's last row included;
+//    see SpecPruneConfig).
 //  * Finish(): writes state->global_prior ([P], 0 for tokens absent at a global layer; left
 //    unchanged if no global layer reported stats), then the common bookkeeping (frames,
 //    last_actions, steps).
@@ -43,6 +47,8 @@ class SpecPrunePruner : public EpisodeTrackingPruner {
 
   ControllerMode mode() const override { return mode_; }
   bool used_fallback() const override { return used_fallback_; }
+  // True when this pass ran unpruned to refresh the prior after a gripper release.
+  bool refreshed() const { return refreshed_; }
 
   // Telemetry.
   const std::vector<int64_t>& v_global() const { return v_global_; }
@@ -69,6 +75,7 @@ class SpecPrunePruner : public EpisodeTrackingPruner {
   ControllerMode mode_ = ControllerMode::kNone;
   Velocity velocity_;
   bool used_fallback_ = false;
+  bool refreshed_ = false;
   bool static_pruning_ = false;   // this pass prunes after static_layer_
   bool dynamic_pruning_ = false;  // this pass runs layer-level pruning
   int64_t k_global_ = 0, k_local_ = 0, k_dynamic_ = 0, min_tokens_ = 1;

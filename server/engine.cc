@@ -479,6 +479,9 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
     for (int32_t n : per_layer) tel->add_retained_per_layer(n);
     tel->set_flops_ratio(res.flops() / res.flops_unpruned());
     tel->set_used_fallback(pruner->used_fallback());
+    if (auto* sp = dynamic_cast<SpecPrunePruner*>(pruner); sp != nullptr) {
+      tel->set_refreshed_prior(sp->refreshed());
+    }
     if (job.diagnostic) {
       // Unpruned reference pass of this sample alone, stateless, recording the
       // global layers.
@@ -522,6 +525,7 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
     if (metrics_) {
       metrics_->RecordRetainedTokens(per_layer.back(), res.total_vision_tokens);
       metrics_->RecordControllerMode(resp->controller_mode());
+      if (tel->refreshed_prior()) metrics_->RecordPriorRefresh();
       metrics_->RecordForwardPass(tel->method());
     }
     timing->set_total_seconds(SecondsSince(job.received));

@@ -144,6 +144,13 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   for (size_t i = 0; i < kRejectNames.size(); ++i) {
     rejected_[i] = &rejected.Add({{"reason", std::string(kRejectNames[i])}});
   }
+  prior_refreshes_ = &prometheus::BuildCounter()
+                          .Name("specprune_prior_refreshes_total")
+                          .Help(
+                              "SpecPrune passes run unpruned to rebuild the global prior after "
+                              "the previous chunk opened the gripper.")
+                          .Register(r)
+                          .Add({});
   expired_ = &prometheus::BuildCounter()
                   .Name("specprune_expired_requests_total")
                   .Help(
@@ -398,6 +405,8 @@ void ServerMetrics::RecordControllerMode(v1::ControllerMode mode) {
 void ServerMetrics::RecordRejected(RejectReason reason) {
   rejected_.at(static_cast<size_t>(reason))->Increment();
 }
+
+void ServerMetrics::RecordPriorRefresh() { prior_refreshes_->Increment(); }
 
 void ServerMetrics::RecordExpired() { expired_->Increment(); }
 

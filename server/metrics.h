@@ -4,24 +4,24 @@
 // its own port.
 //
 // Families (base units in names):
-//   specprune_requests_total{rpc,code}                 counter   finished RPCs
-//   by gRPC code name specprune_request_duration_seconds{rpc} histogram
-//   server-side end to end specprune_queue_duration_seconds histogram wait for
-//   a batch / worker specprune_compute_duration_seconds{stage} histogram
-//   preprocess|vision|llm|action_head specprune_retained_vision_tokens
-//   histogram vision tokens at the last layer
-//   specprune_vision_token_retention_ratio             histogram retained /
-//   total, in [0, 1] specprune_batch_size histogram samples per forward pass
-//   specprune_active_sessions                          gauge
-//   specprune_session_evictions_total                  counter   LRU + TTL
-//   evictions specprune_controller_mode_total{mode}              counter
-//   coarse|fine|none per sample specprune_rejected_requests_total{reason}
-//   counter   queue_full|invalid|stale_step|
-//                                                                shutting_down
-//   specprune_expired_requests_total                   counter   deadline
-//   passed/cancelled in queue specprune_queue_depth gauge
-//   specprune_forward_passes_total{method}             counter
-//   none|specprune|fastv|random per sample
+//   specprune_requests_total{rpc,code}               counter    finished RPCs by gRPC code name
+//   specprune_request_duration_seconds{rpc}          histogram  server-side end to end
+//   specprune_queue_duration_seconds                 histogram  wait for a batch / worker
+//   specprune_compute_duration_seconds{stage}        histogram  preprocess|vision|llm|action_head
+//   specprune_retained_vision_tokens                 histogram  vision tokens at the last layer
+//   specprune_vision_token_retention_ratio           histogram  retained / total, in [0, 1]
+//   specprune_batch_size                             histogram  samples per forward pass
+//   specprune_active_sessions                        gauge
+//   specprune_session_evictions_total                counter    LRU + TTL evictions
+//   specprune_controller_mode_total{mode}            counter    coarse|fine|none per sample
+//   specprune_prior_refreshes_total                  counter    SpecPrune passes run unpruned to
+//                                                               rebuild the prior after a release
+//   specprune_rejected_requests_total{reason}        counter    queue_full|invalid|stale_step|
+//                                                               shutting_down
+//   specprune_expired_requests_total                 counter    deadline passed/cancelled in queue
+//   specprune_queue_depth                            gauge
+//   specprune_forward_passes_total{method}           counter    none|specprune|fastv|random per
+//                                                               sample
 //
 // HTTP: StartExposer serves GET /metrics itself (one small thread, one scrape
 // at a time) instead of prometheus::Exposer: civetweb creates its threads with
@@ -103,6 +103,8 @@ class ServerMetrics {
   void RecordSessionEvictions(uint64_t count = 1);
   // One sample's controller mode (UNSPECIFIED counts as "none").
   void RecordControllerMode(v1::ControllerMode mode);
+  // One SpecPrune sample that ran unpruned to refresh its prior (refresh_after_release).
+  void RecordPriorRefresh();
   void RecordRejected(RejectReason reason);
   void RecordExpired();
   void SetQueueDepth(size_t depth);
@@ -131,6 +133,7 @@ class ServerMetrics {
   prometheus::Gauge* active_sessions_;
   prometheus::Counter* session_evictions_;
   std::array<prometheus::Counter*, 3> controller_mode_;  // none, coarse, fine
+  prometheus::Counter* prior_refreshes_;
   std::array<prometheus::Counter*, kNumRejectReasons> rejected_;
   prometheus::Counter* expired_;
   prometheus::Gauge* queue_depth_;

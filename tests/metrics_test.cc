@@ -84,6 +84,7 @@ TEST(MetricsTest, EveryFamilyIsRegisteredWithItsType) {
            "# TYPE specprune_active_sessions gauge",
            "# TYPE specprune_session_evictions_total counter",
            "# TYPE specprune_controller_mode_total counter",
+           "# TYPE specprune_prior_refreshes_total counter",
            "# TYPE specprune_rejected_requests_total counter",
            "# TYPE specprune_expired_requests_total counter",
            "# TYPE specprune_queue_depth gauge",
@@ -105,6 +106,7 @@ TEST(MetricsTest, EveryFamilyIsRegisteredWithItsType) {
            "specprune_rejected_requests_total{reason=\"stale_step\"} 0",
            "specprune_rejected_requests_total{reason=\"shutting_down\"} 0",
            "specprune_forward_passes_total{method=\"specprune\"} 0",
+           "specprune_prior_refreshes_total 0",
        }) {
     EXPECT_THAT(text, HasSubstr(series));
   }
@@ -148,6 +150,8 @@ TEST(MetricsTest, TypedRecordersUpdateTheirFamilies) {
   metrics.RecordControllerMode(v1::CONTROLLER_MODE_FINE);
   metrics.RecordControllerMode(v1::CONTROLLER_MODE_FINE);
   metrics.RecordControllerMode(v1::CONTROLLER_MODE_UNSPECIFIED);
+  metrics.RecordPriorRefresh();
+  metrics.RecordPriorRefresh();
   metrics.RecordRejected(RejectReason::kQueueFull);
   metrics.RecordRejected(RejectReason::kStaleStep);
   metrics.RecordRejected(RejectReason::kStaleStep);
@@ -177,6 +181,7 @@ TEST(MetricsTest, TypedRecordersUpdateTheirFamilies) {
            "specprune_controller_mode_total{mode=\"coarse\"} 1",
            "specprune_controller_mode_total{mode=\"fine\"} 2",
            "specprune_controller_mode_total{mode=\"none\"} 1",
+           "specprune_prior_refreshes_total 2",
            "specprune_rejected_requests_total{reason=\"queue_full\"} 1",
            "specprune_rejected_requests_total{reason=\"stale_step\"} 2",
            "specprune_rejected_requests_total{reason=\"invalid\"} 0",

@@ -100,6 +100,10 @@ TEST(PruningConfigTest, JsonRoundTrip) {
   c.specprune.first_step_fallback = FirstStepFallback::kLocalOnly;
   c.specprune.action_representation = ActionRepresentation::kAbsolute;
   c.specprune.dynamic_in_fine = true;
+  c.specprune.refresh_after_release = true;
+  c.specprune.gripper_column = 3;
+  c.specprune.gripper_threshold = 0.5;
+  c.specprune.gripper_closed_above = false;
   auto parsed = ParsePruningConfig(ToJson(c), DefaultPruningConfig(12, 512, 256));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(ToJson(*parsed), ToJson(c));
@@ -148,6 +152,10 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
               HasSubstr("pruning.specprune.first_step_fallback: unknown value"));
   EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_in_fine": 1}})", d),
             "pruning.specprune.dynamic_in_fine: must be a boolean");
+  EXPECT_EQ(ParseError(R"({"specprune": {"gripper_column": -1}})", d),
+            "pruning.specprune.gripper_column: must be >= 0");
+  EXPECT_EQ(ParseError(R"({"specprune": {"refresh_after_release": "yes"}})", d),
+            "pruning.specprune.refresh_after_release: must be a boolean");
   EXPECT_EQ(ParseError(R"({"fastv": {"keep_ratio": 0}})", d),
             "pruning.fastv.keep_ratio: must be in (0, 1]");
   EXPECT_EQ(ParseError(R"({"fastv": {"layer": 32}})", d),

@@ -85,6 +85,16 @@ torch::Tensor Actions(float dx, float dz) {
   return a;
 }
 
+// Actions(dx, 0) with the gripper column (6) set per row: > 0 closed, <= 0 open.
+torch::Tensor WithGripper(const std::vector<float>& gripper) {
+  auto a = Actions(0.5f, 0.0f);
+  for (size_t r = 0; r < gripper.size(); ++r) a[r][6] = gripper[r];
+  return a;
+}
+const std::vector<float> kClosed(8, 1.0f);
+const std::vector<float> kOpen(8, -1.0f);
+const std::vector<float> kReleaseMidChunk = {1, 1, 1, 1, -1, -1, -1, -1};
+
 // All-ones frame; `changed` patches become one-hot (cosine 1/sqrt(12) against all-ones).
 torch::Tensor Frame(const Ids& changed = {}) {
   auto f = torch::ones({kTokens, kPatchDim});
@@ -296,6 +306,68 @@ TEST_F(SpecPrunePolicyTest, SwitchingMethodsKeepsPriorAndHistory) {
   Step(Frame(), Actions(0.5f, 0.0f));
   EXPECT_FALSE(pruner_->used_fallback());
   EXPECT_EQ(state_.steps, 3);
+}
+
+TEST_F(SpecPrunePolicyTest, RefreshAfterReleaseRunsOnePassUnprunedAndRebuildsThePrior) {
+  config_.specprune.refresh_after_release = true;
+  Step(Frame(), WithGripper(kClosed));
+  Step(Frame(), WithGripper(kReleaseMidChunk));  // pruned; its chunk opens the gripper
+  EXPECT_FALSE(pruner_->refreshed());
+  EXPECT_LT(pruner_->retained_after_static(), kTokens);
+  EXPECT_TRUE(state_.refresh_next);
+  EXPECT_EQ(state_.global_prior[60].item<float>(), 0.0f);  // pruned before the global layers
+
+  const LoopResult r = Step(Frame(), WithGripper(kOpen));
+  EXPECT_TRUE(pruner_->refreshed());
+  EXPECT_FALSE(pruner_->used_fallback());
+  EXPECT_EQ(r.tokens_per_layer, std::vector<int64_t>(kLayers, kTokens));
+  EXPECT_FLOAT_EQ(state_.global_prior[60].item<float>(), Base(60));  // every token seen again
+  EXPECT_FALSE(state_.refresh_next);
+
+  const LoopResult after = Step(Frame(), WithGripper(kOpen));
+  EXPECT_FALSE(pruner_->refreshed());
+  EXPECT_LT(after.tokens_per_layer[kLayers - 1], kTokens);
+}
+
+TEST_F(SpecPrunePolicyTest, ReleaseAtAChunkBoundaryCountsGraspAndOpenDoNot) {
+  config_.specprune.refresh_after_release = true;
+  Step(Frame(), WithGripper(kOpen));
+  Step(Frame(), WithGripper({-1, -1, 1, 1, 1, 1, 1, 1}));  // grasp
+  EXPECT_FALSE(state_.refresh_next);
+  Step(Frame(), WithGripper(kClosed));
+  EXPECT_FALSE(state_.refresh_next);
+  Step(Frame(), WithGripper(kOpen));  // previous chunk ended closed: released at row 0
+  EXPECT_TRUE(state_.refresh_next);
+  Step(Frame(), WithGripper(kOpen));
+  EXPECT_TRUE(pruner_->refreshed());
+  EXPECT_FALSE(state_.refresh_next);
+}
+
+TEST_F(SpecPrunePolicyTest, ReleaseDoesNotRefreshUnlessEnabledOrWithoutAGripperColumn) {
+  Step(Frame(), WithGripper(kClosed));
+  Step(Frame(), WithGripper(kReleaseMidChunk));
+  EXPECT_FALSE(state_.refresh_next);
+  Step(Frame(), WithGripper(kOpen));
+  EXPECT_FALSE(pruner_->refreshed());
+  EXPECT_LT(pruner_->retained_after_static(), kTokens);
+
+  config_.specprune.refresh_after_release = true;
+  config_.specprune.gripper_column = 7;  // past the 7 action columns
+  Step(Frame(), WithGripper(kClosed));
+  Step(Frame(), WithGripper(kReleaseMidChunk));
+  EXPECT_FALSE(state_.refresh_next);
+}
+
+TEST_F(SpecPrunePolicyTest, GripperThresholdAndPolarityAreConfigurable) {
+  // A model whose gripper output is 1 = open, 0 = closed.
+  config_.specprune.refresh_after_release = true;
+  config_.specprune.gripper_threshold = 0.5;
+  config_.specprune.gripper_closed_above = false;
+  Step(Frame(), WithGripper(std::vector<float>(8, 1.0f)));                 // open
+  Step(Frame(), WithGripper({1, 1, 0.1f, 0.1f, 0.1f, 0.1f, 0.1f, 0.1f}));  // grasp
+  EXPECT_FALSE(state_.refresh_next);
+  Step(Frame(), WithGripper({0.1f, 0.1f, 0.1f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f}));  // release
+  EXPECT_TRUE(state_.refresh_next);
 }
 
 TEST_F(SpecPrunePolicyTest, ClearEmptiesPriorAndRestartsFallback) {

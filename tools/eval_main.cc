@@ -128,6 +128,8 @@ struct Cell {
   double retention_sum = 0;          // per pass: mean over layers of kept / total vision tokens
   double flops_ratio_sum = 0;
   int64_t passes = 0;
+  int64_t refresh_passes =
+      0;  // SpecPrune passes run unpruned after a release (refresh_after_release)
   double deviation_sum = 0;  // per pass: mean |a - a_ref| (normalized actions)
   int64_t deviation_n = 0;
   double recall_sum = 0;
@@ -280,8 +282,10 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
                       const SampleResult& r, SamplePruner* pruner) -> absl::Status {
     if (auto* keep_all = dynamic_cast<KeepAllPruner*>(pruner); keep_all != nullptr)
       AddAttentionShares(*keep_all, episode, c, &cell);
-    if (auto* spp = dynamic_cast<SpecPrunePruner*>(pruner); spp != nullptr)
+    if (auto* spp = dynamic_cast<SpecPrunePruner*>(pruner); spp != nullptr) {
       AddTargetCoverage(*spp, episode, c, &cell);
+      if (spp->refreshed()) ++cell.refresh_passes;
+    }
     double kept = 0;
     for (int32_t n : r.vision_tokens_per_layer) kept += n;
     cell.retention_sum += kept / (static_cast<double>(r.vision_tokens_per_layer.size()) *
@@ -394,6 +398,7 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
       {"action_deviation", num(c.deviation())},
       {"global_recall", num(c.recall())},
       {"forward_passes", c.passes},
+      {"prior_refresh_passes", c.refresh_passes},
       {"attention_grounding", AttentionJson(c)},
       {"episode_success", c.episode_success},
       {"target_coverage", CoverageJson(c)}};
@@ -417,6 +422,7 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     all.retention_sum += c.retention_sum;
     all.flops_ratio_sum += c.flops_ratio_sum;
     all.passes += c.passes;
+    all.refresh_passes += c.refresh_passes;
     all.deviation_sum += c.deviation_sum;
     all.deviation_n += c.deviation_n;
     all.recall_sum += c.recall_sum;

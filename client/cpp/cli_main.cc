@@ -309,7 +309,10 @@ int RunPredict(Client& client, const Args& args, bool json) {
       "ratio %.3f%s\n",
       r.retained_vision_tokens(), r.total_vision_tokens(), pct,
       PruningMethodName(r.pruning().method()), ModeName(r.controller_mode()),
-      r.pruning().flops_ratio(), r.pruning().used_fallback() ? "  (fallback: no prior)" : "");
+      r.pruning().flops_ratio(),
+      r.pruning().used_fallback()     ? "  (fallback: no prior)"
+      : r.pruning().refreshed_prior() ? "  (unpruned: prior refresh after a release)"
+                                      : "");
   if (r.pruning().has_action_deviation() || r.pruning().has_global_recall()) {
     std::cout << absl::StrFormat("diagnostic: action deviation %.6f  global recall %.3f\n",
                                  r.pruning().action_deviation(), r.pruning().global_recall());
@@ -424,7 +427,7 @@ int RunSim(Client& client, const Args& args, bool json) {
     opts.episode_id = absl::StrCat("sim-", std::string(sim::SuiteName(*suite)), "-", seed + e, "-",
                                    absl::ToUnixMicros(absl::Now()));
     std::vector<double> latency_ms, retained;
-    int calls = 0;
+    int calls = 0, refreshes = 0;
     while (!episode->done()) {
       Observation obs;
       obs.images.push_back({info->cameras(0), episode->RenderMain(), ""});
@@ -439,6 +442,7 @@ int RunSim(Client& client, const Args& args, bool json) {
       latency_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
       retained.push_back(static_cast<double>(chunk->raw.retained_vision_tokens()) /
                          std::max(1u, chunk->raw.total_vision_tokens()));
+      refreshes += chunk->raw.pruning().refreshed_prior() ? 1 : 0;
       const int rows = execute > 0 ? std::min(execute, chunk->chunk_size) : chunk->chunk_size;
       for (int t = 0; t < rows && !episode->done(); ++t) {
         sim::Action a;
@@ -461,13 +465,14 @@ int RunSim(Client& client, const Args& args, bool json) {
                      {"predict_calls", calls},
                      {"latency_ms_median", median},
                      {"latency_ms_max", latency_ms.back()},
-                     {"mean_retention", mean_retained}});
+                     {"mean_retention", mean_retained},
+                     {"prior_refreshes", refreshes}});
     } else {
       std::cout << absl::StrFormat(
           "episode %d seed %d: %-7s %3d steps, %3d calls, latency median %.1f ms (max %.1f), "
-          "retained %.1f%%  \"%s\"\n",
+          "retained %.1f%%, %d prior refreshes  \"%s\"\n",
           e, seed + e, episode->success() ? "SUCCESS" : "fail", episode->steps(), calls, median,
-          latency_ms.back(), 100 * mean_retained, episode->instruction());
+          latency_ms.back(), 100 * mean_retained, refreshes, episode->instruction());
     }
   }
   if (json) {

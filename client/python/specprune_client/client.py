@@ -151,6 +151,7 @@ def _to_prediction(request, response) -> Prediction:
             "action_deviation": p.action_deviation if p.HasField("action_deviation") else None,
             "global_recall": p.global_recall if p.HasField("global_recall") else None,
             "used_fallback": p.used_fallback,
+            "refreshed_prior": p.refreshed_prior,
         },
         raw=response,
     )

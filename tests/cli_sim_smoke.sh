@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The robot-side demo end to end: starts specprune_server (embedded default model, its shipped
+# pruning config) on an ephemeral loopback port and drives simulator episodes through it with
+# `specprune_cli sim --json`, as a robot would. Requires:
+#   * goal suite, 2 episodes (seeds 2000000-1): both solved (the model solves 200/200 unpruned and
+#     199/200 with SpecPrune in docs/BENCHMARKS.md), every episode with Predict calls and a
+#     retention below 1 (SpecPrune pruned over the wire);
+#   * long suite, 1 episode (seed 2000001, which places its first object): at least one pass
+#     flagged as a prior refresh after the gripper release (refresh_after_release is on in
+#     models/tiny/pruning_config.json);
+#   * the server exits 0 on SIGTERM.
+# usage: tests/cli_sim_smoke.sh SERVER_BINARY CLI_BINARY
+set -euo pipefail
+server_bin=${1:?usage: cli_sim_smoke.sh SERVER_BINARY CLI_BINARY}
+cli_bin=${2:?usage: cli_sim_smoke.sh SERVER_BINARY CLI_BINARY}
+py=/usr/bin/python3
+source "$(dirname "${BASH_SOURCE[0]}")/server_harness.sh"
+start_server "$server_bin"
+
+timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite goal --episodes 2 --seed 2000000 \
+  --json > "$work/goal.json"
+timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite long --episodes 1 --seed 2000001 \
+  --robot sim-long --json > "$work/long.json"
+
+"$py" - "$work/goal.json" "$work/long.json" <<'PY'
+import json, sys
+goal = json.load(open(sys.argv[1]))
+long = json.load(open(sys.argv[2]))
+errors = []
+if goal["success_rate"] != 1.0:
+    errors.append(f"goal success_rate {goal['success_rate']}, expected 1.0")
+for ep in goal["episodes"] + long["episodes"]:
+    if ep["predict_calls"] < 1:
+        errors.append(f"seed {ep['seed']}: no Predict calls")
+    if not 0 < ep["mean_retention"] < 1:
+        errors.append(f"seed {ep['seed']}: mean_retention {ep['mean_retention']} not in (0, 1)")
+if long["episodes"][0]["prior_refreshes"] < 1:
+    errors.append(f"long seed 2000001: no prior refresh ({long['episodes'][0]})")
+for e in errors:
+    print("FAIL:", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+
+stop_server
+echo "PASS: cli sim smoke (goal 2 episodes solved, long refreshes its prior after the release)"
