@@ -87,6 +87,9 @@ void EpisodeTrackingPruner::Finish(const torch::Tensor& normalized_actions) {
   }
   while (static_cast<int>(st.frames.size()) > std::max(max_history, 0)) st.frames.pop_front();
   if (normalized_actions.defined()) {
+    const SpecPruneConfig& sp = ctx_.config->specprune;
+    st.refresh_next =
+        TrackGripperRelease(normalized_actions, sp, &st.closed_rows) && sp.refresh_after_release;
     st.last_actions = normalized_actions.detach().to(torch::kCPU, torch::kFloat).clone();
   }
   ++st.steps;

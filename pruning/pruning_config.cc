@@ -163,6 +163,8 @@ absl::Status ParseSpecPrune(const json& j, SpecPruneConfig* c) {
       s = ReadBool(v, f, &c->dynamic_in_fine);
     } else if (key == "refresh_after_release") {
       s = ReadBool(v, f, &c->refresh_after_release);
+    } else if (key == "release_min_closed_rows") {
+      s = ReadInt(v, f, &c->release_min_closed_rows);
     } else if (key == "gripper_column") {
       s = ReadInt(v, f, &c->gripper_column);
     } else if (key == "gripper_threshold") {
@@ -312,6 +314,9 @@ absl::Status ValidatePruningConfig(const PruningConfig& c) {
   if (s.max_history < 0) return FieldError(p + "max_history", "must be >= 0");
   if (s.min_tokens < 1) return FieldError(p + "min_tokens", "must be >= 1");
   if (s.gripper_column < 0) return FieldError(p + "gripper_column", "must be >= 0");
+  if (s.release_min_closed_rows < 1) {
+    return FieldError(p + "release_min_closed_rows", "must be >= 1");
+  }
   if (!std::isfinite(s.gripper_threshold)) {
     return FieldError(p + "gripper_threshold", "must be finite");
   }
@@ -413,6 +418,7 @@ nlohmann::json ToJson(const PruningConfig& c) {
       {"fine_scale", s.fine_scale},
       {"dynamic_in_fine", s.dynamic_in_fine},
       {"refresh_after_release", s.refresh_after_release},
+      {"release_min_closed_rows", s.release_min_closed_rows},
       {"gripper_column", s.gripper_column},
       {"gripper_threshold", s.gripper_threshold},
       {"gripper_closed_above", s.gripper_closed_above},

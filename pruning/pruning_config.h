@@ -90,12 +90,15 @@ struct SpecPruneConfig {
   // --- Prior refresh at sub-task boundaries (not in the paper; off by default) ---
   // V_global can only re-find tokens the previous pass kept to its global layers, so an object
   // that only matters after a sub-task switch (the second pick of a two-step task) can stay pruned.
-  // When true, the pass after a chunk that opened the gripper (a "closed" value followed by an
-  // "open" one in column gripper_column of the normalized chunk, across chunk boundaries too) skips
-  // static pruning: every layer sees every token and the global layers rebuild the prior. Costs
-  // one unpruned pass per release. The trigger reads the whole predicted chunk, so it assumes the
-  // robot executes the chunk to its end (OFT's open-loop execution).
+  // When true, the pass after a chunk that released the gripper skips static pruning: every layer
+  // sees every token and the global layers rebuild the prior. Costs one unpruned pass per release.
+  // A release is an "open" row of column gripper_column of the normalized chunk that follows at
+  // least release_min_closed_rows consecutive "closed" rows (counted across chunks), so a gripper
+  // output that flickers (e.g. a policy on out-of-distribution images) does not refresh every
+  // pass. The trigger reads the whole predicted chunk, so it assumes the robot executes the chunk
+  // to its end (OFT's open-loop execution).
   bool refresh_after_release = false;
+  int release_min_closed_rows = 8;
   // Column of the gripper in the normalized chunk (OpenVLA's 7-dim action: [xyz, rpy, gripper]).
   // A value is "closed" iff it is > gripper_threshold, or < it when gripper_closed_above is false
   // (models whose gripper output is 1 = open, 0 = closed: threshold 0.5, closed_above false).

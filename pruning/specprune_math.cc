@@ -150,6 +150,26 @@ std::vector<int64_t> DropLowestFraction(const std::vector<int64_t>& ids,
   return kept;
 }
 
+bool TrackGripperRelease(const torch::Tensor& chunk, const SpecPruneConfig& config,
+                         int64_t* closed_rows) {
+  if (!chunk.defined() || chunk.dim() != 2 || config.gripper_column >= chunk.size(1)) return false;
+  auto g = chunk.detach().select(1, config.gripper_column).to(torch::kCPU, torch::kFloat);
+  g = g.contiguous();
+  const float* p = g.data_ptr<float>();
+  bool released = false;
+  for (int64_t i = 0; i < g.numel(); ++i) {
+    const bool closed = config.gripper_closed_above ? p[i] > config.gripper_threshold
+                                                    : p[i] < config.gripper_threshold;
+    if (closed) {
+      ++*closed_rows;
+    } else {
+      if (*closed_rows >= config.release_min_closed_rows) released = true;
+      *closed_rows = 0;
+    }
+  }
+  return released;
+}
+
 absl::StatusOr<Velocity> VelocityFromChunk(const torch::Tensor& chunk,
                                            ActionRepresentation representation) {
   if (!chunk.defined() || chunk.dim() != 2 || chunk.size(1) < 6) {

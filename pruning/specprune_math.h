@@ -91,6 +91,14 @@ double ModeScale(ControllerMode mode, const SpecPruneConfig& config);
 // round(k * scale) clamped to [0, max_k].
 int64_t ScaleK(int64_t k, double scale, int64_t max_k);
 
+// Scans column config.gripper_column of a normalized chunk [C, A] row by row (closed/open as in
+// SpecPruneConfig). *closed_rows counts consecutive closed rows, carried over from previous chunks:
+// it grows on a closed row and resets to 0 on an open one. Returns true iff some open row followed
+// at least config.release_min_closed_rows closed ones (a release). A chunk without that column
+// (or not 2-d) changes nothing and returns false.
+bool TrackGripperRelease(const torch::Tensor& chunk, const SpecPruneConfig& config,
+                         int64_t* closed_rows);
+
 // |A ∩ B| / |B| (1 when B is empty). Duplicates are ignored.
 double Recall(const std::vector<int64_t>& a, const std::vector<int64_t>& b);
 

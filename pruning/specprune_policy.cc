@@ -21,26 +21,6 @@ std::vector<float> TensorToVector(const torch::Tensor& t) {
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
 
-// Column `column` of a [rows, dim] chunk, or empty when the chunk has no such column.
-std::vector<float> GripperColumn(const torch::Tensor& chunk, int column) {
-  if (!chunk.defined() || chunk.dim() != 2 || column >= chunk.size(1)) return {};
-  return TensorToVector(chunk.select(1, column));
-}
-
-// True when a closed value is followed by an open one in (last of previous) ++ current.
-bool OpensGripper(const std::vector<float>& previous, const std::vector<float>& current,
-                  const SpecPruneConfig& cfg) {
-  auto is_closed = [&](float g) {
-    return cfg.gripper_closed_above ? g > cfg.gripper_threshold : g < cfg.gripper_threshold;
-  };
-  bool closed = !previous.empty() && is_closed(previous.back());
-  for (float g : current) {
-    if (closed && !is_closed(g)) return true;
-    closed = is_closed(g);
-  }
-  return false;
-}
-
 }  // namespace
 
 SpecPrunePruner::SpecPrunePruner(const PrunerContext& ctx)
@@ -207,12 +187,6 @@ std::optional<std::vector<int64_t>> SpecPrunePruner::AfterLayer(
 }
 
 void SpecPrunePruner::Finish(const torch::Tensor& normalized_actions) {
-  if (ctx_.state != nullptr) {
-    ctx_.state->refresh_next =
-        cfg_.refresh_after_release &&
-        OpensGripper(GripperColumn(ctx_.state->last_actions, cfg_.gripper_column),
-                     GripperColumn(normalized_actions, cfg_.gripper_column), cfg_);
-  }
   if (ctx_.state != nullptr && global_count_ > 0) {
     std::vector<float> prior(num_tokens_);
     for (int64_t i = 0; i < num_tokens_; ++i) {

@@ -16,10 +16,9 @@
 //    remaining tokens is dropped (never below min_tokens). Skipped in fine mode unless
 //    dynamic_in_fine, and when the pass did not prune statically.
 //  * global_layers: kText stats, scattered to original ids and averaged for the next prior.
-//  * refresh_after_release: a pass whose state->refresh_next is set skips static (and dynamic)
-//    pruning like the keep-all fallback; Finish() sets refresh_next iff the new chunk opens the
-//    gripper (closed -> open in gripper_column, the previous chunk's last row included;
-//    see SpecPruneConfig).
+//  * refresh_after_release: a pass whose state->refresh_next is set (by the common Finish()
+//    bookkeeping, after a chunk that released the gripper; see SpecPruneConfig) skips static
+//    (and dynamic) pruning like the keep-all fallback.
 //  * Finish(): writes state->global_prior ([P], 0 for tokens absent at a global layer; left
 //    unchanged if no global layer reported stats), then the common bookkeeping (frames,
 //    last_actions, steps).

@@ -102,6 +102,7 @@ TEST(PruningConfigTest, JsonRoundTrip) {
   c.specprune.dynamic_in_fine = true;
   c.specprune.refresh_after_release = true;
   c.specprune.gripper_column = 3;
+  c.specprune.release_min_closed_rows = 4;
   c.specprune.gripper_threshold = 0.5;
   c.specprune.gripper_closed_above = false;
   auto parsed = ParsePruningConfig(ToJson(c), DefaultPruningConfig(12, 512, 256));
@@ -152,6 +153,8 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
               HasSubstr("pruning.specprune.first_step_fallback: unknown value"));
   EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_in_fine": 1}})", d),
             "pruning.specprune.dynamic_in_fine: must be a boolean");
+  EXPECT_EQ(ParseError(R"({"specprune": {"release_min_closed_rows": 0}})", d),
+            "pruning.specprune.release_min_closed_rows: must be >= 1");
   EXPECT_EQ(ParseError(R"({"specprune": {"gripper_column": -1}})", d),
             "pruning.specprune.gripper_column: must be >= 0");
   EXPECT_EQ(ParseError(R"({"specprune": {"refresh_after_release": "yes"}})", d),

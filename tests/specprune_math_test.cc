@@ -12,6 +12,43 @@ namespace {
 
 using Ids = std::vector<int64_t>;
 
+// A [rows, 7] chunk whose gripper column (6) holds `gripper`.
+torch::Tensor GripperChunk(const std::vector<float>& gripper) {
+  auto a = torch::zeros({static_cast<int64_t>(gripper.size()), 7});
+  for (size_t r = 0; r < gripper.size(); ++r) a[r][6] = gripper[r];
+  return a;
+}
+
+TEST(SpecPruneMathTest, GripperReleaseNeedsEnoughClosedRowsCountedAcrossChunks) {
+  SpecPruneConfig c;
+  c.release_min_closed_rows = 3;
+  int64_t closed = 0;
+  EXPECT_FALSE(TrackGripperRelease(GripperChunk({-1, 1, 1}), c, &closed));
+  EXPECT_EQ(closed, 2);
+  EXPECT_TRUE(TrackGripperRelease(GripperChunk({1, -1, -1}), c, &closed));  // 3 closed, then open
+  EXPECT_EQ(closed, 0);
+  EXPECT_FALSE(TrackGripperRelease(GripperChunk({1, 1, -1, 1, -1}), c, &closed));  // too short
+  EXPECT_EQ(closed, 0);
+  EXPECT_FALSE(TrackGripperRelease(GripperChunk({1, 1, 1, 1}), c, &closed));  // still holding
+  EXPECT_EQ(closed, 4);
+  // 0 is open (not > the threshold 0): the held grasp of 4 rows ends in a release.
+  EXPECT_TRUE(TrackGripperRelease(GripperChunk({0.0f}), c, &closed));
+  EXPECT_EQ(closed, 0);
+  // Polarity and threshold: 1 = open, 0 = closed.
+  c.gripper_threshold = 0.5;
+  c.gripper_closed_above = false;
+  closed = 0;
+  EXPECT_TRUE(TrackGripperRelease(GripperChunk({0.1f, 0.2f, 0.0f, 0.9f}), c, &closed));
+  // No such column, or not a matrix: nothing changes.
+  closed = 5;
+  c.gripper_column = 7;
+  EXPECT_FALSE(TrackGripperRelease(GripperChunk({1, -1}), c, &closed));
+  c.gripper_column = 6;
+  EXPECT_FALSE(TrackGripperRelease(torch::ones({7}), c, &closed));
+  EXPECT_FALSE(TrackGripperRelease(torch::Tensor(), c, &closed));
+  EXPECT_EQ(closed, 5);
+}
+
 TEST(SpecPruneMathTest, TopKBreaksTiesByLowerIndex) {
   const std::vector<float> s = {0.1f, 0.5f, 0.5f, 0.3f};
   EXPECT_EQ(TopKIndices(s, 2), (Ids{1, 2}));

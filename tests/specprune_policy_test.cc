@@ -370,6 +370,33 @@ TEST_F(SpecPrunePolicyTest, GripperThresholdAndPolarityAreConfigurable) {
   EXPECT_TRUE(state_.refresh_next);
 }
 
+TEST_F(SpecPrunePolicyTest, FlickeringGripperDoesNotRefreshButAHeldGraspDoes) {
+  config_.specprune.refresh_after_release = true;  // release_min_closed_rows = 8
+  Step(Frame(), WithGripper(kOpen));
+  Step(Frame(), WithGripper({1, -1, 1, -1, 1, -1, 1, -1}));
+  EXPECT_FALSE(state_.refresh_next);
+  Step(Frame(), WithGripper({1, 1, 1, 1, 1, 1, 1, -1}));  // 7 closed rows: too short
+  EXPECT_FALSE(state_.refresh_next);
+  config_.specprune.release_min_closed_rows = 1;
+  Step(Frame(), WithGripper({1, -1, -1, -1, -1, -1, -1, -1}));
+  EXPECT_TRUE(state_.refresh_next);
+}
+
+TEST_F(SpecPrunePolicyTest, ReleaseTrackingSurvivesMethodSwitches) {
+  config_.specprune.refresh_after_release = true;
+  Step(Frame(), WithGripper(kClosed));
+  config_.method = PruningMethod::kFastV;
+  auto fastv = CreatePruner(Ctx(Frame()));
+  ASSERT_TRUE(fastv.ok());
+  RunLoop(**fastv, SceneScores);
+  (*fastv)->Finish(WithGripper(kReleaseMidChunk));
+  EXPECT_TRUE(state_.refresh_next);
+  config_.method = PruningMethod::kSpecPrune;
+  const LoopResult r = Step(Frame(), WithGripper(kOpen));
+  EXPECT_TRUE(pruner_->refreshed());
+  EXPECT_EQ(r.tokens_per_layer, std::vector<int64_t>(kLayers, kTokens));
+}
+
 TEST_F(SpecPrunePolicyTest, ClearEmptiesPriorAndRestartsFallback) {
   Step(Frame(), Actions(0.5f, 0.0f));
   Step(Frame(), Actions(0.5f, 0.0f));
