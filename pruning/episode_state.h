@@ -23,8 +23,8 @@ struct EpisodeState {
   torch::Tensor last_actions;
   // Forward passes run in this episode.
   int64_t steps = 0;
-  // Consecutive "closed" gripper rows at the end of the chunks so far (see
-  // SpecPruneConfig::release_min_closed_rows).
+  // Consecutive "closed" gripper rows at the end of the chunks so far; tracked only with
+  // refresh_after_release on (see SpecPruneConfig::release_min_closed_rows).
   int64_t closed_rows = 0;
   // Set by Finish when its chunk released the gripper and refresh_after_release is on: the next
   // SpecPrune pass skips static pruning to rebuild global_prior from every token.

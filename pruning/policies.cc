@@ -89,7 +89,7 @@ void EpisodeTrackingPruner::Finish(const torch::Tensor& normalized_actions) {
   if (normalized_actions.defined()) {
     const SpecPruneConfig& sp = ctx_.config->specprune;
     st.refresh_next =
-        TrackGripperRelease(normalized_actions, sp, &st.closed_rows) && sp.refresh_after_release;
+        sp.refresh_after_release && TrackGripperRelease(normalized_actions, sp, &st.closed_rows);
     st.last_actions = normalized_actions.detach().to(torch::kCPU, torch::kFloat).clone();
   }
   ++st.steps;

@@ -4,10 +4,10 @@
 // One pruner serves one sample of one forward pass (see pruning/policy.h). Every pruner keeps the
 // robot's EpisodeState up to date in Finish(): it appends the current frame's pixel patches to
 // state->frames (at most specprune.max_history kept), stores the action chunk in last_actions,
-// tracks gripper releases (closed_rows, refresh_next; see SpecPruneConfig::refresh_after_release)
-// and increments steps, so switching methods mid-episode leaves a consistent history. Only
-// SpecPrune writes state->global_prior; after a pass of another method the prior is the one of the
-// last SpecPrune pass of the episode (possibly older than one step).
+// tracks gripper releases when SpecPruneConfig::refresh_after_release is on (closed_rows,
+// refresh_next) and increments steps, so switching methods mid-episode leaves a consistent history.
+// Only SpecPrune writes state->global_prior; after a pass of another method the prior is the one of
+// the last SpecPrune pass of the episode (possibly older than one step).
 //
 // Thread safety: a pruner is used by one thread at a time; it mutates *state only in Finish().
 #pragma once

@@ -59,6 +59,9 @@ class SamplePruner {
   virtual ControllerMode mode() const { return ControllerMode::kNone; }
   // True when the pass had no prior to use and fell back (SpecPrune's first step).
   virtual bool used_fallback() const { return false; }
+  // True when the pass ran unpruned to rebuild SpecPrune's prior after a gripper release
+  // (SpecPruneConfig::refresh_after_release).
+  virtual bool refreshed_prior() const { return false; }
 };
 
 }  // namespace specprune

@@ -66,7 +66,7 @@ SpecPrunePruner::SpecPrunePruner(const PrunerContext& ctx)
   const bool has_prior =
       st != nullptr && st->global_prior.defined() && st->global_prior.numel() == num_tokens_;
   used_fallback_ = !has_prior;
-  refreshed_ = has_prior && cfg_.refresh_after_release && st->refresh_next;
+  refreshed_ = has_prior && st->refresh_next;  // set only with refresh_after_release on
   static_pruning_ =
       !refreshed_ && (has_prior || cfg_.first_step_fallback == FirstStepFallback::kLocalOnly);
   dynamic_pruning_ = static_pruning_ && last_prune > static_layer_ && cfg_.prune_fraction > 0.0 &&

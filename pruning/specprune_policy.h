@@ -46,8 +46,7 @@ class SpecPrunePruner : public EpisodeTrackingPruner {
 
   ControllerMode mode() const override { return mode_; }
   bool used_fallback() const override { return used_fallback_; }
-  // True when this pass ran unpruned to refresh the prior after a gripper release.
-  bool refreshed() const { return refreshed_; }
+  bool refreshed_prior() const override { return refreshed_; }
 
   // Telemetry.
   const std::vector<int64_t>& v_global() const { return v_global_; }

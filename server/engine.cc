@@ -479,9 +479,7 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
     for (int32_t n : per_layer) tel->add_retained_per_layer(n);
     tel->set_flops_ratio(res.flops() / res.flops_unpruned());
     tel->set_used_fallback(pruner->used_fallback());
-    if (auto* sp = dynamic_cast<SpecPrunePruner*>(pruner); sp != nullptr) {
-      tel->set_refreshed_prior(sp->refreshed());
-    }
+    tel->set_refreshed_prior(pruner->refreshed_prior());
     if (job.diagnostic) {
       // Unpruned reference pass of this sample alone, stateless, recording the
       // global layers.

@@ -312,20 +312,20 @@ TEST_F(SpecPrunePolicyTest, RefreshAfterReleaseRunsOnePassUnprunedAndRebuildsThe
   config_.specprune.refresh_after_release = true;
   Step(Frame(), WithGripper(kClosed));
   Step(Frame(), WithGripper(kReleaseMidChunk));  // pruned; its chunk opens the gripper
-  EXPECT_FALSE(pruner_->refreshed());
+  EXPECT_FALSE(pruner_->refreshed_prior());
   EXPECT_LT(pruner_->retained_after_static(), kTokens);
   EXPECT_TRUE(state_.refresh_next);
   EXPECT_EQ(state_.global_prior[60].item<float>(), 0.0f);  // pruned before the global layers
 
   const LoopResult r = Step(Frame(), WithGripper(kOpen));
-  EXPECT_TRUE(pruner_->refreshed());
+  EXPECT_TRUE(pruner_->refreshed_prior());
   EXPECT_FALSE(pruner_->used_fallback());
   EXPECT_EQ(r.tokens_per_layer, std::vector<int64_t>(kLayers, kTokens));
   EXPECT_FLOAT_EQ(state_.global_prior[60].item<float>(), Base(60));  // every token seen again
   EXPECT_FALSE(state_.refresh_next);
 
   const LoopResult after = Step(Frame(), WithGripper(kOpen));
-  EXPECT_FALSE(pruner_->refreshed());
+  EXPECT_FALSE(pruner_->refreshed_prior());
   EXPECT_LT(after.tokens_per_layer[kLayers - 1], kTokens);
 }
 
@@ -339,7 +339,7 @@ TEST_F(SpecPrunePolicyTest, ReleaseAtAChunkBoundaryCountsGraspAndOpenDoNot) {
   Step(Frame(), WithGripper(kOpen));  // previous chunk ended closed: released at row 0
   EXPECT_TRUE(state_.refresh_next);
   Step(Frame(), WithGripper(kOpen));
-  EXPECT_TRUE(pruner_->refreshed());
+  EXPECT_TRUE(pruner_->refreshed_prior());
   EXPECT_FALSE(state_.refresh_next);
 }
 
@@ -348,7 +348,7 @@ TEST_F(SpecPrunePolicyTest, ReleaseDoesNotRefreshUnlessEnabledOrWithoutAGripperC
   Step(Frame(), WithGripper(kReleaseMidChunk));
   EXPECT_FALSE(state_.refresh_next);
   Step(Frame(), WithGripper(kOpen));
-  EXPECT_FALSE(pruner_->refreshed());
+  EXPECT_FALSE(pruner_->refreshed_prior());
   EXPECT_LT(pruner_->retained_after_static(), kTokens);
 
   config_.specprune.refresh_after_release = true;
@@ -393,7 +393,7 @@ TEST_F(SpecPrunePolicyTest, ReleaseTrackingSurvivesMethodSwitches) {
   EXPECT_TRUE(state_.refresh_next);
   config_.method = PruningMethod::kSpecPrune;
   const LoopResult r = Step(Frame(), WithGripper(kOpen));
-  EXPECT_TRUE(pruner_->refreshed());
+  EXPECT_TRUE(pruner_->refreshed_prior());
   EXPECT_EQ(r.tokens_per_layer, std::vector<int64_t>(kLayers, kTokens));
 }
 

@@ -128,8 +128,8 @@ struct Cell {
   double retention_sum = 0;          // per pass: mean over layers of kept / total vision tokens
   double flops_ratio_sum = 0;
   int64_t passes = 0;
-  int64_t refresh_passes =
-      0;  // SpecPrune passes run unpruned after a release (refresh_after_release)
+  // SpecPrune passes run unpruned after a release (refresh_after_release).
+  int64_t refresh_passes = 0;
   double deviation_sum = 0;  // per pass: mean |a - a_ref| (normalized actions)
   int64_t deviation_n = 0;
   double recall_sum = 0;
@@ -282,10 +282,9 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
                       const SampleResult& r, SamplePruner* pruner) -> absl::Status {
     if (auto* keep_all = dynamic_cast<KeepAllPruner*>(pruner); keep_all != nullptr)
       AddAttentionShares(*keep_all, episode, c, &cell);
-    if (auto* spp = dynamic_cast<SpecPrunePruner*>(pruner); spp != nullptr) {
+    if (auto* spp = dynamic_cast<SpecPrunePruner*>(pruner); spp != nullptr)
       AddTargetCoverage(*spp, episode, c, &cell);
-      if (spp->refreshed()) ++cell.refresh_passes;
-    }
+    if (pruner->refreshed_prior()) ++cell.refresh_passes;
     double kept = 0;
     for (int32_t n : r.vision_tokens_per_layer) kept += n;
     cell.retention_sum += kept / (static_cast<double>(r.vision_tokens_per_layer.size()) *
