@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Prints a specprune_eval JSON file (--json) as the Markdown table used in docs/BENCHMARKS.md,
-then, when the file has per-episode results, a paired comparison of each method with `none`.
+then, when the file has per-episode results, a paired comparison of each method with `none`, and
+when it has the failure analysis, the failed episodes by failure mode.
 
 Usage: bench/eval_table.py RESULT.json
 """
@@ -39,6 +40,15 @@ def mcnemar_p(b, c):
     return min(1.0, 2.0 * tail)
 
 
+def extra_table(columns, lines):
+    """A method/suite table of numeric `columns` after a blank line; nothing without lines."""
+    if lines:
+        print()
+        print("| method | suite | " + " | ".join(columns) + " |")
+        print("|---|---|" + "--:|" * len(columns))
+        print("\n".join(lines))
+
+
 def paired(results):
     """Episodes only `none` solved / only the method solved, per suite (same seeds)."""
     base = {r["suite"]: r.get("episode_success") for r in results if r["method"] == "none"}
@@ -51,12 +61,22 @@ def paired(results):
         c = sum(1 for x, y in zip(ref, mine) if y and not x)
         lines.append(f'| {r["method"]} | {r["suite"]} | {b} | {c} | {c - b:+d} '
                      f'| {mcnemar_p(b, c):.3f} |')
-    if lines:
-        print()
-        print("| method | suite | solved by none only | solved by method only | net "
-              "| McNemar exact p |")
-        print("|---|---|--:|--:|--:|--:|")
-        print("\n".join(lines))
+    extra_table(["solved by none only", "solved by method only", "net", "McNemar exact p"], lines)
+
+
+def failures(rows):
+    """Failed episodes by failure mode (JSONs written since the failure analysis)."""
+    lines = []
+    for r in rows:
+        f = r.get("failures")
+        if not f:
+            continue
+        lines.append(f'| {r["method"]} | {r["suite"]} | {r["episodes"] - r["successes"]} '
+                     f'| {f["wrong_object"]} ({f["wrong_object_same_colour"]} / '
+                     f'{f["wrong_object_same_shape"]}) | {f["not_placed"]} '
+                     f'| {f["never_grasped"]} |')
+    extra_table(["failed", "grasped a wrong object (same colour / same shape)",
+                 "goal objects only, not placed", "never grasped"], lines)
 
 
 def main():
@@ -76,6 +96,7 @@ def main():
     rows += [dict(r, suite=r.get("suite", "all"))
              for r in (summary if isinstance(summary, list) else summary.values())]
     paired(rows)
+    failures(rows)
 
 
 if __name__ == "__main__":

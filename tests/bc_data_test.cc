@@ -547,13 +547,63 @@ TEST(BcDataTest, RolloutRecordsTheExecutedActionsWhenAsked) {
     return std::hypot(o.x - tip.x, o.y - tip.y);
   };
   double closest = xy_error();
+  int goal_grasps = 0, wrong_grasps = 0;
   for (const sim::Action& a : executed) {
-    ASSERT_TRUE(replay.Step(a).ok());
+    const sim::World before = replay.world();
+    auto st = replay.Step(a);
+    ASSERT_TRUE(st.ok());
+    if (st->grasped >= 0)
+      ++(AssessGrasp(before, replay.goals(), st->grasped).goal_object ? goal_grasps : wrong_grasps);
     if (!(*r)[0].grasped_goal_object) closest = std::min(closest, xy_error());
   }
+  EXPECT_EQ(goal_grasps, (*r)[0].goal_object_grasps);
+  EXPECT_EQ(wrong_grasps, (*r)[0].wrong_object_grasps);
   EXPECT_EQ(replay.steps(), 11);
   EXPECT_DOUBLE_EQ(closest, (*r)[0].min_xy_error);
   EXPECT_NE(replay.proprio(), ep->proprio());  // the policy moved the gripper
+}
+
+TEST(BcDataTest, GraspOfAnUnsatisfiedGoalsObjectCountsInEitherOrder) {
+  auto ep = sim::Episode::Create(sim::Suite::kLong, 5);
+  ASSERT_TRUE(ep.ok());
+  const std::vector<sim::Goal> goals = ep->goals();
+  ASSERT_EQ(goals.size(), 2u);
+  EXPECT_TRUE(AssessGrasp(ep->world(), goals, goals[0].object).goal_object);
+  EXPECT_TRUE(AssessGrasp(ep->world(), goals, goals[1].object).goal_object);
+  // Once the first placement holds, taking that object again is a wrong grasp.
+  sim::ScriptedExpert expert(*ep);
+  while (!ep->done() && ep->goals_satisfied() == 0) ASSERT_TRUE(ep->Step(expert.Act(*ep)).ok());
+  ASSERT_TRUE(sim::GoalSatisfied(ep->world(), goals[0]));
+  const GraspAssessment again = AssessGrasp(ep->world(), goals, goals[0].object);
+  EXPECT_FALSE(again.goal_object);
+  EXPECT_TRUE(AssessGrasp(ep->world(), goals, goals[1].object).goal_object);
+  // Compared with the current goal's object (the second one now).
+  const sim::Object& placed = ep->world().objects[goals[0].object];
+  const sim::Object& current = ep->world().objects[goals[1].object];
+  EXPECT_EQ(again.same_color, placed.color == current.color);
+  EXPECT_EQ(again.same_shape, placed.shape == current.shape);
+}
+
+TEST(BcDataTest, WrongGraspNamesTheLookAlikesSharedAttribute) {
+  int checked = 0;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    auto ep = sim::Episode::Create(sim::Suite::kObject, seed);
+    ASSERT_TRUE(ep.ok());
+    const sim::World& w = ep->world();
+    const int target = ep->goals().front().object;
+    for (int i = 0; i < static_cast<int>(w.objects.size()); ++i) {
+      if (i == target) continue;
+      const GraspAssessment a = AssessGrasp(w, ep->goals(), i);
+      EXPECT_FALSE(a.goal_object);
+      EXPECT_EQ(a.same_color, w.objects[i].color == w.objects[target].color);
+      EXPECT_EQ(a.same_shape, w.objects[i].shape == w.objects[target].shape);
+      EXPECT_FALSE(a.same_color && a.same_shape);  // `object` objects are distinct
+      checked += a.same_color || a.same_shape;
+    }
+  }
+  EXPECT_GE(checked, 20);  // every `object` scene has a look-alike distractor
+  const GraspAssessment none = AssessGrasp(sim::World{}, {}, 0);
+  EXPECT_FALSE(none.goal_object || none.same_color || none.same_shape);
 }
 
 TEST(BcDataTest, TraceSamplesShowThePolicysStateWithExpertLabels) {

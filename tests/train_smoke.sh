@@ -36,6 +36,8 @@ grep -q '"step": 4' "$out/train_state.json"
   --reference 0 --pruning "$src/bench/pruning/specprune-alpha1.6-fine2.4.json" \
   --json "$out.eval.json" > "$out.eval.log" 2>&1 || { cat "$out.eval.log"; exit 1; }
 grep -q '"coarse_scale": 1.6' "$out.eval.json" || { echo "--pruning not applied"; exit 1; }
+grep -q '"failures": {' "$out.eval.json" && grep -q '"wrong_object_same_colour": ' "$out.eval.json" ||
+  { echo "no failure analysis in the evaluation JSON"; exit 1; }
 grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.eval.json" ||
   { echo "no target coverage for SpecPrune"; exit 1; }
 # A named-target layer must be one of the attention-grounding layers.
@@ -43,4 +45,9 @@ if "$train" "${common[@]}" --out "$out.bad" --steps 1 --attn_named_layers 1 > "$
   echo "--attn_named_layers 1 outside --attn_layers 0,2 was accepted"; exit 1
 fi
 grep -q -- "--attn_named_layers: layer 1 is not in --attn_layers" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+# The suite mix takes three weights.
+if "$train" "${common[@]}" --out "$out.bad" --steps 1 --easy_mix 1,0 > "$out.bad.log" 2>&1; then
+  echo "--easy_mix 1,0 was accepted"; exit 1
+fi
+grep -q -- "--easy_mix: three non-negative weights" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 echo "train smoke OK"

@@ -646,6 +646,20 @@ absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const 
   return in;
 }
 
+GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goal>& goals,
+                            int object) {
+  GraspAssessment a;
+  for (const sim::Goal& g : goals)
+    if (g.object == object && !sim::GoalSatisfied(before, g)) a.goal_object = true;
+  const sim::Goal* current = sim::FirstUnsatisfiedGoal(before, goals);
+  if (a.goal_object || current == nullptr) return a;
+  const sim::Object& got = before.objects[object];
+  const sim::Object& want = before.objects[current->object];
+  a.same_color = got.color == want.color;
+  a.same_shape = got.shape == want.shape;
+  return a;
+}
+
 absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     const VlaModel& model, const Tokenizer& tokenizer, const DatasetStats& stats,
     std::vector<sim::Episode> episodes, const RolloutOptions& options, const RolloutHooks& hooks,
@@ -747,8 +761,18 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
           if (c.gripper_postprocess == "binarize") act[6] = act[6] > 0.5f ? 1.0f : 0.0f;
           for (float& v : act)
             if (!std::isfinite(v)) v = 0.0f;  // a diverged model fails the episode, not the run
+          const sim::World before = episodes[e].world();
           auto st = episodes[e].Step(act);
           if (!st.ok()) return st.status();
+          if (st->grasped >= 0) {
+            const GraspAssessment g = AssessGrasp(before, episodes[e].goals(), st->grasped);
+            if (g.goal_object) {
+              ++out[e].goal_object_grasps;
+            } else if (out[e].wrong_object_grasps++ == 0) {
+              out[e].first_wrong_same_color = g.same_color;
+              out[e].first_wrong_same_shape = g.same_shape;
+            }
+          }
           if (options.record_actions) out[e].executed.push_back(act);
           track(e);
           if (!episodes[e].goals().empty() && st->grasped == episodes[e].goals().front().object)

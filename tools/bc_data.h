@@ -254,8 +254,27 @@ struct EpisodeOutcome {
   // fingertips came to it in xy (m) before that (or over the whole episode when never grasped).
   bool grasped_goal_object = false;
   double min_xy_error = 0;
+  // Grasps of an object some unsatisfied goal moves (`long` may be solved in either order), and of
+  // any other object (a look-alike distractor, an already placed object, a stacking target). For
+  // the first wrong grasp: whether that object has the colour / the shape of the current goal's.
+  int goal_object_grasps = 0;
+  int wrong_object_grasps = 0;
+  bool first_wrong_same_color = false;
+  bool first_wrong_same_shape = false;
   std::vector<sim::Action> executed;  // every executed action (RolloutOptions::record_actions)
 };
+
+// Failure analysis of a grasp of `object` in a world whose goals are `goals`, from the world as it
+// was before the grasping step: `goal_object` when some goal unsatisfied then moves `object`
+// (`long` may be solved in either order); otherwise, whether `object` has the colour / the shape
+// of the current goal's object (the first unsatisfied goal; both false when none is).
+struct GraspAssessment {
+  bool goal_object = false;
+  bool same_color = false;
+  bool same_shape = false;
+};
+GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goal>& goals,
+                            int object);
 
 // Per-sample hooks. `make_pruner` (may be empty = no pruning) is called for
 // each episode's forward pass with the frame patches; the returned pruner lives

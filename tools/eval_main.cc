@@ -140,6 +140,12 @@ struct Cell {
   int grasped_goal_object = 0;         // episodes that grasped the first goal's object
   int goals = 0, goals_completed = 0;  // sub-goals over all episodes / satisfied at the end
   double min_xy_error_sum = 0;         // sum over episodes of EpisodeOutcome::min_xy_error (m)
+  // Failed episodes by failure mode: grasped an object no unsatisfied goal moves (a look-alike
+  // distractor, an already placed object; split by whether the first such object had the current
+  // goal object's colour / shape); grasped only goal objects but did not complete the goals
+  // (dropped, misplaced, not released); never grasped anything.
+  int failed_wrong_object = 0, failed_not_placed = 0, failed_never_grasped = 0;
+  int wrong_same_color = 0, wrong_same_shape = 0;
   // Unpruned passes only: per layer and target item (the current goal's object, its destination;
   // both cameras), the summed share of the text->vision attention that falls on the item's
   // patches, and the summed share of the vision tokens those patches are (the uniform baseline).
@@ -336,6 +342,16 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
     cell.grasped_goal_object += r.grasped_goal_object;
     cell.goals_completed += r.goals_satisfied;
     cell.min_xy_error_sum += r.min_xy_error;
+    if (!r.success) {
+      if (r.wrong_object_grasps > 0) {
+        ++cell.failed_wrong_object;
+        cell.wrong_same_color += r.first_wrong_same_color;
+        cell.wrong_same_shape += r.first_wrong_same_shape;
+      } else if (r.goal_object_grasps > 0)
+        ++cell.failed_not_placed;
+      else
+        ++cell.failed_never_grasped;
+    }
   }
   cell.mean_steps /= std::max(1, cell.episodes);
   cell.forward_seconds = timings.forward_seconds;
@@ -389,6 +405,12 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
       {"goals", c.goals},
       {"goals_completed", c.goals_completed},
       {"mean_min_xy_error_m", c.episodes ? c.min_xy_error_sum / c.episodes : 0.0},
+      {"failures",
+       {{"wrong_object", c.failed_wrong_object},
+        {"wrong_object_same_colour", c.wrong_same_color},
+        {"wrong_object_same_shape", c.wrong_same_shape},
+        {"not_placed", c.failed_not_placed},
+        {"never_grasped", c.failed_never_grasped}}},
       {"mean_vision_retention", c.retention()},
       {"flops_ratio", c.flops()},
       {"forward_seconds_per_sample", c.seconds_per_sample()},
@@ -418,6 +440,11 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     all.goals += c.goals;
     all.goals_completed += c.goals_completed;
     all.min_xy_error_sum += c.min_xy_error_sum;
+    all.failed_wrong_object += c.failed_wrong_object;
+    all.wrong_same_color += c.wrong_same_color;
+    all.wrong_same_shape += c.wrong_same_shape;
+    all.failed_not_placed += c.failed_not_placed;
+    all.failed_never_grasped += c.failed_never_grasped;
     all.retention_sum += c.retention_sum;
     all.flops_ratio_sum += c.flops_ratio_sum;
     all.passes += c.passes;
@@ -586,10 +613,13 @@ int Main(int argc, char** argv) {
       }
       std::fprintf(stderr,
                    "%s/%s: success %d/%d, grasped the goal's object %d, sub-goals completed "
-                   "%d/%d, mean closest xy %.3f m\n",
+                   "%d/%d, mean closest xy %.3f m; failed: wrong object %d (same colour %d, "
+                   "same shape %d), not placed %d, never grasped %d\n",
                    cell->method.c_str(), cell->suite.c_str(), cell->successes, cell->episodes,
                    cell->grasped_goal_object, cell->goals_completed, cell->goals,
-                   cell->episodes ? cell->min_xy_error_sum / cell->episodes : 0.0);
+                   cell->episodes ? cell->min_xy_error_sum / cell->episodes : 0.0,
+                   cell->failed_wrong_object, cell->wrong_same_color, cell->wrong_same_shape,
+                   cell->failed_not_placed, cell->failed_never_grasped);
       if (cell->attention_n > 0) {
         std::fprintf(stderr, "%s/%s: text->vision attention share by layer (token share):",
                      cell->method.c_str(), cell->suite.c_str());

@@ -112,6 +112,9 @@ struct TrainOptions {
   double early_frac = 0.5;
   int early_steps = 24;
   double long_frac = 0.25;  // share of the `long` suite once all suites are drawn (after stage2)
+  // Relative weights of spatial, object and goal in the remaining share after stage2 (a fine-tune
+  // can favour the suites the policy fails on); non-negative, not all zero.
+  std::vector<double> easy_mix = {1.0, 1.0, 1.0};
   // DAgger: every `dagger_every` steps (0 = off) the current policy drives `dagger_episodes`
   // training episodes closed loop (suites and distractors as the curriculum draws them, no noise);
   // the traces join a pool of at most `dagger_pool` (oldest dropped), and `dagger_frac` of every
@@ -143,6 +146,14 @@ std::vector<int> ParseIntList(const std::string& v) {
   std::vector<int> out;
   for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
     out.push_back(std::stoi(std::string(part)));
+  return out;
+}
+
+// "1,2.5,0" -> {1, 2.5, 0}; std::stod throws on a bad entry (ParseArgs reports it).
+std::vector<double> ParseDoubleList(const std::string& v) {
+  std::vector<double> out;
+  for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
+    out.push_back(std::stod(std::string(part)));
   return out;
 }
 
@@ -236,6 +247,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->early_steps = std::stoi(v);
       else if (k == "long_frac")
         o->long_frac = std::stod(v);
+      else if (k == "easy_mix")
+        o->easy_mix = ParseDoubleList(v);
       else if (k == "head_warmup")
         o->head_warmup = std::stoll(v);
       else if (k == "head_lr")
@@ -265,6 +278,13 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
   }
   if (o->aux_targets != 4 && o->aux_targets != kAuxTargetDim) {
     std::fprintf(stderr, "--aux_targets: use 4 or %d\n", kAuxTargetDim);
+    return false;
+  }
+  if (o->easy_mix.size() != 3 ||
+      std::any_of(o->easy_mix.begin(), o->easy_mix.end(), [](double w) { return !(w >= 0); }) ||
+      o->easy_mix[0] + o->easy_mix[1] + o->easy_mix[2] <= 0) {
+    std::fprintf(stderr,
+                 "--easy_mix: three non-negative weights (spatial,object,goal), not all 0\n");
     return false;
   }
   if (o->early_frac < 0 || o->early_frac > 1 || o->early_steps < 1 || o->long_frac < 0 ||
@@ -309,7 +329,14 @@ EpisodeSpec DrawSpec(const TrainOptions& o, int64_t step, std::mt19937_64& rng) 
     s.suite = easy[rng() % 3];
     s.num_distractors = u(rng) < 0.25 ? 0 : -1;
   } else {
-    s.suite = u(rng) < o.long_frac ? Suite::kLong : easy[rng() % 3];
+    if (u(rng) < o.long_frac) {
+      s.suite = Suite::kLong;
+    } else if (o.easy_mix[0] == o.easy_mix[1] && o.easy_mix[1] == o.easy_mix[2]) {
+      s.suite = easy[rng() % 3];  // the draw of earlier runs (reproducible commands)
+    } else {
+      std::discrete_distribution<int> mix(o.easy_mix.begin(), o.easy_mix.end());
+      s.suite = easy[mix(rng)];
+    }
     s.num_distractors = u(rng) < 0.1 ? 0 : -1;
   }
   return s;
@@ -913,6 +940,7 @@ constexpr char kUsage[] =
     "              --head_warmup N --head_lr X\n"
     "  data:       --max_shift PX --noise_frac X --noise_std X --train_seeds N --stage1 N\n"
     "              --stage2 N --stats_episodes N --early_frac X --early_steps N --long_frac X\n"
+    "              --easy_mix S,O,G\n"
     "  grounding:  --aux_weight X --aux_targets 4|8 --aux_per_row 0|1 --patch_weight X\n"
     "              --patch_layer L --text_aux_weight X --attr_weight X --attn_weight X\n"
     "              --attn_layers a,b,... --attn_named_layers a,b,...\n"
