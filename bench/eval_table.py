@@ -74,9 +74,10 @@ def failures(rows):
         lines.append(f'| {r["method"]} | {r["suite"]} | {r["episodes"] - r["successes"]} '
                      f'| {f["wrong_object"]} ({f["wrong_object_same_colour"]} / '
                      f'{f["wrong_object_same_shape"]}) | {f["not_placed"]} '
+                     f'({f.get("not_placed_wrong_destination", "–")}) '
                      f'| {f["never_grasped"]} |')
     extra_table(["failed", "grasped a wrong object (same colour / same shape)",
-                 "goal objects only, not placed", "never grasped"], lines)
+                 "goal objects only, not placed (on a wrong plate)", "never grasped"], lines)
 
 
 def main():

@@ -557,6 +557,7 @@ TEST(BcDataTest, RolloutRecordsTheExecutedActionsWhenAsked) {
     if (!(*r)[0].grasped_goal_object) closest = std::min(closest, xy_error());
   }
   EXPECT_EQ(goal_grasps, (*r)[0].goal_object_grasps);
+  EXPECT_EQ(OnWrongDestination(replay.world(), replay.goals()), (*r)[0].wrong_destination);
   EXPECT_EQ(wrong_grasps, (*r)[0].wrong_object_grasps);
   EXPECT_EQ(replay.steps(), 11);
   EXPECT_DOUBLE_EQ(closest, (*r)[0].min_xy_error);
@@ -582,6 +583,26 @@ TEST(BcDataTest, GraspOfAnUnsatisfiedGoalsObjectCountsInEitherOrder) {
   const sim::Object& current = ep->world().objects[goals[1].object];
   EXPECT_EQ(again.same_color, placed.color == current.color);
   EXPECT_EQ(again.same_shape, placed.shape == current.shape);
+}
+
+TEST(BcDataTest, WrongDestinationIsAGoalObjectOnAnotherGoalsPlate) {
+  auto ep = sim::Episode::Create(sim::Suite::kLong, 7);
+  ASSERT_TRUE(ep.ok());
+  const std::vector<sim::Goal>& goals = ep->goals();
+  ASSERT_EQ(goals.size(), 2u);
+  ASSERT_NE(goals[0].target, goals[1].target);
+  EXPECT_FALSE(OnWrongDestination(ep->world(), goals));  // nothing placed yet
+  sim::ScriptedExpert expert(*ep);
+  while (!ep->done() && ep->goals_satisfied() == 0) ASSERT_TRUE(ep->Step(expert.Act(*ep)).ok());
+  EXPECT_FALSE(OnWrongDestination(ep->world(), goals));  // the first object on its own plate
+  // The same object resting on the second goal's plate instead: the swap `long` policies make.
+  sim::World swapped = ep->world();
+  sim::Object& o = swapped.objects[goals[0].object];
+  const sim::Plate& other = swapped.plates[goals[1].target];
+  o.x = other.x;
+  o.y = other.y;
+  ASSERT_FALSE(sim::GoalSatisfied(swapped, goals[0]));
+  EXPECT_TRUE(OnWrongDestination(swapped, goals));
 }
 
 TEST(BcDataTest, WrongGraspNamesTheLookAlikesSharedAttribute) {

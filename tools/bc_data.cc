@@ -660,6 +660,16 @@ GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goa
   return a;
 }
 
+bool OnWrongDestination(const sim::World& world, const std::vector<sim::Goal>& goals) {
+  for (const sim::Goal& g : goals) {
+    for (int p = 0; p < static_cast<int>(world.plates.size()); ++p) {
+      if (g.kind == sim::Goal::Kind::kOnPlate && g.target == p) continue;
+      if (sim::GoalSatisfied(world, {sim::Goal::Kind::kOnPlate, g.object, p})) return true;
+    }
+  }
+  return false;
+}
+
 absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     const VlaModel& model, const Tokenizer& tokenizer, const DatasetStats& stats,
     std::vector<sim::Episode> episodes, const RolloutOptions& options, const RolloutHooks& hooks,
@@ -785,6 +795,7 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     out[i].success = episodes[i].success();
     out[i].steps = episodes[i].steps();
     out[i].goals_satisfied = episodes[i].goals_satisfied();
+    out[i].wrong_destination = OnWrongDestination(episodes[i].world(), episodes[i].goals());
   }
   return out;
 }

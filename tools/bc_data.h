@@ -261,6 +261,9 @@ struct EpisodeOutcome {
   int wrong_object_grasps = 0;
   bool first_wrong_same_color = false;
   bool first_wrong_same_shape = false;
+  // At the end, some goal's object rests on a plate other than its goal's destination (in `long`:
+  // the two objects' plates swapped).
+  bool wrong_destination = false;
   std::vector<sim::Action> executed;  // every executed action (RolloutOptions::record_actions)
 };
 
@@ -275,6 +278,10 @@ struct GraspAssessment {
 };
 GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goal>& goals,
                             int object);
+
+// True if some goal's object rests on a plate other than that goal's destination (GoalSatisfied of
+// the same object on the other plate).
+bool OnWrongDestination(const sim::World& world, const std::vector<sim::Goal>& goals);
 
 // Per-sample hooks. `make_pruner` (may be empty = no pruning) is called for
 // each episode's forward pass with the frame patches; the returned pruner lives

@@ -143,8 +143,10 @@ struct Cell {
   // Failed episodes by failure mode: grasped an object no unsatisfied goal moves (a look-alike
   // distractor, an already placed object; split by whether the first such object had the current
   // goal object's colour / shape); grasped only goal objects but did not complete the goals
-  // (dropped, misplaced, not released); never grasped anything.
+  // (dropped, misplaced, not released; of those, with a goal object on another goal's plate at the
+  // end); never grasped anything.
   int failed_wrong_object = 0, failed_not_placed = 0, failed_never_grasped = 0;
+  int not_placed_wrong_destination = 0;
   int wrong_same_color = 0, wrong_same_shape = 0;
   // Unpruned passes only: per layer and target item (the current goal's object, its destination;
   // both cameras), the summed share of the text->vision attention that falls on the item's
@@ -347,9 +349,10 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
         ++cell.failed_wrong_object;
         cell.wrong_same_color += r.first_wrong_same_color;
         cell.wrong_same_shape += r.first_wrong_same_shape;
-      } else if (r.goal_object_grasps > 0)
+      } else if (r.goal_object_grasps > 0) {
         ++cell.failed_not_placed;
-      else
+        cell.not_placed_wrong_destination += r.wrong_destination;
+      } else
         ++cell.failed_never_grasped;
     }
   }
@@ -410,6 +413,7 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
         {"wrong_object_same_colour", c.wrong_same_color},
         {"wrong_object_same_shape", c.wrong_same_shape},
         {"not_placed", c.failed_not_placed},
+        {"not_placed_wrong_destination", c.not_placed_wrong_destination},
         {"never_grasped", c.failed_never_grasped}}},
       {"mean_vision_retention", c.retention()},
       {"flops_ratio", c.flops()},
@@ -441,6 +445,7 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     all.goals_completed += c.goals_completed;
     all.min_xy_error_sum += c.min_xy_error_sum;
     all.failed_wrong_object += c.failed_wrong_object;
+    all.not_placed_wrong_destination += c.not_placed_wrong_destination;
     all.wrong_same_color += c.wrong_same_color;
     all.wrong_same_shape += c.wrong_same_shape;
     all.failed_not_placed += c.failed_not_placed;
@@ -614,12 +619,13 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr,
                    "%s/%s: success %d/%d, grasped the goal's object %d, sub-goals completed "
                    "%d/%d, mean closest xy %.3f m; failed: wrong object %d (same colour %d, "
-                   "same shape %d), not placed %d, never grasped %d\n",
+                   "same shape %d), not placed %d (on a wrong plate %d), never grasped %d\n",
                    cell->method.c_str(), cell->suite.c_str(), cell->successes, cell->episodes,
                    cell->grasped_goal_object, cell->goals_completed, cell->goals,
                    cell->episodes ? cell->min_xy_error_sum / cell->episodes : 0.0,
                    cell->failed_wrong_object, cell->wrong_same_color, cell->wrong_same_shape,
-                   cell->failed_not_placed, cell->failed_never_grasped);
+                   cell->failed_not_placed, cell->not_placed_wrong_destination,
+                   cell->failed_never_grasped);
       if (cell->attention_n > 0) {
         std::fprintf(stderr, "%s/%s: text->vision attention share by layer (token share):",
                      cell->method.c_str(), cell->suite.c_str());
