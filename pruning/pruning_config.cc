@@ -165,6 +165,8 @@ absl::Status ParseSpecPrune(const json& j, SpecPruneConfig* c) {
       s = ReadBool(v, f, &c->refresh_after_release);
     } else if (key == "release_min_closed_rows") {
       s = ReadInt(v, f, &c->release_min_closed_rows);
+    } else if (key == "executed_rows") {
+      s = ReadInt(v, f, &c->executed_rows);
     } else if (key == "gripper_column") {
       s = ReadInt(v, f, &c->gripper_column);
     } else if (key == "gripper_threshold") {
@@ -317,6 +319,7 @@ absl::Status ValidatePruningConfig(const PruningConfig& c) {
   if (s.release_min_closed_rows < 1) {
     return FieldError(p + "release_min_closed_rows", "must be >= 1");
   }
+  if (s.executed_rows < 0) return FieldError(p + "executed_rows", "must be >= 0 (0 = whole chunk)");
   if (!std::isfinite(s.gripper_threshold)) {
     return FieldError(p + "gripper_threshold", "must be finite");
   }
@@ -419,6 +422,7 @@ nlohmann::json ToJson(const PruningConfig& c) {
       {"dynamic_in_fine", s.dynamic_in_fine},
       {"refresh_after_release", s.refresh_after_release},
       {"release_min_closed_rows", s.release_min_closed_rows},
+      {"executed_rows", s.executed_rows},
       {"gripper_column", s.gripper_column},
       {"gripper_threshold", s.gripper_threshold},
       {"gripper_closed_above", s.gripper_closed_above},

@@ -95,10 +95,14 @@ struct SpecPruneConfig {
   // A release is an "open" row of column gripper_column of the normalized chunk that follows at
   // least release_min_closed_rows consecutive "closed" rows (counted across chunks), so a gripper
   // output that flickers (e.g. a policy on out-of-distribution images) does not refresh every
-  // pass. The trigger reads the whole predicted chunk, so it assumes the robot executes the chunk
-  // to its end (OFT's open-loop execution).
+  // pass. The trigger reads the rows of the predicted chunk the robot executes before its next
+  // request: the first executed_rows rows, or the whole chunk when 0 (OFT's open-loop execution).
+  // Set it to the robot's execution horizon: rows that are predicted but never executed would
+  // otherwise count as closed or released (with 4 of 8 executed and 0 here, `long` fell from 19 to
+  // 8 of 50 in the simulator, docs/BENCHMARKS.md).
   bool refresh_after_release = false;
   int release_min_closed_rows = 8;
+  int executed_rows = 0;
   // Column of the gripper in the normalized chunk (OpenVLA's 7-dim action: [xyz, rpy, gripper]).
   // A value is "closed" iff it is > gripper_threshold, or < it when gripper_closed_above is false
   // (models whose gripper output is 1 = open, 0 = closed: threshold 0.5, closed_above false).

@@ -157,7 +157,9 @@ bool TrackGripperRelease(const torch::Tensor& chunk, const SpecPruneConfig& conf
   g = g.contiguous();
   const float* p = g.data_ptr<float>();
   bool released = false;
-  for (int64_t i = 0; i < g.numel(); ++i) {
+  const int64_t rows =
+      config.executed_rows > 0 ? std::min<int64_t>(config.executed_rows, g.numel()) : g.numel();
+  for (int64_t i = 0; i < rows; ++i) {
     const bool closed = config.gripper_closed_above ? p[i] > config.gripper_threshold
                                                     : p[i] < config.gripper_threshold;
     if (closed) {

@@ -94,8 +94,9 @@ int64_t ScaleK(int64_t k, double scale, int64_t max_k);
 // Scans column config.gripper_column of a normalized chunk [C, A] row by row (closed/open as in
 // SpecPruneConfig). *closed_rows counts consecutive closed rows, carried over from previous chunks:
 // it grows on a closed row and resets to 0 on an open one. Returns true iff some open row followed
-// at least config.release_min_closed_rows closed ones (a release). A chunk without that column
-// (or not 2-d) changes nothing and returns false.
+// at least config.release_min_closed_rows closed ones (a release). Only the first
+// config.executed_rows rows are scanned when it is > 0 (the rest are never executed). A chunk
+// without that column (or not 2-d) changes nothing and returns false.
 bool TrackGripperRelease(const torch::Tensor& chunk, const SpecPruneConfig& config,
                          int64_t* closed_rows);
 

@@ -103,6 +103,7 @@ TEST(PruningConfigTest, JsonRoundTrip) {
   c.specprune.refresh_after_release = true;
   c.specprune.gripper_column = 3;
   c.specprune.release_min_closed_rows = 4;
+  c.specprune.executed_rows = 5;
   c.specprune.gripper_threshold = 0.5;
   c.specprune.gripper_closed_above = false;
   auto parsed = ParsePruningConfig(ToJson(c), DefaultPruningConfig(12, 512, 256));
@@ -155,6 +156,8 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
             "pruning.specprune.dynamic_in_fine: must be a boolean");
   EXPECT_EQ(ParseError(R"({"specprune": {"release_min_closed_rows": 0}})", d),
             "pruning.specprune.release_min_closed_rows: must be >= 1");
+  EXPECT_EQ(ParseError(R"({"specprune": {"executed_rows": -1}})", d),
+            "pruning.specprune.executed_rows: must be >= 0 (0 = whole chunk)");
   EXPECT_EQ(ParseError(R"({"specprune": {"gripper_column": -1}})", d),
             "pruning.specprune.gripper_column: must be >= 0");
   EXPECT_EQ(ParseError(R"({"specprune": {"refresh_after_release": "yes"}})", d),

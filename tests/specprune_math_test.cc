@@ -49,6 +49,24 @@ TEST(SpecPruneMathTest, GripperReleaseNeedsEnoughClosedRowsCountedAcrossChunks) 
   EXPECT_EQ(closed, 5);
 }
 
+TEST(SpecPruneMathTest, GripperReleaseReadsOnlyTheExecutedRows) {
+  SpecPruneConfig c;
+  c.release_min_closed_rows = 3;
+  c.executed_rows = 2;
+  int64_t closed = 0;
+  // Rows 2-3 are predicted but not executed: neither their closing nor their release counts.
+  EXPECT_FALSE(TrackGripperRelease(GripperChunk({1, 1, -1, -1}), c, &closed));
+  EXPECT_EQ(closed, 2);
+  EXPECT_FALSE(TrackGripperRelease(GripperChunk({1, 1, 1, 1}), c, &closed));
+  EXPECT_EQ(closed, 4);
+  EXPECT_TRUE(TrackGripperRelease(GripperChunk({1, -1, 1, 1}), c, &closed));
+  EXPECT_EQ(closed, 0);
+  // More executed rows than the chunk has: the whole chunk.
+  c.executed_rows = 16;
+  EXPECT_FALSE(TrackGripperRelease(GripperChunk({1, 1, 1}), c, &closed));
+  EXPECT_EQ(closed, 3);
+}
+
 TEST(SpecPruneMathTest, TopKBreaksTiesByLowerIndex) {
   const std::vector<float> s = {0.1f, 0.5f, 0.5f, 0.3f};
   EXPECT_EQ(TopKIndices(s, 2), (Ids{1, 2}));

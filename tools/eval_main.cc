@@ -492,7 +492,8 @@ constexpr char kUsage[] =
     "  --pruning FILE                 pruning overrides ({\"pruning\": {...}}) for every method\n"
     "  --keep_ratio R                 FastV/random keep ratio (default: SpecPrune's retention)\n"
     "  --distractors N                objects not named by the goal, -1 = suite default\n"
-    "  --execute_steps N              actions of each chunk executed open loop (default 8)\n"
+    "  --execute_steps N              actions of each chunk executed open loop (default 8;\n"
+    "                                 also SpecPrune's executed_rows unless the config sets it)\n"
     "  --threads N --batch N          torch threads (2), episodes per forward pass (64)\n"
     "  --dtype fp32|bf16              forward dtype (default fp32)\n"
     "  --unnorm_key KEY               dataset-statistics key (default: the first)\n"
@@ -556,6 +557,10 @@ int Main(int argc, char** argv) {
     }
     defaults = *std::move(parsed);
   }
+  // The simulated robot executes execute_steps rows of each chunk: the release tracking must read
+  // those (a config that sets executed_rows itself is kept).
+  if (defaults.specprune.executed_rows == 0 && o.execute_steps < c.chunk_size)
+    defaults.specprune.executed_rows = o.execute_steps;
   const int num_layers = static_cast<int>(c.llm.layers);
 
   {
