@@ -83,8 +83,16 @@ Action ScriptedExpert::Act(const Episode& episode) {
     return command(Phase::kDone, g.tip + Vec3{0, 0, 0.05}, kLiftCap, false);
   }
   if (g.held >= 0 && g.held != goal->object) {
-    closing_ = false;
-    return command(Phase::kRelease, g.tip, kSlowCap, false);  // wrong object: let go
+    // Holding a later goal's object (a policy took the sub-tasks out of order): finish that goal;
+    // any other object: let go.
+    const auto& goals = episode.goals();
+    const auto held_goal = std::find_if(goals.begin(), goals.end(),
+                                        [&](const Goal& other) { return other.object == g.held; });
+    if (held_goal == goals.end()) {
+      closing_ = false;
+      return command(Phase::kRelease, g.tip, kSlowCap, false);
+    }
+    goal = &*held_goal;
   }
 
   double others_top = 0.0;  // tallest object not carried

@@ -15,6 +15,9 @@
 // produce: off by more than 1 cm (grasp) / 1.5 cm (place) above the object or destination, it
 // re-aligns at the current height when off by at most 4 cm, and lifts back to the transit or carry
 // height first when off by more. Rotation commands are zero except to steer the yaw back to 0.
+// Holding an object it did not choose: a later goal's object (sub-tasks taken out of order; success
+// does not depend on the order) is carried to that goal's destination first; anything else is
+// let go at once.
 //
 // Deterministic; not thread-safe (use one expert per episode).
 #pragma once

@@ -211,6 +211,43 @@ TEST(SimTest, ExpertTakingOverAtTheGraspPoseGoesOnClosing) {
   EXPECT_TRUE(episode.success());
 }
 
+TEST(SimTest, ExpertHoldingTheSecondGoalsObjectFinishesThatGoalFirst) {
+  Episode episode = MakeEpisode(Suite::kLong, 11);
+  ASSERT_EQ(episode.goals().size(), 2u);
+  const Goal second = episode.goals()[1];
+  ASSERT_EQ(second.kind, Goal::Kind::kOnPlate);
+  // Someone else grasps the second sub-task's object first.
+  const Object o = episode.world().objects[second.object];
+  MoveTo(episode, {o.x, o.y, 0.4}, false);
+  MoveTo(episode, {o.x, o.y, std::max(o.z, o.top() - 0.06)}, false);
+  Hold(episode, true, 6);
+  ASSERT_EQ(episode.world().gripper.held, second.object);
+  ScriptedExpert expert(episode);
+  bool second_placed_first = false;
+  for (int i = 0; i < 400 && !episode.done(); ++i) {
+    ASSERT_TRUE(episode.Step(expert.Act(episode)).ok());
+    if (GoalSatisfied(episode.world(), second) && episode.goals_satisfied() == 1)
+      second_placed_first = true;
+  }
+  EXPECT_TRUE(second_placed_first);  // carried to its own plate, not dropped
+  EXPECT_TRUE(episode.success());
+}
+
+TEST(SimTest, ExpertHoldingAnObjectNoGoalMovesLetsGoAtOnce) {
+  Episode episode = MakeEpisode(Suite::kObject, 4);
+  const int target = episode.goals().front().object;
+  const int other = target == 0 ? 1 : 0;
+  ASSERT_LT(other, static_cast<int>(episode.world().objects.size()));
+  const Object o = episode.world().objects[other];
+  MoveTo(episode, {o.x, o.y, 0.4}, false);
+  MoveTo(episode, {o.x, o.y, std::max(o.z, o.top() - 0.06)}, false);
+  Hold(episode, true, 6);
+  ASSERT_EQ(episode.world().gripper.held, other);
+  ScriptedExpert expert(episode);
+  EXPECT_LE(expert.Act(episode)[6], 0.0f);
+  EXPECT_EQ(expert.phase(), ScriptedExpert::Phase::kRelease);
+}
+
 TEST(SimTest, ExpertTakingOverAwayFromTheObjectDoesNotClose) {
   Episode episode = MakeEpisode(Suite::kObject, 2);
   const Vec3 spot = EmptySpot(episode.world(), 0.3);
