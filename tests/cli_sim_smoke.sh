@@ -8,6 +8,8 @@
 #   * long suite, 1 episode (seed 2000001, which places its first object): at least one pass
 #     flagged as a prior refresh after the gripper release (refresh_after_release is on in
 #     models/tiny/pruning_config.json);
+#   * goal suite, 1 episode executing 4 of each chunk's 8 actions (the CLI sends executed_rows 4):
+#     solved;
 #   * the server exits 0 on SIGTERM.
 # usage: tests/cli_sim_smoke.sh SERVER_BINARY CLI_BINARY
 set -euo pipefail
@@ -21,12 +23,19 @@ timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite goal --episodes 2 
   --json > "$work/goal.json"
 timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite long --episodes 1 --seed 2000001 \
   --robot sim-long --json > "$work/long.json"
+# Half of each chunk executed: the CLI sends executed_rows 4 in PruningOverride.config_json, which
+# the server must accept (the goal suite: 50/50 in docs/BENCHMARKS.md, "--execute_steps 4").
+timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite goal --episodes 1 --seed 2000000 \
+  --execute 4 --robot sim-exec4 --json > "$work/exec4.json"
 
-"$py" - "$work/goal.json" "$work/long.json" <<'PY'
+"$py" - "$work/goal.json" "$work/long.json" "$work/exec4.json" <<'PY'
 import json, sys
 goal = json.load(open(sys.argv[1]))
 long = json.load(open(sys.argv[2]))
+exec4 = json.load(open(sys.argv[3]))
 errors = []
+if exec4["success_rate"] != 1.0 or exec4["episodes"][0]["predict_calls"] < 10:
+    errors.append(f"goal with --execute 4: {exec4}")
 if goal["success_rate"] != 1.0:
     errors.append(f"goal success_rate {goal['success_rate']}, expected 1.0")
 for ep in goal["episodes"] + long["episodes"]:

@@ -62,7 +62,8 @@ sim flags (drive the tabletop simulator through the server, as a robot would):
   --seed S               first episode seed (default 0)
   --robot ID             robot id (default sim-robot)
   --method M, --alpha A  as for predict
-  --execute K            actions of each chunk executed before the next Predict (default: all)
+  --execute K            actions of each chunk executed before the next Predict (default: all);
+                         sent as the SpecPrune config's executed_rows
 )";
 
 struct Args {
@@ -416,6 +417,9 @@ int RunSim(Client& client, const Args& args, bool json) {
     if (!a.ok()) return Fail(a.status());
     opts.alpha = *a;
   }
+  // The server's prior-refresh trigger must read only the rows this robot executes.
+  if (execute > 0 && execute < static_cast<int>(info->chunk_size()))
+    opts.pruning_config_json = absl::StrCat(R"({"specprune": {"executed_rows": )", execute, "}}");
   const std::string robot = args.Get("robot", "sim-robot");
   sim::SimOptions sim_options;
   sim_options.image_size = static_cast<int>(info->image_height());

@@ -161,12 +161,13 @@ absl::StatusOr<v1::PredictRequest> Client::BuildRequest(std::string_view robot_i
   request.set_instruction(obs.instruction);
   request.mutable_proprio()->Add(obs.proprio.begin(), obs.proprio.end());
   if (opts.method != v1::PRUNING_METHOD_UNSPECIFIED || opts.alpha || opts.keep_ratio ||
-      opts.diagnostic) {
+      opts.diagnostic || !opts.pruning_config_json.empty()) {
     v1::PruningOverride* pruning = request.mutable_pruning();
     pruning->set_method(opts.method);
     if (opts.alpha) pruning->set_alpha(*opts.alpha);
     if (opts.keep_ratio) pruning->set_keep_ratio(*opts.keep_ratio);
     if (opts.diagnostic) pruning->set_diagnostic(true);
+    pruning->set_config_json(opts.pruning_config_json);
   }
   request.set_unnorm_key(opts.unnorm_key);
 

@@ -89,6 +89,9 @@ struct PredictOptions {
   std::optional<float> keep_ratio;
   // Also run the unpruned pass and report deviation/recall (slower).
   bool diagnostic = false;
+  // Any other pruning knob, as PruningOverride.config_json (a JSON object with the keys of the
+  // server config's "pruning" section); empty = none.
+  std::string pruning_config_json;
   // Dataset statistics key for un-normalization; empty = the model default.
   std::string unnorm_key;
 };

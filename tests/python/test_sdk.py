@@ -3,6 +3,7 @@
 Run: PYTHONPATH=client/python:build/python /usr/bin/python3 -m pytest -q tests/python
 """
 
+import json
 import threading
 import time
 from concurrent import futures
@@ -171,6 +172,19 @@ def test_predict_maps_every_field_and_returns_the_chunk(server):
     assert actions.dtype == np.float32 and actions.shape == (CHUNK, DIM)
     expected = [[fake_action(req, t, d) for d in range(DIM)] for t in range(CHUNK)]
     np.testing.assert_allclose(actions, expected)
+
+
+def test_pruning_config_is_sent_as_config_json(server):
+    main, _ = frames()
+    with make_client(server) as client:
+        client.predict("r", [main, main], "go", proprio=PROPRIO,
+                       pruning_config={"specprune": {"executed_rows": 4}})
+        client.predict("r", [main, main], "go", proprio=PROPRIO)
+        with pytest.raises(ValueError, match="pruning_config must be a dict"):
+            client.predict("r", [main, main], "go", proprio=PROPRIO, pruning_config="x")
+    first, second = server.service.requests[:2]
+    assert json.loads(first.pruning.config_json) == {"specprune": {"executed_rows": 4}}
+    assert not second.HasField("pruning")
 
 
 def test_predict_full_reports_telemetry(server):

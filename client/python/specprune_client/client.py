@@ -20,6 +20,7 @@ Semantics (identical to the C++ SDK in client/cpp/client.h):
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import threading
 import time
@@ -281,11 +282,17 @@ class PolicyClient:
         keep_ratio: Optional[float] = None,
         diagnostic: bool = False,
         unnorm_key: str = "",
+        pruning_config: Optional[Mapping[str, Any]] = None,
     ) -> Prediction:
-        """Like :meth:`predict` but returns the actions together with the server's telemetry."""
+        """Like :meth:`predict` but returns the actions together with the server's telemetry.
+
+        ``pruning_config``: any other pruning knob for this request, a dict with the keys of the
+        server config's "pruning" section (sent as PruningOverride.config_json), e.g.
+        ``{"specprune": {"executed_rows": 4}}`` for a robot that executes 4 rows of each chunk.
+        """
         request = self._build_request(
             robot_id, images, instruction, proprio, episode_id, step, method, alpha, keep_ratio,
-            diagnostic, unnorm_key,
+            diagnostic, unnorm_key, pruning_config,
         )
         response = self._call(self._stub.Predict, request)
         return _to_prediction(request, response)
@@ -330,7 +337,7 @@ class PolicyClient:
 
     def _build_request(
         self, robot_id, images, instruction, proprio, episode_id, step, method, alpha, keep_ratio,
-        diagnostic, unnorm_key,
+        diagnostic, unnorm_key, pruning_config=None,
     ):
         if not isinstance(robot_id, str) or not robot_id:
             raise ValueError("robot_id must be a non-empty string")
@@ -356,8 +363,14 @@ class PolicyClient:
                 raise ValueError(f"proprio must be 1-D, got shape {p.shape}")
             request.proprio.extend(p.tolist())
         method_value = _method_value(method)
-        if method_value or alpha is not None or keep_ratio is not None or diagnostic:
+        if pruning_config is not None and not isinstance(pruning_config, Mapping):
+            raise ValueError(
+                f"pruning_config must be a dict, got {type(pruning_config).__name__}")
+        if (method_value or alpha is not None or keep_ratio is not None or diagnostic
+                or pruning_config):
             request.pruning.method = method_value
+            if pruning_config:
+                request.pruning.config_json = json.dumps(pruning_config)
             if alpha is not None:
                 request.pruning.alpha = float(alpha)
             if keep_ratio is not None:
@@ -477,6 +490,7 @@ class PredictStream:
         keep_ratio: Optional[float] = None,
         diagnostic: bool = False,
         unnorm_key: str = "",
+        pruning_config: Optional[Mapping[str, Any]] = None,
     ) -> Prediction:
         if self._final is not None:
             raise self._final
@@ -484,7 +498,7 @@ class PredictStream:
             raise PolicyError(grpc.StatusCode.FAILED_PRECONDITION, "the stream is closed")
         request = self._client._build_request(
             robot_id, images, instruction, proprio, episode_id, step, method, alpha, keep_ratio,
-            diagnostic, unnorm_key,
+            diagnostic, unnorm_key, pruning_config,
         )
         self._send(request)
         response = self._next_response()
