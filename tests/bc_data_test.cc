@@ -519,6 +519,60 @@ TEST(BcDataTest, EmptyGripperStepsExcludeThoseHoldingAnObject) {
   EXPECT_EQ(steps->front(), 0);
 }
 
+TEST(BcDataTest, GoalHoldStepsAddCarryingAGoalObjectButNotADistractor) {
+  // A trace that grasps a distractor (no goal moves it), then the expert's own demo.
+  const EpisodeSpec spec{sim::Suite::kObject, 3, 2, 0.0f};
+  auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+  ASSERT_TRUE(ep.ok());
+  const int target = ep->goals().front().object;
+  const int other = target == 0 ? 1 : 0;
+  const sim::Object o = ep->world().objects[other];
+  PolicyTrace trace;
+  trace.spec = spec;
+  const auto go = [&](sim::Vec3 to, bool close, int max_steps) {
+    for (int i = 0; i < max_steps && !ep->done(); ++i) {
+      const sim::Vec3 err = to - ep->world().gripper.tip;
+      const double s = ep->options().max_translation_step;
+      const sim::Action a = {static_cast<float>(std::clamp(err.x / s, -1.0, 1.0)),
+                             static_cast<float>(std::clamp(err.y / s, -1.0, 1.0)),
+                             static_cast<float>(std::clamp(err.z / s, -1.0, 1.0)),
+                             0,
+                             0,
+                             0,
+                             close ? 1.0f : -1.0f};
+      trace.executed.push_back(a);
+      ASSERT_TRUE(ep->Step(a).ok());
+    }
+  };
+  go({o.x, o.y, 0.4}, false, 40);
+  go({o.x, o.y, std::max(o.z, o.top() - 0.06)}, false, 40);
+  go(ep->world().gripper.tip, true, 8);
+  ASSERT_EQ(ep->world().gripper.held, other);
+  const size_t distractor_from = trace.executed.size();
+  go(ep->world().gripper.tip + sim::Vec3{0, 0, 0.1}, true, 4);  // steps holding the distractor
+  auto empty = TraceStepsWithEmptyGripper(trace, 64);
+  auto goal = TraceStepsWithEmptyGripper(trace, 64, /*also_goal_object_holds=*/true);
+  ASSERT_TRUE(empty.ok() && goal.ok());
+  EXPECT_EQ(*goal, *empty);  // holding a distractor is never labelled
+  EXPECT_LT(empty->back(), static_cast<int>(distractor_from));
+
+  // The expert's demo: every step is either empty-handed or carries the goal's object.
+  auto demo = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+  ASSERT_TRUE(demo.ok());
+  sim::ScriptedExpert expert(*demo);
+  PolicyTrace demo_trace;
+  demo_trace.spec = spec;
+  while (!demo->done()) {
+    demo_trace.executed.push_back(expert.Act(*demo));
+    ASSERT_TRUE(demo->Step(demo_trace.executed.back()).ok());
+  }
+  auto all = TraceStepsWithEmptyGripper(demo_trace, 64, true);
+  auto empty_only = TraceStepsWithEmptyGripper(demo_trace, 64);
+  ASSERT_TRUE(all.ok() && empty_only.ok());
+  EXPECT_EQ(all->size(), demo_trace.executed.size());
+  EXPECT_LT(empty_only->size(), all->size());
+}
+
 TEST(BcDataTest, RolloutRecordsTheExecutedActionsWhenAsked) {
   ModelConfig c = TinyConfig();
   auto model = VlaModel::Create(c, {});

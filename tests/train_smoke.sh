@@ -8,7 +8,7 @@ rm -rf "$out"
 common=(--out "$out" --init "$src/models/tiny" --init_weights 1 --batch 4 --warmup 1 --threads 1
         --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
         --aux_weight 1 --patch_weight 1 --early_frac 0.5 --dagger_every 2 --dagger_episodes 2
-        --dagger_frac 0.5 --dagger_states empty --text_aux_weight 0.5 --attr_weight 0.5
+        --dagger_frac 0.5 --dagger_states goal --text_aux_weight 0.5 --attr_weight 0.5
         --attn_weight 0.5 --attn_layers 0,2 --attn_named_layers 0)
 "$train" "${common[@]}" --steps 2 > "$out.first.log" 2>&1 || { cat "$out.first.log"; exit 1; }
 grep -q "^command: .*specprune_train .*--attn_weight 0.5" "$out.first.log"

@@ -337,13 +337,17 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
 }
 
 absl::StatusOr<std::vector<int>> TraceStepsWithEmptyGripper(const PolicyTrace& trace,
-                                                            int image_size) {
+                                                            int image_size,
+                                                            bool also_goal_object_holds) {
   auto ep = sim::Episode::Create(trace.spec.suite, trace.spec.seed,
                                  SpecSimOptions(trace.spec, image_size));
   if (!ep.ok()) return ep.status();
   std::vector<int> steps;
   for (int t = 0; t < static_cast<int>(trace.executed.size()) && !ep->done(); ++t) {
-    if (ep->world().gripper.held < 0) steps.push_back(t);
+    const int held = ep->world().gripper.held;
+    const bool goal_object = std::any_of(ep->goals().begin(), ep->goals().end(),
+                                         [&](const sim::Goal& g) { return g.object == held; });
+    if (held < 0 || (also_goal_object_holds && goal_object)) steps.push_back(t);
     auto r = ep->Step(trace.executed[t]);
     if (!r.ok()) return r.status();
   }

@@ -136,9 +136,13 @@ struct PolicyTrace {
 };
 
 // Steps t of the trace (0 <= t < executed.size()) at which the gripper holds nothing, i.e. before
-// executing action t: the policy is choosing or approaching what to grasp. Replays kinematics only.
+// executing action t: the policy is choosing or approaching what to grasp; with
+// `also_goal_object_holds`, also those at which it holds an object some goal moves (carrying; in
+// `long` possibly the sub-tasks out of order), but never those holding any other object. Replays
+// kinematics only.
 absl::StatusOr<std::vector<int>> TraceStepsWithEmptyGripper(const PolicyTrace& trace,
-                                                            int image_size);
+                                                            int image_size,
+                                                            bool also_goal_object_holds = false);
 
 // The sample at step t of a policy trace (t clamped to [0, executed.size()]): observations as the
 // policy saw them, labels from the clean expert taking over at that state

@@ -132,7 +132,9 @@ struct TrainOptions {
   // Which visited states are labelled: "empty" = only where the gripper holds nothing (choosing and
   // approaching what to grasp: wrong-object and copycat errors), "all" = every step. With "all",
   // states holding a wrong object get the expert's "let go at once" label, which looks like the
-  // legitimate second sub-task of `long` and taught a fine-tune to drop objects mid-air.
+  // legitimate second sub-task of `long` and taught a fine-tune to drop objects mid-air. "goal" =
+  // "empty" plus the steps holding an object some goal moves (carrying it; in `long` also the
+  // second sub-task's object taken first, which the expert now carries to its own plate).
   std::string dagger_states = "empty";
 };
 
@@ -299,8 +301,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
                  "--dagger_frac in [0, 1]\n");
     return false;
   }
-  if (o->dagger_states != "empty" && o->dagger_states != "all") {
-    std::fprintf(stderr, "--dagger_states: use empty or all\n");
+  if (o->dagger_states != "empty" && o->dagger_states != "goal" && o->dagger_states != "all") {
+    std::fprintf(stderr, "--dagger_states: use empty, goal or all\n");
     return false;
   }
   if (o->batch < 1 || o->steps < 1 || o->threads < 1 || o->data_threads < 1) {
@@ -348,8 +350,11 @@ class DaggerPool {
  public:
   // `empty_gripper_only`: sample only the steps where the gripper holds nothing
   // (TrainOptions::dagger_states).
-  DaggerPool(size_t capacity, int image_size, bool empty_gripper_only)
-      : capacity_(capacity), image_size_(image_size), empty_only_(empty_gripper_only) {}
+  DaggerPool(size_t capacity, int image_size, bool empty_gripper_only, bool also_goal_holds)
+      : capacity_(capacity),
+        image_size_(image_size),
+        empty_only_(empty_gripper_only),
+        also_goal_holds_(also_goal_holds) {}
 
   absl::Status Add(std::vector<PolicyTrace> traces) {
     std::vector<Entry> entries;
@@ -357,7 +362,7 @@ class DaggerPool {
       if (t.executed.empty()) continue;
       Entry e;
       if (empty_only_) {
-        auto steps = TraceStepsWithEmptyGripper(t, image_size_);
+        auto steps = TraceStepsWithEmptyGripper(t, image_size_, also_goal_holds_);
         if (!steps.ok()) return steps.status();
         if (steps->empty()) continue;
         e.steps = *std::move(steps);
@@ -450,6 +455,7 @@ class DaggerPool {
   const size_t capacity_;
   const int image_size_;
   const bool empty_only_;
+  const bool also_goal_holds_;  // with empty_only_: also steps holding a goal's object
   mutable std::mutex mu_;
   std::deque<Entry> entries_;
 };
@@ -945,7 +951,7 @@ constexpr char kUsage[] =
     "              --patch_layer L --text_aux_weight X --attr_weight X --attn_weight X\n"
     "              --attn_layers a,b,... --attn_named_layers a,b,...\n"
     "  DAgger:     --dagger_every N --dagger_episodes N --dagger_frac X --dagger_pool N\n"
-    "              --dagger_states empty|all\n"
+    "              --dagger_states empty|goal|all\n"
     "  progress:   --log_every N --holdout_every N --eval_every N --eval_episodes N\n"
     "              --ckpt_every N\n"
     "  one-shot:   --benchmark N (fp32 vs bf16 step time) --check_demos N --diagnose N\n"
@@ -1250,7 +1256,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   DaggerPool pool(static_cast<size_t>(o.dagger_pool), static_cast<int>(c.image_size),
-                  o.dagger_states == "empty");
+                  o.dagger_states != "all", o.dagger_states == "goal");
   const std::string pool_path = o.out + "/dagger_pool.txt";
   if (resume && o.dagger_every > 0 && fs::exists(pool_path)) {
     if (auto st = pool.Load(pool_path); !st.ok()) {
