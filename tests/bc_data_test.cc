@@ -509,7 +509,7 @@ TEST(BcDataTest, EmptyGripperStepsExcludeThoseHoldingAnObject) {
     ASSERT_TRUE(ep->Step(trace.executed.back()).ok());
   }
   ASSERT_TRUE(ep->success());
-  auto steps = TraceStepsWithEmptyGripper(trace, 64);
+  auto steps = TraceStepsToLabel(trace, 64, LabelledStates::kEmptyGripper);
   ASSERT_TRUE(steps.ok()) << steps.status();
   std::vector<int> expected;
   for (size_t t = 0; t < held_before.size(); ++t)
@@ -550,8 +550,8 @@ TEST(BcDataTest, GoalHoldStepsAddCarryingAGoalObjectButNotADistractor) {
   ASSERT_EQ(ep->world().gripper.held, other);
   const size_t distractor_from = trace.executed.size();
   go(ep->world().gripper.tip + sim::Vec3{0, 0, 0.1}, true, 4);  // steps holding the distractor
-  auto empty = TraceStepsWithEmptyGripper(trace, 64);
-  auto goal = TraceStepsWithEmptyGripper(trace, 64, /*also_goal_object_holds=*/true);
+  auto empty = TraceStepsToLabel(trace, 64, LabelledStates::kEmptyGripper);
+  auto goal = TraceStepsToLabel(trace, 64, LabelledStates::kEmptyOrGoalObject);
   ASSERT_TRUE(empty.ok() && goal.ok());
   EXPECT_EQ(*goal, *empty);  // holding a distractor is never labelled
   EXPECT_LT(empty->back(), static_cast<int>(distractor_from));
@@ -566,11 +566,14 @@ TEST(BcDataTest, GoalHoldStepsAddCarryingAGoalObjectButNotADistractor) {
     demo_trace.executed.push_back(expert.Act(*demo));
     ASSERT_TRUE(demo->Step(demo_trace.executed.back()).ok());
   }
-  auto all = TraceStepsWithEmptyGripper(demo_trace, 64, true);
-  auto empty_only = TraceStepsWithEmptyGripper(demo_trace, 64);
+  auto all = TraceStepsToLabel(demo_trace, 64, LabelledStates::kEmptyOrGoalObject);
+  auto empty_only = TraceStepsToLabel(demo_trace, 64, LabelledStates::kEmptyGripper);
   ASSERT_TRUE(all.ok() && empty_only.ok());
   EXPECT_EQ(all->size(), demo_trace.executed.size());
   EXPECT_LT(empty_only->size(), all->size());
+  auto every = TraceStepsToLabel(demo_trace, 64, LabelledStates::kAll);
+  ASSERT_TRUE(every.ok());
+  EXPECT_EQ(*every, *all);  // every step, in order
 }
 
 TEST(BcDataTest, RolloutRecordsTheExecutedActionsWhenAsked) {
@@ -708,7 +711,7 @@ TEST(BcDataTest, TraceSamplesShowThePolicysStateWithExpertLabels) {
     ASSERT_TRUE(branch.Step(a).ok());
   }
   // Every step of this trace starts with an empty gripper (it never closes).
-  auto empty = TraceStepsWithEmptyGripper(trace, 64);
+  auto empty = TraceStepsToLabel(trace, 64, LabelledStates::kEmptyGripper);
   ASSERT_TRUE(empty.ok()) << empty.status();
   EXPECT_EQ(empty->size(), trace.executed.size());
   // t is clamped to the trace: past the end is the final state.

@@ -227,6 +227,7 @@ TEST_F(ClientTest, PredictMapsEveryFieldAndReturnsTheChunk) {
   opts.alpha = 0.75f;
   opts.keep_ratio = 0.5f;
   opts.diagnostic = true;
+  opts.pruning_config_json = R"({"specprune": {"executed_rows": 4}})";
   opts.unnorm_key = "bridge";
   const Observation obs = MakeObservation();
   absl::StatusOr<ActionChunk> chunk = client->Predict("robot-7", obs, opts);
@@ -254,6 +255,7 @@ TEST_F(ClientTest, PredictMapsEveryFieldAndReturnsTheChunk) {
   EXPECT_FLOAT_EQ(req.pruning().alpha(), 0.75f);
   EXPECT_FLOAT_EQ(req.pruning().keep_ratio(), 0.5f);
   EXPECT_TRUE(req.pruning().has_diagnostic() && req.pruning().diagnostic());
+  EXPECT_EQ(req.pruning().config_json(), R"({"specprune": {"executed_rows": 4}})");
 
   EXPECT_EQ(chunk->chunk_size, kChunk);
   EXPECT_EQ(chunk->action_dim, kDim);

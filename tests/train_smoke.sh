@@ -31,11 +31,13 @@ grep -q "^step 3 " "$out.second.log"
 grep -q "done at step 4" "$out.second.log"
 grep -q '"step": 4' "$out/train_state.json"
 # The checkpoint is a model directory the evaluation (and the server) loads; --pruning overlays a
-# config on the model's defaults and the JSON records it.
+# config on the model's defaults and the JSON records it; executing 4 of 8 rows per chunk sets
+# SpecPrune's executed_rows.
 "$eval" --model "$out" --suites goal --methods none,specprune --episodes 1 --threads 1 \
-  --reference 0 --pruning "$src/bench/pruning/specprune-alpha1.6-fine2.4.json" \
+  --reference 0 --pruning "$src/bench/pruning/specprune-alpha1.6-fine2.4.json" --execute_steps 4 \
   --json "$out.eval.json" > "$out.eval.log" 2>&1 || { cat "$out.eval.log"; exit 1; }
 grep -q '"coarse_scale": 1.6' "$out.eval.json" || { echo "--pruning not applied"; exit 1; }
+grep -q '"executed_rows": 4' "$out.eval.json" || { echo "--execute_steps did not set executed_rows"; exit 1; }
 grep -q '"failures": {' "$out.eval.json" && grep -q '"wrong_object_same_colour": ' "$out.eval.json" ||
   { echo "no failure analysis in the evaluation JSON"; exit 1; }
 grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.eval.json" ||

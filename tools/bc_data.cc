@@ -336,18 +336,22 @@ absl::StatusOr<RawSample> MakeRawSample(const EpisodeSpec& spec, int t, int chun
   return LabelState(rep->episode(), rep->expert(), chunk, image_size);
 }
 
-absl::StatusOr<std::vector<int>> TraceStepsWithEmptyGripper(const PolicyTrace& trace,
-                                                            int image_size,
-                                                            bool also_goal_object_holds) {
+absl::StatusOr<std::vector<int>> TraceStepsToLabel(const PolicyTrace& trace, int image_size,
+                                                   LabelledStates states) {
+  std::vector<int> steps;
+  if (states == LabelledStates::kAll) {
+    for (int t = 0; t < static_cast<int>(trace.executed.size()); ++t) steps.push_back(t);
+    return steps;
+  }
   auto ep = sim::Episode::Create(trace.spec.suite, trace.spec.seed,
                                  SpecSimOptions(trace.spec, image_size));
   if (!ep.ok()) return ep.status();
-  std::vector<int> steps;
   for (int t = 0; t < static_cast<int>(trace.executed.size()) && !ep->done(); ++t) {
     const int held = ep->world().gripper.held;
     const bool goal_object = std::any_of(ep->goals().begin(), ep->goals().end(),
                                          [&](const sim::Goal& g) { return g.object == held; });
-    if (held < 0 || (also_goal_object_holds && goal_object)) steps.push_back(t);
+    if (held < 0 || (states == LabelledStates::kEmptyOrGoalObject && goal_object))
+      steps.push_back(t);
     auto r = ep->Step(trace.executed[t]);
     if (!r.ok()) return r.status();
   }

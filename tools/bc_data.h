@@ -135,14 +135,18 @@ struct PolicyTrace {
   bool success = false;
 };
 
-// Steps t of the trace (0 <= t < executed.size()) at which the gripper holds nothing, i.e. before
-// executing action t: the policy is choosing or approaching what to grasp; with
-// `also_goal_object_holds`, also those at which it holds an object some goal moves (carrying; in
-// `long` possibly the sub-tasks out of order), but never those holding any other object. Replays
-// kinematics only.
-absl::StatusOr<std::vector<int>> TraceStepsWithEmptyGripper(const PolicyTrace& trace,
-                                                            int image_size,
-                                                            bool also_goal_object_holds = false);
+// Which states of a policy trace get expert labels (DAgger):
+//  * kEmptyGripper: the gripper holds nothing (the policy is choosing or approaching what to
+//  grasp);
+//  * kEmptyOrGoalObject: also while it holds an object some goal moves (carrying it; in `long`
+//    possibly the sub-tasks out of order), never while it holds any other object;
+//  * kAll: every step.
+enum class LabelledStates { kEmptyGripper, kEmptyOrGoalObject, kAll };
+
+// Steps t of the trace (0 <= t < executed.size(), the state before executing action t) in
+// `states`. Replays kinematics only (not for kAll).
+absl::StatusOr<std::vector<int>> TraceStepsToLabel(const PolicyTrace& trace, int image_size,
+                                                   LabelledStates states);
 
 // The sample at step t of a policy trace (t clamped to [0, executed.size()]): observations as the
 // policy saw them, labels from the clean expert taking over at that state

@@ -352,8 +352,9 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
       } else if (r.goal_object_grasps > 0) {
         ++cell.failed_not_placed;
         cell.not_placed_wrong_destination += r.wrong_destination;
-      } else
+      } else {
         ++cell.failed_never_grasped;
+      }
     }
   }
   cell.mean_steps /= std::max(1, cell.episodes);

@@ -13,9 +13,11 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -143,20 +145,26 @@ void SetAutocast(bool on) {
   if (!on) at::autocast::clear_cache();
 }
 
-// "0,2,5" -> {0, 2, 5}; std::stoi throws on a bad entry (ParseArgs reports it).
-std::vector<int> ParseIntList(const std::string& v) {
-  std::vector<int> out;
-  for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
-    out.push_back(std::stoi(std::string(part)));
+// "0,2,5" -> {0, 2, 5}, "1,2.5" -> {1.0, 2.5}; std::stoi / std::stod throw on a bad entry
+// (ParseArgs reports it).
+template <typename T>
+std::vector<T> ParseList(const std::string& v) {
+  std::vector<T> out;
+  for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+    if constexpr (std::is_same_v<T, int>)
+      out.push_back(std::stoi(std::string(part)));
+    else
+      out.push_back(std::stod(std::string(part)));
+  }
   return out;
 }
 
-// "1,2.5,0" -> {1, 2.5, 0}; std::stod throws on a bad entry (ParseArgs reports it).
-std::vector<double> ParseDoubleList(const std::string& v) {
-  std::vector<double> out;
-  for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty()))
-    out.push_back(std::stod(std::string(part)));
-  return out;
+// --dagger_states: "empty", "goal", "all"; nullopt otherwise.
+std::optional<LabelledStates> ParseDaggerStates(const std::string& v) {
+  if (v == "empty") return LabelledStates::kEmptyGripper;
+  if (v == "goal") return LabelledStates::kEmptyOrGoalObject;
+  if (v == "all") return LabelledStates::kAll;
+  return std::nullopt;
 }
 
 bool ParseArgs(int argc, char** argv, TrainOptions* o) {
@@ -238,9 +246,9 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
       else if (k == "attn_weight")
         o->attn_weight = std::stod(v);
       else if (k == "attn_named_layers")
-        o->attn_named_layers = ParseIntList(v);
+        o->attn_named_layers = ParseList<int>(v);
       else if (k == "attn_layers")
-        o->attn_layers = ParseIntList(v);
+        o->attn_layers = ParseList<int>(v);
       else if (k == "init_weights")
         o->init_weights = v != "0" && v != "false";
       else if (k == "early_frac")
@@ -250,7 +258,7 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
       else if (k == "long_frac")
         o->long_frac = std::stod(v);
       else if (k == "easy_mix")
-        o->easy_mix = ParseDoubleList(v);
+        o->easy_mix = ParseList<double>(v);
       else if (k == "head_warmup")
         o->head_warmup = std::stoll(v);
       else if (k == "head_lr")
@@ -301,7 +309,7 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
                  "--dagger_frac in [0, 1]\n");
     return false;
   }
-  if (o->dagger_states != "empty" && o->dagger_states != "goal" && o->dagger_states != "all") {
+  if (!ParseDaggerStates(o->dagger_states).has_value()) {
     std::fprintf(stderr, "--dagger_states: use empty, goal or all\n");
     return false;
   }
@@ -348,25 +356,19 @@ EpisodeSpec DrawSpec(const TrainOptions& o, int64_t step, std::mt19937_64& rng) 
 // the producer samples.
 class DaggerPool {
  public:
-  // `empty_gripper_only`: sample only the steps where the gripper holds nothing
-  // (TrainOptions::dagger_states).
-  DaggerPool(size_t capacity, int image_size, bool empty_gripper_only, bool also_goal_holds)
-      : capacity_(capacity),
-        image_size_(image_size),
-        empty_only_(empty_gripper_only),
-        also_goal_holds_(also_goal_holds) {}
+  // `states`: the steps of a trace that are sampled (TrainOptions::dagger_states).
+  DaggerPool(size_t capacity, int image_size, LabelledStates states)
+      : capacity_(capacity), image_size_(image_size), states_(states) {}
 
   absl::Status Add(std::vector<PolicyTrace> traces) {
     std::vector<Entry> entries;
     for (auto& t : traces) {
       if (t.executed.empty()) continue;
       Entry e;
-      if (empty_only_) {
-        auto steps = TraceStepsWithEmptyGripper(t, image_size_, also_goal_holds_);
-        if (!steps.ok()) return steps.status();
-        if (steps->empty()) continue;
-        e.steps = *std::move(steps);
-      }
+      auto steps = TraceStepsToLabel(t, image_size_, states_);
+      if (!steps.ok()) return steps.status();
+      if (steps->empty()) continue;
+      e.steps = *std::move(steps);
       e.trace = std::make_shared<const PolicyTrace>(std::move(t));
       entries.push_back(std::move(e));
     }
@@ -392,9 +394,7 @@ class DaggerPool {
     for (const Entry& e : entries_)
       if (static_cast<int>(e.trace->spec.suite) == suite) of_suite.push_back(&e);
     const Entry& e = *of_suite[rng() % of_suite.size()];
-    const int t = e.steps.empty() ? static_cast<int>(rng() % e.trace->executed.size())
-                                  : e.steps[rng() % e.steps.size()];
-    return {e.trace, t};
+    return {e.trace, e.steps[rng() % e.steps.size()]};
   }
 
   size_t size() const {
@@ -450,12 +450,11 @@ class DaggerPool {
  private:
   struct Entry {
     std::shared_ptr<const PolicyTrace> trace;
-    std::vector<int> steps;  // eligible steps; empty = all
+    std::vector<int> steps;  // the steps that may be sampled (TraceStepsToLabel)
   };
   const size_t capacity_;
   const int image_size_;
-  const bool empty_only_;
-  const bool also_goal_holds_;  // with empty_only_: also steps holding a goal's object
+  const LabelledStates states_;
   mutable std::mutex mu_;
   std::deque<Entry> entries_;
 };
@@ -1256,7 +1255,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   DaggerPool pool(static_cast<size_t>(o.dagger_pool), static_cast<int>(c.image_size),
-                  o.dagger_states != "all", o.dagger_states == "goal");
+                  *ParseDaggerStates(o.dagger_states));
   const std::string pool_path = o.out + "/dagger_pool.txt";
   if (resume && o.dagger_every > 0 && fs::exists(pool_path)) {
     if (auto st = pool.Load(pool_path); !st.ok()) {
