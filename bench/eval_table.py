@@ -71,13 +71,17 @@ def failures(rows):
         f = r.get("failures")
         if not f:
             continue
+        confusions = sorted(f.get("wrong_object_confusions", {}).items(),
+                            key=lambda kv: (-kv[1], kv[0]))
+        top = ", ".join(f"{pair} {n}" for pair, n in confusions[:2]) or "–"
         lines.append(f'| {r["method"]} | {r["suite"]} | {r["episodes"] - r["successes"]} '
                      f'| {f["wrong_object"]} ({f["wrong_object_same_colour"]} / '
                      f'{f["wrong_object_same_shape"]}) | {f["not_placed"]} '
                      f'({f.get("not_placed_wrong_destination", "–")}) '
-                     f'| {f["never_grasped"]} |')
+                     f'| {f["never_grasped"]} | {top} |')
     extra_table(["failed", "grasped a wrong object (same colour / same shape)",
-                 "goal objects only, not placed (on a wrong plate)", "never grasped"], lines)
+                 "goal objects only, not placed (on a wrong plate)", "never grasped",
+                 "commonest first wrong grasps (wanted -> grasped)"], lines)
 
 
 def main():

@@ -4,8 +4,10 @@
 
 #include <array>
 #include <cmath>
+#include <map>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "model/tokenizer.h"
 #include "pruning/policies.h"
 #include "pruning/pruning_config.h"
@@ -676,12 +678,112 @@ TEST(BcDataTest, WrongGraspNamesTheLookAlikesSharedAttribute) {
       EXPECT_EQ(a.same_color, w.objects[i].color == w.objects[target].color);
       EXPECT_EQ(a.same_shape, w.objects[i].shape == w.objects[target].shape);
       EXPECT_FALSE(a.same_color && a.same_shape);  // `object` objects are distinct
+      const sim::Object& want = w.objects[target];
+      const sim::Object& got = w.objects[i];
+      EXPECT_EQ(a.confusion, absl::StrCat(std::string(sim::ColorName(want.color)), " ",
+                                          std::string(sim::ShapeName(want.shape)), " -> ",
+                                          std::string(sim::ColorName(got.color)), " ",
+                                          std::string(sim::ShapeName(got.shape))));
       checked += a.same_color || a.same_shape;
     }
   }
   EXPECT_GE(checked, 20);  // every `object` scene has a look-alike distractor
   const GraspAssessment none = AssessGrasp(sim::World{}, {}, 0);
   EXPECT_FALSE(none.goal_object || none.same_color || none.same_shape);
+  EXPECT_TRUE(none.confusion.empty());
+}
+
+TEST(BcDataTest, ColourDecidesWhenAnotherObjectHasTheGoalObjectsShapeInAnotherColour) {
+  using sim::Color;
+  using sim::Shape;
+  sim::World w;
+  w.plates = {{Color::kWhite, 0, 0}, {Color::kBlue, 0.3, 0}};
+  w.objects = {{Shape::kCube, Color::kRed}, {Shape::kCylinder, Color::kRed}};
+  const std::vector<sim::Goal> one = {{sim::Goal::Kind::kOnPlate, 0, 0}};
+  EXPECT_FALSE(ColourDecides(w, one));  // "the red cube" is the only cube
+  w.objects.push_back({Shape::kBowl, Color::kGreen});
+  EXPECT_FALSE(ColourDecides(w, one));
+  w.objects.push_back({Shape::kCube, Color::kGreen});
+  EXPECT_TRUE(ColourDecides(w, one));  // a green cube too
+  // `long`: the second goal's object has a look-alike (the first goal's cylinder is red too).
+  w.objects = {{Shape::kCube, Color::kRed},
+               {Shape::kCylinder, Color::kBlue},
+               {Shape::kCylinder, Color::kYellow}};
+  const std::vector<sim::Goal> two = {{sim::Goal::Kind::kOnPlate, 0, 0},
+                                      {sim::Goal::Kind::kOnPlate, 1, 1}};
+  EXPECT_TRUE(ColourDecides(w, two));
+  EXPECT_FALSE(ColourDecides(w, one));
+  // About half of the `object` scenes: the generator's first distractor shares colour or shape.
+  int decides = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    auto ep = sim::Episode::Create(sim::Suite::kObject, seed);
+    ASSERT_TRUE(ep.ok());
+    decides += ColourDecides(ep->world(), ep->goals());
+  }
+  EXPECT_GT(decides, 60);
+  EXPECT_LT(decides, 160);
+}
+
+TEST(BcDataTest, CurriculumAddsDistractorsThenTheLongSuite) {
+  Curriculum c;
+  c.stage1 = 10;
+  c.stage2 = 20;
+  c.long_frac = 0.5;
+  std::mt19937_64 rng(3);
+  int long_draws = 0, noisy = 0, no_distractors = 0;
+  for (int i = 0; i < 400; ++i) {
+    const EpisodeSpec early = DrawSpec(c, 5, rng);
+    EXPECT_NE(early.suite, sim::Suite::kLong);
+    EXPECT_EQ(early.num_distractors, 0);
+    EXPECT_NE(DrawSpec(c, 15, rng).suite, sim::Suite::kLong);
+    const EpisodeSpec late = DrawSpec(c, 20, rng);
+    EXPECT_LT(late.seed, 5000u);
+    long_draws += late.suite == sim::Suite::kLong;
+    noisy += late.noise_std > 0;
+    no_distractors += late.num_distractors == 0;
+  }
+  EXPECT_NEAR(long_draws, 200, 40);
+  EXPECT_NEAR(noisy, 200, 40);
+  EXPECT_NEAR(no_distractors, 40, 25);
+}
+
+TEST(BcDataTest, EasyMixWeightsTheOneGoalSuites) {
+  Curriculum c;
+  c.stage1 = c.stage2 = 0;
+  c.long_frac = 0;
+  c.easy_mix = {1.0, 3.0, 0.0};
+  std::mt19937_64 rng(5);
+  std::map<sim::Suite, int> drawn;
+  for (int i = 0; i < 800; ++i) ++drawn[DrawSpec(c, 0, rng).suite];
+  EXPECT_EQ(drawn[sim::Suite::kGoal], 0);
+  EXPECT_EQ(drawn[sim::Suite::kLong], 0);
+  EXPECT_NEAR(drawn[sim::Suite::kObject], 600, 50);
+  EXPECT_NEAR(drawn[sim::Suite::kSpatial], 200, 50);
+}
+
+TEST(BcDataTest, ColourFracDrawsScenesWhoseColourWordDecides) {
+  Curriculum c;
+  c.stage1 = c.stage2 = 0;
+  c.long_frac = 0;
+  c.easy_mix = {0.0, 1.0, 0.0};
+  const auto decided = [&](double colour_frac) {
+    c.colour_frac = colour_frac;
+    std::mt19937_64 rng(7);
+    int n = 0;
+    for (int i = 0; i < 100; ++i) {
+      const EpisodeSpec s = DrawSpec(c, 0, rng);
+      EXPECT_EQ(s.suite, sim::Suite::kObject);
+      auto ep = sim::Episode::Create(s.suite, s.seed, SpecSimOptions(s, 64));
+      EXPECT_TRUE(ep.ok());
+      if (ep.ok()) n += ColourDecides(ep->world(), ep->goals());
+    }
+    return n;
+  };
+  EXPECT_EQ(decided(1.0), 100);
+  const int natural = decided(0.0);
+  EXPECT_GT(natural, 25);
+  EXPECT_LT(natural, 80);
+  EXPECT_GT(decided(0.5), natural);
 }
 
 TEST(BcDataTest, TraceSamplesShowThePolicysStateWithExpertLabels) {

@@ -38,7 +38,8 @@ grep -q '"step": 4' "$out/train_state.json"
   --json "$out.eval.json" > "$out.eval.log" 2>&1 || { cat "$out.eval.log"; exit 1; }
 grep -q '"coarse_scale": 1.6' "$out.eval.json" || { echo "--pruning not applied"; exit 1; }
 grep -q '"executed_rows": 4' "$out.eval.json" || { echo "--execute_steps did not set executed_rows"; exit 1; }
-grep -q '"failures": {' "$out.eval.json" && grep -q '"wrong_object_same_colour": ' "$out.eval.json" ||
+grep -q '"failures": {' "$out.eval.json" && grep -q '"wrong_object_same_colour": ' "$out.eval.json" &&
+  grep -q '"wrong_object_confusions": ' "$out.eval.json" ||
   { echo "no failure analysis in the evaluation JSON"; exit 1; }
 grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.eval.json" ||
   { echo "no target coverage for SpecPrune"; exit 1; }
@@ -52,4 +53,9 @@ if "$train" "${common[@]}" --out "$out.bad" --steps 1 --easy_mix 1,0 > "$out.bad
   echo "--easy_mix 1,0 was accepted"; exit 1
 fi
 grep -q -- "--easy_mix: three non-negative weights" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+# The colour-decided share is a fraction.
+if "$train" "${common[@]}" --out "$out.bad" --steps 1 --colour_frac 1.5 > "$out.bad.log" 2>&1; then
+  echo "--colour_frac 1.5 was accepted"; exit 1
+fi
+grep -q -- "--colour_frac must be in \[0, 1\]" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 echo "train smoke OK"

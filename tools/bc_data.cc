@@ -665,7 +665,56 @@ GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goa
   const sim::Object& want = before.objects[current->object];
   a.same_color = got.color == want.color;
   a.same_shape = got.shape == want.shape;
+  a.confusion = absl::StrCat(
+      std::string(sim::ColorName(want.color)), " ", std::string(sim::ShapeName(want.shape)), " -> ",
+      std::string(sim::ColorName(got.color)), " ", std::string(sim::ShapeName(got.shape)));
   return a;
+}
+
+EpisodeSpec DrawSpec(const Curriculum& o, int64_t step, std::mt19937_64& rng) {
+  using sim::Suite;
+  EpisodeSpec s;
+  std::uniform_int_distribution<int> seed_d(0, o.train_seeds - 1);
+  std::uniform_real_distribution<double> u(0, 1);
+  s.seed = static_cast<uint64_t>(seed_d(rng));
+  s.noise_std = u(rng) < o.noise_frac ? static_cast<float>(o.noise_std) : 0.0f;
+  const Suite easy[] = {Suite::kSpatial, Suite::kObject, Suite::kGoal};
+  if (step < o.stage1) {
+    s.suite = easy[rng() % 3];
+    s.num_distractors = 0;
+  } else if (step < o.stage2) {
+    s.suite = easy[rng() % 3];
+    s.num_distractors = u(rng) < 0.25 ? 0 : -1;
+  } else {
+    if (u(rng) < o.long_frac) {
+      s.suite = Suite::kLong;
+    } else if (o.easy_mix[0] == o.easy_mix[1] && o.easy_mix[1] == o.easy_mix[2]) {
+      s.suite = easy[rng() % 3];  // the draw of earlier runs (reproducible commands)
+    } else {
+      std::discrete_distribution<int> mix(o.easy_mix.begin(), o.easy_mix.end());
+      s.suite = easy[mix(rng)];
+    }
+    s.num_distractors = u(rng) < 0.1 ? 0 : -1;
+    if ((s.suite == Suite::kObject || s.suite == Suite::kLong) && o.colour_frac > 0 &&
+        u(rng) < o.colour_frac) {
+      s.num_distractors = -1;  // the look-alike is a distractor
+      for (int tries = 0; tries < 64; ++tries) {
+        auto task = sim::GenerateTask(s.suite, s.seed, s.num_distractors);
+        if (task.ok() && ColourDecides(task->world, task->goals)) break;
+        s.seed = static_cast<uint64_t>(seed_d(rng));
+      }
+    }
+  }
+  return s;
+}
+
+bool ColourDecides(const sim::World& world, const std::vector<sim::Goal>& goals) {
+  for (const sim::Goal& g : goals) {
+    const sim::Object& named = world.objects[g.object];
+    for (const sim::Object& o : world.objects)
+      if (o.shape == named.shape && o.color != named.color) return true;
+  }
+  return false;
 }
 
 bool OnWrongDestination(const sim::World& world, const std::vector<sim::Goal>& goals) {
@@ -789,6 +838,7 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
             } else if (out[e].wrong_object_grasps++ == 0) {
               out[e].first_wrong_same_color = g.same_color;
               out[e].first_wrong_same_shape = g.same_shape;
+              out[e].first_wrong_confusion = g.confusion;
             }
           }
           if (options.record_actions) out[e].executed.push_back(act);

@@ -52,6 +52,31 @@ struct EpisodeSpec {
 // Simulator options of a spec (image size from the model).
 sim::SimOptions SpecSimOptions(const EpisodeSpec& spec, int image_size);
 
+// The demo curriculum of specprune_train: which episodes the training samples come from as the
+// step count grows. Steps [0, stage1): spatial, object and goal without distractors; [stage1,
+// stage2): the same with the suites' default distractors (a quarter without); from stage2: `long`
+// joins and every suite has its default distractors (a tenth without).
+struct Curriculum {
+  double noise_frac = 0.5;  // fraction of demos with noisy execution (DART)
+  double noise_std = 0.3;   // EpisodeSpec::noise_std of those
+  int train_seeds = 5000;   // demo seeds per suite: [0, train_seeds)
+  int64_t stage1 = 2000;
+  int64_t stage2 = 6000;
+  double long_frac = 0.25;  // share of the `long` suite from stage2
+  // Relative weights of spatial, object and goal in the remaining share from stage2 (a fine-tune
+  // can favour the suites the policy fails on); three non-negative weights, not all zero. Equal
+  // weights draw exactly as before the option existed (reproducible commands).
+  std::vector<double> easy_mix = {1.0, 1.0, 1.0};
+  // Fraction of `object` and `long` draws from stage2 redrawn, seed by seed, until the scene is one
+  // where the colour word decides a goal's object (ColourDecides): about half of `object` scenes
+  // are; the rest name a shape among other shapes. Those draws keep the suite's default
+  // distractors. 0 draws exactly as before the option existed.
+  double colour_frac = 0;
+};
+
+// The episode a training sample at `step` comes from. Deterministic given `rng`'s state.
+EpisodeSpec DrawSpec(const Curriculum& curriculum, int64_t step, std::mt19937_64& rng);
+
 // Result of replaying a spec to its end with the expert.
 struct DemoSummary {
   bool success = false;
@@ -269,6 +294,7 @@ struct EpisodeOutcome {
   int wrong_object_grasps = 0;
   bool first_wrong_same_color = false;
   bool first_wrong_same_shape = false;
+  std::string first_wrong_confusion;  // GraspAssessment::confusion of the first wrong grasp
   // At the end, some goal's object rests on a plate other than its goal's destination (in `long`:
   // the two objects' plates swapped).
   bool wrong_destination = false;
@@ -283,9 +309,16 @@ struct GraspAssessment {
   bool goal_object = false;
   bool same_color = false;
   bool same_shape = false;
+  // "<wanted> -> <grasped>" by colour and shape ("red cube -> orange cube"): the current goal's
+  // object and the grasped one. Empty when goal_object or no goal is unsatisfied.
+  std::string confusion;
 };
 GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goal>& goals,
                             int object);
+
+// True if naming a goal's object needs its colour word: another object has that object's shape in
+// another colour (`object`'s shape look-alike; in `long` also the other goal's object).
+bool ColourDecides(const sim::World& world, const std::vector<sim::Goal>& goals);
 
 // True if some goal's object rests on a plate other than that goal's destination (GoalSatisfied of
 // the same object on the other plate).

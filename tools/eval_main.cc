@@ -6,6 +6,7 @@
 // SpecPrune's measured average retention.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -148,6 +149,8 @@ struct Cell {
   int failed_wrong_object = 0, failed_not_placed = 0, failed_never_grasped = 0;
   int not_placed_wrong_destination = 0;
   int wrong_same_color = 0, wrong_same_shape = 0;
+  // First wrong grasps of failed episodes by "<wanted> -> <grasped>" (GraspAssessment::confusion).
+  std::map<std::string, int> confusions;
   // Unpruned passes only: per layer and target item (the current goal's object, its destination;
   // both cameras), the summed share of the text->vision attention that falls on the item's
   // patches, and the summed share of the vision tokens those patches are (the uniform baseline).
@@ -349,6 +352,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
         ++cell.failed_wrong_object;
         cell.wrong_same_color += r.first_wrong_same_color;
         cell.wrong_same_shape += r.first_wrong_same_shape;
+        if (!r.first_wrong_confusion.empty()) ++cell.confusions[r.first_wrong_confusion];
       } else if (r.goal_object_grasps > 0) {
         ++cell.failed_not_placed;
         cell.not_placed_wrong_destination += r.wrong_destination;
@@ -415,7 +419,8 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
         {"wrong_object_same_shape", c.wrong_same_shape},
         {"not_placed", c.failed_not_placed},
         {"not_placed_wrong_destination", c.not_placed_wrong_destination},
-        {"never_grasped", c.failed_never_grasped}}},
+        {"never_grasped", c.failed_never_grasped},
+        {"wrong_object_confusions", c.confusions}}},
       {"mean_vision_retention", c.retention()},
       {"flops_ratio", c.flops()},
       {"forward_seconds_per_sample", c.seconds_per_sample()},
@@ -449,6 +454,7 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     all.not_placed_wrong_destination += c.not_placed_wrong_destination;
     all.wrong_same_color += c.wrong_same_color;
     all.wrong_same_shape += c.wrong_same_shape;
+    for (const auto& [pair, n] : c.confusions) all.confusions[pair] += n;
     all.failed_not_placed += c.failed_not_placed;
     all.failed_never_grasped += c.failed_never_grasped;
     all.retention_sum += c.retention_sum;
@@ -632,6 +638,17 @@ int Main(int argc, char** argv) {
                    cell->failed_wrong_object, cell->wrong_same_color, cell->wrong_same_shape,
                    cell->failed_not_placed, cell->not_placed_wrong_destination,
                    cell->failed_never_grasped);
+      if (!cell->confusions.empty()) {
+        std::vector<std::pair<int, std::string>> by_count;
+        for (const auto& [pair, n] : cell->confusions) by_count.push_back({-n, pair});
+        std::sort(by_count.begin(), by_count.end());
+        std::fprintf(stderr, "%s/%s: first wrong grasps (wanted -> grasped):", cell->method.c_str(),
+                     cell->suite.c_str());
+        for (size_t i = 0; i < by_count.size() && i < 5; ++i)
+          std::fprintf(stderr, "%s %s %d", i ? "," : "", by_count[i].second.c_str(),
+                       -by_count[i].first);
+        std::fprintf(stderr, "\n");
+      }
       if (cell->attention_n > 0) {
         std::fprintf(stderr, "%s/%s: text->vision attention share by layer (token share):",
                      cell->method.c_str(), cell->suite.c_str());

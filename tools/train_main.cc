@@ -52,12 +52,8 @@ struct TrainOptions {
   int64_t eval_every = 2000;    // closed-loop success
   int eval_episodes = 8;        // per suite
   int64_t ckpt_every = 500;
-  int max_shift = 3;        // shift augmentation, pixels
-  double noise_frac = 0.5;  // fraction of demos with noisy execution (DART)
-  double noise_std = 0.3;
-  int train_seeds = 5000;    // demo seeds per suite
-  int64_t stage1 = 2000;     // steps with num_distractors = 0 (spatial, object, goal)
-  int64_t stage2 = 6000;     // steps before the long suite joins
+  int max_shift = 3;         // shift augmentation, pixels
+  Curriculum curriculum;     // which demos a step draws from
   int stats_episodes = 200;  // demos per suite for the statistics
   uint64_t seed = 1;
   int64_t benchmark = 0;  // > 0: time this many steps fp32 vs bf16 and exit
@@ -113,10 +109,6 @@ struct TrainOptions {
   // it is a small part of a demo.
   double early_frac = 0.5;
   int early_steps = 24;
-  double long_frac = 0.25;  // share of the `long` suite once all suites are drawn (after stage2)
-  // Relative weights of spatial, object and goal in the remaining share after stage2 (a fine-tune
-  // can favour the suites the policy fails on); non-negative, not all zero.
-  std::vector<double> easy_mix = {1.0, 1.0, 1.0};
   // DAgger: every `dagger_every` steps (0 = off) the current policy drives `dagger_episodes`
   // training episodes closed loop (suites and distractors as the curriculum draws them, no noise);
   // the traces join a pool of at most `dagger_pool` (oldest dropped), and `dagger_frac` of every
@@ -210,15 +202,15 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
       else if (k == "max_shift")
         o->max_shift = std::stoi(v);
       else if (k == "noise_frac")
-        o->noise_frac = std::stod(v);
+        o->curriculum.noise_frac = std::stod(v);
       else if (k == "noise_std")
-        o->noise_std = std::stod(v);
+        o->curriculum.noise_std = std::stod(v);
       else if (k == "train_seeds")
-        o->train_seeds = std::stoi(v);
+        o->curriculum.train_seeds = std::stoi(v);
       else if (k == "stage1")
-        o->stage1 = std::stoll(v);
+        o->curriculum.stage1 = std::stoll(v);
       else if (k == "stage2")
-        o->stage2 = std::stoll(v);
+        o->curriculum.stage2 = std::stoll(v);
       else if (k == "stats_episodes")
         o->stats_episodes = std::stoi(v);
       else if (k == "seed")
@@ -256,9 +248,11 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
       else if (k == "early_steps")
         o->early_steps = std::stoi(v);
       else if (k == "long_frac")
-        o->long_frac = std::stod(v);
+        o->curriculum.long_frac = std::stod(v);
       else if (k == "easy_mix")
-        o->easy_mix = ParseList<double>(v);
+        o->curriculum.easy_mix = ParseList<double>(v);
+      else if (k == "colour_frac")
+        o->curriculum.colour_frac = std::stod(v);
       else if (k == "head_warmup")
         o->head_warmup = std::stoll(v);
       else if (k == "head_lr")
@@ -290,16 +284,20 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
     std::fprintf(stderr, "--aux_targets: use 4 or %d\n", kAuxTargetDim);
     return false;
   }
-  if (o->easy_mix.size() != 3 ||
-      std::any_of(o->easy_mix.begin(), o->easy_mix.end(), [](double w) { return !(w >= 0); }) ||
-      o->easy_mix[0] + o->easy_mix[1] + o->easy_mix[2] <= 0) {
+  if (o->curriculum.easy_mix.size() != 3 ||
+      std::any_of(o->curriculum.easy_mix.begin(), o->curriculum.easy_mix.end(),
+                  [](double w) { return !(w >= 0); }) ||
+      o->curriculum.easy_mix[0] + o->curriculum.easy_mix[1] + o->curriculum.easy_mix[2] <= 0) {
     std::fprintf(stderr,
                  "--easy_mix: three non-negative weights (spatial,object,goal), not all 0\n");
     return false;
   }
-  if (o->early_frac < 0 || o->early_frac > 1 || o->early_steps < 1 || o->long_frac < 0 ||
-      o->long_frac > 1) {
-    std::fprintf(stderr, "--early_frac, --long_frac must be in [0, 1], --early_steps positive\n");
+  if (o->early_frac < 0 || o->early_frac > 1 || o->early_steps < 1 || o->curriculum.long_frac < 0 ||
+      o->curriculum.long_frac > 1 ||
+      !(o->curriculum.colour_frac >= 0 && o->curriculum.colour_frac <= 1)) {
+    std::fprintf(stderr,
+                 "--early_frac, --long_frac, --colour_frac must be in [0, 1], --early_steps "
+                 "positive\n");
     return false;
   }
   if (o->dagger_every < 0 || o->dagger_episodes < 1 || o->dagger_frac < 0 || o->dagger_frac > 1 ||
@@ -322,35 +320,6 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
 
 // Held-out and training seeds never overlap: held-out seeds start here.
 constexpr uint64_t kHoldoutSeedBase = 1000000;
-
-// Curriculum: which demos a step draws from.
-EpisodeSpec DrawSpec(const TrainOptions& o, int64_t step, std::mt19937_64& rng) {
-  using sim::Suite;
-  EpisodeSpec s;
-  std::uniform_int_distribution<int> seed_d(0, o.train_seeds - 1);
-  std::uniform_real_distribution<double> u(0, 1);
-  s.seed = static_cast<uint64_t>(seed_d(rng));
-  s.noise_std = u(rng) < o.noise_frac ? static_cast<float>(o.noise_std) : 0.0f;
-  const Suite easy[] = {Suite::kSpatial, Suite::kObject, Suite::kGoal};
-  if (step < o.stage1) {
-    s.suite = easy[rng() % 3];
-    s.num_distractors = 0;
-  } else if (step < o.stage2) {
-    s.suite = easy[rng() % 3];
-    s.num_distractors = u(rng) < 0.25 ? 0 : -1;
-  } else {
-    if (u(rng) < o.long_frac) {
-      s.suite = Suite::kLong;
-    } else if (o.easy_mix[0] == o.easy_mix[1] && o.easy_mix[1] == o.easy_mix[2]) {
-      s.suite = easy[rng() % 3];  // the draw of earlier runs (reproducible commands)
-    } else {
-      std::discrete_distribution<int> mix(o.easy_mix.begin(), o.easy_mix.end());
-      s.suite = easy[mix(rng)];
-    }
-    s.num_distractors = u(rng) < 0.1 ? 0 : -1;
-  }
-  return s;
-}
 
 // DAgger aggregate of policy traces (TrainOptions::dagger_*). Thread-safe: the training loop adds,
 // the producer samples.
@@ -503,7 +472,7 @@ class Producer {
             continue;
           }
         }
-        EpisodeSpec s = DrawSpec(o_, step_->load(), rng);
+        EpisodeSpec s = DrawSpec(o_.curriculum, step_->load(), rng);
         auto key =
             std::make_tuple(static_cast<int>(s.suite), s.seed, s.num_distractors, s.noise_std);
         auto it = demos.find(key);
@@ -893,7 +862,7 @@ absl::StatusOr<std::vector<PolicyTrace>> CollectDaggerTraces(const VlaModel& mod
   std::vector<sim::Episode> eps;
   for (int i = 0; i < o.dagger_episodes; ++i) {
     PolicyTrace t;
-    t.spec = DrawSpec(o, step, rng);
+    t.spec = DrawSpec(o.curriculum, step, rng);
     t.spec.noise_std = 0;
     auto e =
         sim::Episode::Create(t.spec.suite, t.spec.seed,
@@ -945,7 +914,7 @@ constexpr char kUsage[] =
     "              --head_warmup N --head_lr X\n"
     "  data:       --max_shift PX --noise_frac X --noise_std X --train_seeds N --stage1 N\n"
     "              --stage2 N --stats_episodes N --early_frac X --early_steps N --long_frac X\n"
-    "              --easy_mix S,O,G\n"
+    "              --easy_mix S,O,G --colour_frac X\n"
     "  grounding:  --aux_weight X --aux_targets 4|8 --aux_per_row 0|1 --patch_weight X\n"
     "              --patch_layer L --text_aux_weight X --attr_weight X --attn_weight X\n"
     "              --attn_layers a,b,... --attn_named_layers a,b,...\n"
@@ -966,7 +935,7 @@ int Main(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) absl::StrAppend(&command, " ", argv[i]);
   std::printf("%s\n", command.c_str());
   if (o.check_demos > 0) {
-    for (double noise : {0.0, o.noise_std})
+    for (double noise : {0.0, o.curriculum.noise_std})
       for (sim::Suite s : sim::kAllSuites)
         for (int distractors : {0, -1}) {
           int ok = 0;
@@ -1059,7 +1028,7 @@ int Main(int argc, char** argv) {
         EpisodeSpec e;
         e.suite = s;
         e.seed = static_cast<uint64_t>(i);
-        e.noise_std = (i % 2 == 1) ? static_cast<float>(o.noise_std) : 0.0f;
+        e.noise_std = (i % 2 == 1) ? static_cast<float>(o.curriculum.noise_std) : 0.0f;
         specs.push_back(e);
       }
     auto st = ComputeStatistics(specs, static_cast<int>(config->image_size), key);
@@ -1191,7 +1160,7 @@ int Main(int argc, char** argv) {
     auto t0 = Clock::now();
     int64_t made = 0;
     while (made < 4 * o.batch) {
-      EpisodeSpec spec = DrawSpec(o, o.stage2, rng);
+      EpisodeSpec spec = DrawSpec(o.curriculum, o.curriculum.stage2, rng);
       auto d = RunDemo(spec, static_cast<int>(c.image_size));
       if (!d.ok() || !d->success) continue;
       std::vector<RawSample> raw;
