@@ -77,10 +77,11 @@ def failures(rows):
         lines.append(f'| {r["method"]} | {r["suite"]} | {r["episodes"] - r["successes"]} '
                      f'| {f["wrong_object"]} ({f["wrong_object_same_colour"]} / '
                      f'{f["wrong_object_same_shape"]}) | {f["not_placed"]} '
-                     f'({f.get("not_placed_wrong_destination", "–")}) '
+                     f'({f.get("not_placed_wrong_destination", "–")} / '
+                     f'{f.get("not_placed_still_held", "–")}) '
                      f'| {f["never_grasped"]} | {top} |')
     extra_table(["failed", "grasped a wrong object (same colour / same shape)",
-                 "goal objects only, not placed (on a wrong plate)", "never grasped",
+                 "goal objects only, not placed (on a wrong plate / still held)", "never grasped",
                  "commonest first wrong grasps (wanted -> grasped)"], lines)
 
 

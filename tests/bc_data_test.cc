@@ -617,6 +617,7 @@ TEST(BcDataTest, RolloutRecordsTheExecutedActionsWhenAsked) {
   }
   EXPECT_EQ(goal_grasps, (*r)[0].goal_object_grasps);
   EXPECT_EQ(OnWrongDestination(replay.world(), replay.goals()), (*r)[0].wrong_destination);
+  EXPECT_EQ(replay.world().gripper.held >= 0, (*r)[0].holding_at_end);
   EXPECT_EQ(wrong_grasps, (*r)[0].wrong_object_grasps);
   EXPECT_EQ(replay.steps(), 11);
   EXPECT_DOUBLE_EQ(closest, (*r)[0].min_xy_error);

@@ -39,7 +39,7 @@ grep -q '"step": 4' "$out/train_state.json"
 grep -q '"coarse_scale": 1.6' "$out.eval.json" || { echo "--pruning not applied"; exit 1; }
 grep -q '"executed_rows": 4' "$out.eval.json" || { echo "--execute_steps did not set executed_rows"; exit 1; }
 grep -q '"failures": {' "$out.eval.json" && grep -q '"wrong_object_same_colour": ' "$out.eval.json" &&
-  grep -q '"wrong_object_confusions": ' "$out.eval.json" ||
+  grep -q '"wrong_object_confusions": ' "$out.eval.json" && grep -q '"colour_decided": {' "$out.eval.json" ||
   { echo "no failure analysis in the evaluation JSON"; exit 1; }
 grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.eval.json" ||
   { echo "no target coverage for SpecPrune"; exit 1; }

@@ -854,6 +854,7 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     out[i].steps = episodes[i].steps();
     out[i].goals_satisfied = episodes[i].goals_satisfied();
     out[i].wrong_destination = OnWrongDestination(episodes[i].world(), episodes[i].goals());
+    out[i].holding_at_end = episodes[i].world().gripper.held >= 0;
   }
   return out;
 }

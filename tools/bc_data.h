@@ -298,6 +298,7 @@ struct EpisodeOutcome {
   // At the end, some goal's object rests on a plate other than its goal's destination (in `long`:
   // the two objects' plates swapped).
   bool wrong_destination = false;
+  bool holding_at_end = false;        // the gripper still holds an object when the episode ends
   std::vector<sim::Action> executed;  // every executed action (RolloutOptions::record_actions)
 };
 

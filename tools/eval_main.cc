@@ -148,9 +148,13 @@ struct Cell {
   // end); never grasped anything.
   int failed_wrong_object = 0, failed_not_placed = 0, failed_never_grasped = 0;
   int not_placed_wrong_destination = 0;
+  int not_placed_still_held = 0;  // of failed_not_placed: still carrying an object at the end
   int wrong_same_color = 0, wrong_same_shape = 0;
   // First wrong grasps of failed episodes by "<wanted> -> <grasped>" (GraspAssessment::confusion).
   std::map<std::string, int> confusions;
+  // Episodes whose scene needs the colour word to tell a goal's object (ColourDecides), and the
+  // successes among them.
+  int colour_decided = 0, colour_decided_successes = 0;
   // Unpruned passes only: per layer and target item (the current goal's object, its destination;
   // both cameras), the summed share of the text->vision attention that falls on the item's
   // patches, and the summed share of the vision tokens those patches are (the uniform baseline).
@@ -335,13 +339,22 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   ro.execute_steps = o.execute_steps;
   ro.max_batch = o.batch;
   ro.trace_episode = o.trace_episode;
-  for (const auto& ep : eps) cell.goals += static_cast<int>(ep.goals().size());
+  std::vector<bool> colour_decides;
+  for (const auto& ep : eps) {
+    cell.goals += static_cast<int>(ep.goals().size());
+    colour_decides.push_back(ColourDecides(ep.world(), ep.goals()));
+  }
   RolloutTimings timings;
   auto out = RunPolicyEpisodes(*m.model, *m.tokenizer, stats, std::move(eps), ro, hooks, &timings);
   if (!out.ok()) return out.status();
   cell.episodes = static_cast<int>(out->size());
-  for (const auto& r : *out) {
+  for (size_t i = 0; i < out->size(); ++i) {
+    const EpisodeOutcome& r = (*out)[i];
     cell.successes += r.success;
+    if (colour_decides[i]) {
+      ++cell.colour_decided;
+      cell.colour_decided_successes += r.success;
+    }
     cell.episode_success.push_back(r.success ? 1 : 0);
     cell.mean_steps += r.steps;
     cell.grasped_goal_object += r.grasped_goal_object;
@@ -356,6 +369,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
       } else if (r.goal_object_grasps > 0) {
         ++cell.failed_not_placed;
         cell.not_placed_wrong_destination += r.wrong_destination;
+        cell.not_placed_still_held += r.holding_at_end;
       } else {
         ++cell.failed_never_grasped;
       }
@@ -413,12 +427,15 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
       {"goals", c.goals},
       {"goals_completed", c.goals_completed},
       {"mean_min_xy_error_m", c.episodes ? c.min_xy_error_sum / c.episodes : 0.0},
+      {"colour_decided",
+       {{"episodes", c.colour_decided}, {"successes", c.colour_decided_successes}}},
       {"failures",
        {{"wrong_object", c.failed_wrong_object},
         {"wrong_object_same_colour", c.wrong_same_color},
         {"wrong_object_same_shape", c.wrong_same_shape},
         {"not_placed", c.failed_not_placed},
         {"not_placed_wrong_destination", c.not_placed_wrong_destination},
+        {"not_placed_still_held", c.not_placed_still_held},
         {"never_grasped", c.failed_never_grasped},
         {"wrong_object_confusions", c.confusions}}},
       {"mean_vision_retention", c.retention()},
@@ -452,9 +469,12 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     all.min_xy_error_sum += c.min_xy_error_sum;
     all.failed_wrong_object += c.failed_wrong_object;
     all.not_placed_wrong_destination += c.not_placed_wrong_destination;
+    all.not_placed_still_held += c.not_placed_still_held;
     all.wrong_same_color += c.wrong_same_color;
     all.wrong_same_shape += c.wrong_same_shape;
     for (const auto& [pair, n] : c.confusions) all.confusions[pair] += n;
+    all.colour_decided += c.colour_decided;
+    all.colour_decided_successes += c.colour_decided_successes;
     all.failed_not_placed += c.failed_not_placed;
     all.failed_never_grasped += c.failed_never_grasped;
     all.retention_sum += c.retention_sum;
@@ -628,16 +648,21 @@ int Main(int argc, char** argv) {
                      cell.status().ToString().c_str());
         return 1;
       }
-      std::fprintf(stderr,
-                   "%s/%s: success %d/%d, grasped the goal's object %d, sub-goals completed "
-                   "%d/%d, mean closest xy %.3f m; failed: wrong object %d (same colour %d, "
-                   "same shape %d), not placed %d (on a wrong plate %d), never grasped %d\n",
-                   cell->method.c_str(), cell->suite.c_str(), cell->successes, cell->episodes,
-                   cell->grasped_goal_object, cell->goals_completed, cell->goals,
-                   cell->episodes ? cell->min_xy_error_sum / cell->episodes : 0.0,
-                   cell->failed_wrong_object, cell->wrong_same_color, cell->wrong_same_shape,
-                   cell->failed_not_placed, cell->not_placed_wrong_destination,
-                   cell->failed_never_grasped);
+      std::fprintf(
+          stderr,
+          "%s/%s: success %d/%d, grasped the goal's object %d, sub-goals completed "
+          "%d/%d, mean closest xy %.3f m; failed: wrong object %d (same colour %d, "
+          "same shape %d), not placed %d (on a wrong plate %d, still held %d), never grasped %d\n",
+          cell->method.c_str(), cell->suite.c_str(), cell->successes, cell->episodes,
+          cell->grasped_goal_object, cell->goals_completed, cell->goals,
+          cell->episodes ? cell->min_xy_error_sum / cell->episodes : 0.0, cell->failed_wrong_object,
+          cell->wrong_same_color, cell->wrong_same_shape, cell->failed_not_placed,
+          cell->not_placed_wrong_destination, cell->not_placed_still_held,
+          cell->failed_never_grasped);
+      if (cell->colour_decided > 0)
+        std::fprintf(stderr, "%s/%s: scenes the colour word decides: success %d/%d\n",
+                     cell->method.c_str(), cell->suite.c_str(), cell->colour_decided_successes,
+                     cell->colour_decided);
       if (!cell->confusions.empty()) {
         std::vector<std::pair<int, std::string>> by_count;
         for (const auto& [pair, n] : cell->confusions) by_count.push_back({-n, pair});
