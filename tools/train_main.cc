@@ -56,9 +56,10 @@ struct TrainOptions {
   Curriculum curriculum;     // which demos a step draws from
   int stats_episodes = 200;  // demos per suite for the statistics
   uint64_t seed = 1;
-  int64_t benchmark = 0;  // > 0: time this many steps fp32 vs bf16 and exit
-  int check_demos = 0;    // > 0: print expert success per suite/noise over N seeds, exit
-  int diagnose = 0;       // > 0: print step-0 expert vs model first action for N seeds, exit
+  int64_t benchmark = 0;       // > 0: time this many steps fp32 vs bf16 and exit
+  int check_demos = 0;         // > 0: print expert success per suite/noise over N seeds, exit
+  int diagnose = 0;            // > 0: print step-0 expert vs model first action for N seeds, exit
+  uint64_t diagnose_seed = 0;  // first seed of --diagnose (e.g. the evaluation's 2000000)
   // Weight of the auxiliary grounding loss: an MLP on the action rows predicts the current goal's
   // object and destination positions (RawSample::aux). Training only: the head is saved to
   // aux_head.pt for resuming, never into the served model.
@@ -221,6 +222,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->check_demos = std::stoi(v);
       else if (k == "diagnose")
         o->diagnose = std::stoi(v);
+      else if (k == "diagnose_seed")
+        o->diagnose_seed = std::stoull(v);
       else if (k == "aux_weight")
         o->aux_weight = std::stod(v);
       else if (k == "aux_targets")
@@ -631,16 +634,20 @@ torch::Tensor AttnLoss(const std::vector<torch::Tensor>& scores, const torch::Te
 // BcBatch::patch_attributes, shape and colour averaged. `accuracy` (optional out): the fraction of
 // patches showing an object or plate whose shape and colour are both right.
 torch::Tensor AttrLoss(const torch::Tensor& logits, const torch::Tensor& attrs,
-                       double* accuracy = nullptr) {
+                       double* accuracy = nullptr, double* shape_accuracy = nullptr,
+                       double* color_accuracy = nullptr) {
   auto shape = logits.slice(2, 0, kShapeClasses).reshape({-1, kShapeClasses});
   auto color = logits.slice(2, kShapeClasses).reshape({-1, kColorClasses});
   auto ts = attrs.select(2, 0).reshape({-1}), tc = attrs.select(2, 1).reshape({-1});
-  if (accuracy != nullptr) {
-    auto shown = ts.gt(0);
-    auto right = shape.argmax(1).eq(ts).logical_and(color.argmax(1).eq(tc)).logical_and(shown);
-    const double n = shown.sum().item<double>();
-    *accuracy = n > 0 ? right.sum().item<double>() / n : NAN;
-  }
+  auto shown = ts.gt(0);
+  const double n = shown.sum().item<double>();
+  const auto rate = [&](const torch::Tensor& right) {
+    return n > 0 ? right.logical_and(shown).sum().item<double>() / n : NAN;
+  };
+  auto shape_right = shape.argmax(1).eq(ts), color_right = color.argmax(1).eq(tc);
+  if (accuracy != nullptr) *accuracy = rate(shape_right.logical_and(color_right));
+  if (shape_accuracy != nullptr) *shape_accuracy = rate(shape_right);
+  if (color_accuracy != nullptr) *color_accuracy = rate(color_right);
   namespace F = torch::nn::functional;
   return 0.5 * (F::cross_entropy(shape, ts) + F::cross_entropy(color, tc));
 }
@@ -923,6 +930,7 @@ constexpr char kUsage[] =
     "  progress:   --log_every N --holdout_every N --eval_every N --eval_episodes N\n"
     "              --ckpt_every N\n"
     "  one-shot:   --benchmark N (fp32 vs bf16 step time) --check_demos N --diagnose N\n"
+    "              --diagnose_seed S\n"
     "Defaults and meanings: TrainOptions in tools/train_main.cc.\n";
 
 int Main(int argc, char** argv) {
@@ -1187,7 +1195,7 @@ int Main(int argc, char** argv) {
       for (int i = 0; i < o.diagnose; ++i) {
         EpisodeSpec spec;
         spec.suite = suite;
-        spec.seed = static_cast<uint64_t>(i);
+        spec.seed = o.diagnose_seed + static_cast<uint64_t>(i);
         spec.num_distractors = -1;
         auto r =
             MakeRawSample(spec, 0, static_cast<int>(c.chunk_size), static_cast<int>(c.image_size));
@@ -1205,6 +1213,15 @@ int Main(int argc, char** argv) {
                   std::string(sim::SuiteName(suite)).c_str(),
                   PatchTop1(pl, b->patch_labels, c.patches_per_image(), 0, 0),
                   PatchTop1(pl, b->patch_labels, c.patches_per_image(), 0, 1));
+      if (!heads.attr.is_empty()) {
+        double both = NAN, shape = NAN, color = NAN;
+        AttrLoss(heads.attr->forward(tap.vision_tokens), b->patch_attributes, &both, &shape,
+                 &color);
+        std::printf(
+            "%-7s attribute probe on patches showing something: shape and colour %.3f, shape "
+            "%.3f, colour %.3f\n",
+            std::string(sim::SuiteName(suite)).c_str(), both, shape, color);
+      }
       for (int i = 0; i < o.diagnose; ++i) {
         std::printf(
             "%-7s seed %d: expert a0 %+.2f %+.2f %+.2f model %+.2f %+.2f %+.2f | aux object "
@@ -1215,6 +1232,49 @@ int Main(int argc, char** argv) {
             b->aux[i][0].item<float>(), b->aux[i][1].item<float>(), ap[i][0].item<float>(),
             ap[i][1].item<float>(), raw[i].instruction.c_str());
       }
+      // Scenes the colour word decides: does the grounding head's object position, and does the
+      // first chunk's summed xy motion, point at the goal's object or at a look-alike of its shape?
+      int decided = 0, aux_right = 0, motion_right = 0;
+      for (int i = 0; i < o.diagnose; ++i) {
+        auto ep = sim::Episode::Create(suite, o.diagnose_seed + static_cast<uint64_t>(i),
+                                       SpecSimOptions({suite, 0, -1, 0.0f}, c.image_size));
+        if (!ep.ok()) return 1;
+        const sim::World& w = ep->world();
+        const sim::Goal* goal = sim::FirstUnsatisfiedGoal(w, ep->goals());
+        if (goal == nullptr || !ColourDecides(w, {*goal})) continue;
+        ++decided;
+        const sim::Object& want = w.objects[goal->object];
+        std::vector<float> a(static_cast<size_t>(c.chunk_size * c.action_dim));
+        auto row = pred[i].to(torch::kFloat32).contiguous();
+        std::copy(row.data_ptr<float>(), row.data_ptr<float>() + a.size(), a.begin());
+        if (!UnnormalizeActions(stats.action, a.data(), c.chunk_size, c.action_dim).ok()) return 1;
+        double mx = 0, my = 0;
+        for (int r = 0; r < c.chunk_size; ++r) {
+          mx += a[static_cast<size_t>(r * c.action_dim)];
+          my += a[static_cast<size_t>(r * c.action_dim + 1)];
+        }
+        const double px = ap[i][0].item<float>() * kAuxPositionScale;
+        const double py = ap[i][1].item<float>() * kAuxPositionScale;
+        const sim::Vec3& tip = w.gripper.tip;
+        const auto cosine = [&](const sim::Object& ob) {
+          const double tx = ob.x - tip.x, ty = ob.y - tip.y;
+          return (tx * mx + ty * my) / (std::hypot(tx, ty) * std::hypot(mx, my) + 1e-12);
+        };
+        const auto dist = [&](const sim::Object& ob) { return std::hypot(ob.x - px, ob.y - py); };
+        bool aux_ok = true, motion_ok = true;
+        for (const sim::Object& other : w.objects) {
+          if (&other == &want || other.shape != want.shape || other.color == want.color) continue;
+          aux_ok = aux_ok && dist(want) < dist(other);
+          motion_ok = motion_ok && cosine(want) > cosine(other);
+        }
+        aux_right += aux_ok;
+        motion_right += motion_ok;
+      }
+      if (decided > 0)
+        std::printf(
+            "%-7s step 0 of %d scenes the colour word decides: grounding head nearer the goal's "
+            "object than its look-alikes %d, first chunk's motion closer in angle to it %d\n",
+            std::string(sim::SuiteName(suite)).c_str(), decided, aux_right, motion_right);
     }
     return 0;
   }
