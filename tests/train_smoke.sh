@@ -30,6 +30,13 @@ grep -q "resumed the DAgger pool: 2 traces" "$out.second.log" || { cat "$out.sec
 grep -q "^step 3 " "$out.second.log"
 grep -q "done at step 4" "$out.second.log"
 grep -q '"step": 4' "$out/train_state.json"
+# --diagnose reads the checkpoint with its training heads at step 0 of the evaluation's seeds.
+"$train" "${common[@]}" --steps 4 --diagnose 8 --diagnose_seed 2000000 > "$out.diag.log" 2>&1 ||
+  { cat "$out.diag.log"; exit 1; }
+grep -q "^object  attribute probe on patches showing something: shape and colour 0\.[0-9]*, shape" \
+  "$out.diag.log" || { cat "$out.diag.log"; exit 1; }
+grep -qE "^object  step 0 of [1-8] scenes the colour word decides: grounding head .* [0-8]$" \
+  "$out.diag.log" || { cat "$out.diag.log"; exit 1; }
 # The checkpoint is a model directory the evaluation (and the server) loads; --pruning overlays a
 # config on the model's defaults and the JSON records it; executing 4 of 8 rows per chunk sets
 # SpecPrune's executed_rows.
