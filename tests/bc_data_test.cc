@@ -714,7 +714,8 @@ TEST(BcDataTest, ColourDecidesWhenAnotherObjectHasTheGoalObjectsShapeInAnotherCo
                                       {sim::Goal::Kind::kOnPlate, 1, 1}};
   EXPECT_TRUE(ColourDecides(w, two));
   EXPECT_FALSE(ColourDecides(w, one));
-  // About half of the `object` scenes: the generator's first distractor shares colour or shape.
+  // About 60% of the `object` scenes: the generator's coin picks a shape look-alike, or a random
+  // distractor has that shape.
   int decides = 0;
   for (uint64_t seed = 0; seed < 200; ++seed) {
     auto ep = sim::Episode::Create(sim::Suite::kObject, seed);

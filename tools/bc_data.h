@@ -68,7 +68,7 @@ struct Curriculum {
   // weights draw exactly as before the option existed (reproducible commands).
   std::vector<double> easy_mix = {1.0, 1.0, 1.0};
   // Fraction of `object` and `long` draws from stage2 redrawn, seed by seed, until the scene is one
-  // where the colour word decides a goal's object (ColourDecides): about half of `object` scenes
+  // where the colour word decides a goal's object (ColourDecides): about 60% of `object` scenes
   // are; the rest name a shape among other shapes. Those draws keep the suite's default
   // distractors. 0 draws exactly as before the option existed.
   double colour_frac = 0;
