@@ -704,8 +704,11 @@ TEST(BcDataTest, ColourDecidesWhenAnotherObjectHasTheGoalObjectsShapeInAnotherCo
   EXPECT_FALSE(ColourDecides(w, one));  // "the red cube" is the only cube
   w.objects.push_back({Shape::kBowl, Color::kGreen});
   EXPECT_FALSE(ColourDecides(w, one));
+  EXPECT_TRUE(ColourLookAlikes(w, 0).empty());
   w.objects.push_back({Shape::kCube, Color::kGreen});
   EXPECT_TRUE(ColourDecides(w, one));  // a green cube too
+  EXPECT_EQ(ColourLookAlikes(w, 0), std::vector<int>{3});
+  EXPECT_EQ(ColourLookAlikes(w, 3), std::vector<int>{0});
   // `long`: the second goal's object has a look-alike (the first goal's cylinder is red too).
   w.objects = {{Shape::kCube, Color::kRed},
                {Shape::kCylinder, Color::kBlue},

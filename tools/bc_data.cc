@@ -708,13 +708,20 @@ EpisodeSpec DrawSpec(const Curriculum& o, int64_t step, std::mt19937_64& rng) {
   return s;
 }
 
-bool ColourDecides(const sim::World& world, const std::vector<sim::Goal>& goals) {
-  for (const sim::Goal& g : goals) {
-    const sim::Object& named = world.objects[g.object];
-    for (const sim::Object& o : world.objects)
-      if (o.shape == named.shape && o.color != named.color) return true;
+std::vector<int> ColourLookAlikes(const sim::World& world, int object) {
+  const sim::Object& named = world.objects[object];
+  std::vector<int> out;
+  for (int i = 0; i < static_cast<int>(world.objects.size()); ++i) {
+    const sim::Object& o = world.objects[i];
+    if (o.shape == named.shape && o.color != named.color) out.push_back(i);
   }
-  return false;
+  return out;
+}
+
+bool ColourDecides(const sim::World& world, const std::vector<sim::Goal>& goals) {
+  return std::any_of(goals.begin(), goals.end(), [&](const sim::Goal& g) {
+    return !ColourLookAlikes(world, g.object).empty();
+  });
 }
 
 bool OnWrongDestination(const sim::World& world, const std::vector<sim::Goal>& goals) {

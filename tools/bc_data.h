@@ -317,8 +317,12 @@ struct GraspAssessment {
 GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goal>& goals,
                             int object);
 
-// True if naming a goal's object needs its colour word: another object has that object's shape in
-// another colour (`object`'s shape look-alike; in `long` also the other goal's object).
+// Indices of the objects with `object`'s shape in another colour: what only the colour word tells
+// apart from it.
+std::vector<int> ColourLookAlikes(const sim::World& world, int object);
+
+// True if naming a goal's object needs its colour word: some goal's object has ColourLookAlikes
+// (`object`'s shape look-alike; in `long` also the other goal's object).
 bool ColourDecides(const sim::World& world, const std::vector<sim::Goal>& goals);
 
 // True if some goal's object rests on a plate other than that goal's destination (GoalSatisfied of

@@ -1241,7 +1241,9 @@ int Main(int argc, char** argv) {
         if (!ep.ok()) return 1;
         const sim::World& w = ep->world();
         const sim::Goal* goal = sim::FirstUnsatisfiedGoal(w, ep->goals());
-        if (goal == nullptr || !ColourDecides(w, {*goal})) continue;
+        if (goal == nullptr) continue;
+        const std::vector<int> look_alikes = ColourLookAlikes(w, goal->object);
+        if (look_alikes.empty()) continue;
         ++decided;
         const sim::Object& want = w.objects[goal->object];
         std::vector<float> a(static_cast<size_t>(c.chunk_size * c.action_dim));
@@ -1262,10 +1264,9 @@ int Main(int argc, char** argv) {
         };
         const auto dist = [&](const sim::Object& ob) { return std::hypot(ob.x - px, ob.y - py); };
         bool aux_ok = true, motion_ok = true;
-        for (const sim::Object& other : w.objects) {
-          if (&other == &want || other.shape != want.shape || other.color == want.color) continue;
-          aux_ok = aux_ok && dist(want) < dist(other);
-          motion_ok = motion_ok && cosine(want) > cosine(other);
+        for (int other : look_alikes) {
+          aux_ok = aux_ok && dist(want) < dist(w.objects[other]);
+          motion_ok = motion_ok && cosine(want) > cosine(w.objects[other]);
         }
         aux_right += aux_ok;
         motion_right += motion_ok;
