@@ -281,6 +281,100 @@ TEST(BcDataTest, NamedLabelsCoverEveryGoalsItemsAndEqualTheTargetForOneGoal) {
         << item;
 }
 
+TEST(BcDataTest, MentionRowsEndEachItemsPhraseInTheTokenizedPrompt) {
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  ModelConfig c = TinyConfig();
+  const auto row_text = [&](const std::string& instruction, int64_t row) {
+    const auto ids = BuildPromptIds(c, **tok, instruction);
+    return (*tok)->Decode(std::vector<int64_t>(ids.begin(), ids.begin() + row + 1));
+  };
+  const auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  const std::string two =
+      "put the red cube on the blue plate and then the green bowl on the "
+      "purple plate";
+  auto rows = MentionRows(c, **tok, two, 4);
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_TRUE(ends_with(row_text(two, rows[0]), "the red cube")) << row_text(two, rows[0]);
+  EXPECT_TRUE(ends_with(row_text(two, rows[1]), "the blue plate"));
+  EXPECT_TRUE(ends_with(row_text(two, rows[2]), "the green bowl"));
+  EXPECT_TRUE(ends_with(row_text(two, rows[3]), "the purple plate"));
+  // A position ends the phrase of the shape before it; the mention count must match.
+  const std::string spatial = "pick up the red cube on the left and place it on the plate";
+  rows = MentionRows(c, **tok, spatial, 2);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_TRUE(ends_with(row_text(spatial, rows[0]), "the red cube on the left"));
+  EXPECT_TRUE(ends_with(row_text(spatial, rows[1]), "place it on the plate"));
+  EXPECT_TRUE(MentionRows(c, **tok, spatial, 4).empty());
+  EXPECT_TRUE(MentionRows(c, **tok, "wave at the camera", 2).empty());
+  // Every suite's instructions yield one object and one destination mention per goal.
+  for (sim::Suite suite : sim::kAllSuites)
+    for (uint64_t seed = 0; seed < 20; ++seed) {
+      auto ep = sim::Episode::Create(suite, seed, {});
+      ASSERT_TRUE(ep.ok());
+      const int goals = static_cast<int>(ep->goals().size());
+      EXPECT_EQ(MentionRows(c, **tok, ep->instruction(), 2 * goals).size(), 2u * goals)
+          << ep->instruction();
+    }
+}
+
+TEST(BcDataTest, ColourWordRowsAreEachColourWordsTokenWithItsClass) {
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  ModelConfig c = TinyConfig();
+  const std::string two =
+      "put the red cube on the blue plate, then put the white bowl on the purple plate";
+  const auto rows = ColourWordRows(c, **tok, two);
+  ASSERT_EQ(rows.size(), 4u);
+  const sim::Color want[] = {sim::Color::kRed, sim::Color::kBlue, sim::Color::kWhite,
+                             sim::Color::kPurple};
+  const auto ids = BuildPromptIds(c, **tok, two);
+  for (int k = 0; k < 4; ++k) {
+    EXPECT_EQ(rows[k].second, 1 + static_cast<int>(want[k])) << k;
+    const std::string upto =
+        (*tok)->Decode(std::vector<int64_t>(ids.begin(), ids.begin() + rows[k].first + 1));
+    const std::string word = absl::StrCat("the ", std::string(sim::ColorName(want[k])));
+    EXPECT_EQ(upto.substr(upto.size() - word.size()), word) << upto;
+  }
+  EXPECT_TRUE(ColourWordRows(c, **tok, "put the cube on the plate").empty());
+}
+
+TEST(BcDataTest, MentionLabelsMarkEachGoalsItemsInInstructionOrder) {
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  ModelConfig c = TinyConfig();
+  DatasetStats st = SmallStats();
+  const EpisodeSpec spec{sim::Suite::kLong, 3, -1, 0.0f};
+  auto raw = MakeRawSample(spec, 0, c.chunk_size, c.image_size);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_EQ(raw->named_discs.size(), 2u);
+  auto batch = MakeBatch({*raw}, c, **tok, st, /*max_shift=*/0, nullptr);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  ASSERT_EQ(batch->mention_rows.sizes(), torch::IntArrayRef({1, kMaxMentions}));
+  ASSERT_EQ(batch->mention_labels.sizes(),
+            torch::IntArrayRef({1, c.vision_tokens(), kMaxMentions}));
+  EXPECT_GE(batch->mention_rows.min().item<int64_t>(), 0) << "every mention found";
+  // The current goal is the first: its mentions' labels are the batch's patch labels.
+  EXPECT_TRUE(torch::equal(batch->mention_labels[0].slice(1, 0, kPatchTargetItems),
+                           batch->patch_labels[0]));
+  // Together the mentions cover exactly the named items.
+  auto any = std::get<0>(batch->mention_labels[0].view({-1, 2, kPatchTargetItems}).max(1));
+  EXPECT_TRUE(torch::equal(any, batch->named_labels[0]));
+  // The two objects' and two plates' colour words, each before its item's mention.
+  ASSERT_EQ(batch->colour_rows.sizes(), torch::IntArrayRef({1, kMaxColourWords}));
+  for (int j = 0; j < kMaxColourWords; ++j) {
+    EXPECT_GT(batch->colour_classes[0][j].item<int64_t>(), 0) << j;
+    EXPECT_EQ(batch->colour_rows[0][j].item<int64_t>() + 1,
+              batch->mention_rows[0][j].item<int64_t>())
+        << "\"<colour> <shape or plate>\": the colour word is the token before the mention";
+  }
+  for (int j = 1; j < kMaxMentions; ++j)
+    EXPECT_GT(batch->mention_rows[0][j].item<int64_t>(),
+              batch->mention_rows[0][j - 1].item<int64_t>());
+}
+
 TEST(BcDataTest, BatchHasModelShapesAndNormalizedTargets) {
   ModelConfig c = TinyConfig();
   auto tok = Tokenizer::Load(kTokenizer);
@@ -443,6 +537,34 @@ TEST(BcDataTest, AttentionTapMatchesTheScoresTheServedModelPrunesBy) {
       EXPECT_LT((scores[i][b] - recorded.at(layers[i])).abs().max().item<float>(), 1e-5f)
           << "sample " << b << " layer " << layers[i];
     }
+  }
+}
+
+TEST(BcDataTest, RowAttentionTapAveragesToThePooledScores) {
+  ModelConfig c = TinyConfig();
+  ModelOptions mo;
+  mo.seed = 6;
+  auto model = VlaModel::Create(c, mo);
+  ASSERT_TRUE(model.ok());
+  const std::vector<std::vector<int64_t>> prompts = {{5, 6, 7, 8, 9}, {10, 11}};
+  torch::manual_seed(7);
+  auto pixels = torch::rand({2, 2, 3, c.image_size, c.image_size});
+  auto proprio = torch::randn({2, c.proprio_dim});
+  std::vector<torch::Tensor> pooled, rows;
+  ForwardTaps taps;
+  taps.attention_layers = {1, 3};
+  taps.text_vision_attention = &pooled;
+  taps.row_attention_layers = {3};
+  taps.text_row_vision_attention = &rows;
+  torch::NoGradGuard ng;
+  TrainingForward((*model)->module(), c, pixels, proprio, prompts, taps);
+  ASSERT_EQ(pooled.size(), 2u);
+  ASSERT_EQ(rows.size(), 1u);
+  ASSERT_EQ(rows[0].sizes(), torch::IntArrayRef({2, 5, c.vision_tokens()}));
+  for (int b = 0; b < 2; ++b) {
+    const int64_t m = static_cast<int64_t>(prompts[b].size());
+    EXPECT_LT((rows[0][b].slice(0, 0, m).mean(0) - pooled[1][b]).abs().max().item<float>(), 1e-6f);
+    EXPECT_EQ(rows[0][b].slice(0, m).abs().sum().item<float>(), 0.0f) << "padded rows";
   }
 }
 

@@ -9,15 +9,16 @@ common=(--out "$out" --init "$src/models/tiny" --init_weights 1 --batch 4 --warm
         --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
         --aux_weight 1 --patch_weight 1 --early_frac 0.5 --dagger_every 2 --dagger_episodes 2
         --dagger_frac 0.5 --dagger_states goal --text_aux_weight 0.5 --attr_weight 0.5
-        --attn_weight 0.5 --attn_layers 0,2 --attn_named_layers 0)
+        --attn_weight 0.5 --attn_layers 0,2 --attn_named_layers 0 --mention_weight 0.5
+        --mention_layers 1,2 --colour_word_weight 0.5 --colour_word_layers 0,2)
 "$train" "${common[@]}" --steps 2 > "$out.first.log" 2>&1 || { cat "$out.first.log"; exit 1; }
 grep -q "^command: .*specprune_train .*--attn_weight 0.5" "$out.first.log"
 grep -q "initialized from the weights in" "$out.first.log"
 grep -q "statistics: from .*models/tiny/dataset_statistics.json" "$out.first.log"
 grep -q "^dagger step 0 rollouts on training seeds" "$out.first.log" || { cat "$out.first.log"; exit 1; }
-grep -q "^holdout step 2 .*patch top-1 object .*corr(text object x) .*attribute accuracy 0\.[0-9]* attention share 0\.[0-9]*$" \
+grep -q "^holdout step 2 .*patch top-1 object .*corr(text object x) .*attribute accuracy 0\.[0-9]* attention share 0\.[0-9]* mention share 0\.[0-9]* colour word share 0\.[0-9]*$" \
   "$out.first.log" || { cat "$out.first.log"; exit 1; }
-grep -qE "^step 1 .* attr ema [0-9.]+ attn ema (0\.0*[1-9]|[1-9])" "$out.first.log" || { cat "$out.first.log"; exit 1; }
+grep -qE "^step 1 .* attr ema [0-9.]+ attn ema (0\.0*[1-9]|[1-9])[0-9.]* mention ema (0\.0*[1-9]|[1-9])[0-9.]* colour word ema (0\.0*[1-9]|[1-9])" "$out.first.log" || { cat "$out.first.log"; exit 1; }
 for f in config.json model.safetensors action_head--specprune.safetensors \
          proprio_projector--specprune.safetensors tokenizer.model dataset_statistics.json \
          optimizer.pt aux_head.pt patch_head.pt text_head.pt attr_head.pt train_state.json \
@@ -37,6 +38,10 @@ grep -q "^object  attribute probe on patches showing something: shape and colour
   "$out.diag.log" || { cat "$out.diag.log"; exit 1; }
 grep -qE "^object  step 0 of [1-8] scenes the colour word decides: grounding head .* [0-8]$" \
   "$out.diag.log" || { cat "$out.diag.log"; exit 1; }
+grep -qE "^object  step 0 of [1-8] of them with the mention found: .* by layer 1:[0-8] 2:[0-8]$" \
+  "$out.diag.log" || { cat "$out.diag.log"; exit 1; }
+grep -qE "^object  step 0 of [1-8] of them: the goal object's colour word row .* by layer 0:[0-8] 2:[0-8]$" \
+  "$out.diag.log" || { cat "$out.diag.log"; exit 1; }
 # The checkpoint is a model directory the evaluation (and the server) loads; --pruning overlays a
 # config on the model's defaults and the JSON records it; executing 4 of 8 rows per chunk sets
 # SpecPrune's executed_rows.
@@ -55,6 +60,11 @@ if "$train" "${common[@]}" --out "$out.bad" --steps 1 --attn_named_layers 1 > "$
   echo "--attn_named_layers 1 outside --attn_layers 0,2 was accepted"; exit 1
 fi
 grep -q -- "--attn_named_layers: layer 1 is not in --attn_layers" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+# Mention-grounding layers must exist.
+if "$train" "${common[@]}" --out "$out.bad" --steps 1 --mention_layers 1,9 > "$out.bad.log" 2>&1; then
+  echo "--mention_layers 1,9 was accepted"; exit 1
+fi
+grep -q -- "--mention_layers: the model has 6 layers" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 # The suite mix takes three weights.
 if "$train" "${common[@]}" --out "$out.bad" --steps 1 --easy_mix 1,0 > "$out.bad.log" 2>&1; then
   echo "--easy_mix 1,0 was accepted"; exit 1

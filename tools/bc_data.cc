@@ -4,11 +4,13 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "kernels/ops.h"
 #include "model/image_preprocess.h"
 #include "model/tokenizer.h"
@@ -181,18 +183,21 @@ const sim::Goal* CurrentGoal(const sim::Episode& ep, double* dest_x, double* des
 
 namespace {
 
+// The centre of an object's top face and a point on its rim.
+std::pair<sim::Vec3, sim::Vec3> TopFace(const sim::Object& o) {
+  const double top = o.z + sim::ShapeHeight(o.shape);
+  return {{o.x, o.y, top}, {o.x + o.half_width(), o.y, top}};
+}
+
 // Where `goal`'s object and destination appear in both cameras (TargetDiscs' layout).
 std::array<ImageDisc, 2 * kPatchTargetItems> GoalDiscs(const sim::Episode& ep,
                                                        const sim::Goal& goal) {
   std::array<ImageDisc, 2 * kPatchTargetItems> discs{};
   const sim::World& w = ep.world();
-  const sim::Object& o = w.objects[goal.object];
   const int image_size = ep.options().image_size;
   const sim::Camera cams[2] = {sim::MainCamera(image_size),
                                sim::WristCamera(w.gripper, image_size)};
-  const double top = o.z + sim::ShapeHeight(o.shape);
-  const sim::Vec3 obj_centre = {o.x, o.y, top};
-  const sim::Vec3 obj_edge = {o.x + o.half_width(), o.y, top};
+  const auto [obj_centre, obj_edge] = TopFace(w.objects[goal.object]);
   sim::Vec3 dst_centre, dst_edge;
   if (goal.kind == sim::Goal::Kind::kOnPlate) {
     const sim::Plate& plate = w.plates[goal.target];
@@ -233,6 +238,23 @@ std::vector<std::array<ImageDisc, 2 * kPatchTargetItems>> NamedDiscs(const sim::
   std::vector<std::array<ImageDisc, 2 * kPatchTargetItems>> out;
   for (const sim::Goal& goal : ep.goals()) out.push_back(GoalDiscs(ep, goal));
   return out;
+}
+
+std::array<ImageDisc, 2> ObjectDiscs(const sim::Episode& ep, int object) {
+  std::array<ImageDisc, 2> discs{};
+  const sim::World& w = ep.world();
+  if (object < 0 || object >= static_cast<int>(w.objects.size())) return discs;
+  const int image_size = ep.options().image_size;
+  const sim::Camera cams[2] = {sim::MainCamera(image_size),
+                               sim::WristCamera(w.gripper, image_size)};
+  const auto [centre, edge] = TopFace(w.objects[object]);
+  for (int c = 0; c < 2; ++c) {
+    double u, v, ue, ve;
+    if (sim::Project(cams[c], centre, &u, &v) && sim::Project(cams[c], edge, &ue, &ve))
+      discs[c] = {static_cast<float>(u), static_cast<float>(v),
+                  static_cast<float>(std::hypot(ue - u, ve - v))};
+  }
+  return discs;
 }
 
 std::array<std::vector<ItemDisc>, 2> ItemDiscs(const sim::Episode& ep) {
@@ -442,6 +464,107 @@ absl::StatusOr<DatasetStats> ComputeStatistics(const std::vector<EpisodeSpec>& s
   return stats;
 }
 
+namespace {
+
+// A word of an instruction and the character offset in the prompt text where it ends.
+struct PromptWord {
+  std::string text;
+  size_t end;
+};
+
+// The lower-cased instruction's words (runs of letters), offsets into the prompt text.
+std::vector<PromptWord> InstructionWords(const ModelConfig& config, const std::string& lower) {
+  std::vector<PromptWord> words;
+  const size_t at = config.prompt_template.find("{}");
+  if (at == std::string::npos) return words;
+  for (size_t i = 0; i < lower.size();) {
+    if (!std::isalpha(static_cast<unsigned char>(lower[i]))) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < lower.size() && std::isalpha(static_cast<unsigned char>(lower[j]))) ++j;
+    words.push_back({lower.substr(i, j - i), at + j});
+    i = j;
+  }
+  return words;
+}
+
+std::string Lower(std::string_view text) {
+  std::string lower(text);
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return lower;
+}
+
+// The prompt rows of the tokens containing each character offset in `ends` (ascending) of the
+// prompt built from `lower`; empty when the tokenizer does not round-trip the prompt. Decodes
+// growing prefixes (prompts are short).
+std::vector<int64_t> RowsEndingAt(const ModelConfig& config, const Tokenizer& tokenizer,
+                                  const std::string& lower, const std::vector<size_t>& ends) {
+  const std::string text = absl::StrReplaceAll(config.prompt_template, {{"{}", lower}});
+  const std::vector<int64_t> encoded = tokenizer.Encode(text);
+  if (tokenizer.Decode(encoded) != text) return {};
+  std::vector<int64_t> rows;
+  size_t k = 0;
+  for (size_t end : ends) {
+    while (k < encoded.size() &&
+           tokenizer.Decode(std::vector<int64_t>(encoded.begin(), encoded.begin() + k + 1)).size() <
+               end)
+      ++k;
+    if (k == encoded.size()) return {};
+    rows.push_back(static_cast<int64_t>(k));
+  }
+  return rows;  // BuildPromptIds appends at most a suffix token after `encoded`
+}
+
+}  // namespace
+
+std::vector<int64_t> MentionRows(const ModelConfig& config, const Tokenizer& tokenizer,
+                                 std::string_view instruction, int expected) {
+  const std::string lower = Lower(instruction);
+  const std::vector<PromptWord> words = InstructionWords(config, lower);
+  const auto is_shape = [](const std::string& w) {
+    for (int k = 0; k < sim::kNumShapes; ++k)
+      if (w == sim::ShapeName(static_cast<sim::Shape>(k))) return true;
+    return false;
+  };
+  const auto is_position = [](const std::string& w) {
+    return w == "left" || w == "right" || w == "front" || w == "back";
+  };
+  std::vector<size_t> ends;     // character offsets where mentions end
+  std::vector<size_t> word_of;  // the word index of each mention
+  for (size_t w = 0; w < words.size(); ++w) {
+    if (is_position(words[w].text) && !word_of.empty() && word_of.back() + 3 == w &&
+        is_shape(words[word_of.back()].text)) {
+      ends.back() = words[w].end;
+      word_of.back() = w;
+    } else if (is_shape(words[w].text) || words[w].text == "plate") {
+      ends.push_back(words[w].end);
+      word_of.push_back(w);
+    }
+  }
+  if (static_cast<int>(ends.size()) != expected) return {};
+  return RowsEndingAt(config, tokenizer, lower, ends);
+}
+
+std::vector<std::pair<int64_t, int>> ColourWordRows(const ModelConfig& config,
+                                                    const Tokenizer& tokenizer,
+                                                    std::string_view instruction) {
+  const std::string lower = Lower(instruction);
+  std::vector<size_t> ends;
+  std::vector<int> classes;
+  for (const PromptWord& w : InstructionWords(config, lower))
+    for (int k = 0; k < sim::kNumColors; ++k)
+      if (w.text == sim::ColorName(static_cast<sim::Color>(k))) {
+        ends.push_back(w.end);
+        classes.push_back(1 + k);
+      }
+  const std::vector<int64_t> rows = RowsEndingAt(config, tokenizer, lower, ends);
+  std::vector<std::pair<int64_t, int>> out;
+  for (size_t i = 0; i < rows.size(); ++i) out.push_back({rows[i], classes[i]});
+  return out;
+}
+
 absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const ModelConfig& config,
                                   const Tokenizer& tokenizer, const DatasetStats& stats,
                                   int max_shift, std::mt19937_64* rng) {
@@ -462,6 +585,10 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
   batch.patch_labels = torch::empty({b, 2 * pp, kPatchTargetItems}, torch::kFloat32);
   batch.named_labels = torch::empty({b, 2 * pp, kPatchTargetItems}, torch::kFloat32);
   batch.patch_attributes = torch::empty({b, 2 * pp, 2}, torch::kLong);
+  batch.mention_rows = torch::full({b, kMaxMentions}, -1, torch::kLong);
+  batch.mention_labels = torch::zeros({b, 2 * pp, kMaxMentions}, torch::kFloat32);
+  batch.colour_rows = torch::full({b, kMaxColourWords}, -1, torch::kLong);
+  batch.colour_classes = torch::zeros({b, kMaxColourWords}, torch::kLong);
   std::uniform_int_distribution<int> shift(-max_shift, max_shift);
   for (int64_t i = 0; i < b; ++i) {
     const RawSample& r = samples[i];
@@ -481,9 +608,14 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
           .copy_(PatchLabels(&r.discs[c * kPatchTargetItems], static_cast<int>(s), patch, dx, dy));
       auto named = batch.named_labels[i].slice(0, c * pp, (c + 1) * pp);
       named.zero_();
-      for (const auto& goal : r.named_discs)
-        named.copy_(torch::maximum(
-            named, PatchLabels(&goal[c * kPatchTargetItems], static_cast<int>(s), patch, dx, dy)));
+      auto mentions = batch.mention_labels[i].slice(0, c * pp, (c + 1) * pp);
+      for (size_t g = 0; g < r.named_discs.size(); ++g) {
+        auto goal_labels = PatchLabels(&r.named_discs[g][c * kPatchTargetItems],
+                                       static_cast<int>(s), patch, dx, dy);
+        named.copy_(torch::maximum(named, goal_labels));
+        if (static_cast<int>(g) * kPatchTargetItems < kMaxMentions)
+          mentions.slice(1, g * kPatchTargetItems, (g + 1) * kPatchTargetItems).copy_(goal_labels);
+      }
       batch.patch_attributes[i]
           .slice(0, c * pp, (c + 1) * pp)
           .copy_(PatchAttributes(r.items[c], static_cast<int>(s), patch, dx, dy));
@@ -504,6 +636,15 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
     batch.aux[i].copy_(
         torch::from_blob(const_cast<float*>(r.aux.data()), {kAuxTargetDim}, torch::kFloat32));
     batch.prompt_ids.push_back(BuildPromptIds(config, tokenizer, r.instruction));
+    const int goals = std::min<int>(r.named_discs.size(), kMaxMentions / kPatchTargetItems);
+    const std::vector<int64_t> rows =
+        MentionRows(config, tokenizer, r.instruction, goals * kPatchTargetItems);
+    for (size_t j = 0; j < rows.size(); ++j) batch.mention_rows[i][j] = rows[j];
+    const auto colours = ColourWordRows(config, tokenizer, r.instruction);
+    for (size_t j = 0; j < colours.size() && j < kMaxColourWords; ++j) {
+      batch.colour_rows[i][j] = colours[j].first;
+      batch.colour_classes[i][j] = colours[j].second;
+    }
   }
   return batch;
 }
@@ -577,9 +718,13 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   text_valid = text_valid.to(device);
   for (size_t l = 0; l < lm->layer_list.size(); ++l) {
     auto layer = lm->layer_list[l];
-    if (taps.text_vision_attention != nullptr &&
-        std::find(taps.attention_layers.begin(), taps.attention_layers.end(),
-                  static_cast<int>(l)) != taps.attention_layers.end()) {
+    const auto listed = [&](const std::vector<int>& layers) {
+      return std::find(layers.begin(), layers.end(), static_cast<int>(l)) != layers.end();
+    };
+    const bool rows_wanted =
+        taps.text_row_vision_attention != nullptr && listed(taps.row_attention_layers);
+    const bool mean_wanted = taps.text_vision_attention != nullptr && listed(taps.attention_layers);
+    if (rows_wanted || mean_wanted) {
       auto att = layer->self_attn;
       auto xn = layer->input_layernorm->forward(h);
       const int64_t t = h.size(1);
@@ -593,10 +738,12 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                                   k.to(torch::kFloat32).transpose(-2, -1)) /
                         std::sqrt(static_cast<double>(att->head_dim)) +
                     bias.to(torch::kFloat32);
-      auto probs = torch::softmax(logits, -1).mean(1);  // [B, M, T]
-      auto per_row = (probs * text_valid.unsqueeze(2)).sum(1) /
-                     text_valid.sum(1, /*keepdim=*/true).clamp_min(1.0);  // [B, T]
-      taps.text_vision_attention->push_back(per_row.slice(1, 1, 1 + p));
+      auto probs = torch::softmax(logits, -1).mean(1) * text_valid.unsqueeze(2);  // [B, M, T]
+      if (rows_wanted) taps.text_row_vision_attention->push_back(probs.slice(2, 1, 1 + p));
+      if (mean_wanted) {
+        auto per_row = probs.sum(1) / text_valid.sum(1, /*keepdim=*/true).clamp_min(1.0);  // [B, T]
+        taps.text_vision_attention->push_back(per_row.slice(1, 1, 1 + p));
+      }
     }
     h = layer->forward(h, rope, bias, valid, nullptr, nullptr);
     if (taps.vision_hidden != nullptr && static_cast<int>(l) == taps.vision_layer)

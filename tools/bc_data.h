@@ -26,6 +26,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -101,6 +102,12 @@ struct ImageDisc {
 // Patch-grounding items per camera: the current goal's object, then its destination.
 inline constexpr int kPatchTargetItems = 2;
 
+// Item mentions of an instruction (the mention-grounding loss): per goal, in instruction order,
+// the phrase naming its object, then the one naming its destination; at most two goals.
+inline constexpr int kMaxMentions = 4;
+// Colour words of an instruction kept for the colour-word loss (`long` names four).
+inline constexpr int kMaxColourWords = 4;
+
 // Per-patch attribute classes (the attribute loss): what the patch shows.
 inline constexpr int kShapeClasses = 5;  // 0 nothing (table, gripper), 1 cube, 2 cylinder, 3 bowl,
                                          // 4 plate
@@ -143,6 +150,10 @@ std::array<ImageDisc, 2 * kPatchTargetItems> TargetDiscs(const sim::Episode& epi
 
 // TargetDiscs of every goal of the episode, in instruction order (RawSample::named_discs).
 std::vector<std::array<ImageDisc, 2 * kPatchTargetItems>> NamedDiscs(const sim::Episode& episode);
+
+// Where object `object`'s top face appears in both cameras (0 main, 1 wrist; r == 0 when out of
+// view or no such object), as TargetDiscs draws a goal's object.
+std::array<ImageDisc, 2> ObjectDiscs(const sim::Episode& episode, int object);
 
 // Every object's top face and every plate in both cameras (RawSample::items).
 std::array<std::vector<ItemDisc>, 2> ItemDiscs(const sim::Episode& episode);
@@ -204,8 +215,33 @@ struct BcBatch {
   // [B, vision tokens, 2] int64: shape and colour class of what each patch shows (PatchAttributes,
   // after the shift augmentation).
   torch::Tensor patch_attributes;
+  // [B, kMaxMentions] int64: the prompt row (index into prompt_ids[b]) of the token that ends
+  // mention j (MentionRows), -1 when absent; [B, vision tokens, kMaxMentions] {0, 1}: the patches
+  // of the item mention j names (RawSample::named_discs[j / 2], item j % 2, after the shift).
+  torch::Tensor mention_rows;
+  torch::Tensor mention_labels;
+  // [B, kMaxColourWords] int64: the prompt row of each colour word of the instruction
+  // (ColourWordRows, in order; -1 when absent) and its colour class (1 + sim::Color, as in
+  // patch_attributes; 0 when absent).
+  torch::Tensor colour_rows;
+  torch::Tensor colour_classes;
   std::vector<std::vector<int64_t>> prompt_ids;
 };
+
+// The prompt rows (indices into BuildPromptIds(config, tokenizer, instruction)) of the tokens
+// that end each item mention of `instruction`, in order: a shape word ("cube", "cylinder",
+// "bowl"), "plate", or a position ("left", "right", "front", "back"), which ends the phrase of
+// the shape word three words before it ("the red cube on the left"). This is where a causal LLM
+// has read the whole phrase, colour word included. Empty when the count is not `expected`
+// (e.g. an instruction from outside the simulator's templates).
+std::vector<int64_t> MentionRows(const ModelConfig& config, const Tokenizer& tokenizer,
+                                 std::string_view instruction, int expected);
+
+// The prompt row of the token that ends each colour word of `instruction` ("red", ..., "white"),
+// in order, with its colour class (1 + sim::Color). Empty when there is none.
+std::vector<std::pair<int64_t, int>> ColourWordRows(const ModelConfig& config,
+                                                    const Tokenizer& tokenizer,
+                                                    std::string_view instruction);
 
 // Converts raw samples (optionally shifting each camera image by up to
 // +-max_shift pixels using `rng`). InvalidArgument when shapes disagree with
@@ -233,6 +269,10 @@ struct ForwardTaps {
   // heads and prompt rows), [B, vision tokens], appended to *text_vision_attention in that order.
   std::vector<int> attention_layers;
   std::vector<torch::Tensor>* text_vision_attention = nullptr;
+  // The same per prompt row, not averaged over rows: for each layer in `row_attention_layers`,
+  // [B, M, vision tokens] (M as text_hidden; padded rows are 0), appended in that order.
+  std::vector<int> row_attention_layers;
+  std::vector<torch::Tensor>* text_row_vision_attention = nullptr;
 };
 
 // Differentiable forward without pruning, same layout as VlaModel::ForwardImpl:

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -100,6 +101,22 @@ struct TrainOptions {
   // sub-task is current, and a target they cannot meet left the second sub-task's object out of
   // the kept set after the switch (docs/training.md).
   std::vector<int> attn_named_layers;
+  // Weight of the mention-grounding loss (0 = off): at each of `mention_layers` (default: 1 to the
+  // last layer), -log of the share of the attention of the token that ends each item mention
+  // (BcBatch::mention_rows: "cube" in "the red cube", "plate" in "the blue plate"), renormalized
+  // over the vision tokens, that falls on the item it names (BcBatch::mention_labels). Where the
+  // attention-grounding loss pools every prompt row, this targets the one row that has read the
+  // colour word and the shape word and can bind them (layer 0's query has not yet seen the colour
+  // word, so it is not a default layer).
+  double mention_weight = 0.0;
+  std::vector<int> mention_layers;
+  // Weight of the colour-word loss (0 = off): the same for the token of each colour word
+  // (BcBatch::colour_rows) at each of `colour_word_layers` (default: every layer), whose target
+  // is every patch showing that colour (BcBatch::patch_attributes). No binding is needed: at
+  // layer 0 the row's query is the word's own embedding, so this asks whether the colour word
+  // can find its colour among the vision tokens at all.
+  double colour_word_weight = 0.0;
+  std::vector<int> colour_word_layers;
   // Start from the weights in `init` (and its aux_head.pt / patch_head.pt when present, and its
   // dataset statistics when they have the simulator key) instead of a random initialization;
   // ignored when resuming from `out`.
@@ -244,6 +261,14 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->attn_named_layers = ParseList<int>(v);
       else if (k == "attn_layers")
         o->attn_layers = ParseList<int>(v);
+      else if (k == "mention_weight")
+        o->mention_weight = std::stod(v);
+      else if (k == "mention_layers")
+        o->mention_layers = ParseList<int>(v);
+      else if (k == "colour_word_weight")
+        o->colour_word_weight = std::stod(v);
+      else if (k == "colour_word_layers")
+        o->colour_word_layers = ParseList<int>(v);
       else if (k == "init_weights")
         o->init_weights = v != "0" && v != "false";
       else if (k == "early_frac")
@@ -598,6 +623,12 @@ struct Heads {
   // Per entry of attn_layers: its target is BcBatch::named_labels
   // (TrainOptions::attn_named_layers).
   std::vector<bool> attn_named;
+  // Mention-grounding layers (the held-out share always reads them).
+  std::vector<int> mention_layers;
+  bool mention_loss = false;  // TrainOptions::mention_weight > 0
+  // Colour-word layers (the held-out share always reads them).
+  std::vector<int> colour_word_layers;
+  bool colour_word_loss = false;  // TrainOptions::colour_word_weight > 0
 };
 
 // Attention-grounding loss (TrainOptions::attn_weight) and, optionally, the mean share of the
@@ -652,26 +683,71 @@ torch::Tensor AttrLoss(const torch::Tensor& logits, const torch::Tensor& attrs,
   return 0.5 * (F::cross_entropy(shape, ts) + F::cross_entropy(color, tc));
 }
 
+// Mention-grounding loss (TrainOptions::mention_weight) and, optionally, the mean share of the
+// mention rows' vision attention on the items they name, over layers, samples and mentions.
+// `row_scores`: per layer [B, M, P] (ForwardTaps::text_row_vision_attention).
+torch::Tensor MentionLoss(const std::vector<torch::Tensor>& row_scores, const torch::Tensor& rows,
+                          const torch::Tensor& labels, double* mean_share = nullptr) {
+  torch::Tensor loss = torch::zeros({}, torch::kFloat32);
+  if (mean_share != nullptr) *mean_share = NAN;
+  if (row_scores.empty()) return loss;
+  const int64_t p = labels.size(1);
+  auto target = labels.transpose(1, 2);                                          // [B, K, P]
+  auto valid = rows.ge(0).logical_and(target.sum(2).gt(0)).to(torch::kFloat32);  // [B, K]
+  const double n = valid.sum().item<double>();
+  if (n == 0) return loss;
+  auto idx = rows.clamp_min(0).unsqueeze(2).expand({rows.size(0), rows.size(1), p});
+  double share_sum = 0;
+  for (const auto& sc : row_scores) {
+    auto att = sc.to(torch::kFloat32).gather(1, idx.to(sc.device()));  // [B, K, P]
+    auto dist = att / att.sum(2, /*keepdim=*/true).clamp_min(1e-12);
+    auto share = (dist * target).sum(2);
+    loss = loss - ((share + 1e-4).log() * valid).sum() / n;
+    share_sum += (share.detach() * valid).sum().item<double>();
+  }
+  const double layers = static_cast<double>(row_scores.size());
+  if (mean_share != nullptr) *mean_share = share_sum / (n * layers);
+  return loss / layers;
+}
+
 struct Losses {
-  torch::Tensor action;  // L1 on normalized actions
-  torch::Tensor aux;     // L1 on grounding targets
-  torch::Tensor patch;   // BCE on patch labels
-  torch::Tensor text;    // L1 on grounding targets from the prompt rows (0 without the head)
-  torch::Tensor attr;    // CE on patch attributes (0 without the head)
-  torch::Tensor attn;    // attention grounding (0 when off)
+  torch::Tensor action;   // L1 on normalized actions
+  torch::Tensor aux;      // L1 on grounding targets
+  torch::Tensor patch;    // BCE on patch labels
+  torch::Tensor text;     // L1 on grounding targets from the prompt rows (0 without the head)
+  torch::Tensor attr;     // CE on patch attributes (0 without the head)
+  torch::Tensor attn;     // attention grounding (0 when off)
+  torch::Tensor mention;  // mention grounding (0 when off)
+  torch::Tensor colour;   // colour-word grounding (0 when off)
 };
+
+// Per colour word of the batch, the patches showing its colour: [B, P, kMaxColourWords].
+torch::Tensor ColourWordLabels(const BcBatch& b) {
+  auto colour = b.patch_attributes.select(2, 1).unsqueeze(2);  // [B, P, 1]
+  auto wanted = b.colour_classes.unsqueeze(1);                 // [B, 1, K]
+  return colour.eq(wanted).logical_and(wanted.gt(0)).to(torch::kFloat32);
+}
 
 // The taps every loss and diagnostic here reads.
 struct Tapped {
   torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask, vision_tokens;
-  std::vector<torch::Tensor> attention;
-  // `with_attention`: also tap the text->vision attention (the held-out check taps it even when
-  // the attention-grounding loss is off, to report the share on an untouched model).
-  ForwardTaps Taps(const Heads& heads, bool with_attention) {
+  std::vector<torch::Tensor> attention, row_attention;
+  std::vector<int> row_layers;  // the layers of row_attention, in order
+  // `with_attention` / `with_mentions`: also tap the text->vision attention pooled over the prompt
+  // rows / per row (the held-out check taps both even when the losses are off, to report the
+  // shares on an untouched model).
+  ForwardTaps Taps(const Heads& heads, bool with_attention, bool with_mentions) {
     ForwardTaps t;
     if (with_attention && !heads.attn_layers.empty()) {
       t.attention_layers = heads.attn_layers;
       t.text_vision_attention = &attention;
+    }
+    if (with_mentions) {
+      std::set<int> layers(heads.mention_layers.begin(), heads.mention_layers.end());
+      layers.insert(heads.colour_word_layers.begin(), heads.colour_word_layers.end());
+      row_layers.assign(layers.begin(), layers.end());
+      t.row_attention_layers = row_layers;
+      if (!row_layers.empty()) t.text_row_vision_attention = &row_attention;
     }
     if (!heads.attr.is_empty()) t.vision_tokens = &vision_tokens;
     t.action_hidden = &action_hidden;
@@ -682,6 +758,15 @@ struct Tapped {
       t.text_mask = &text_mask;
     }
     return t;
+  }
+  // The entries of row_attention for `layers` (each must have been tapped).
+  std::vector<torch::Tensor> RowAttention(const std::vector<int>& layers) const {
+    std::vector<torch::Tensor> out;
+    if (row_attention.empty()) return out;
+    for (int l : layers)
+      out.push_back(
+          row_attention[std::find(row_layers.begin(), row_layers.end(), l) - row_layers.begin()]);
+    return out;
   }
 };
 
@@ -704,8 +789,9 @@ constexpr double kPatchPositiveWeight = 4.0;
 Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, bool bf16) {
   SetAutocast(bf16);
   Tapped tap;
-  auto pred =
-      TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads, heads.attn_loss));
+  auto pred = TrainingForward(
+      m, c, b.pixels, b.proprio, b.prompt_ids,
+      tap.Taps(heads, heads.attn_loss, heads.mention_loss || heads.colour_word_loss));
   SetAutocast(false);
   Losses l;
   l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
@@ -721,6 +807,12 @@ Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, 
                ? torch::zeros({}, torch::kFloat32)
                : AttrLoss(heads.attr->forward(tap.vision_tokens), b.patch_attributes);
   l.attn = AttnLoss(tap.attention, b.patch_labels, nullptr, heads.attn_named, b.named_labels);
+  l.mention = heads.mention_loss ? MentionLoss(tap.RowAttention(heads.mention_layers),
+                                               b.mention_rows, b.mention_labels)
+                                 : torch::zeros({}, torch::kFloat32);
+  l.colour = heads.colour_word_loss ? MentionLoss(tap.RowAttention(heads.colour_word_layers),
+                                                  b.colour_rows, ColourWordLabels(b))
+                                    : torch::zeros({}, torch::kFloat32);
   return l;
 }
 
@@ -780,6 +872,8 @@ struct HoldoutResult {
   double corr_text_obj_x = NAN;  // the text-row head's object x (when it is on)
   double attr_accuracy = NAN;    // the attribute probe on patches showing something (when on)
   double attn_share = NAN;       // mean vision-attention share on each target item (when on)
+  double mention_share = NAN;    // mean vision-attention share of each mention row on its item
+  double colour_share = NAN;     // the same for each colour word's row on its colour's patches
   double patch_object = NAN, patch_destination = NAN;
 };
 
@@ -789,12 +883,14 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets, patch_logits, patch_labels;
   std::vector<torch::Tensor> text_preds;
   double attr_right = 0, attr_batches = 0, attn_share = 0, attn_batches = 0;
+  double mention_share = 0, mention_batches = 0, colour_share = 0, colour_batches = 0;
   double sum = 0;
   int64_t n = 0;
   for (const auto& b : h.batches) {
     Tapped tap;
-    auto pred = TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads, true))
-                    .to(torch::kFloat32);
+    auto pred =
+        TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads, true, true))
+            .to(torch::kFloat32);
     const torch::Tensor& hidden = tap.action_hidden;
     patch_logits.push_back(heads.patch->forward(tap.vision_hidden));
     if (!heads.text.is_empty())
@@ -808,6 +904,15 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
       double share = NAN;
       AttnLoss(tap.attention, b.patch_labels, &share);
       if (std::isfinite(share)) attn_share += share, attn_batches += 1;
+    }
+    if (!tap.row_attention.empty()) {
+      double share = NAN;
+      MentionLoss(tap.RowAttention(heads.mention_layers), b.mention_rows, b.mention_labels, &share);
+      if (std::isfinite(share)) mention_share += share, mention_batches += 1;
+      share = NAN;
+      MentionLoss(tap.RowAttention(heads.colour_word_layers), b.colour_rows, ColourWordLabels(b),
+                  &share);
+      if (std::isfinite(share)) colour_share += share, colour_batches += 1;
     }
     patch_labels.push_back(b.patch_labels);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
@@ -828,6 +933,8 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   if (ap.size(1) > 4) r.corr_rel_x = Pearson(ap.select(1, 4), at.select(1, 4));
   if (attr_batches > 0) r.attr_accuracy = attr_right / attr_batches;
   if (attn_batches > 0) r.attn_share = attn_share / attn_batches;
+  if (mention_batches > 0) r.mention_share = mention_share / mention_batches;
+  if (colour_batches > 0) r.colour_share = colour_share / colour_batches;
   if (!text_preds.empty())
     r.corr_text_obj_x = Pearson(torch::cat(text_preds).select(1, 0), at.select(1, 0));
   auto pl = torch::cat(patch_logits), pt = torch::cat(patch_labels);
@@ -925,6 +1032,8 @@ constexpr char kUsage[] =
     "  grounding:  --aux_weight X --aux_targets 4|8 --aux_per_row 0|1 --patch_weight X\n"
     "              --patch_layer L --text_aux_weight X --attr_weight X --attn_weight X\n"
     "              --attn_layers a,b,... --attn_named_layers a,b,...\n"
+    "              --mention_weight X --mention_layers a,b,...\n"
+    "              --colour_word_weight X --colour_word_layers a,b,...\n"
     "  DAgger:     --dagger_every N --dagger_episodes N --dagger_frac X --dagger_pool N\n"
     "              --dagger_states empty|goal|all\n"
     "  progress:   --log_every N --holdout_every N --eval_every N --eval_episodes N\n"
@@ -1068,22 +1177,38 @@ int Main(int argc, char** argv) {
               nullptr,
               {},
               false,
-              {}};
+              {},
+              {},
+              false,
+              {},
+              false};
   if (o.text_aux_weight > 0)
     heads.text = AuxHead((*model)->config().llm.hidden, o.aux_targets, /*per_row=*/true);
   if (o.attr_weight > 0) heads.attr = AttrHead((*model)->config().llm.hidden);
   {
     const int layers = static_cast<int>((*model)->config().llm.layers);
+    // `requested`, or layers first_default..L-1 when empty; false (after an error naming `flag`)
+    // when one is not a layer of the model.
+    const auto resolve_layers = [layers](const std::vector<int>& requested, int first_default,
+                                         const char* flag, std::vector<int>* out) {
+      *out = requested;
+      if (out->empty())
+        for (int l = first_default; l < layers; ++l) out->push_back(l);
+      for (int l : *out)
+        if (l < 0 || l >= layers) {
+          std::fprintf(stderr, "--%s: the model has %d layers\n", flag, layers);
+          return false;
+        }
+      return true;
+    };
     heads.attn_loss = o.attn_weight > 0;
-    heads.attn_layers = o.attn_layers;
-    if (heads.attn_layers.empty())
-      for (int l = static_cast<int>(std::lround(layers / 3.0)); l < layers; ++l)
-        heads.attn_layers.push_back(l);
-    for (int l : heads.attn_layers)
-      if (l < 0 || l >= layers) {
-        std::fprintf(stderr, "--attn_layers: the model has %d layers\n", layers);
-        return 2;
-      }
+    heads.mention_loss = o.mention_weight > 0;
+    heads.colour_word_loss = o.colour_word_weight > 0;
+    if (!resolve_layers(o.attn_layers, static_cast<int>(std::lround(layers / 3.0)), "attn_layers",
+                        &heads.attn_layers) ||
+        !resolve_layers(o.mention_layers, 1, "mention_layers", &heads.mention_layers) ||
+        !resolve_layers(o.colour_word_layers, 0, "colour_word_layers", &heads.colour_word_layers))
+      return 2;
     for (int l : o.attn_named_layers)
       if (std::find(heads.attn_layers.begin(), heads.attn_layers.end(), l) ==
           heads.attn_layers.end()) {
@@ -1205,8 +1330,8 @@ int Main(int argc, char** argv) {
       auto b = MakeBatch(raw, c, **tok, stats, 0, nullptr);
       if (!b.ok()) return 1;
       Tapped tap;
-      auto pred =
-          TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids, tap.Taps(heads, false));
+      auto pred = TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids,
+                                  tap.Taps(heads, false, true));
       auto ap = aux->forward(tap.action_hidden).mean(1);
       auto pl = heads.patch->forward(tap.vision_hidden);
       std::printf("%-7s patch probe top-1 in the main view: object %.2f destination %.2f\n",
@@ -1234,7 +1359,24 @@ int Main(int argc, char** argv) {
       }
       // Scenes the colour word decides: does the grounding head's object position, and does the
       // first chunk's summed xy motion, point at the goal's object or at a look-alike of its shape?
+      // And the mention-grounding view: does the attention of the row that ends the goal object's
+      // mention ("cube" of "the red cube") weigh its patches above each look-alike's?
       int decided = 0, aux_right = 0, motion_right = 0;
+      std::vector<int> mention_right(heads.mention_layers.size(), 0);
+      std::vector<int> colour_right(heads.colour_word_layers.size(), 0);
+      int colours_found = 0;
+      int mentions_found = 0;
+      const int patch = static_cast<int>(c.towers.at(0).patch_size);
+      const auto object_patches = [&](const sim::Episode& episode, int object) {
+        const std::array<ImageDisc, 2> d = ObjectDiscs(episode, object);
+        std::vector<torch::Tensor> cams;
+        for (int cam = 0; cam < 2; ++cam) {
+          const ImageDisc one[kPatchTargetItems] = {d[cam], {}};
+          cams.push_back(
+              PatchLabels(one, static_cast<int>(c.image_size), patch, 0, 0).select(1, 0));
+        }
+        return torch::cat(cams);  // [vision tokens]
+      };
       for (int i = 0; i < o.diagnose; ++i) {
         auto ep = sim::Episode::Create(suite, o.diagnose_seed + static_cast<uint64_t>(i),
                                        SpecSimOptions({suite, 0, -1, 0.0f}, c.image_size));
@@ -1270,12 +1412,60 @@ int Main(int argc, char** argv) {
         }
         aux_right += aux_ok;
         motion_right += motion_ok;
+        const int64_t g = goal - ep->goals().data();
+        const int64_t mention_row = g * kPatchTargetItems < kMaxMentions
+                                        ? b->mention_rows[i][g * kPatchTargetItems].item<int64_t>()
+                                        : -1;
+        if (mention_row < 0 || tap.row_attention.empty()) continue;
+        ++mentions_found;
+        const torch::Tensor want_patches = object_patches(*ep, goal->object);
+        // Whether row `r`'s attention at each of `layers` weighs the goal's object above every
+        // look-alike; counts into `right`.
+        const auto weigh = [&](int64_t r, const std::vector<int>& layers, std::vector<int>* right) {
+          const std::vector<torch::Tensor> rows = tap.RowAttention(layers);
+          for (size_t li = 0; li < rows.size(); ++li) {
+            auto att = rows[li][i][r].to(torch::kFloat32);
+            const double on_want = (att * want_patches).sum().item<double>();
+            bool ok = true;
+            for (int other : look_alikes)
+              ok = ok && on_want > (att * object_patches(*ep, other)).sum().item<double>();
+            (*right)[li] += ok;
+          }
+        };
+        weigh(mention_row, heads.mention_layers, &mention_right);
+        // The goal object's colour word: the last one before its mention.
+        int64_t colour_row = -1;
+        for (int k = 0; k < kMaxColourWords; ++k) {
+          const int64_t r = b->colour_rows[i][k].item<int64_t>();
+          if (r >= 0 && r < mention_row) colour_row = r;
+        }
+        if (colour_row < 0) continue;
+        ++colours_found;
+        weigh(colour_row, heads.colour_word_layers, &colour_right);
       }
       if (decided > 0)
         std::printf(
             "%-7s step 0 of %d scenes the colour word decides: grounding head nearer the goal's "
             "object than its look-alikes %d, first chunk's motion closer in angle to it %d\n",
             std::string(sim::SuiteName(suite)).c_str(), decided, aux_right, motion_right);
+      if (mentions_found > 0) {
+        std::string by_layer;
+        for (size_t li = 0; li < mention_right.size(); ++li)
+          absl::StrAppend(&by_layer, " ", heads.mention_layers[li], ":", mention_right[li]);
+        std::printf(
+            "%-7s step 0 of %d of them with the mention found: the goal object's mention row "
+            "attends more to it than to its look-alikes, by layer%s\n",
+            std::string(sim::SuiteName(suite)).c_str(), mentions_found, by_layer.c_str());
+      }
+      if (colours_found > 0) {
+        std::string by_layer;
+        for (size_t li = 0; li < colour_right.size(); ++li)
+          absl::StrAppend(&by_layer, " ", heads.colour_word_layers[li], ":", colour_right[li]);
+        std::printf(
+            "%-7s step 0 of %d of them: the goal object's colour word row attends more to it than "
+            "to its look-alikes, by layer%s\n",
+            std::string(sim::SuiteName(suite)).c_str(), colours_found, by_layer.c_str());
+      }
     }
     return 0;
   }
@@ -1321,6 +1511,7 @@ int Main(int argc, char** argv) {
   Producer prod(o, c, **tok, stats, &step, o.dagger_every > 0 ? &pool : nullptr);
   const bool bf16 = o.dtype == "bf16";
   double ema = -1, aux_ema = -1, patch_ema = -1, text_ema = -1, attr_ema = -1, attn_ema = -1;
+  double mention_ema = -1, colour_ema = -1;
   auto t_log = Clock::now();
   double wait_s = 0;
   for (int64_t s = start_step; s < o.steps; ++s) {
@@ -1342,6 +1533,8 @@ int Main(int argc, char** argv) {
     if (o.text_aux_weight > 0) total = total + o.text_aux_weight * losses.text;
     if (o.attr_weight > 0) total = total + o.attr_weight * losses.attr;
     if (o.attn_weight > 0) total = total + o.attn_weight * losses.attn;
+    if (o.mention_weight > 0) total = total + o.mention_weight * losses.mention;
+    if (o.colour_word_weight > 0) total = total + o.colour_word_weight * losses.colour;
     total.backward();
     if (s < o.head_warmup) {
       for (auto& p : module->parameters()) p.mutable_grad() = torch::Tensor();
@@ -1368,14 +1561,19 @@ int Main(int argc, char** argv) {
     attr_ema = attr_ema < 0 ? lat : 0.98 * attr_ema + 0.02 * lat;
     const double lan = losses.attn.item<double>();
     attn_ema = attn_ema < 0 ? lan : 0.98 * attn_ema + 0.02 * lan;
+    const double lmn = losses.mention.item<double>();
+    mention_ema = mention_ema < 0 ? lmn : 0.98 * mention_ema + 0.02 * lmn;
+    const double lcw = losses.colour.item<double>();
+    colour_ema = colour_ema < 0 ? lcw : 0.98 * colour_ema + 0.02 * lcw;
     const int64_t done = s + 1;
     if (done % o.log_every == 0) {
       const double dt = std::chrono::duration<double>(Clock::now() - t_log).count();
       std::printf(
           "step %lld loss %.4f ema %.4f aux ema %.4f patch ema %.4f text ema %.4f attr ema %.4f "
-          "attn ema %.4f lr %.2e gnorm %.2f %.2f steps/s (data wait %.0f%%)\n",
+          "attn ema %.4f mention ema %.4f colour word ema %.4f lr %.2e gnorm %.2f %.2f steps/s "
+          "(data wait %.0f%%)\n",
           static_cast<long long>(done), l, ema, aux_ema, patch_ema, text_ema, attr_ema, attn_ema,
-          lr, gnorm, o.log_every / dt, 100 * wait_s / dt);
+          mention_ema, colour_ema, lr, gnorm, o.log_every / dt, 100 * wait_s / dt);
       std::fflush(stdout);
       t_log = Clock::now();
       wait_s = 0;
@@ -1390,10 +1588,10 @@ int Main(int argc, char** argv) {
           "holdout step %lld l1 %.4f corr(first dx) %.3f corr(first dy) %.3f "
           "corr(aux object x) %.3f corr(aux destination x) %.3f corr(aux object - tip x) %.3f "
           "patch top-1 object %.3f destination %.3f corr(text object x) %.3f attribute accuracy "
-          "%.3f attention share %.3f\n",
+          "%.3f attention share %.3f mention share %.3f colour word share %.3f\n",
           static_cast<long long>(done), hr.l1, hr.corr_x, hr.corr_y, hr.corr_obj_x, hr.corr_dest_x,
           hr.corr_rel_x, hr.patch_object, hr.patch_destination, hr.corr_text_obj_x,
-          hr.attr_accuracy, hr.attn_share);
+          hr.attr_accuracy, hr.attn_share, hr.mention_share, hr.colour_share);
       std::fflush(stdout);
     }
     if (o.dagger_every > 0 && done % o.dagger_every == 0 && done < o.steps && !dagger_round(done))
