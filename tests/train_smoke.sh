@@ -15,6 +15,9 @@ common=(--out "$out" --init "$src/models/tiny" --init_weights 1 --batch 4 --warm
 grep -q "^command: .*specprune_train .*--attn_weight 0.5" "$out.first.log"
 grep -q "initialized from the weights in" "$out.first.log"
 grep -q "statistics: from .*models/tiny/dataset_statistics.json" "$out.first.log"
+# Every held-out instruction (all four suites' templates) has its item mentions found.
+grep -qE "^mentions: found in ([1-9][0-9]*) of \1 held-out instructions$" "$out.first.log" ||
+  { grep "^mentions" "$out.first.log"; exit 1; }
 grep -q "^dagger step 0 rollouts on training seeds" "$out.first.log" || { cat "$out.first.log"; exit 1; }
 grep -q "^holdout step 2 .*patch top-1 object .*corr(text object x) .*attribute accuracy 0\.[0-9]* attention share 0\.[0-9]* mention share 0\.[0-9]* colour word share 0\.[0-9]*$" \
   "$out.first.log" || { cat "$out.first.log"; exit 1; }

@@ -1474,6 +1474,15 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "holdout: %s\n", holdout.status().ToString().c_str());
     return 1;
   }
+  {  // MentionRows knows the simulator's templates; an instruction it cannot parse is skipped.
+    int64_t found = 0, total = 0;
+    for (const auto& b : holdout->batches) {
+      found += b.mention_rows.select(1, 0).ge(0).sum().item<int64_t>();
+      total += b.mention_rows.size(0);
+    }
+    std::printf("mentions: found in %lld of %lld held-out instructions\n",
+                static_cast<long long>(found), static_cast<long long>(total));
+  }
   DaggerPool pool(static_cast<size_t>(o.dagger_pool), static_cast<int>(c.image_size),
                   *ParseDaggerStates(o.dagger_states));
   const std::string pool_path = o.out + "/dagger_pool.txt";
