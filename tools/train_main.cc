@@ -612,9 +612,9 @@ struct AttrHeadImpl : torch::nn::Module {
 TORCH_MODULE(AttrHead);
 
 struct Heads {
-  AuxHead aux;
-  PatchHead patch;
-  int patch_layer;
+  AuxHead aux{nullptr};
+  PatchHead patch{nullptr};
+  int patch_layer = -1;
   AuxHead text{nullptr};   // per prompt row; null when TrainOptions::text_aux_weight == 0
   AttrHead attr{nullptr};  // null when TrainOptions::attr_weight == 0
   std::vector<int>
@@ -733,18 +733,22 @@ struct Tapped {
   torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask, vision_tokens;
   std::vector<torch::Tensor> attention, row_attention;
   std::vector<int> row_layers;  // the layers of row_attention, in order
-  // `with_attention` / `with_mentions`: also tap the text->vision attention pooled over the prompt
-  // rows / per row (the held-out check taps both even when the losses are off, to report the
-  // shares on an untouched model).
-  ForwardTaps Taps(const Heads& heads, bool with_attention, bool with_mentions) {
+  // `with_attention`: also tap the text->vision attention pooled over the prompt rows;
+  // `with_mentions` / `with_colour_words`: per row, at the mention / colour-word layers (the
+  // held-out check taps all of them even when the losses are off, to report the shares on an
+  // untouched model).
+  ForwardTaps Taps(const Heads& heads, bool with_attention, bool with_mentions,
+                   bool with_colour_words) {
     ForwardTaps t;
     if (with_attention && !heads.attn_layers.empty()) {
       t.attention_layers = heads.attn_layers;
       t.text_vision_attention = &attention;
     }
-    if (with_mentions) {
-      std::set<int> layers(heads.mention_layers.begin(), heads.mention_layers.end());
+    std::set<int> layers;
+    if (with_mentions) layers.insert(heads.mention_layers.begin(), heads.mention_layers.end());
+    if (with_colour_words)
       layers.insert(heads.colour_word_layers.begin(), heads.colour_word_layers.end());
+    if (!layers.empty()) {
       row_layers.assign(layers.begin(), layers.end());
       t.row_attention_layers = row_layers;
       if (!row_layers.empty()) t.text_row_vision_attention = &row_attention;
@@ -789,9 +793,9 @@ constexpr double kPatchPositiveWeight = 4.0;
 Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, bool bf16) {
   SetAutocast(bf16);
   Tapped tap;
-  auto pred = TrainingForward(
-      m, c, b.pixels, b.proprio, b.prompt_ids,
-      tap.Taps(heads, heads.attn_loss, heads.mention_loss || heads.colour_word_loss));
+  auto pred =
+      TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids,
+                      tap.Taps(heads, heads.attn_loss, heads.mention_loss, heads.colour_word_loss));
   SetAutocast(false);
   Losses l;
   l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
@@ -889,7 +893,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   for (const auto& b : h.batches) {
     Tapped tap;
     auto pred =
-        TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads, true, true))
+        TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads, true, true, true))
             .to(torch::kFloat32);
     const torch::Tensor& hidden = tap.action_hidden;
     patch_logits.push_back(heads.patch->forward(tap.vision_hidden));
@@ -1170,18 +1174,10 @@ int Main(int argc, char** argv) {
                  static_cast<long long>((*model)->config().llm.layers));
     return 2;
   }
-  Heads heads{AuxHead((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row),
-              PatchHead((*model)->config().llm.hidden),
-              o.patch_layer,
-              nullptr,
-              nullptr,
-              {},
-              false,
-              {},
-              {},
-              false,
-              {},
-              false};
+  Heads heads;
+  heads.aux = AuxHead((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row);
+  heads.patch = PatchHead((*model)->config().llm.hidden);
+  heads.patch_layer = o.patch_layer;
   if (o.text_aux_weight > 0)
     heads.text = AuxHead((*model)->config().llm.hidden, o.aux_targets, /*per_row=*/true);
   if (o.attr_weight > 0) heads.attr = AttrHead((*model)->config().llm.hidden);
@@ -1331,7 +1327,7 @@ int Main(int argc, char** argv) {
       if (!b.ok()) return 1;
       Tapped tap;
       auto pred = TrainingForward(module, c, b->pixels, b->proprio, b->prompt_ids,
-                                  tap.Taps(heads, false, true));
+                                  tap.Taps(heads, false, true, true));
       auto ap = aux->forward(tap.action_hidden).mean(1);
       auto pl = heads.patch->forward(tap.vision_hidden);
       std::printf("%-7s patch probe top-1 in the main view: object %.2f destination %.2f\n",
@@ -1419,6 +1415,8 @@ int Main(int argc, char** argv) {
         if (mention_row < 0 || tap.row_attention.empty()) continue;
         ++mentions_found;
         const torch::Tensor want_patches = object_patches(*ep, goal->object);
+        std::vector<torch::Tensor> look_alike_patches;
+        for (int other : look_alikes) look_alike_patches.push_back(object_patches(*ep, other));
         // Whether row `r`'s attention at each of `layers` weighs the goal's object above every
         // look-alike; counts into `right`.
         const auto weigh = [&](int64_t r, const std::vector<int>& layers, std::vector<int>* right) {
@@ -1427,8 +1425,8 @@ int Main(int argc, char** argv) {
             auto att = rows[li][i][r].to(torch::kFloat32);
             const double on_want = (att * want_patches).sum().item<double>();
             bool ok = true;
-            for (int other : look_alikes)
-              ok = ok && on_want > (att * object_patches(*ep, other)).sum().item<double>();
+            for (const torch::Tensor& other : look_alike_patches)
+              ok = ok && on_want > (att * other).sum().item<double>();
             (*right)[li] += ok;
           }
         };
@@ -1448,24 +1446,21 @@ int Main(int argc, char** argv) {
             "%-7s step 0 of %d scenes the colour word decides: grounding head nearer the goal's "
             "object than its look-alikes %d, first chunk's motion closer in angle to it %d\n",
             std::string(sim::SuiteName(suite)).c_str(), decided, aux_right, motion_right);
-      if (mentions_found > 0) {
+      const auto print_by_layer = [&](int found, const char* which, const char* row,
+                                      const std::vector<int>& layers,
+                                      const std::vector<int>& right) {
+        if (found == 0) return;
         std::string by_layer;
-        for (size_t li = 0; li < mention_right.size(); ++li)
-          absl::StrAppend(&by_layer, " ", heads.mention_layers[li], ":", mention_right[li]);
+        for (size_t li = 0; li < right.size(); ++li)
+          absl::StrAppend(&by_layer, " ", layers[li], ":", right[li]);
         std::printf(
-            "%-7s step 0 of %d of them with the mention found: the goal object's mention row "
-            "attends more to it than to its look-alikes, by layer%s\n",
-            std::string(sim::SuiteName(suite)).c_str(), mentions_found, by_layer.c_str());
-      }
-      if (colours_found > 0) {
-        std::string by_layer;
-        for (size_t li = 0; li < colour_right.size(); ++li)
-          absl::StrAppend(&by_layer, " ", heads.colour_word_layers[li], ":", colour_right[li]);
-        std::printf(
-            "%-7s step 0 of %d of them: the goal object's colour word row attends more to it than "
-            "to its look-alikes, by layer%s\n",
-            std::string(sim::SuiteName(suite)).c_str(), colours_found, by_layer.c_str());
-      }
+            "%-7s step 0 of %d of them%s: the goal object's %s row attends more to it than to its "
+            "look-alikes, by layer%s\n",
+            std::string(sim::SuiteName(suite)).c_str(), found, which, row, by_layer.c_str());
+      };
+      print_by_layer(mentions_found, " with the mention found", "mention", heads.mention_layers,
+                     mention_right);
+      print_by_layer(colours_found, "", "colour word", heads.colour_word_layers, colour_right);
     }
     return 0;
   }
