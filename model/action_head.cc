@@ -21,6 +21,19 @@ torch::Tensor ProprioProjectorImpl::forward(const torch::Tensor& x) {
   return fc2(torch::gelu(fc1(x)));
 }
 
+InstructionFilmImpl::InstructionFilmImpl(const ModelConfig& c) {
+  fc = register_module("fc", torch::nn::Linear(c.llm.hidden, 2 * c.llm.hidden));
+  torch::NoGradGuard no_grad;
+  fc->weight.zero_();
+  fc->bias.zero_();
+}
+
+torch::Tensor InstructionFilmImpl::forward(const torch::Tensor& vision,
+                                           const torch::Tensor& prompt_embeddings) {
+  auto film = fc(prompt_embeddings.mean(0)).to(vision.scalar_type()).chunk(2, -1);
+  return vision * (1 + film[0]) + film[1];
+}
+
 MlpResNetBlockImpl::MlpResNetBlockImpl(int64_t dim) {
   ffn = register_module(
       "ffn", torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})),

@@ -23,6 +23,16 @@ struct ProprioProjectorImpl : torch::nn::Module {
 };
 TORCH_MODULE(ProprioProjector);
 
+// instruction_film.fc: hidden -> 2 x hidden, zero-initialized (ModelConfig::instruction_film).
+// forward(vision [P, hidden], prompt_embeddings [m, hidden], m >= 1) returns the vision tokens
+// FiLM-ed by the mean prompt embedding: vision * (1 + gamma) + beta.
+struct InstructionFilmImpl : torch::nn::Module {
+  explicit InstructionFilmImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& vision, const torch::Tensor& prompt_embeddings);
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(InstructionFilm);
+
 // model.mlp_resnet_blocks.{j}.ffn = Sequential(LayerNorm, Linear, ReLU); x + ffn(x).
 struct MlpResNetBlockImpl : torch::nn::Module {
   explicit MlpResNetBlockImpl(int64_t dim);

@@ -948,17 +948,22 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   return ConfigFromConfigJson(*j, (fs::path(dir) / "config.json").string());
 }
 
-absl::Status LoadWeights(const std::string& dir, VlaModel& model) {
+absl::Status LoadWeights(const std::string& dir, VlaModel& model,
+                         const std::string& may_be_missing_prefix) {
   auto ct = OpenCheckpoint(dir);
   if (!ct.ok()) return ct.status();
   std::vector<std::string> missing, mismatched, unexpected, bad_dtype;
   auto params = model.module()->named_parameters(/*recurse=*/true);
   std::map<std::string, torch::Tensor> targets;
   for (const auto& p : params) targets[p.key()] = p.value();
+  std::vector<std::string> kept;
   for (const auto& [name, param] : targets) {
     auto it = ct->by_name.find(name);
     if (it == ct->by_name.end()) {
-      missing.push_back(name);
+      if (!may_be_missing_prefix.empty() && absl::StartsWith(name, may_be_missing_prefix))
+        kept.push_back(name);
+      else
+        missing.push_back(name);
       continue;
     }
     const Entry& e = it->second;
@@ -990,6 +995,7 @@ absl::Status LoadWeights(const std::string& dir, VlaModel& model) {
   try {
     torch::NoGradGuard no_grad;
     for (auto& [name, param] : targets) {
+      if (std::find(kept.begin(), kept.end(), name) != kept.end()) continue;
       const Entry& e = ct->by_name.at(name);
       if (e.view != nullptr) {
         const TensorView* v = e.view;
@@ -1119,6 +1125,8 @@ absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& co
         add("language_model.model.norm.", *RmsNorm(config.llm.hidden, config.llm.rms_norm_eps)));
     SP_RETURN_IF_ERROR(add("action_head.", *L1RegressionActionHead(config)));
     SP_RETURN_IF_ERROR(add("proprio_projector.", *ProprioProjector(config)));
+    if (config.instruction_film)
+      SP_RETURN_IF_ERROR(add("instruction_film.", *InstructionFilm(config)));
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("writing ", dir, ": ", e.what_without_backtrace()));
   }

@@ -53,7 +53,11 @@ absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, const ModelOpti
 absl::StatusOr<DatasetStatistics> LoadModelStatistics(const std::string& dir);
 
 // Copies the checkpoint tensors of `dir` into `model` (all-or-nothing validation first).
-absl::Status LoadWeights(const std::string& dir, VlaModel& model);
+// Parameters whose names start with `may_be_missing_prefix` (when not empty) and that the
+// checkpoint lacks keep their current values: the trainer adds a new, zero-initialized module to
+// a trained checkpoint this way. Every other parameter must be present.
+absl::Status LoadWeights(const std::string& dir, VlaModel& model,
+                         const std::string& may_be_missing_prefix = "");
 
 // Reads a PyTorch `torch.save` file in the zip format (PyTorch >= 1.6) holding a flat state dict
 // {name: tensor}: Module.state_dict() (an OrderedDict), a plain dict, or torch::pickle_save of a

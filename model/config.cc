@@ -242,7 +242,8 @@ nlohmann::json ConfigToJson(const ModelConfig& c) {
           {"prompt_suffix_token", c.prompt_suffix_token},
           {"prompt_template", c.prompt_template},
           {"gripper_postprocess", c.gripper_postprocess},
-          {"center_crop_area", c.center_crop_area}};
+          {"center_crop_area", c.center_crop_area},
+          {"instruction_film", c.instruction_film}};
 }
 
 namespace {
@@ -282,11 +283,11 @@ absl::Status CheckKeys(const nlohmann::json& j, const std::string& path,
 
 absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
   ModelConfig c;
-  if (auto s = CheckKeys(
-          j, "",
-          {"name", "image_size", "cameras", "towers", "projector_hidden", "llm", "proprio_dim",
-           "action_dim", "chunk_size", "action_head_hidden", "action_head_blocks",
-           "prompt_suffix_token", "prompt_template", "gripper_postprocess", "center_crop_area"});
+  if (auto s = CheckKeys(j, "",
+                         {"name", "image_size", "cameras", "towers", "projector_hidden", "llm",
+                          "proprio_dim", "action_dim", "chunk_size", "action_head_hidden",
+                          "action_head_blocks", "prompt_suffix_token", "prompt_template",
+                          "gripper_postprocess", "center_crop_area", "instruction_film"});
       !s.ok())
     return s;
   // Start from the named preset so a config file may override only some numbers.
@@ -359,6 +360,7 @@ absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
   SP_READ(j, "prompt_template", "", &c.prompt_template);
   SP_READ(j, "gripper_postprocess", "", &c.gripper_postprocess);
   SP_READ(j, "center_crop_area", "", &c.center_crop_area);
+  SP_READ(j, "instruction_film", "", &c.instruction_film);
   if (auto s = ValidateConfig(c); !s.ok()) return s;
   return c;
 }

@@ -75,6 +75,11 @@ struct ModelConfig {
   // Preprocessing: center-crop to this fraction of the area before resizing (OpenVLA-OFT: 0.9
   // when trained with image augmentation); 1.0 = no crop.
   double center_crop_area = 1.0;
+  // Instruction-conditioned vision tokens (FiLM): the projected vision tokens are scaled by
+  // (1 + gamma) and shifted by beta, [gamma | beta] = instruction_film(mean prompt-token
+  // embedding). A project extension, not in OpenVLA-OFT; the module is zero-initialized, so
+  // turning it on for a trained checkpoint starts from that checkpoint's behaviour.
+  bool instruction_film = false;
 
   int64_t patches_per_image() const {
     return (image_size / towers.at(0).patch_size) * (image_size / towers.at(0).patch_size);

@@ -45,6 +45,8 @@ FlopsBreakdown ForwardFlops(const ModelConfig& c, const std::vector<int64_t>& to
   f.projector = 2.0 * c.vision_tokens() *
                     (c.vision_width() * c.projector_hidden + c.projector_hidden * d + d * d) +
                 2.0 * (c.proprio_dim * d + d * d);
+  // FiLM: one [d -> 2d] matmul per sample, then a multiply-add per vision-token channel.
+  if (c.instruction_film) f.projector += 2.0 * d * 2.0 * d + 2.0 * c.vision_tokens() * d;
   for (int64_t n : tokens_per_layer) f.llm += LlmLayerFlops(c.llm, n);
   const double h = c.action_head_hidden;
   f.action_head =
@@ -80,7 +82,8 @@ ParameterCounts CountParameters(const ModelConfig& c) {
                 (tw.pos_embed == "learned" ? grid * grid * w : 0) + tw.depth * block;
   }
   const int64_t d = c.llm.hidden, vw = c.vision_width(), ph = c.projector_hidden;
-  p.projector = (vw * ph + ph) + (ph * d + d) + (d * d + d);
+  p.projector =
+      (vw * ph + ph) + (ph * d + d) + (d * d + d) + (c.instruction_film ? d * 2 * d + 2 * d : 0);
   p.proprio_projector = (c.proprio_dim * d + d) + (d * d + d);
   const int64_t layer = 4 * d * d + 3 * d * c.llm.intermediate + 2 * d;
   p.llm = c.llm.vocab_size * d + c.llm.layers * layer + d;

@@ -56,6 +56,8 @@ VlaModuleImpl::VlaModuleImpl(const ModelConfig& c) {
   language_model = register_module("language_model", LanguageModel(c.llm));
   action_head = register_module("action_head", L1RegressionActionHead(c));
   proprio_projector = register_module("proprio_projector", ProprioProjector(c));
+  if (c.instruction_film)
+    instruction_film = register_module("instruction_film", InstructionFilm(c));
 }
 
 absl::StatusOr<torch::Device> ParseDevice(const std::string& device) {
@@ -193,8 +195,11 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
     ids.push_back(llm.eos_token_id);
     auto emb = lm->embed_tokens->forward(torch::tensor(ids, long_opts));  // [1+m+1, D]
     const int64_t m = rows[b].prompt_len;
+    auto vb = vision[b];
+    if (!mod->instruction_film.is_empty() && m > 0)
+      vb = mod->instruction_film->forward(vb, emb.slice(0, 1, 1 + m));
     seqs.push_back(
-        torch::cat({emb.slice(0, 0, 1), vision[b], proprio[b].unsqueeze(0), emb.slice(0, 1, 1 + m),
+        torch::cat({emb.slice(0, 0, 1), vb, proprio[b].unsqueeze(0), emb.slice(0, 1, 1 + m),
                     torch::zeros({a, d}, opts), emb.slice(0, 1 + m, 2 + m)}));
     t_max = std::max(t_max, rows[b].length());
   }

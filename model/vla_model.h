@@ -43,6 +43,7 @@ struct VlaModuleImpl : torch::nn::Module {
   LanguageModel language_model{nullptr};
   L1RegressionActionHead action_head{nullptr};
   ProprioProjector proprio_projector{nullptr};
+  InstructionFilm instruction_film{nullptr};  // only when config.instruction_film
 };
 TORCH_MODULE(VlaModule);
 

@@ -404,14 +404,20 @@ TEST(BcDataTest, BatchHasModelShapesAndNormalizedTargets) {
             absl::StatusCode::kInvalidArgument);
 }
 
-// Guards against train/serve skew: the training forward must equal the serving
-// forward.
-TEST(BcDataTest, TrainingForwardMatchesVlaModelForward) {
+// Guards against train/serve skew: the training forward must equal the serving forward, and
+// gradients must reach the vision tower (and the FiLM, when on).
+void ExpectTrainingForwardMatchesVlaModelForward(bool film) {
   ModelConfig c = TinyConfig();
+  c.instruction_film = film;
   ModelOptions mo;
   mo.seed = 3;
   auto model = VlaModel::Create(c, mo);
   ASSERT_TRUE(model.ok());
+  if (film) {  // away from its zero initialization, so the test sees the FiLM
+    torch::NoGradGuard no_grad;
+    torch::manual_seed(5);
+    (*model)->module()->instruction_film->fc->weight.normal_(0, 0.3);
+  }
   auto tok = Tokenizer::Load(kTokenizer);
   ASSERT_TRUE(tok.ok());
   DatasetStats st = SmallStats();
@@ -454,6 +460,18 @@ TEST(BcDataTest, TrainingForwardMatchesVlaModelForward) {
   for (const auto& p : (*model)->module()->vision_backbone->parameters())
     if (p.grad().defined()) g += p.grad().abs().sum().item<double>();
   EXPECT_GT(g, 0.0);
+  if (film) {
+    const auto& fg = (*model)->module()->instruction_film->fc->weight.grad();
+    ASSERT_TRUE(fg.defined());
+    EXPECT_GT(fg.abs().sum().item<double>(), 0.0);
+  }
+}
+
+TEST(BcDataTest, TrainingForwardMatchesVlaModelForward) {
+  for (bool film : {false, true}) {
+    SCOPED_TRACE(film ? "with instruction FiLM" : "plain");
+    ExpectTrainingForwardMatchesVlaModelForward(film);
+  }
 }
 
 TEST(BcDataTest, TextTapsAreThePromptRowsOfARaggedBatch) {

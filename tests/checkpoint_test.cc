@@ -700,6 +700,39 @@ TEST_F(CheckpointTest, RandomCheckpointStreamsSubmodulesIntoShardsAndEqualsTheWh
   EXPECT_EQ(AllTensorBytes(saved), AllTensorBytes(dir_));
 }
 
+TEST_F(CheckpointTest, AddedFilmModuleMayBeMissingOnlyWhenTheTrainerAllowsIt) {
+  ModelConfig film_config = config_;
+  film_config.instruction_film = true;
+  auto film = VlaModel::Create(film_config, {.seed = 99});
+  ASSERT_TRUE(film.ok());
+  auto refused = LoadWeights(dir_.string(), **film);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(
+      refused.message().find("2 missing: instruction_film.fc.bias, instruction_film.fc.weight"),
+      std::string::npos)
+      << refused;
+  // Allowing the prefix loads everything else; the zero FiLM leaves the forward unchanged.
+  ASSERT_TRUE(LoadWeights(dir_.string(), **film, "instruction_film.").ok());
+  auto a = model_->Forward({Sample()});
+  auto b = (*film)->Forward({Sample()});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(torch::equal((*a)[0].normalized_actions, (*b)[0].normalized_actions));
+  // The prefix does not excuse other missing tensors.
+  EditBackbone([](std::vector<TensorView>& v) { v.pop_back(); });
+  EXPECT_FALSE(LoadWeights(dir_.string(), **film, "instruction_film.").ok());
+  // A FiLM checkpoint written by the streaming writer equals the model built in memory.
+  const fs::path out = dir_ / "film";
+  ASSERT_TRUE(WriteRandomCheckpoint(film_config, 4, out.string(), {}).ok());
+  auto built = VlaModel::Create(film_config, {.seed = 4});
+  ASSERT_TRUE(built.ok());
+  const fs::path saved = dir_ / "film_saved";
+  ASSERT_TRUE(SaveWeights(**built, saved.string(), "fp32").ok());
+  EXPECT_EQ(AllTensorBytes(out), AllTensorBytes(saved));
+  auto loaded = LoadModelConfig(out.string());
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_TRUE(loaded->instruction_film);
+}
+
 TEST_F(CheckpointTest, RandomCheckpointOfTwoTowerConfigEqualsSaveWeightsInBf16) {
   auto small = PresetConfig("small");
   ASSERT_TRUE(small.ok());

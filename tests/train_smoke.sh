@@ -58,6 +58,22 @@ grep -q '"failures": {' "$out.eval.json" && grep -q '"wrong_object_same_colour":
   { echo "no failure analysis in the evaluation JSON"; exit 1; }
 grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.eval.json" ||
   { echo "no target coverage for SpecPrune"; exit 1; }
+# --instruction_film adds the zero-initialized FiLM to the committed weights; it learns, the
+# checkpoint records it, a resume continues it, and the evaluation loads the result.
+film=(--out "$out.film" --init "$src/models/tiny" --init_weights 1 --batch 4 --warmup 1 --threads 1
+      --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
+      --instruction_film 1 --film_lr_mult 5)
+rm -rf "$out.film"
+"$train" "${film[@]}" --steps 2 > "$out.film.log" 2>&1 || { cat "$out.film.log"; exit 1; }
+grep -q "^instruction FiLM: on .* LR x 5 after" "$out.film.log" || { cat "$out.film.log"; exit 1; }
+grep -qE "^holdout step 2 instruction film \|gamma\| 0\.0*[1-9][0-9]* \|beta\| 0\.0*[1-9]" "$out.film.log" ||
+  { cat "$out.film.log"; exit 1; }
+grep -q '"instruction_film": true' "$out.film/config.json" || { echo "config.json lacks the FiLM"; exit 1; }
+"$train" "${film[@]}" --steps 3 > "$out.film.second.log" 2>&1 || { cat "$out.film.second.log"; exit 1; }
+grep -q "resuming from step 2" "$out.film.second.log" || { cat "$out.film.second.log"; exit 1; }
+"$eval" --model "$out.film" --suites goal --methods none,specprune --episodes 1 --threads 1 \
+  --reference 0 --json "$out.film.eval.json" > "$out.film.eval.log" 2>&1 ||
+  { cat "$out.film.eval.log"; exit 1; }
 # A named-target layer must be one of the attention-grounding layers.
 if "$train" "${common[@]}" --out "$out.bad" --steps 1 --attn_named_layers 1 > "$out.bad.log" 2>&1; then
   echo "--attn_named_layers 1 outside --attn_layers 0,2 was accepted"; exit 1

@@ -688,6 +688,8 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
     ids.push_back(llm.eos_token_id);
     auto emb = lm->embed_tokens->forward(torch::tensor(ids, long_opts));
     auto vb = vision[b];
+    if (!module->instruction_film.is_empty() && m > 0)
+      vb = module->instruction_film->forward(vb, emb.slice(0, 1, 1 + m));
     auto pb = prop[b].unsqueeze(0);
     auto dt = vb.scalar_type();  // autocast may have produced bf16 activations
     auto seq = torch::cat({emb.slice(0, 0, 1).to(dt), vb, pb.to(dt), emb.slice(0, 1, 1 + m).to(dt),

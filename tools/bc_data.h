@@ -262,7 +262,8 @@ struct ForwardTaps {
   // the longest prompt: [B, M, hidden]; text_mask [B, M] is 1 for real rows, 0 for padding.
   torch::Tensor* text_hidden = nullptr;
   torch::Tensor* text_mask = nullptr;
-  // The vision tokens as they enter the LLM (projector output), [B, vision tokens, hidden].
+  // The projector output, before the instruction FiLM (when the config has one), [B, vision
+  // tokens, hidden].
   torch::Tensor* vision_tokens = nullptr;
   // SpecPrune's Score_l, differentiable: for each layer in `attention_layers`, the attention
   // probability from the prompt rows to each vision token (softmax over all keys, averaged over

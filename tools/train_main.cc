@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "model/checkpoint.h"
@@ -121,6 +122,12 @@ struct TrainOptions {
   // dataset statistics when they have the simulator key) instead of a random initialization;
   // ignored when resuming from `out`.
   bool init_weights = false;
+  // Turn on ModelConfig::instruction_film for a run starting from `init` (ignored when resuming:
+  // the run's own config.json has it). With --init_weights, the new module starts at zero, so the
+  // run starts from init's behaviour. Its parameters learn at `film_lr_mult` x the trunk's LR (and
+  // not during head_warmup).
+  bool instruction_film = false;
+  double film_lr_mult = 1.0;
   // Fraction of samples drawn from the first `early_steps` steps after a goal becomes current
   // (episode start; in `long`, also the switch to the second goal) instead of uniformly: the
   // transit towards the goal's object is where the scene and instruction decide the action, and
@@ -271,6 +278,10 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->colour_word_layers = ParseList<int>(v);
       else if (k == "init_weights")
         o->init_weights = v != "0" && v != "false";
+      else if (k == "instruction_film")
+        o->instruction_film = v != "0" && v != "false";
+      else if (k == "film_lr_mult")
+        o->film_lr_mult = std::stod(v);
       else if (k == "early_frac")
         o->early_frac = std::stod(v);
       else if (k == "early_steps")
@@ -879,13 +890,28 @@ struct HoldoutResult {
   double mention_share = NAN;    // mean vision-attention share of each mention row on its item
   double colour_share = NAN;     // the same for each colour word's row on its colour's patches
   double patch_object = NAN, patch_destination = NAN;
+  // The instruction FiLM (when on) over the held-out prompts: mean |gamma| and |beta|, and how
+  // much gamma varies between instructions (per-channel standard deviation, averaged).
+  double film_gamma = NAN, film_beta = NAN, film_gamma_spread = NAN;
 };
+
+// gamma and beta ([N, 2 x hidden]) of the instruction FiLM for each prompt.
+torch::Tensor FilmOfPrompts(VlaModule& m, const std::vector<std::vector<int64_t>>& prompts) {
+  auto embed = m->language_model->model->embed_tokens;
+  const auto device = embed->weight.device();
+  std::vector<torch::Tensor> pooled;
+  for (const auto& ids : prompts)
+    pooled.push_back(
+        embed->forward(torch::tensor(ids, torch::TensorOptions().dtype(torch::kLong)).to(device))
+            .mean(0));
+  return m->instruction_film->fc->forward(torch::stack(pooled)).to(torch::kFloat32);
+}
 
 HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, const Holdout& h) {
   torch::NoGradGuard ng;
   AuxHead& aux = heads.aux;
   std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets, patch_logits, patch_labels;
-  std::vector<torch::Tensor> text_preds;
+  std::vector<torch::Tensor> text_preds, films;
   double attr_right = 0, attr_batches = 0, attn_share = 0, attn_batches = 0;
   double mention_share = 0, mention_batches = 0, colour_share = 0, colour_batches = 0;
   double sum = 0;
@@ -918,6 +944,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
                   &share);
       if (std::isfinite(share)) colour_share += share, colour_batches += 1;
     }
+    if (!m->instruction_film.is_empty()) films.push_back(FilmOfPrompts(m, b.prompt_ids));
     patch_labels.push_back(b.patch_labels);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
     n += b.actions.size(0);
@@ -939,6 +966,12 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   if (attn_batches > 0) r.attn_share = attn_share / attn_batches;
   if (mention_batches > 0) r.mention_share = mention_share / mention_batches;
   if (colour_batches > 0) r.colour_share = colour_share / colour_batches;
+  if (!films.empty()) {
+    auto film = torch::cat(films).chunk(2, 1);
+    r.film_gamma = film[0].abs().mean().item<double>();
+    r.film_beta = film[1].abs().mean().item<double>();
+    r.film_gamma_spread = film[0].std(0).mean().item<double>();
+  }
   if (!text_preds.empty())
     r.corr_text_obj_x = Pearson(torch::cat(text_preds).select(1, 0), at.select(1, 0));
   auto pl = torch::cat(patch_logits), pt = torch::cat(patch_labels);
@@ -1027,7 +1060,7 @@ constexpr char kUsage[] =
     "Behaviour cloning of the tabletop expert into a servable checkpoint (docs/training.md).\n"
     "Rerunning the same command resumes from the checkpoint in --out.\n"
     "  run:        --out DIR --init DIR --init_weights 0|1 --steps N --seed S --threads N\n"
-    "              --data_threads N --dtype bf16|fp32\n"
+    "              --data_threads N --dtype bf16|fp32 --instruction_film 0|1 --film_lr_mult X\n"
     "  optimizer:  --batch N --lr X --min_lr_ratio X --weight_decay X --warmup N --clip X\n"
     "              --head_warmup N --head_lr X\n"
     "  data:       --max_shift PX --noise_frac X --noise_std X --train_seeds N --stage1 N\n"
@@ -1092,6 +1125,11 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "config: %s\n", config.status().ToString().c_str());
     return 1;
   }
+  if (!resume && o.instruction_film) config->instruction_film = true;
+  if (o.film_lr_mult <= 0) {
+    std::fprintf(stderr, "--film_lr_mult: must be positive\n");
+    return 2;
+  }
   const std::string tok_path = (resume ? o.out : o.init) + "/tokenizer.model";
   auto tok = Tokenizer::Load(tok_path);
   if (!tok.ok()) {
@@ -1105,17 +1143,22 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "model: %s\n", model.status().ToString().c_str());
     return 1;
   }
+  if (config->instruction_film)
+    std::printf("instruction FiLM: on (zero where the initial weights lack it), LR x %g after the "
+                "head warm-up\n",
+                o.film_lr_mult);
   fs::create_directories(o.out);
   const std::string key = "specprune_sim";
   DatasetStatistics stats_file;
   int64_t start_step = 0;
   double best_success = -1;
   if (!resume && o.init_weights) {
-    if (auto s = LoadWeights(o.init, **model); !s.ok()) {
+    if (auto s = LoadWeights(o.init, **model, "instruction_film."); !s.ok()) {
       std::fprintf(stderr, "--init_weights: %s\n", s.ToString().c_str());
       return 1;
     }
     std::printf("initialized from the weights in %s\n", o.init.c_str());
+
   }
   if (resume) {
     if (auto s = LoadWeights(o.out, **model); !s.ok()) {
@@ -1234,9 +1277,12 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "%s: grounding heads: %s\n", head_dir.c_str(), e.what_without_backtrace());
     return 1;
   }
-  std::vector<torch::Tensor> decay, no_decay;
+  std::vector<torch::Tensor> decay, no_decay, film;
   for (const auto& p : module->named_parameters()) {
-    (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
+    if (absl::StartsWith(p.key(), "instruction_film."))
+      film.push_back(p.value());
+    else
+      (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
   }
   for (const auto& p : aux->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   for (const auto& p : heads.patch->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
@@ -1249,6 +1295,10 @@ int Main(int argc, char** argv) {
                                  torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay)));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
                                     torch::optim::AdamWOptions(o.lr).weight_decay(0.0)));
+  // Last, so a run's optimizer.pt from before the FiLM existed still lines up with groups 0-1.
+  if (!film.empty())
+    groups.emplace_back(film, std::make_unique<torch::optim::AdamWOptions>(
+                                  torch::optim::AdamWOptions(o.lr).weight_decay(0.0)));
   torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(o.lr));
   if (resume && fs::exists(o.out + "/optimizer.pt")) {
     try {
@@ -1527,7 +1577,9 @@ int Main(int argc, char** argv) {
       return 1;
     }
     const double lr = LearningRate(o, s);
-    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    for (size_t g = 0; g < opt.param_groups().size(); ++g)
+      static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[g].options())
+          .lr(g == 2 && s >= o.head_warmup ? lr * o.film_lr_mult : lr);
     opt.zero_grad();
     auto losses = Loss(module, heads, c, *batch, bf16);
     auto loss = losses.action;
@@ -1596,6 +1648,11 @@ int Main(int argc, char** argv) {
           static_cast<long long>(done), hr.l1, hr.corr_x, hr.corr_y, hr.corr_obj_x, hr.corr_dest_x,
           hr.corr_rel_x, hr.patch_object, hr.patch_destination, hr.corr_text_obj_x,
           hr.attr_accuracy, hr.attn_share, hr.mention_share, hr.colour_share);
+      if (std::isfinite(hr.film_gamma))
+        std::printf(
+            "holdout step %lld instruction film |gamma| %.4f |beta| %.4f gamma spread between "
+            "instructions %.4f\n",
+            static_cast<long long>(done), hr.film_gamma, hr.film_beta, hr.film_gamma_spread);
       std::fflush(stdout);
     }
     if (o.dagger_every > 0 && done % o.dagger_every == 0 && done < o.steps && !dagger_round(done))
