@@ -1,5 +1,7 @@
 #include "model/action_head.h"
 
+#include <cmath>
+
 namespace specprune {
 
 VisionProjectorImpl::VisionProjectorImpl(const ModelConfig& c) {
@@ -23,14 +25,33 @@ torch::Tensor ProprioProjectorImpl::forward(const torch::Tensor& x) {
 
 InstructionFilmImpl::InstructionFilmImpl(const ModelConfig& c) {
   fc = register_module("fc", torch::nn::Linear(c.llm.hidden, 2 * c.llm.hidden));
+  if (c.instruction_film_pooling == "attention")
+    query = register_parameter("query", torch::zeros({c.llm.hidden}));
   torch::NoGradGuard no_grad;
   fc->weight.zero_();
   fc->bias.zero_();
 }
 
+torch::Tensor InstructionFilmImpl::PoolingWeights(const torch::Tensor& prompt_embeddings) {
+  const int64_t m = prompt_embeddings.size(0);
+  if (!query.defined())
+    return torch::full({m}, 1.0 / static_cast<double>(m),
+                       torch::TensorOptions().device(prompt_embeddings.device()));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(query.size(0)));
+  return torch::softmax(prompt_embeddings.matmul(query.to(prompt_embeddings.dtype())) * scale, 0,
+                        torch::kFloat32);
+}
+
+torch::Tensor InstructionFilmImpl::Film(const torch::Tensor& prompt_embeddings) {
+  if (!query.defined()) return fc(prompt_embeddings.mean(0));
+  auto weights = PoolingWeights(prompt_embeddings);
+  auto pooled = (weights.unsqueeze(1) * prompt_embeddings.to(torch::kFloat32)).sum(0);
+  return fc(pooled.to(prompt_embeddings.scalar_type()));
+}
+
 torch::Tensor InstructionFilmImpl::forward(const torch::Tensor& vision,
                                            const torch::Tensor& prompt_embeddings) {
-  auto film = fc(prompt_embeddings.mean(0)).to(vision.scalar_type()).chunk(2, -1);
+  auto film = Film(prompt_embeddings).to(vision.scalar_type()).chunk(2, -1);
   return vision * (1 + film[0]) + film[1];
 }
 

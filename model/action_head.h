@@ -23,13 +23,19 @@ struct ProprioProjectorImpl : torch::nn::Module {
 };
 TORCH_MODULE(ProprioProjector);
 
-// instruction_film.fc: hidden -> 2 x hidden, zero-initialized (ModelConfig::instruction_film).
-// forward(vision [P, hidden], prompt_embeddings [m, hidden], m >= 1) returns the vision tokens
-// FiLM-ed by the mean prompt embedding: vision * (1 + gamma) + beta.
+// instruction_film.fc: hidden -> 2 x hidden, and with attention pooling instruction_film.query
+// [hidden]; all zero-initialized (ModelConfig::instruction_film, instruction_film_pooling).
+// Film(prompt_embeddings [m, hidden], m >= 1) is [gamma | beta], [2 x hidden], from their mean
+// or their softmax(e . query / sqrt(hidden))-weighted sum; forward(vision [P, hidden],
+// prompt_embeddings) returns vision * (1 + gamma) + beta.
 struct InstructionFilmImpl : torch::nn::Module {
   explicit InstructionFilmImpl(const ModelConfig& c);
+  torch::Tensor Film(const torch::Tensor& prompt_embeddings);
+  // The pooling weights over the m prompt rows, [m] float32 (1/m each with mean pooling).
+  torch::Tensor PoolingWeights(const torch::Tensor& prompt_embeddings);
   torch::Tensor forward(const torch::Tensor& vision, const torch::Tensor& prompt_embeddings);
   torch::nn::Linear fc{nullptr};
+  torch::Tensor query;  // undefined with mean pooling
 };
 TORCH_MODULE(InstructionFilm);
 

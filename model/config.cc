@@ -194,6 +194,8 @@ absl::Status ValidateConfig(const ModelConfig& c) {
     return Field("gripper_postprocess", "must be none or binarize");
   if (!(c.center_crop_area > 0 && c.center_crop_area <= 1))
     return Field("center_crop_area", "must be in (0, 1]");
+  if (c.instruction_film_pooling != "mean" && c.instruction_film_pooling != "attention")
+    return Field("instruction_film_pooling", "must be mean or attention");
   return absl::OkStatus();
 }
 
@@ -243,7 +245,8 @@ nlohmann::json ConfigToJson(const ModelConfig& c) {
           {"prompt_template", c.prompt_template},
           {"gripper_postprocess", c.gripper_postprocess},
           {"center_crop_area", c.center_crop_area},
-          {"instruction_film", c.instruction_film}};
+          {"instruction_film", c.instruction_film},
+          {"instruction_film_pooling", c.instruction_film_pooling}};
 }
 
 namespace {
@@ -283,11 +286,12 @@ absl::Status CheckKeys(const nlohmann::json& j, const std::string& path,
 
 absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
   ModelConfig c;
-  if (auto s = CheckKeys(j, "",
-                         {"name", "image_size", "cameras", "towers", "projector_hidden", "llm",
-                          "proprio_dim", "action_dim", "chunk_size", "action_head_hidden",
-                          "action_head_blocks", "prompt_suffix_token", "prompt_template",
-                          "gripper_postprocess", "center_crop_area", "instruction_film"});
+  if (auto s = CheckKeys(
+          j, "",
+          {"name", "image_size", "cameras", "towers", "projector_hidden", "llm", "proprio_dim",
+           "action_dim", "chunk_size", "action_head_hidden", "action_head_blocks",
+           "prompt_suffix_token", "prompt_template", "gripper_postprocess", "center_crop_area",
+           "instruction_film", "instruction_film_pooling"});
       !s.ok())
     return s;
   // Start from the named preset so a config file may override only some numbers.
@@ -361,6 +365,7 @@ absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
   SP_READ(j, "gripper_postprocess", "", &c.gripper_postprocess);
   SP_READ(j, "center_crop_area", "", &c.center_crop_area);
   SP_READ(j, "instruction_film", "", &c.instruction_film);
+  SP_READ(j, "instruction_film_pooling", "", &c.instruction_film_pooling);
   if (auto s = ValidateConfig(c); !s.ok()) return s;
   return c;
 }

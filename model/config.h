@@ -80,6 +80,9 @@ struct ModelConfig {
   // embedding). A project extension, not in OpenVLA-OFT; the module is zero-initialized, so
   // turning it on for a trained checkpoint starts from that checkpoint's behaviour.
   bool instruction_film = false;
+  // How the FiLM pools the prompt embeddings: "mean", or "attention" (softmax weights from a
+  // learned query, instruction_film.query, zero-initialized so that it starts as the mean).
+  std::string instruction_film_pooling = "mean";
 
   int64_t patches_per_image() const {
     return (image_size / towers.at(0).patch_size) * (image_size / towers.at(0).patch_size);

@@ -82,8 +82,9 @@ ParameterCounts CountParameters(const ModelConfig& c) {
                 (tw.pos_embed == "learned" ? grid * grid * w : 0) + tw.depth * block;
   }
   const int64_t d = c.llm.hidden, vw = c.vision_width(), ph = c.projector_hidden;
-  p.projector =
-      (vw * ph + ph) + (ph * d + d) + (d * d + d) + (c.instruction_film ? d * 2 * d + 2 * d : 0);
+  p.projector = (vw * ph + ph) + (ph * d + d) + (d * d + d) +
+                (c.instruction_film ? d * 2 * d + 2 * d : 0) +
+                (c.instruction_film && c.instruction_film_pooling == "attention" ? d : 0);
   p.proprio_projector = (c.proprio_dim * d + d) + (d * d + d);
   const int64_t layer = 4 * d * d + 3 * d * c.llm.intermediate + 2 * d;
   p.llm = c.llm.vocab_size * d + c.llm.layers * layer + d;

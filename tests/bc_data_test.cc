@@ -406,17 +406,20 @@ TEST(BcDataTest, BatchHasModelShapesAndNormalizedTargets) {
 
 // Guards against train/serve skew: the training forward must equal the serving forward, and
 // gradients must reach the vision tower (and the FiLM, when on).
-void ExpectTrainingForwardMatchesVlaModelForward(bool film) {
+void ExpectTrainingForwardMatchesVlaModelForward(const std::string& film) {
   ModelConfig c = TinyConfig();
-  c.instruction_film = film;
+  c.instruction_film = !film.empty();
+  if (!film.empty()) c.instruction_film_pooling = film;
   ModelOptions mo;
   mo.seed = 3;
   auto model = VlaModel::Create(c, mo);
   ASSERT_TRUE(model.ok());
-  if (film) {  // away from its zero initialization, so the test sees the FiLM
+  if (c.instruction_film) {  // away from its zero initialization, so the test sees the FiLM
     torch::NoGradGuard no_grad;
     torch::manual_seed(5);
-    (*model)->module()->instruction_film->fc->weight.normal_(0, 0.3);
+    auto& mod = (*model)->module()->instruction_film;
+    mod->fc->weight.normal_(0, 0.3);
+    if (mod->query.defined()) mod->query.normal_(0, 1);
   }
   auto tok = Tokenizer::Load(kTokenizer);
   ASSERT_TRUE(tok.ok());
@@ -460,7 +463,7 @@ void ExpectTrainingForwardMatchesVlaModelForward(bool film) {
   for (const auto& p : (*model)->module()->vision_backbone->parameters())
     if (p.grad().defined()) g += p.grad().abs().sum().item<double>();
   EXPECT_GT(g, 0.0);
-  if (film) {
+  if (c.instruction_film) {
     const auto& fg = (*model)->module()->instruction_film->fc->weight.grad();
     ASSERT_TRUE(fg.defined());
     EXPECT_GT(fg.abs().sum().item<double>(), 0.0);
@@ -468,8 +471,8 @@ void ExpectTrainingForwardMatchesVlaModelForward(bool film) {
 }
 
 TEST(BcDataTest, TrainingForwardMatchesVlaModelForward) {
-  for (bool film : {false, true}) {
-    SCOPED_TRACE(film ? "with instruction FiLM" : "plain");
+  for (const char* film : {"", "mean", "attention"}) {
+    SCOPED_TRACE(std::string("instruction FiLM pooling: ") + film);
     ExpectTrainingForwardMatchesVlaModelForward(film);
   }
 }

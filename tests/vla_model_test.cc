@@ -168,43 +168,63 @@ TEST_F(VlaModelTest, ParameterCountFromConfigMatchesAllocatedModel) {
 }
 
 TEST_F(VlaModelTest, InstructionFilmStartsAsTheIdentityAndThenConditionsTheVisionTokens) {
-  ModelConfig film_config = config_;
-  film_config.instruction_film = true;
-  auto film = VlaModel::Create(film_config, {.seed = 7});
-  ASSERT_TRUE(film.ok()) << film.status();
-  EXPECT_EQ(CountParameters(film_config).total(), (*film)->parameter_count());
-  EXPECT_GT((*film)->parameter_count(), model_->parameter_count());
-  // Registered last and zero-initialized: the shared weights and the output are the plain model's.
   const std::vector<SampleInput> batch = {MakeSample(6, 7), MakeSample(7, 13)};
   auto plain = model_->Forward(batch);
-  auto start = (*film)->Forward(batch);
-  ASSERT_TRUE(plain.ok() && start.ok()) << start.status();
-  for (size_t i = 0; i < batch.size(); ++i)
-    EXPECT_TRUE(torch::equal((*plain)[i].normalized_actions, (*start)[i].normalized_actions)) << i;
-  EXPECT_GT((*start)[0].other_flops, (*plain)[0].other_flops);
-  {
-    torch::NoGradGuard no_grad;
-    torch::manual_seed(11);
-    auto fc = (*film)->module()->instruction_film->fc;
-    fc->weight.normal_(0, 0.5);
-    fc->bias.normal_(0, 0.1);
+  ASSERT_TRUE(plain.ok());
+  for (const char* pooling : {"mean", "attention"}) {
+    SCOPED_TRACE(pooling);
+    ModelConfig film_config = config_;
+    film_config.instruction_film = true;
+    film_config.instruction_film_pooling = pooling;
+    auto film = VlaModel::Create(film_config, {.seed = 7});
+    ASSERT_TRUE(film.ok()) << film.status();
+    EXPECT_EQ(CountParameters(film_config).total(), (*film)->parameter_count());
+    EXPECT_GT((*film)->parameter_count(), model_->parameter_count());
+    // Registered last and zero-initialized: the shared weights and the output are the plain
+    // model's.
+    auto start = (*film)->Forward(batch);
+    ASSERT_TRUE(start.ok()) << start.status();
+    for (size_t i = 0; i < batch.size(); ++i)
+      EXPECT_TRUE(torch::equal((*plain)[i].normalized_actions, (*start)[i].normalized_actions))
+          << i;
+    EXPECT_GT((*start)[0].other_flops, (*plain)[0].other_flops);
+    auto& mod = (*film)->module()->instruction_film;
+    {
+      torch::NoGradGuard no_grad;
+      torch::manual_seed(11);
+      mod->fc->weight.normal_(0, 0.5);
+      mod->fc->bias.normal_(0, 0.1);
+    }
+    auto trained = (*film)->Forward(batch);
+    ASSERT_TRUE(trained.ok());
+    EXPECT_GT(((*trained)[0].normalized_actions - (*plain)[0].normalized_actions)
+                  .abs()
+                  .max()
+                  .item<float>(),
+              1e-3f);
+    // Same images, another instruction: other actions.
+    SampleInput other = batch[0];
+    other.prompt_ids = MakeSample(8, 7).prompt_ids;
+    auto film_a = (*film)->Forward({batch[0]});
+    auto film_b = (*film)->Forward({other});
+    ASSERT_TRUE(film_a.ok() && film_b.ok());
+    EXPECT_FALSE(torch::allclose((*film_a)[0].normalized_actions, (*film_b)[0].normalized_actions));
+    // Still batch-independent with ragged prompts.
+    EXPECT_TRUE(torch::allclose((*trained)[0].normalized_actions, (*film_a)[0].normalized_actions,
+                                1e-4, 1e-5));
+    if (mod->query.defined()) {
+      // A zero query pools by the mean; a learned one weighs the prompt tokens differently.
+      auto embeddings = torch::randn({9, config_.llm.hidden});
+      torch::NoGradGuard no_grad;
+      EXPECT_TRUE(torch::allclose(mod->Film(embeddings), mod->fc(embeddings.mean(0)), 1e-5, 1e-6));
+      mod->query.normal_(0, 1);
+      EXPECT_FALSE(torch::allclose(mod->Film(embeddings), mod->fc(embeddings.mean(0)), 1e-3, 1e-3));
+      auto weighted = (*film)->Forward({batch[0]});
+      ASSERT_TRUE(weighted.ok());
+      EXPECT_FALSE(
+          torch::allclose((*weighted)[0].normalized_actions, (*film_a)[0].normalized_actions));
+    }
   }
-  auto trained = (*film)->Forward(batch);
-  ASSERT_TRUE(trained.ok());
-  EXPECT_GT(
-      ((*trained)[0].normalized_actions - (*plain)[0].normalized_actions).abs().max().item<float>(),
-      1e-3f);
-  // Same images, another instruction: the FiLM-ed vision tokens differ, and so do the actions,
-  // by more than the prompt rows alone move them in the plain model.
-  SampleInput other = batch[0];
-  other.prompt_ids = MakeSample(8, 7).prompt_ids;
-  auto film_a = (*film)->Forward({batch[0]});
-  auto film_b = (*film)->Forward({other});
-  ASSERT_TRUE(film_a.ok() && film_b.ok());
-  EXPECT_FALSE(torch::allclose((*film_a)[0].normalized_actions, (*film_b)[0].normalized_actions));
-  // Still batch-independent with ragged prompts.
-  EXPECT_TRUE(torch::allclose((*trained)[0].normalized_actions, (*film_a)[0].normalized_actions,
-                              1e-4, 1e-5));
 }
 
 TEST(VlaConfigTest, OpenVla7bParameterCountMatchesPublishedSize) {
@@ -252,6 +272,12 @@ TEST(VlaConfigTest, JsonRoundTripAndFieldErrors) {
   EXPECT_TRUE(ConfigFromJson(ConfigToJson(*ConfigFromJson(j)))->instruction_film);
   j["instruction_film"] = "yes";
   EXPECT_NE(ConfigFromJson(j).status().message().find("instruction_film"), std::string::npos);
+  j["instruction_film"] = true;
+  j["instruction_film_pooling"] = "max";
+  EXPECT_NE(ConfigFromJson(j).status().message().find("instruction_film_pooling"),
+            std::string::npos);
+  j["instruction_film_pooling"] = "attention";
+  EXPECT_EQ(ConfigFromJson(j)->instruction_film_pooling, "attention");
 }
 
 }  // namespace

@@ -127,6 +127,7 @@ struct TrainOptions {
   // run starts from init's behaviour. Its parameters learn at `film_lr_mult` x the trunk's LR (and
   // not during head_warmup).
   bool instruction_film = false;
+  std::string film_pooling = "mean";  // ModelConfig::instruction_film_pooling for such a run
   double film_lr_mult = 1.0;
   // Fraction of samples drawn from the first `early_steps` steps after a goal becomes current
   // (episode start; in `long`, also the switch to the second goal) instead of uniformly: the
@@ -280,6 +281,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->init_weights = v != "0" && v != "false";
       else if (k == "instruction_film")
         o->instruction_film = v != "0" && v != "false";
+      else if (k == "film_pooling")
+        o->film_pooling = v;
       else if (k == "film_lr_mult")
         o->film_lr_mult = std::stod(v);
       else if (k == "early_frac")
@@ -893,18 +896,28 @@ struct HoldoutResult {
   // The instruction FiLM (when on) over the held-out prompts: mean |gamma| and |beta|, and how
   // much gamma varies between instructions (per-channel standard deviation, averaged).
   double film_gamma = NAN, film_beta = NAN, film_gamma_spread = NAN;
+  // The FiLM's pooling weight on the instruction's colour words and the words ending each item
+  // mention (MentionRows, ColourWordRows), summed per prompt and averaged.
+  double film_item_weight = NAN;
 };
 
-// gamma and beta ([N, 2 x hidden]) of the instruction FiLM for each prompt.
-torch::Tensor FilmOfPrompts(VlaModule& m, const std::vector<std::vector<int64_t>>& prompts) {
+// gamma and beta ([B, 2 x hidden]) of the instruction FiLM for each prompt of a batch; adds the
+// pooling weight on each prompt's item words (see HoldoutResult) to *item_weight.
+torch::Tensor FilmOfBatch(VlaModule& m, const BcBatch& b, double* item_weight) {
   auto embed = m->language_model->model->embed_tokens;
   const auto device = embed->weight.device();
-  std::vector<torch::Tensor> pooled;
-  for (const auto& ids : prompts)
-    pooled.push_back(
-        embed->forward(torch::tensor(ids, torch::TensorOptions().dtype(torch::kLong)).to(device))
-            .mean(0));
-  return m->instruction_film->fc->forward(torch::stack(pooled)).to(torch::kFloat32);
+  std::vector<torch::Tensor> films;
+  for (size_t i = 0; i < b.prompt_ids.size(); ++i) {
+    auto e = embed->forward(
+        torch::tensor(b.prompt_ids[i], torch::TensorOptions().dtype(torch::kLong)).to(device));
+    films.push_back(m->instruction_film->Film(e));
+    auto w = m->instruction_film->PoolingWeights(e).cpu();
+    for (const auto& rows : {b.mention_rows[i], b.colour_rows[i]})
+      for (int64_t j = 0; j < rows.size(0); ++j)
+        if (const int64_t r = rows[j].item<int64_t>(); r >= 0 && r < w.size(0))
+          *item_weight += w[r].item<double>();
+  }
+  return torch::stack(films).to(torch::kFloat32);
 }
 
 HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, const Holdout& h) {
@@ -914,6 +927,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   std::vector<torch::Tensor> text_preds, films;
   double attr_right = 0, attr_batches = 0, attn_share = 0, attn_batches = 0;
   double mention_share = 0, mention_batches = 0, colour_share = 0, colour_batches = 0;
+  double film_item_weight = 0;
   double sum = 0;
   int64_t n = 0;
   for (const auto& b : h.batches) {
@@ -944,7 +958,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
                   &share);
       if (std::isfinite(share)) colour_share += share, colour_batches += 1;
     }
-    if (!m->instruction_film.is_empty()) films.push_back(FilmOfPrompts(m, b.prompt_ids));
+    if (!m->instruction_film.is_empty()) films.push_back(FilmOfBatch(m, b, &film_item_weight));
     patch_labels.push_back(b.patch_labels);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
     n += b.actions.size(0);
@@ -971,6 +985,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
     r.film_gamma = film[0].abs().mean().item<double>();
     r.film_beta = film[1].abs().mean().item<double>();
     r.film_gamma_spread = film[0].std(0).mean().item<double>();
+    r.film_item_weight = film_item_weight / static_cast<double>(std::max<int64_t>(1, n));
   }
   if (!text_preds.empty())
     r.corr_text_obj_x = Pearson(torch::cat(text_preds).select(1, 0), at.select(1, 0));
@@ -1060,7 +1075,8 @@ constexpr char kUsage[] =
     "Behaviour cloning of the tabletop expert into a servable checkpoint (docs/training.md).\n"
     "Rerunning the same command resumes from the checkpoint in --out.\n"
     "  run:        --out DIR --init DIR --init_weights 0|1 --steps N --seed S --threads N\n"
-    "              --data_threads N --dtype bf16|fp32 --instruction_film 0|1 --film_lr_mult X\n"
+    "              --data_threads N --dtype bf16|fp32 --instruction_film 0|1\n"
+    "              --film_pooling mean|attention --film_lr_mult X\n"
     "  optimizer:  --batch N --lr X --min_lr_ratio X --weight_decay X --warmup N --clip X\n"
     "              --head_warmup N --head_lr X\n"
     "  data:       --max_shift PX --noise_frac X --noise_std X --train_seeds N --stage1 N\n"
@@ -1125,7 +1141,14 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "config: %s\n", config.status().ToString().c_str());
     return 1;
   }
-  if (!resume && o.instruction_film) config->instruction_film = true;
+  if (!resume && o.instruction_film) {
+    config->instruction_film = true;
+    config->instruction_film_pooling = o.film_pooling;
+    if (auto s = ValidateConfig(*config); !s.ok()) {
+      std::fprintf(stderr, "--film_pooling: %s\n", s.ToString().c_str());
+      return 2;
+    }
+  }
   if (o.film_lr_mult <= 0) {
     std::fprintf(stderr, "--film_lr_mult: must be positive\n");
     return 2;
@@ -1144,9 +1167,10 @@ int Main(int argc, char** argv) {
     return 1;
   }
   if (config->instruction_film)
-    std::printf("instruction FiLM: on (zero where the initial weights lack it), LR x %g after the "
-                "head warm-up\n",
-                o.film_lr_mult);
+    std::printf(
+        "instruction FiLM: on, %s pooling (zero where the initial weights lack it), LR x "
+        "%g after the head warm-up\n",
+        config->instruction_film_pooling.c_str(), o.film_lr_mult);
   fs::create_directories(o.out);
   const std::string key = "specprune_sim";
   DatasetStatistics stats_file;
@@ -1158,7 +1182,6 @@ int Main(int argc, char** argv) {
       return 1;
     }
     std::printf("initialized from the weights in %s\n", o.init.c_str());
-
   }
   if (resume) {
     if (auto s = LoadWeights(o.out, **model); !s.ok()) {
@@ -1651,8 +1674,9 @@ int Main(int argc, char** argv) {
       if (std::isfinite(hr.film_gamma))
         std::printf(
             "holdout step %lld instruction film |gamma| %.4f |beta| %.4f gamma spread between "
-            "instructions %.4f\n",
-            static_cast<long long>(done), hr.film_gamma, hr.film_beta, hr.film_gamma_spread);
+            "instructions %.4f pooling weight on item words %.3f\n",
+            static_cast<long long>(done), hr.film_gamma, hr.film_beta, hr.film_gamma_spread,
+            hr.film_item_weight);
       std::fflush(stdout);
     }
     if (o.dagger_every > 0 && done % o.dagger_every == 0 && done < o.steps && !dagger_round(done))
