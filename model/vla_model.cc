@@ -6,6 +6,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "model/flops.h"
@@ -111,7 +112,7 @@ int64_t VlaModel::parameter_count() const {
 std::vector<int64_t> BuildPromptIds(const ModelConfig& config, const Tokenizer& tokenizer,
                                     std::string_view instruction) {
   std::string lower(instruction);
-  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  absl::AsciiStrToLower(&lower);
   std::string text = absl::StrReplaceAll(config.prompt_template, {{"{}", lower}});
   std::vector<int64_t> ids = tokenizer.Encode(text);
   if (config.prompt_suffix_token >= 0) ids.push_back(config.prompt_suffix_token);

@@ -447,9 +447,24 @@ void ExpectTrainingForwardMatchesVlaModelForward(const std::string& film) {
     prompts.push_back(in.prompt_ids);
   }
   torch::NoGradGuard ng;
-  auto trained =
-      TrainingForward((*model)->module(), c, torch::stack(imgs), torch::stack(props), prompts);
+  torch::Tensor projected, llm_input;
+  ForwardTaps taps;
+  taps.vision_tokens = &projected;
+  taps.llm_vision_input = &llm_input;
+  auto trained = TrainingForward((*model)->module(), c, torch::stack(imgs), torch::stack(props),
+                                 prompts, taps);
   ASSERT_EQ(trained.sizes(), torch::IntArrayRef({3, 8, 7}));
+  // The LLM's vision input is the projector output, FiLM-ed by each sample's own prompt.
+  ASSERT_EQ(llm_input.sizes(), projected.sizes());
+  auto embed = (*model)->module()->language_model->model->embed_tokens;
+  for (int b = 0; b < 3; ++b) {
+    auto expected = c.instruction_film
+                        ? (*model)->module()->instruction_film->forward(
+                              projected[b], embed->forward(torch::tensor(prompts[b])))
+                        : projected[b];
+    EXPECT_TRUE(torch::allclose(llm_input[b], expected, 1e-5, 1e-6)) << b;
+    EXPECT_EQ(torch::equal(llm_input[b], projected[b]), !c.instruction_film) << b;
+  }
   for (int b = 0; b < 3; ++b)
     EXPECT_LT((trained[b] - (*served)[b].normalized_actions).abs().max().item<float>(), 1e-5f) << b;
   // Gradients reach the vision tower (the path visual grounding depends on).

@@ -62,14 +62,15 @@ grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.e
 # checkpoint records it, a resume continues it, and the evaluation loads the result.
 film=(--out "$out.film" --init "$src/models/tiny" --init_weights 1 --batch 4 --warmup 1 --threads 1
       --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
-      --instruction_film 1 --film_pooling attention --film_lr_mult 5)
+      --instruction_film 1 --film_pooling attention --film_lr_mult 5 --film_patch_weight 0.5)
 rm -rf "$out.film"
 "$train" "${film[@]}" --steps 2 > "$out.film.log" 2>&1 || { cat "$out.film.log"; exit 1; }
 grep -q "^instruction FiLM: on, attention pooling .* LR x 5 after" "$out.film.log" || { cat "$out.film.log"; exit 1; }
-grep -qE "^holdout step 2 instruction film \|gamma\| 0\.0*[1-9][0-9]* \|beta\| 0\.0*[1-9].* pooling weight on item words 0\.[0-9]+$" "$out.film.log" ||
+grep -qE "^holdout step 2 instruction film \|gamma\| 0\.0*[1-9][0-9]* \|beta\| 0\.0*[1-9].* pooling weight on item words 0\.[0-9]+ patch top-1 object at the LLM input [01]\.[0-9]+$" "$out.film.log" ||
   { cat "$out.film.log"; exit 1; }
 grep -q '"instruction_film": true' "$out.film/config.json" && grep -q '"instruction_film_pooling": "attention"' "$out.film/config.json" ||
   { echo "config.json lacks the FiLM"; exit 1; }
+[[ -s "$out.film/film_patch_head.pt" ]] || { echo "missing $out.film/film_patch_head.pt"; exit 1; }
 "$train" "${film[@]}" --steps 3 > "$out.film.second.log" 2>&1 || { cat "$out.film.second.log"; exit 1; }
 grep -q "resuming from step 2" "$out.film.second.log" || { cat "$out.film.second.log"; exit 1; }
 "$eval" --model "$out.film" --suites goal --methods none,specprune --episodes 1 --threads 1 \
@@ -85,6 +86,11 @@ if "$train" "${common[@]}" --out "$out.bad" --steps 1 --mention_layers 1,9 > "$o
   echo "--mention_layers 1,9 was accepted"; exit 1
 fi
 grep -q -- "--mention_layers: the model has 6 layers" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+# The LLM-input patch probe needs the FiLM.
+if "$train" "${common[@]}" --out "$out.bad" --steps 1 --film_patch_weight 0.5 > "$out.bad.log" 2>&1; then
+  echo "--film_patch_weight without the FiLM was accepted"; exit 1
+fi
+grep -q -- "--film_patch_weight: the model has no instruction FiLM" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 # The suite mix takes three weights.
 if "$train" "${common[@]}" --out "$out.bad" --steps 1 --easy_mix 1,0 > "$out.bad.log" 2>&1; then
   echo "--easy_mix 1,0 was accepted"; exit 1

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "kernels/ops.h"
@@ -490,12 +491,6 @@ std::vector<PromptWord> InstructionWords(const ModelConfig& config, const std::s
   return words;
 }
 
-std::string Lower(std::string_view text) {
-  std::string lower(text);
-  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return lower;
-}
-
 // The prompt rows of the tokens containing each character offset in `ends` (ascending) of the
 // prompt built from `lower`; empty when the tokenizer does not round-trip the prompt. Decodes
 // growing prefixes (prompts are short).
@@ -521,7 +516,8 @@ std::vector<int64_t> RowsEndingAt(const ModelConfig& config, const Tokenizer& to
 
 std::vector<int64_t> MentionRows(const ModelConfig& config, const Tokenizer& tokenizer,
                                  std::string_view instruction, int expected) {
-  const std::string lower = Lower(instruction);
+  std::string lower(instruction);
+  absl::AsciiStrToLower(&lower);
   const std::vector<PromptWord> words = InstructionWords(config, lower);
   const auto is_shape = [](const std::string& w) {
     for (int k = 0; k < sim::kNumShapes; ++k)
@@ -550,7 +546,8 @@ std::vector<int64_t> MentionRows(const ModelConfig& config, const Tokenizer& tok
 std::vector<std::pair<int64_t, int>> ColourWordRows(const ModelConfig& config,
                                                     const Tokenizer& tokenizer,
                                                     std::string_view instruction) {
-  const std::string lower = Lower(instruction);
+  std::string lower(instruction);
+  absl::AsciiStrToLower(&lower);
   std::vector<size_t> ends;
   std::vector<int> classes;
   for (const PromptWord& w : InstructionWords(config, lower))
@@ -678,7 +675,7 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
     lens[b] = 1 + p + 1 + static_cast<int64_t>(prompt_ids[b].size()) + a + 1;
     t_max = std::max(t_max, lens[b]);
   }
-  std::vector<torch::Tensor> seqs;
+  std::vector<torch::Tensor> seqs, llm_vision;
   for (int64_t b = 0; b < bsz; ++b) {
     const auto& pr = prompt_ids[b];
     const int64_t m = static_cast<int64_t>(pr.size());
@@ -690,6 +687,7 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
     auto vb = vision[b];
     if (!module->instruction_film.is_empty() && m > 0)
       vb = module->instruction_film->forward(vb, emb.slice(0, 1, 1 + m));
+    if (taps.llm_vision_input != nullptr) llm_vision.push_back(vb);
     auto pb = prop[b].unsqueeze(0);
     auto dt = vb.scalar_type();  // autocast may have produced bf16 activations
     auto seq = torch::cat({emb.slice(0, 0, 1).to(dt), vb, pb.to(dt), emb.slice(0, 1, 1 + m).to(dt),
@@ -697,6 +695,7 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
     if (lens[b] < t_max) seq = torch::cat({seq, torch::zeros({t_max - lens[b], d}, seq.options())});
     seqs.push_back(seq);
   }
+  if (taps.llm_vision_input != nullptr) *taps.llm_vision_input = torch::stack(llm_vision);
   auto h = torch::stack(seqs);
   auto lens_t = torch::tensor(lens, torch::kLong);
   auto valid = torch::arange(t_max, torch::kLong).unsqueeze(0).lt(lens_t.unsqueeze(1)).to(device);

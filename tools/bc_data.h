@@ -265,6 +265,9 @@ struct ForwardTaps {
   // The projector output, before the instruction FiLM (when the config has one), [B, vision
   // tokens, hidden].
   torch::Tensor* vision_tokens = nullptr;
+  // The vision tokens as they enter the LLM (after the instruction FiLM, when on), [B, vision
+  // tokens, hidden].
+  torch::Tensor* llm_vision_input = nullptr;
   // SpecPrune's Score_l, differentiable: for each layer in `attention_layers`, the attention
   // probability from the prompt rows to each vision token (softmax over all keys, averaged over
   // heads and prompt rows), [B, vision tokens], appended to *text_vision_attention in that order.

@@ -86,6 +86,11 @@ struct TrainOptions {
   // top face must then carry the object's shape, which only its outline shows. Training only:
   // saved to attr_head.pt.
   double attr_weight = 0.0;
+  // Weight of a patch-target loss on the vision tokens as they enter the LLM (0 = off; needs the
+  // instruction FiLM): the same target as `patch_weight` (which patches show the current goal's
+  // object / destination), from a second probe, so the FiLM-ed tokens themselves must say which
+  // object the instruction names. Training only: saved to film_patch_head.pt.
+  double film_patch_weight = 0.0;
   // Weight of the attention-grounding loss (0 = off): at each of `attn_layers` (default: from
   // round(L / 3) to the last layer), -log of the share of the prompt rows' attention over the
   // vision tokens (SpecPrune's Score_l, renormalized over the vision columns) that falls on the
@@ -263,6 +268,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->text_aux_weight = std::stod(v);
       else if (k == "attr_weight")
         o->attr_weight = std::stod(v);
+      else if (k == "film_patch_weight")
+        o->film_patch_weight = std::stod(v);
       else if (k == "attn_weight")
         o->attn_weight = std::stod(v);
       else if (k == "attn_named_layers")
@@ -629,8 +636,9 @@ struct Heads {
   AuxHead aux{nullptr};
   PatchHead patch{nullptr};
   int patch_layer = -1;
-  AuxHead text{nullptr};   // per prompt row; null when TrainOptions::text_aux_weight == 0
-  AttrHead attr{nullptr};  // null when TrainOptions::attr_weight == 0
+  AuxHead text{nullptr};          // per prompt row; null when TrainOptions::text_aux_weight == 0
+  AttrHead attr{nullptr};         // null when TrainOptions::attr_weight == 0
+  PatchHead film_patch{nullptr};  // null when TrainOptions::film_patch_weight == 0
   std::vector<int>
       attn_layers;         // attention-grounding layers (the held-out share always reads them)
   bool attn_loss = false;  // TrainOptions::attn_weight > 0
@@ -725,14 +733,15 @@ torch::Tensor MentionLoss(const std::vector<torch::Tensor>& row_scores, const to
 }
 
 struct Losses {
-  torch::Tensor action;   // L1 on normalized actions
-  torch::Tensor aux;      // L1 on grounding targets
-  torch::Tensor patch;    // BCE on patch labels
-  torch::Tensor text;     // L1 on grounding targets from the prompt rows (0 without the head)
-  torch::Tensor attr;     // CE on patch attributes (0 without the head)
-  torch::Tensor attn;     // attention grounding (0 when off)
-  torch::Tensor mention;  // mention grounding (0 when off)
-  torch::Tensor colour;   // colour-word grounding (0 when off)
+  torch::Tensor action;      // L1 on normalized actions
+  torch::Tensor aux;         // L1 on grounding targets
+  torch::Tensor patch;       // BCE on patch labels
+  torch::Tensor text;        // L1 on grounding targets from the prompt rows (0 without the head)
+  torch::Tensor attr;        // CE on patch attributes (0 without the head)
+  torch::Tensor attn;        // attention grounding (0 when off)
+  torch::Tensor mention;     // mention grounding (0 when off)
+  torch::Tensor colour;      // colour-word grounding (0 when off)
+  torch::Tensor film_patch;  // patch targets on the LLM's vision input (0 when off)
 };
 
 // Per colour word of the batch, the patches showing its colour: [B, P, kMaxColourWords].
@@ -744,7 +753,8 @@ torch::Tensor ColourWordLabels(const BcBatch& b) {
 
 // The taps every loss and diagnostic here reads.
 struct Tapped {
-  torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask, vision_tokens;
+  torch::Tensor action_hidden, vision_hidden, text_hidden, text_mask, vision_tokens,
+      llm_vision_input;
   std::vector<torch::Tensor> attention, row_attention;
   std::vector<int> row_layers;  // the layers of row_attention, in order
   // `with_attention`: also tap the text->vision attention pooled over the prompt rows;
@@ -768,6 +778,7 @@ struct Tapped {
       if (!row_layers.empty()) t.text_row_vision_attention = &row_attention;
     }
     if (!heads.attr.is_empty()) t.vision_tokens = &vision_tokens;
+    if (!heads.film_patch.is_empty()) t.llm_vision_input = &llm_vision_input;
     t.action_hidden = &action_hidden;
     t.vision_layer = heads.patch_layer;
     t.vision_hidden = &vision_hidden;
@@ -815,9 +826,14 @@ Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, 
   l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
   auto aux_pred = heads.aux->forward(tap.action_hidden);
   l.aux = (aux_pred - b.aux.slice(1, 0, aux_pred.size(2)).unsqueeze(1)).abs().mean();
-  l.patch = torch::binary_cross_entropy_with_logits(
-      heads.patch->forward(tap.vision_hidden), b.patch_labels, /*weight=*/{},
-      torch::full({kPatchTargetItems}, kPatchPositiveWeight), at::Reduction::Mean);
+  auto patch_bce = [&](PatchHead& head, const torch::Tensor& tokens) {
+    return torch::binary_cross_entropy_with_logits(
+        head->forward(tokens), b.patch_labels, /*weight=*/{},
+        torch::full({kPatchTargetItems}, kPatchPositiveWeight), at::Reduction::Mean);
+  };
+  l.patch = patch_bce(heads.patch, tap.vision_hidden);
+  l.film_patch = heads.film_patch.is_empty() ? torch::zeros({}, torch::kFloat32)
+                                             : patch_bce(heads.film_patch, tap.llm_vision_input);
   l.text = heads.text.is_empty()
                ? torch::zeros({}, torch::kFloat32)
                : TextAuxLoss(heads.text->forward(tap.text_hidden), b.aux, tap.text_mask);
@@ -899,6 +915,8 @@ struct HoldoutResult {
   // The FiLM's pooling weight on the instruction's colour words and the words ending each item
   // mention (MentionRows, ColourWordRows), summed per prompt and averaged.
   double film_item_weight = NAN;
+  // The LLM-input patch probe (when on): top-1 hit rate of the goal's object in the main view.
+  double film_patch_object = NAN;
 };
 
 // gamma and beta ([B, 2 x hidden]) of the instruction FiLM for each prompt of a batch; adds the
@@ -924,7 +942,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   torch::NoGradGuard ng;
   AuxHead& aux = heads.aux;
   std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets, patch_logits, patch_labels;
-  std::vector<torch::Tensor> text_preds, films;
+  std::vector<torch::Tensor> text_preds, films, film_patch_logits;
   double attr_right = 0, attr_batches = 0, attn_share = 0, attn_batches = 0;
   double mention_share = 0, mention_batches = 0, colour_share = 0, colour_batches = 0;
   double film_item_weight = 0;
@@ -959,6 +977,8 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
       if (std::isfinite(share)) colour_share += share, colour_batches += 1;
     }
     if (!m->instruction_film.is_empty()) films.push_back(FilmOfBatch(m, b, &film_item_weight));
+    if (!heads.film_patch.is_empty())
+      film_patch_logits.push_back(heads.film_patch->forward(tap.llm_vision_input));
     patch_labels.push_back(b.patch_labels);
     sum += (pred - b.actions).abs().mean().item<double>() * b.actions.size(0);
     n += b.actions.size(0);
@@ -992,6 +1012,8 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   auto pl = torch::cat(patch_logits), pt = torch::cat(patch_labels);
   r.patch_object = PatchTop1(pl, pt, c.patches_per_image(), 0, 0);
   r.patch_destination = PatchTop1(pl, pt, c.patches_per_image(), 0, 1);
+  if (!film_patch_logits.empty())
+    r.film_patch_object = PatchTop1(torch::cat(film_patch_logits), pt, c.patches_per_image(), 0, 0);
   return r;
 }
 
@@ -1084,6 +1106,7 @@ constexpr char kUsage[] =
     "              --easy_mix S,O,G --colour_frac X\n"
     "  grounding:  --aux_weight X --aux_targets 4|8 --aux_per_row 0|1 --patch_weight X\n"
     "              --patch_layer L --text_aux_weight X --attr_weight X --attn_weight X\n"
+    "              --film_patch_weight X\n"
     "              --attn_layers a,b,... --attn_named_layers a,b,...\n"
     "              --mention_weight X --mention_layers a,b,...\n"
     "              --colour_word_weight X --colour_word_layers a,b,...\n"
@@ -1247,6 +1270,13 @@ int Main(int argc, char** argv) {
   if (o.text_aux_weight > 0)
     heads.text = AuxHead((*model)->config().llm.hidden, o.aux_targets, /*per_row=*/true);
   if (o.attr_weight > 0) heads.attr = AttrHead((*model)->config().llm.hidden);
+  if (o.film_patch_weight > 0) {
+    if (!(*model)->config().instruction_film) {
+      std::fprintf(stderr, "--film_patch_weight: the model has no instruction FiLM\n");
+      return 2;
+    }
+    heads.film_patch = PatchHead((*model)->config().llm.hidden);
+  }
   {
     const int layers = static_cast<int>((*model)->config().llm.layers);
     // `requested`, or layers first_default..L-1 when empty; false (after an error naming `flag`)
@@ -1286,6 +1316,7 @@ int Main(int argc, char** argv) {
   const std::string patch_path = o.out + "/patch_head.pt";
   const std::string text_path = o.out + "/text_head.pt";
   const std::string attr_path = o.out + "/attr_head.pt";
+  const std::string film_patch_path = o.out + "/film_patch_head.pt";
   const std::string head_dir = resume ? o.out : (o.init_weights ? o.init : "");
   try {
     if (!head_dir.empty() && fs::exists(head_dir + "/aux_head.pt"))
@@ -1296,6 +1327,9 @@ int Main(int argc, char** argv) {
       torch::load(heads.text, head_dir + "/text_head.pt");
     if (!heads.attr.is_empty() && !head_dir.empty() && fs::exists(head_dir + "/attr_head.pt"))
       torch::load(heads.attr, head_dir + "/attr_head.pt");
+    if (!heads.film_patch.is_empty() && !head_dir.empty() &&
+        fs::exists(head_dir + "/film_patch_head.pt"))
+      torch::load(heads.film_patch, head_dir + "/film_patch_head.pt");
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "%s: grounding heads: %s\n", head_dir.c_str(), e.what_without_backtrace());
     return 1;
@@ -1313,6 +1347,9 @@ int Main(int argc, char** argv) {
     for (const auto& p : heads.text->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   if (!heads.attr.is_empty())
     for (const auto& p : heads.attr->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  if (!heads.film_patch.is_empty())
+    for (const auto& p : heads.film_patch->parameters())
+      (p.dim() >= 2 ? decay : no_decay).push_back(p);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
                                  torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay)));
@@ -1611,6 +1648,7 @@ int Main(int argc, char** argv) {
     if (o.patch_weight > 0) total = total + o.patch_weight * losses.patch;
     if (o.text_aux_weight > 0) total = total + o.text_aux_weight * losses.text;
     if (o.attr_weight > 0) total = total + o.attr_weight * losses.attr;
+    if (o.film_patch_weight > 0) total = total + o.film_patch_weight * losses.film_patch;
     if (o.attn_weight > 0) total = total + o.attn_weight * losses.attn;
     if (o.mention_weight > 0) total = total + o.mention_weight * losses.mention;
     if (o.colour_word_weight > 0) total = total + o.colour_word_weight * losses.colour;
@@ -1625,6 +1663,8 @@ int Main(int argc, char** argv) {
       for (const auto& p : heads.text->parameters()) params.push_back(p);
     if (!heads.attr.is_empty())
       for (const auto& p : heads.attr->parameters()) params.push_back(p);
+    if (!heads.film_patch.is_empty())
+      for (const auto& p : heads.film_patch->parameters()) params.push_back(p);
     const double gnorm = torch::nn::utils::clip_grad_norm_(params, o.clip);
     opt.step();
     step.store(s + 1);
@@ -1674,9 +1714,10 @@ int Main(int argc, char** argv) {
       if (std::isfinite(hr.film_gamma))
         std::printf(
             "holdout step %lld instruction film |gamma| %.4f |beta| %.4f gamma spread between "
-            "instructions %.4f pooling weight on item words %.3f\n",
+            "instructions %.4f pooling weight on item words %.3f patch top-1 object at the LLM "
+            "input %.3f\n",
             static_cast<long long>(done), hr.film_gamma, hr.film_beta, hr.film_gamma_spread,
-            hr.film_item_weight);
+            hr.film_item_weight, hr.film_patch_object);
       std::fflush(stdout);
     }
     if (o.dagger_every > 0 && done % o.dagger_every == 0 && done < o.steps && !dagger_round(done))
@@ -1727,6 +1768,10 @@ int Main(int argc, char** argv) {
         if (!heads.attr.is_empty()) {
           torch::save(heads.attr, attr_path + ".tmp");
           fs::rename(attr_path + ".tmp", attr_path);
+        }
+        if (!heads.film_patch.is_empty()) {
+          torch::save(heads.film_patch, film_patch_path + ".tmp");
+          fs::rename(film_patch_path + ".tmp", film_patch_path);
         }
       } catch (const c10::Error& e) {
         std::fprintf(stderr, "checkpoint: optimizer: %s\n", e.what_without_backtrace());
