@@ -956,13 +956,10 @@ absl::Status LoadWeights(const std::string& dir, VlaModel& model,
   auto params = model.module()->named_parameters(/*recurse=*/true);
   std::map<std::string, torch::Tensor> targets;
   for (const auto& p : params) targets[p.key()] = p.value();
-  std::vector<std::string> kept;
   for (const auto& [name, param] : targets) {
     auto it = ct->by_name.find(name);
     if (it == ct->by_name.end()) {
-      if (!may_be_missing_prefix.empty() && absl::StartsWith(name, may_be_missing_prefix))
-        kept.push_back(name);
-      else
+      if (may_be_missing_prefix.empty() || !absl::StartsWith(name, may_be_missing_prefix))
         missing.push_back(name);
       continue;
     }
@@ -995,8 +992,9 @@ absl::Status LoadWeights(const std::string& dir, VlaModel& model,
   try {
     torch::NoGradGuard no_grad;
     for (auto& [name, param] : targets) {
-      if (std::find(kept.begin(), kept.end(), name) != kept.end()) continue;
-      const Entry& e = ct->by_name.at(name);
+      auto it = ct->by_name.find(name);
+      if (it == ct->by_name.end()) continue;  // allowed by may_be_missing_prefix
+      const Entry& e = it->second;
       if (e.view != nullptr) {
         const TensorView* v = e.view;
         auto src = torch::from_blob(const_cast<uint8_t*>(v->data), v->shape,

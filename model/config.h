@@ -76,8 +76,8 @@ struct ModelConfig {
   // when trained with image augmentation); 1.0 = no crop.
   double center_crop_area = 1.0;
   // Instruction-conditioned vision tokens (FiLM): the projected vision tokens are scaled by
-  // (1 + gamma) and shifted by beta, [gamma | beta] = instruction_film(mean prompt-token
-  // embedding). A project extension, not in OpenVLA-OFT; the module is zero-initialized, so
+  // (1 + gamma) and shifted by beta, [gamma | beta] = instruction_film(pooled prompt-token
+  // embeddings). A project extension, not in OpenVLA-OFT; the module is zero-initialized, so
   // turning it on for a trained checkpoint starts from that checkpoint's behaviour.
   bool instruction_film = false;
   // How the FiLM pools the prompt embeddings: "mean", or "attention" (softmax weights from a

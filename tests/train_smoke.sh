@@ -91,6 +91,11 @@ if "$train" "${common[@]}" --out "$out.bad" --steps 1 --film_patch_weight 0.5 > 
   echo "--film_patch_weight without the FiLM was accepted"; exit 1
 fi
 grep -q -- "--film_patch_weight: the model has no instruction FiLM" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+# The pooling choice is part of the FiLM.
+if "$train" "${common[@]}" --out "$out.bad" --steps 1 --film_pooling attention > "$out.bad.log" 2>&1; then
+  echo "--film_pooling without the FiLM was accepted"; exit 1
+fi
+grep -q -- "--film_pooling: needs --instruction_film 1" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 # The suite mix takes three weights.
 if "$train" "${common[@]}" --out "$out.bad" --steps 1 --easy_mix 1,0 > "$out.bad.log" 2>&1; then
   echo "--easy_mix 1,0 was accepted"; exit 1

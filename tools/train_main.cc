@@ -651,6 +651,22 @@ struct Heads {
   // Colour-word layers (the held-out share always reads them).
   std::vector<int> colour_word_layers;
   bool colour_word_loss = false;  // TrainOptions::colour_word_weight > 0
+
+  // Every training head's parameters, in a fixed order (aux, patch, text, attr, film_patch): the
+  // optimizer's groups and a resumed optimizer.pt depend on it.
+  std::vector<torch::Tensor> Parameters() const {
+    std::vector<torch::Tensor> out;
+    const auto add = [&](const auto& head) {
+      if (head.is_empty()) return;
+      for (const auto& p : head->parameters()) out.push_back(p);
+    };
+    add(aux);
+    add(patch);
+    add(text);
+    add(attr);
+    add(film_patch);
+    return out;
+  }
 };
 
 // Attention-grounding loss (TrainOptions::attn_weight) and, optionally, the mean share of the
@@ -1164,6 +1180,10 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "config: %s\n", config.status().ToString().c_str());
     return 1;
   }
+  if (!resume && !o.instruction_film && o.film_pooling != "mean") {
+    std::fprintf(stderr, "--film_pooling: needs --instruction_film 1\n");
+    return 2;
+  }
   if (!resume && o.instruction_film) {
     config->instruction_film = true;
     config->instruction_film_pooling = o.film_pooling;
@@ -1341,21 +1361,14 @@ int Main(int argc, char** argv) {
     else
       (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
   }
-  for (const auto& p : aux->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  for (const auto& p : heads.patch->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  if (!heads.text.is_empty())
-    for (const auto& p : heads.text->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  if (!heads.attr.is_empty())
-    for (const auto& p : heads.attr->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  if (!heads.film_patch.is_empty())
-    for (const auto& p : heads.film_patch->parameters())
-      (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  for (const auto& p : heads.Parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
                                  torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay)));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
                                     torch::optim::AdamWOptions(o.lr).weight_decay(0.0)));
   // Last, so a run's optimizer.pt from before the FiLM existed still lines up with groups 0-1.
+  const size_t film_group = groups.size();
   if (!film.empty())
     groups.emplace_back(film, std::make_unique<torch::optim::AdamWOptions>(
                                   torch::optim::AdamWOptions(o.lr).weight_decay(0.0)));
@@ -1639,7 +1652,7 @@ int Main(int argc, char** argv) {
     const double lr = LearningRate(o, s);
     for (size_t g = 0; g < opt.param_groups().size(); ++g)
       static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[g].options())
-          .lr(g == 2 && s >= o.head_warmup ? lr * o.film_lr_mult : lr);
+          .lr(g == film_group && s >= o.head_warmup ? lr * o.film_lr_mult : lr);
     opt.zero_grad();
     auto losses = Loss(module, heads, c, *batch, bf16);
     auto loss = losses.action;
@@ -1657,14 +1670,7 @@ int Main(int argc, char** argv) {
       for (auto& p : module->parameters()) p.mutable_grad() = torch::Tensor();
     }
     auto params = module->parameters();
-    for (const auto& p : aux->parameters()) params.push_back(p);
-    for (const auto& p : heads.patch->parameters()) params.push_back(p);
-    if (!heads.text.is_empty())
-      for (const auto& p : heads.text->parameters()) params.push_back(p);
-    if (!heads.attr.is_empty())
-      for (const auto& p : heads.attr->parameters()) params.push_back(p);
-    if (!heads.film_patch.is_empty())
-      for (const auto& p : heads.film_patch->parameters()) params.push_back(p);
+    for (const auto& p : heads.Parameters()) params.push_back(p);
     const double gnorm = torch::nn::utils::clip_grad_norm_(params, o.clip);
     opt.step();
     step.store(s + 1);
