@@ -244,6 +244,7 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
       int64_t r_max = 1, v_max = 1;
       for (int64_t b = 0; b < bsz; ++b) {
         if (wanted[b] == StatsRows::kText) r_max = std::max(r_max, rows[b].prompt_len);
+        if (wanted[b] == StatsRows::kActionReadout) r_max = std::max(r_max, rows[b].action_tokens);
         v_max = std::max<int64_t>(v_max, rows[b].vision_ids.size());
       }
       auto qrows = torch::zeros({bsz, r_max}, torch::kLong);
@@ -256,6 +257,11 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
           const int64_t m = rows[b].prompt_len;
           qrows[b].slice(0, 0, m).copy_(
               torch::arange(rows[b].prompt_begin(), rows[b].prompt_begin() + m, torch::kLong));
+          rvalid[b].slice(0, 0, m).fill_(true);
+        } else if (wanted[b] == StatsRows::kActionReadout && rows[b].action_tokens > 0) {
+          const int64_t m = rows[b].action_tokens;
+          const int64_t first = rows[b].actions_begin() - 1;
+          qrows[b].slice(0, 0, m).copy_(torch::arange(first, first + m, torch::kLong));
           rvalid[b].slice(0, 0, m).fill_(true);
         } else {
           // kLast (and samples that want nothing): the last valid row.

@@ -139,10 +139,12 @@ torch::Tensor KeepAllPruner::MeanRecordedScores() const {
 FastVPruner::FastVPruner(const PrunerContext& ctx)
     : EpisodeTrackingPruner(ctx),
       layer_(ctx.config->fastv.layer),
-      keep_ratio_(ctx.config->fastv.keep_ratio) {}
+      keep_ratio_(ctx.config->fastv.keep_ratio),
+      rows_(ctx.config->fastv.query == FastVQuery::kActionReadout ? StatsRows::kActionReadout
+                                                                  : StatsRows::kLast) {}
 
 StatsRows FastVPruner::StatsWanted(int layer) const {
-  return layer == layer_ ? StatsRows::kLast : StatsRows::kNone;
+  return layer == layer_ ? rows_ : StatsRows::kNone;
 }
 
 std::optional<std::vector<int64_t>> FastVPruner::AfterLayer(int layer,

@@ -86,8 +86,9 @@ class KeepAllPruner : public EpisodeTrackingPruner {
   std::map<int, torch::Tensor> recorded_;
 };
 
-// FastV: after `config.fastv.layer`, keeps the ceil(keep_ratio * V) vision tokens the last row
-// attends to most (V = tokens present; at least 1).
+// FastV: after `config.fastv.layer`, keeps the ceil(keep_ratio * V) vision tokens the query rows
+// (`config.fastv.query`: the last row, or the action-readout rows) attend to most (V = tokens
+// present; at least 1).
 class FastVPruner : public EpisodeTrackingPruner {
  public:
   explicit FastVPruner(const PrunerContext& ctx);
@@ -99,6 +100,7 @@ class FastVPruner : public EpisodeTrackingPruner {
  private:
   int layer_;
   double keep_ratio_;
+  StatsRows rows_;
 };
 
 // Random control: after `config.random.layer`, keeps a uniform random subset of the requested

@@ -21,7 +21,10 @@ namespace specprune {
 enum class StatsRows {
   kNone,  // no statistics needed at this layer
   kText,  // the instruction (prompt) rows: SpecPrune's Score_l
-  kLast,  // the last valid row of the sequence: FastV
+  kLast,  // the last valid row of the sequence: FastV as published (its "last token")
+  // The rows the action head reads (one before each action placeholder): FastV's generating
+  // token for a parallel-decoding VLA, where the last row (EOS) produces no output.
+  kActionReadout,
 };
 
 // Attention statistics of one layer for one sample, over the vision tokens currently present.

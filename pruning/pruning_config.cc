@@ -198,6 +198,32 @@ absl::Status ParseLayerRatio(const json& j, const std::string& p, int* layer, do
   return absl::OkStatus();
 }
 
+std::string FastVQueryName(FastVQuery q) {
+  return q == FastVQuery::kActionReadout ? "actions" : "last";
+}
+
+absl::Status ParseFastV(const json& j, const std::string& p, FastVConfig* c) {
+  if (!j.is_object()) return FieldError(p, "must be an object");
+  json rest = json::object();
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() != "query") {
+      rest[it.key()] = it.value();
+      continue;
+    }
+    const std::string f = absl::StrCat(p, ".query");
+    std::string name;
+    if (absl::Status s = ReadString(it.value(), f, &name); !s.ok()) return s;
+    if (name == "last") {
+      c->query = FastVQuery::kLast;
+    } else if (name == "actions") {
+      c->query = FastVQuery::kActionReadout;
+    } else {
+      return FieldError(f, absl::StrCat("unknown value \"", name, "\" (last, actions)"));
+    }
+  }
+  return ParseLayerRatio(rest, p, &c->layer, &c->keep_ratio);
+}
+
 absl::Status CheckLayers(const std::vector<int>& layers, const std::string& field, int num_layers,
                          int after, bool non_empty) {
   if (non_empty && layers.empty()) return FieldError(field, "must not be empty");
@@ -379,7 +405,7 @@ absl::StatusOr<PruningConfig> ParsePruningConfig(const nlohmann::json& j, Prunin
     } else if (key == "specprune") {
       s = ParseSpecPrune(it.value(), &c.specprune);
     } else if (key == "fastv") {
-      s = ParseLayerRatio(it.value(), f, &c.fastv.layer, &c.fastv.keep_ratio);
+      s = ParseFastV(it.value(), f, &c.fastv);
     } else if (key == "random") {
       s = ParseLayerRatio(it.value(), f, &c.random.layer, &c.random.keep_ratio);
     } else {
@@ -431,7 +457,10 @@ nlohmann::json ToJson(const PruningConfig& c) {
       {"method", MethodName(c.method)},
       {"seed", c.seed},
       {"specprune", sp},
-      {"fastv", {{"layer", c.fastv.layer}, {"keep_ratio", c.fastv.keep_ratio}}},
+      {"fastv",
+       {{"layer", c.fastv.layer},
+        {"keep_ratio", c.fastv.keep_ratio},
+        {"query", FastVQueryName(c.fastv.query)}}},
       {"random", {{"layer", c.random.layer}, {"keep_ratio", c.random.keep_ratio}}},
   };
 }

@@ -155,6 +155,7 @@ TEST(PoliciesTest, FastVKeepsTopRatioByLastRowAttention) {
   PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
   config.fastv.layer = 1;
   config.fastv.keep_ratio = 0.3;
+  config.fastv.query = FastVQuery::kLast;
   FastVPruner pruner(Context(&config, nullptr));
   // Most attended: the highest ids.
   auto increasing = [](int, const Ids& ids) {
@@ -170,6 +171,25 @@ TEST(PoliciesTest, FastVKeepsTopRatioByLastRowAttention) {
   EXPECT_EQ(r.tokens_per_layer, (std::vector<int64_t>{128, 128, keep, keep, keep, keep}));
   EXPECT_EQ(r.final_ids.front(), kTokens - keep);
   EXPECT_EQ(r.final_ids.back(), kTokens - 1);
+}
+
+TEST(PoliciesTest, FastVAsksForTheActionReadoutRowsByDefault) {
+  PruningConfig config = TwoLocalLayerConfig(kLayers, kTokens);
+  config.fastv.layer = 2;
+  config.fastv.keep_ratio = 0.5;
+  FastVPruner pruner(Context(&config, nullptr));
+  auto decreasing = [](int, const Ids& ids) {
+    std::vector<float> s;
+    for (int64_t id : ids) s.push_back(static_cast<float>(-id));
+    return s;
+  };
+  const LoopResult r = RunLoop(pruner, kLayers, kTokens, decreasing);
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_EQ(r.wanted[l], l == 2 ? StatsRows::kActionReadout : StatsRows::kNone);
+  }
+  EXPECT_EQ(r.tokens_per_layer, (std::vector<int64_t>{128, 128, 128, 64, 64, 64}));
+  EXPECT_EQ(r.final_ids.front(), 0);
+  EXPECT_EQ(r.final_ids.back(), 63);
 }
 
 TEST(PoliciesTest, RandomKeepsRequestedCountDeterministically) {

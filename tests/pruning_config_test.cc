@@ -106,6 +106,7 @@ TEST(PruningConfigTest, JsonRoundTrip) {
   c.specprune.executed_rows = 5;
   c.specprune.gripper_threshold = 0.5;
   c.specprune.gripper_closed_above = false;
+  c.fastv.query = FastVQuery::kLast;
   auto parsed = ParsePruningConfig(ToJson(c), DefaultPruningConfig(12, 512, 256));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(ToJson(*parsed), ToJson(c));
@@ -122,6 +123,12 @@ TEST(PruningConfigTest, PartialJsonOverlaysDefaults) {
   EXPECT_EQ(c->method, PruningMethod::kFastV);
   EXPECT_DOUBLE_EQ(c->fastv.keep_ratio, 0.5);
   EXPECT_EQ(c->fastv.layer, defaults.fastv.layer);
+  EXPECT_EQ(c->fastv.query, FastVQuery::kActionReadout);
+  auto last =
+      ParsePruningConfig(nlohmann::json::parse(R"({"fastv": {"query": "last"}})"), defaults);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->fastv.query, FastVQuery::kLast);
+  EXPECT_DOUBLE_EQ(last->fastv.keep_ratio, defaults.fastv.keep_ratio);
   EXPECT_EQ(c->specprune.k_global, 40);
   EXPECT_EQ(c->specprune.k_local, defaults.specprune.k_local);
 }
@@ -167,6 +174,11 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
   EXPECT_EQ(ParseError(R"({"fastv": {"layer": 32}})", d),
             "pruning.fastv.layer: must be in [0, 31]");
   EXPECT_EQ(ParseError(R"({"random": {"depth": 1}})", d), "pruning.random.depth: unknown field");
+  EXPECT_THAT(ParseError(R"({"fastv": {"query": "first"}})", d),
+              HasSubstr("pruning.fastv.query: unknown value \"first\""));
+  EXPECT_EQ(ParseError(R"({"fastv": {"query": 1}})", d), "pruning.fastv.query: must be a string");
+  EXPECT_EQ(ParseError(R"({"random": {"query": "last"}})", d),
+            "pruning.random.query: unknown field");
   EXPECT_EQ(ParseError(R"({"seed": -4})", d), "pruning.seed: must be a non-negative integer");
   EXPECT_EQ(ParseError(R"([1, 2])", d), "pruning: must be an object");
   EXPECT_EQ(ParseError(R"({"specprune": 3})", d), "pruning.specprune: must be an object");

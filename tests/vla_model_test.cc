@@ -13,9 +13,10 @@ namespace {
 // Keeps a fixed subset of vision tokens after a given layer; records what it saw.
 class FixedPruner : public SamplePruner {
  public:
-  FixedPruner(int layer, std::vector<int64_t> keep) : layer_(layer), keep_(std::move(keep)) {}
+  FixedPruner(int layer, std::vector<int64_t> keep, StatsRows rows = StatsRows::kText)
+      : layer_(layer), keep_(std::move(keep)), rows_(rows) {}
   StatsRows StatsWanted(int layer) const override {
-    return layer == layer_ ? StatsRows::kText : StatsRows::kNone;
+    return layer == layer_ ? rows_ : StatsRows::kNone;
   }
   std::optional<std::vector<int64_t>> AfterLayer(int layer, const std::vector<int64_t>& ids,
                                                  const LayerAttentionStats* stats) override {
@@ -36,6 +37,7 @@ class FixedPruner : public SamplePruner {
  private:
   int layer_;
   std::vector<int64_t> keep_;
+  StatsRows rows_;
 };
 
 class VlaModelTest : public ::testing::Test {
@@ -145,6 +147,49 @@ TEST_F(VlaModelTest, SamplesWithDifferentRetainedSetsMatchThemselvesAlone) {
       torch::allclose((*together)[1].normalized_actions, (*a2)[0].normalized_actions, 1e-4, 1e-5));
   EXPECT_TRUE(
       torch::allclose((*together)[2].normalized_actions, (*a3)[0].normalized_actions, 1e-4, 1e-5));
+}
+
+TEST_F(VlaModelTest, ActionReadoutRowsStartAtTheLastPromptRow) {
+  // One action token: the action head reads one row, the last prompt row. With a one-token
+  // prompt that is also the only text row, so both statistics must agree exactly; the last row
+  // (EOS) is a different query.
+  ModelConfig one = config_;
+  one.chunk_size = 1;
+  one.action_dim = 1;
+  auto m = VlaModel::Create(one, {.seed = 3});
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::vector<int64_t> all(one.vision_tokens());
+  std::iota(all.begin(), all.end(), 0);
+  torch::Tensor scores[3];
+  const StatsRows kinds[3] = {StatsRows::kText, StatsRows::kActionReadout, StatsRows::kLast};
+  for (int k = 0; k < 3; ++k) {
+    auto sample = MakeSample(12, 1);
+    FixedPruner pruner(2, all, kinds[k]);
+    sample.pruner = &pruner;
+    ASSERT_TRUE((*m)->Forward({sample}).ok());
+    scores[k] = pruner.last_scores_;
+    ASSERT_EQ(scores[k].numel(), one.vision_tokens());
+  }
+  EXPECT_TRUE(torch::allclose(scores[0], scores[1], 1e-5, 1e-7));
+  EXPECT_FALSE(torch::allclose(scores[1], scores[2], 1e-3, 1e-5));
+}
+
+TEST_F(VlaModelTest, ActionReadoutStatsInARaggedBatchMatchEachSampleAlone) {
+  std::vector<int64_t> all(config_.vision_tokens());
+  std::iota(all.begin(), all.end(), 0);
+  auto s1 = MakeSample(13, 5), s2 = MakeSample(14, 17);
+  FixedPruner p1(1, all, StatsRows::kActionReadout), p2(1, all, StatsRows::kActionReadout),
+      q1(1, all, StatsRows::kActionReadout), q2(1, all, StatsRows::kActionReadout);
+  s1.pruner = &p1;
+  s2.pruner = &p2;
+  ASSERT_TRUE(model_->Forward({s1, s2}).ok());
+  s1.pruner = &q1;
+  s2.pruner = &q2;
+  ASSERT_TRUE(model_->Forward({s1}).ok() && model_->Forward({s2}).ok());
+  EXPECT_TRUE(torch::allclose(p1.last_scores_, q1.last_scores_, 1e-4, 1e-6));
+  EXPECT_TRUE(torch::allclose(p2.last_scores_, q2.last_scores_, 1e-4, 1e-6));
+  EXPECT_GE(p2.last_scores_.min().item<float>(), 0.0f);
+  EXPECT_LE(p2.last_scores_.sum().item<float>(), 1.0f + 1e-5);
 }
 
 TEST_F(VlaModelTest, RejectsMisshapenInputsWithoutThrowing) {
