@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Prints a specprune_eval JSON file (--json) as the Markdown table used in docs/BENCHMARKS.md,
 then, when the file has per-episode results, a paired comparison of each method with `none`, and
-when it has the failure analysis, the failed episodes by failure mode.
+when it has the failure analysis, the failed episodes by failure mode, and for a fixed task set
+(--fixed_tasks N) the successes per task.
 
 Usage: bench/eval_table.py RESULT.json
 """
@@ -85,6 +86,24 @@ def failures(rows):
                  "commonest first wrong grasps (wanted -> grasped)"], lines)
 
 
+def per_task(results, seed, fixed_tasks):
+    """Successes per task of a fixed task set (episode i has seed + i, task (seed + i) % N)."""
+    if not fixed_tasks:
+        return
+    lines = []
+    for r in results:
+        ok = r.get("episode_success")
+        if not ok:
+            continue
+        solved, tried = [0] * fixed_tasks, [0] * fixed_tasks
+        for i, x in enumerate(ok):
+            solved[(seed + i) % fixed_tasks] += x
+            tried[(seed + i) % fixed_tasks] += 1
+        lines.append(f'| {r["method"]} | {r["suite"]} | '
+                     + " | ".join(f"{a}/{b}" for a, b in zip(solved, tried)) + " |")
+    extra_table([f"task {i}" for i in range(fixed_tasks)], lines)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -103,6 +122,7 @@ def main():
              for r in (summary if isinstance(summary, list) else summary.values())]
     paired(rows)
     failures(rows)
+    per_task(d["results"], d.get("seed", 0), d.get("fixed_tasks", 0))
 
 
 if __name__ == "__main__":

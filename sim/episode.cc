@@ -26,6 +26,10 @@ absl::Status ValidateSimOptions(const SimOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("options.num_distractors: must be in [-1, 4], got ", options.num_distractors));
   }
+  if (options.fixed_tasks < 0 || options.fixed_tasks > kMaxFixedTasks) {
+    return absl::InvalidArgumentError(absl::StrCat("options.fixed_tasks: must be in [0, ",
+                                                   kMaxFixedTasks, "], got ", options.fixed_tasks));
+  }
   if (!(options.max_translation_step > 0 && options.max_translation_step <= 0.2)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "options.max_translation_step: must be in (0, 0.2], got ", options.max_translation_step));
@@ -39,7 +43,8 @@ absl::Status ValidateSimOptions(const SimOptions& options) {
 
 absl::StatusOr<Episode> Episode::Create(Suite suite, uint64_t seed, const SimOptions& options) {
   if (absl::Status s = ValidateSimOptions(options); !s.ok()) return s;
-  absl::StatusOr<Task> task = GenerateTask(suite, seed, options.num_distractors);
+  absl::StatusOr<Task> task =
+      GenerateTask(suite, seed, options.num_distractors, options.fixed_tasks);
   if (!task.ok()) return task.status();
   Episode e;
   e.suite_ = suite;

@@ -47,6 +47,8 @@ struct SimOptions {
   int image_size = 64;                 // side of both camera images in pixels, [16, 1024]
   int max_steps = 0;                   // step limit; 0 = kDefaultMaxSteps(Long) for the suite
   int num_distractors = -1;            // -1 = suite default; else [0, 4] (see task.h)
+  int fixed_tasks = 0;                 // 0 = procedural tasks; N = LIBERO-style: the seed picks
+                                       // one of N fixed tasks per suite (task.h), [0, 1000]
   double max_translation_step = 0.03;  // metres per step at |dx|, |dy|, |dz| = 1, (0, 0.2]
   double max_yaw_step = 0.1;           // radians per step at |dyaw| = 1, (0, 1]
   bool antialias = true;               // supersample edge pixels

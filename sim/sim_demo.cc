@@ -1,7 +1,7 @@
 // specprune_sim_demo: runs the scripted expert on one episode and writes PNG frames.
 //
 //   specprune_sim_demo [--suite=spatial|object|goal|long] [--seed=N] [--size=64]
-//                      [--out=DIR] [--every=K]
+//                      [--out=DIR] [--every=K] [--fixed_tasks=N]
 // Writes DIR/main_XXXX.png and DIR/wrist_XXXX.png every K steps and at the last step, and prints
 // the instruction, the per-step phase summary and the outcome.
 #include <chrono>
@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   namespace sim = specprune::sim;
   std::string suite_name = "object", out = "/tmp/specprune_sim_demo", value;
   uint64_t seed = 0;
-  int size = 64, every = 10;
+  int size = 64, every = 10, fixed_tasks = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     if (Flag(arg, "suite", &value)) {
@@ -47,6 +47,8 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(value, &size)) return Fail("--size: not a number");
     } else if (Flag(arg, "every", &value)) {
       if (!absl::SimpleAtoi(value, &every) || every <= 0) return Fail("--every: must be > 0");
+    } else if (Flag(arg, "fixed_tasks", &value)) {
+      if (!absl::SimpleAtoi(value, &fixed_tasks)) return Fail("--fixed_tasks: not a number");
     } else if (Flag(arg, "out", &value)) {
       out = value;
     } else {
@@ -57,6 +59,7 @@ int main(int argc, char** argv) {
   if (!suite.ok()) return Fail(suite.status().ToString());
   sim::SimOptions options;
   options.image_size = size;
+  options.fixed_tasks = fixed_tasks;
   auto episode = sim::Episode::Create(*suite, seed, options);
   if (!episode.ok()) return Fail(episode.status().ToString());
   if (std::system(absl::StrFormat("mkdir -p '%s'", out).c_str()) != 0) {

@@ -139,14 +139,15 @@ int DistractorCount(Rng& rng, int requested, int lo, int hi) {
   return requested >= 0 ? requested : drawn;
 }
 
-// Adds up to `count` distractors satisfying `ok` (distinct kinds) to `world`.
-void AddDistractors(Rng& rng, int count, std::vector<Kind>* used,
+// Adds up to `count` distractors satisfying `ok` (distinct kinds, drawn from `id`; yaw from `lay`)
+// to `world`.
+void AddDistractors(Rng& id, Rng& lay, int count, std::vector<Kind>* used,
                     const std::function<bool(Kind)>& ok, World* world) {
   for (int i = 0; i < count; ++i) {
     Kind k;
-    if (!PickKind(rng, *used, ok, &k)) return;
+    if (!PickKind(id, *used, ok, &k)) return;
     used->push_back(k);
-    world->objects.push_back(MakeObject(rng, k));
+    world->objects.push_back(MakeObject(lay, k));
   }
 }
 
@@ -165,23 +166,26 @@ absl::Status PlaceOrShrink(Rng& rng, size_t required, World* world,
 
 size_t MaxObjects(const World& world) { return world.plates.size() <= 1 ? 6 : 5; }
 
-absl::StatusOr<Task> Spatial(Rng& rng, int requested) {
+// Each generator draws what the task is (kinds, counts, goals, wording) from `id` and where
+// things are (layout, yaw) from `lay`. Procedural tasks pass one generator as both, which keeps
+// the draw order, and so every seed's task, as it was before the two were told apart.
+absl::StatusOr<Task> Spatial(Rng& id, Rng& lay, int requested) {
   Task task;
   World& w = task.world;
-  const Kind twin = RandomKind(rng);
-  const int relation = rng.Int(4);  // left, right, front, back
-  const int n = DistractorCount(rng, requested, 1, 2);
+  const Kind twin = RandomKind(id);
+  const int relation = id.Int(4);  // left, right, front, back
+  const int n = DistractorCount(id, requested, 1, 2);
   w.plates.push_back({Color::kWhite, 0, 0});
-  w.objects = {MakeObject(rng, twin), MakeObject(rng, twin)};
+  w.objects = {MakeObject(lay, twin), MakeObject(lay, twin)};
   std::vector<Kind> used = {twin};
   AddDistractors(
-      rng, std::min<int>(n, MaxObjects(w) - 2), &used,
+      id, lay, std::min<int>(n, MaxObjects(w) - 2), &used,
       [&](Kind k) { return k.shape != twin.shape; }, &w);
   const auto separated = [relation](const World& world) {
     const Object &a = world.objects[0], &b = world.objects[1];
     return relation < 2 ? std::abs(a.x - b.x) >= 0.2 : std::abs(a.y - b.y) >= 0.2;
   };
-  if (absl::Status s = PlaceOrShrink(rng, 2, &w, separated); !s.ok()) return s;
+  if (absl::Status s = PlaceOrShrink(lay, 2, &w, separated); !s.ok()) return s;
   const Object &a = w.objects[0], &b = w.objects[1];
   int target = 0;
   switch (relation) {
@@ -200,37 +204,37 @@ absl::StatusOr<Task> Spatial(Rng& rng, int requested) {
   static constexpr const char* kRelation[] = {"on the left", "on the right", "in the front",
                                               "in the back"};
   const std::string name = absl::StrCat(Describe(w.objects[target]), " ", kRelation[relation]);
-  task.instruction = rng.Coin() ? absl::StrCat("pick up the ", name, " and place it on the plate")
-                                : absl::StrCat("put the ", name, " on the plate");
+  task.instruction = id.Coin() ? absl::StrCat("pick up the ", name, " and place it on the plate")
+                               : absl::StrCat("put the ", name, " on the plate");
   task.goals = {{Goal::Kind::kOnPlate, target, 0}};
   return task;
 }
 
-absl::StatusOr<Task> ObjectSuite(Rng& rng, int requested) {
+absl::StatusOr<Task> ObjectSuite(Rng& id, Rng& lay, int requested) {
   Task task;
   World& w = task.world;
-  const Kind target = RandomKind(rng);
-  const int n = DistractorCount(rng, requested, 1, 3);
+  const Kind target = RandomKind(id);
+  const int n = DistractorCount(id, requested, 1, 3);
   w.plates.push_back({Color::kWhite, 0, 0});
-  w.objects = {MakeObject(rng, target)};
+  w.objects = {MakeObject(lay, target)};
   std::vector<Kind> used = {target};
-  const bool same_color = rng.Coin();
+  const bool same_color = id.Coin();
   const int room = static_cast<int>(MaxObjects(w)) - 1;
   // The first distractor shares the target's colour or shape, so both words matter.
   AddDistractors(
-      rng, std::min(n, 1), &used,
+      id, lay, std::min(n, 1), &used,
       [&](Kind k) { return same_color ? k.color == target.color : k.shape == target.shape; }, &w);
   AddDistractors(
-      rng, std::min(n, room) - 1, &used, [](Kind) { return true; }, &w);
-  if (absl::Status s = PlaceOrShrink(rng, 1, &w); !s.ok()) return s;
+      id, lay, std::min(n, room) - 1, &used, [](Kind) { return true; }, &w);
+  if (absl::Status s = PlaceOrShrink(lay, 1, &w); !s.ok()) return s;
   const std::string name = Describe(w.objects[0]);
-  task.instruction = rng.Coin() ? absl::StrCat("put the ", name, " on the plate")
-                                : absl::StrCat("pick up the ", name, " and place it on the plate");
+  task.instruction = id.Coin() ? absl::StrCat("put the ", name, " on the plate")
+                               : absl::StrCat("pick up the ", name, " and place it on the plate");
   task.goals = {{Goal::Kind::kOnPlate, 0, 0}};
   return task;
 }
 
-absl::StatusOr<Task> GoalSuite(Rng& rng, int requested) {
+absl::StatusOr<Task> GoalSuite(Rng& id, Rng& lay, int requested) {
   // The fixed scene: nominal positions, jittered.
   struct Slot {
     Kind kind;
@@ -248,11 +252,11 @@ absl::StatusOr<Task> GoalSuite(Rng& rng, int requested) {
                                                 {1, 3}, {2, 0}, {2, 3}};
   Goal goal;
   std::vector<int> involved;
-  if (rng.Coin()) {
-    goal = {Goal::Kind::kOnPlate, rng.Int(4), rng.Int(2)};
+  if (id.Coin()) {
+    goal = {Goal::Kind::kOnPlate, id.Int(4), id.Int(2)};
     involved = {goal.object};
   } else {
-    const auto& [src, dst] = kStacks[rng.Int(7)];
+    const auto& [src, dst] = kStacks[id.Int(7)];
     goal = {Goal::Kind::kOnObject, src, dst};
     involved = {src, dst};
   }
@@ -266,14 +270,14 @@ absl::StatusOr<Task> GoalSuite(Rng& rng, int requested) {
   }
   std::sort(keep.begin(), keep.end());
   for (int i : keep) {
-    Object o = MakeObject(rng, kObjects[i].kind);
-    o.x = kObjects[i].x + rng.Uniform(-0.015, 0.015);
-    o.y = kObjects[i].y + rng.Uniform(-0.015, 0.015);
+    Object o = MakeObject(lay, kObjects[i].kind);
+    o.x = kObjects[i].x + lay.Uniform(-0.015, 0.015);
+    o.y = kObjects[i].y + lay.Uniform(-0.015, 0.015);
     w.objects.push_back(o);
   }
   for (Plate& p : w.plates) {
-    p.x += rng.Uniform(-0.015, 0.015);
-    p.y += rng.Uniform(-0.015, 0.015);
+    p.x += lay.Uniform(-0.015, 0.015);
+    p.y += lay.Uniform(-0.015, 0.015);
   }
   const auto index = [&](int slot) {
     return static_cast<int>(std::find(keep.begin(), keep.end(), slot) - keep.begin());
@@ -290,35 +294,34 @@ absl::StatusOr<Task> GoalSuite(Rng& rng, int requested) {
       task.instruction = absl::StrCat("put the ", Describe(moved), " in the ", Describe(base));
     } else {
       task.instruction =
-          rng.Coin() ? absl::StrCat("stack the ", Describe(moved), " on the ", Describe(base))
-                     : absl::StrCat("put the ", Describe(moved), " on top of the ", Describe(base));
+          id.Coin() ? absl::StrCat("stack the ", Describe(moved), " on the ", Describe(base))
+                    : absl::StrCat("put the ", Describe(moved), " on top of the ", Describe(base));
     }
   }
   task.goals = {goal};
   return task;
 }
 
-absl::StatusOr<Task> Long(Rng& rng, int requested) {
+absl::StatusOr<Task> Long(Rng& id, Rng& lay, int requested) {
   Task task;
   World& w = task.world;
-  const Color c1 = static_cast<Color>(rng.Int(kNumColors));
-  Color c2 = static_cast<Color>(rng.Int(kNumColors - 1));
+  const Color c1 = static_cast<Color>(id.Int(kNumColors));
+  Color c2 = static_cast<Color>(id.Int(kNumColors - 1));
   if (c2 >= c1) c2 = static_cast<Color>(static_cast<int>(c2) + 1);
   w.plates = {{c1, 0, 0}, {c2, 0, 0}};
-  const int n = DistractorCount(rng, requested, 0, 2);
+  const int n = DistractorCount(id, requested, 0, 2);
   std::vector<Kind> used;
   AddDistractors(
-      rng, 2, &used, [](Kind) { return true; }, &w);
+      id, lay, 2, &used, [](Kind) { return true; }, &w);
   AddDistractors(
-      rng, std::min<int>(n, MaxObjects(w) - 2), &used, [](Kind) { return true; }, &w);
-  if (absl::Status s = PlaceOrShrink(rng, 2, &w); !s.ok()) return s;
+      id, lay, std::min<int>(n, MaxObjects(w) - 2), &used, [](Kind) { return true; }, &w);
+  if (absl::Status s = PlaceOrShrink(lay, 2, &w); !s.ok()) return s;
   const std::string a = Describe(w.objects[0]), b = Describe(w.objects[1]);
   const std::string p1 = Str(ColorName(c1)), p2 = Str(ColorName(c2));
-  task.instruction = rng.Coin()
-                         ? absl::StrCat("put the ", a, " on the ", p1, " plate and then the ", b,
-                                        " on the ", p2, " plate")
-                         : absl::StrCat("put the ", a, " on the ", p1, " plate, then put the ", b,
-                                        " on the ", p2, " plate");
+  task.instruction = id.Coin() ? absl::StrCat("put the ", a, " on the ", p1, " plate and then the ",
+                                              b, " on the ", p2, " plate")
+                               : absl::StrCat("put the ", a, " on the ", p1,
+                                              " plate, then put the ", b, " on the ", p2, " plate");
   task.goals = {{Goal::Kind::kOnPlate, 0, 0}, {Goal::Kind::kOnPlate, 1, 1}};
   return task;
 }
@@ -371,29 +374,42 @@ bool GoalSatisfied(const World& world, const Goal& goal) {
   return o.support == goal.target && std::hypot(o.x - base.x, o.y - base.y) <= kStackTolerance;
 }
 
-absl::StatusOr<Task> GenerateTask(Suite suite, uint64_t seed, int num_distractors) {
+int FixedTaskIndex(uint64_t seed, int fixed_tasks) {
+  return fixed_tasks > 0 ? static_cast<int>(seed % static_cast<uint64_t>(fixed_tasks)) : -1;
+}
+
+absl::StatusOr<Task> GenerateTask(Suite suite, uint64_t seed, int num_distractors,
+                                  int fixed_tasks) {
   if (num_distractors > 4) {
     return absl::InvalidArgumentError(
         absl::StrCat("num_distractors: must be in [-1, 4], got ", num_distractors));
   }
-  Rng rng(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(suite) + 1);
+  if (fixed_tasks < 0 || fixed_tasks > kMaxFixedTasks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fixed_tasks: must be in [0, ", kMaxFixedTasks, "], got ", fixed_tasks));
+  }
+  Rng lay(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(suite) + 1);
+  // Task i of a fixed set is the same for every set size (and every seed that picks it).
+  Rng fixed(0xF1CED7A5ull * (static_cast<uint64_t>(FixedTaskIndex(seed, fixed_tasks)) + 1) +
+            0x51ull * (static_cast<uint64_t>(suite) + 1));
+  Rng& id = fixed_tasks > 0 ? fixed : lay;
   absl::StatusOr<Task> task;
   switch (suite) {
     case Suite::kSpatial:
-      task = Spatial(rng, num_distractors);
+      task = Spatial(id, lay, num_distractors);
       break;
     case Suite::kObject:
-      task = ObjectSuite(rng, num_distractors);
+      task = ObjectSuite(id, lay, num_distractors);
       break;
     case Suite::kGoal:
-      task = GoalSuite(rng, num_distractors);
+      task = GoalSuite(id, lay, num_distractors);
       break;
     case Suite::kLong:
-      task = Long(rng, num_distractors);
+      task = Long(id, lay, num_distractors);
       break;
   }
   if (!task.ok()) return task.status();
-  InitGripper(rng, &task->world);
+  InitGripper(lay, &task->world);
   for (Object& o : task->world.objects) o.z = 0.0;
   return task;
 }

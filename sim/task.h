@@ -65,8 +65,19 @@ struct Task {
   std::string instruction;  // lower case, no trailing punctuation
 };
 
-// Builds the initial world, goals and instruction. InvalidArgument if num_distractors > 4.
-absl::StatusOr<Task> GenerateTask(Suite suite, uint64_t seed, int num_distractors);
+// LIBERO's protocol: each suite is a set of 10 fixed tasks whose initial layouts vary. With
+// fixed_tasks = N > 0 the seed picks task seed % N of the suite's fixed set (what the task is: its
+// objects, distractors, goals and instruction; task i is the same for every N > i) and the layout
+// (positions, yaw, gripper start); as everywhere, trailing distractors are dropped when a layout
+// has no room for them. With 0 (procedural, the default) every seed draws a new task.
+inline constexpr int kMaxFixedTasks = 1000;
+// The index in the fixed set that `seed` picks, or -1 when fixed_tasks is 0.
+int FixedTaskIndex(uint64_t seed, int fixed_tasks);
+
+// Builds the initial world, goals and instruction. InvalidArgument if num_distractors > 4 or
+// fixed_tasks is outside [0, kMaxFixedTasks].
+absl::StatusOr<Task> GenerateTask(Suite suite, uint64_t seed, int num_distractors,
+                                  int fixed_tasks = 0);
 
 }  // namespace sim
 }  // namespace specprune

@@ -62,10 +62,12 @@ grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.e
 # checkpoint records it, a resume continues it, and the evaluation loads the result.
 film=(--out "$out.film" --init "$src/models/tiny" --init_weights 1 --batch 4 --warmup 1 --threads 1
       --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
-      --instruction_film 1 --film_pooling attention --film_lr_mult 5 --film_patch_weight 0.5)
+      --instruction_film 1 --film_pooling attention --film_lr_mult 5 --film_patch_weight 0.5
+      --fixed_tasks 10)
 rm -rf "$out.film"
 "$train" "${film[@]}" --steps 2 > "$out.film.log" 2>&1 || { cat "$out.film.log"; exit 1; }
 grep -q "^instruction FiLM: on, attention pooling .* LR x 5 after" "$out.film.log" || { cat "$out.film.log"; exit 1; }
+grep -q "^tasks: a fixed set of 10 per suite" "$out.film.log" || { cat "$out.film.log"; exit 1; }
 grep -qE "^holdout step 2 instruction film \|gamma\| 0\.0*[1-9][0-9]* \|beta\| 0\.0*[1-9].* pooling weight on item words 0\.[0-9]+ patch top-1 object at the LLM input [01]\.[0-9]+$" "$out.film.log" ||
   { cat "$out.film.log"; exit 1; }
 grep -q '"instruction_film": true' "$out.film/config.json" && grep -q '"instruction_film_pooling": "attention"' "$out.film/config.json" ||
@@ -74,8 +76,9 @@ grep -q '"instruction_film": true' "$out.film/config.json" && grep -q '"instruct
 "$train" "${film[@]}" --steps 3 > "$out.film.second.log" 2>&1 || { cat "$out.film.second.log"; exit 1; }
 grep -q "resuming from step 2" "$out.film.second.log" || { cat "$out.film.second.log"; exit 1; }
 "$eval" --model "$out.film" --suites goal --methods none,specprune --episodes 1 --threads 1 \
-  --reference 0 --json "$out.film.eval.json" > "$out.film.eval.log" 2>&1 ||
+  --reference 0 --fixed_tasks 10 --json "$out.film.eval.json" > "$out.film.eval.log" 2>&1 ||
   { cat "$out.film.eval.log"; exit 1; }
+grep -q '"fixed_tasks": 10' "$out.film.eval.json" || { echo "--fixed_tasks not recorded"; exit 1; }
 # A named-target layer must be one of the attention-grounding layers.
 if "$train" "${common[@]}" --out "$out.bad" --steps 1 --attn_named_layers 1 > "$out.bad.log" 2>&1; then
   echo "--attn_named_layers 1 outside --attn_layers 0,2 was accepted"; exit 1
@@ -106,4 +109,9 @@ if "$train" "${common[@]}" --out "$out.bad" --steps 1 --colour_frac 1.5 > "$out.
   echo "--colour_frac 1.5 was accepted"; exit 1
 fi
 grep -q -- "--colour_frac must be in \[0, 1\]" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+# Fixed task sets: DAgger's saved traces do not record them, so the two do not combine.
+if "$train" "${common[@]}" --out "$out.bad" --steps 1 --fixed_tasks 10 > "$out.bad.log" 2>&1; then
+  echo "--fixed_tasks with DAgger was accepted"; exit 1
+fi
+grep -q -- "--fixed_tasks: not supported with DAgger" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 echo "train smoke OK"

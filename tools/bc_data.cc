@@ -136,6 +136,7 @@ sim::SimOptions SpecSimOptions(const EpisodeSpec& spec, int image_size) {
   sim::SimOptions o;
   o.image_size = image_size;
   o.num_distractors = spec.num_distractors;
+  o.fixed_tasks = spec.fixed_tasks;
   return o;
 }
 
@@ -822,6 +823,7 @@ GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goa
 EpisodeSpec DrawSpec(const Curriculum& o, int64_t step, std::mt19937_64& rng) {
   using sim::Suite;
   EpisodeSpec s;
+  s.fixed_tasks = o.fixed_tasks;
   std::uniform_int_distribution<int> seed_d(0, o.train_seeds - 1);
   std::uniform_real_distribution<double> u(0, 1);
   s.seed = static_cast<uint64_t>(seed_d(rng));
@@ -847,7 +849,7 @@ EpisodeSpec DrawSpec(const Curriculum& o, int64_t step, std::mt19937_64& rng) {
         u(rng) < o.colour_frac) {
       s.num_distractors = -1;  // the look-alike is a distractor
       for (int tries = 0; tries < 64; ++tries) {
-        auto task = sim::GenerateTask(s.suite, s.seed, s.num_distractors);
+        auto task = sim::GenerateTask(s.suite, s.seed, s.num_distractors, s.fixed_tasks);
         if (task.ok() && ColourDecides(task->world, task->goals)) break;
         s.seed = static_cast<uint64_t>(seed_d(rng));
       }

@@ -48,6 +48,7 @@ struct EpisodeSpec {
   int num_distractors = -1;  // -1 = suite default, else [0, 4]
   float noise_std = 0.0f;    // std of Gaussian noise on executed dx, dy, dz in transit phases
                              // (lift, transit, descend); labels stay clean
+  int fixed_tasks = 0;       // sim::SimOptions::fixed_tasks (0 = procedural tasks)
 };
 
 // Simulator options of a spec (image size from the model).
@@ -73,6 +74,9 @@ struct Curriculum {
   // are; the rest name a shape among other shapes. Those draws keep the suite's default
   // distractors. 0 draws exactly as before the option existed.
   double colour_frac = 0;
+  // sim::SimOptions::fixed_tasks of every drawn spec: 0 = procedural tasks, N = the suites' first
+  // N fixed tasks (LIBERO's protocol). Does not change the draws.
+  int fixed_tasks = 0;
 };
 
 // The episode a training sample at `step` comes from. Deterministic given `rng`'s state.

@@ -45,6 +45,7 @@ struct EvalOptions {
   std::string unnorm_key;       // "" = the only / first key
   double keep_ratio = -1;       // > 0: FastV/random keep ratio instead of SpecPrune's retention
   int distractors = -1;         // objects not named by the goal: -1 = suite default, else [0, 4]
+  int fixed_tasks = 0;          // 0 = procedural tasks; N = LIBERO-style fixed set (sim/task.h)
   int trace_episode = -1;       // >= 0: per-pass trace of this episode of every cell (stderr)
   double require_success = -1;  // >= 0: exit 3 unless unpruned mean success > this
   // >= 0: exit 3 unless SpecPrune's mean success >= unpruned mean success - this (needs both).
@@ -87,6 +88,8 @@ bool ParseArgs(int argc, char** argv, EvalOptions* o) {
         o->keep_ratio = std::stod(v);
       else if (k == "distractors")
         o->distractors = std::stoi(v);
+      else if (k == "fixed_tasks")
+        o->fixed_tasks = std::stoi(v);
       else if (k == "trace_episode")
         o->trace_episode = std::stoi(v);
       else if (k == "require_success")
@@ -112,6 +115,10 @@ bool ParseArgs(int argc, char** argv, EvalOptions* o) {
   }
   if (o->episodes < 1 || o->threads < 1 || o->batch < 1) {
     std::fprintf(stderr, "--episodes, --threads, --batch: must be positive\n");
+    return false;
+  }
+  if (o->fixed_tasks < 0 || o->fixed_tasks > sim::kMaxFixedTasks) {
+    std::fprintf(stderr, "--fixed_tasks: must be in [0, %d]\n", sim::kMaxFixedTasks);
     return false;
   }
   if (o->keep_ratio > 1) {
@@ -268,6 +275,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
     EpisodeSpec spec;
     spec.suite = *suite;
     spec.num_distractors = o.distractors;
+    spec.fixed_tasks = o.fixed_tasks;
     auto e = sim::Episode::Create(*suite, o.seed + i,
                                   SpecSimOptions(spec, static_cast<int>(c.image_size)));
     if (!e.ok()) return e.status();
@@ -519,6 +527,8 @@ constexpr char kUsage[] =
     "  --pruning FILE                 pruning overrides ({\"pruning\": {...}}) for every method\n"
     "  --keep_ratio R                 FastV/random keep ratio (default: SpecPrune's retention)\n"
     "  --distractors N                objects not named by the goal, -1 = suite default\n"
+    "  --fixed_tasks N                LIBERO's protocol: N fixed tasks per suite, the seed picks\n"
+    "                                 one (seed % N) and its layout (default 0: procedural)\n"
     "  --execute_steps N              actions of each chunk executed open loop (default 8;\n"
     "                                 also SpecPrune's executed_rows unless the config sets it)\n"
     "  --threads N --batch N          torch threads (2), episodes per forward pass (64)\n"
@@ -702,6 +712,7 @@ int Main(int argc, char** argv) {
   j["seed"] = o.seed;
   j["execute_steps"] = o.execute_steps;
   j["distractors"] = o.distractors;
+  j["fixed_tasks"] = o.fixed_tasks;
   j["dtype"] = o.dtype;
   j["threads"] = o.threads;
   j["pruning"] = ToJson(defaults);

@@ -302,6 +302,8 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->curriculum.easy_mix = ParseList<double>(v);
       else if (k == "colour_frac")
         o->curriculum.colour_frac = std::stod(v);
+      else if (k == "fixed_tasks")
+        o->curriculum.fixed_tasks = std::stoi(v);
       else if (k == "head_warmup")
         o->head_warmup = std::stoll(v);
       else if (k == "head_lr")
@@ -347,6 +349,14 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
     std::fprintf(stderr,
                  "--early_frac, --long_frac, --colour_frac must be in [0, 1], --early_steps "
                  "positive\n");
+    return false;
+  }
+  if (o->curriculum.fixed_tasks < 0 || o->curriculum.fixed_tasks > sim::kMaxFixedTasks) {
+    std::fprintf(stderr, "--fixed_tasks: must be in [0, %d]\n", sim::kMaxFixedTasks);
+    return false;
+  }
+  if (o->curriculum.fixed_tasks > 0 && o->dagger_every > 0) {
+    std::fprintf(stderr, "--fixed_tasks: not supported with DAgger (--dagger_every)\n");
     return false;
   }
   if (o->dagger_every < 0 || o->dagger_episodes < 1 || o->dagger_frac < 0 || o->dagger_frac > 1 ||
@@ -888,7 +898,7 @@ struct Holdout {
 };
 
 absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
-                                    const DatasetStats& stats, int n) {
+                                    const DatasetStats& stats, int n, int fixed_tasks) {
   Holdout h;
   std::mt19937_64 rng(424242);
   std::vector<RawSample> raw;
@@ -896,6 +906,7 @@ absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
     EpisodeSpec s;
     s.suite = sim::kAllSuites[i % 4];
     s.seed = kHoldoutSeedBase + i;
+    s.fixed_tasks = fixed_tasks;
     auto d = RunDemo(s, static_cast<int>(c.image_size));
     if (!d.ok()) return d.status();
     if (!d->success) continue;
@@ -913,9 +924,8 @@ absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
   return h;
 }
 
-// Held-out L1 and the correlation of predicted vs expert first-action dx, dy
-// (normalized).
-// (normalized), and of the grounding head's object x / destination x.
+// Held-out L1, and the correlations of predicted vs expert first-action dx, dy (normalized) and
+// of the grounding head's object x / destination x.
 // Patch probe: top-1 hit rate of the object / destination in the main view.
 struct HoldoutResult {
   double l1 = 0, corr_x = 0, corr_y = 0, corr_obj_x = 0, corr_dest_x = 0, corr_rel_x = NAN;
@@ -1034,12 +1044,14 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
 }
 
 absl::StatusOr<std::vector<double>> ClosedLoop(const VlaModel& model, const Tokenizer& tok,
-                                               const DatasetStats& stats, int episodes) {
+                                               const DatasetStats& stats, int episodes,
+                                               int fixed_tasks) {
   std::vector<sim::Episode> eps;
   for (sim::Suite s : sim::kAllSuites)
     for (int i = 0; i < episodes; ++i) {
       EpisodeSpec spec;
       spec.suite = s;
+      spec.fixed_tasks = fixed_tasks;
       auto e =
           sim::Episode::Create(s, kHoldoutSeedBase + 500000 + i,
                                SpecSimOptions(spec, static_cast<int>(model.config().image_size)));
@@ -1119,7 +1131,7 @@ constexpr char kUsage[] =
     "              --head_warmup N --head_lr X\n"
     "  data:       --max_shift PX --noise_frac X --noise_std X --train_seeds N --stage1 N\n"
     "              --stage2 N --stats_episodes N --early_frac X --early_steps N --long_frac X\n"
-    "              --easy_mix S,O,G --colour_frac X\n"
+    "              --easy_mix S,O,G --colour_frac X --fixed_tasks N (0 = procedural)\n"
     "  grounding:  --aux_weight X --aux_targets 4|8 --aux_per_row 0|1 --patch_weight X\n"
     "              --patch_layer L --text_aux_weight X --attr_weight X --attn_weight X\n"
     "              --film_patch_weight X\n"
@@ -1214,6 +1226,11 @@ int Main(int argc, char** argv) {
         "instruction FiLM: on, %s pooling (zero where the initial weights lack it), LR x "
         "%g after the head warm-up\n",
         config->instruction_film_pooling.c_str(), o.film_lr_mult);
+  if (o.curriculum.fixed_tasks > 0)
+    std::printf(
+        "tasks: a fixed set of %d per suite (LIBERO's protocol; demos, held-out and closed-loop "
+        "episodes vary the layout)\n",
+        o.curriculum.fixed_tasks);
   fs::create_directories(o.out);
   const std::string key = "specprune_sim";
   DatasetStatistics stats_file;
@@ -1441,6 +1458,7 @@ int Main(int argc, char** argv) {
         spec.suite = suite;
         spec.seed = o.diagnose_seed + static_cast<uint64_t>(i);
         spec.num_distractors = -1;
+        spec.fixed_tasks = o.curriculum.fixed_tasks;
         auto r =
             MakeRawSample(spec, 0, static_cast<int>(c.chunk_size), static_cast<int>(c.image_size));
         if (!r.ok()) return 1;
@@ -1587,7 +1605,7 @@ int Main(int argc, char** argv) {
     }
     return 0;
   }
-  auto holdout = MakeHoldout(c, **tok, stats, 256);
+  auto holdout = MakeHoldout(c, **tok, stats, 256, o.curriculum.fixed_tasks);
   if (!holdout.ok()) {
     std::fprintf(stderr, "holdout: %s\n", holdout.status().ToString().c_str());
     return 1;
@@ -1732,7 +1750,7 @@ int Main(int argc, char** argv) {
     if (done % o.eval_every == 0 || done == o.steps) {
       module->eval();
       auto t0 = Clock::now();
-      auto rate = ClosedLoop(**model, **tok, stats, o.eval_episodes);
+      auto rate = ClosedLoop(**model, **tok, stats, o.eval_episodes, o.curriculum.fixed_tasks);
       module->train();
       if (!rate.ok()) {
         std::fprintf(stderr, "closed loop: %s\n", rate.status().ToString().c_str());

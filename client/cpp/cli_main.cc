@@ -64,6 +64,8 @@ sim flags (drive the tabletop simulator through the server, as a robot would):
   --method M, --alpha A  as for predict
   --execute K            actions of each chunk executed before the next Predict (default: all);
                          sent as the SpecPrune config's executed_rows
+  --fixed-tasks N        LIBERO's protocol: N fixed tasks per suite, the seed picks one
+                         (seed % N) and its layout (default 0: a new task per seed)
 )";
 
 struct Args {
@@ -78,12 +80,12 @@ struct Args {
 
 const std::map<std::string, bool>& KnownFlags() {  // flag -> takes a value
   static const auto* flags = new std::map<std::string, bool>{
-      {"target", true},  {"deadline-ms", true}, {"attempts", true},    {"json", false},
-      {"robot", true},   {"instruction", true}, {"image", true},       {"synthetic", false},
-      {"proprio", true}, {"episode", true},     {"step", true},        {"method", true},
-      {"alpha", true},   {"keep-ratio", true},  {"diagnostic", false}, {"unnorm-key", true},
-      {"suite", true},   {"episodes", true},    {"seed", true},        {"execute", true},
-      {"help", false}};
+      {"target", true},      {"deadline-ms", true}, {"attempts", true},    {"json", false},
+      {"robot", true},       {"instruction", true}, {"image", true},       {"synthetic", false},
+      {"proprio", true},     {"episode", true},     {"step", true},        {"method", true},
+      {"alpha", true},       {"keep-ratio", true},  {"diagnostic", false}, {"unnorm-key", true},
+      {"suite", true},       {"episodes", true},    {"seed", true},        {"execute", true},
+      {"fixed-tasks", true}, {"help", false}};
   return *flags;
 }
 
@@ -394,12 +396,14 @@ int RunSim(Client& client, const Args& args, bool json) {
   if (!info.ok()) return Fail(info.status());
   auto suite = sim::ParseSuite(args.Get("suite", "goal"));
   if (!suite.ok()) return Fail(suite.status());
-  int episodes = 3, execute = 0;
+  int episodes = 3, execute = 0, fixed_tasks = 0;
   uint64_t seed = 0;
   if (!absl::SimpleAtoi(args.Get("episodes", "3"), &episodes) || episodes < 1 ||
       !absl::SimpleAtoi(args.Get("seed", "0"), &seed) ||
-      !absl::SimpleAtoi(args.Get("execute", "0"), &execute) || execute < 0) {
-    std::cerr << "error: --episodes, --seed and --execute take non-negative integers\n";
+      !absl::SimpleAtoi(args.Get("execute", "0"), &execute) || execute < 0 ||
+      !absl::SimpleAtoi(args.Get("fixed-tasks", "0"), &fixed_tasks) || fixed_tasks < 0) {
+    std::cerr << "error: --episodes, --seed, --execute and --fixed-tasks take non-negative "
+                 "integers\n";
     return 2;
   }
   if (info->cameras_size() != 2 || info->proprio_dim() != 8 || info->action_dim() != 7) {
@@ -423,6 +427,7 @@ int RunSim(Client& client, const Args& args, bool json) {
   const std::string robot = args.Get("robot", "sim-robot");
   sim::SimOptions sim_options;
   sim_options.image_size = static_cast<int>(info->image_height());
+  sim_options.fixed_tasks = fixed_tasks;
   nlohmann::json out = nlohmann::json::array();
   int successes = 0;
   for (int e = 0; e < episodes; ++e) {
