@@ -10,6 +10,8 @@
 #     models/tiny/pruning_config.json);
 #   * goal suite, 1 episode executing 4 of each chunk's 8 actions (the CLI sends executed_rows 4):
 #     solved;
+#   * object suite with --fixed-tasks 10: seeds 2000000 and 2000010 run the same task (same
+#     instruction), seed 2000001 another one;
 #   * the server exits 0 on SIGTERM.
 # usage: tests/cli_sim_smoke.sh SERVER_BINARY CLI_BINARY
 set -euo pipefail
@@ -27,13 +29,22 @@ timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite long --episodes 1 
 # the server must accept (the goal suite: 50/50 in docs/BENCHMARKS.md, "--execute_steps 4").
 timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite goal --episodes 1 --seed 2000000 \
   --execute 4 --robot sim-exec4 --json > "$work/exec4.json"
+# LIBERO's protocol: the seed picks one of 10 fixed tasks (seed % 10) and its layout.
+timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite object --episodes 2 --seed 2000000 \
+  --fixed-tasks 10 --robot sim-fixed --json > "$work/fixed.json"
+timeout 120 "$cli_bin" sim --target "127.0.0.1:$port" --suite object --episodes 1 --seed 2000010 \
+  --fixed-tasks 10 --robot sim-fixed2 --json > "$work/fixed2.json"
 
-"$py" - "$work/goal.json" "$work/long.json" "$work/exec4.json" <<'PY'
+"$py" - "$work/goal.json" "$work/long.json" "$work/exec4.json" "$work/fixed.json" \
+  "$work/fixed2.json" <<'PY'
 import json, sys
 goal = json.load(open(sys.argv[1]))
 long = json.load(open(sys.argv[2]))
 exec4 = json.load(open(sys.argv[3]))
+fixed = json.load(open(sys.argv[4]))["episodes"] + json.load(open(sys.argv[5]))["episodes"]
 errors = []
+if fixed[0]["instruction"] != fixed[2]["instruction"] or fixed[0]["instruction"] == fixed[1]["instruction"]:
+    errors.append(f"--fixed-tasks 10: seeds 2000000/2000001/2000010 gave {[e['instruction'] for e in fixed]}")
 if exec4["success_rate"] != 1.0 or exec4["episodes"][0]["predict_calls"] < 10:
     errors.append(f"goal with --execute 4: {exec4}")
 if goal["success_rate"] != 1.0:
