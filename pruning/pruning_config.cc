@@ -181,7 +181,26 @@ absl::Status ParseSpecPrune(const json& j, SpecPruneConfig* c) {
   return absl::OkStatus();
 }
 
-absl::Status ParseLayerRatio(const json& j, const std::string& p, int* layer, double* ratio) {
+std::string FastVQueryName(FastVQuery q) {
+  return q == FastVQuery::kActionReadout ? "actions" : "last";
+}
+
+absl::Status ReadFastVQuery(const json& v, const std::string& field, FastVQuery* out) {
+  std::string name;
+  if (absl::Status s = ReadString(v, field, &name); !s.ok()) return s;
+  if (name == "last") {
+    *out = FastVQuery::kLast;
+  } else if (name == "actions") {
+    *out = FastVQuery::kActionReadout;
+  } else {
+    return FieldError(field, absl::StrCat("unknown value \"", name, "\" (last, actions)"));
+  }
+  return absl::OkStatus();
+}
+
+// The "fastv" and "random" objects; `query` is FastV's only (nullptr: an unknown field).
+absl::Status ParseLayerRatio(const json& j, const std::string& p, int* layer, double* ratio,
+                             FastVQuery* query = nullptr) {
   if (!j.is_object()) return FieldError(p, "must be an object");
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string f = absl::StrCat(p, ".", it.key());
@@ -190,38 +209,14 @@ absl::Status ParseLayerRatio(const json& j, const std::string& p, int* layer, do
       s = ReadInt(it.value(), f, layer);
     } else if (it.key() == "keep_ratio") {
       s = ReadDouble(it.value(), f, ratio);
+    } else if (it.key() == "query" && query != nullptr) {
+      s = ReadFastVQuery(it.value(), f, query);
     } else {
       s = FieldError(f, "unknown field");
     }
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
-}
-
-std::string FastVQueryName(FastVQuery q) {
-  return q == FastVQuery::kActionReadout ? "actions" : "last";
-}
-
-absl::Status ParseFastV(const json& j, const std::string& p, FastVConfig* c) {
-  if (!j.is_object()) return FieldError(p, "must be an object");
-  json rest = json::object();
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (it.key() != "query") {
-      rest[it.key()] = it.value();
-      continue;
-    }
-    const std::string f = absl::StrCat(p, ".query");
-    std::string name;
-    if (absl::Status s = ReadString(it.value(), f, &name); !s.ok()) return s;
-    if (name == "last") {
-      c->query = FastVQuery::kLast;
-    } else if (name == "actions") {
-      c->query = FastVQuery::kActionReadout;
-    } else {
-      return FieldError(f, absl::StrCat("unknown value \"", name, "\" (last, actions)"));
-    }
-  }
-  return ParseLayerRatio(rest, p, &c->layer, &c->keep_ratio);
 }
 
 absl::Status CheckLayers(const std::vector<int>& layers, const std::string& field, int num_layers,
@@ -405,7 +400,7 @@ absl::StatusOr<PruningConfig> ParsePruningConfig(const nlohmann::json& j, Prunin
     } else if (key == "specprune") {
       s = ParseSpecPrune(it.value(), &c.specprune);
     } else if (key == "fastv") {
-      s = ParseFastV(it.value(), f, &c.fastv);
+      s = ParseLayerRatio(it.value(), f, &c.fastv.layer, &c.fastv.keep_ratio, &c.fastv.query);
     } else if (key == "random") {
       s = ParseLayerRatio(it.value(), f, &c.random.layer, &c.random.keep_ratio);
     } else {
