@@ -99,6 +99,8 @@ absl::Status ParseSpecPrune(const json& j, SpecPruneConfig* c) {
       s = ReadInt(v, f, &c->k_local);
     } else if (key == "k_dynamic") {
       s = ReadInt(v, f, &c->k_dynamic);
+    } else if (key == "dynamic_cameras") {
+      s = ReadIntList(v, f, &c->dynamic_cameras);
     } else if (key == "similarity_threshold") {
       s = ReadDouble(v, f, &c->similarity_threshold);
     } else if (key == "history_k") {
@@ -331,6 +333,18 @@ absl::Status ValidatePruningConfig(const PruningConfig& c) {
   if (s.k_global < 0) return FieldError(p + "k_global", "must be >= 0");
   if (s.k_local < 0) return FieldError(p + "k_local", "must be >= 0");
   if (s.k_dynamic < 0) return FieldError(p + "k_dynamic", "must be >= 0");
+  if (!s.dynamic_cameras.empty()) {
+    if (c.patches_per_camera <= 0 || c.vision_tokens <= 0) {
+      return FieldError(p + "dynamic_cameras", "needs the model's camera geometry");
+    }
+    const int64_t cameras = c.vision_tokens / c.patches_per_camera;
+    for (size_t i = 0; i < s.dynamic_cameras.size(); ++i) {
+      if (s.dynamic_cameras[i] < 0 || s.dynamic_cameras[i] >= cameras) {
+        return FieldError(absl::StrCat(p, "dynamic_cameras[", i, "]"),
+                          absl::StrCat("must be a camera index in [0, ", cameras, ")"));
+      }
+    }
+  }
   if (s.similarity_threshold < -1.0 || s.similarity_threshold > 1.0) {
     return FieldError(p + "similarity_threshold", "must be in [-1, 1]");
   }
@@ -420,6 +434,7 @@ nlohmann::json ToJson(const PruningConfig& c) {
       {"k_global", s.k_global},
       {"k_local", s.k_local},
       {"k_dynamic", s.k_dynamic},
+      {"dynamic_cameras", s.dynamic_cameras},
       {"similarity_threshold", s.similarity_threshold},
       {"history_k", s.history_k},
       {"history_b", s.history_b},

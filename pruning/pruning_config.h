@@ -49,6 +49,13 @@ struct SpecPruneConfig {
   int64_t k_global = 30;   // |V_global|: top-K of the previous step's prior
   int64_t k_local = 24;    // per local layer top-K (V_local is the union)
   int64_t k_dynamic = 20;  // at most this many changed patches in V_dynamic
+  // Cameras V_dynamic draws changed patches from (indices in the model's camera order; vision
+  // tokens are camera-major). Empty = every camera, the paper's rule. A wrist camera moves with
+  // the gripper, so nearly all of its patches change between passes and the lowest-similarity-first
+  // rule fills V_dynamic with them (docs/BENCHMARKS.md); listing only the static cameras keeps the
+  // signal of the arm moving in the scene (on `tiny` it did not raise success). Needs the model
+  // geometry (patches_per_camera).
+  std::vector<int> dynamic_cameras;
   // V_dynamic: patches whose pixel cosine similarity to the same patch T frames ago is < tau.
   // Camera pixels are non-negative, so unchanged patches sit very close to 1.
   double similarity_threshold = 0.99;

@@ -16,6 +16,16 @@ std::vector<char> LayerMask(const std::vector<int>& layers, int num_layers) {
   return mask;
 }
 
+// Patches of cameras not in `cameras` (empty = all) get a similarity no threshold selects.
+void ExcludeCameras(const std::vector<int>& cameras, int64_t patches_per_camera,
+                    std::vector<float>* similarity) {
+  if (cameras.empty() || patches_per_camera <= 0) return;
+  for (size_t i = 0; i < similarity->size(); ++i) {
+    const int camera = static_cast<int>(static_cast<int64_t>(i) / patches_per_camera);
+    if (std::find(cameras.begin(), cameras.end(), camera) == cameras.end()) (*similarity)[i] = 2.0f;
+  }
+}
+
 std::vector<float> TensorToVector(const torch::Tensor& t) {
   auto c = t.detach().to(torch::kCPU, torch::kFloat).contiguous().view({-1});
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
@@ -83,7 +93,8 @@ SpecPrunePruner::SpecPrunePruner(const PrunerContext& ctx)
     auto current = ctx.frame_patches.detach().to(torch::kCPU, torch::kFloat);
     if (reference.sizes().equals(current.sizes())) {
       try {
-        const std::vector<float> sim = TensorToVector(patch_cosine_similarity(current, reference));
+        std::vector<float> sim = TensorToVector(patch_cosine_similarity(current, reference));
+        ExcludeCameras(cfg_.dynamic_cameras, ctx.config->patches_per_camera, &sim);
         v_dynamic_ = DynamicSet(sim, cfg_.similarity_threshold, k_dynamic_);
       } catch (const c10::Error&) {
         v_dynamic_.clear();  // unusable frame: no frame-difference signal this step

@@ -107,6 +107,7 @@ TEST(PruningConfigTest, JsonRoundTrip) {
   c.specprune.gripper_threshold = 0.5;
   c.specprune.gripper_closed_above = false;
   c.fastv.query = FastVQuery::kLast;
+  c.specprune.dynamic_cameras = {1};
   auto parsed = ParsePruningConfig(ToJson(c), DefaultPruningConfig(12, 512, 256));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(ToJson(*parsed), ToJson(c));
@@ -179,6 +180,12 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
   EXPECT_EQ(ParseError(R"({"fastv": {"query": 1}})", d), "pruning.fastv.query: must be a string");
   EXPECT_EQ(ParseError(R"({"random": {"query": "last"}})", d),
             "pruning.random.query: unknown field");
+  EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_cameras": [0, 2]}})", d),
+            "pruning.specprune.dynamic_cameras[1]: must be a camera index in [0, 2)");
+  EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_cameras": 0}})", d),
+            "pruning.specprune.dynamic_cameras: must be an array of integers");
+  EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_cameras": [0]}})", PruningConfig{}),
+            "pruning.specprune.dynamic_cameras: needs the model's camera geometry");
   EXPECT_EQ(ParseError(R"({"seed": -4})", d), "pruning.seed: must be a non-negative integer");
   EXPECT_EQ(ParseError(R"([1, 2])", d), "pruning: must be an object");
   EXPECT_EQ(ParseError(R"({"specprune": 3})", d), "pruning.specprune: must be an object");

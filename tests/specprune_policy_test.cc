@@ -170,6 +170,23 @@ TEST_F(SpecPrunePolicyTest, SecondStepPrunesToUnionOfGlobalDynamicAndLocal) {
   for (int l = 0; l < kLayers; ++l) EXPECT_EQ(r.wanted[l], StatsRows::kText) << l;
 }
 
+// Two cameras of 64 patches: patch 10 of camera 0 and patches 100, 101 of camera 1 change.
+TEST_F(SpecPrunePolicyTest, DynamicSetDrawsOnlyFromTheListedCameras) {
+  const Ids changed = {10, 100, 101};
+  Step(Frame(), Actions(0.5f, 0.0f));
+  Step(Frame(changed), Actions(0.5f, 0.0f));
+  EXPECT_EQ(pruner_->v_dynamic(), changed);  // empty list: every camera, the paper's rule
+
+  for (const auto& [cameras, expected] :
+       std::vector<std::pair<std::vector<int>, Ids>>{{{0}, {10}}, {{1}, {100, 101}}}) {
+    state_.Clear();
+    config_.specprune.dynamic_cameras = cameras;
+    Step(Frame(), Actions(0.5f, 0.0f));
+    Step(Frame(changed), Actions(0.5f, 0.0f));
+    EXPECT_EQ(pruner_->v_dynamic(), expected) << "camera " << cameras[0];
+  }
+}
+
 TEST_F(SpecPrunePolicyTest, PriorIsMeanOfGlobalLayersWithZeroForPrunedTokens) {
   Step(Frame(), Actions(0.5f, 0.0f));
   Step(Frame({100, 101}), Actions(0.5f, 0.0f));
