@@ -4,10 +4,15 @@ then, when the file has per-episode results, a paired comparison of each method 
 when it has the failure analysis, the failed episodes by failure mode, and for a fixed task set
 (--fixed_tasks N) the successes per task.
 
-Usage: bench/eval_table.py RESULT.json
+Usage: bench/eval_table.py RESULT.json [RESULT.json ...]
+
+Several files (e.g. `--methods none` and one `--methods specprune --pruning FILE` run per config)
+are read as one run when they share seed, episodes per suite and fixed_tasks, so the episodes
+pair up; their non-`none` methods are labelled with the --pruning file (or the JSON file) name.
 """
 import json
 import math
+import os
 import sys
 
 
@@ -104,11 +109,40 @@ def per_task(results, seed, fixed_tasks):
     extra_table([f"task {i}" for i in range(fixed_tasks)], lines)
 
 
+PAIRING_KEYS = ("seed", "episodes_per_suite", "fixed_tasks")
+
+
+def load(paths):
+    """One run's JSON, or several runs on the same episodes merged into one."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    if len(runs) == 1:
+        return runs[0]
+    for path, d in zip(paths[1:], runs[1:]):
+        for key in PAIRING_KEYS:
+            if d.get(key) != runs[0].get(key):
+                sys.exit(f"{path}: {key} {d.get(key)} differs from {paths[0]}'s "
+                         f"{runs[0].get(key)}; the episodes would not pair up")
+    merged = {key: runs[0].get(key) for key in PAIRING_KEYS}
+    merged["results"], merged["summary"] = [], []
+    for path, d in zip(paths, runs):
+        label = os.path.splitext(os.path.basename(d.get("pruning_file") or path))[0]
+        summary = d["summary"]
+        for key, rows in (("results", d["results"]),
+                          ("summary", summary if isinstance(summary, list) else summary.values())):
+            for r in rows:
+                if r["method"] != "none":
+                    r = dict(r, method=f'{r["method"]} ({label})')
+                merged[key].append(r)
+    return merged
+
+
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    with open(sys.argv[1]) as f:
-        d = json.load(f)
+    d = load(sys.argv[1:])
     print("| method | suite | success | retention (mean over layers) | FLOPs % "
           "| speedup vs none | action deviation | V_global recall |")
     print("|---|---|--:|--:|--:|--:|--:|--:|")

@@ -77,6 +77,22 @@ add_test(NAME eval_rejects_unknown_flag COMMAND specprune_eval --model models/ti
 set_tests_properties(eval_rejects_unknown_flag PROPERTIES LABELS "eval"
                      PASS_REGULAR_EXPRESSION "unknown flag --bogus.*--help lists the flags")
 
+# Several runs on the same episodes (one --methods none, one per --pruning config) read as one:
+# the same pairing, the method labelled by its --pruning file; runs on other seeds are refused.
+add_test(NAME eval_table_pairs_runs_of_separate_files
+         COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/bench/eval_table.py
+                 ${CMAKE_CURRENT_LIST_DIR}/data/eval_result_small_none.json
+                 ${CMAKE_CURRENT_LIST_DIR}/data/eval_result_small_specprune.json)
+set_tests_properties(eval_table_pairs_runs_of_separate_files PROPERTIES LABELS "eval"
+                     PASS_REGULAR_EXPRESSION
+                     "\\| specprune \\(specprune-alpha1.9-fine2.8-kg14-kl4-kd0\\) \\| long \\| 3 \\| 1 \\| -2 \\| 0.625 \\|")
+add_test(NAME eval_table_refuses_runs_on_other_seeds
+         COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/bench/eval_table.py
+                 ${CMAKE_CURRENT_LIST_DIR}/data/eval_result_small_none.json
+                 ${CMAKE_CURRENT_LIST_DIR}/data/eval_result_small.json)
+set_tests_properties(eval_table_refuses_runs_on_other_seeds PROPERTIES LABELS "eval"
+                     PASS_REGULAR_EXPRESSION "seed None differs from .*would not pair up")
+
 # bench/eval_table.py: the Markdown table and the paired comparison with `none` (same seeds): in
 # tests/data/eval_result_small.json SpecPrune loses 3 of none's episodes and wins 1 (p = 0.625); its
 # failure modes and commonest wrong grasps.
