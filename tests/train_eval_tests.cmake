@@ -48,6 +48,12 @@ add_test(NAME train_smoke
                  $<TARGET_FILE:specprune_eval> ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/train_smoke)
 set_tests_properties(train_smoke PROPERTIES LABELS "eval" TIMEOUT 600)
 
+# tools/train_tiny.sh, the 3-hour recipe: both phases, A -> B, resumable (shrunk by extra flags).
+add_test(NAME train_tiny_recipe_smoke
+         COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/train_tiny_smoke.sh $<TARGET_FILE:specprune_train>
+                 ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/train_tiny_smoke)
+set_tests_properties(train_tiny_recipe_smoke PROPERTIES LABELS "eval" TIMEOUT 600)
+
 # A bad --pruning file is rejected with the field named (same parser as the server config).
 add_test(NAME eval_rejects_bad_pruning_config
          COMMAND specprune_eval --model ${CMAKE_SOURCE_DIR}/models/tiny --suites goal --methods none

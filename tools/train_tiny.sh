@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The compressed `tiny` training recipe (issue #6's budget: <= 3 h on 2 cores), end to end from
+# random weights, in two phases of specprune_train:
+#
+#   A  from scratch on LIBERO's fixed task sets (--fixed_tasks 10): action L1 + the grounding head
+#      on the action rows + the patch-grounding probe, decision points oversampled, a short
+#      distractor/`long` curriculum (stage-2 flags of docs/training.md from step 0);
+#   B  from A's weights: text-row grounding, patch attributes, attention grounding at every layer
+#      and the named-item target at SpecPrune's local layers 0-1 (the KN/FX flags).
+#
+#   tools/train_tiny.sh OUT_ROOT [STEPS_A=8000] [STEPS_B=2500] [EXTRA_FLAGS...]
+#
+# Writes OUT_ROOT/A and OUT_ROOT/B (B is a model directory the server loads) and appends each
+# phase's wall time to OUT_ROOT/times.txt. EXTRA_FLAGS go to both phases after the recipe's own
+# (the last value of a flag wins; the CI smoke test shrinks batch and statistics this way).
+# Resumable: rerun the same command; a phase already at its last step only reloads and exits.
+# Uses the committed tokenizer and model config (models/tiny). The trainer binary is
+# $SPECPRUNE_TRAIN, default build/bin/specprune_train under the source tree.
+set -euo pipefail
+
+if [[ $# -lt 1 ]]; then
+  echo "usage: $0 OUT_ROOT [STEPS_A=8000] [STEPS_B=2500] [EXTRA_FLAGS...]" >&2
+  exit 2
+fi
+src="$(cd "$(dirname "$0")/.." && pwd)"
+root="$1"
+steps_a="${2:-8000}"
+steps_b="${3:-2500}"
+shift $(( $# < 3 ? $# : 3 ))
+extra=("$@")
+for v in "$steps_a" "$steps_b"; do
+  [[ "$v" =~ ^[0-9]+$ && "$v" -gt 0 ]] ||
+    { echo "$0: STEPS_A and STEPS_B must be positive integers, got '$v'" >&2; exit 2; }
+done
+train="${SPECPRUNE_TRAIN:-$src/build/bin/specprune_train}"
+[[ -x "$train" ]] || { echo "$0: trainer '$train' not found (deploy/build.sh)" >&2; exit 1; }
+mkdir -p "$root/A" "$root/B"
+export OMP_WAIT_POLICY=passive
+
+COMMON=(--batch 32 --dtype bf16 --threads 2 --ckpt_every 250 --noise_frac 0.5 --noise_std 0.3
+        --max_shift 3 --aux_weight 1.0 --aux_targets 8 --aux_per_row 1 --patch_weight 1.0
+        --patch_layer 2 --early_steps 24 --long_frac 0.4 --fixed_tasks 10)
+
+phase() {
+  local name="$1"; shift
+  local t0 t1
+  t0=$(date +%s)
+  if ! "$train" "$@" "${extra[@]}" >> "$root/$name/train.log" 2>&1; then
+    echo "$0: phase $name failed; the end of $root/$name/train.log:" >&2
+    tail -n 20 "$root/$name/train.log" >&2
+    exit 1
+  fi
+  t1=$(date +%s)
+  echo "$name $(( t1 - t0 )) s $(date -u +%FT%TZ)" >> "$root/times.txt"
+}
+
+phase A --out "$root/A" --init "$src/models/tiny" --steps "$steps_a" --lr 5e-4 --warmup 300 \
+  --stage1 1000 --stage2 3000 --early_frac 0.5 --eval_every 2000 --eval_episodes 8 \
+  --holdout_every 500 --seed 71 "${COMMON[@]}"
+
+phase B --out "$root/B" --init "$root/A" --init_weights 1 --steps "$steps_b" --lr 1e-4 \
+  --warmup 50 --head_warmup 300 --min_lr_ratio 0.1 --head_lr 1e-3 --stage1 0 --stage2 0 \
+  --early_frac 0.3 --eval_every 1250 --eval_episodes 16 --holdout_every 500 \
+  --text_aux_weight 0.5 --attr_weight 0.5 --attn_weight 0.5 --attn_layers 0,1,2,3,4,5 \
+  --attn_named_layers 0,1 --seed 73 "${COMMON[@]}"
+
+cat "$root/times.txt"
