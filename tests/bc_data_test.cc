@@ -5,6 +5,8 @@
 #include <array>
 #include <cmath>
 #include <map>
+#include <memory>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -574,6 +576,81 @@ TEST(BcDataTest, AttentionTapMatchesTheScoresTheServedModelPrunesBy) {
           << "sample " << b << " layer " << layers[i];
     }
   }
+}
+
+// Keeps a fixed set of vision tokens from layer `after + 1` on.
+class FixedSetPruner : public SamplePruner {
+ public:
+  FixedSetPruner(int after, std::vector<int64_t> keep) : after_(after), keep_(std::move(keep)) {}
+  StatsRows StatsWanted(int) const override { return StatsRows::kNone; }
+  std::optional<std::vector<int64_t>> AfterLayer(int layer, const std::vector<int64_t>&,
+                                                 const LayerAttentionStats*) override {
+    if (layer != after_) return std::nullopt;
+    return keep_;
+  }
+
+ private:
+  int after_;
+  std::vector<int64_t> keep_;
+};
+
+TEST(BcDataTest, TokenDropMatchesTheServedModelPruningTheSameSet) {
+  ModelConfig c = TinyConfig();
+  ModelOptions mo;
+  mo.seed = 8;
+  auto model = VlaModel::Create(c, mo);
+  ASSERT_TRUE(model.ok());
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  DatasetStats st = SmallStats();
+  const int64_t p = c.vision_tokens();
+  std::mt19937_64 rng(9);
+  std::vector<SampleInput> inputs;
+  std::vector<std::unique_ptr<FixedSetPruner>> pruners;
+  auto keep = torch::zeros({3, p}, torch::kBool);
+  for (int i = 0; i < 3; ++i) {  // ragged prompts, a different kept set per sample
+    const EpisodeSpec spec{sim::kAllSuites[i + 1], static_cast<uint64_t>(i + 10), -1, 0.0f};
+    auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+    ASSERT_TRUE(ep.ok());
+    auto in =
+        ObservationInput(*ep, c, BuildPromptIds(c, **tok, ep->instruction()), st.proprio, nullptr);
+    ASSERT_TRUE(in.ok()) << in.status();
+    std::vector<int64_t> ids;
+    for (int64_t v = 0; v < p; ++v)
+      if (std::uniform_real_distribution<double>(0, 1)(rng) < 0.2 + 0.15 * i) {
+        ids.push_back(v);
+        keep[i][v] = true;
+      }
+    pruners.push_back(std::make_unique<FixedSetPruner>(1, ids));
+    in->pruner = pruners.back().get();
+    inputs.push_back(*std::move(in));
+  }
+  auto served = (*model)->Forward(inputs);
+  ASSERT_TRUE(served.ok()) << served.status();
+  ASSERT_LT((*served)[0].vision_tokens_per_layer.back(), p);  // the served pass did prune
+  std::vector<torch::Tensor> imgs, props;
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& in : inputs) {
+    imgs.push_back(torch::stack(in.images));
+    props.push_back(in.proprio);
+    prompts.push_back(in.prompt_ids);
+  }
+  torch::NoGradGuard ng;
+  const auto px = torch::stack(imgs), pr = torch::stack(props);
+  auto dropped = TrainingForward((*model)->module(), c, px, pr, prompts, {}, {2, keep});
+  auto full = TrainingForward((*model)->module(), c, px, pr, prompts);
+  auto all_kept =
+      TrainingForward((*model)->module(), c, px, pr, prompts, {}, {2, torch::ones_like(keep)});
+  for (int b = 0; b < 3; ++b) {
+    EXPECT_LT((dropped[b] - (*served)[b].normalized_actions).abs().max().item<float>(), 1e-5f) << b;
+    EXPECT_GT((dropped[b] - full[b]).abs().max().item<float>(), 1e-4f) << "dropping is visible";
+  }
+  EXPECT_TRUE(torch::equal(all_kept, full));
+  // The drop starts at its layer: dropping before layer 0 is another pass.
+  auto from_start = TrainingForward((*model)->module(), c, px, pr, prompts, {}, {0, keep});
+  EXPECT_GT((from_start - dropped).abs().max().item<float>(), 1e-4f);
+  EXPECT_THROW(TrainingForward((*model)->module(), c, px, pr, prompts, {}, {2, keep.slice(1, 1)}),
+               c10::Error);
 }
 
 TEST(BcDataTest, RowAttentionTapAveragesToThePooledScores) {

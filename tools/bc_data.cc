@@ -650,7 +650,7 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
                               const std::vector<std::vector<int64_t>>& prompt_ids,
-                              const ForwardTaps& taps) {
+                              const ForwardTaps& taps, const VisionTokenDrop& drop) {
   const auto& llm = config.llm;
   const int64_t bsz = pixels.size(0);
   const int64_t p = config.vision_tokens();
@@ -718,7 +718,16 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   }
   text_rows = text_rows.to(device);
   text_valid = text_valid.to(device);
+  if (drop.layer >= 0 && drop.keep.defined()) {
+    TORCH_CHECK(drop.keep.sizes() == torch::IntArrayRef({bsz, p}),
+                "VisionTokenDrop::keep must be [batch, vision tokens]");
+  }
   for (size_t l = 0; l < lm->layer_list.size(); ++l) {
+    if (drop.layer == static_cast<int>(l) && drop.keep.defined()) {
+      valid = valid.clone();
+      valid.slice(1, 1, 1 + p).logical_and_(drop.keep.to(device, torch::kBool));
+      bias = KeyPaddingBias(valid, dtype);
+    }
     auto layer = lm->layer_list[l];
     const auto listed = [&](const std::vector<int>& layers) {
       return std::find(layers.begin(), layers.end(), static_cast<int>(l)) != layers.end();

@@ -283,15 +283,26 @@ struct ForwardTaps {
   std::vector<torch::Tensor>* text_row_vision_attention = nullptr;
 };
 
-// Differentiable forward without pruning, same layout as VlaModel::ForwardImpl:
+// Training-time stand-in for vision-token pruning: from LLM layer `layer` on, the vision tokens
+// with keep[b, v] == false are no longer keys of any row, which is what removing their rows does
+// to the other rows (a pruned model keeps every token's original RoPE position, so the kept rows
+// see exactly what they see in a served pass whose pruner keeps the same set after layer - 1).
+// The dropped rows still run as queries; nothing reads them but the vision_hidden tap.
+struct VisionTokenDrop {
+  int layer = -1;      // first layer without the dropped tokens; < 0 = no dropping
+  torch::Tensor keep;  // [B, vision tokens] bool (any device)
+};
+
+// Differentiable forward, same layout as VlaModel::ForwardImpl:
 // [BOS | vision | proprio | prompt | zero placeholders | EOS]; the head reads
-// the row before each placeholder. Returns normalized actions [B, chunk,
-// action_dim] in the module's dtype (or the autocast dtype). Parameters are
-// those of `module` (any device); inputs are moved to it.
+// the row before each placeholder; unpruned unless `drop` says otherwise.
+// Returns normalized actions [B, chunk, action_dim] in the module's dtype (or
+// the autocast dtype). Parameters are those of `module` (any device); inputs
+// are moved to it.
 torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
                               const torch::Tensor& pixels, const torch::Tensor& proprio,
                               const std::vector<std::vector<int64_t>>& prompt_ids,
-                              const ForwardTaps& taps = {});
+                              const ForwardTaps& taps = {}, const VisionTokenDrop& drop = {});
 
 // Patch labels of one camera image: [patches, kPatchTargetItems] in {0, 1}, row-major patches of
 // `patch` pixels over a `size` x `size` image; a patch is 1 when its square intersects the item's

@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -161,6 +162,21 @@ struct TrainOptions {
   // "empty" plus the steps holding an object some goal moves (carrying it; in `long` also the
   // second sub-task's object taken first, which the expert now carries to its own plate).
   std::string dagger_states = "empty";
+  // Training under vision-token dropping (0 = off), so the policy learns to act on the subset a
+  // pruner keeps: this fraction of each batch's samples loses vision tokens from LLM layer
+  // `drop_layer` on: the layer after SpecPrune's last local layer, where its static pruning
+  // removes tokens (1 for the 6-layer `tiny`, whose scaled local layers are {0}; 2 for
+  // OpenVLA-OFT's 32 layers).
+  // A dropped sample keeps each patch of the items its instruction names (BcBatch::patch_labels
+  // and named_labels: what SpecPrune's V_global and V_local are trained to find) with probability
+  // `drop_item_keep`, and random other patches until its kept share of the vision tokens reaches
+  // one drawn uniformly from [drop_keep_min, drop_keep_max]. The held-out check then also reports
+  // the L1 with every sample dropped at the middle of that range.
+  double drop_frac = 0.0;
+  int drop_layer = 1;
+  double drop_keep_min = 0.2;
+  double drop_keep_max = 0.5;
+  double drop_item_keep = 0.9;
 };
 
 void SetAutocast(bool on) {
@@ -318,6 +334,16 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->dagger_pool = std::stoi(v);
       else if (k == "dagger_states")
         o->dagger_states = v;
+      else if (k == "drop_frac")
+        o->drop_frac = std::stod(v);
+      else if (k == "drop_layer")
+        o->drop_layer = std::stoi(v);
+      else if (k == "drop_keep_min")
+        o->drop_keep_min = std::stod(v);
+      else if (k == "drop_keep_max")
+        o->drop_keep_max = std::stod(v);
+      else if (k == "drop_item_keep")
+        o->drop_item_keep = std::stod(v);
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -325,6 +351,15 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bad flag value: %s\n", e.what());
+    return false;
+  }
+  if (!(o->drop_frac >= 0 && o->drop_frac <= 1) ||
+      !(o->drop_item_keep >= 0 && o->drop_item_keep <= 1)) {
+    std::fprintf(stderr, "--drop_frac and --drop_item_keep must be in [0, 1]\n");
+    return false;
+  }
+  if (!(o->drop_keep_min > 0 && o->drop_keep_min <= o->drop_keep_max && o->drop_keep_max <= 1)) {
+    std::fprintf(stderr, "--drop_keep_min/--drop_keep_max: need 0 < min <= max <= 1\n");
     return false;
   }
   if (o->dtype != "bf16" && o->dtype != "fp32") {
@@ -841,12 +876,45 @@ torch::Tensor TextAuxMean(const torch::Tensor& pred, const torch::Tensor& mask) 
 // Positives are a few patches per image; weighting them keeps the probe from settling on "none".
 constexpr double kPatchPositiveWeight = 4.0;
 
-Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, bool bf16) {
+// The kept vision tokens of TrainOptions::drop_* for a batch, [B, vision tokens] bool: samples
+// not chosen (with probability 1 - `frac`) keep every token. `keep_min`/`keep_max` bound the
+// share of kept tokens each chosen sample draws.
+torch::Tensor DropKeepMask(const BcBatch& b, double frac, double keep_min, double keep_max,
+                           double item_keep, std::mt19937_64* rng) {
+  const int64_t bsz = b.patch_labels.size(0), p = b.patch_labels.size(1);
+  auto items = (b.patch_labels.sum(2) + b.named_labels.sum(2)).gt(0).to(torch::kCPU);
+  auto keep = torch::ones({bsz, p}, torch::kBool);
+  auto item_acc = items.accessor<bool, 2>();
+  auto keep_acc = keep.accessor<bool, 2>();
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<int64_t> others;
+  for (int64_t i = 0; i < bsz; ++i) {
+    if (u(*rng) >= frac) continue;
+    const int64_t target = std::lround((keep_min + (keep_max - keep_min) * u(*rng)) * p);
+    int64_t kept = 0;
+    others.clear();
+    for (int64_t v = 0; v < p; ++v) {
+      const bool k = item_acc[i][v] && u(*rng) < item_keep;
+      keep_acc[i][v] = k;
+      if (k)
+        ++kept;
+      else
+        others.push_back(v);
+    }
+    std::shuffle(others.begin(), others.end(), *rng);
+    for (size_t j = 0; kept < target && j < others.size(); ++j, ++kept)
+      keep_acc[i][others[j]] = true;
+  }
+  return keep;
+}
+
+Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, bool bf16,
+            const VisionTokenDrop& drop = {}) {
   SetAutocast(bf16);
   Tapped tap;
-  auto pred =
-      TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids,
-                      tap.Taps(heads, heads.attn_loss, heads.mention_loss, heads.colour_word_loss));
+  auto pred = TrainingForward(
+      m, c, b.pixels, b.proprio, b.prompt_ids,
+      tap.Taps(heads, heads.attn_loss, heads.mention_loss, heads.colour_word_loss), drop);
   SetAutocast(false);
   Losses l;
   l.action = (pred.to(torch::kFloat32) - b.actions).abs().mean();
@@ -929,6 +997,7 @@ absl::StatusOr<Holdout> MakeHoldout(const ModelConfig& c, const Tokenizer& tok,
 // Patch probe: top-1 hit rate of the object / destination in the main view.
 struct HoldoutResult {
   double l1 = 0, corr_x = 0, corr_y = 0, corr_obj_x = 0, corr_dest_x = 0, corr_rel_x = NAN;
+  double l1_dropped = NAN;       // the action L1 under vision-token dropping (when asked)
   double corr_text_obj_x = NAN;  // the text-row head's object x (when it is on)
   double attr_accuracy = NAN;    // the attribute probe on patches showing something (when on)
   double attn_share = NAN;       // mean vision-attention share on each target item (when on)
@@ -964,7 +1033,10 @@ torch::Tensor FilmOfBatch(VlaModule& m, const BcBatch& b, double* item_weight) {
   return torch::stack(films).to(torch::kFloat32);
 }
 
-HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, const Holdout& h) {
+// `drop` (optional): also report the action L1 with every sample's vision tokens dropped at this
+// layer, keeping the share `drop_keep` (TrainOptions::drop_*, fixed seed).
+HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, const Holdout& h,
+                          int drop_layer = -1, double drop_keep = 0, double drop_item_keep = 1) {
   torch::NoGradGuard ng;
   AuxHead& aux = heads.aux;
   std::vector<torch::Tensor> preds, targets, aux_preds, aux_targets, patch_logits, patch_labels;
@@ -972,9 +1044,17 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   double attr_right = 0, attr_batches = 0, attn_share = 0, attn_batches = 0;
   double mention_share = 0, mention_batches = 0, colour_share = 0, colour_batches = 0;
   double film_item_weight = 0;
-  double sum = 0;
+  double sum = 0, dropped_sum = 0;
   int64_t n = 0;
+  std::mt19937_64 drop_rng(12345);
   for (const auto& b : h.batches) {
+    if (drop_layer >= 0) {
+      const auto keep = DropKeepMask(b, 1.0, drop_keep, drop_keep, drop_item_keep, &drop_rng);
+      auto dropped =
+          TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, {}, {drop_layer, keep})
+              .to(torch::kFloat32);
+      dropped_sum += (dropped - b.actions).abs().mean().item<double>() * b.actions.size(0);
+    }
     Tapped tap;
     auto pred =
         TrainingForward(m, c, b.pixels, b.proprio, b.prompt_ids, tap.Taps(heads, true, true, true))
@@ -1017,6 +1097,7 @@ HoldoutResult EvalHoldout(VlaModule& m, Heads& heads, const ModelConfig& c, cons
   auto ap = torch::cat(aux_preds), at = torch::cat(aux_targets);
   HoldoutResult r;
   r.l1 = n > 0 ? sum / n : 0;
+  if (drop_layer >= 0 && n > 0) r.l1_dropped = dropped_sum / n;
   r.corr_x = Pearson(p.select(1, 0), t.select(1, 0));
   r.corr_y = Pearson(p.select(1, 1), t.select(1, 1));
   r.corr_obj_x = Pearson(ap.select(1, 0), at.select(1, 0));
@@ -1140,6 +1221,8 @@ constexpr char kUsage[] =
     "              --colour_word_weight X --colour_word_layers a,b,...\n"
     "  DAgger:     --dagger_every N --dagger_episodes N --dagger_frac X --dagger_pool N\n"
     "              --dagger_states empty|goal|all\n"
+    "  dropping:   --drop_frac X --drop_layer L --drop_keep_min X --drop_keep_max X\n"
+    "              --drop_item_keep X\n"
     "  progress:   --log_every N --holdout_every N --eval_every N --eval_episodes N\n"
     "              --ckpt_every N\n"
     "  one-shot:   --benchmark N (fp32 vs bf16 step time) --check_demos N --diagnose N\n"
@@ -1330,6 +1413,10 @@ int Main(int argc, char** argv) {
         }
       return true;
     };
+    if (o.drop_frac > 0 && (o.drop_layer < 0 || o.drop_layer >= layers)) {
+      std::fprintf(stderr, "--drop_layer: the model has %d layers\n", layers);
+      return 2;
+    }
     heads.attn_loss = o.attn_weight > 0;
     heads.mention_loss = o.mention_weight > 0;
     heads.colour_word_loss = o.colour_word_weight > 0;
@@ -1672,7 +1759,14 @@ int Main(int argc, char** argv) {
       static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[g].options())
           .lr(g == film_group && s >= o.head_warmup ? lr * o.film_lr_mult : lr);
     opt.zero_grad();
-    auto losses = Loss(module, heads, c, *batch, bf16);
+    VisionTokenDrop drop;
+    if (o.drop_frac > 0) {
+      std::mt19937_64 drop_rng(o.seed * 1000003ULL + static_cast<uint64_t>(s));
+      drop.layer = o.drop_layer;
+      drop.keep = DropKeepMask(*batch, o.drop_frac, o.drop_keep_min, o.drop_keep_max,
+                               o.drop_item_keep, &drop_rng);
+    }
+    auto losses = Loss(module, heads, c, *batch, bf16, drop);
     auto loss = losses.action;
     auto total = losses.action;
     if (o.aux_weight > 0) total = total + o.aux_weight * losses.aux;
@@ -1724,7 +1818,10 @@ int Main(int argc, char** argv) {
     if (done % o.holdout_every == 0 || done == o.steps) {
       module->eval();
       aux->eval();
-      const HoldoutResult hr = EvalHoldout(module, heads, c, *holdout);
+      const HoldoutResult hr =
+          o.drop_frac > 0 ? EvalHoldout(module, heads, c, *holdout, o.drop_layer,
+                                        (o.drop_keep_min + o.drop_keep_max) / 2, o.drop_item_keep)
+                          : EvalHoldout(module, heads, c, *holdout);
       module->train();
       aux->train();
       std::printf(
@@ -1735,6 +1832,9 @@ int Main(int argc, char** argv) {
           static_cast<long long>(done), hr.l1, hr.corr_x, hr.corr_y, hr.corr_obj_x, hr.corr_dest_x,
           hr.corr_rel_x, hr.patch_object, hr.patch_destination, hr.corr_text_obj_x,
           hr.attr_accuracy, hr.attn_share, hr.mention_share, hr.colour_share);
+      if (std::isfinite(hr.l1_dropped))
+        std::printf("holdout step %lld l1 with vision tokens dropped from layer %d: %.4f\n",
+                    static_cast<long long>(done), o.drop_layer, hr.l1_dropped);
       if (std::isfinite(hr.film_gamma))
         std::printf(
             "holdout step %lld instruction film |gamma| %.4f |beta| %.4f gamma spread between "
