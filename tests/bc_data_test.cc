@@ -34,6 +34,24 @@ DatasetStats SmallStats() {
   return *st;
 }
 
+// A batch of served-model inputs as TrainingForward takes it.
+struct Stacked {
+  torch::Tensor pixels, proprio;
+  std::vector<std::vector<int64_t>> prompts;
+};
+Stacked Stack(const std::vector<SampleInput>& inputs) {
+  std::vector<torch::Tensor> imgs, props;
+  Stacked out;
+  for (const auto& in : inputs) {
+    imgs.push_back(torch::stack(in.images));
+    props.push_back(in.proprio);
+    out.prompts.push_back(in.prompt_ids);
+  }
+  out.pixels = torch::stack(imgs);
+  out.proprio = torch::stack(props);
+  return out;
+}
+
 TEST(BcDataTest, ChunkLabelsAreTheExpertsNextActions) {
   const EpisodeSpec spec{sim::Suite::kObject, 5, -1, 0.0f};
   auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
@@ -441,20 +459,15 @@ void ExpectTrainingForwardMatchesVlaModelForward(const std::string& film) {
             inputs[2].prompt_ids.size());  // ragged batch
   auto served = (*model)->Forward(inputs);
   ASSERT_TRUE(served.ok()) << served.status();
-  std::vector<torch::Tensor> imgs, props;
-  std::vector<std::vector<int64_t>> prompts;
-  for (const auto& in : inputs) {
-    imgs.push_back(torch::stack(in.images));
-    props.push_back(in.proprio);
-    prompts.push_back(in.prompt_ids);
-  }
+  const Stacked stacked = Stack(inputs);
+  const auto& prompts = stacked.prompts;
   torch::NoGradGuard ng;
   torch::Tensor projected, llm_input;
   ForwardTaps taps;
   taps.vision_tokens = &projected;
   taps.llm_vision_input = &llm_input;
-  auto trained = TrainingForward((*model)->module(), c, torch::stack(imgs), torch::stack(props),
-                                 prompts, taps);
+  auto trained =
+      TrainingForward((*model)->module(), c, stacked.pixels, stacked.proprio, prompts, taps);
   ASSERT_EQ(trained.sizes(), torch::IntArrayRef({3, 8, 7}));
   // The LLM's vision input is the projector output, FiLM-ed by each sample's own prompt.
   ASSERT_EQ(llm_input.sizes(), projected.sizes());
@@ -472,7 +485,7 @@ void ExpectTrainingForwardMatchesVlaModelForward(const std::string& film) {
   // Gradients reach the vision tower (the path visual grounding depends on).
   torch::AutoGradMode grad(true);
   (*model)->module()->zero_grad();
-  TrainingForward((*model)->module(), c, torch::stack(imgs), torch::stack(props), prompts)
+  TrainingForward((*model)->module(), c, stacked.pixels, stacked.proprio, prompts)
       .abs()
       .mean()
       .backward();
@@ -555,18 +568,14 @@ TEST(BcDataTest, AttentionTapMatchesTheScoresTheServedModelPrunesBy) {
   }
   ASSERT_NE(inputs[0].prompt_ids.size(), inputs[1].prompt_ids.size());
   ASSERT_TRUE((*model)->Forward(inputs).ok());
-  std::vector<torch::Tensor> imgs, props, scores;
-  std::vector<std::vector<int64_t>> prompts;
-  for (const auto& in : inputs) {
-    imgs.push_back(torch::stack(in.images));
-    props.push_back(in.proprio);
-    prompts.push_back(in.prompt_ids);
-  }
+  std::vector<torch::Tensor> scores;
+  const Stacked stacked = Stack(inputs);
+  const auto& prompts = stacked.prompts;
   ForwardTaps taps;
   taps.attention_layers = layers;
   taps.text_vision_attention = &scores;
   torch::NoGradGuard ng;
-  TrainingForward((*model)->module(), c, torch::stack(imgs), torch::stack(props), prompts, taps);
+  TrainingForward((*model)->module(), c, stacked.pixels, stacked.proprio, prompts, taps);
   ASSERT_EQ(scores.size(), layers.size());
   for (int b = 0; b < 2; ++b) {
     const auto& recorded = dynamic_cast<KeepAllPruner*>(pruners[b].get())->recorded_scores();
@@ -628,15 +637,11 @@ TEST(BcDataTest, TokenDropMatchesTheServedModelPruningTheSameSet) {
   auto served = (*model)->Forward(inputs);
   ASSERT_TRUE(served.ok()) << served.status();
   ASSERT_LT((*served)[0].vision_tokens_per_layer.back(), p);  // the served pass did prune
-  std::vector<torch::Tensor> imgs, props;
-  std::vector<std::vector<int64_t>> prompts;
-  for (const auto& in : inputs) {
-    imgs.push_back(torch::stack(in.images));
-    props.push_back(in.proprio);
-    prompts.push_back(in.prompt_ids);
-  }
+  const Stacked stacked = Stack(inputs);
+  const auto& prompts = stacked.prompts;
   torch::NoGradGuard ng;
-  const auto px = torch::stack(imgs), pr = torch::stack(props);
+  const auto& px = stacked.pixels;
+  const auto& pr = stacked.proprio;
   auto dropped = TrainingForward((*model)->module(), c, px, pr, prompts, {}, {2, keep});
   auto full = TrainingForward((*model)->module(), c, px, pr, prompts);
   auto all_kept =

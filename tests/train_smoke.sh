@@ -99,6 +99,17 @@ if "$train" "${common[@]}" --out "$out.bad" --steps 1 --film_pooling attention >
   echo "--film_pooling without the FiLM was accepted"; exit 1
 fi
 grep -q -- "--film_pooling: needs --instruction_film 1" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+# The vision-token dropping flags are checked.
+for bad in "--drop_frac 1.5|--drop_frac and --drop_item_keep must be in [0, 1]" \
+           "--drop_keep_min 0.6 --drop_keep_max 0.4|--drop_keep_min/--drop_keep_max: need 0 < min <= max <= 1" \
+           "--drop_frac 0.5 --drop_layer 6|--drop_layer: the model has 6 layers"; do
+  flags=${bad%%|*} msg=${bad#*|}
+  # shellcheck disable=SC2086
+  if "$train" "${common[@]}" --out "$out.bad" --steps 1 $flags > "$out.bad.log" 2>&1; then
+    echo "$flags was accepted"; exit 1
+  fi
+  grep -qF -- "$msg" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+done
 # The suite mix takes three weights.
 if "$train" "${common[@]}" --out "$out.bad" --steps 1 --easy_mix 1,0 > "$out.bad.log" 2>&1; then
   echo "--easy_mix 1,0 was accepted"; exit 1
