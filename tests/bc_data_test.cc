@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "model/tokenizer.h"
@@ -656,6 +657,87 @@ TEST(BcDataTest, TokenDropMatchesTheServedModelPruningTheSameSet) {
   EXPECT_GT((from_start - dropped).abs().max().item<float>(), 1e-4f);
   EXPECT_THROW(TrainingForward((*model)->module(), c, px, pr, prompts, {}, {2, keep.slice(1, 1)}),
                c10::Error);
+}
+
+TEST(BcDataTest, SpecPruneStaticKeepIsTheSetTheServedPrunerKeeps) {
+  ModelConfig c = TinyConfig();
+  ModelOptions mo;
+  mo.seed = 12;
+  auto model = VlaModel::Create(c, mo);
+  ASSERT_TRUE(model.ok());
+  auto tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok());
+  DatasetStats st = SmallStats();
+  const int layers = static_cast<int>(c.llm.layers);
+  const int64_t p = c.vision_tokens();
+  PruningConfig config = DefaultPruningConfig(layers, p, c.patches_per_image());
+  config.specprune.prune_fraction = 0.0;  // static pruning only: the set decides the output
+  config.specprune.k_global = 6;
+  const int first_pruned = config.specprune.local_layers.back() + 1;
+  std::set<int> tapped(config.specprune.local_layers.begin(), config.specprune.local_layers.end());
+  tapped.insert(config.specprune.global_layers.begin(), config.specprune.global_layers.end());
+  const std::vector<int> tap_layers(tapped.begin(), tapped.end());
+  torch::manual_seed(13);
+  for (int i = 0; i < 2; ++i) {  // a slow (fine) and a fast (coarse) previous chunk
+    const EpisodeSpec spec{sim::kAllSuites[i + 2], static_cast<uint64_t>(i + 20), -1, 0.0f};
+    auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
+    ASSERT_TRUE(ep.ok());
+    auto in =
+        ObservationInput(*ep, c, BuildPromptIds(c, **tok, ep->instruction()), st.proprio, nullptr);
+    ASSERT_TRUE(in.ok()) << in.status();
+    const Stacked one = Stack({*in});
+    std::vector<torch::Tensor> scores;
+    ForwardTaps taps;
+    taps.attention_layers = tap_layers;
+    taps.text_vision_attention = &scores;
+    torch::NoGradGuard ng;
+    TrainingForward((*model)->module(), c, one.pixels, one.proprio, one.prompts, taps);
+    ASSERT_EQ(scores.size(), tap_layers.size());
+    std::vector<torch::Tensor> by_layer(layers);
+    for (size_t t = 0; t < tap_layers.size(); ++t) by_layer[tap_layers[t]] = scores[t][0];
+    auto prior = torch::zeros({p});
+    for (int l : config.specprune.global_layers) prior += by_layer[l];
+    prior /= static_cast<double>(config.specprune.global_layers.size());
+    auto chunk = torch::zeros({c.chunk_size, c.action_dim});  // moving in x and y only
+    chunk.slice(1, 0, 2).fill_(i == 0 ? 0.01 : 0.8);
+    auto keep = SpecPruneStaticKeep(config, layers, by_layer, prior, chunk);
+    ASSERT_TRUE(keep.ok()) << keep.status();
+    ASSERT_EQ(keep->sizes(), torch::IntArrayRef({p}));
+    const int64_t kept = keep->sum().item<int64_t>();
+    EXPECT_GT(kept, 0);
+    EXPECT_LT(kept, p);
+    // The served pass with this prior and previous chunk keeps exactly that set.
+    EpisodeState state;
+    state.global_prior = prior.clone();
+    state.last_actions = chunk.clone();
+    PrunerContext ctx;
+    ctx.config = &config;
+    ctx.state = &state;
+    ctx.num_layers = layers;
+    ctx.num_vision_tokens = p;
+    auto pruner = CreatePruner(ctx);
+    ASSERT_TRUE(pruner.ok());
+    in->pruner = pruner->get();
+    auto served = (*model)->Forward({*in});
+    ASSERT_TRUE(served.ok()) << served.status();
+    EXPECT_EQ((*served)[0].vision_tokens_per_layer[first_pruned], kept) << i;
+    auto dropped = TrainingForward((*model)->module(), c, one.pixels, one.proprio, one.prompts, {},
+                                   {first_pruned, keep->unsqueeze(0)});
+    EXPECT_LT((dropped[0] - (*served)[0].normalized_actions).abs().max().item<float>(), 1e-5f) << i;
+    EXPECT_EQ((*pruner)->mode(), i == 0 ? ControllerMode::kFine : ControllerMode::kCoarse);
+  }
+  // Bad inputs are refused, naming what is wrong.
+  PruningConfig fastv = config;
+  fastv.method = PruningMethod::kFastV;
+  auto zeros = torch::zeros({p});
+  std::vector<torch::Tensor> by_layer(layers, zeros);
+  auto chunk = torch::zeros({c.chunk_size, c.action_dim});
+  EXPECT_EQ(SpecPruneStaticKeep(fastv, layers, by_layer, zeros, chunk).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto missing = SpecPruneStaticKeep(config, layers, {}, zeros, chunk);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find("layer_scores[0]"), std::string::npos);
+  EXPECT_FALSE(SpecPruneStaticKeep(config, layers, by_layer, torch::Tensor(), chunk).ok());
 }
 
 TEST(BcDataTest, RowAttentionTapAveragesToThePooledScores) {

@@ -2,9 +2,8 @@
 # The robot-side demo end to end: starts specprune_server (embedded default model, its shipped
 # pruning config) on an ephemeral loopback port and drives simulator episodes through it with
 # `specprune_cli sim --json`, as a robot would. Requires:
-#   * goal suite, 2 episodes (seeds 2000000-1): both solved (the model solves 200/200 unpruned and
-#     199/200 with SpecPrune in docs/BENCHMARKS.md), every episode with Predict calls and a
-#     retention below 1 (SpecPrune pruned over the wire);
+#   * goal suite, 2 episodes (seeds 2000000-1, procedural): both solved, every episode with
+#     Predict calls and a retention below 1 (SpecPrune pruned over the wire);
 #   * long suite, 1 episode (seed 2000001, which places its first object): at least one pass
 #     flagged as a prior refresh after the gripper release (refresh_after_release is on in
 #     models/tiny/pruning_config.json);

@@ -3,22 +3,25 @@ specprune_add_test(bc_data_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/bc_data_test.c
 target_compile_definitions(bc_data_test PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 
 # CI check that the committed model still succeeds, unpruned and with SpecPrune at its shipped
-# pruning_config.json: a few episodes of the three one-goal procedural suites (over 200 episodes
-# each: spatial 88.5%, object 63.5%, goal 100%; docs/BENCHMARKS.md); fails unless the mean
-# unpruned success rate is above SPECPRUNE_EVAL_MIN_SUCCESS and SpecPrune's is at most
-# SPECPRUNE_EVAL_MAX_SPECPRUNE_GAP below it. The first trained model (spatial 10%, object 12%, goal 52%) would fail the first; the
-# stage-2 model at its default scales fails the second (unpruned 22/30, SpecPrune 13/30). Override
-# with -DSPECPRUNE_EVAL_MIN_SUCCESS=0.5 / -DSPECPRUNE_EVAL_MODEL=models/...
+# pruning_config.json: a few episodes of the three one-goal procedural suites; fails unless the
+# mean unpruned success rate is above SPECPRUNE_EVAL_MIN_SUCCESS and SpecPrune's is at most
+# SPECPRUNE_EVAL_MAX_SPECPRUNE_GAP below it. The committed model (tools/train_tiny.sh's R3+C4)
+# was trained on LIBERO's fixed task sets only, so the procedural suites (a new task per seed) are
+# out of its distribution: 18/30 unpruned and 17/30 with SpecPrune at 37-41% retention here. The
+# first trained model (spatial 10%, object 12%, goal 52%) would fail the first; the stage-2 model at
+# its default scales fails the second (unpruned 22/30, SpecPrune 13/30). Override with
+# -DSPECPRUNE_EVAL_MIN_SUCCESS=0.5 / -DSPECPRUNE_EVAL_MODEL=models/...
 set(SPECPRUNE_EVAL_MODEL "${CMAKE_SOURCE_DIR}/models/tiny" CACHE PATH
     "Model directory the closed-loop CI evaluation runs")
 set(SPECPRUNE_EVAL_MIN_SUCCESS "0.5" CACHE STRING
     "Unpruned success rate the closed-loop CI evaluation must exceed")
 set(SPECPRUNE_EVAL_EPISODES "10" CACHE STRING "Episodes per suite of the closed-loop CI evaluation")
-# The committed model (FX): unpruned 27/30, SpecPrune 27/30 at 37% retention (shipped K 14/4/0,
-# prior refresh on);
-# on the fixed task sets, unpruned 28/30.
 set(SPECPRUNE_EVAL_MAX_SPECPRUNE_GAP "0.2" CACHE STRING
     "Largest unpruned - SpecPrune success gap the closed-loop CI evaluation accepts")
+# The issue's protocol, LIBERO's fixed task sets: the committed model solves 30/30 of these
+# episodes unpruned (99.25% over 200 per suite, docs/BENCHMARKS.md), so the bar is higher there.
+set(SPECPRUNE_EVAL_FIXED_MIN_SUCCESS "0.8" CACHE STRING
+    "Unpruned success rate the fixed-task closed-loop CI evaluation must exceed")
 option(SPECPRUNE_CLOSED_LOOP_EVAL_TEST "Register the closed-loop evaluation of the committed model" ON)
 if(SPECPRUNE_CLOSED_LOOP_EVAL_TEST)
 add_test(NAME closed_loop_eval_smoke
@@ -31,12 +34,13 @@ add_test(NAME closed_loop_eval_smoke
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(closed_loop_eval_smoke PROPERTIES LABELS "eval" TIMEOUT 600)
 # The same on LIBERO's protocol (ten fixed tasks per suite; the issue's floors are measured this
-# way: spatial 93.5%, object 70%, goal 100% over 200 episodes each).
+# way), with SpecPrune too.
 add_test(NAME closed_loop_eval_fixed_tasks_smoke
          COMMAND specprune_eval --model ${SPECPRUNE_EVAL_MODEL} --suites spatial,object,goal
-                 --methods none --reference 0 --fixed_tasks 10
+                 --methods none,specprune --reference 0 --fixed_tasks 10
                  --episodes ${SPECPRUNE_EVAL_EPISODES} --seed 3000000 --threads 1
-                 --require_success ${SPECPRUNE_EVAL_MIN_SUCCESS}
+                 --require_success ${SPECPRUNE_EVAL_FIXED_MIN_SUCCESS}
+                 --require_specprune_within ${SPECPRUNE_EVAL_MAX_SPECPRUNE_GAP}
                  --json ${CMAKE_BINARY_DIR}/closed_loop_eval_fixed_tasks_smoke.json
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(closed_loop_eval_fixed_tasks_smoke PROPERTIES LABELS "eval" TIMEOUT 600)
@@ -62,7 +66,7 @@ set_tests_properties(eval_rejects_bad_pruning_config PROPERTIES LABELS "eval"
                      PASS_REGULAR_EXPRESSION "pruning.specprune.k_global: must be >= 0")
 
 # --require_specprune_within fails the run when SpecPrune loses too much: with one token per set
-# (tests/data/pruning_starved_specprune.json) the goal suite drops from 4/4 to 1/4.
+# (tests/data/pruning_starved_specprune.json) the goal suite drops from 4/4 to 0/4.
 add_test(NAME eval_fails_when_specprune_falls_behind
          COMMAND specprune_eval --model ${CMAKE_SOURCE_DIR}/models/tiny --suites goal
                  --methods none,specprune --reference 0 --episodes 4 --threads 1

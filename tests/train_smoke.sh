@@ -100,7 +100,10 @@ if "$train" "${common[@]}" --out "$out.bad" --steps 1 --film_pooling attention >
 fi
 grep -q -- "--film_pooling: needs --instruction_film 1" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 # The vision-token dropping flags are checked.
-for bad in "--drop_frac 1.5|--drop_frac and --drop_item_keep must be in [0, 1]" \
+for bad in "--drop_frac 1.5|--drop_frac, --drop_item_keep and --drop_specprune must be in [0, 1]" \
+           "--drop_specprune -0.1|--drop_frac, --drop_item_keep and --drop_specprune must be in [0, 1]" \
+           "--drop_frac 0.5 --drop_specprune 1 --drop_layer 2|--drop_layer: SpecPrune's static pruning acts from layer 1" \
+           "--drop_frac 0.5 --drop_specprune 1 --drop_pruning $out.missing.json|--drop_pruning: NOT_FOUND" \
            "--drop_keep_min 0.6 --drop_keep_max 0.4|--drop_keep_min/--drop_keep_max: need 0 < min <= max <= 1" \
            "--drop_frac 0.5 --drop_layer 6|--drop_layer: the model has 6 layers"; do
   flags=${bad%%|*} msg=${bad#*|}

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <numeric>
+#include <optional>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +17,7 @@
 #include "kernels/ops.h"
 #include "model/image_preprocess.h"
 #include "model/tokenizer.h"
+#include "pruning/policies.h"
 #include "sim/render.h"
 
 namespace specprune {
@@ -1023,6 +1026,49 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     out[i].holding_at_end = episodes[i].world().gripper.held >= 0;
   }
   return out;
+}
+
+absl::StatusOr<torch::Tensor> SpecPruneStaticKeep(const PruningConfig& config, int num_layers,
+                                                  const std::vector<torch::Tensor>& layer_scores,
+                                                  const torch::Tensor& prior,
+                                                  const torch::Tensor& previous_chunk) {
+  if (config.method != PruningMethod::kSpecPrune) {
+    return absl::InvalidArgumentError("SpecPruneStaticKeep: the pruning method must be specprune");
+  }
+  const auto& local = config.specprune.local_layers;
+  if (local.empty()) return absl::InvalidArgumentError("SpecPruneStaticKeep: no local layers");
+  const int static_layer = *std::max_element(local.begin(), local.end());
+  const int64_t p = prior.defined() ? prior.numel() : 0;
+  if (p <= 0) return absl::InvalidArgumentError("SpecPruneStaticKeep: prior must be [P]");
+  EpisodeState state;
+  state.global_prior = prior.detach().to(torch::kCPU, torch::kFloat).reshape({p});
+  state.last_actions = previous_chunk.detach().to(torch::kCPU, torch::kFloat);
+  PrunerContext ctx;
+  ctx.config = &config;
+  ctx.state = &state;
+  ctx.num_layers = num_layers;
+  ctx.num_vision_tokens = p;
+  auto pruner = CreatePruner(ctx);
+  if (!pruner.ok()) return pruner.status();
+  std::vector<int64_t> ids(p);
+  std::iota(ids.begin(), ids.end(), 0);
+  for (int l = 0; l <= static_layer; ++l) {
+    std::optional<LayerAttentionStats> stats;
+    if ((*pruner)->StatsWanted(l) != StatsRows::kNone) {
+      if (l >= static_cast<int>(layer_scores.size()) || !layer_scores[l].defined() ||
+          layer_scores[l].numel() != p) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("SpecPruneStaticKeep: layer_scores[", l, "] must be [", p, "]"));
+      }
+      stats.emplace();
+      stats->scores = layer_scores[l].detach().to(torch::kCPU, torch::kFloat).reshape({p});
+    }
+    auto kept = (*pruner)->AfterLayer(l, ids, stats ? &*stats : nullptr);
+    if (kept) ids = *kept;
+  }
+  auto keep = torch::zeros({p}, torch::kBool);
+  for (int64_t id : ids) keep[id] = true;
+  return keep;
 }
 
 }  // namespace specprune

@@ -34,6 +34,7 @@
 #include "model/dataset_stats.h"
 #include "model/vla_model.h"
 #include "pruning/policy.h"
+#include "pruning/pruning_config.h"
 #include "sim/episode.h"
 #include "sim/expert.h"
 
@@ -292,6 +293,20 @@ struct VisionTokenDrop {
   int layer = -1;      // first layer without the dropped tokens; < 0 = no dropping
   torch::Tensor keep;  // [B, vision tokens] bool (any device)
 };
+
+// The vision tokens SpecPrune's static pruning keeps on one sample (the set the served pruner of
+// `config`, method specprune, returns after its last local layer), as a [P] bool mask, for
+// training under the dropping a served policy sees. It runs SpecPrunePruner itself: the episode
+// state holds `prior` as the previous pass's global prior and `previous_chunk` (normalized
+// [chunk, action_dim]) as the previous chunk, which set the controller's mode and K, and the local
+// layers get `layer_scores[l]` ([P] float, Score_l of an unpruned pass; index = layer, at least up
+// to the last local layer). Without a frame history V_dynamic is empty. Everything kept when the
+// pruner keeps all (a config whose static set reaches P). Errors: InvalidArgument for a config that
+// is not specprune, a bad context or a missing/wrong-size score or prior.
+absl::StatusOr<torch::Tensor> SpecPruneStaticKeep(const PruningConfig& config, int num_layers,
+                                                  const std::vector<torch::Tensor>& layer_scores,
+                                                  const torch::Tensor& prior,
+                                                  const torch::Tensor& previous_chunk);
 
 // Differentiable forward, same layout as VlaModel::ForwardImpl:
 // [BOS | vision | proprio | prompt | zero placeholders | EOS]; the head reads

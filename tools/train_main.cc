@@ -177,6 +177,15 @@ struct TrainOptions {
   double drop_keep_min = 0.2;
   double drop_keep_max = 0.5;
   double drop_item_keep = 0.9;
+  // Share of the dropped samples whose kept set is instead the one SpecPrune's static pruning
+  // keeps (SpecPruneStaticKeep) on that sample: a no-grad bf16/fp32 pass without dropping gives
+  // Score_l at the local layers and the global prior (mean Score_l of the global layers; the served
+  // prior is the previous pass's), and the sample's target chunk stands for the previous chunk
+  // that sets the controller's mode. Teaches the policy the subset the served pruner keeps rather
+  // than random ones. The pruning config: `drop_pruning` (a file as specprune_eval's --pruning)
+  // over the defaults scaled to the model; drop_layer must be the layer after its last local one.
+  double drop_specprune = 0.0;
+  std::string drop_pruning;
 };
 
 void SetAutocast(bool on) {
@@ -344,6 +353,10 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
         o->drop_keep_max = std::stod(v);
       else if (k == "drop_item_keep")
         o->drop_item_keep = std::stod(v);
+      else if (k == "drop_specprune")
+        o->drop_specprune = std::stod(v);
+      else if (k == "drop_pruning")
+        o->drop_pruning = v;
       else {
         std::fprintf(stderr, "unknown flag --%s\n", k.c_str());
         return false;
@@ -354,8 +367,9 @@ bool ParseArgs(int argc, char** argv, TrainOptions* o) {
     return false;
   }
   if (!(o->drop_frac >= 0 && o->drop_frac <= 1) ||
-      !(o->drop_item_keep >= 0 && o->drop_item_keep <= 1)) {
-    std::fprintf(stderr, "--drop_frac and --drop_item_keep must be in [0, 1]\n");
+      !(o->drop_item_keep >= 0 && o->drop_item_keep <= 1) ||
+      !(o->drop_specprune >= 0 && o->drop_specprune <= 1)) {
+    std::fprintf(stderr, "--drop_frac, --drop_item_keep and --drop_specprune must be in [0, 1]\n");
     return false;
   }
   if (!(o->drop_keep_min > 0 && o->drop_keep_min <= o->drop_keep_max && o->drop_keep_max <= 1)) {
@@ -878,9 +892,10 @@ constexpr double kPatchPositiveWeight = 4.0;
 
 // The kept vision tokens of TrainOptions::drop_* for a batch, [B, vision tokens] bool: samples
 // not chosen (with probability 1 - `frac`) keep every token. `keep_min`/`keep_max` bound the
-// share of kept tokens each chosen sample draws.
+// share of kept tokens each chosen sample draws. The chosen samples are appended to `chosen`.
 torch::Tensor DropKeepMask(const BcBatch& b, double frac, double keep_min, double keep_max,
-                           double item_keep, std::mt19937_64* rng) {
+                           double item_keep, std::mt19937_64* rng,
+                           std::vector<int64_t>* chosen = nullptr) {
   const int64_t bsz = b.patch_labels.size(0), p = b.patch_labels.size(1);
   auto items = (b.patch_labels.sum(2) + b.named_labels.sum(2)).gt(0).to(torch::kCPU);
   auto keep = torch::ones({bsz, p}, torch::kBool);
@@ -890,6 +905,7 @@ torch::Tensor DropKeepMask(const BcBatch& b, double frac, double keep_min, doubl
   std::vector<int64_t> others;
   for (int64_t i = 0; i < bsz; ++i) {
     if (u(*rng) >= frac) continue;
+    if (chosen != nullptr) chosen->push_back(i);
     const int64_t target = std::lround((keep_min + (keep_max - keep_min) * u(*rng)) * p);
     int64_t kept = 0;
     others.clear();
@@ -906,6 +922,43 @@ torch::Tensor DropKeepMask(const BcBatch& b, double frac, double keep_min, doubl
       keep_acc[i][others[j]] = true;
   }
   return keep;
+}
+
+// Replaces the rows of `keep` ([B, P] bool) of `samples` with the set SpecPrune's static pruning
+// keeps on each (TrainOptions::drop_specprune): one no-grad pass without dropping taps Score_l at
+// `tap_layers` (the config's local and global layers, ascending: the taps' order).
+absl::Status SetServedKeep(VlaModule& m, const ModelConfig& c, const BcBatch& b, bool bf16,
+                           const PruningConfig& config, const std::vector<int>& tap_layers,
+                           const std::vector<int64_t>& samples, torch::Tensor* keep) {
+  if (samples.empty()) return absl::OkStatus();
+  torch::NoGradGuard ng;
+  auto index = torch::tensor(samples, torch::kLong);
+  std::vector<std::vector<int64_t>> prompts;
+  for (int64_t i : samples) prompts.push_back(b.prompt_ids[i]);
+  std::vector<torch::Tensor> scores;
+  ForwardTaps taps;
+  taps.attention_layers = tap_layers;
+  taps.text_vision_attention = &scores;
+  SetAutocast(bf16);
+  TrainingForward(m, c, b.pixels.index_select(0, index), b.proprio.index_select(0, index), prompts,
+                  taps);
+  SetAutocast(false);
+  if (scores.size() != tap_layers.size())
+    return absl::InternalError("SetServedKeep: one score tensor per tapped layer expected");
+  const auto& sp = config.specprune;
+  const int layers = static_cast<int>(c.llm.layers);
+  for (size_t j = 0; j < samples.size(); ++j) {
+    std::vector<torch::Tensor> by_layer(layers);
+    for (size_t t = 0; t < tap_layers.size(); ++t)
+      by_layer[tap_layers[t]] = scores[t][j].to(torch::kFloat);
+    auto prior = torch::zeros({c.vision_tokens()}, torch::kFloat);
+    for (int l : sp.global_layers) prior += by_layer[l];
+    prior /= static_cast<double>(std::max<size_t>(1, sp.global_layers.size()));
+    auto row = SpecPruneStaticKeep(config, layers, by_layer, prior, b.actions[samples[j]]);
+    if (!row.ok()) return row.status();
+    (*keep)[samples[j]] = *row;
+  }
+  return absl::OkStatus();
 }
 
 Losses Loss(VlaModule& m, Heads& heads, const ModelConfig& c, const BcBatch& b, bool bf16,
@@ -1222,7 +1275,7 @@ constexpr char kUsage[] =
     "  DAgger:     --dagger_every N --dagger_episodes N --dagger_frac X --dagger_pool N\n"
     "              --dagger_states empty|goal|all\n"
     "  dropping:   --drop_frac X --drop_layer L --drop_keep_min X --drop_keep_max X\n"
-    "              --drop_item_keep X\n"
+    "              --drop_item_keep X --drop_specprune X --drop_pruning FILE\n"
     "  progress:   --log_every N --holdout_every N --eval_every N --eval_episodes N\n"
     "              --ckpt_every N\n"
     "  one-shot:   --benchmark N (fp32 vs bf16 step time) --check_demos N --diagnose N\n"
@@ -1384,6 +1437,8 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Heads heads;
+  PruningConfig drop_pruning;        // --drop_specprune's config
+  std::vector<int> drop_tap_layers;  // its local and global layers, ascending
   heads.aux = AuxHead((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row);
   heads.patch = PatchHead((*model)->config().llm.hidden);
   heads.patch_layer = o.patch_layer;
@@ -1416,6 +1471,30 @@ int Main(int argc, char** argv) {
     if (o.drop_frac > 0 && (o.drop_layer < 0 || o.drop_layer >= layers)) {
       std::fprintf(stderr, "--drop_layer: the model has %d layers\n", layers);
       return 2;
+    }
+    if (o.drop_frac > 0 && o.drop_specprune > 0) {
+      const ModelConfig& mc = (*model)->config();
+      drop_pruning = DefaultPruningConfig(layers, mc.vision_tokens(), mc.patches_per_image());
+      if (!o.drop_pruning.empty()) {
+        auto parsed = LoadPruningConfigFile(o.drop_pruning, drop_pruning);
+        if (!parsed.ok()) {
+          std::fprintf(stderr, "--drop_pruning: %s\n", parsed.status().ToString().c_str());
+          return 2;
+        }
+        drop_pruning = *std::move(parsed);
+      }
+      drop_pruning.method = PruningMethod::kSpecPrune;
+      const auto& local = drop_pruning.specprune.local_layers;
+      const int first = local.empty() ? 0 : *std::max_element(local.begin(), local.end()) + 1;
+      if (o.drop_layer != first) {
+        std::fprintf(stderr, "--drop_layer: SpecPrune's static pruning acts from layer %d\n",
+                     first);
+        return 2;
+      }
+      std::set<int> tapped(local.begin(), local.end());
+      tapped.insert(drop_pruning.specprune.global_layers.begin(),
+                    drop_pruning.specprune.global_layers.end());
+      drop_tap_layers.assign(tapped.begin(), tapped.end());
     }
     heads.attn_loss = o.attn_weight > 0;
     heads.mention_loss = o.mention_weight > 0;
@@ -1763,8 +1842,18 @@ int Main(int argc, char** argv) {
     if (o.drop_frac > 0) {
       std::mt19937_64 drop_rng(o.seed * 1000003ULL + static_cast<uint64_t>(s));
       drop.layer = o.drop_layer;
+      std::vector<int64_t> chosen, served;
       drop.keep = DropKeepMask(*batch, o.drop_frac, o.drop_keep_min, o.drop_keep_max,
-                               o.drop_item_keep, &drop_rng);
+                               o.drop_item_keep, &drop_rng, &chosen);
+      std::uniform_real_distribution<double> u(0, 1);
+      for (int64_t i : chosen)
+        if (u(drop_rng) < o.drop_specprune) served.push_back(i);
+      if (auto st = SetServedKeep(module, c, *batch, bf16, drop_pruning, drop_tap_layers, served,
+                                  &drop.keep);
+          !st.ok()) {
+        std::fprintf(stderr, "--drop_specprune: %s\n", st.ToString().c_str());
+        return 1;
+      }
     }
     auto losses = Loss(module, heads, c, *batch, bf16, drop);
     auto loss = losses.action;

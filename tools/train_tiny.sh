@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The compressed `tiny` training recipe (issue #6's budget: <= 3 h on 2 cores), end to end from
-# random weights, in two phases of specprune_train:
+# random weights, in three phases of specprune_train:
 #
 #   A  from scratch on LIBERO's fixed task sets (--fixed_tasks 10): action L1 + the grounding head
 #      on the action rows + the patch-grounding probe, decision points oversampled, a short
@@ -8,10 +8,13 @@
 #   B  from A's weights: text-row grounding, patch attributes, attention grounding at every layer
 #      and the named-item target at SpecPrune's local layers 0-1 (the KN/FX flags);
 #   C  from B's weights (and training heads), B's losses, with half of each batch trained under
-#      vision-token dropping from layer 1 on (where the shipped SpecPrune config's static pruning
-#      removes tokens in this 6-layer model: its local layer is layer 0): each patch of the named
-#      items kept with probability 0.9, random others up to 15-40% of the tokens, so the policy
-#      learns to act on what a pruner keeps. STEPS_C=0 skips it (B is then the model).
+#      vision-token dropping from layer 1 on (where SpecPrune's static pruning removes tokens in
+#      this 6-layer model: its local layer is layer 0), so the policy learns to act on what a
+#      pruner keeps. Half of the dropped samples keep the set SpecPrune's static pruning keeps on
+#      them (the model's own attention in a no-grad pass; K 14/4/0, the config shipped before this
+#      model), the other half each patch of the named items with probability 0.9 and random
+#      others up to 15-40% of the tokens. STEPS_C=0 skips it (B is then the model).
+#      `tools/train_tiny.sh models/tiny-R3d 8000 2500 1500` made the committed models/tiny.
 #
 #   tools/train_tiny.sh OUT_ROOT [STEPS_A=8000] [STEPS_B=2500] [STEPS_C=1500] [EXTRA_FLAGS...]
 #
@@ -81,6 +84,8 @@ if [[ "$steps_c" -gt 0 ]]; then
     --warmup 50 --min_lr_ratio 0.1 --stage1 0 --stage2 0 --early_frac 0.3 \
     --eval_every "$steps_c" --eval_episodes 8 --holdout_every 500 "${GROUNDING[@]}" \
     --drop_frac 0.5 --drop_layer 1 --drop_keep_min 0.15 --drop_keep_max 0.4 --drop_item_keep 0.9 \
+    --drop_specprune 0.5 \
+    --drop_pruning "$src/bench/pruning/specprune-alpha1.9-fine2.8-kg14-kl4-kd0.json" \
     --seed 75 "${COMMON[@]}"
 fi
 
