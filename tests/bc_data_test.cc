@@ -8,7 +8,6 @@
 #include <memory>
 #include <optional>
 #include <random>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "model/tokenizer.h"
@@ -674,9 +673,11 @@ TEST(BcDataTest, SpecPruneStaticKeepIsTheSetTheServedPrunerKeeps) {
   config.specprune.prune_fraction = 0.0;  // static pruning only: the set decides the output
   config.specprune.k_global = 6;
   const int first_pruned = config.specprune.local_layers.back() + 1;
-  std::set<int> tapped(config.specprune.local_layers.begin(), config.specprune.local_layers.end());
-  tapped.insert(config.specprune.global_layers.begin(), config.specprune.global_layers.end());
-  const std::vector<int> tap_layers(tapped.begin(), tapped.end());
+  const std::vector<int> tap_layers = SpecPruneScoreLayers(config);
+  std::vector<int> expected_taps = config.specprune.local_layers;  // {0}, then {2, 5} on tiny
+  expected_taps.insert(expected_taps.end(), config.specprune.global_layers.begin(),
+                       config.specprune.global_layers.end());
+  ASSERT_EQ(tap_layers, expected_taps);
   torch::manual_seed(13);
   for (int i = 0; i < 2; ++i) {  // a slow (fine) and a fast (coarse) previous chunk
     const EpisodeSpec spec{sim::kAllSuites[i + 2], static_cast<uint64_t>(i + 20), -1, 0.0f};
@@ -700,7 +701,7 @@ TEST(BcDataTest, SpecPruneStaticKeepIsTheSetTheServedPrunerKeeps) {
     prior /= static_cast<double>(config.specprune.global_layers.size());
     auto chunk = torch::zeros({c.chunk_size, c.action_dim});  // moving in x and y only
     chunk.slice(1, 0, 2).fill_(i == 0 ? 0.01 : 0.8);
-    auto keep = SpecPruneStaticKeep(config, layers, by_layer, prior, chunk);
+    auto keep = SpecPruneStaticKeep(config, layers, by_layer, chunk);
     ASSERT_TRUE(keep.ok()) << keep.status();
     ASSERT_EQ(keep->sizes(), torch::IntArrayRef({p}));
     const int64_t kept = keep->sum().item<int64_t>();
@@ -732,12 +733,18 @@ TEST(BcDataTest, SpecPruneStaticKeepIsTheSetTheServedPrunerKeeps) {
   auto zeros = torch::zeros({p});
   std::vector<torch::Tensor> by_layer(layers, zeros);
   auto chunk = torch::zeros({c.chunk_size, c.action_dim});
-  EXPECT_EQ(SpecPruneStaticKeep(fastv, layers, by_layer, zeros, chunk).status().code(),
+  EXPECT_EQ(SpecPruneStaticKeep(fastv, layers, by_layer, chunk).status().code(),
             absl::StatusCode::kInvalidArgument);
-  auto missing = SpecPruneStaticKeep(config, layers, {}, zeros, chunk);
+  auto missing = SpecPruneStaticKeep(config, layers, {}, chunk);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(missing.status().message().find("layer_scores[0]"), std::string::npos);
-  EXPECT_FALSE(SpecPruneStaticKeep(config, layers, by_layer, torch::Tensor(), chunk).ok());
+  std::vector<torch::Tensor> no_global = by_layer;  // the prior's layer is missing
+  no_global[config.specprune.global_layers.back()] = torch::Tensor();
+  auto no_prior = SpecPruneStaticKeep(config, layers, no_global, chunk);
+  EXPECT_EQ(no_prior.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(no_prior.status().message().find(
+                absl::StrCat("layer_scores[", config.specprune.global_layers.back(), "]")),
+            std::string::npos);
 }
 
 TEST(BcDataTest, RowAttentionTapAveragesToThePooledScores) {

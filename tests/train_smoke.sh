@@ -113,6 +113,15 @@ for bad in "--drop_frac 1.5|--drop_frac, --drop_item_keep and --drop_specprune m
   fi
   grep -qF -- "$msg" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 done
+# --drop_specprune: every sample dropped, each on the set SpecPrune's static pruning keeps on it
+# (the shipped config keeps well under half of tiny's 128 tokens after layer 0).
+"$train" --out "$out.sp" --init "$src/models/tiny" --init_weights 1 --batch 4 --threads 1 \
+  --stats_episodes 3 --holdout_every 1000 --eval_every 1000 --eval_episodes 1 --log_every 1 \
+  --steps 1 --drop_frac 1 --drop_specprune 1 --drop_pruning "$src/models/tiny/pruning_config.json" \
+  > "$out.sp.log" 2>&1 || { cat "$out.sp.log"; exit 1; }
+grep -qE "^step 1 dropped samples on SpecPrune's set: 4, keeping ([1-9]|[1-4][0-9])\.[0-9]% of the vision tokens$" \
+  "$out.sp.log" || { cat "$out.sp.log"; exit 1; }
+rm -rf "$out.sp"
 # The suite mix takes three weights.
 if "$train" "${common[@]}" --out "$out.bad" --steps 1 --easy_mix 1,0 > "$out.bad.log" 2>&1; then
   echo "--easy_mix 1,0 was accepted"; exit 1

@@ -925,16 +925,17 @@ torch::Tensor DropKeepMask(const BcBatch& b, double frac, double keep_min, doubl
 }
 
 // Replaces the rows of `keep` ([B, P] bool) of `samples` with the set SpecPrune's static pruning
-// keeps on each (TrainOptions::drop_specprune): one no-grad pass without dropping taps Score_l at
-// `tap_layers` (the config's local and global layers, ascending: the taps' order).
+// keeps on each (TrainOptions::drop_specprune), from one no-grad pass without dropping that taps
+// Score_l at SpecPruneScoreLayers(config).
 absl::Status SetServedKeep(VlaModule& m, const ModelConfig& c, const BcBatch& b, bool bf16,
-                           const PruningConfig& config, const std::vector<int>& tap_layers,
-                           const std::vector<int64_t>& samples, torch::Tensor* keep) {
+                           const PruningConfig& config, const std::vector<int64_t>& samples,
+                           torch::Tensor* keep) {
   if (samples.empty()) return absl::OkStatus();
   torch::NoGradGuard ng;
   auto index = torch::tensor(samples, torch::kLong);
   std::vector<std::vector<int64_t>> prompts;
   for (int64_t i : samples) prompts.push_back(b.prompt_ids[i]);
+  const std::vector<int> tap_layers = SpecPruneScoreLayers(config);
   std::vector<torch::Tensor> scores;
   ForwardTaps taps;
   taps.attention_layers = tap_layers;
@@ -945,16 +946,11 @@ absl::Status SetServedKeep(VlaModule& m, const ModelConfig& c, const BcBatch& b,
   SetAutocast(false);
   if (scores.size() != tap_layers.size())
     return absl::InternalError("SetServedKeep: one score tensor per tapped layer expected");
-  const auto& sp = config.specprune;
   const int layers = static_cast<int>(c.llm.layers);
   for (size_t j = 0; j < samples.size(); ++j) {
     std::vector<torch::Tensor> by_layer(layers);
-    for (size_t t = 0; t < tap_layers.size(); ++t)
-      by_layer[tap_layers[t]] = scores[t][j].to(torch::kFloat);
-    auto prior = torch::zeros({c.vision_tokens()}, torch::kFloat);
-    for (int l : sp.global_layers) prior += by_layer[l];
-    prior /= static_cast<double>(std::max<size_t>(1, sp.global_layers.size()));
-    auto row = SpecPruneStaticKeep(config, layers, by_layer, prior, b.actions[samples[j]]);
+    for (size_t t = 0; t < tap_layers.size(); ++t) by_layer[tap_layers[t]] = scores[t][j];
+    auto row = SpecPruneStaticKeep(config, layers, by_layer, b.actions[samples[j]]);
     if (!row.ok()) return row.status();
     (*keep)[samples[j]] = *row;
   }
@@ -1437,8 +1433,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Heads heads;
-  PruningConfig drop_pruning;        // --drop_specprune's config
-  std::vector<int> drop_tap_layers;  // its local and global layers, ascending
+  PruningConfig drop_pruning;  // --drop_specprune's config
   heads.aux = AuxHead((*model)->config().llm.hidden, o.aux_targets, o.aux_per_row);
   heads.patch = PatchHead((*model)->config().llm.hidden);
   heads.patch_layer = o.patch_layer;
@@ -1491,10 +1486,6 @@ int Main(int argc, char** argv) {
                      first);
         return 2;
       }
-      std::set<int> tapped(local.begin(), local.end());
-      tapped.insert(drop_pruning.specprune.global_layers.begin(),
-                    drop_pruning.specprune.global_layers.end());
-      drop_tap_layers.assign(tapped.begin(), tapped.end());
     }
     heads.attn_loss = o.attn_weight > 0;
     heads.mention_loss = o.mention_weight > 0;
@@ -1823,6 +1814,7 @@ int Main(int argc, char** argv) {
   const bool bf16 = o.dtype == "bf16";
   double ema = -1, aux_ema = -1, patch_ema = -1, text_ema = -1, attr_ema = -1, attn_ema = -1;
   double mention_ema = -1, colour_ema = -1;
+  int64_t served_samples = 0, served_kept = 0;  // --drop_specprune's sets since the last log line
   auto t_log = Clock::now();
   double wait_s = 0;
   for (int64_t s = start_step; s < o.steps; ++s) {
@@ -1848,12 +1840,13 @@ int Main(int argc, char** argv) {
       std::uniform_real_distribution<double> u(0, 1);
       for (int64_t i : chosen)
         if (u(drop_rng) < o.drop_specprune) served.push_back(i);
-      if (auto st = SetServedKeep(module, c, *batch, bf16, drop_pruning, drop_tap_layers, served,
-                                  &drop.keep);
+      if (auto st = SetServedKeep(module, c, *batch, bf16, drop_pruning, served, &drop.keep);
           !st.ok()) {
         std::fprintf(stderr, "--drop_specprune: %s\n", st.ToString().c_str());
         return 1;
       }
+      for (int64_t i : served) served_kept += drop.keep[i].sum().item<int64_t>();
+      served_samples += static_cast<int64_t>(served.size());
     }
     auto losses = Loss(module, heads, c, *batch, bf16, drop);
     auto loss = losses.action;
@@ -1900,6 +1893,16 @@ int Main(int argc, char** argv) {
           "(data wait %.0f%%)\n",
           static_cast<long long>(done), l, ema, aux_ema, patch_ema, text_ema, attr_ema, attn_ema,
           mention_ema, colour_ema, lr, gnorm, o.log_every / dt, 100 * wait_s / dt);
+      if (o.drop_specprune > 0) {
+        std::printf(
+            "step %lld dropped samples on SpecPrune's set: %lld, keeping %.1f%% of the "
+            "vision tokens\n",
+            static_cast<long long>(done), static_cast<long long>(served_samples),
+            served_samples > 0 ? 100.0 * static_cast<double>(served_kept) /
+                                     static_cast<double>(served_samples * c.vision_tokens())
+                               : 0.0);
+        served_samples = served_kept = 0;
+      }
       std::fflush(stdout);
       t_log = Clock::now();
       wait_s = 0;
