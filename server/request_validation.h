@@ -2,7 +2,7 @@
 // numbers, ids. A bad request is answered INVALID_ARGUMENT with a message that
 // starts with the offending field
 // ("images[1].camera: unknown camera ..."); nothing else changes. Decoding the
-// images is not done here (see model/image_codec.h); only their framing, sizes
+// images is not done here (see image/image_codec.h); only their framing, sizes
 // and magic bytes are checked.
 //
 // All functions are stateless and thread-safe.

@@ -26,7 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "model/image_codec.h"
+#include "image/image_codec.h"
 #include "sim/render.h"
 #include "sim/task.h"
 #include "sim/world.h"

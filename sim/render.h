@@ -16,7 +16,7 @@
 // All functions are stateless and thread-safe.
 #pragma once
 
-#include "model/image_codec.h"
+#include "image/image_codec.h"
 #include "sim/types.h"
 #include "sim/world.h"
 

@@ -12,7 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
-#include "model/image_codec.h"
+#include "image/image_codec.h"
 #include "sim/episode.h"
 #include "sim/expert.h"
 

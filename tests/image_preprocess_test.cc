@@ -1,4 +1,4 @@
-#include "model/image_preprocess.h"
+#include "image/image_preprocess.h"
 
 #include <cmath>
 #include <random>

@@ -15,7 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/cpp/client.h"
-#include "model/image_codec.h"
+#include "image/image_codec.h"
 #include "pruning/pruning_config.h"
 #include "server/server.h"
 

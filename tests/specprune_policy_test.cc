@@ -8,6 +8,7 @@
 #include <set>
 #include <vector>
 
+#include "pruning/policies.h"  // CreatePruner
 #include "tests/pruning_test_configs.h"
 
 namespace specprune {

@@ -28,7 +28,7 @@
 #include "absl/time/clock.h"
 #include "client/cpp/client.h"
 #include "google/protobuf/util/json_util.h"
-#include "model/image_codec.h"
+#include "image/image_codec.h"
 #include "nlohmann/json.hpp"
 #include "sim/episode.h"
 

@@ -35,7 +35,7 @@
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "model/image_codec.h"
+#include "image/image_codec.h"
 #include "proto/grpc_status.h"
 #include "specprune/v1/vla_service.grpc.pb.h"
 

@@ -15,7 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "model/image_codec.h"
+#include "image/image_codec.h"
 
 namespace specprune {
 

@@ -1,4 +1,4 @@
-#include "model/image_codec.h"
+#include "image/image_codec.h"
 
 #include <png.h>
 #include <turbojpeg.h>

@@ -38,9 +38,9 @@ absl::Status ValidateRgbImage(const RgbImage& image);
 // Decodes a JPEG (starts with FF D8) or PNG (8-byte PNG signature) into RGB.
 // - JPEG: any colour JPEG libjpeg-turbo reads (baseline/progressive, YCbCr or grayscale);
 //   CMYK/YCCK is rejected. Libjpeg warnings (e.g. truncated data) count as errors.
-// - PNG: palette, grayscale, 16-bit and alpha inputs are converted to 8-bit RGB; 16-bit samples
-// keep
-//   their high byte and alpha is dropped (not composited), like PIL's convert("RGB").
+// - PNG: palette, grayscale, 16-bit and alpha inputs are converted to 8-bit RGB; 16-bit
+//   samples keep their high byte and alpha is dropped (not composited), like PIL's
+//   convert("RGB").
 // Errors: InvalidArgument for empty/unknown data ("image is not a JPEG or PNG"), corrupt or
 // truncated data ("corrupt JPEG: ...", "corrupt PNG: ..."), or a header size beyond `limits`
 // ("image is 5000x300 pixels (width x height), above the limit 4096x4096").
