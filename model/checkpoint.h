@@ -7,7 +7,8 @@
 //   model.safetensors           or model-0000N-of-0000M.safetensors + model.safetensors.index.json
 //                               (vision_backbone.*, projector.*, language_model.*; HF names)
 //   action_head--*.safetensors  OFT action head ("model.*", an optional "module." prefix), or the
-//                               PyTorch file action_head--*.pt (torch.save of a state dict)
+//                               PyTorch file action_head--*.pt (torch.save of a state dict, read
+//                               by model/torch_state_dict.h)
 //   proprio_projector--*.safetensors  OFT proprio projector ("fc1.*", "fc2.*"), or --*.pt
 //   tokenizer.model             SentencePiece model
 //   dataset_statistics.json     OpenVLA normalization statistics; when absent, config.json's
@@ -31,6 +32,7 @@
 #include "absl/status/statusor.h"
 #include "model/dataset_stats.h"
 #include "model/tokenizer.h"
+#include "model/torch_state_dict.h"  // ReadTorchStateDict, for action_head--*.pt files
 #include "model/vla_model.h"
 
 namespace specprune {
@@ -58,18 +60,6 @@ absl::StatusOr<DatasetStatistics> LoadModelStatistics(const std::string& dir);
 // a trained checkpoint this way. Every other parameter must be present.
 absl::Status LoadWeights(const std::string& dir, VlaModel& model,
                          const std::string& may_be_missing_prefix = "");
-
-// Reads a PyTorch `torch.save` file in the zip format (PyTorch >= 1.6) holding a flat state dict
-// {name: tensor}: Module.state_dict() (an OrderedDict), a plain dict, or torch::pickle_save of a
-// c10::Dict<std::string, at::Tensor>. Returns CPU tensors in file order. The zip container is read
-// with LibTorch's PyTorchStreamReader; the pickle is decoded by a restricted, bounds-checked
-// state-dict unpickler, because LibTorch's own (torch::pickle_load) cannot read OrderedDict state
-// dicts before PyTorch 2.6 (pytorch/pytorch#100741). Only the globals a state dict needs are
-// accepted (tensor rebuild functions, storage types, OrderedDict); anything else, a legacy
-// (pre-1.6) file, a corrupt or truncated file, out-of-range tensor views or non-tensor entries give
-// an InvalidArgumentError naming the file (NotFoundError if it does not exist).
-absl::StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ReadTorchStateDict(
-    const std::string& path);
 
 struct CheckpointWriteOptions {
   std::string dtype = "fp32";  // "fp32" or "bf16"

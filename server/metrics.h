@@ -23,10 +23,9 @@
 //   specprune_forward_passes_total{method}           counter    none|specprune|fastv|random per
 //                                                               sample
 //
-// HTTP: StartExposer serves GET /metrics itself (one small thread, one scrape
-// at a time) instead of prometheus::Exposer: civetweb creates its threads with
-// 100 KB stacks, which pthread_create rejects in a process whose static TLS is
-// larger (LibTorch + OpenBLAS), so the Exposer cannot start in our server.
+// HTTP: StartExposer serves GET /metrics through MetricsHttpEndpoint
+// (server/metrics_http.h: one small thread, one scrape at a time) instead of
+// prometheus::Exposer, which cannot start in our server (see there).
 //
 // Thread safety: every method may be called concurrently, except StartExposer
 // (call once at startup, before serving).
@@ -55,6 +54,8 @@ class Family;
 }  // namespace prometheus
 
 namespace specprune {
+
+class MetricsHttpEndpoint;  // server/metrics_http.h
 
 // Stages of specprune_compute_duration_seconds{stage}.
 enum class ComputeStage { kPreprocess = 0, kVision, kLlm, kActionHead };
@@ -144,8 +145,7 @@ class ServerMetrics {
 
   // Declared last: destroyed first, so no scrape runs while the metrics are
   // torn down.
-  class HttpEndpoint;
-  std::unique_ptr<HttpEndpoint> http_;
+  std::unique_ptr<MetricsHttpEndpoint> http_;
 };
 
 }  // namespace specprune

@@ -1,0 +1,193 @@
+// specprune_loadgen: closed-loop load generator for a SpecPrune Serve server
+// (DESIGN §6, issue #5).
+//
+// N robot threads each drive their own robot: own robot_id, episode_id,
+// instruction and a deterministic synthetic tabletop scene whose gripper moves
+// a little every step (so SpecPrune's frame-difference signal V_dynamic sees
+// small, local changes). Each robot sends its Predict calls one after the other
+// with explicit steps 0..M-1 and checks every answer against its request.
+//
+// Connections: by default every robot has its own gRPC channel with a local
+// subchannel pool, i.e. its own HTTP/2 connection, as separate robots on a
+// network would; --shared-channel makes all robots multiplex one connection.
+// Calls go through the generated stub directly (not the SDK) so that the checks
+// below are the loadgen's own and nothing is retried: every failure is counted.
+//
+// Checks per OK response (a failed check counts one mismatch): robot_id,
+// episode_id and step echo the request; chunk_size x action_dim match
+// GetModelInfo and the action count; actions finite; not a cached answer (no
+// step is ever sent twice); total vision tokens match GetModelInfo and retained
+// <= total; episode_steps continues the episode (1 at its first pass or after a
+// server-side session restart, +1 per computed step; unchecked after a failed
+// call). A lost response is a call that got no answer from the server:
+// DEADLINE_EXCEEDED (the client deadline, --deadline-ms, ran out), UNAVAILABLE
+// or CANCELLED. Other error codes are answers and are only counted by code.
+//
+// Timing: the first --warmup calls of every robot are excluded; after them all
+// robots meet at a barrier and the measured window runs from the barrier to the
+// last robot's last answer.
+//
+// Churn (soak tests): --episodes E runs E episodes of M steps per robot;
+// --duration-s T instead runs episodes until T seconds of measured time have
+// passed. Between episodes a robot alternately calls Reset or just switches to
+// a new episode_id. With --robot-id-pool P (a multiple of N) robot i uses id
+// number (e * N + i) mod P in episode e, so P > max_sessions forces LRU
+// eviction; two threads never share an id at the same time.
+//
+// Exit status: 0 ok, 1 a mismatch or lost response, 2 usage error, 3 setup
+// failure (GetModelInfo).
+//
+// The pieces: bench/loadgen_options.h (flags), bench/loadgen_scene.h (synthetic
+// frames), bench/loadgen_robot.h (one robot's calls and checks),
+// bench/loadgen_report.h (JSON report and summary).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "bench/loadgen_options.h"
+#include "bench/loadgen_report.h"
+#include "bench/loadgen_robot.h"
+#include "grpcpp/grpcpp.h"
+#include "nlohmann/json.hpp"
+#include "specprune/v1/vla_service.grpc.pb.h"
+
+namespace specprune::loadgen {
+namespace {
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, bool own_connection) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  if (own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+// Calls GetModelInfo until it succeeds or --connect-timeout-s has passed (then false, after
+// printing why).
+bool FetchModelInfo(const LoadgenOptions& opts, const std::shared_ptr<grpc::Channel>& channel,
+                    v1::ModelInfo* info) {
+  auto stub = v1::VlaService::NewStub(channel);
+  const auto give_up = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(opts.connect_timeout_s));
+  for (;;) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(
+        DeadlineIn(std::min<Clock::duration>(give_up - Clock::now(), std::chrono::seconds(5))));
+    ctx.set_wait_for_ready(true);
+    grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), info);
+    if (s.ok()) return true;
+    if (Clock::now() >= give_up) {
+      std::fprintf(stderr, "specprune_loadgen: GetModelInfo on %s failed: %s %s\n",
+                   opts.target.c_str(), CodeName(s.error_code()).c_str(),
+                   s.error_message().c_str());
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+// The serving shape of `info`, with --image-size applied; false when it is unusable.
+bool ShapeFromModelInfo(const LoadgenOptions& opts, const v1::ModelInfo& info,
+                        ServingShape* shape) {
+  shape->cameras.assign(info.cameras().begin(), info.cameras().end());
+  shape->image_size = opts.image_size > 0 ? opts.image_size : static_cast<int>(info.image_height());
+  shape->proprio_dim = static_cast<int>(info.proprio_dim());
+  shape->chunk_size = info.chunk_size();
+  shape->action_dim = info.action_dim();
+  shape->vision_tokens = info.vision_tokens_per_forward();
+  return !(shape->cameras.empty() || shape->image_size <= 0 || shape->chunk_size == 0 ||
+           shape->action_dim == 0);
+}
+
+// Runs every robot on its own thread: warmup, the barrier, the measured window (see the top of
+// this file). Returns when all robots are done; control->measure_start is set.
+void RunRobots(const std::vector<std::unique_ptr<Robot>>& robots, const LoadgenOptions& opts,
+               RunControl* control) {
+  std::vector<std::thread> threads;
+  for (auto& r : robots) threads.emplace_back([&r] { r->Run(); });
+  control->warmed_up.Wait();
+  control->measure_start = Clock::now();
+  if (opts.duration_s > 0) {
+    control->measure_end =
+        control->measure_start +
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.duration_s));
+  }
+  control->measuring.Notify();
+  for (auto& t : threads) t.join();
+}
+
+// Writes `text` to --json (stdout for "-"); false when the file cannot be written.
+bool WriteJson(const LoadgenOptions& opts, const std::string& text) {
+  if (opts.json_path == "-") {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return true;
+  }
+  std::ofstream f(opts.json_path);
+  f << text;
+  if (!f) {
+    std::fprintf(stderr, "specprune_loadgen: cannot write --json %s\n", opts.json_path.c_str());
+    return false;
+  }
+  return true;
+}
+
+int Main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
+      std::printf("%s", kUsage);
+      return 0;
+    }
+  }
+  absl::StatusOr<LoadgenOptions> parsed = ParseFlags(argc, argv);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "specprune_loadgen: %s\n%s",
+                 std::string(parsed.status().message()).c_str(), kUsage);
+    return 2;
+  }
+  const LoadgenOptions opts = *parsed;
+
+  std::shared_ptr<grpc::Channel> shared = MakeChannel(opts.target, false);
+  v1::ModelInfo info;
+  if (!FetchModelInfo(opts, shared, &info)) return 3;
+  ServingShape shape;
+  if (!ShapeFromModelInfo(opts, info, &shape)) {
+    std::fprintf(stderr, "specprune_loadgen: GetModelInfo returned an unusable model shape\n");
+    return 3;
+  }
+
+  RunControl control(opts.robots);
+  std::vector<std::unique_ptr<Robot>> robots;
+  for (int i = 0; i < opts.robots; ++i) {
+    robots.push_back(std::make_unique<Robot>(
+        i, opts, shape, opts.shared_channel ? shared : MakeChannel(opts.target, true), &control));
+  }
+  const absl::Time started_at = absl::Now();
+  const double cpu_at_start = ProcessCpuSeconds();
+  RunRobots(robots, opts, &control);
+
+  std::vector<const RobotStats*> stats;
+  for (const auto& r : robots) stats.push_back(&r->stats());
+  Clock::time_point end;
+  RobotStats all = SumStats(stats, control.measure_start, &end);
+  const double window_s = std::chrono::duration<double>(end - control.measure_start).count();
+  const ReportContext context{opts, shape, info, started_at, window_s, cpu_at_start};
+  const nlohmann::json j = BuildReport(context, &all);
+  if (!WriteJson(opts, j.dump(2) + "\n")) return 3;
+  const std::string summary = SummaryLine(context, all);
+  std::fputs(summary.c_str(), opts.json_path == "-" ? stderr : stdout);
+  for (const auto& m : all.mismatch_examples) std::fprintf(stderr, "  mismatch: %s\n", m.c_str());
+  return all.mismatches == 0 && all.lost == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace specprune::loadgen
+
+int main(int argc, char** argv) { return specprune::loadgen::Main(argc, argv); }
