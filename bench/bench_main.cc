@@ -23,10 +23,10 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "kernels/ops.h"
 #include "model/checkpoint.h"
 #include "model/flops.h"
 #include "nlohmann/json.hpp"
+#include "policy/policy_step.h"
 #include "pruning/policies.h"
 #include "pruning/pruning_config.h"
 #include "pruning/specprune_policy.h"
@@ -119,6 +119,7 @@ int RunModel(const Args& args) {
     tokenizer = std::move(*tok);
   }
   const ModelConfig& c = model->config();
+  const PolicyStep policy(*model, *tokenizer);
   const PruningConfig defaults = DefaultPruningConfig(static_cast<int>(c.llm.layers),
                                                       c.vision_tokens(), c.patches_per_image());
   std::vector<PruningConfig> configs;
@@ -145,40 +146,38 @@ int RunModel(const Args& args) {
   for (int it = 0; it < args.warmup + args.iters; ++it) {
     const int step = it % args.episode_steps;
     // Inputs shared by every method this iteration.
-    std::vector<SampleInput> base(args.batch);
-    std::vector<torch::Tensor> patches(args.batch);
+    std::vector<PreparedObservation> base;
     for (int b = 0; b < args.batch; ++b) {
-      std::vector<torch::Tensor> pp;
-      for (size_t cam = 0; cam < c.cameras.size(); ++cam) {
-        base[b].images.push_back(SceneFrame(c.image_size, b, static_cast<int>(cam), step));
-        pp.push_back(extract_patches(base[b].images.back(), c.towers[0].patch_size));
-      }
-      patches[b] = torch::cat(pp, 0);
-      base[b].prompt_ids = BuildPromptIds(c, *tokenizer, instructions[b % instructions.size()]);
-      base[b].proprio = torch::zeros({c.proprio_dim});
+      std::vector<torch::Tensor> frames;
+      for (size_t cam = 0; cam < c.cameras.size(); ++cam)
+        frames.push_back(SceneFrame(c.image_size, b, static_cast<int>(cam), step));
+      auto prepared = policy.Prepare(std::move(frames), instructions[b % instructions.size()],
+                                     std::vector<float>(c.proprio_dim, 0.0f), /*stats=*/nullptr);
+      if (!prepared.ok()) return Usage(std::string(prepared.status().message()).c_str());
+      base.push_back(*std::move(prepared));
     }
     for (int k = 0; k < nm; ++k) {
       const int m = (k + it) % nm;  // rotate the order to spread drift evenly
       if (step == 0)
         for (auto& s : states[m]) s.Clear();
       std::vector<std::unique_ptr<SamplePruner>> pruners;
-      std::vector<SampleInput> inputs = base;
+      std::vector<StepInput> inputs;
       for (int b = 0; b < args.batch; ++b) {
         PrunerContext ctx;
         ctx.config = &configs[m];
         ctx.state = &states[m][b];
-        ctx.frame_patches = patches[b];
+        ctx.frame_patches = base[b].frame_patches;
         ctx.num_layers = static_cast<int>(c.llm.layers);
         ctx.num_vision_tokens = c.vision_tokens();
         ctx.seed = args.seed * 1000003 + it * 31 + b;
         auto p = CreatePruner(ctx);
         if (!p.ok()) return Usage(std::string(p.status().message()).c_str());
         pruners.push_back(std::move(*p));
-        inputs[b].pruner = pruners.back().get();
+        inputs.push_back({&base[b], pruners.back().get()});
       }
       ForwardTimings t;
       const auto t0 = Clock::now();
-      auto out = model->Forward(inputs, &t);
+      auto out = policy.Run(inputs, &t);
       const double e2e = std::chrono::duration<double>(Clock::now() - t0).count();
       if (!out.ok()) {
         std::fprintf(stderr, "forward failed: %s\n", std::string(out.status().message()).c_str());
@@ -191,7 +190,7 @@ int RunModel(const Args& args) {
       s.llm.push_back(t.llm_seconds);
       s.head.push_back(t.action_head_seconds);
       for (int b = 0; b < args.batch; ++b) {
-        const auto& r = (*out)[b];
+        const auto& r = (*out)[b].model;
         const auto& pl = r.vision_tokens_per_layer;
         const double p = static_cast<double>(r.total_vision_tokens);
         s.retained_static.push_back(pl[std::min<size_t>(2, pl.size() - 1)] / p);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "model/flops.h"
+#include "model/sequence_layout.h"
 #include "model/tokenizer.h"
 
 namespace specprune {
@@ -20,20 +21,6 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
-
-// Per-sample bookkeeping of the ragged LLM batch. Rows of sample b are, in order:
-// BOS | vision (vision_ids.size()) | proprio | prompt (prompt_len) | actions | EOS.
-struct SampleRows {
-  std::vector<int64_t> vision_ids;  // original vision index of each vision row, ascending
-  int64_t prompt_len = 0;
-  int64_t action_tokens = 0;
-  int64_t length() const {
-    return 1 + static_cast<int64_t>(vision_ids.size()) + 1 + prompt_len + action_tokens + 1;
-  }
-  int64_t vision_begin() const { return 1; }
-  int64_t prompt_begin() const { return 2 + static_cast<int64_t>(vision_ids.size()); }
-  int64_t actions_begin() const { return prompt_begin() + prompt_len; }
-};
 
 void SyncIfCuda(const torch::Device& d) {
 #if TORCH_VERSION_MAJOR >= 2
@@ -149,79 +136,135 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::Forward(const std::vector<Sa
   }
 }
 
+namespace {
+
+// The attention-statistics query of one layer: per sample, the query rows its pruner wants
+// (StatsWanted) and the rows of its vision tokens. Null when no pruner wants statistics.
+bool BuildStatsQuery(const std::vector<SampleRows>& rows, const std::vector<StatsRows>& wanted,
+                     const torch::Device& device, AttentionStatsQuery* query) {
+  const int64_t bsz = static_cast<int64_t>(rows.size());
+  if (std::all_of(wanted.begin(), wanted.end(), [](StatsRows w) { return w == StatsRows::kNone; }))
+    return false;
+  int64_t r_max = 1, v_max = 1;
+  for (int64_t b = 0; b < bsz; ++b) {
+    if (wanted[b] == StatsRows::kText) r_max = std::max(r_max, rows[b].prompt_len);
+    if (wanted[b] == StatsRows::kActionReadout) r_max = std::max(r_max, rows[b].action_tokens);
+    v_max = std::max<int64_t>(v_max, rows[b].vision_ids.size());
+  }
+  auto qrows = torch::zeros({bsz, r_max}, torch::kLong);
+  auto rvalid = torch::zeros({bsz, r_max}, torch::kBool);
+  auto vrows = torch::full({bsz, v_max}, -1, torch::kLong);
+  for (int64_t b = 0; b < bsz; ++b) {
+    const int64_t nv = static_cast<int64_t>(rows[b].vision_ids.size());
+    if (nv > 0) vrows[b].slice(0, 0, nv).copy_(torch::arange(1, 1 + nv, torch::kLong));
+    int64_t first = rows[b].length() - 1, m = 1;  // kLast (and samples that want nothing)
+    if (wanted[b] == StatsRows::kText && rows[b].prompt_len > 0) {
+      first = rows[b].prompt_begin();
+      m = rows[b].prompt_len;
+    } else if (wanted[b] == StatsRows::kActionReadout && rows[b].action_tokens > 0) {
+      first = rows[b].readout_begin();
+      m = rows[b].action_tokens;
+    }
+    qrows[b].slice(0, 0, m).copy_(torch::arange(first, first + m, torch::kLong));
+    rvalid[b].slice(0, 0, m).fill_(true);
+  }
+  query->query_rows = qrows.to(device);
+  query->row_valid = rvalid.to(device);
+  query->vision_rows = vrows.to(device);
+  return true;
+}
+
+// Asks sample b's pruner which vision tokens go on after `layer`. Updates rows.vision_ids and
+// returns the rows of the current layout that are kept (empty = unchanged).
+absl::StatusOr<std::vector<int64_t>> KeptRows(SamplePruner& pruner, int64_t layer,
+                                              const LayerAttentionStats* stats, SampleRows& rows) {
+  auto& ids = rows.vision_ids;
+  auto keep = pruner.AfterLayer(static_cast<int>(layer), ids, stats);
+  if (!keep.has_value()) return std::vector<int64_t>{};
+  std::unordered_map<int64_t, int64_t> row_of;
+  for (size_t i = 0; i < ids.size(); ++i) row_of[ids[i]] = static_cast<int64_t>(i);
+  std::vector<int64_t> kept_pos;
+  for (int64_t id : *keep) {
+    auto it = row_of.find(id);
+    if (it == row_of.end())
+      return absl::InternalError(
+          absl::StrCat("pruner kept vision token ", id, " that is not present at layer ", layer));
+    kept_pos.push_back(it->second);
+    row_of.erase(it);  // ignore duplicates
+  }
+  if (kept_pos.size() == ids.size()) return std::vector<int64_t>{};
+  std::sort(kept_pos.begin(), kept_pos.end());
+  const int64_t old_length = rows.length();
+  std::vector<int64_t> kept_rows = {0}, new_ids;
+  new_ids.reserve(kept_pos.size());
+  for (int64_t pos : kept_pos) {
+    kept_rows.push_back(1 + pos);
+    new_ids.push_back(ids[pos]);
+  }
+  for (int64_t row = 1 + static_cast<int64_t>(ids.size()); row < old_length; ++row)
+    kept_rows.push_back(row);
+  ids = std::move(new_ids);
+  return kept_rows;
+}
+
+}  // namespace
+
+torch::Tensor EmbedSample(VlaModuleImpl& module, const ModelConfig& config,
+                          const torch::Tensor& vision, const torch::Tensor& proprio,
+                          const std::vector<int64_t>& prompt_ids, torch::Tensor* llm_vision) {
+  const auto& llm = config.llm;
+  std::vector<int64_t> ids;
+  ids.push_back(llm.bos_token_id);
+  ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
+  ids.push_back(llm.eos_token_id);
+  auto lm = module.language_model->model;
+  const auto long_opts = torch::TensorOptions().device(vision.device()).dtype(torch::kLong);
+  auto emb = lm->embed_tokens->forward(torch::tensor(ids, long_opts));  // [1+m+1, D]
+  const int64_t m = static_cast<int64_t>(prompt_ids.size());
+  auto vb = vision;
+  if (!module.instruction_film.is_empty() && m > 0)
+    vb = module.instruction_film->forward(vb, emb.slice(0, 1, 1 + m));
+  if (llm_vision != nullptr) *llm_vision = vb;
+  return SampleSequence(vb, proprio, emb, config.action_tokens());
+}
+
 absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
     const std::vector<SampleInput>& batch, ForwardTimings* timings) const {
   c10::InferenceMode inference_guard;
   const int64_t bsz = static_cast<int64_t>(batch.size());
-  const int64_t cams = static_cast<int64_t>(config_.cameras.size());
   const int64_t p = config_.vision_tokens();
   const int64_t d = config_.llm.hidden;
-  const int64_t a = config_.action_tokens();
   const int64_t num_layers = config_.llm.layers;
   const auto opts = torch::TensorOptions().device(device_).dtype(dtype_);
-  const auto long_opts = torch::TensorOptions().device(device_).dtype(torch::kLong);
   VlaModule mod = module_;  // non-const handle; forward passes only read parameters
   auto lm = mod->language_model->model;
 
   // --- Vision towers + projectors ----------------------------------------------------------
   auto t0 = Clock::now();
-  std::vector<torch::Tensor> images;
-  images.reserve(bsz * cams);
-  std::vector<torch::Tensor> proprios;
+  std::vector<torch::Tensor> images, proprios;
   for (const auto& in : batch) {
     for (const auto& img : in.images) images.push_back(img);
     proprios.push_back(in.proprio.reshape({-1}).to(torch::kFloat32));
   }
-  auto pixels = torch::stack(images).to(opts);
-  auto feats = mod->vision_backbone->forward(pixels);  // [B*cams, P_img, W]
-  feats = feats.reshape({bsz, p, feats.size(-1)});
-  auto vision = mod->projector->forward(feats);                                     // [B,P,D]
+  auto feats = mod->vision_backbone->forward(torch::stack(images).to(opts));  // [B*cams, P_img, W]
+  auto vision = mod->projector->forward(feats.reshape({bsz, p, feats.size(-1)}));   // [B,P,D]
   auto proprio = mod->proprio_projector->forward(torch::stack(proprios).to(opts));  // [B,D]
   SyncIfCuda(device_);
   auto t1 = Clock::now();
 
-  // --- Assemble the ragged batch -------------------------------------------------------------
+  // --- The ragged batch ----------------------------------------------------------------------
   std::vector<SampleRows> rows(bsz);
   std::vector<torch::Tensor> seqs;
-  int64_t t_max = 0;
-  const auto& llm = config_.llm;
   for (int64_t b = 0; b < bsz; ++b) {
-    rows[b].vision_ids.resize(p);
-    for (int64_t i = 0; i < p; ++i) rows[b].vision_ids[i] = i;
-    rows[b].prompt_len = static_cast<int64_t>(batch[b].prompt_ids.size());
-    rows[b].action_tokens = a;
-    std::vector<int64_t> ids;
-    ids.push_back(llm.bos_token_id);
-    ids.insert(ids.end(), batch[b].prompt_ids.begin(), batch[b].prompt_ids.end());
-    ids.push_back(llm.eos_token_id);
-    auto emb = lm->embed_tokens->forward(torch::tensor(ids, long_opts));  // [1+m+1, D]
-    const int64_t m = rows[b].prompt_len;
-    auto vb = vision[b];
-    if (!mod->instruction_film.is_empty() && m > 0)
-      vb = mod->instruction_film->forward(vb, emb.slice(0, 1, 1 + m));
-    seqs.push_back(
-        torch::cat({emb.slice(0, 0, 1), vb, proprio[b].unsqueeze(0), emb.slice(0, 1, 1 + m),
-                    torch::zeros({a, d}, opts), emb.slice(0, 1 + m, 2 + m)}));
-    t_max = std::max(t_max, rows[b].length());
+    rows[b] = SampleRows::Unpruned(p, static_cast<int64_t>(batch[b].prompt_ids.size()),
+                                   config_.action_tokens());
+    seqs.push_back(EmbedSample(*mod, config_, vision[b], proprio[b], batch[b].prompt_ids));
   }
-  auto h = torch::zeros({bsz, t_max, d}, opts);
-  auto positions = torch::zeros({bsz, t_max}, torch::kLong);
-  for (int64_t b = 0; b < bsz; ++b) {
-    const int64_t len = rows[b].length();
-    h[b].slice(0, 0, len).copy_(seqs[b]);
-    positions[b].slice(0, 0, len).copy_(torch::arange(len, torch::kLong));
-  }
+  RaggedBatch rb = AssembleBatch(seqs, std::move(rows), device_);
   seqs.clear();
-  positions = positions.to(device_);
-  auto valid_of = [&](const std::vector<SampleRows>& r, int64_t t) {
-    auto lens = torch::empty({bsz}, torch::kLong);
-    for (int64_t b = 0; b < bsz; ++b) lens[b] = r[b].length();
-    return torch::arange(t, torch::kLong).unsqueeze(0).lt(lens.unsqueeze(1)).to(device_);
-  };
-  auto valid = valid_of(rows, t_max);
-  const int64_t head_dim = d / llm.heads;
-  auto rope = MakeRope(positions, head_dim, llm.rope_theta, dtype_);
-  auto bias = KeyPaddingBias(valid, dtype_);
+  const int64_t head_dim = d / config_.llm.heads;
+  auto rope = MakeRope(rb.positions, head_dim, config_.llm.rope_theta, dtype_);
+  auto bias = KeyPaddingBias(rb.valid, dtype_);
 
   std::vector<SampleResult> results(bsz);
   for (auto& r : results) {
@@ -233,56 +276,23 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
   // --- LLM layers with pruning -----------------------------------------------------------------
   for (int64_t l = 0; l < num_layers; ++l) {
     std::vector<StatsRows> wanted(bsz, StatsRows::kNone);
-    bool any_stats = false;
-    for (int64_t b = 0; b < bsz; ++b) {
+    for (int64_t b = 0; b < bsz; ++b)
       if (batch[b].pruner != nullptr) wanted[b] = batch[b].pruner->StatsWanted(static_cast<int>(l));
-      any_stats = any_stats || wanted[b] != StatsRows::kNone;
-    }
     AttentionStatsQuery query;
     AttentionStatsResult stats;
-    if (any_stats) {
-      int64_t r_max = 1, v_max = 1;
-      for (int64_t b = 0; b < bsz; ++b) {
-        if (wanted[b] == StatsRows::kText) r_max = std::max(r_max, rows[b].prompt_len);
-        if (wanted[b] == StatsRows::kActionReadout) r_max = std::max(r_max, rows[b].action_tokens);
-        v_max = std::max<int64_t>(v_max, rows[b].vision_ids.size());
-      }
-      auto qrows = torch::zeros({bsz, r_max}, torch::kLong);
-      auto rvalid = torch::zeros({bsz, r_max}, torch::kBool);
-      auto vrows = torch::full({bsz, v_max}, -1, torch::kLong);
-      for (int64_t b = 0; b < bsz; ++b) {
-        const int64_t nv = static_cast<int64_t>(rows[b].vision_ids.size());
-        if (nv > 0) vrows[b].slice(0, 0, nv).copy_(torch::arange(1, 1 + nv, torch::kLong));
-        if (wanted[b] == StatsRows::kText && rows[b].prompt_len > 0) {
-          const int64_t m = rows[b].prompt_len;
-          qrows[b].slice(0, 0, m).copy_(
-              torch::arange(rows[b].prompt_begin(), rows[b].prompt_begin() + m, torch::kLong));
-          rvalid[b].slice(0, 0, m).fill_(true);
-        } else if (wanted[b] == StatsRows::kActionReadout && rows[b].action_tokens > 0) {
-          const int64_t m = rows[b].action_tokens;
-          const int64_t first = rows[b].actions_begin() - 1;
-          qrows[b].slice(0, 0, m).copy_(torch::arange(first, first + m, torch::kLong));
-          rvalid[b].slice(0, 0, m).fill_(true);
-        } else {
-          // kLast (and samples that want nothing): the last valid row.
-          qrows[b][0] = rows[b].length() - 1;
-          rvalid[b][0] = true;
-        }
-      }
-      query.query_rows = qrows.to(device_);
-      query.row_valid = rvalid.to(device_);
-      query.vision_rows = vrows.to(device_);
-    }
+    const bool any_stats = BuildStatsQuery(rb.rows, wanted, device_, &query);
     for (int64_t b = 0; b < bsz; ++b) {
-      results[b].vision_tokens_per_layer.push_back(static_cast<int32_t>(rows[b].vision_ids.size()));
-      tokens_per_layer[b].push_back(rows[b].length());
+      results[b].vision_tokens_per_layer.push_back(
+          static_cast<int32_t>(rb.rows[b].vision_ids.size()));
+      tokens_per_layer[b].push_back(rb.rows[b].length());
     }
-    h = lm->layer_list[l]->forward(h, rope, bias, valid, any_stats ? &query : nullptr,
+    rb.hidden =
+        lm->layer_list[l]->forward(rb.hidden, rope, bias, rb.valid, any_stats ? &query : nullptr,
                                    any_stats ? &stats : nullptr);
 
     // Ask each pruner which vision tokens go on.
     bool repack = false;
-    std::vector<std::vector<int64_t>> keep_rows(bsz);  // row indices kept per sample
+    std::vector<std::vector<int64_t>> keep_rows(bsz);
     torch::Tensor cpu_scores, cpu_entropy;
     if (any_stats) {
       cpu_scores = stats.scores.to(torch::kCPU, torch::kFloat32);
@@ -290,76 +300,37 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
     }
     for (int64_t b = 0; b < bsz; ++b) {
       if (batch[b].pruner == nullptr) continue;
-      auto& ids = rows[b].vision_ids;
       LayerAttentionStats layer_stats;
       const LayerAttentionStats* stats_ptr = nullptr;
       if (wanted[b] != StatsRows::kNone) {
-        layer_stats.scores = cpu_scores[b].slice(0, 0, static_cast<int64_t>(ids.size())).clone();
+        const int64_t nv = static_cast<int64_t>(rb.rows[b].vision_ids.size());
+        layer_stats.scores = cpu_scores[b].slice(0, 0, nv).clone();
         layer_stats.vision_entropy = cpu_entropy[b].item<double>();
         stats_ptr = &layer_stats;
       }
-      auto keep = batch[b].pruner->AfterLayer(static_cast<int>(l), ids, stats_ptr);
-      if (!keep.has_value() || l + 1 == num_layers) continue;
-      std::unordered_map<int64_t, int64_t> row_of;
-      for (size_t i = 0; i < ids.size(); ++i) row_of[ids[i]] = static_cast<int64_t>(i);
-      std::vector<int64_t> kept_pos;
-      for (int64_t id : *keep) {
-        auto it = row_of.find(id);
-        if (it == row_of.end())
-          return absl::InternalError(
-              absl::StrCat("pruner kept vision token ", id, " that is not present at layer ", l));
-        kept_pos.push_back(it->second);
-        row_of.erase(it);  // ignore duplicates
+      if (l + 1 == num_layers) {  // the pruner still sees the last layer; nothing is removed
+        batch[b].pruner->AfterLayer(static_cast<int>(l), rb.rows[b].vision_ids, stats_ptr);
+        continue;
       }
-      if (kept_pos.size() == ids.size()) continue;
-      std::sort(kept_pos.begin(), kept_pos.end());
-      std::vector<int64_t> new_ids;
-      new_ids.reserve(kept_pos.size());
-      auto& kr = keep_rows[b];
-      kr.push_back(0);
-      for (int64_t pos : kept_pos) {
-        kr.push_back(1 + pos);
-        new_ids.push_back(ids[pos]);
-      }
-      for (int64_t row = 1 + static_cast<int64_t>(ids.size()); row < rows[b].length(); ++row)
-        kr.push_back(row);
-      ids = std::move(new_ids);
-      repack = true;
+      auto kept = KeptRows(*batch[b].pruner, l, stats_ptr, rb.rows[b]);
+      if (!kept.ok()) return kept.status();
+      keep_rows[b] = *std::move(kept);
+      repack = repack || !keep_rows[b].empty();
     }
     if (repack) {
-      int64_t new_max = 0;
-      for (int64_t b = 0; b < bsz; ++b) new_max = std::max(new_max, rows[b].length());
-      auto gather = torch::zeros({bsz, new_max}, torch::kLong);
-      for (int64_t b = 0; b < bsz; ++b) {
-        if (keep_rows[b].empty()) {
-          gather[b]
-              .slice(0, 0, rows[b].length())
-              .copy_(torch::arange(rows[b].length(), torch::kLong));
-        } else {
-          gather[b]
-              .slice(0, 0, static_cast<int64_t>(keep_rows[b].size()))
-              .copy_(torch::tensor(keep_rows[b], torch::kLong));
-        }
-      }
-      gather = gather.to(device_);
-      h = h.gather(1, gather.unsqueeze(-1).expand({bsz, new_max, d}));
-      positions = positions.gather(1, gather);
-      valid = valid_of(rows, new_max);
-      rope = MakeRope(positions, head_dim, llm.rope_theta, dtype_);
-      bias = KeyPaddingBias(valid, dtype_);
+      RepackBatch(keep_rows, &rb);
+      rope = MakeRope(rb.positions, head_dim, config_.llm.rope_theta, dtype_);
+      bias = KeyPaddingBias(rb.valid, dtype_);
     }
   }
   SyncIfCuda(device_);
   auto t2 = Clock::now();
 
   // --- Action head ---------------------------------------------------------------------------
-  auto read = torch::zeros({bsz, a}, torch::kLong);
-  for (int64_t b = 0; b < bsz; ++b) {
-    const int64_t first = rows[b].actions_begin() - 1;
-    read[b].copy_(torch::arange(first, first + a, torch::kLong));
-  }
-  read = read.to(device_);
-  auto action_hidden = lm->norm->forward(h.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
+  const int64_t a = config_.action_tokens();
+  auto read = ReadoutRows(rb.rows, device_);
+  auto action_hidden =
+      lm->norm->forward(rb.hidden.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
   auto actions = mod->action_head->forward(action_hidden).to(torch::kCPU, torch::kFloat32);
   auto t3 = Clock::now();
 
@@ -367,7 +338,7 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
     auto& r = results[b];
     r.normalized_actions = actions[b].clone();
     const auto f = ForwardFlops(config_, tokens_per_layer[b]);
-    const auto full = UnprunedForwardFlops(config_, rows[b].prompt_len);
+    const auto full = UnprunedForwardFlops(config_, rb.rows[b].prompt_len);
     r.llm_flops = f.llm;
     r.llm_flops_unpruned = full.llm;
     r.other_flops = f.vision + f.projector + f.action_head;

@@ -104,6 +104,15 @@ class VlaModel : public ModelRunner {
   torch::ScalarType dtype_;
 };
 
+// One sample's embedded LLM sequence [T_b, D] (model/sequence_layout.h): `vision` [P, D] projected
+// vision tokens, passed through the instruction FiLM when the model has one; `proprio` [D] the
+// projected proprio token. `llm_vision` (optional out): the vision rows as they enter the LLM.
+// Used by the served forward and the training forward alike.
+torch::Tensor EmbedSample(VlaModuleImpl& module, const ModelConfig& config,
+                          const torch::Tensor& vision, const torch::Tensor& proprio,
+                          const std::vector<int64_t>& prompt_ids,
+                          torch::Tensor* llm_vision = nullptr);
+
 // Prompt ids for an instruction: the config's template with the lower-cased instruction,
 // tokenized without BOS, plus the config's suffix token.
 std::vector<int64_t> BuildPromptIds(const ModelConfig& config, const Tokenizer& tokenizer,

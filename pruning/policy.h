@@ -65,6 +65,10 @@ class SamplePruner {
   // True when the pass ran unpruned to rebuild SpecPrune's prior after a gripper release
   // (SpecPruneConfig::refresh_after_release).
   virtual bool refreshed_prior() const { return false; }
+  // The vision tokens this pass kept because of the previous step's global attention (SpecPrune's
+  // V_global, original ids); null for methods without a global prior. Read by the unpruned
+  // reference comparison (pruning/reference_pass.h) for the prior's recall.
+  virtual const std::vector<int64_t>* global_prior_set() const { return nullptr; }
 };
 
 }  // namespace specprune

@@ -29,7 +29,7 @@
 #include <optional>
 #include <vector>
 
-#include "pruning/policies.h"
+#include "pruning/pruner_base.h"
 #include "pruning/specprune_math.h"
 
 namespace specprune {
@@ -50,6 +50,7 @@ class SpecPrunePruner : public EpisodeTrackingPruner {
 
   // Telemetry.
   const std::vector<int64_t>& v_global() const { return v_global_; }
+  const std::vector<int64_t>* global_prior_set() const override { return &v_global_; }
   const std::vector<int64_t>& v_local() const { return v_local_; }
   const std::vector<int64_t>& v_dynamic() const { return v_dynamic_; }
   // Vision tokens going on after the static-pruning layer (P when nothing was pruned); -1 before

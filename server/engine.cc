@@ -7,14 +7,10 @@
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/ops.h"
+#include "image/image_codec.h"
 #include "model/flops.h"
-#include "model/image_codec.h"
-#include "model/image_preprocess.h"
 #include "nlohmann/json.hpp"
 #include "pruning/policies.h"
-#include "pruning/specprune_math.h"
-#include "pruning/specprune_policy.h"
 
 namespace specprune {
 namespace {
@@ -79,13 +75,9 @@ struct InferenceEngine::Job {
   bool finished = false;
 
   // Prepared by Preprocess().
-  std::vector<torch::Tensor> images;  // [3,S,S] per camera
-  torch::Tensor frame_patches;        // [P, patch_dim]
-  std::vector<int64_t> prompt_ids;
-  torch::Tensor proprio;  // normalized [proprio_dim]
+  PreparedObservation observation;
   PruningConfig pruning;
   bool diagnostic = false;
-  const DatasetStats* stats = nullptr;
   double preprocess_seconds = 0;
 };
 
@@ -130,6 +122,7 @@ absl::StatusOr<std::unique_ptr<InferenceEngine>> InferenceEngine::Create(
 InferenceEngine::InferenceEngine(EngineModel model, PruningConfig pruning_defaults,
                                  EngineOptions options, ServerMetrics* metrics)
     : model_(std::move(model)),
+      policy_(*model_.runner, *model_.tokenizer),
       pruning_defaults_(std::move(pruning_defaults)),
       options_([&] {
         EngineOptions o = std::move(options);
@@ -298,8 +291,7 @@ absl::Status InferenceEngine::PrepareInputs(Job& job) {
   auto images = ImagesInCameraOrder(req, options_.limits);
   if (!images.ok()) return images.status();
   DecodeLimits limits{options_.limits.max_image_width, options_.limits.max_image_height};
-  PreprocessOptions pre{static_cast<int>(c.image_size), c.center_crop_area};
-  std::vector<torch::Tensor> patches;
+  PolicyObservation observation;
   for (size_t i = 0; i < images->size(); ++i) {
     const v1::Image& img = *(*images)[i];
     absl::StatusOr<RgbImage> rgb =
@@ -309,31 +301,16 @@ absl::Status InferenceEngine::PrepareInputs(Job& job) {
     if (!rgb.ok())
       return absl::InvalidArgumentError(
           absl::StrCat("images[", i, "] (", c.cameras[i], "): ", rgb.status().message()));
-    auto pixels = PreprocessImage(*rgb, pre);
-    if (!pixels.ok())
-      return absl::InvalidArgumentError(
-          absl::StrCat("images[", i, "] (", c.cameras[i], "): ", pixels.status().message()));
-    auto t =
-        torch::from_blob(pixels->data(), {3, c.image_size, c.image_size}, torch::kFloat32).clone();
-    patches.push_back(extract_patches(t, c.towers[0].patch_size));
-    job.images.push_back(std::move(t));
+    observation.images.push_back(*std::move(rgb));
   }
-  job.frame_patches = torch::cat(patches, 0);
-  job.prompt_ids = BuildPromptIds(c, *model_.tokenizer, req.instruction());
+  observation.instruction = req.instruction();
+  observation.proprio.assign(req.proprio().begin(), req.proprio().end());
   auto stats = model_.stats.Get(req.unnorm_key());
   if (!stats.ok())
     return absl::InvalidArgumentError(absl::StrCat("unnorm_key: ", stats.status().message()));
-  job.stats = *stats;
-  std::vector<float> proprio(req.proprio().begin(), req.proprio().end());
-  if (job.stats->proprio.dim() == c.proprio_dim) {
-    std::vector<float> normalized(proprio.size());
-    if (auto s =
-            NormalizeProprio(job.stats->proprio, proprio.data(), normalized.data(), c.proprio_dim);
-        !s.ok())
-      return absl::InvalidArgumentError(absl::StrCat("proprio: ", s.message()));
-    proprio = std::move(normalized);
-  }
-  job.proprio = torch::tensor(proprio, torch::kFloat32);
+  auto prepared = policy_.Prepare(observation, *stats);
+  if (!prepared.ok()) return prepared.status();
+  job.observation = *std::move(prepared);
   const auto& o = req.pruning();
   auto pruning =
       ApplyOverride(pruning_defaults_, ToMethod(o.method()),
@@ -389,51 +366,38 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
   const auto now = absl::Now();
   const auto& c = model_.runner->config();
   if (metrics_) metrics_->RecordBatchSize(batch.size());
+  // Samples whose pruner could not be built fail alone; the rest run.
   std::vector<std::unique_ptr<SamplePruner>> pruners;
-  std::vector<SampleInput> inputs;
+  std::vector<Job*> jobs;
+  std::vector<StepInput> inputs;
   std::vector<double> queue_seconds;
   for (auto& q : batch) {
     Job& job = *q.item;
-    queue_seconds.push_back(absl::ToDoubleSeconds(now - q.enqueued));
-    if (metrics_) metrics_->RecordQueueWait(queue_seconds.back());
+    const double queued = absl::ToDoubleSeconds(now - q.enqueued);
+    if (metrics_) metrics_->RecordQueueWait(queued);
     PrunerContext ctx;
     ctx.config = &job.pruning;
     ctx.state = &job.session->pruning;
-    ctx.frame_patches = job.frame_patches;
+    ctx.frame_patches = job.observation.frame_patches;
     ctx.num_layers = static_cast<int>(c.llm.layers);
     ctx.num_vision_tokens = c.vision_tokens();
     ctx.seed =
         absl::HashOf(job.request->robot_id(), job.request->episode_id(), job.request->step());
     auto pruner = CreatePruner(ctx);
     if (!pruner.ok()) {
-      pruners.push_back(nullptr);
-      inputs.push_back({});
+      Finish(job, absl::InternalError("could not build the pruning policy"), nullptr);
       continue;
     }
-    pruners.push_back(std::move(*pruner));
-    SampleInput in;
-    in.images = job.images;
-    in.prompt_ids = job.prompt_ids;
-    in.proprio = job.proprio;
-    in.pruner = pruners.back().get();
-    inputs.push_back(std::move(in));
+    pruners.push_back(*std::move(pruner));
+    jobs.push_back(&job);
+    inputs.push_back({&job.observation, pruners.back().get()});
+    queue_seconds.push_back(queued);
   }
-  // Samples whose pruner could not be built fail alone; the rest run.
-  std::vector<size_t> runnable;
-  std::vector<SampleInput> run_inputs;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    if (pruners[i] == nullptr) {
-      Finish(*batch[i].item, absl::InternalError("could not build the pruning policy"), nullptr);
-      continue;
-    }
-    runnable.push_back(i);
-    run_inputs.push_back(inputs[i]);
-  }
-  if (runnable.empty()) return;
+  if (jobs.empty()) return;
   ForwardTimings timings;
-  auto results = model_.runner->Forward(run_inputs, &timings);
+  auto results = policy_.Run(inputs, &timings);
   if (!results.ok()) {
-    for (size_t i : runnable) Finish(*batch[i].item, results.status(), nullptr);
+    for (Job* job : jobs) Finish(*job, results.status(), nullptr);
     return;
   }
   forward_passes_ += 1;
@@ -442,76 +406,9 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
     metrics_->RecordStage(ComputeStage::kLlm, timings.llm_seconds);
     metrics_->RecordStage(ComputeStage::kActionHead, timings.action_head_seconds);
   }
-  for (size_t r = 0; r < runnable.size(); ++r) {
-    const size_t i = runnable[r];
-    Job& job = *batch[i].item;
-    const SampleResult& res = (*results)[r];
-    SamplePruner* pruner = pruners[i].get();
-    auto resp = std::make_shared<v1::PredictResponse>();
-    const auto& req = *job.request;
-    resp->set_robot_id(req.robot_id());
-    resp->set_episode_id(req.episode_id());
-    resp->set_step(req.step());
-    resp->set_chunk_size(c.chunk_size);
-    resp->set_action_dim(c.action_dim);
-    torch::Tensor actions = res.normalized_actions.contiguous().clone();
-    float* a = actions.data_ptr<float>();
-    if (auto s = UnnormalizeActions(job.stats->action, a, c.chunk_size, c.action_dim); !s.ok()) {
-      Finish(job, s, nullptr);
-      continue;
-    }
-    if (c.gripper_postprocess == "binarize") {
-      for (int64_t t = 0; t < c.chunk_size; ++t) {
-        float& g = a[t * c.action_dim + c.action_dim - 1];
-        g = g > 0.5f ? 1.0f : 0.0f;
-      }
-    }
-    for (int64_t k = 0; k < actions.numel(); ++k) resp->add_actions(a[k]);
-    const auto& per_layer = res.vision_tokens_per_layer;
-    resp->set_retained_vision_tokens(per_layer.back());
-    resp->set_total_vision_tokens(res.total_vision_tokens);
-    resp->set_controller_mode(ToProto(pruner->mode()));
-    resp->set_session_restarted(job.session_restarted);
-    auto* tel = resp->mutable_pruning();
-    tel->set_method(ToProto(job.pruning.method));
-    tel->set_total_vision_tokens(res.total_vision_tokens);
-    tel->set_retained_after_static(per_layer.size() > 2 ? per_layer[2] : per_layer.back());
-    for (int32_t n : per_layer) tel->add_retained_per_layer(n);
-    tel->set_flops_ratio(res.flops() / res.flops_unpruned());
-    tel->set_used_fallback(pruner->used_fallback());
-    tel->set_refreshed_prior(pruner->refreshed_prior());
-    if (job.diagnostic) {
-      // Unpruned reference pass of this sample alone, stateless, recording the
-      // global layers.
-      PrunerContext ctx;
-      PruningConfig none = job.pruning;
-      none.method = PruningMethod::kNone;
-      ctx.config = &none;
-      ctx.num_layers = static_cast<int>(c.llm.layers);
-      ctx.num_vision_tokens = c.vision_tokens();
-      ctx.record_layers = job.pruning.specprune.global_layers;
-      auto ref_pruner = CreatePruner(ctx);
-      if (ref_pruner.ok()) {
-        SampleInput in = run_inputs[r];
-        in.pruner = ref_pruner->get();
-        auto ref = model_.runner->Forward({in}, nullptr);
-        if (ref.ok()) {
-          tel->set_action_deviation(
-              (res.normalized_actions - (*ref)[0].normalized_actions).abs().mean().item<double>());
-          auto* sp = dynamic_cast<SpecPrunePruner*>(pruner);
-          auto* keep_all = dynamic_cast<KeepAllPruner*>(ref_pruner->get());
-          if (sp != nullptr && keep_all != nullptr && !sp->v_global().empty()) {
-            auto mean = keep_all->MeanRecordedScores();
-            if (mean.defined()) {
-              std::vector<float> scores(mean.data_ptr<float>(),
-                                        mean.data_ptr<float>() + mean.numel());
-              auto top = TopKIndices(scores, static_cast<int64_t>(sp->v_global().size()));
-              tel->set_global_recall(Recall(sp->v_global(), top));
-            }
-          }
-        }
-      }
-    }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    Job& job = *jobs[i];
+    auto resp = BuildResponse(job, inputs[i], (*results)[i]);
     auto* timing = resp->mutable_timings();
     timing->set_preprocess_seconds(job.preprocess_seconds);
     timing->set_queue_seconds(queue_seconds[i]);
@@ -521,15 +418,50 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
     job.session->episode_steps += 1;
     resp->set_episode_steps(job.session->episode_steps);
     if (metrics_) {
-      metrics_->RecordRetainedTokens(per_layer.back(), res.total_vision_tokens);
+      metrics_->RecordRetainedTokens(resp->retained_vision_tokens(), resp->total_vision_tokens());
       metrics_->RecordControllerMode(resp->controller_mode());
-      if (tel->refreshed_prior()) metrics_->RecordPriorRefresh();
-      metrics_->RecordForwardPass(tel->method());
+      if (resp->pruning().refreshed_prior()) metrics_->RecordPriorRefresh();
+      metrics_->RecordForwardPass(resp->pruning().method());
     }
     timing->set_total_seconds(SecondsSince(job.received));
-    CommitStep(*job.session, req.step(), resp);
+    CommitStep(*job.session, job.request->step(), resp);
     Finish(job, absl::OkStatus(), resp);
   }
+}
+
+std::shared_ptr<v1::PredictResponse> InferenceEngine::BuildResponse(const Job& job,
+                                                                    const StepInput& input,
+                                                                    const StepResult& result) {
+  const auto& c = model_.runner->config();
+  const auto& req = *job.request;
+  auto resp = std::make_shared<v1::PredictResponse>();
+  resp->set_robot_id(req.robot_id());
+  resp->set_episode_id(req.episode_id());
+  resp->set_step(req.step());
+  resp->set_chunk_size(c.chunk_size);
+  resp->set_action_dim(c.action_dim);
+  for (float a : result.actions) resp->add_actions(a);
+  const auto& per_layer = result.model.vision_tokens_per_layer;
+  resp->set_retained_vision_tokens(per_layer.back());
+  resp->set_total_vision_tokens(result.model.total_vision_tokens);
+  resp->set_controller_mode(ToProto(result.mode));
+  resp->set_session_restarted(job.session_restarted);
+  auto* tel = resp->mutable_pruning();
+  tel->set_method(ToProto(job.pruning.method));
+  tel->set_total_vision_tokens(result.model.total_vision_tokens);
+  tel->set_retained_after_static(per_layer.size() > 2 ? per_layer[2] : per_layer.back());
+  for (int32_t n : per_layer) tel->add_retained_per_layer(n);
+  tel->set_flops_ratio(result.model.flops() / result.model.flops_unpruned());
+  tel->set_used_fallback(result.used_fallback);
+  tel->set_refreshed_prior(result.refreshed_prior);
+  if (job.diagnostic) {
+    auto reference = policy_.CompareWithUnpruned(input, result, job.pruning);
+    if (reference.ok()) {
+      tel->set_action_deviation(reference->action_deviation);
+      if (reference->global_recall) tel->set_global_recall(*reference->global_recall);
+    }
+  }
+  return resp;
 }
 
 void InferenceEngine::Finish(Job& job, absl::Status status,

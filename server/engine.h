@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 #include "model/checkpoint.h"
 #include "model/model_runner.h"
+#include "policy/policy_step.h"
 #include "pruning/pruning_config.h"
 #include "server/batcher.h"
 #include "server/metrics.h"
@@ -105,11 +106,16 @@ class InferenceEngine {
   void Preprocess(std::shared_ptr<Job> job);
   absl::Status PrepareInputs(Job& job);
   void RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued>&& batch);
+  // The response of one computed step (actions, telemetry; the diagnostic reference pass when the
+  // request asked for it). Timings and episode_steps are the caller's.
+  std::shared_ptr<v1::PredictResponse> BuildResponse(const Job& job, const StepInput& input,
+                                                     const StepResult& result);
   void Finish(Job& job, absl::Status status, std::shared_ptr<const v1::PredictResponse> response);
   void Maintenance();
   void BuildModelInfo();
 
   EngineModel model_;
+  const PolicyStep policy_;  // reads model_
   const PruningConfig pruning_defaults_;
   EngineOptions options_;
   ServerMetrics* const metrics_;

@@ -34,6 +34,16 @@ DatasetStats SmallStats() {
   return *st;
 }
 
+// The model input the policy step builds for the episode's current observation.
+absl::StatusOr<SampleInput> ServedInput(const VlaModel& model, const Tokenizer& tok,
+                                        const sim::Episode& ep, const DatasetStats& st) {
+  auto observation = EpisodeObservation(ep, model.config());
+  if (!observation.ok()) return observation.status();
+  auto prepared = PolicyStep(model, tok).Prepare(*observation, &st);
+  if (!prepared.ok()) return prepared.status();
+  return SampleInput{prepared->images, prepared->prompt_ids, prepared->proprio, nullptr};
+}
+
 // A batch of served-model inputs as TrainingForward takes it.
 struct Stacked {
   torch::Tensor pixels, proprio;
@@ -450,8 +460,7 @@ void ExpectTrainingForwardMatchesVlaModelForward(const std::string& film) {
     const EpisodeSpec spec{sim::kAllSuites[i + 1], static_cast<uint64_t>(i), -1, 0.0f};
     auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
     ASSERT_TRUE(ep.ok());
-    auto in =
-        ObservationInput(*ep, c, BuildPromptIds(c, **tok, ep->instruction()), st.proprio, nullptr);
+    auto in = ServedInput(**model, **tok, *ep, st);
     ASSERT_TRUE(in.ok()) << in.status();
     inputs.push_back(*in);
   }
@@ -552,8 +561,7 @@ TEST(BcDataTest, AttentionTapMatchesTheScoresTheServedModelPrunesBy) {
     const EpisodeSpec spec{sim::kAllSuites[2 * i + 1], static_cast<uint64_t>(i), -1, 0.0f};
     auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
     ASSERT_TRUE(ep.ok());
-    auto in =
-        ObservationInput(*ep, c, BuildPromptIds(c, **tok, ep->instruction()), st.proprio, nullptr);
+    auto in = ServedInput(**model, **tok, *ep, st);
     ASSERT_TRUE(in.ok()) << in.status();
     PrunerContext ctx;
     ctx.config = &none;
@@ -621,8 +629,7 @@ TEST(BcDataTest, TokenDropMatchesTheServedModelPruningTheSameSet) {
     const EpisodeSpec spec{sim::kAllSuites[i + 1], static_cast<uint64_t>(i + 10), -1, 0.0f};
     auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
     ASSERT_TRUE(ep.ok());
-    auto in =
-        ObservationInput(*ep, c, BuildPromptIds(c, **tok, ep->instruction()), st.proprio, nullptr);
+    auto in = ServedInput(**model, **tok, *ep, st);
     ASSERT_TRUE(in.ok()) << in.status();
     std::vector<int64_t> ids;
     for (int64_t v = 0; v < p; ++v)
@@ -683,8 +690,7 @@ TEST(BcDataTest, SpecPruneStaticKeepIsTheSetTheServedPrunerKeeps) {
     const EpisodeSpec spec{sim::kAllSuites[i + 2], static_cast<uint64_t>(i + 20), -1, 0.0f};
     auto ep = sim::Episode::Create(spec.suite, spec.seed, SpecSimOptions(spec, 64));
     ASSERT_TRUE(ep.ok());
-    auto in =
-        ObservationInput(*ep, c, BuildPromptIds(c, **tok, ep->instruction()), st.proprio, nullptr);
+    auto in = ServedInput(**model, **tok, *ep, st);
     ASSERT_TRUE(in.ok()) << in.status();
     const Stacked one = Stack({*in});
     std::vector<torch::Tensor> scores;
@@ -783,7 +789,7 @@ TEST(BcDataTest, RolloutRejectsBadExecuteSteps) {
   ASSERT_TRUE(tok.ok());
   RolloutOptions o;
   o.execute_steps = 9;
-  auto r = RunPolicyEpisodes(**model, **tok, SmallStats(), {}, o);
+  auto r = RunPolicyEpisodes(PolicyStep(**model, **tok), SmallStats(), {}, o);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -801,14 +807,14 @@ TEST(BcDataTest, RolloutRunsEpisodesToTheEnd) {
   o.execute_steps = 5;
   int observed = 0;
   RolloutHooks hooks;
-  hooks.observe = [&](size_t, const sim::Episode&, const SampleInput&, const SampleResult& r,
-                      SamplePruner*) {
-    EXPECT_EQ(r.normalized_actions.sizes(), torch::IntArrayRef({8, 7}));
+  hooks.observe = [&](size_t, const sim::Episode&, const StepInput&, const StepResult& r) {
+    EXPECT_EQ(r.model.normalized_actions.sizes(), torch::IntArrayRef({8, 7}));
+    EXPECT_EQ(r.actions.size(), 8u * 7u);
     ++observed;
     return absl::OkStatus();
   };
   RolloutTimings t;
-  auto r = RunPolicyEpisodes(**model, **tok, SmallStats(), eps, o, hooks, &t);
+  auto r = RunPolicyEpisodes(PolicyStep(**model, **tok), SmallStats(), eps, o, hooks, &t);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->size(), 2u);
   for (size_t i = 0; i < r->size(); ++i) {
@@ -919,11 +925,11 @@ TEST(BcDataTest, RolloutRecordsTheExecutedActionsWhenAsked) {
   auto ep = sim::Episode::Create(spec.suite, spec.seed, so);
   ASSERT_TRUE(ep.ok());
   RolloutOptions opts;
-  auto plain = RunPolicyEpisodes(**model, **tok, SmallStats(), {*ep}, opts);
+  auto plain = RunPolicyEpisodes(PolicyStep(**model, **tok), SmallStats(), {*ep}, opts);
   ASSERT_TRUE(plain.ok()) << plain.status();
   EXPECT_TRUE((*plain)[0].executed.empty());
   opts.record_actions = true;
-  auto r = RunPolicyEpisodes(**model, **tok, SmallStats(), {*ep}, opts);
+  auto r = RunPolicyEpisodes(PolicyStep(**model, **tok), SmallStats(), {*ep}, opts);
   ASSERT_TRUE(r.ok()) << r.status();
   const std::vector<sim::Action>& executed = (*r)[0].executed;
   ASSERT_EQ(executed.size(), 11u);

@@ -17,3 +17,7 @@ specprune_add_test(hf_checkpoint_test SOURCES hf_checkpoint_test.cc LIBS specpru
 target_compile_definitions(hf_checkpoint_test PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 specprune_add_test(llama_reference_test SOURCES llama_reference_test.cc LIBS specprune_model)
 specprune_add_test(vision_geometry_test SOURCES vision_geometry_test.cc LIBS specprune_model)
+
+# The policy step: observation -> pruned forward -> un-normalized chunk + telemetry.
+specprune_add_test(policy_step_test SOURCES policy_step_test.cc LIBS specprune_policy)
+target_compile_definitions(policy_step_test PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")

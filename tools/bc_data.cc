@@ -14,8 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "kernels/ops.h"
-#include "model/image_preprocess.h"
+#include "model/sequence_layout.h"
 #include "model/tokenizer.h"
 #include "pruning/policies.h"
 #include "sim/render.h"
@@ -101,18 +100,6 @@ NormStats StatsOf(const std::vector<std::vector<float>>& columns) {
     s.mask.push_back(true);
   }
   return s;
-}
-
-torch::Tensor ImageTensor(const RgbImage& image, const ModelConfig& config, absl::Status* status) {
-  PreprocessOptions pre{static_cast<int>(config.image_size), config.center_crop_area};
-  auto pixels = PreprocessImage(image, pre);
-  if (!pixels.ok()) {
-    *status = pixels.status();
-    return {};
-  }
-  return torch::from_blob(pixels->data(), {3, config.image_size, config.image_size},
-                          torch::kFloat32)
-      .clone();
 }
 
 }  // namespace
@@ -620,10 +607,9 @@ absl::StatusOr<BcBatch> MakeBatch(const std::vector<RawSample>& samples, const M
       batch.patch_attributes[i]
           .slice(0, c * pp, (c + 1) * pp)
           .copy_(PatchAttributes(r.items[c], static_cast<int>(s), patch, dx, dy));
-      absl::Status st;
-      auto t = ImageTensor(img, config, &st);
-      if (!st.ok()) return st;
-      batch.pixels[i][c].copy_(t);
+      auto t = ModelImage(img, config);
+      if (!t.ok()) return t.status();
+      batch.pixels[i][c].copy_(*t);
     }
     float p[sim::kProprioDim];
     if (auto st = NormalizeProprio(stats.proprio, r.proprio.data(), p, sim::kProprioDim); !st.ok())
@@ -663,7 +649,6 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   const auto device = ref.device();
   const auto dtype = ref.scalar_type();
   const auto opts = torch::TensorOptions().device(device).dtype(dtype);
-  const auto long_opts = torch::TensorOptions().device(device).dtype(torch::kLong);
   auto lm = module->language_model->model;
 
   auto px = pixels.reshape({-1, 3, config.image_size, config.image_size}).to(opts);
@@ -673,54 +658,25 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   if (taps.vision_tokens != nullptr) *taps.vision_tokens = vision;
   auto prop = module->proprio_projector->forward(proprio.reshape({bsz, -1}).to(opts));
 
-  std::vector<int64_t> lens(bsz);
-  int64_t t_max = 0;
-  for (int64_t b = 0; b < bsz; ++b) {
-    lens[b] = 1 + p + 1 + static_cast<int64_t>(prompt_ids[b].size()) + a + 1;
-    t_max = std::max(t_max, lens[b]);
-  }
+  std::vector<SampleRows> rows(bsz);
   std::vector<torch::Tensor> seqs, llm_vision;
   for (int64_t b = 0; b < bsz; ++b) {
-    const auto& pr = prompt_ids[b];
-    const int64_t m = static_cast<int64_t>(pr.size());
-    std::vector<int64_t> ids;
-    ids.push_back(llm.bos_token_id);
-    ids.insert(ids.end(), pr.begin(), pr.end());
-    ids.push_back(llm.eos_token_id);
-    auto emb = lm->embed_tokens->forward(torch::tensor(ids, long_opts));
-    auto vb = vision[b];
-    if (!module->instruction_film.is_empty() && m > 0)
-      vb = module->instruction_film->forward(vb, emb.slice(0, 1, 1 + m));
+    rows[b] = SampleRows::Unpruned(p, static_cast<int64_t>(prompt_ids[b].size()), a);
+    torch::Tensor vb;
+    seqs.push_back(EmbedSample(*module, config, vision[b], prop[b], prompt_ids[b], &vb));
     if (taps.llm_vision_input != nullptr) llm_vision.push_back(vb);
-    auto pb = prop[b].unsqueeze(0);
-    auto dt = vb.scalar_type();  // autocast may have produced bf16 activations
-    auto seq = torch::cat({emb.slice(0, 0, 1).to(dt), vb, pb.to(dt), emb.slice(0, 1, 1 + m).to(dt),
-                           torch::zeros({a, d}, vb.options()), emb.slice(0, 1 + m, 2 + m).to(dt)});
-    if (lens[b] < t_max) seq = torch::cat({seq, torch::zeros({t_max - lens[b], d}, seq.options())});
-    seqs.push_back(seq);
   }
   if (taps.llm_vision_input != nullptr) *taps.llm_vision_input = torch::stack(llm_vision);
-  auto h = torch::stack(seqs);
-  auto lens_t = torch::tensor(lens, torch::kLong);
-  auto valid = torch::arange(t_max, torch::kLong).unsqueeze(0).lt(lens_t.unsqueeze(1)).to(device);
-  auto positions = torch::arange(t_max, torch::kLong).unsqueeze(0).expand({bsz, t_max});
-  positions = positions.masked_fill(valid.to(torch::kCPU).logical_not(), 0).to(device);
+  RaggedBatch rb = AssembleBatch(seqs, std::move(rows), device);
+  seqs.clear();
+  auto h = rb.hidden;
+  auto valid = rb.valid;
   const int64_t head_dim = d / llm.heads;
-  auto rope = MakeRope(positions, head_dim, llm.rope_theta, dtype);
+  auto rope = MakeRope(rb.positions, head_dim, llm.rope_theta, dtype);
   auto bias = KeyPaddingBias(valid, dtype);
   // Prompt rows (zero-padded) and their validity, for the text taps.
-  int64_t m_max = 1;
-  for (const auto& pr : prompt_ids) m_max = std::max<int64_t>(m_max, pr.size());
-  auto text_rows = torch::zeros({bsz, m_max}, torch::kLong);
-  auto text_valid = torch::zeros({bsz, m_max}, torch::kFloat32);
-  for (int64_t b = 0; b < bsz; ++b) {
-    const int64_t m = static_cast<int64_t>(prompt_ids[b].size());
-    if (m == 0) continue;
-    text_rows[b].slice(0, 0, m).copy_(torch::arange(1 + p + 1, 1 + p + 1 + m, torch::kLong));
-    text_valid[b].slice(0, 0, m).fill_(1.0f);
-  }
-  text_rows = text_rows.to(device);
-  text_valid = text_valid.to(device);
+  auto [text_rows, text_valid] = PromptRows(rb.rows, device);
+  const int64_t m_max = text_rows.size(1);
   if (drop.layer >= 0 && drop.keep.defined()) {
     TORCH_CHECK(drop.keep.sizes() == torch::IntArrayRef({bsz, p}),
                 "VisionTokenDrop::keep must be [batch, vision tokens]");
@@ -768,12 +724,7 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
         lm->norm->forward(h.gather(1, text_rows.unsqueeze(-1).expand({bsz, m_max, d})));
   if (taps.text_mask != nullptr) *taps.text_mask = text_valid;
 
-  auto read = torch::empty({bsz, a}, torch::kLong);
-  for (int64_t b = 0; b < bsz; ++b) {
-    const int64_t first = 1 + p + 1 + static_cast<int64_t>(prompt_ids[b].size()) - 1;
-    read[b].copy_(torch::arange(first, first + a, torch::kLong));
-  }
-  read = read.to(device);
+  auto read = ReadoutRows(rb.rows, device);
   auto action_hidden = lm->norm->forward(h.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
   if (taps.action_hidden != nullptr) *taps.action_hidden = action_hidden;
   // The head's LayerNorms reject bf16 inputs with fp32 weights under CPU
@@ -786,33 +737,16 @@ torch::Tensor TrainingForward(VlaModule& module, const ModelConfig& config,
   return out;
 }
 
-absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const ModelConfig& config,
-                                             const std::vector<int64_t>& prompt_ids,
-                                             const NormStats& proprio_stats,
-                                             torch::Tensor* frame_patches) {
+absl::StatusOr<PolicyObservation> EpisodeObservation(const sim::Episode& episode,
+                                                     const ModelConfig& config) {
   if (config.cameras.size() != 2)
     return absl::InvalidArgumentError("config.cameras: the simulator renders exactly 2 cameras");
-  SampleInput in;
-  std::vector<torch::Tensor> patches;
-  for (const RgbImage& img : {episode.RenderMain(), episode.RenderWrist()}) {
-    absl::Status st;
-    auto t = ImageTensor(img, config, &st);
-    if (!st.ok()) return st;
-    if (frame_patches != nullptr)
-      patches.push_back(extract_patches(t, config.towers[0].patch_size));
-    in.images.push_back(t);
-  }
-  if (frame_patches != nullptr) *frame_patches = torch::cat(patches, 0);
-  in.prompt_ids = prompt_ids;
-  sim::Proprio raw = episode.proprio();
-  std::vector<float> prop(raw.begin(), raw.end());
-  if (proprio_stats.dim() == config.proprio_dim) {
-    if (auto st = NormalizeProprio(proprio_stats, raw.data(), prop.data(), config.proprio_dim);
-        !st.ok())
-      return st;
-  }
-  in.proprio = torch::tensor(prop, torch::kFloat32);
-  return in;
+  PolicyObservation o;
+  o.images = {episode.RenderMain(), episode.RenderWrist()};
+  o.instruction = episode.instruction();
+  const sim::Proprio raw = episode.proprio();
+  o.proprio.assign(raw.begin(), raw.end());
+  return o;
 }
 
 GraspAssessment AssessGrasp(const sim::World& before, const std::vector<sim::Goal>& goals,
@@ -897,10 +831,9 @@ bool OnWrongDestination(const sim::World& world, const std::vector<sim::Goal>& g
 }
 
 absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
-    const VlaModel& model, const Tokenizer& tokenizer, const DatasetStats& stats,
-    std::vector<sim::Episode> episodes, const RolloutOptions& options, const RolloutHooks& hooks,
-    RolloutTimings* timings) {
-  const ModelConfig& c = model.config();
+    const PolicyStep& policy, const DatasetStats& stats, std::vector<sim::Episode> episodes,
+    const RolloutOptions& options, const RolloutHooks& hooks, RolloutTimings* timings) {
+  const ModelConfig& c = policy.config();
   if (options.execute_steps < 1 || options.execute_steps > c.chunk_size)
     return absl::InvalidArgumentError(
         absl::StrCat("execute_steps: must be in [1, ", c.chunk_size, "]"));
@@ -917,8 +850,6 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     out[e].min_xy_error = std::numeric_limits<double>::infinity();
     track(e);
   }
-  std::vector<std::vector<int64_t>> prompts;
-  for (const auto& ep : episodes) prompts.push_back(BuildPromptIds(c, tokenizer, ep.instruction()));
   while (true) {
     std::vector<size_t> active;
     for (size_t i = 0; i < episodes.size(); ++i)
@@ -926,26 +857,28 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     if (active.empty()) break;
     for (size_t begin = 0; begin < active.size(); begin += options.max_batch) {
       const size_t end = std::min(active.size(), begin + options.max_batch);
-      std::vector<SampleInput> inputs;
+      std::vector<PreparedObservation> observations;
       std::vector<std::unique_ptr<SamplePruner>> pruners;
       for (size_t j = begin; j < end; ++j) {
         const size_t e = active[j];
-        torch::Tensor patches;
-        auto in = ObservationInput(episodes[e], c, prompts[e], stats.proprio,
-                                   hooks.make_pruner ? &patches : nullptr);
-        if (!in.ok()) return in.status();
+        auto observation = EpisodeObservation(episodes[e], c);
+        if (!observation.ok()) return observation.status();
+        auto prepared = policy.Prepare(*observation, &stats);
+        if (!prepared.ok()) return prepared.status();
         std::unique_ptr<SamplePruner> pruner;
         if (hooks.make_pruner) {
-          auto pr = hooks.make_pruner(e, patches);
+          auto pr = hooks.make_pruner(e, prepared->frame_patches);
           if (!pr.ok()) return pr.status();
           pruner = *std::move(pr);
         }
-        in->pruner = pruner.get();
-        inputs.push_back(*std::move(in));
+        observations.push_back(*std::move(prepared));
         pruners.push_back(std::move(pruner));
       }
+      std::vector<StepInput> inputs;
+      for (size_t k = 0; k < observations.size(); ++k)
+        inputs.push_back({&observations[k], pruners[k].get()});
       const auto t0 = std::chrono::steady_clock::now();
-      auto results = model.Forward(inputs);
+      auto results = policy.Run(inputs);
       if (!results.ok()) return results.status();
       if (timings != nullptr) {
         timings->forward_seconds +=
@@ -956,15 +889,11 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
       for (size_t j = begin; j < end; ++j) {
         const size_t e = active[j];
         const size_t k = j - begin;
-        const SampleResult& r = (*results)[k];
+        const StepResult& r = (*results)[k];
         if (hooks.observe) {
-          if (auto st = hooks.observe(e, episodes[e], inputs[k], r, pruners[k].get()); !st.ok())
-            return st;
+          if (auto st = hooks.observe(e, episodes[e], inputs[k], r); !st.ok()) return st;
         }
-        torch::Tensor actions = r.normalized_actions.contiguous().clone();
-        float* a = actions.data_ptr<float>();
-        if (auto st = UnnormalizeActions(stats.action, a, c.chunk_size, c.action_dim); !st.ok())
-          return st;
+        const float* a = r.actions.data();
         ++out[e].forward_passes;
         if (static_cast<int>(e) == options.trace_episode && !episodes[e].goals().empty()) {
           const sim::World& w = episodes[e].world();
@@ -994,7 +923,6 @@ absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
         for (int s = 0; s < options.execute_steps && !episodes[e].done(); ++s) {
           sim::Action act;
           for (int d = 0; d < sim::kActionDim; ++d) act[d] = a[s * c.action_dim + d];
-          if (c.gripper_postprocess == "binarize") act[6] = act[6] > 0.5f ? 1.0f : 0.0f;
           for (float& v : act)
             if (!std::isfinite(v)) v = 0.0f;  // a diverged model fails the episode, not the run
           const sim::World before = episodes[e].world();

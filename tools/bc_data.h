@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "model/dataset_stats.h"
 #include "model/vla_model.h"
+#include "policy/policy_step.h"
 #include "pruning/policy.h"
 #include "pruning/pruning_config.h"
 #include "sim/episode.h"
@@ -339,13 +340,10 @@ torch::Tensor PatchAttributes(const std::vector<ItemDisc>& items, int size, int 
 bool CpuAutocastEnabled();
 void SetCpuAutocast(bool enabled);
 
-// Observation -> model input as the server builds it: PreprocessImage per
-// camera, NormalizeProprio. `frame_patches` (optional out): [P, patch_dim]
-// pixel patches for the pruners.
-absl::StatusOr<SampleInput> ObservationInput(const sim::Episode& episode, const ModelConfig& config,
-                                             const std::vector<int64_t>& prompt_ids,
-                                             const NormStats& proprio_stats,
-                                             torch::Tensor* frame_patches);
+// The episode's current observation as the policy step takes it: both cameras rendered, the
+// instruction and the raw proprio state. InvalidArgument unless the model has exactly 2 cameras.
+absl::StatusOr<PolicyObservation> EpisodeObservation(const sim::Episode& episode,
+                                                     const ModelConfig& config);
 
 // Closed-loop rollouts.
 struct RolloutOptions {
@@ -409,13 +407,13 @@ bool OnWrongDestination(const sim::World& world, const std::vector<sim::Goal>& g
 // Per-sample hooks. `make_pruner` (may be empty = no pruning) is called for
 // each episode's forward pass with the frame patches; the returned pruner lives
 // until after `observe`. `observe` (may be empty) sees each pass's episode (in the state the
-// pass observed), input and result before its actions are executed.
+// pass observed), policy-step input and result before its actions are executed.
 struct RolloutHooks {
   std::function<absl::StatusOr<std::unique_ptr<SamplePruner>>(size_t episode,
                                                               const torch::Tensor& frame_patches)>
       make_pruner;
-  std::function<absl::Status(size_t index, const sim::Episode& episode, const SampleInput& input,
-                             const SampleResult& result, SamplePruner* pruner)>
+  std::function<absl::Status(size_t index, const sim::Episode& episode, const StepInput& input,
+                             const StepResult& result)>
       observe;
 };
 
@@ -426,12 +424,14 @@ struct RolloutTimings {
   int64_t passes = 0;   // batched Forward calls
 };
 
-// Runs every episode to its end with the model, batching the forward passes.
-// Actions are un-normalized with `stats.action`, binarized per
-// config.gripper_postprocess, and executed. `timings` (optional) accumulates.
-absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
-    const VlaModel& model, const Tokenizer& tokenizer, const DatasetStats& stats,
-    std::vector<sim::Episode> episodes, const RolloutOptions& options,
-    const RolloutHooks& hooks = {}, RolloutTimings* timings = nullptr);
+// Runs every episode to its end with the policy step, batching the forward passes. Actions are
+// the policy step's (un-normalized with `stats`, gripper rule applied); non-finite ones are
+// executed as 0. `timings` (optional) accumulates.
+absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(const PolicyStep& policy,
+                                                              const DatasetStats& stats,
+                                                              std::vector<sim::Episode> episodes,
+                                                              const RolloutOptions& options,
+                                                              const RolloutHooks& hooks = {},
+                                                              RolloutTimings* timings = nullptr);
 
 }  // namespace specprune

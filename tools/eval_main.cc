@@ -283,8 +283,6 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   }
   std::vector<EpisodeState> states(eps.size());
   std::vector<int64_t> step_of(eps.size(), 0);
-  PruningConfig none = pruning;
-  none.method = PruningMethod::kNone;
   RolloutHooks hooks;
   const bool prune = pruning.method != PruningMethod::kNone;
   hooks.make_pruner =
@@ -301,45 +299,29 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
       for (int l = 0; l < ctx.num_layers; ++l) ctx.record_layers.push_back(l);
     return CreatePruner(ctx);
   };
-  hooks.observe = [&](size_t e, const sim::Episode& episode, const SampleInput& in,
-                      const SampleResult& r, SamplePruner* pruner) -> absl::Status {
-    if (auto* keep_all = dynamic_cast<KeepAllPruner*>(pruner); keep_all != nullptr)
+  const PolicyStep policy(*m.model, *m.tokenizer);
+  hooks.observe = [&](size_t e, const sim::Episode& episode, const StepInput& in,
+                      const StepResult& r) -> absl::Status {
+    if (auto* keep_all = dynamic_cast<KeepAllPruner*>(in.pruner); keep_all != nullptr)
       AddAttentionShares(*keep_all, episode, c, &cell);
-    if (auto* spp = dynamic_cast<SpecPrunePruner*>(pruner); spp != nullptr)
+    if (auto* spp = dynamic_cast<SpecPrunePruner*>(in.pruner); spp != nullptr)
       AddTargetCoverage(*spp, episode, c, &cell);
-    if (pruner->refreshed_prior()) ++cell.refresh_passes;
+    if (r.refreshed_prior) ++cell.refresh_passes;
+    const auto& per_layer = r.model.vision_tokens_per_layer;
     double kept = 0;
-    for (int32_t n : r.vision_tokens_per_layer) kept += n;
-    cell.retention_sum += kept / (static_cast<double>(r.vision_tokens_per_layer.size()) *
-                                  static_cast<double>(r.total_vision_tokens));
-    cell.flops_ratio_sum += r.flops() / r.flops_unpruned();
+    for (int32_t n : per_layer) kept += n;
+    cell.retention_sum += kept / (static_cast<double>(per_layer.size()) *
+                                  static_cast<double>(r.model.total_vision_tokens));
+    cell.flops_ratio_sum += r.model.flops() / r.model.flops_unpruned();
     ++cell.passes;
     if (!prune || !o.reference) return absl::OkStatus();
-    PrunerContext ctx;
-    ctx.config = &none;
-    ctx.num_layers = static_cast<int>(c.llm.layers);
-    ctx.num_vision_tokens = c.vision_tokens();
-    ctx.record_layers = pruning.specprune.global_layers;
-    auto ref_pruner = CreatePruner(ctx);
-    if (!ref_pruner.ok()) return ref_pruner.status();
-    SampleInput ref_in = in;
-    ref_in.pruner = ref_pruner->get();
-    auto ref = m.model->Forward({ref_in});
-    if (!ref.ok()) return ref.status();
-    cell.deviation_sum +=
-        (r.normalized_actions - (*ref)[0].normalized_actions).abs().mean().item<double>();
+    auto reference = policy.CompareWithUnpruned(in, r, pruning);
+    if (!reference.ok()) return reference.status();
+    cell.deviation_sum += reference->action_deviation;
     ++cell.deviation_n;
-    auto* sp = dynamic_cast<SpecPrunePruner*>(pruner);
-    auto* keep_all = dynamic_cast<KeepAllPruner*>(ref_pruner->get());
-    if (sp != nullptr && keep_all != nullptr && !sp->v_global().empty()) {
-      auto mean = keep_all->MeanRecordedScores();
-      if (mean.defined()) {
-        mean = mean.contiguous();
-        std::vector<float> scores(mean.data_ptr<float>(), mean.data_ptr<float>() + mean.numel());
-        auto top = TopKIndices(scores, static_cast<int64_t>(sp->v_global().size()));
-        cell.recall_sum += Recall(sp->v_global(), top);
-        ++cell.recall_n;
-      }
+    if (reference->global_recall) {
+      cell.recall_sum += *reference->global_recall;
+      ++cell.recall_n;
     }
     return absl::OkStatus();
   };
@@ -353,7 +335,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
     colour_decides.push_back(ColourDecides(ep.world(), ep.goals()));
   }
   RolloutTimings timings;
-  auto out = RunPolicyEpisodes(*m.model, *m.tokenizer, stats, std::move(eps), ro, hooks, &timings);
+  auto out = RunPolicyEpisodes(policy, stats, std::move(eps), ro, hooks, &timings);
   if (!out.ok()) return out.status();
   cell.episodes = static_cast<int>(out->size());
   for (size_t i = 0; i < out->size(); ++i) {

@@ -1188,7 +1188,7 @@ absl::StatusOr<std::vector<double>> ClosedLoop(const VlaModel& model, const Toke
       if (!e.ok()) return e.status();
       eps.push_back(*std::move(e));
     }
-  auto out = RunPolicyEpisodes(model, tok, stats, std::move(eps), RolloutOptions{});
+  auto out = RunPolicyEpisodes(PolicyStep(model, tok), stats, std::move(eps), RolloutOptions{});
   if (!out.ok()) return out.status();
   std::vector<double> rate(4, 0);
   for (size_t i = 0; i < out->size(); ++i) rate[i / episodes] += (*out)[i].success ? 1.0 : 0.0;
@@ -1219,7 +1219,7 @@ absl::StatusOr<std::vector<PolicyTrace>> CollectDaggerTraces(const VlaModel& mod
   }
   RolloutOptions ro;
   ro.record_actions = true;
-  auto out = RunPolicyEpisodes(model, tok, stats, std::move(eps), ro);
+  auto out = RunPolicyEpisodes(PolicyStep(model, tok), stats, std::move(eps), ro);
   if (!out.ok()) return out.status();
   int runs[4] = {0, 0, 0, 0}, wins[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < traces.size(); ++i) {

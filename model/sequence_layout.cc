@@ -1,0 +1,107 @@
+#include "model/sequence_layout.h"
+
+#include <algorithm>
+#include <numeric>
+#include <utility>
+
+namespace specprune {
+
+SampleRows SampleRows::Unpruned(int64_t vision_tokens, int64_t prompt_len, int64_t action_tokens) {
+  SampleRows rows;
+  rows.vision_ids.resize(vision_tokens);
+  std::iota(rows.vision_ids.begin(), rows.vision_ids.end(), 0);
+  rows.prompt_len = prompt_len;
+  rows.action_tokens = action_tokens;
+  return rows;
+}
+
+torch::Tensor SampleSequence(const torch::Tensor& vision, const torch::Tensor& proprio,
+                             const torch::Tensor& prompt, int64_t action_tokens) {
+  const int64_t m = prompt.size(0) - 2;
+  const auto dt = vision.scalar_type();  // autocast may have produced bf16 activations
+  return torch::cat({prompt.slice(0, 0, 1).to(dt), vision, proprio.unsqueeze(0).to(dt),
+                     prompt.slice(0, 1, 1 + m).to(dt),
+                     torch::zeros({action_tokens, vision.size(-1)}, vision.options()),
+                     prompt.slice(0, 1 + m, 2 + m).to(dt)});
+}
+
+torch::Tensor ValidRows(const std::vector<SampleRows>& rows, int64_t max_length,
+                        const torch::Device& device) {
+  const int64_t bsz = static_cast<int64_t>(rows.size());
+  auto lens = torch::empty({bsz}, torch::kLong);
+  for (int64_t b = 0; b < bsz; ++b) lens[b] = rows[b].length();
+  return torch::arange(max_length, torch::kLong).unsqueeze(0).lt(lens.unsqueeze(1)).to(device);
+}
+
+RaggedBatch AssembleBatch(const std::vector<torch::Tensor>& sequences, std::vector<SampleRows> rows,
+                          const torch::Device& device) {
+  const int64_t bsz = static_cast<int64_t>(rows.size());
+  int64_t t_max = 0;
+  for (const auto& r : rows) t_max = std::max(t_max, r.length());
+  RaggedBatch batch;
+  batch.hidden =
+      torch::zeros({bsz, t_max, sequences.front().size(-1)}, sequences.front().options());
+  auto positions = torch::zeros({bsz, t_max}, torch::kLong);
+  for (int64_t b = 0; b < bsz; ++b) {
+    const int64_t len = rows[b].length();
+    batch.hidden[b].slice(0, 0, len).copy_(sequences[b]);
+    positions[b].slice(0, 0, len).copy_(torch::arange(len, torch::kLong));
+  }
+  batch.positions = positions.to(device);
+  batch.valid = ValidRows(rows, t_max, device);
+  batch.rows = std::move(rows);
+  return batch;
+}
+
+void RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch) {
+  const auto& rows = batch->rows;
+  const int64_t bsz = static_cast<int64_t>(rows.size());
+  const int64_t d = batch->hidden.size(-1);
+  int64_t new_max = 0;
+  for (const auto& r : rows) new_max = std::max(new_max, r.length());
+  auto gather = torch::zeros({bsz, new_max}, torch::kLong);
+  for (int64_t b = 0; b < bsz; ++b) {
+    if (keep_rows[b].empty()) {
+      gather[b].slice(0, 0, rows[b].length()).copy_(torch::arange(rows[b].length(), torch::kLong));
+    } else {
+      gather[b]
+          .slice(0, 0, static_cast<int64_t>(keep_rows[b].size()))
+          .copy_(torch::tensor(keep_rows[b], torch::kLong));
+    }
+  }
+  const auto device = batch->hidden.device();
+  gather = gather.to(device);
+  batch->hidden = batch->hidden.gather(1, gather.unsqueeze(-1).expand({bsz, new_max, d}));
+  batch->positions = batch->positions.gather(1, gather);
+  batch->valid = ValidRows(rows, new_max, device);
+}
+
+torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device) {
+  const int64_t bsz = static_cast<int64_t>(rows.size());
+  const int64_t a = bsz > 0 ? rows.front().action_tokens : 0;
+  auto read = torch::zeros({bsz, a}, torch::kLong);
+  for (int64_t b = 0; b < bsz; ++b) {
+    const int64_t first = rows[b].readout_begin();
+    read[b].copy_(torch::arange(first, first + a, torch::kLong));
+  }
+  return read.to(device);
+}
+
+std::pair<torch::Tensor, torch::Tensor> PromptRows(const std::vector<SampleRows>& rows,
+                                                   const torch::Device& device) {
+  const int64_t bsz = static_cast<int64_t>(rows.size());
+  int64_t m_max = 1;
+  for (const auto& r : rows) m_max = std::max(m_max, r.prompt_len);
+  auto text_rows = torch::zeros({bsz, m_max}, torch::kLong);
+  auto text_valid = torch::zeros({bsz, m_max}, torch::kFloat32);
+  for (int64_t b = 0; b < bsz; ++b) {
+    const int64_t m = rows[b].prompt_len;
+    if (m == 0) continue;
+    const int64_t first = rows[b].prompt_begin();
+    text_rows[b].slice(0, 0, m).copy_(torch::arange(first, first + m, torch::kLong));
+    text_valid[b].slice(0, 0, m).fill_(1.0f);
+  }
+  return {text_rows.to(device), text_valid.to(device)};
+}
+
+}  // namespace specprune

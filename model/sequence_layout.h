@@ -1,0 +1,76 @@
+// The ragged LLM batch of the VLA (DESIGN §4), written once for the served forward
+// (VlaModel::Forward, which prunes) and the training forward (tools/bc_data.h TrainingForward).
+//
+// Rows of one sample, in order: BOS | vision (cameras x patches, possibly pruned) | proprio |
+// prompt | action placeholders (chunk x action_dim, zero embeddings) | EOS. Samples are padded to
+// the longest; `valid` marks real rows; `positions` keep every row's original position (RoPE), so
+// a pruned row leaves a gap instead of shifting the rows after it. The action head reads the
+// final-norm hidden state one row before each placeholder (OpenVLA-OFT's convention).
+//
+// Thread safety: plain values; the functions only read the module's parameters.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace specprune {
+
+// Row bookkeeping of one sample.
+struct SampleRows {
+  // Every vision token present (ids 0..vision_tokens-1): the layout before any pruning.
+  static SampleRows Unpruned(int64_t vision_tokens, int64_t prompt_len, int64_t action_tokens);
+
+  std::vector<int64_t> vision_ids;  // original vision index of each vision row, ascending
+  int64_t prompt_len = 0;
+  int64_t action_tokens = 0;
+  int64_t length() const {
+    return 1 + static_cast<int64_t>(vision_ids.size()) + 1 + prompt_len + action_tokens + 1;
+  }
+  int64_t vision_begin() const { return 1; }
+  int64_t prompt_begin() const { return 2 + static_cast<int64_t>(vision_ids.size()); }
+  int64_t actions_begin() const { return prompt_begin() + prompt_len; }
+  // The first row the action head reads (one before the first placeholder).
+  int64_t readout_begin() const { return actions_begin() - 1; }
+};
+
+// The padded batch the LLM layers run on.
+struct RaggedBatch {
+  std::vector<SampleRows> rows;  // per sample
+  torch::Tensor hidden;          // [B, T, D] (T = longest sample), zero in padding
+  torch::Tensor positions;       // [B, T] int64 original positions, 0 in padding
+  torch::Tensor valid;           // [B, T] bool, true for real rows
+  int64_t max_length() const { return hidden.size(1); }
+};
+
+// One sample's embedded sequence [T_b, D]. `vision` [P, D] are the projected vision tokens (after
+// the optional instruction FiLM), `proprio` [D] the projected proprio token; `prompt` [m + 2, D]
+// the embeddings of BOS, the prompt ids and EOS. The placeholders are zeros of vision's dtype.
+torch::Tensor SampleSequence(const torch::Tensor& vision, const torch::Tensor& proprio,
+                             const torch::Tensor& prompt, int64_t action_tokens);
+
+// Pads the per-sample sequences (SampleSequence) into a batch on `device`.
+RaggedBatch AssembleBatch(const std::vector<torch::Tensor>& sequences, std::vector<SampleRows> rows,
+                          const torch::Device& device);
+
+// [B, T] bool on `device`: row t of sample b is real (t < rows[b].length()).
+torch::Tensor ValidRows(const std::vector<SampleRows>& rows, int64_t max_length,
+                        const torch::Device& device);
+
+// Removes pruned rows. `keep_rows[b]` lists the rows of sample b that go on, ascending, in the
+// layout *before* the update; empty = sample b is unchanged. `batch.rows` must already describe
+// the layout after the update. Hidden states and positions are gathered; valid is rebuilt.
+void RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch);
+
+// [B, action_tokens] int64 on `device`: the rows the action head reads per sample.
+torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device);
+
+// [B, M] int64 prompt rows per sample (M = longest prompt, at least 1; zero-padded) and their
+// validity [B, M] float (1 real, 0 padding), both on `device`.
+std::pair<torch::Tensor, torch::Tensor> PromptRows(const std::vector<SampleRows>& rows,
+                                                   const torch::Device& device);
+
+}  // namespace specprune
