@@ -1,15 +1,13 @@
-// The inference engine behind the gRPC service (DESIGN §3): per-robot sessions
-// with strict ordering and idempotent retries, image preprocessing on its own
-// pool, a dynamic batcher across robots, model forward with per-sample pruning,
-// session update and metrics.
+// The inference engine behind the gRPC service (docs/ARCHITECTURE.md, "One Predict"): transport
+// around the policy step (policy/policy_step.h). It owns per-robot sessions with strict ordering
+// and idempotent retries, image decoding on its own pool, a dynamic batcher across robots, the
+// per-sample pruners over each robot's episode state, the response and the metrics.
 //
 // Pipeline of one Predict (never on a gRPC thread after Predict() returns):
-//   Predict() -> Session::Submit (robot FIFO) -> step decision
-//   (retry/stale/new)
-//     -> preprocess pool (decode, resize, tokenize, normalize) -> Batcher ->
-//     model thread
-//     -> forward + pruning -> un-normalize, update session, metrics -> done
-//     callback.
+//   Predict() -> Session::Submit (robot FIFO) -> step decision (retry/stale/new)
+//     -> preprocess pool (decode, PolicyStep::Prepare) -> Batcher -> model thread
+//     -> CreatePruner per sample, PolicyStep::Run -> response, session commit, metrics
+//     -> done callback.
 //
 // Thread safety: all public methods may be called concurrently from any thread.
 #pragma once
