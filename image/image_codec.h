@@ -1,5 +1,5 @@
-// Image decoding and encoding for camera frames (DESIGN §3 step 2): JPEG through TurboJPEG, PNG
-// through libpng, and validation of raw uint8 HWC frames. No LibTorch.
+// Image decoding and encoding for camera frames (docs/ARCHITECTURE.md "One Predict, end to end"):
+// JPEG through TurboJPEG, PNG through libpng, and validation of raw uint8 HWC frames. No LibTorch.
 //
 // Every function here is stateless and thread-safe. Untrusted bytes never crash the process: bad
 // data yields InvalidArgument, and the image size is checked against DecodeLimits from the header

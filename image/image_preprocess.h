@@ -1,6 +1,7 @@
-// OpenVLA-OFT image preprocessing without LibTorch (DESIGN §3 step 2, §4): optional centered crop,
-// PIL-compatible BICUBIC resize to size x size, and conversion to CHW float32 in [0, 1]. The
-// per-tower mean/std normalization is applied later by the model.
+// OpenVLA-OFT image preprocessing without LibTorch (docs/ARCHITECTURE.md "One Predict, end to end",
+// "The model"): optional centered crop, PIL-compatible BICUBIC resize to size x size, and
+// conversion to CHW float32 in [0, 1]. The per-tower mean/std normalization is applied later by the
+// model.
 //
 // Resampling reproduces Pillow's Image.resize(..., Image.BICUBIC) for 8-bit RGB images
 // (libImaging/Resample.c): Keys cubic kernel with a = -0.5, support widened by the downscale factor

@@ -1,8 +1,9 @@
-// Hot pruning ops (DESIGN §2, §5), vLLM style: host entry points that dispatch on the device of
-// their tensor arguments. Every op has a CPU reference (kernels/ops_cpu.h, namespace
-// specprune::cpu) and, when the project is built with nvcc (SPECPRUNE_WITH_CUDA), a CUDA
-// implementation of the same name (kernels/ops_cuda.cu, reached through raw-pointer launchers in
-// kernels/cuda_launchers.h). All tensors of one call must live on the same device.
+// Hot pruning ops (docs/ARCHITECTURE.md "Layers", "SpecPrune"), vLLM style: host entry points that
+// dispatch on the device of their tensor arguments. Every op has a CPU reference
+// (kernels/ops_cpu.h, namespace specprune::cpu) and, when the project is built with nvcc
+// (SPECPRUNE_WITH_CUDA), a CUDA implementation of the same name (kernels/ops_cuda.cu, reached
+// through raw-pointer launchers in kernels/cuda_launchers.h). All tensors of one call must live on
+// the same device.
 //
 // Errors: like any torch op, invalid shapes/dtypes/devices throw c10::Error (TORCH_CHECK); callers
 // catch it at their LibTorch edge.

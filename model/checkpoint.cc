@@ -15,6 +15,7 @@
 #include "model/hf_config.h"
 #include "model/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "util/status_macros.h"
 
 namespace specprune {
 namespace fs = std::filesystem;
@@ -24,12 +25,6 @@ constexpr const char* kActionHeadPrefix = "action_head.";
 constexpr const char* kProprioPrefix = "proprio_projector.";
 constexpr const char* kActionHeadFile = "action_head--specprune.safetensors";
 constexpr const char* kProprioFile = "proprio_projector--specprune.safetensors";
-
-#define SP_RETURN_IF_ERROR(expr) \
-  do {                           \
-    absl::Status _st = (expr);   \
-    if (!_st.ok()) return _st;   \
-  } while (0)
 
 // ---------------------------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "util/json_fields.h"
+#include "util/status_macros.h"
 
 namespace specprune {
 namespace {
@@ -251,122 +253,112 @@ nlohmann::json ConfigToJson(const ModelConfig& c) {
 
 namespace {
 
-// Reads j[key] into *out when present; type errors name the field.
-template <typename T>
-absl::Status Read(const nlohmann::json& j, const std::string& key, const std::string& path,
-                  T* out) {
-  auto it = j.find(key);
-  if (it == j.end()) return absl::OkStatus();
-  try {
-    *out = it->get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    return Field(path + key, absl::StrCat("wrong type (", it->type_name(), ")"));
-  }
-  return absl::OkStatus();
+using json_fields::FieldRef;
+using json_fields::FieldTable;
+
+#define SP_FIELD(T, member) [](T& x) -> FieldRef { return &x.member; }
+
+const FieldTable<VisionTowerConfig>& TowerFields() {
+  static const auto* const table = new FieldTable<VisionTowerConfig>{
+      {"name", SP_FIELD(VisionTowerConfig, name)},
+      {"width", SP_FIELD(VisionTowerConfig, width)},
+      {"depth", SP_FIELD(VisionTowerConfig, depth)},
+      {"heads", SP_FIELD(VisionTowerConfig, heads)},
+      {"mlp_dim", SP_FIELD(VisionTowerConfig, mlp_dim)},
+      {"patch_size", SP_FIELD(VisionTowerConfig, patch_size)},
+      {"output_block", SP_FIELD(VisionTowerConfig, output_block)},
+      {"num_register_tokens", SP_FIELD(VisionTowerConfig, num_register_tokens)},
+      {"class_token", SP_FIELD(VisionTowerConfig, class_token)},
+      {"layer_scale", SP_FIELD(VisionTowerConfig, layer_scale)},
+      {"gelu_tanh", SP_FIELD(VisionTowerConfig, gelu_tanh)},
+      {"norm_eps", SP_FIELD(VisionTowerConfig, norm_eps)},
+      {"stem", SP_FIELD(VisionTowerConfig, stem)},
+      {"stem_channels", SP_FIELD(VisionTowerConfig, stem_channels)},
+      {"pos_embed", SP_FIELD(VisionTowerConfig, pos_embed)},
+      {"mean", SP_FIELD(VisionTowerConfig, mean)},
+      {"std", SP_FIELD(VisionTowerConfig, std)},
+  };
+  return *table;
 }
 
-absl::Status CheckKeys(const nlohmann::json& j, const std::string& path,
-                       std::initializer_list<const char*> known) {
-  if (!j.is_object()) return Field(path.empty() ? "<root>" : path, "must be an object");
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    bool ok = false;
-    for (const char* k : known) ok = ok || it.key() == k;
-    if (!ok) return Field(path + it.key(), "unknown field");
-  }
-  return absl::OkStatus();
+const FieldTable<LlmConfig>& LlmFields() {
+  static const auto* const table = new FieldTable<LlmConfig>{
+      {"hidden", SP_FIELD(LlmConfig, hidden)},
+      {"layers", SP_FIELD(LlmConfig, layers)},
+      {"heads", SP_FIELD(LlmConfig, heads)},
+      {"intermediate", SP_FIELD(LlmConfig, intermediate)},
+      {"vocab_size", SP_FIELD(LlmConfig, vocab_size)},
+      {"rms_norm_eps", SP_FIELD(LlmConfig, rms_norm_eps)},
+      {"rope_theta", SP_FIELD(LlmConfig, rope_theta)},
+      {"bos_token_id", SP_FIELD(LlmConfig, bos_token_id)},
+      {"eos_token_id", SP_FIELD(LlmConfig, eos_token_id)},
+      {"pad_token_id", SP_FIELD(LlmConfig, pad_token_id)},
+  };
+  return *table;
 }
 
-#define SP_READ(j, key, path, out)             \
-  do {                                         \
-    absl::Status _s = Read(j, key, path, out); \
-    if (!_s.ok()) return _s;                   \
-  } while (0)
+// The top-level keys but "name" (read first: it picks the preset), "towers" and "llm".
+const FieldTable<ModelConfig>& ModelFields() {
+  static const auto* const table = new FieldTable<ModelConfig>{
+      {"image_size", SP_FIELD(ModelConfig, image_size)},
+      {"cameras", SP_FIELD(ModelConfig, cameras)},
+      {"projector_hidden", SP_FIELD(ModelConfig, projector_hidden)},
+      {"proprio_dim", SP_FIELD(ModelConfig, proprio_dim)},
+      {"action_dim", SP_FIELD(ModelConfig, action_dim)},
+      {"chunk_size", SP_FIELD(ModelConfig, chunk_size)},
+      {"action_head_hidden", SP_FIELD(ModelConfig, action_head_hidden)},
+      {"action_head_blocks", SP_FIELD(ModelConfig, action_head_blocks)},
+      {"prompt_suffix_token", SP_FIELD(ModelConfig, prompt_suffix_token)},
+      {"prompt_template", SP_FIELD(ModelConfig, prompt_template)},
+      {"gripper_postprocess", SP_FIELD(ModelConfig, gripper_postprocess)},
+      {"center_crop_area", SP_FIELD(ModelConfig, center_crop_area)},
+      {"instruction_film", SP_FIELD(ModelConfig, instruction_film)},
+      {"instruction_film_pooling", SP_FIELD(ModelConfig, instruction_film_pooling)},
+  };
+  return *table;
+}
+
+#undef SP_FIELD
+
+constexpr char kLabel[] = "model config field \"";
+
+absl::Status ReadTowers(const nlohmann::json& towers_json, ModelConfig& c) {
+  if (!towers_json.is_array()) return Field("towers", "must be an array");
+  std::vector<VisionTowerConfig> towers;
+  for (size_t i = 0; i < towers_json.size(); ++i) {
+    const nlohmann::json& tj = towers_json[i];
+    const std::string p = absl::StrCat("towers[", i, "]");
+    if (!tj.is_object()) return Field(p, "must be an object");
+    VisionTowerConfig t = i < c.towers.size() ? c.towers[i] : VisionTowerConfig{};
+    SP_RETURN_IF_ERROR(
+        json_fields::ReadObject(tj, absl::StrCat(kLabel, p, "."), "\"", TowerFields(), t));
+    towers.push_back(t);
+  }
+  c.towers = towers;
+  return absl::OkStatus();
+}
 
 }  // namespace
 
 absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
-  ModelConfig c;
-  if (auto s = CheckKeys(
-          j, "",
-          {"name", "image_size", "cameras", "towers", "projector_hidden", "llm", "proprio_dim",
-           "action_dim", "chunk_size", "action_head_hidden", "action_head_blocks",
-           "prompt_suffix_token", "prompt_template", "gripper_postprocess", "center_crop_area",
-           "instruction_film", "instruction_film_pooling"});
-      !s.ok())
-    return s;
+  if (!j.is_object()) return Field("<root>", "must be an object");
   // Start from the named preset so a config file may override only some numbers.
+  ModelConfig c;
   std::string name = "tiny";
-  SP_READ(j, "name", "", &name);
+  if (auto it = j.find("name"); it != j.end()) {
+    SP_RETURN_IF_ERROR(json_fields::ReadString(*it, absl::StrCat(kLabel, "name\""), &name));
+  }
   if (auto preset = PresetConfig(name); preset.ok()) c = *preset;
   c.name = name;
-  SP_READ(j, "image_size", "", &c.image_size);
-  SP_READ(j, "cameras", "", &c.cameras);
-  if (auto it = j.find("towers"); it != j.end()) {
-    if (!it->is_array()) return Field("towers", "must be an array");
-    std::vector<VisionTowerConfig> towers;
-    for (size_t i = 0; i < it->size(); ++i) {
-      const auto& tj = (*it)[i];
-      const std::string p = absl::StrCat("towers[", i, "].");
-      if (auto s =
-              CheckKeys(tj, p,
-                        {"name", "width", "depth", "heads", "mlp_dim", "patch_size", "output_block",
-                         "num_register_tokens", "class_token", "layer_scale", "gelu_tanh",
-                         "norm_eps", "stem", "stem_channels", "pos_embed", "mean", "std"});
-          !s.ok())
-        return s;
-      VisionTowerConfig t = i < c.towers.size() ? c.towers[i] : VisionTowerConfig{};
-      SP_READ(tj, "name", p, &t.name);
-      SP_READ(tj, "width", p, &t.width);
-      SP_READ(tj, "depth", p, &t.depth);
-      SP_READ(tj, "heads", p, &t.heads);
-      SP_READ(tj, "mlp_dim", p, &t.mlp_dim);
-      SP_READ(tj, "patch_size", p, &t.patch_size);
-      SP_READ(tj, "output_block", p, &t.output_block);
-      SP_READ(tj, "num_register_tokens", p, &t.num_register_tokens);
-      SP_READ(tj, "class_token", p, &t.class_token);
-      SP_READ(tj, "layer_scale", p, &t.layer_scale);
-      SP_READ(tj, "gelu_tanh", p, &t.gelu_tanh);
-      SP_READ(tj, "norm_eps", p, &t.norm_eps);
-      SP_READ(tj, "stem", p, &t.stem);
-      SP_READ(tj, "stem_channels", p, &t.stem_channels);
-      SP_READ(tj, "pos_embed", p, &t.pos_embed);
-      SP_READ(tj, "mean", p, &t.mean);
-      SP_READ(tj, "std", p, &t.std);
-      towers.push_back(t);
-    }
-    c.towers = towers;
-  }
-  SP_READ(j, "projector_hidden", "", &c.projector_hidden);
+  SP_RETURN_IF_ERROR(
+      json_fields::ReadObject(j, kLabel, "\"", ModelFields(), c, {"name", "towers", "llm"}));
+  if (auto it = j.find("towers"); it != j.end()) SP_RETURN_IF_ERROR(ReadTowers(*it, c));
   if (auto it = j.find("llm"); it != j.end()) {
-    if (auto s =
-            CheckKeys(*it, "llm.",
-                      {"hidden", "layers", "heads", "intermediate", "vocab_size", "rms_norm_eps",
-                       "rope_theta", "bos_token_id", "eos_token_id", "pad_token_id"});
-        !s.ok())
-      return s;
-    SP_READ(*it, "hidden", "llm.", &c.llm.hidden);
-    SP_READ(*it, "layers", "llm.", &c.llm.layers);
-    SP_READ(*it, "heads", "llm.", &c.llm.heads);
-    SP_READ(*it, "intermediate", "llm.", &c.llm.intermediate);
-    SP_READ(*it, "vocab_size", "llm.", &c.llm.vocab_size);
-    SP_READ(*it, "rms_norm_eps", "llm.", &c.llm.rms_norm_eps);
-    SP_READ(*it, "rope_theta", "llm.", &c.llm.rope_theta);
-    SP_READ(*it, "bos_token_id", "llm.", &c.llm.bos_token_id);
-    SP_READ(*it, "eos_token_id", "llm.", &c.llm.eos_token_id);
-    SP_READ(*it, "pad_token_id", "llm.", &c.llm.pad_token_id);
+    if (!it->is_object()) return Field("llm", "must be an object");
+    SP_RETURN_IF_ERROR(
+        json_fields::ReadObject(*it, absl::StrCat(kLabel, "llm."), "\"", LlmFields(), c.llm));
   }
-  SP_READ(j, "proprio_dim", "", &c.proprio_dim);
-  SP_READ(j, "action_dim", "", &c.action_dim);
-  SP_READ(j, "chunk_size", "", &c.chunk_size);
-  SP_READ(j, "action_head_hidden", "", &c.action_head_hidden);
-  SP_READ(j, "action_head_blocks", "", &c.action_head_blocks);
-  SP_READ(j, "prompt_suffix_token", "", &c.prompt_suffix_token);
-  SP_READ(j, "prompt_template", "", &c.prompt_template);
-  SP_READ(j, "gripper_postprocess", "", &c.gripper_postprocess);
-  SP_READ(j, "center_crop_area", "", &c.center_crop_area);
-  SP_READ(j, "instruction_film", "", &c.instruction_film);
-  SP_READ(j, "instruction_film_pooling", "", &c.instruction_film_pooling);
-  if (auto s = ValidateConfig(c); !s.ok()) return s;
+  SP_RETURN_IF_ERROR(ValidateConfig(c));
   return c;
 }
 

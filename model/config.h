@@ -1,7 +1,7 @@
-// Model configuration: every shape of the VLA (DESIGN §4). Configs differ in numbers, not in code
-// paths. Presets: "tiny" (embedded default), "small" (OpenVLA token geometry, narrow network) and
-// "openvla-oft-7b" (exact OpenVLA-OFT shapes). A config round-trips through JSON (`config.json` in
-// a model directory, key "specprune").
+// Model configuration: every shape of the VLA (docs/ARCHITECTURE.md "The model"). Configs differ in
+// numbers, not in code paths. Presets: "tiny" (embedded default), "small" (OpenVLA token geometry,
+// narrow network) and "openvla-oft-7b" (exact OpenVLA-OFT shapes). A config round-trips through
+// JSON (`config.json` in a model directory, key "specprune").
 #pragma once
 
 #include <array>

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "util/json_fields.h"
 
 namespace specprune {
 namespace {
@@ -31,20 +32,7 @@ absl::Status ReadFloats(const json& parent, const char* field, const std::string
     if (!required) return absl::OkStatus();
     return absl::InvalidArgumentError(absl::StrCat(what, ": missing field '", field, "'"));
   }
-  if (!it->is_array()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ".", field, ": not an array"));
-  }
-  out->clear();
-  out->reserve(it->size());
-  for (size_t i = 0; i < it->size(); ++i) {
-    const json& v = (*it)[i];
-    if (!v.is_number()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ".", field, "[", i, "]: not a number: ", v.dump()));
-    }
-    out->push_back(v.get<float>());
-  }
-  return absl::OkStatus();
+  return json_fields::ReadNumberList(*it, absl::StrCat(what, ".", field), out);
 }
 
 absl::StatusOr<NormStats> ParseNormStats(const json& j, const std::string& what) {
@@ -60,14 +48,14 @@ absl::StatusOr<NormStats> ParseNormStats(const json& j, const std::string& what)
   const auto mask = j.find("mask");
   if (mask != j.end()) {
     if (!mask->is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ".mask: not an array"));
+      return json_fields::FieldError(what + ".mask", "must be an array of booleans");
     }
     for (size_t i = 0; i < mask->size(); ++i) {
-      if (!(*mask)[i].is_boolean()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(what, ".mask[", i, "]: not a boolean: ", (*mask)[i].dump()));
-      }
-      s.mask.push_back((*mask)[i].get<bool>());
+      bool value = false;
+      absl::Status status =
+          json_fields::ReadBool((*mask)[i], absl::StrCat(what, ".mask[", i, "]"), &value);
+      if (!status.ok()) return status;
+      s.mask.push_back(value);
     }
   }
   return s;
@@ -88,12 +76,10 @@ json NormStatsToJson(const NormStats& s) {
 absl::StatusOr<int64_t> ReadCount(const json& entry, const char* field, const std::string& what) {
   const auto it = entry.find(field);
   if (it == entry.end()) return 0;
-  if (!it->is_number_unsigned() ||
-      it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ".", field, ": not a non-negative integer: ", it->dump()));
-  }
-  return it->get<int64_t>();
+  int64_t count = 0;
+  absl::Status status = json_fields::ReadInt64(*it, absl::StrCat(what, ".", field), &count, 0);
+  if (!status.ok()) return status;
+  return count;
 }
 
 absl::Status CheckDim(const NormStats& stats, int64_t dim, const std::string& what) {

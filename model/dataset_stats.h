@@ -1,5 +1,5 @@
 // OpenVLA dataset statistics (`dataset_statistics.json`) and the BOUNDS_Q99
-// action/proprio normalization built on them (DESIGN §4).
+// action/proprio normalization built on them (docs/ARCHITECTURE.md "The model").
 //
 // File format (one entry per dataset, keyed by its unnorm_key):
 //   { "<unnorm_key>": {

@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "util/json_fields.h"
+#include "util/status_macros.h"
 
 namespace specprune {
 namespace {
@@ -16,62 +18,55 @@ using json = nlohmann::json;
 constexpr const char* kDinoTimmId = "vit_large_patch14_reg4_dinov2.lvd142m";
 constexpr const char* kSiglipTimmId = "vit_so400m_patch14_siglip_224";
 
+std::string Label(const std::string& field) {
+  return absl::StrCat("HF OpenVLA config field \"", field, "\"");
+}
+
 absl::Status FieldError(const std::string& field, const std::string& why) {
-  return absl::InvalidArgumentError(absl::StrCat("HF OpenVLA config field \"", field, "\": ", why));
+  return json_fields::FieldError(Label(field), why);
+}
+
+// The readers below take a missing or null key as absent (HF configs write null for unset
+// values) and leave *out unchanged then.
+const json* Present(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it == j.end() || it->is_null() ? nullptr : &*it;
 }
 
 // Reads an integer field when present (JSON integers, or floats with an integral value).
 absl::Status ReadInt(const json& j, const char* key, const std::string& path, int64_t* out) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (it->is_number_integer()) {
-    *out = it->get<int64_t>();
-    return absl::OkStatus();
-  }
-  if (it->is_number_float()) {
-    const double v = it->get<double>();
-    if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9e15) {
-      *out = static_cast<int64_t>(v);
+  const json* v = Present(j, key);
+  if (v == nullptr) return absl::OkStatus();
+  if (v->is_number_float()) {
+    const double x = v->get<double>();
+    if (std::isfinite(x) && x == std::floor(x) && std::fabs(x) < 9e15) {
+      *out = static_cast<int64_t>(x);
       return absl::OkStatus();
     }
   }
-  return FieldError(path + key, absl::StrCat("must be an integer, got ", it->dump()));
+  return json_fields::ReadInt64(*v, Label(path + key), out);
 }
 
 absl::Status ReadDouble(const json& j, const char* key, const std::string& path, double* out) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number() || !std::isfinite(it->get<double>()))
-    return FieldError(path + key, absl::StrCat("must be a finite number, got ", it->dump()));
-  *out = it->get<double>();
-  return absl::OkStatus();
+  const json* v = Present(j, key);
+  return v == nullptr ? absl::OkStatus() : json_fields::ReadNumber(*v, Label(path + key), out);
 }
 
 absl::Status ReadBool(const json& j, const char* key, const std::string& path, bool* out) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_boolean()) return FieldError(path + key, "must be true or false");
-  *out = it->get<bool>();
-  return absl::OkStatus();
+  const json* v = Present(j, key);
+  return v == nullptr ? absl::OkStatus() : json_fields::ReadBool(*v, Label(path + key), out);
 }
 
 // Reads a string field when present; `present` (optional) tells whether it was.
 absl::Status ReadString(const json& j, const char* key, const std::string& path, std::string* out,
                         bool* present = nullptr) {
   if (present) *present = false;
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_string()) return FieldError(path + key, "must be a string");
-  *out = it->get<std::string>();
+  const json* v = Present(j, key);
+  if (v == nullptr) return absl::OkStatus();
+  SP_RETURN_IF_ERROR(json_fields::ReadString(*v, Label(path + key), out));
   if (present) *present = true;
   return absl::OkStatus();
 }
-
-#define SP_RETURN_IF_ERROR(expr) \
-  do {                           \
-    absl::Status _st = (expr);   \
-    if (!_st.ok()) return _st;   \
-  } while (0)
 
 absl::Status MapVision(const json& j, ModelConfig* c) {
   bool fused = true;

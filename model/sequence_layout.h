@@ -1,5 +1,6 @@
-// The ragged LLM batch of the VLA (DESIGN §4), written once for the served forward
-// (VlaModel::Forward, which prunes) and the training forward (tools/bc_data.h TrainingForward).
+// The ragged LLM batch of the VLA (docs/ARCHITECTURE.md "The model"), written once for the served
+// forward (VlaModel::Forward, which prunes) and the training forward (tools/bc_data.h
+// TrainingForward).
 //
 // Rows of one sample, in order: BOS | vision (cameras x patches, possibly pruned) | proprio |
 // prompt | action placeholders (chunk x action_dim, zero embeddings) | EOS. Samples are padded to

@@ -1,5 +1,5 @@
-// Llama-style SentencePiece tokenizer (DESIGN §4: the prompt is tokenized with
-// the model's SentencePiece model; the embedded tiny model ships one trained by
+// Llama-style SentencePiece tokenizer (docs/ARCHITECTURE.md "The model": the prompt is tokenized
+// with the model's SentencePiece model; the embedded tiny model ships one trained by
 // tools/train_tokenizer.sh). No LibTorch dependency.
 #pragma once
 

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "util/status_macros.h"
 
 namespace specprune::torch_pickle {
 
@@ -39,12 +40,6 @@ const char* KindName(Kind k) {
 }
 
 namespace {
-
-#define SP_RETURN_IF_ERROR(expr) \
-  do {                           \
-    absl::Status _st = (expr);   \
-    if (!_st.ok()) return _st;   \
-  } while (0)
 
 std::optional<torch::ScalarType> StorageType(const std::string& name) {
   static const std::map<std::string, torch::ScalarType> kTypes = {

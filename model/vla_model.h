@@ -1,6 +1,6 @@
-// The VLA (DESIGN §4): vision towers -> projector -> Llama layers (with per-sample vision-token
-// pruning through SamplePruner) -> L1-regression action head. Produces normalized actions; the
-// caller un-normalizes with the dataset statistics.
+// The VLA (docs/ARCHITECTURE.md "The model"): vision towers -> projector -> Llama layers (with
+// per-sample vision-token pruning through SamplePruner) -> L1-regression action head. Produces
+// normalized actions; the caller un-normalizes with the dataset statistics.
 //
 // Sequence per sample: [BOS | vision (cameras x patches) | proprio | prompt | action placeholders
 // (chunk x action_dim, zero embeddings) | EOS]; bidirectional attention with a key-padding mask;

@@ -1,5 +1,6 @@
-// Per-robot episode state that SpecPrune carries from one step to the next (DESIGN §5). Owned by
-// the server's session; read by the step's pruners and updated after the forward pass.
+// Per-robot episode state that SpecPrune carries from one step to the next (docs/ARCHITECTURE.md
+// "SpecPrune"). Owned by the server's session; read by the step's pruners and updated after the
+// forward pass.
 //
 // Thread safety: none. The server runs one step of a robot at a time (strict per-robot ordering),
 // so a state is only ever touched by the thread running that robot's current step.

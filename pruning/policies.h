@@ -1,5 +1,6 @@
-// SamplePruner implementations (DESIGN §5): none (keep all, optionally recording statistics),
-// FastV, random, and SpecPrune (pruning/specprune_policy.h), plus the factory the model/server use.
+// SamplePruner implementations (docs/ARCHITECTURE.md "SpecPrune"): none (keep all, optionally
+// recording statistics), FastV, random, and SpecPrune (pruning/specprune_policy.h), plus the
+// factory the model/server use.
 //
 // One pruner serves one sample of one forward pass (see pruning/policy.h). All of them derive from
 // EpisodeTrackingPruner (pruning/pruner_base.h, with PrunerContext), which keeps the robot's

@@ -1,4 +1,5 @@
-// The interface the model calls per layer to prune vision tokens (DESIGN §5).
+// The interface the model calls per layer to prune vision tokens (docs/ARCHITECTURE.md
+// "SpecPrune").
 //
 // For every sample of every forward pass the caller creates one SamplePruner. The model asks it,
 // before each LLM layer runs, which attention statistics it needs from that layer, hands them over

@@ -1,6 +1,7 @@
-// What every SamplePruner of this folder shares (DESIGN §5): the per-sample PrunerContext, its
-// validation, and the EpisodeTrackingPruner base class. The concrete pruners (pruning/policies.h,
-// pruning/specprune_policy.h) derive from it; the factory CreatePruner is in pruning/policies.h.
+// What every SamplePruner of this folder shares (docs/ARCHITECTURE.md "SpecPrune"): the per-sample
+// PrunerContext, its validation, and the EpisodeTrackingPruner base class. The concrete pruners
+// (pruning/policies.h, pruning/specprune_policy.h) derive from it; the factory CreatePruner is in
+// pruning/policies.h.
 //
 // One pruner serves one sample of one forward pass (see pruning/policy.h). Every pruner keeps the
 // robot's EpisodeState up to date in Finish(): it appends the current frame's pixel patches to

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "util/json_fields.h"
 
 namespace specprune {
 namespace {
@@ -19,9 +20,7 @@ using json = nlohmann::json;
 constexpr int kRefLayers = 32;
 constexpr int64_t kRefTokens = 512;
 
-absl::Status FieldError(absl::string_view field, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
-}
+using json_fields::FieldError;
 
 std::string FallbackName(FirstStepFallback f) {
   return f == FirstStepFallback::kKeepAll ? "keep_all" : "local";
@@ -31,54 +30,68 @@ std::string RepresentationName(ActionRepresentation r) {
   return r == ActionRepresentation::kDelta ? "delta" : "absolute";
 }
 
-// --- JSON readers: each checks the type and names the field on error. ---
+using json_fields::FieldRef;
+using json_fields::ReadInto;
+using json_fields::ReadString;
 
-absl::Status ReadInt(const json& v, const std::string& field, int64_t* out) {
-  if (!v.is_number_integer()) return FieldError(field, "must be an integer");
-  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
-    return FieldError(field, "out of range");
+#define SP_FIELD(member) [](SpecPruneConfig& c) -> FieldRef { return &c.member; }
+
+// The "specprune" object's plain fields (the enum-valued ones are parsed by name below).
+const std::vector<std::pair<const char*, FieldRef (*)(SpecPruneConfig&)>>& SpecPruneFields() {
+  static const auto* const fields =
+      new std::vector<std::pair<const char*, FieldRef (*)(SpecPruneConfig&)>>{
+          {"local_layers", SP_FIELD(local_layers)},
+          {"global_layers", SP_FIELD(global_layers)},
+          {"k_global", SP_FIELD(k_global)},
+          {"k_local", SP_FIELD(k_local)},
+          {"k_dynamic", SP_FIELD(k_dynamic)},
+          {"dynamic_cameras", SP_FIELD(dynamic_cameras)},
+          {"similarity_threshold", SP_FIELD(similarity_threshold)},
+          {"history_k", SP_FIELD(history_k)},
+          {"history_b", SP_FIELD(history_b)},
+          {"history_offset", SP_FIELD(history_offset)},
+          {"max_history", SP_FIELD(max_history)},
+          {"min_tokens", SP_FIELD(min_tokens)},
+          {"update_layers", SP_FIELD(update_layers)},
+          {"prune_layers", SP_FIELD(prune_layers)},
+          {"prune_fraction", SP_FIELD(prune_fraction)},
+          {"ema_beta", SP_FIELD(ema_beta)},
+          {"rank_sigmoid_k", SP_FIELD(rank_sigmoid_k)},
+          {"entropy_eps", SP_FIELD(entropy_eps)},
+          {"controller_enabled", SP_FIELD(controller_enabled)},
+          {"v_t_threshold", SP_FIELD(v_t_threshold)},
+          {"v_r_threshold", SP_FIELD(v_r_threshold)},
+          {"dz_max", SP_FIELD(dz_max)},
+          {"coarse_scale", SP_FIELD(coarse_scale)},
+          {"fine_scale", SP_FIELD(fine_scale)},
+          {"dynamic_in_fine", SP_FIELD(dynamic_in_fine)},
+          {"refresh_after_release", SP_FIELD(refresh_after_release)},
+          {"release_min_closed_rows", SP_FIELD(release_min_closed_rows)},
+          {"executed_rows", SP_FIELD(executed_rows)},
+          {"gripper_column", SP_FIELD(gripper_column)},
+          {"gripper_threshold", SP_FIELD(gripper_threshold)},
+          {"gripper_closed_above", SP_FIELD(gripper_closed_above)},
+      };
+  return *fields;
+}
+
+#undef SP_FIELD
+
+// Reads a string field naming one of `names` into *out = values[i].
+template <typename Enum>
+absl::Status ReadEnum(const json& v, const std::string& field,
+                      std::initializer_list<std::pair<const char*, Enum>> names, Enum* out) {
+  std::string name;
+  if (absl::Status s = ReadString(v, field, &name); !s.ok()) return s;
+  std::string known;
+  for (const auto& [text, value] : names) {
+    if (name == text) {
+      *out = value;
+      return absl::OkStatus();
+    }
+    absl::StrAppend(&known, known.empty() ? "" : ", ", text);
   }
-  *out = v.get<int64_t>();
-  return absl::OkStatus();
-}
-
-absl::Status ReadInt(const json& v, const std::string& field, int* out) {
-  int64_t x = 0;
-  if (auto s = ReadInt(v, field, &x); !s.ok()) return s;
-  if (x < INT32_MIN || x > INT32_MAX) return FieldError(field, "out of range");
-  *out = static_cast<int>(x);
-  return absl::OkStatus();
-}
-
-absl::Status ReadDouble(const json& v, const std::string& field, double* out) {
-  if (!v.is_number()) return FieldError(field, "must be a number");
-  *out = v.get<double>();
-  if (!std::isfinite(*out)) return FieldError(field, "must be finite");
-  return absl::OkStatus();
-}
-
-absl::Status ReadBool(const json& v, const std::string& field, bool* out) {
-  if (!v.is_boolean()) return FieldError(field, "must be a boolean");
-  *out = v.get<bool>();
-  return absl::OkStatus();
-}
-
-absl::Status ReadIntList(const json& v, const std::string& field, std::vector<int>* out) {
-  if (!v.is_array()) return FieldError(field, "must be an array of integers");
-  std::vector<int> result;
-  for (size_t i = 0; i < v.size(); ++i) {
-    int x = 0;
-    if (auto s = ReadInt(v[i], absl::StrCat(field, "[", i, "]"), &x); !s.ok()) return s;
-    result.push_back(x);
-  }
-  *out = std::move(result);
-  return absl::OkStatus();
-}
-
-absl::Status ReadString(const json& v, const std::string& field, std::string* out) {
-  if (!v.is_string()) return FieldError(field, "must be a string");
-  *out = v.get<std::string>();
-  return absl::OkStatus();
+  return FieldError(field, absl::StrCat("unknown value \"", name, "\" (", known, ")"));
 }
 
 absl::Status ParseSpecPrune(const json& j, SpecPruneConfig* c) {
@@ -87,96 +100,21 @@ absl::Status ParseSpecPrune(const json& j, SpecPruneConfig* c) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     const std::string f = absl::StrCat(p, ".", key);
-    const json& v = it.value();
-    absl::Status s;
-    if (key == "local_layers") {
-      s = ReadIntList(v, f, &c->local_layers);
-    } else if (key == "global_layers") {
-      s = ReadIntList(v, f, &c->global_layers);
-    } else if (key == "k_global") {
-      s = ReadInt(v, f, &c->k_global);
-    } else if (key == "k_local") {
-      s = ReadInt(v, f, &c->k_local);
-    } else if (key == "k_dynamic") {
-      s = ReadInt(v, f, &c->k_dynamic);
-    } else if (key == "dynamic_cameras") {
-      s = ReadIntList(v, f, &c->dynamic_cameras);
-    } else if (key == "similarity_threshold") {
-      s = ReadDouble(v, f, &c->similarity_threshold);
-    } else if (key == "history_k") {
-      s = ReadDouble(v, f, &c->history_k);
-    } else if (key == "history_b") {
-      s = ReadDouble(v, f, &c->history_b);
-    } else if (key == "history_offset") {
-      s = ReadInt(v, f, &c->history_offset);
-    } else if (key == "max_history") {
-      s = ReadInt(v, f, &c->max_history);
-    } else if (key == "min_tokens") {
-      s = ReadInt(v, f, &c->min_tokens);
-    } else if (key == "first_step_fallback") {
-      std::string name;
-      s = ReadString(v, f, &name);
-      if (s.ok()) {
-        if (name == "keep_all") {
-          c->first_step_fallback = FirstStepFallback::kKeepAll;
-        } else if (name == "local") {
-          c->first_step_fallback = FirstStepFallback::kLocalOnly;
-        } else {
-          s = FieldError(f, absl::StrCat("unknown value \"", name, "\" (keep_all, local)"));
-        }
-      }
-    } else if (key == "update_layers") {
-      s = ReadIntList(v, f, &c->update_layers);
-    } else if (key == "prune_layers") {
-      s = ReadIntList(v, f, &c->prune_layers);
-    } else if (key == "prune_fraction") {
-      s = ReadDouble(v, f, &c->prune_fraction);
-    } else if (key == "ema_beta") {
-      s = ReadDouble(v, f, &c->ema_beta);
-    } else if (key == "rank_sigmoid_k") {
-      s = ReadDouble(v, f, &c->rank_sigmoid_k);
-    } else if (key == "entropy_eps") {
-      s = ReadDouble(v, f, &c->entropy_eps);
-    } else if (key == "controller_enabled") {
-      s = ReadBool(v, f, &c->controller_enabled);
+    absl::Status s = FieldError(f, "unknown field");
+    if (key == "first_step_fallback") {
+      s = ReadEnum(
+          it.value(), f,
+          {{"keep_all", FirstStepFallback::kKeepAll}, {"local", FirstStepFallback::kLocalOnly}},
+          &c->first_step_fallback);
     } else if (key == "action_representation") {
-      std::string name;
-      s = ReadString(v, f, &name);
-      if (s.ok()) {
-        if (name == "delta") {
-          c->action_representation = ActionRepresentation::kDelta;
-        } else if (name == "absolute") {
-          c->action_representation = ActionRepresentation::kAbsolute;
-        } else {
-          s = FieldError(f, absl::StrCat("unknown value \"", name, "\" (delta, absolute)"));
-        }
-      }
-    } else if (key == "v_t_threshold") {
-      s = ReadDouble(v, f, &c->v_t_threshold);
-    } else if (key == "v_r_threshold") {
-      s = ReadDouble(v, f, &c->v_r_threshold);
-    } else if (key == "dz_max") {
-      s = ReadDouble(v, f, &c->dz_max);
-    } else if (key == "coarse_scale") {
-      s = ReadDouble(v, f, &c->coarse_scale);
-    } else if (key == "fine_scale") {
-      s = ReadDouble(v, f, &c->fine_scale);
-    } else if (key == "dynamic_in_fine") {
-      s = ReadBool(v, f, &c->dynamic_in_fine);
-    } else if (key == "refresh_after_release") {
-      s = ReadBool(v, f, &c->refresh_after_release);
-    } else if (key == "release_min_closed_rows") {
-      s = ReadInt(v, f, &c->release_min_closed_rows);
-    } else if (key == "executed_rows") {
-      s = ReadInt(v, f, &c->executed_rows);
-    } else if (key == "gripper_column") {
-      s = ReadInt(v, f, &c->gripper_column);
-    } else if (key == "gripper_threshold") {
-      s = ReadDouble(v, f, &c->gripper_threshold);
-    } else if (key == "gripper_closed_above") {
-      s = ReadBool(v, f, &c->gripper_closed_above);
+      s = ReadEnum(
+          it.value(), f,
+          {{"delta", ActionRepresentation::kDelta}, {"absolute", ActionRepresentation::kAbsolute}},
+          &c->action_representation);
     } else {
-      s = FieldError(f, "unknown field");
+      for (const auto& [name, ref] : SpecPruneFields()) {
+        if (key == name) s = ReadInto(it.value(), f, ref(*c));
+      }
     }
     if (!s.ok()) return s;
   }
@@ -187,19 +125,6 @@ std::string FastVQueryName(FastVQuery q) {
   return q == FastVQuery::kActionReadout ? "actions" : "last";
 }
 
-absl::Status ReadFastVQuery(const json& v, const std::string& field, FastVQuery* out) {
-  std::string name;
-  if (absl::Status s = ReadString(v, field, &name); !s.ok()) return s;
-  if (name == "last") {
-    *out = FastVQuery::kLast;
-  } else if (name == "actions") {
-    *out = FastVQuery::kActionReadout;
-  } else {
-    return FieldError(field, absl::StrCat("unknown value \"", name, "\" (last, actions)"));
-  }
-  return absl::OkStatus();
-}
-
 // The "fastv" and "random" objects; `query` is FastV's only (nullptr: an unknown field).
 absl::Status ParseLayerRatio(const json& j, const std::string& p, int* layer, double* ratio,
                              FastVQuery* query = nullptr) {
@@ -208,11 +133,12 @@ absl::Status ParseLayerRatio(const json& j, const std::string& p, int* layer, do
     const std::string f = absl::StrCat(p, ".", it.key());
     absl::Status s;
     if (it.key() == "layer") {
-      s = ReadInt(it.value(), f, layer);
+      s = ReadInto(it.value(), f, layer);
     } else if (it.key() == "keep_ratio") {
-      s = ReadDouble(it.value(), f, ratio);
+      s = ReadInto(it.value(), f, ratio);
     } else if (it.key() == "query" && query != nullptr) {
-      s = ReadFastVQuery(it.value(), f, query);
+      s = ReadEnum(it.value(), f,
+                   {{"last", FastVQuery::kLast}, {"actions", FastVQuery::kActionReadout}}, query);
     } else {
       s = FieldError(f, "unknown field");
     }
@@ -405,12 +331,7 @@ absl::StatusOr<PruningConfig> ParsePruningConfig(const nlohmann::json& j, Prunin
         }
       }
     } else if (key == "seed") {
-      if (!it.value().is_number_integer() ||
-          (!it.value().is_number_unsigned() && it.value().get<int64_t>() < 0)) {
-        s = FieldError(f, "must be a non-negative integer");
-      } else {
-        c.seed = it.value().get<uint64_t>();
-      }
+      s = json_fields::ReadInt(it.value(), f, &c.seed);
     } else if (key == "specprune") {
       s = ParseSpecPrune(it.value(), &c.specprune);
     } else if (key == "fastv") {

@@ -1,6 +1,7 @@
-// Pruning configuration: which method runs and every knob of SpecPrune-VLA (DESIGN §5), FastV and
-// the random control. A config is plain data, copied freely; it round-trips through JSON (the
-// server config's "pruning" section) and is scaled to the model by DefaultPruningConfig.
+// Pruning configuration: which method runs and every knob of SpecPrune-VLA (docs/ARCHITECTURE.md
+// "SpecPrune"), FastV and the random control. A config is plain data, copied freely; it round-trips
+// through JSON (the server config's "pruning" section) and is scaled to the model by
+// DefaultPruningConfig.
 //
 // Layer indices are 0-based everywhere ("layer l" = the l-th decoder layer; pruning decided after
 // layer l takes effect from layer l + 1 on). The paper's 1-based "layers 15 and 32" of the 32-layer

@@ -1,7 +1,8 @@
-// The unpruned reference of a pruned pass (DESIGN §8 fidelity; the server's diagnostic mode and
-// specprune_eval --reference): the same sample run once more with every vision token kept and
-// without episode state, recording the text->vision scores of the pruned config's global layers.
-// Comparing the two passes gives the action deviation and the recall of SpecPrune's global prior
+// The unpruned reference of a pruned pass (docs/ARCHITECTURE.md "What is measured" fidelity; the
+// server's diagnostic mode and specprune_eval --reference): the same sample run once more with
+// every vision token kept and without episode state, recording the text->vision scores of the
+// pruned config's global layers. Comparing the two passes gives the action deviation and the recall
+// of SpecPrune's global prior
 // (|V_global of the pruned pass ∩ top-|V_global| of the unpruned pass's mean global-layer scores|
 // / |V_global|). Callers only run the model with pruner(); the comparison needs no knowledge of the
 // concrete pruner classes.

@@ -1,7 +1,7 @@
-// The formulas of SpecPrune-VLA (DESIGN §5) as pure functions on small vectors, so that each can be
-// tested by hand. Token sets are std::vector<int64_t> of original vision ids (0..P-1,
-// camera-major). Ties are always broken towards the lower id/position, so every result is
-// deterministic.
+// The formulas of SpecPrune-VLA (docs/ARCHITECTURE.md "SpecPrune") as pure functions on small
+// vectors, so that each can be tested by hand. Token sets are std::vector<int64_t> of original
+// vision ids (0..P-1, camera-major). Ties are always broken towards the lower id/position, so every
+// result is deterministic.
 //
 // Thread safety: all functions are pure.
 #pragma once

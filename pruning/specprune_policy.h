@@ -1,4 +1,5 @@
-// SpecPrune-VLA as a SamplePruner (DESIGN §5; formulas in pruning/specprune_math.h).
+// SpecPrune-VLA as a SamplePruner (docs/ARCHITECTURE.md "SpecPrune"; formulas in
+// pruning/specprune_math.h).
 //
 // Per pass, with s = the last local layer (default 1):
 //  * construction: controller mode from state->last_actions (kNone without them or with the

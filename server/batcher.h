@@ -1,4 +1,4 @@
-// Dynamic batcher (DESIGN §3 step 4, §6 "Batching", "Overload"): groups ready
+// Dynamic batcher (docs/ARCHITECTURE.md "One Predict, end to end", "Serving"): groups ready
 // requests of different robots into batches for the model.
 //
 // Items wait in one bounded FIFO queue. A worker takes the oldest item and

@@ -28,6 +28,7 @@
 #include "policy/policy_step.h"
 #include "pruning/pruning_config.h"
 #include "server/batcher.h"
+#include "server/engine_options.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
 #include "server/session_store.h"
@@ -35,17 +36,6 @@
 #include "specprune/v1/vla_service.pb.h"
 
 namespace specprune {
-
-struct EngineOptions {
-  BatcherOptions batcher;      // max batch size, queue delay, queue bound
-  int preprocess_threads = 2;  // image decode/resize pool
-  // Requests of one robot waiting behind its running step; more are RESOURCE_EXHAUSTED (a robot
-  // controller has at most one step in flight; this bounds a misbehaving client).
-  size_t max_pending_per_robot = 8;
-  SessionStoreOptions sessions;  // LRU bound and idle TTL
-  ValidationLimits limits;       // request limits (cameras etc. are filled from the model)
-  absl::Duration maintenance_period = absl::Seconds(1);  // session expiry + gauges
-};
 
 // Per-request context from the transport.
 struct RequestContext {

@@ -1,13 +1,14 @@
-// specprune_server: serves the VLA over gRPC (specprune.v1.VlaService, health,
-// reflection) with Prometheus metrics. Flags and config: see
-// server/server_config.h or `--help`. SIGINT/SIGTERM: stop accepting, drain
-// in-flight requests, exit 0.
+// specprune_server: serves the VLA over gRPC (specprune.v1.VlaService, health, reflection) with
+// Prometheus metrics. Flags and config: server/server_config.h, server/server_flags.h or `--help`.
+// SIGINT/SIGTERM: stop accepting, drain in-flight requests, exit 0.
 #include <pthread.h>
 
 #include <csignal>
 #include <cstdio>
 
 #include "server/server.h"
+#include "server/server_flags.h"
+#include "util/command_line.h"
 
 int main(int argc, char** argv) {
   // Block the stop signals in every thread; this thread waits for them below.
@@ -17,11 +18,17 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  if (specprune::HelpRequested(argc, argv)) {
-    std::printf("%s", specprune::ServerUsage(argv[0]).c_str());
-    return 0;
+  const std::vector<std::string> positional =
+      specprune::ParseCommandLineOrExit(argc, argv, specprune::ServerUsage("specprune_server"));
+  if (!positional.empty()) {
+    std::fprintf(stderr, "specprune_server: unexpected argument \"%s\" (flags are --name VALUE)\n",
+                 positional.front().c_str());
+    return 2;
   }
-  auto options = specprune::LoadServerOptions("", argc, argv);
+  absl::StatusOr<specprune::ServerCommandLine> command_line =
+      specprune::ServerCommandLineFromFlags();
+  absl::StatusOr<specprune::ServerOptions> options =
+      command_line.ok() ? specprune::LoadServerOptions(*command_line) : command_line.status();
   if (!options.ok()) {
     std::fprintf(stderr, "specprune_server: %s\n", std::string(options.status().message()).c_str());
     return 2;
@@ -47,8 +54,8 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&stop_signals, &sig);
   std::fprintf(stderr, "specprune_server: signal %d, draining (up to %.0f s)\n", sig,
-               options->drain_timeout_seconds);
-  (*server)->Shutdown(absl::Seconds(options->drain_timeout_seconds));
+               absl::ToDoubleSeconds(options->drain_timeout));
+  (*server)->Shutdown(options->drain_timeout);
   std::fprintf(stderr, "specprune_server: stopped\n");
   return 0;
 }

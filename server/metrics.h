@@ -1,4 +1,4 @@
-// Prometheus metrics of the server (DESIGN §6 "Metrics"). ServerMetrics is the
+// Prometheus metrics of the server (docs/ARCHITECTURE.md "Serving"). ServerMetrics is the
 // one owner of the registry: it registers every metric family once, caches the
 // child metrics of fixed label sets, and serves them over HTTP (/metrics) on
 // its own port.

@@ -1,5 +1,5 @@
-// Validation of incoming requests (DESIGN §3 step 1): shapes, encodings, finite
-// numbers, ids. A bad request is answered INVALID_ARGUMENT with a message that
+// Validation of incoming requests (docs/ARCHITECTURE.md "One Predict, end to end"): shapes,
+// encodings, finite numbers, ids. A bad request is answered INVALID_ARGUMENT with a message that
 // starts with the offending field
 // ("images[1].camera: unknown camera ..."); nothing else changes. Decoding the
 // images is not done here (see image/image_codec.h); only their framing, sizes

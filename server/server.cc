@@ -29,17 +29,8 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
         !st.ok())
       return st;
   }
-  EngineOptions eo;
-  eo.batcher.max_batch_size = options.max_batch_size;
-  eo.batcher.max_queue_delay = absl::Microseconds(options.max_queue_delay_ms * 1000.0);
-  eo.batcher.max_queue_size = options.max_queue_size;
-  eo.preprocess_threads = options.preprocess_threads;
-  eo.sessions.max_sessions = options.max_sessions;
-  eo.sessions.idle_ttl = absl::Seconds(options.session_idle_ttl_seconds);
-  eo.limits.max_instruction_bytes = options.max_instruction_bytes;
-  eo.limits.max_image_width = options.max_image_width;
-  eo.limits.max_image_height = options.max_image_height;
-  eo.limits.max_encoded_image_bytes = options.max_encoded_image_bytes;
+  // Batcher, sessions, preprocessing and request limits; the engine adds the model's own.
+  const EngineOptions& eo = options.engine;
   auto engine = InferenceEngine::Create(EngineModel::FromLoaded(std::move(*loaded)),
                                         std::move(*pruning), eo, s->metrics_.get());
   if (!engine.ok()) return engine.status();

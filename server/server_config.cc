@@ -2,34 +2,38 @@
 
 #include <cmath>
 #include <fstream>
-#include <limits>
 #include <sstream>
 #include <variant>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
+#include "util/json_fields.h"
 
 namespace specprune {
 namespace {
 
 using json = nlohmann::json;
-using Member = std::variant<int ServerOptions::*, int64_t ServerOptions::*, double ServerOptions::*,
-                            std::string ServerOptions::*, json ServerOptions::*>;
+
+// A duration option exposed as a number of `unit`s.
+struct DurationRef {
+  absl::Duration* value;
+  absl::Duration unit;
+};
+using Ref = std::variant<int*, int64_t*, size_t*, double*, std::string*, json*, DurationRef>;
 // Returns an error text for a bad string value, or "" when it is fine.
 using StringCheck = std::string (*)(const std::string&);
 
+// One config key: where it lives in ServerOptions (its default is that member's initializer) and
+// what it accepts.
 struct Field {
   const char* name;
-  Member member;
+  Ref (*ref)(ServerOptions&);
   double lo = 0;
   double hi = 0;
   bool lo_open = false;  // range is (lo, hi] instead of [lo, hi]
   StringCheck check = nullptr;
-  const char* help = "";
 };
 
 std::string NonEmpty(const std::string& s) { return s.empty() ? "must not be empty" : ""; }
@@ -50,128 +54,115 @@ std::string CheckDtype(const std::string& s) {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
+#define SP_REF(expr) [](ServerOptions& o) -> Ref { return &o.expr; }
+#define SP_DURATION(expr, unit) [](ServerOptions& o) -> Ref { return DurationRef{&o.expr, unit}; }
+
 const std::vector<Field>& Fields() {
   static const auto* const fields = new std::vector<Field>{
-      {"model_dir", &ServerOptions::model_dir, 0, 0, false, NonEmpty, "model directory"},
-      {"host", &ServerOptions::host, 0, 0, false, NonEmpty, "gRPC bind address"},
-      {"port", &ServerOptions::port, 0, 65535, false, nullptr, "gRPC port (0 = any free port)"},
-      {"metrics_port", &ServerOptions::metrics_port, 0, 65535, false, nullptr,
-       "Prometheus /metrics port (0 = disabled)"},
-      {"max_sessions", &ServerOptions::max_sessions, 1, 1e6, false, nullptr,
-       "most robot sessions kept (LRU)"},
-      {"session_idle_ttl_seconds", &ServerOptions::session_idle_ttl_seconds, 0, 604800, true,
-       nullptr, "idle seconds before a session is dropped"},
-      {"max_batch_size", &ServerOptions::max_batch_size, 1, 256, false, nullptr,
-       "largest forward batch"},
-      {"max_queue_delay_ms", &ServerOptions::max_queue_delay_ms, 0, 10000, false, nullptr,
-       "longest wait for a batch to fill, ms"},
-      {"max_queue_size", &ServerOptions::max_queue_size, 1, 1e6, false, nullptr,
-       "queued requests before RESOURCE_EXHAUSTED"},
-      {"preprocess_threads", &ServerOptions::preprocess_threads, 1, 256, false, nullptr,
-       "image preprocessing threads"},
-      {"model_threads", &ServerOptions::model_threads, 0, 1024, false, nullptr,
-       "intra-op LibTorch threads (0 = default)"},
-      {"max_message_bytes", &ServerOptions::max_message_bytes, 1024, kGiB, false, nullptr,
-       "largest gRPC message, bytes"},
-      {"max_instruction_bytes", &ServerOptions::max_instruction_bytes, 1, 1 << 20, false, nullptr,
-       "longest instruction, bytes"},
-      {"max_image_width", &ServerOptions::max_image_width, 1, 65535, false, nullptr,
-       "widest accepted input image"},
-      {"max_image_height", &ServerOptions::max_image_height, 1, 65535, false, nullptr,
-       "tallest accepted input image"},
-      {"max_encoded_image_bytes", &ServerOptions::max_encoded_image_bytes, 1, kGiB, false, nullptr,
-       "largest JPEG/PNG image, bytes"},
-      {"device", &ServerOptions::device, 0, 0, false, CheckDevice, "cpu, cuda or cuda:N"},
-      {"dtype", &ServerOptions::dtype, 0, 0, false, CheckDtype, "fp32 or bf16"},
-      {"pruning", &ServerOptions::pruning, 0, 0, false, nullptr, "pruning config object"},
-      {"drain_timeout_seconds", &ServerOptions::drain_timeout_seconds, 0, 3600, false, nullptr,
-       "shutdown grace period, seconds"},
+      {"model_dir", SP_REF(model_dir), 0, 0, false, NonEmpty},
+      {"host", SP_REF(host), 0, 0, false, NonEmpty},
+      {"port", SP_REF(port), 0, 65535},
+      {"metrics_port", SP_REF(metrics_port), 0, 65535},
+      {"max_sessions", SP_REF(engine.sessions.max_sessions), 1, 1e6},
+      {"session_idle_ttl_seconds", SP_DURATION(engine.sessions.idle_ttl, absl::Seconds(1)), 0,
+       604800, true},
+      {"max_batch_size", SP_REF(engine.batcher.max_batch_size), 1, 256},
+      {"max_queue_delay_ms", SP_DURATION(engine.batcher.max_queue_delay, absl::Milliseconds(1)), 0,
+       10000},
+      {"max_queue_size", SP_REF(engine.batcher.max_queue_size), 1, 1e6},
+      {"preprocess_threads", SP_REF(engine.preprocess_threads), 1, 256},
+      {"model_threads", SP_REF(model_threads), 0, 1024},
+      {"max_message_bytes", SP_REF(max_message_bytes), 1024, kGiB},
+      {"max_instruction_bytes", SP_REF(engine.limits.max_instruction_bytes), 1, 1 << 20},
+      {"max_image_width", SP_REF(engine.limits.max_image_width), 1, 65535},
+      {"max_image_height", SP_REF(engine.limits.max_image_height), 1, 65535},
+      {"max_encoded_image_bytes", SP_REF(engine.limits.max_encoded_image_bytes), 1, kGiB},
+      {"device", SP_REF(device), 0, 0, false, CheckDevice},
+      {"dtype", SP_REF(dtype), 0, 0, false, CheckDtype},
+      {"pruning", SP_REF(pruning)},
+      {"drain_timeout_seconds", SP_DURATION(drain_timeout, absl::Seconds(1)), 0, 3600},
   };
   return *fields;
 }
 
-const Field* FindField(std::string_view name) {
+#undef SP_REF
+#undef SP_DURATION
+
+const Field* FindField(absl::string_view name) {
   for (const Field& f : Fields()) {
     if (name == f.name) return &f;
   }
   return nullptr;
 }
 
-std::string RangeText(const Field& f, bool integer) {
-  auto num = [integer](double v) {
-    return integer ? absl::StrCat(static_cast<int64_t>(v)) : absl::StrCat(v);
-  };
-  return absl::StrCat(f.lo_open ? "(" : "[", num(f.lo), ", ", num(f.hi), "]");
+bool IsNumeric(const Field& f, ServerOptions& scratch) {
+  const Ref ref = f.ref(scratch);
+  return !std::holds_alternative<std::string*>(ref) && !std::holds_alternative<json*>(ref);
 }
 
-// Sets the visited member from JSON value `v`; returns an error text naming
-// nothing (the caller prefixes the field or flag), or "" on success.
+// Sets the referenced option from JSON value `v`; `label` names the field in errors.
 struct SetVisitor {
   const Field& f;
   const json& v;
-  ServerOptions& o;
+  const std::string& label;
 
   template <typename Int>
-  std::string SetInt(Int ServerOptions::*m) const {
-    const std::string bad =
-        absl::StrCat("must be an integer in ", RangeText(f, true), ", got ", v.dump());
-    if (!v.is_number_integer()) return bad;
-    if (v.is_number_unsigned() &&
-        v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return bad;
-    }
-    const int64_t x = v.get<int64_t>();
-    if (static_cast<double>(x) < f.lo || static_cast<double>(x) > f.hi) return bad;
-    o.*m = static_cast<Int>(x);
-    return "";
+  absl::Status operator()(Int* out) const {
+    return json_fields::ReadInt(v, label, out, static_cast<int64_t>(f.lo),
+                                static_cast<int64_t>(f.hi));
   }
-  std::string operator()(int ServerOptions::*m) const { return SetInt(m); }
-  std::string operator()(int64_t ServerOptions::*m) const { return SetInt(m); }
-  std::string operator()(double ServerOptions::*m) const {
-    const std::string bad =
-        absl::StrCat("must be a number in ", RangeText(f, false), ", got ", v.dump());
-    if (!v.is_number()) return bad;
-    const double x = v.get<double>();
-    if (!std::isfinite(x) || x > f.hi || (f.lo_open ? x <= f.lo : x < f.lo)) return bad;
-    o.*m = x;
-    return "";
+  absl::Status operator()(double* out) const {
+    return json_fields::ReadNumber(v, label, out, {f.lo, f.hi, f.lo_open});
   }
-  std::string operator()(std::string ServerOptions::*m) const {
-    if (!v.is_string()) return absl::StrCat("must be a string, got ", v.dump());
-    const std::string s = v.get<std::string>();
+  absl::Status operator()(DurationRef out) const {
+    double units = 0;
+    absl::Status status = json_fields::ReadNumber(v, label, &units, {f.lo, f.hi, f.lo_open});
+    if (status.ok()) *out.value = units * out.unit;
+    return status;
+  }
+  absl::Status operator()(std::string* out) const {
+    std::string s;
+    absl::Status status = json_fields::ReadString(v, label, &s);
+    if (!status.ok()) return status;
     if (f.check != nullptr) {
-      std::string error = f.check(s);
-      if (!error.empty()) return error;
+      const std::string error = f.check(s);
+      if (!error.empty()) return json_fields::FieldError(label, error);
     }
-    o.*m = s;
-    return "";
+    *out = s;
+    return absl::OkStatus();
   }
-  std::string operator()(json ServerOptions::*m) const {
-    if (!v.is_object()) return absl::StrCat("must be a JSON object, got ", v.dump());
-    o.*m = v;
-    return "";
+  absl::Status operator()(json* out) const {
+    if (!v.is_object()) {
+      return json_fields::FieldError(label, absl::StrCat("must be a JSON object, got ", v.dump()));
+    }
+    *out = v;
+    return absl::OkStatus();
   }
 };
 
-std::string SetValue(const Field& f, const json& v, ServerOptions& o) {
-  return std::visit(SetVisitor{f, v, o}, f.member);
+absl::Status SetValue(const Field& f, const json& v, const std::string& label, ServerOptions& o) {
+  return std::visit(SetVisitor{f, v, label}, f.ref(o));
 }
 
-// Converts a flag's text to the JSON value SetValue expects for field `f`.
+// Converts a flag's text to the JSON value SetValue expects for field `f`: a number when the
+// field is numeric and the text parses as one, else the text (rejected with the text quoted).
 json FlagValue(const Field& f, const std::string& text) {
-  if (std::holds_alternative<int ServerOptions::*>(f.member) ||
-      std::holds_alternative<int64_t ServerOptions::*>(f.member)) {
-    int64_t x;
-    if (absl::SimpleAtoi(text, &x)) return x;
-    return text;  // rejected by SetValue with the text quoted
-  }
-  if (std::holds_alternative<double ServerOptions::*>(f.member)) {
-    double x;
-    if (absl::SimpleAtod(text, &x) && std::isfinite(x)) return x;
-    return text;
-  }
+  ServerOptions scratch;
+  if (!IsNumeric(f, scratch)) return text;
+  int64_t i;
+  if (absl::SimpleAtoi(text, &i)) return i;
+  double d;
+  if (absl::SimpleAtod(text, &d) && std::isfinite(d)) return d;
   return text;
 }
+
+struct ToJsonVisitor {
+  json operator()(DurationRef d) const { return absl::FDivDuration(*d.value, d.unit); }
+  template <typename T>
+  json operator()(T* p) const {
+    return json(*p);
+  }
+};
 
 absl::StatusOr<json> ReadJsonFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -186,11 +177,6 @@ absl::StatusOr<json> ReadJsonFile(const std::string& path) {
   }
 }
 
-struct Flag {
-  std::string name;  // as typed, without the leading dashes
-  std::string value;
-};
-
 }  // namespace
 
 absl::Status ApplyServerOptionsJson(const json& j, ServerOptions& options) {
@@ -203,10 +189,8 @@ absl::Status ApplyServerOptionsJson(const json& j, ServerOptions& options) {
     if (f == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat("unknown config field \"", key, "\""));
     }
-    std::string error = SetValue(*f, value, options);
-    if (!error.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("config field \"", key, "\": ", error));
-    }
+    absl::Status status = SetValue(*f, value, absl::StrCat("config field \"", key, "\""), options);
+    if (!status.ok()) return status;
   }
   return absl::OkStatus();
 }
@@ -219,61 +203,25 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ServerOptions> LoadServerOptions(const std::string& json_path_or_empty, int argc,
-                                                char** argv) {
-  std::string config_path = json_path_or_empty;
-  std::vector<Flag> flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help") continue;
-    if (!absl::StartsWith(arg, "--") || arg.size() == 2) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected argument \"", arg, "\" (flags are --name VALUE; see --help)"));
-    }
-    Flag flag;
-    const size_t eq = arg.find('=');
-    if (eq != std::string::npos) {
-      flag.name = arg.substr(2, eq - 2);
-      flag.value = arg.substr(eq + 1);
-    } else {
-      flag.name = arg.substr(2);
-      if (i + 1 >= argc) {
-        return absl::InvalidArgumentError(absl::StrCat("flag --", flag.name, ": missing value"));
-      }
-      flag.value = argv[++i];
-    }
-    if (flag.name == "config") {
-      config_path = flag.value;
-      if (config_path.empty()) {
-        return absl::InvalidArgumentError("flag --config: missing file name");
-      }
-      continue;
-    }
-    flags.push_back(std::move(flag));
-  }
-
+absl::StatusOr<ServerOptions> LoadServerOptions(const ServerCommandLine& command_line) {
   ServerOptions options;
-  if (!config_path.empty()) {
-    absl::StatusOr<json> j = ReadJsonFile(config_path);
+  if (!command_line.config_path.empty()) {
+    absl::StatusOr<json> j = ReadJsonFile(command_line.config_path);
     if (!j.ok()) return j.status();
     absl::Status status = ApplyServerOptionsJson(*j, options);
     if (!status.ok()) {
-      return absl::Status(status.code(), absl::StrCat(config_path, ": ", status.message()));
+      return absl::Status(status.code(),
+                          absl::StrCat(command_line.config_path, ": ", status.message()));
     }
   }
-  for (const Flag& flag : flags) {
-    const std::string key =
-        flag.name == "model" ? "model_dir" : absl::StrReplaceAll(flag.name, {{"-", "_"}});
-    const Field* f = FindField(key);
-    if (f == nullptr || std::holds_alternative<json ServerOptions::*>(f->member) ||
-        absl::StrContains(flag.name, "_")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown flag --", flag.name, " (see --help)"));
+  for (const ServerCommandLine::Value& value : command_line.values) {
+    const Field* f = FindField(value.key);
+    if (f == nullptr || value.key == "pruning") {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", value.flag));
     }
-    std::string error = SetValue(*f, FlagValue(*f, flag.value), options);
-    if (!error.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("flag --", flag.name, ": ", error));
-    }
+    absl::Status status =
+        SetValue(*f, FlagValue(*f, value.text), absl::StrCat("flag --", value.flag), options);
+    if (!status.ok()) return status;
   }
   absl::Status status = ValidateServerOptions(options);
   if (!status.ok()) return status;
@@ -281,38 +229,31 @@ absl::StatusOr<ServerOptions> LoadServerOptions(const std::string& json_path_or_
 }
 
 json ServerOptionsToJson(const ServerOptions& options) {
+  ServerOptions copy = options;
   json j = json::object();
-  for (const Field& f : Fields()) {
-    std::visit([&](auto m) { j[f.name] = options.*m; }, f.member);
-  }
+  for (const Field& f : Fields()) j[f.name] = std::visit(ToJsonVisitor{}, f.ref(copy));
   return j;
 }
 
-bool HelpRequested(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-h") return true;
+std::vector<std::string> ServerFlagKeys() {
+  std::vector<std::string> keys;
+  for (const Field& f : Fields()) {
+    if (std::string(f.name) != "pruning") keys.push_back(f.name);
   }
-  return false;
+  return keys;
 }
 
-std::string ServerUsage(std::string_view program_name) {
-  const ServerOptions defaults;
-  const json d = ServerOptionsToJson(defaults);
+std::string ServerUsage(absl::string_view program_name) {
+  const json defaults = ServerOptionsToJson(ServerOptions{});
   std::string out = absl::StrCat(
-      "Usage: ", std::string(program_name), " [--config FILE] [--flag VALUE]...\n\n",
-      "Serves a VLA policy over gRPC (specprune.v1.VlaService). Values come "
-      "from the\n",
-      "defaults, then the JSON config file (same keys as below, underscores), "
-      "then flags.\n\n",
-      "  --config FILE  JSON config file\n", "  --model DIR    alias of --model-dir\n");
-  for (const Field& f : Fields()) {
-    if (std::holds_alternative<json ServerOptions::*>(f.member)) continue;
-    const std::string flag = absl::StrReplaceAll(f.name, {{"_", "-"}});
-    absl::StrAppend(&out, "  --", flag, "  ", f.help, " (default ", d[f.name].dump(), ")\n");
-  }
-  absl::StrAppend(&out, "  --help  this text\n",
-                  "\nThe \"pruning\" object is set in the config file only.\n");
+      "Usage: ", program_name, " [--config FILE] [--KEY VALUE]...\n\n",
+      "Serves a VLA policy over gRPC (specprune.v1.VlaService, health, reflection) with\n"
+      "Prometheus metrics. Each setting comes from the built-in default, then the JSON config\n"
+      "file (--config), then a flag of the same name. SIGINT/SIGTERM drain and exit 0.\n\n"
+      "Built-in defaults:\n");
+  for (const Field& f : Fields())
+    absl::StrAppend(&out, "  ", f.name, " = ", defaults[f.name].dump(), "\n");
+  absl::StrAppend(&out, "The \"pruning\" object is set in the config file only.\n");
   return out;
 }
 

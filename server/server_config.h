@@ -1,22 +1,25 @@
-// Server configuration (DESIGN §6 "Config"): built-in defaults, overridden by
-// one JSON file, overridden by command-line flags. Parsed once at startup; an
+// Server configuration (docs/ARCHITECTURE.md, README "Configuration"): built-in defaults,
+// overridden by one JSON file, overridden by command-line flags. Parsed once at startup; an
 // invalid value stops startup with a message naming the field (or flag).
 //
-// JSON file: one object whose keys are the field names below (e.g. {"port":
-// 50052, "pruning": {"method": "specprune"}}). Unknown keys are an error.
-// Flags: every scalar field is settable as --field-name VALUE or
-// --field-name=VALUE (underscores become dashes, e.g.
-// --max-batch-size 16); --model is an alias of --model-dir and --config FILE
-// names the JSON file.
+// JSON file: one object whose keys are the config keys below (e.g. {"port": 50052, "pruning":
+// {"method": "specprune"}}). Unknown keys are an error. Flags (server/server_flags.h): every scalar
+// key is a flag of the same name (--max_batch_size 16); --model is an alias of --model_dir and
+// --config FILE names the JSON file.
+//
+// Defaults are written once: in ServerOptions below and in the engine's option structs
+// (server/engine_options.h) it holds; the key table in server_config.cc only points at them.
 #pragma once
 
-#include <cstdint>
 #include <string>
-#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "server/engine_options.h"
 
 #ifndef SPECPRUNE_DEFAULT_MODEL_DIR
 #define SPECPRUNE_DEFAULT_MODEL_DIR "models/tiny"
@@ -24,89 +27,87 @@
 
 namespace specprune {
 
+// Config keys, with the option each sets and its accepted values:
+//   model_dir                 model_dir                          non-empty
+//   host                      host                               non-empty
+//   port                      port                               [0, 65535]
+//   metrics_port              metrics_port                       [0, 65535], != port
+//   max_sessions              engine.sessions.max_sessions       [1, 1000000]
+//   session_idle_ttl_seconds  engine.sessions.idle_ttl           (0, 604800]
+//   max_batch_size            engine.batcher.max_batch_size      [1, 256]
+//   max_queue_delay_ms        engine.batcher.max_queue_delay     [0, 10000]
+//   max_queue_size            engine.batcher.max_queue_size      [1, 1000000]
+//   preprocess_threads        engine.preprocess_threads          [1, 256]
+//   model_threads             model_threads                      [0, 1024]
+//   max_message_bytes         max_message_bytes                  [1024, 1 GiB]
+//   max_instruction_bytes     engine.limits.max_instruction_bytes    [1, 1 MiB]
+//   max_image_width           engine.limits.max_image_width          [1, 65535]
+//   max_image_height          engine.limits.max_image_height         [1, 65535]
+//   max_encoded_image_bytes   engine.limits.max_encoded_image_bytes  [1, 1 GiB]
+//   device                    device                             cpu, cuda, cuda:N
+//   dtype                     dtype                              fp32, bf16
+//   pruning                   pruning                            a JSON object (file only)
+//   drain_timeout_seconds     drain_timeout                      [0, 3600]
 struct ServerOptions {
-  // Model directory (config.json, checkpoint, tokenizer, dataset statistics).
-  // Defaults to the embedded tiny model of the source tree (compile definition
-  // SPECPRUNE_DEFAULT_MODEL_DIR).
+  // Model directory (config.json, checkpoint, tokenizer, dataset statistics). Defaults to the
+  // embedded tiny model of the source tree (compile definition SPECPRUNE_DEFAULT_MODEL_DIR).
   std::string model_dir = SPECPRUNE_DEFAULT_MODEL_DIR;
   // Address the gRPC server binds to.
   std::string host = "0.0.0.0";
-  // gRPC port in [0, 65535]; 0 lets the OS pick a free port (tests).
+  // gRPC port; 0 lets the OS pick a free port (tests).
   int port = 50051;
-  // Prometheus /metrics HTTP port in [0, 65535]; 0 disables the exporter.
+  // Prometheus /metrics HTTP port; 0 disables the exporter.
   int metrics_port = 9464;
-
-  // Sessions (one per robot_id): LRU bound and idle time after which a session
-  // is dropped.
-  int max_sessions = 1024;                // [1, 1000000]
-  double session_idle_ttl_seconds = 600;  // (0, 604800]
-
-  // Dynamic batcher: largest batch, longest wait of the oldest request for more
-  // requests, and bound of the queue (beyond it requests fail with
-  // RESOURCE_EXHAUSTED).
-  int max_batch_size = 8;         // [1, 256]
-  double max_queue_delay_ms = 2;  // [0, 10000]
-  int max_queue_size = 256;       // [1, 1000000]
-
-  // Threads decoding/resizing images.
-  int preprocess_threads = 2;  // [1, 256]
   // Intra-op LibTorch threads of the model; 0 = LibTorch's default.
-  int model_threads = 0;  // [0, 1024]
-
+  int model_threads = 0;
   // Largest gRPC message accepted (both directions), bytes.
-  int64_t max_message_bytes = 16 << 20;  // [1024, 1 GiB]
-  // Request limits (see request_validation.h).
-  int64_t max_instruction_bytes = 1024;       // [1, 1 MiB]
-  int max_image_width = 4096;                 // [1, 65535]
-  int max_image_height = 4096;                // [1, 65535]
-  int64_t max_encoded_image_bytes = 8 << 20;  // [1, 1 GiB]
-
+  int64_t max_message_bytes = 16 << 20;
   // "cpu", "cuda" or "cuda:N".
   std::string device = "cpu";
   // Model compute dtype: "fp32" or "bf16".
   std::string dtype = "fp32";
-
-  // Pruning configuration, passed untouched to the pruning config parser (which
-  // validates it). Must be a JSON object; {} keeps every pruning default.
+  // Pruning configuration, passed untouched to the pruning config parser (which validates it).
+  // Must be a JSON object; {} keeps every pruning default.
   nlohmann::json pruning = nlohmann::json::object();
-
-  // On shutdown, in-flight requests get this long to finish before being
-  // cancelled.
-  double drain_timeout_seconds = 10;  // [0, 3600]
-
-  absl::Duration session_idle_ttl() const { return absl::Seconds(session_idle_ttl_seconds); }
-  absl::Duration max_queue_delay() const { return absl::Milliseconds(max_queue_delay_ms); }
-  absl::Duration drain_timeout() const { return absl::Seconds(drain_timeout_seconds); }
+  // On shutdown, in-flight requests get this long to finish before being cancelled.
+  absl::Duration drain_timeout = absl::Seconds(10);
+  // Sessions, batcher, preprocessing threads and request limits (defaults in engine_options.h).
+  EngineOptions engine;
 };
 
-// Builds the options: defaults <- JSON file <- flags. The JSON file is
-// `--config FILE` when that flag is given, else `json_path_or_empty` (empty =
-// no file). argv[0] is skipped; `--help` is accepted and ignored (check
-// HelpRequested first). Errors (all InvalidArgument except a missing file,
-// NotFound) name the source and the field, e.g.
-//   cfg.json: config field "max_batch_size": must be an integer in [1, 256]
-//   flag --port: must be an integer in [0, 65535], got "abc"
-// Unknown keys/flags, positional arguments, malformed JSON and a metrics_port
-// equal to port are errors too.
-absl::StatusOr<ServerOptions> LoadServerOptions(const std::string& json_path_or_empty, int argc,
-                                                char** argv);
+// What the command line asked for (server/server_flags.h fills it from Abseil flags).
+struct ServerCommandLine {
+  std::string config_path;  // --config; "" = no file
+  // Flags given, as (config key, text as typed, flag name for errors), in any order.
+  struct Value {
+    std::string key;
+    std::string text;
+    std::string flag;
+  };
+  std::vector<Value> values;
+};
 
-// Applies a JSON object of overrides to `options` (the file step of
-// LoadServerOptions, without a source prefix in errors). On error `options` may
-// be partially updated.
+// Builds the options: defaults <- JSON file <- flags. Errors (all InvalidArgument except a
+// missing file, NotFound) name the source and the field, e.g.
+//   cfg.json: config field "max_batch_size": must be an integer in [1, 256], got "eight"
+//   flag --port: must be an integer in [0, 65535], got "abc"
+// Unknown keys, malformed JSON and a metrics_port equal to port are errors too.
+absl::StatusOr<ServerOptions> LoadServerOptions(const ServerCommandLine& command_line);
+
+// Applies a JSON object of overrides to `options` (the file step of LoadServerOptions, without a
+// source prefix in errors). On error `options` may be partially updated.
 absl::Status ApplyServerOptionsJson(const nlohmann::json& j, ServerOptions& options);
 
 // Checks cross-field constraints (e.g. metrics_port != port when both are set).
 absl::Status ValidateServerOptions(const ServerOptions& options);
 
-// All options as a JSON object with the same keys as the config file (e.g. to
-// log at startup).
+// All options as a JSON object with the same keys as the config file (e.g. to log at startup).
 nlohmann::json ServerOptionsToJson(const ServerOptions& options);
 
-// True when argv contains --help or -h.
-bool HelpRequested(int argc, char** argv);
+// The config keys settable by flags (every key but "pruning"), in table order.
+std::vector<std::string> ServerFlagKeys();
 
-// Usage text listing every flag with its default.
-std::string ServerUsage(std::string_view program_name);
+// The --help text: what the server does, where values come from, and every key's default.
+std::string ServerUsage(absl::string_view program_name);
 
 }  // namespace specprune

@@ -1,4 +1,4 @@
-// Per-robot sessions (DESIGN §3 step 3, §6 "Sessions"): the episode state
+// Per-robot sessions (docs/ARCHITECTURE.md "One Predict, end to end", "Serving"): the episode state
 // SpecPrune carries from one step to the next, the last response (for
 // idempotent retries) and strict per-robot ordering.
 //

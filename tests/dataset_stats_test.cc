@@ -163,7 +163,7 @@ TEST(DatasetStatisticsTest, ValidationErrorsNameKeyAndField) {
   ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1e39}}}}}}},
                 {"'k'", "q99[0]", "finite"});
   ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1}}, {"mask", {1}}}}}}},
-                {"'k'", "action.mask[0]", "boolean"});
+                {"'k'", "action.mask[0]", "true or false"});
   ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1}}, {"mask", {true, false}}}}}}},
                 {"'k'", "mask has 2 entries"});
   ExpectInvalid({{"k", {{"action", {{"q01", {0}}, {"q99", {1}}, {"std", {1, 2}}}}}}},

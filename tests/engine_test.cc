@@ -1,5 +1,5 @@
-// InferenceEngine serving semantics (DESIGN §3, §6) with a fake model runner:
-// per-robot ordering, batching across robots, overload, deadlines,
+// InferenceEngine serving semantics (docs/ARCHITECTURE.md "One Predict, end to end", "Serving")
+// with a fake model runner: per-robot ordering, batching across robots, overload, deadlines,
 // cancellation, idempotent retries, episodes, validation, runner errors,
 // shutdown and LRU eviction. The fake runner encodes each sample's robot and
 // step in its proprio values and answers with actions derived from them, so

@@ -1,4 +1,4 @@
-# Layer dependency rules (DESIGN §2, docs/ARCHITECTURE.md "Dependency rules"): no folder may
+# Layer dependency rules (docs/ARCHITECTURE.md "Dependency rules"): no folder may
 # include a folder it must not. Needs only the source tree and /usr/bin/python3 (stdlib).
 add_test(NAME layer_dependencies
          COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tools/check_layers.py ${CMAKE_SOURCE_DIR})

@@ -139,7 +139,7 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
   EXPECT_EQ(ParseError(R"({"specprune": {"k_global": -1}})", d),
             "pruning.specprune.k_global: must be >= 0");
   EXPECT_EQ(ParseError(R"({"specprune": {"k_global": "30"}})", d),
-            "pruning.specprune.k_global: must be an integer");
+            "pruning.specprune.k_global: must be an integer, got \"30\"");
   EXPECT_EQ(ParseError(R"({"specprune": {"bogus": 1}})", d),
             "pruning.specprune.bogus: unknown field");
   EXPECT_EQ(ParseError(R"({"bogus": 1})", d), "pruning.bogus: unknown field");
@@ -161,7 +161,7 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
   EXPECT_THAT(ParseError(R"({"specprune": {"first_step_fallback": "drop"}})", d),
               HasSubstr("pruning.specprune.first_step_fallback: unknown value"));
   EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_in_fine": 1}})", d),
-            "pruning.specprune.dynamic_in_fine: must be a boolean");
+            "pruning.specprune.dynamic_in_fine: must be true or false, got 1");
   EXPECT_EQ(ParseError(R"({"specprune": {"release_min_closed_rows": 0}})", d),
             "pruning.specprune.release_min_closed_rows: must be >= 1");
   EXPECT_EQ(ParseError(R"({"specprune": {"executed_rows": -1}})", d),
@@ -169,7 +169,7 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
   EXPECT_EQ(ParseError(R"({"specprune": {"gripper_column": -1}})", d),
             "pruning.specprune.gripper_column: must be >= 0");
   EXPECT_EQ(ParseError(R"({"specprune": {"refresh_after_release": "yes"}})", d),
-            "pruning.specprune.refresh_after_release: must be a boolean");
+            "pruning.specprune.refresh_after_release: must be true or false, got \"yes\"");
   EXPECT_EQ(ParseError(R"({"fastv": {"keep_ratio": 0}})", d),
             "pruning.fastv.keep_ratio: must be in (0, 1]");
   EXPECT_EQ(ParseError(R"({"fastv": {"layer": 32}})", d),
@@ -177,16 +177,18 @@ TEST(PruningConfigTest, ErrorsNameTheField) {
   EXPECT_EQ(ParseError(R"({"random": {"depth": 1}})", d), "pruning.random.depth: unknown field");
   EXPECT_THAT(ParseError(R"({"fastv": {"query": "first"}})", d),
               HasSubstr("pruning.fastv.query: unknown value \"first\""));
-  EXPECT_EQ(ParseError(R"({"fastv": {"query": 1}})", d), "pruning.fastv.query: must be a string");
+  EXPECT_EQ(ParseError(R"({"fastv": {"query": 1}})", d),
+            "pruning.fastv.query: must be a string, got 1");
   EXPECT_EQ(ParseError(R"({"random": {"query": "last"}})", d),
             "pruning.random.query: unknown field");
   EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_cameras": [0, 2]}})", d),
             "pruning.specprune.dynamic_cameras[1]: must be a camera index in [0, 2)");
   EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_cameras": 0}})", d),
-            "pruning.specprune.dynamic_cameras: must be an array of integers");
+            "pruning.specprune.dynamic_cameras: must be an array of integers, got 0");
   EXPECT_EQ(ParseError(R"({"specprune": {"dynamic_cameras": [0]}})", PruningConfig{}),
             "pruning.specprune.dynamic_cameras: needs the model's camera geometry");
-  EXPECT_EQ(ParseError(R"({"seed": -4})", d), "pruning.seed: must be a non-negative integer");
+  EXPECT_EQ(ParseError(R"({"seed": -4})", d),
+            "pruning.seed: must be a non-negative integer, got -4");
   EXPECT_EQ(ParseError(R"([1, 2])", d), "pruning: must be an object");
   EXPECT_EQ(ParseError(R"({"specprune": 3})", d), "pruning.specprune: must be an object");
 }

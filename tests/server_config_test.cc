@@ -7,25 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
+#include "absl/flags/reflection.h"
+#include "server/server_flags.h"
+
 namespace specprune {
 namespace {
 
 using ::testing::HasSubstr;
-
-// Builds argv from strings (argv[0] = program name).
-class Args {
- public:
-  explicit Args(std::vector<std::string> args) : storage_(std::move(args)) {
-    storage_.insert(storage_.begin(), "specprune_server");
-    for (std::string& s : storage_) argv_.push_back(s.data());
-  }
-  int argc() { return static_cast<int>(argv_.size()); }
-  char** argv() { return argv_.data(); }
-
- private:
-  std::vector<std::string> storage_;
-  std::vector<char*> argv_;
-};
 
 std::string WriteFile(const std::string& name, const std::string& text) {
   const std::string path = ::testing::TempDir() + "/" + name;
@@ -33,9 +22,16 @@ std::string WriteFile(const std::string& name, const std::string& text) {
   return path;
 }
 
-absl::StatusOr<ServerOptions> Load(const std::string& json_path, std::vector<std::string> flags) {
-  Args args(std::move(flags));
-  return LoadServerOptions(json_path, args.argc(), args.argv());
+// Loads with `json_path` as the config file and `flags` as (flag name, text) pairs, as the server's
+// command line gives them (a flag name is its config key, or "model").
+absl::StatusOr<ServerOptions> Load(const std::string& json_path,
+                                   std::vector<std::pair<std::string, std::string>> flags) {
+  ServerCommandLine command_line;
+  command_line.config_path = json_path;
+  for (auto& [flag, text] : flags) {
+    command_line.values.push_back({flag == "model" ? "model_dir" : flag, text, flag});
+  }
+  return LoadServerOptions(command_line);
 }
 
 TEST(ServerConfigTest, DefaultsWithoutFileOrFlags) {
@@ -45,24 +41,22 @@ TEST(ServerConfigTest, DefaultsWithoutFileOrFlags) {
   EXPECT_EQ(o->host, "0.0.0.0");
   EXPECT_EQ(o->port, 50051);
   EXPECT_EQ(o->metrics_port, 9464);
-  EXPECT_EQ(o->max_sessions, 1024);
-  EXPECT_EQ(o->session_idle_ttl_seconds, 600);
-  EXPECT_EQ(o->max_batch_size, 8);
-  EXPECT_EQ(o->max_queue_delay_ms, 2);
-  EXPECT_EQ(o->max_queue_size, 256);
-  EXPECT_EQ(o->preprocess_threads, 2);
+  EXPECT_EQ(o->engine.sessions.max_sessions, 1024u);
+  EXPECT_EQ(o->engine.sessions.idle_ttl, absl::Minutes(10));
+  EXPECT_EQ(o->engine.batcher.max_batch_size, 8u);
+  EXPECT_EQ(o->engine.batcher.max_queue_delay, absl::Milliseconds(2));
+  EXPECT_EQ(o->engine.batcher.max_queue_size, 256u);
+  EXPECT_EQ(o->engine.preprocess_threads, 2);
   EXPECT_EQ(o->model_threads, 0);
   EXPECT_EQ(o->max_message_bytes, 16 << 20);
-  EXPECT_EQ(o->max_instruction_bytes, 1024);
-  EXPECT_EQ(o->max_image_width, 4096);
-  EXPECT_EQ(o->max_image_height, 4096);
+  EXPECT_EQ(o->engine.limits.max_instruction_bytes, 1024u);
+  EXPECT_EQ(o->engine.limits.max_image_width, 4096);
+  EXPECT_EQ(o->engine.limits.max_image_height, 4096);
   EXPECT_EQ(o->device, "cpu");
   EXPECT_EQ(o->dtype, "fp32");
   EXPECT_TRUE(o->pruning.is_object());
   EXPECT_TRUE(o->pruning.empty());
-  EXPECT_EQ(o->drain_timeout_seconds, 10);
-  EXPECT_EQ(o->max_queue_delay(), absl::Milliseconds(2));
-  EXPECT_EQ(o->session_idle_ttl(), absl::Minutes(10));
+  EXPECT_EQ(o->drain_timeout, absl::Seconds(10));
 }
 
 TEST(ServerConfigTest, DefaultModelDirIsTheSourceTreeModel) {
@@ -81,45 +75,39 @@ TEST(ServerConfigTest, JsonFileOverridesDefaults) {
   absl::StatusOr<ServerOptions> o = Load(path, {});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->port, 6000);
-  EXPECT_EQ(o->max_batch_size, 16);
-  EXPECT_EQ(o->max_queue_delay_ms, 0.5);
+  EXPECT_EQ(o->engine.batcher.max_batch_size, 16u);
+  EXPECT_EQ(o->engine.batcher.max_queue_delay, absl::Microseconds(500));
   EXPECT_EQ(o->device, "cuda:1");
   EXPECT_EQ(o->dtype, "bf16");
   EXPECT_EQ(o->host, "127.0.0.1");
   EXPECT_EQ(o->pruning["method"], "fastv");
   EXPECT_EQ(o->pruning["keep_ratio"], 0.5);
-  EXPECT_EQ(o->session_idle_ttl(), absl::Milliseconds(1500));
+  EXPECT_EQ(o->engine.sessions.idle_ttl, absl::Milliseconds(1500));
   EXPECT_EQ(o->max_message_bytes, 1048576);
   EXPECT_EQ(o->metrics_port, 9464);  // untouched
 }
 
 TEST(ServerConfigTest, FlagsOverrideJsonFile) {
   const std::string path = WriteFile("flags.json", R"({"port": 6000, "max_batch_size": 16})");
-  absl::StatusOr<ServerOptions> o =
-      Load(path, {"--port", "7000", "--max-batch-size=4", "--model", "/m", "--metrics-port", "0",
-                  "--host", "::", "--max-queue-delay-ms", "3.5", "--device", "cuda", "--dtype",
-                  "bf16", "--max-sessions", "10"});
+  absl::StatusOr<ServerOptions> o = Load(path, {{"port", "7000"},
+                                                {"max_batch_size", "4"},
+                                                {"model", "/m"},
+                                                {"metrics_port", "0"},
+                                                {"host", "::"},
+                                                {"max_queue_delay_ms", "3.5"},
+                                                {"device", "cuda"},
+                                                {"dtype", "bf16"},
+                                                {"max_sessions", "10"}});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->port, 7000);
-  EXPECT_EQ(o->max_batch_size, 4);
+  EXPECT_EQ(o->engine.batcher.max_batch_size, 4u);
   EXPECT_EQ(o->model_dir, "/m");
   EXPECT_EQ(o->metrics_port, 0);
   EXPECT_EQ(o->host, "::");
-  EXPECT_EQ(o->max_queue_delay_ms, 3.5);
+  EXPECT_EQ(o->engine.batcher.max_queue_delay, absl::Microseconds(3500));
   EXPECT_EQ(o->device, "cuda");
   EXPECT_EQ(o->dtype, "bf16");
-  EXPECT_EQ(o->max_sessions, 10);
-}
-
-TEST(ServerConfigTest, ConfigFlagNamesTheFile) {
-  const std::string path = WriteFile("viaflag.json", R"({"max_queue_size": 3})");
-  absl::StatusOr<ServerOptions> o = Load("", {"--config", path});
-  ASSERT_TRUE(o.ok()) << o.status();
-  EXPECT_EQ(o->max_queue_size, 3);
-  // --config replaces the path given by the caller.
-  o = Load("/nonexistent.json", {"--config=" + path});
-  ASSERT_TRUE(o.ok()) << o.status();
-  EXPECT_EQ(o->max_queue_size, 3);
+  EXPECT_EQ(o->engine.sessions.max_sessions, 10u);
 }
 
 TEST(ServerConfigTest, UnknownKeyIsNamed) {
@@ -191,56 +179,82 @@ TEST(ServerConfigTest, MissingFileIsNotFound) {
 }
 
 TEST(ServerConfigTest, BadFlagsAreNamed) {
-  EXPECT_THAT(Load("", {"--bogus", "1"}).status().message(), HasSubstr("unknown flag --bogus"));
-  EXPECT_THAT(Load("", {"--max_batch_size", "1"}).status().message(),
-              HasSubstr("unknown flag --max_batch_size"));
-  EXPECT_THAT(Load("", {"--pruning", "{}"}).status().message(),
+  EXPECT_THAT(Load("", {{"bogus", "1"}}).status().message(), HasSubstr("unknown flag --bogus"));
+  EXPECT_THAT(Load("", {{"pruning", "{}"}}).status().message(),
               HasSubstr("unknown flag --pruning"));
-  EXPECT_THAT(Load("", {"--port"}).status().message(), HasSubstr("flag --port: missing value"));
-  EXPECT_THAT(Load("", {"--port", "abc"}).status().message(),
+  EXPECT_THAT(Load("", {{"port", "abc"}}).status().message(),
               HasSubstr("flag --port: must be an integer in [0, 65535], got \"abc\""));
-  EXPECT_THAT(Load("", {"--max-batch-size", "0"}).status().message(),
-              HasSubstr("flag --max-batch-size: must be an integer in [1, 256], got 0"));
-  EXPECT_THAT(Load("", {"--max-queue-delay-ms", "nan"}).status().message(),
-              HasSubstr("flag --max-queue-delay-ms: must be a number"));
-  EXPECT_THAT(Load("", {"positional"}).status().message(),
-              HasSubstr("unexpected argument \"positional\""));
-  EXPECT_THAT(Load("", {"--dtype", "int8"}).status().message(),
+  EXPECT_THAT(Load("", {{"max_batch_size", "0"}}).status().message(),
+              HasSubstr("flag --max_batch_size: must be an integer in [1, 256], got 0"));
+  EXPECT_THAT(Load("", {{"max_queue_delay_ms", "nan"}}).status().message(),
+              HasSubstr("flag --max_queue_delay_ms: must be a number"));
+  EXPECT_THAT(Load("", {{"dtype", "int8"}}).status().message(),
               HasSubstr("flag --dtype: must be \"fp32\" or \"bf16\""));
+  EXPECT_THAT(Load("", {{"model", ""}}).status().message(),
+              HasSubstr("flag --model: must not be empty"));
 }
 
 TEST(ServerConfigTest, MetricsPortMustDifferFromPort) {
-  absl::StatusOr<ServerOptions> o = Load("", {"--port", "9000", "--metrics-port", "9000"});
+  absl::StatusOr<ServerOptions> o = Load("", {{"port", "9000"}, {"metrics_port", "9000"}});
   EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(o.status().message(), HasSubstr("\"metrics_port\": must differ from \"port\""));
-  EXPECT_TRUE(Load("", {"--port", "0", "--metrics-port", "0"}).ok());
+  EXPECT_TRUE(Load("", {{"port", "0"}, {"metrics_port", "0"}}).ok());
 }
 
-TEST(ServerConfigTest, HelpIsDetectedAndUsageListsFlags) {
-  Args with_help({"--port", "1", "--help"});
-  EXPECT_TRUE(HelpRequested(with_help.argc(), with_help.argv()));
-  Args without({"--port", "1"});
-  EXPECT_FALSE(HelpRequested(without.argc(), without.argv()));
-  // --help does not make loading fail.
-  EXPECT_TRUE(Load("", {"--help"}).ok());
-
+TEST(ServerConfigTest, UsageListsEveryKeyWithItsDefault) {
   const std::string usage = ServerUsage("specprune_server");
-  for (const char* flag :
-       {"--config", "--model", "--port", "--metrics-port", "--host", "--max-batch-size",
-        "--max-queue-delay-ms", "--device", "--dtype", "--help"}) {
-    EXPECT_THAT(usage, HasSubstr(flag));
+  for (const std::string& key : ServerFlagKeys()) EXPECT_THAT(usage, HasSubstr("  " + key + " = "));
+  EXPECT_THAT(usage, HasSubstr("port = 50051"));
+  EXPECT_THAT(usage, HasSubstr("max_queue_delay_ms = 2"));
+  EXPECT_THAT(usage, HasSubstr("--config FILE"));
+}
+
+// Every scalar config key is a flag of the same name, and a flag given reaches its key.
+TEST(ServerFlagsTest, EveryKeyIsAFlagThatReachesIt) {
+  for (const std::string& key : ServerFlagKeys()) {
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(key);
+    ASSERT_NE(flag, nullptr) << key;
+    std::string error;
+    ASSERT_TRUE(flag->ParseFrom("7", &error)) << key << ": " << error;
+    absl::StatusOr<ServerCommandLine> command_line = ServerCommandLineFromFlags();
+    ASSERT_TRUE(command_line.ok()) << command_line.status();
+    bool found = false;
+    for (const auto& value : command_line->values) {
+      found = found || (value.key == key && value.text == "7" && value.flag == key);
+    }
+    EXPECT_TRUE(found) << key;
+    ASSERT_TRUE(flag->ParseFrom("", &error)) << key;  // back to unset
   }
-  EXPECT_THAT(usage, HasSubstr("(default 50051)"));
+  EXPECT_TRUE(ServerCommandLineFromFlags()->values.empty());
+}
+
+TEST(ServerFlagsTest, ModelIsAnAliasOfModelDirAndNotBoth) {
+  absl::CommandLineFlag* model = absl::FindCommandLineFlag("model");
+  absl::CommandLineFlag* model_dir = absl::FindCommandLineFlag("model_dir");
+  ASSERT_NE(model, nullptr);
+  ASSERT_NE(model_dir, nullptr);
+  std::string error;
+  ASSERT_TRUE(model->ParseFrom("/m", &error));
+  absl::StatusOr<ServerCommandLine> command_line = ServerCommandLineFromFlags();
+  ASSERT_TRUE(command_line.ok()) << command_line.status();
+  absl::StatusOr<ServerOptions> o = LoadServerOptions(*command_line);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->model_dir, "/m");
+  ASSERT_TRUE(model_dir->ParseFrom("/n", &error));
+  EXPECT_THAT(ServerCommandLineFromFlags().status().message(), HasSubstr("give only one"));
+  ASSERT_TRUE(model->ParseFrom("", &error));
+  ASSERT_TRUE(model_dir->ParseFrom("", &error));
 }
 
 TEST(ServerConfigTest, ToJsonRoundTrips) {
   ServerOptions custom;
   custom.port = 1234;
-  custom.max_queue_delay_ms = 7.25;
+  custom.engine.batcher.max_queue_delay = absl::Microseconds(7250);
   custom.device = "cuda:0";
   custom.pruning = {{"method", "specprune"}, {"alpha", 0.8}};
   const nlohmann::json j = ServerOptionsToJson(custom);
   EXPECT_EQ(j["port"], 1234);
+  EXPECT_EQ(j["max_queue_delay_ms"], 7.25);
   ServerOptions restored;
   ASSERT_TRUE(ApplyServerOptionsJson(j, restored).ok());
   EXPECT_EQ(ServerOptionsToJson(restored), j);

@@ -75,7 +75,7 @@ class ServerIntegrationTest : public ::testing::Test {
     options.port = 0;
     options.metrics_port = FreePort();
     options.max_message_bytes = 2 << 20;
-    options.max_batch_size = 4;
+    options.engine.batcher.max_batch_size = 4;
     auto server = SpecPruneServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();

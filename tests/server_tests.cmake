@@ -3,7 +3,7 @@ specprune_add_test(grpc_status_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/grpc_status_test.cc
   LIBS specprune_server_core)
 specprune_add_test(server_config_test
-  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/server_config_test.cc
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/server_config_test.cc ${CMAKE_SOURCE_DIR}/server/server_flags.cc
   LIBS specprune_server_core)
 specprune_add_test(request_validation_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/request_validation_test.cc

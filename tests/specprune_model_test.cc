@@ -1,4 +1,4 @@
-// SpecPrune driven by the real model: invariants that need both (DESIGN §5).
+// SpecPrune driven by the real model: invariants that need both (docs/ARCHITECTURE.md "SpecPrune").
 #include <gtest/gtest.h>
 
 #include "kernels/ops.h"

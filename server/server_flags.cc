@@ -1,0 +1,83 @@
+#include "server/server_flags.h"
+
+#include <optional>
+#include <string>
+
+#include "absl/flags/flag.h"
+
+// Unset (nullopt) means "not on the command line": the file or the built-in default applies.
+#define SP_SERVER_FLAG(name, help) ABSL_FLAG(std::optional<std::string>, name, std::nullopt, help)
+
+SP_SERVER_FLAG(config, "JSON config file (same keys as the flags)");
+SP_SERVER_FLAG(model_dir, "model directory (config.json, weights, tokenizer, statistics)");
+SP_SERVER_FLAG(model, "alias of --model_dir");
+SP_SERVER_FLAG(host, "gRPC bind address");
+SP_SERVER_FLAG(port, "gRPC port (0 = any free port)");
+SP_SERVER_FLAG(metrics_port, "Prometheus /metrics port (0 = disabled)");
+SP_SERVER_FLAG(max_sessions, "most robot sessions kept (LRU)");
+SP_SERVER_FLAG(session_idle_ttl_seconds, "idle seconds before a session is dropped");
+SP_SERVER_FLAG(max_batch_size, "largest forward batch");
+SP_SERVER_FLAG(max_queue_delay_ms, "longest wait for a batch to fill, ms");
+SP_SERVER_FLAG(max_queue_size, "queued requests before RESOURCE_EXHAUSTED");
+SP_SERVER_FLAG(preprocess_threads, "image preprocessing threads");
+SP_SERVER_FLAG(model_threads, "intra-op LibTorch threads (0 = LibTorch's default)");
+SP_SERVER_FLAG(max_message_bytes, "largest gRPC message, bytes");
+SP_SERVER_FLAG(max_instruction_bytes, "longest instruction, bytes");
+SP_SERVER_FLAG(max_image_width, "widest accepted input image, pixels");
+SP_SERVER_FLAG(max_image_height, "tallest accepted input image, pixels");
+SP_SERVER_FLAG(max_encoded_image_bytes, "largest JPEG/PNG image, bytes");
+SP_SERVER_FLAG(device, "cpu, cuda or cuda:N");
+SP_SERVER_FLAG(dtype, "fp32 or bf16");
+SP_SERVER_FLAG(drain_timeout_seconds, "shutdown grace period, seconds");
+
+namespace specprune {
+namespace {
+
+using Flag = absl::Flag<std::optional<std::string>>;
+
+// Every scalar config key's flag; a test checks this against ServerFlagKeys().
+const std::vector<std::pair<const char*, const Flag*>>& KeyFlags() {
+  static const auto* const flags = new std::vector<std::pair<const char*, const Flag*>>{
+      {"model_dir", &FLAGS_model_dir},
+      {"host", &FLAGS_host},
+      {"port", &FLAGS_port},
+      {"metrics_port", &FLAGS_metrics_port},
+      {"max_sessions", &FLAGS_max_sessions},
+      {"session_idle_ttl_seconds", &FLAGS_session_idle_ttl_seconds},
+      {"max_batch_size", &FLAGS_max_batch_size},
+      {"max_queue_delay_ms", &FLAGS_max_queue_delay_ms},
+      {"max_queue_size", &FLAGS_max_queue_size},
+      {"preprocess_threads", &FLAGS_preprocess_threads},
+      {"model_threads", &FLAGS_model_threads},
+      {"max_message_bytes", &FLAGS_max_message_bytes},
+      {"max_instruction_bytes", &FLAGS_max_instruction_bytes},
+      {"max_image_width", &FLAGS_max_image_width},
+      {"max_image_height", &FLAGS_max_image_height},
+      {"max_encoded_image_bytes", &FLAGS_max_encoded_image_bytes},
+      {"device", &FLAGS_device},
+      {"dtype", &FLAGS_dtype},
+      {"drain_timeout_seconds", &FLAGS_drain_timeout_seconds},
+  };
+  return *flags;
+}
+
+}  // namespace
+
+absl::StatusOr<ServerCommandLine> ServerCommandLineFromFlags() {
+  ServerCommandLine command_line;
+  command_line.config_path = absl::GetFlag(FLAGS_config).value_or("");
+  for (const auto& [key, flag] : KeyFlags()) {
+    if (std::optional<std::string> text = absl::GetFlag(*flag)) {
+      command_line.values.push_back({key, *text, key});
+    }
+  }
+  if (std::optional<std::string> model = absl::GetFlag(FLAGS_model)) {
+    if (absl::GetFlag(FLAGS_model_dir).has_value()) {
+      return absl::InvalidArgumentError("flag --model: an alias of --model_dir; give only one");
+    }
+    command_line.values.push_back({"model_dir", *model, "model"});
+  }
+  return command_line;
+}
+
+}  // namespace specprune
