@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "server/build_version.h"
 #include "server/server.h"
 #include "server/server_flags.h"
 #include "util/command_line.h"
@@ -33,7 +34,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "specprune_server: %s\n", std::string(options.status().message()).c_str());
     return 2;
   }
-  std::fprintf(stderr, "specprune_server: loading %s on %s (%s)\n", options->model_dir.c_str(),
+  std::fprintf(stderr, "specprune_server %s (commit %s): loading %s on %s (%s)\n",
+               specprune::BuildVersion(), specprune::BuildGitCommit(), options->model_dir.c_str(),
                options->device.c_str(), options->dtype.c_str());
   auto server = specprune::SpecPruneServer::Start(*options);
   if (!server.ok()) {

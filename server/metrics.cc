@@ -14,6 +14,7 @@
 #include "prometheus/text_serializer.h"
 #include "proto/grpc_status.h"
 #include "server/metrics_http.h"
+#include "server/process_metrics.h"
 
 namespace specprune {
 namespace {
@@ -72,7 +73,9 @@ std::string_view RejectReasonName(RejectReason reason) {
   return kRejectNames.at(static_cast<size_t>(reason));
 }
 
-ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
+ServerMetrics::ServerMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      process_metrics_(std::make_shared<ProcessMetricsCollector>()) {
   prometheus::Registry& r = *registry_;
   requests_ = &prometheus::BuildCounter()
                    .Name("specprune_requests_total")
@@ -159,7 +162,28 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   for (size_t i = 0; i < kMethodNames.size(); ++i) {
     forward_passes_[i] = &passes.Add({{"method", std::string(kMethodNames[i])}});
   }
+  build_info_ = &prometheus::BuildGauge()
+                     .Name("specprune_build_info")
+                     .Help("Always 1; the labels say what this replica runs.")
+                     .Register(r);
+  model_load_seconds_ = &prometheus::BuildGauge()
+                             .Name("specprune_model_load_seconds")
+                             .Help("Seconds the model took to load at startup.")
+                             .Register(r)
+                             .Add({});
 }
+
+void ServerMetrics::SetBuildInfo(const BuildLabels& labels) {
+  build_info_
+      ->Add({{"version", labels.version},
+             {"git_commit", labels.git_commit},
+             {"model", labels.model},
+             {"device", labels.device},
+             {"dtype", labels.dtype}})
+      .Set(1);
+}
+
+void ServerMetrics::SetModelLoadSeconds(double seconds) { model_load_seconds_->Set(seconds); }
 
 ServerMetrics::~ServerMetrics() { http_.reset(); }
 
@@ -271,7 +295,11 @@ void ServerMetrics::RecordForwardPass(v1::PruningMethod method) {
 
 std::string ServerMetrics::Serialize() const {
   std::ostringstream out;
-  prometheus::TextSerializer().Serialize(out, registry_->Collect());
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  for (prometheus::MetricFamily& family : process_metrics_->Collect()) {
+    families.push_back(std::move(family));
+  }
+  prometheus::TextSerializer().Serialize(out, families);
   return out.str();
 }
 

@@ -22,6 +22,10 @@
 //   specprune_queue_depth                            gauge
 //   specprune_forward_passes_total{method}           counter    none|specprune|fastv|random per
 //                                                               sample
+//   specprune_build_info{version,git_commit,model,   gauge      1; what this replica runs
+//                        device,dtype}
+//   specprune_model_load_seconds                     gauge      time to load the model at start
+//   process_* (server/process_metrics.h)             CPU seconds, memory, fds, start time
 //
 // HTTP: StartExposer serves GET /metrics through MetricsHttpEndpoint
 // (server/metrics_http.h: one small thread, one scrape at a time) instead of
@@ -45,6 +49,7 @@
 #include "specprune/v1/vla_service.pb.h"
 
 namespace prometheus {
+class Collectable;
 class Counter;
 class Gauge;
 class Histogram;
@@ -86,8 +91,20 @@ class ServerMetrics {
   // Port the exporter listens on; 0 when not started.
   int exposer_port() const;
 
-  // The registry (e.g. to add process metrics). Shared ownership.
+  // The registry. Shared ownership.
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // What this replica runs: specprune_build_info{...} = 1. Call once at startup; labels are
+  // bounded (one series per process).
+  struct BuildLabels {
+    std::string version;
+    std::string git_commit;
+    std::string model;  // the model config's name, e.g. "tiny"
+    std::string device;
+    std::string dtype;
+  };
+  void SetBuildInfo(const BuildLabels& labels);
+  void SetModelLoadSeconds(double seconds);
 
   // One finished RPC: `rpc` is the method name ("Predict", "StreamPredict",
   // "Reset", "GetModelInfo"; one StreamPredict message counts as one
@@ -123,6 +140,7 @@ class ServerMetrics {
   };
 
   std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> process_metrics_;
 
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* request_duration_;
@@ -139,6 +157,8 @@ class ServerMetrics {
   prometheus::Counter* expired_;
   prometheus::Gauge* queue_depth_;
   std::array<prometheus::Counter*, 4> forward_passes_;  // none, specprune, fastv, random
+  prometheus::Family<prometheus::Gauge>* build_info_;
+  prometheus::Gauge* model_load_seconds_;
 
   std::mutex rpc_mu_;  // std::mutex: visible to ThreadSanitizer
   absl::flat_hash_map<std::string, RpcChildren> rpc_children_ ABSL_GUARDED_BY(rpc_mu_);

@@ -5,8 +5,10 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "model/checkpoint.h"
 #include "pruning/pruning_config.h"
+#include "server/build_version.h"
 
 namespace specprune {
 
@@ -14,8 +16,10 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
     const ServerOptions& options) {
   std::unique_ptr<SpecPruneServer> s(new SpecPruneServer());
   if (options.model_threads > 0) torch::set_num_threads(options.model_threads);
+  const absl::Time load_start = absl::Now();
   auto loaded = LoadModelDir(options.model_dir, {.device = options.device, .dtype = options.dtype});
   if (!loaded.ok()) return loaded.status();
+  const double load_seconds = absl::ToDoubleSeconds(absl::Now() - load_start);
   const ModelConfig& c = loaded->model->config();
   auto model_defaults = ModelPruningDefaults(options.model_dir, static_cast<int>(c.llm.layers),
                                              c.vision_tokens(), c.patches_per_image());
@@ -24,6 +28,12 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
   if (!pruning.ok()) return pruning.status();
 
   s->metrics_ = std::make_unique<ServerMetrics>();
+  s->metrics_->SetModelLoadSeconds(load_seconds);
+  s->metrics_->SetBuildInfo({.version = BuildVersion(),
+                             .git_commit = BuildGitCommit(),
+                             .model = c.name,
+                             .device = options.device,
+                             .dtype = options.dtype});
   if (options.metrics_port > 0) {
     if (auto st = s->metrics_->StartExposer(absl::StrCat(options.host, ":", options.metrics_port));
         !st.ok())

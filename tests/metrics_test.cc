@@ -89,6 +89,11 @@ TEST(MetricsTest, EveryFamilyIsRegisteredWithItsType) {
            "# TYPE specprune_expired_requests_total counter",
            "# TYPE specprune_queue_depth gauge",
            "# TYPE specprune_forward_passes_total counter",
+           "# TYPE specprune_model_load_seconds gauge",
+           "# TYPE process_cpu_seconds_total counter",
+           "# TYPE process_resident_memory_bytes gauge",
+           "# TYPE process_open_fds gauge",
+           "# TYPE process_start_time_seconds gauge",
        }) {
     EXPECT_THAT(text, HasSubstr(line));
   }
@@ -110,6 +115,20 @@ TEST(MetricsTest, EveryFamilyIsRegisteredWithItsType) {
        }) {
     EXPECT_THAT(text, HasSubstr(series));
   }
+}
+
+TEST(MetricsTest, BuildInfoAndModelLoadTimeAreExported) {
+  ServerMetrics metrics;
+  metrics.SetBuildInfo({.version = "1.2.3",
+                        .git_commit = "abc123",
+                        .model = "tiny",
+                        .device = "cpu",
+                        .dtype = "fp32"});
+  metrics.SetModelLoadSeconds(2.5);
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(text, HasSubstr("specprune_build_info{device=\"cpu\",dtype=\"fp32\","
+                              "git_commit=\"abc123\",model=\"tiny\",version=\"1.2.3\"} 1"));
+  EXPECT_THAT(text, HasSubstr("specprune_model_load_seconds 2.5"));
 }
 
 TEST(MetricsTest, RequestsAreCountedByRpcAndCode) {
