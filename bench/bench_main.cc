@@ -1,7 +1,7 @@
 // specprune_bench: model-level benchmarks writing JSON.
 //
 //   specprune_bench model (--model DIR | --config NAME) [--batch B] [--iters N] [--warmup W]
-//       [--methods none,specprune,fastv,random] [--episode-steps S] [--dtype fp32|bf16]
+//       [--methods none,specprune,fastv,random] [--episode_steps S] [--dtype fp32|bf16]
 //       [--device cpu|cuda] [--threads T] [--seed S] [--json FILE]
 //
 // Runs the methods side by side on the same synthetic episodes in one process, interleaved
@@ -21,8 +21,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include "absl/flags/flag.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_join.h"
 #include "model/checkpoint.h"
 #include "model/flops.h"
 #include "nlohmann/json.hpp"
@@ -30,31 +31,75 @@
 #include "pruning/policies.h"
 #include "pruning/pruning_config.h"
 #include "pruning/specprune_policy.h"
+#include "util/command_line.h"
 
 #ifndef SPECPRUNE_SOURCE_DIR
 #define SPECPRUNE_SOURCE_DIR "."
 #endif
+
+ABSL_FLAG(std::string, model, "", "model directory (instead of --config)");
+ABSL_FLAG(std::string, config, "tiny", "preset config with random weights (without --model)");
+ABSL_FLAG(int, batch, 1, "robots per forward (> 0)");
+ABSL_FLAG(int, iters, 20, "measured iterations (> 0)");
+ABSL_FLAG(int, warmup, 3, "iterations run before measuring (>= 0)");
+ABSL_FLAG(std::vector<std::string>, methods,
+          std::vector<std::string>({"none", "specprune", "fastv"}),
+          "comma-separated pruning methods: none,specprune,fastv,random");
+ABSL_FLAG(int, episode_steps, 8, "steps per synthetic episode (> 0)");
+ABSL_FLAG(std::string, dtype, "fp32", "fp32|bf16");
+ABSL_FLAG(std::string, device, "cpu", "cpu|cuda");
+ABSL_FLAG(int, threads, 0, "intra-op LibTorch threads (0 = LibTorch's default)");
+ABSL_FLAG(uint64_t, seed, 0, "seed of the random weights and pruners");
+ABSL_FLAG(std::string, json, "", "write the results as JSON to FILE");
 
 namespace specprune {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr char kUsage[] =
+    "usage: specprune_bench model (--model DIR | --config NAME) [--batch B] [--iters N] "
+    "[--warmup W]\n"
+    "    [--methods none,specprune,fastv,random] [--episode_steps S] [--dtype fp32|bf16]\n"
+    "    [--device cpu|cuda] [--threads T] [--seed S] [--json FILE]";
+
 struct Args {
-  std::string model_dir, config = "tiny", dtype = "fp32", device = "cpu", json;
-  std::vector<std::string> methods = {"none", "specprune", "fastv"};
-  int batch = 1, iters = 20, warmup = 3, episode_steps = 8, threads = 0;
-  uint64_t seed = 0;
+  std::string model_dir, config, dtype, device, json;
+  std::vector<std::string> methods;
+  int batch, iters, warmup, episode_steps, threads;
+  uint64_t seed;
 };
 
 int Usage(const char* msg) {
   if (msg) std::fprintf(stderr, "error: %s\n", msg);
-  std::fprintf(stderr,
-               "usage: specprune_bench model (--model DIR | --config NAME) [--batch B] "
-               "[--iters N] [--warmup W] [--methods none,specprune,fastv,random] "
-               "[--episode-steps S] [--dtype fp32|bf16] [--device cpu|cuda] [--threads T] "
-               "[--seed S] [--json FILE]\n");
+  std::fprintf(stderr, "%s\n", kUsage);
   return 2;
+}
+
+// The flags as Args, or the first bad value's message.
+absl::StatusOr<Args> ArgsFromFlags() {
+  Args a;
+  a.model_dir = absl::GetFlag(FLAGS_model);
+  a.config = absl::GetFlag(FLAGS_config);
+  a.dtype = absl::GetFlag(FLAGS_dtype);
+  a.device = absl::GetFlag(FLAGS_device);
+  a.json = absl::GetFlag(FLAGS_json);
+  for (const std::string& m : absl::GetFlag(FLAGS_methods)) {
+    if (!m.empty()) a.methods.push_back(m);
+  }
+  a.batch = absl::GetFlag(FLAGS_batch);
+  a.iters = absl::GetFlag(FLAGS_iters);
+  a.warmup = absl::GetFlag(FLAGS_warmup);
+  a.episode_steps = absl::GetFlag(FLAGS_episode_steps);
+  a.threads = absl::GetFlag(FLAGS_threads);
+  a.seed = absl::GetFlag(FLAGS_seed);
+  if (a.batch <= 0) return absl::InvalidArgumentError("--batch must be > 0");
+  if (a.iters <= 0) return absl::InvalidArgumentError("--iters must be > 0");
+  if (a.warmup < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
+  if (a.episode_steps <= 0) return absl::InvalidArgumentError("--episode_steps must be > 0");
+  if (a.threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  if (a.methods.empty()) return absl::InvalidArgumentError("--methods is empty");
+  return a;
 }
 
 double Percentile(std::vector<double> v, double p) {
@@ -291,43 +336,17 @@ int RunModel(const Args& args) {
 
 int main(int argc, char** argv) {
   using specprune::Usage;
-  if (argc < 2 || std::string(argv[1]) != "model") return Usage("first argument must be: model");
-  specprune::Args a;
-  for (int i = 2; i < argc; ++i) {
-    const std::string f = argv[i];
-    if (f == "--help" || f == "-h") return Usage(nullptr), 0;
-    if (i + 1 >= argc) return Usage(("missing value for " + f).c_str());
-    const std::string v = argv[++i];
-    auto num = [&](int* out) { return absl::SimpleAtoi(v, out); };
-    bool ok = true;
-    if (f == "--model")
-      a.model_dir = v;
-    else if (f == "--config")
-      a.config = v;
-    else if (f == "--dtype")
-      a.dtype = v;
-    else if (f == "--device")
-      a.device = v;
-    else if (f == "--json")
-      a.json = v;
-    else if (f == "--methods")
-      a.methods = absl::StrSplit(v, ',', absl::SkipEmpty());
-    else if (f == "--batch")
-      ok = num(&a.batch) && a.batch > 0;
-    else if (f == "--iters")
-      ok = num(&a.iters) && a.iters > 0;
-    else if (f == "--warmup")
-      ok = num(&a.warmup) && a.warmup >= 0;
-    else if (f == "--episode-steps")
-      ok = num(&a.episode_steps) && a.episode_steps > 0;
-    else if (f == "--threads")
-      ok = num(&a.threads) && a.threads >= 0;
-    else if (f == "--seed")
-      ok = absl::SimpleAtoi(v, &a.seed);
-    else
-      return Usage(("unknown flag " + f).c_str());
-    if (!ok) return Usage(("bad value for " + f + ": " + v).c_str());
+  const std::vector<std::string> positional =
+      specprune::ParseCommandLineOrExit(argc, argv, specprune::kUsage);
+  if (positional.empty() || positional[0] != "model") {
+    return Usage("first argument must be: model");
   }
-  if (a.methods.empty()) return Usage("--methods is empty");
-  return specprune::RunModel(a);
+  if (positional.size() > 1) {
+    return Usage(("unexpected argument(s) \"" +
+                  absl::StrJoin(positional.begin() + 1, positional.end(), " ") + "\"")
+                     .c_str());
+  }
+  absl::StatusOr<specprune::Args> args = specprune::ArgsFromFlags();
+  if (!args.ok()) return Usage(std::string(args.status().message()).c_str());
+  return specprune::RunModel(*args);
 }

@@ -9,7 +9,7 @@
 //
 // Connections: by default every robot has its own gRPC channel with a local
 // subchannel pool, i.e. its own HTTP/2 connection, as separate robots on a
-// network would; --shared-channel makes all robots multiplex one connection.
+// network would; --shared_channel makes all robots multiplex one connection.
 // Calls go through the generated stub directly (not the SDK) so that the checks
 // below are the loadgen's own and nothing is retried: every failure is counted.
 //
@@ -20,7 +20,7 @@
 // <= total; episode_steps continues the episode (1 at its first pass or after a
 // server-side session restart, +1 per computed step; unchecked after a failed
 // call). A lost response is a call that got no answer from the server:
-// DEADLINE_EXCEEDED (the client deadline, --deadline-ms, ran out), UNAVAILABLE
+// DEADLINE_EXCEEDED (the client deadline, --deadline_ms, ran out), UNAVAILABLE
 // or CANCELLED. Other error codes are answers and are only counted by code.
 //
 // Timing: the first --warmup calls of every robot are excluded; after them all
@@ -28,9 +28,9 @@
 // last robot's last answer.
 //
 // Churn (soak tests): --episodes E runs E episodes of M steps per robot;
-// --duration-s T instead runs episodes until T seconds of measured time have
+// --duration_s T instead runs episodes until T seconds of measured time have
 // passed. Between episodes a robot alternately calls Reset or just switches to
-// a new episode_id. With --robot-id-pool P (a multiple of N) robot i uses id
+// a new episode_id. With --robot_id_pool P (a multiple of N) robot i uses id
 // number (e * N + i) mod P in episode e, so P > max_sessions forces LRU
 // eviction; two threads never share an id at the same time.
 //
@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bench/loadgen_options.h"
@@ -58,6 +59,7 @@
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
 #include "specprune/v1/vla_service.grpc.pb.h"
+#include "util/command_line.h"
 
 namespace specprune::loadgen {
 namespace {
@@ -70,7 +72,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, bool own_c
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
-// Calls GetModelInfo until it succeeds or --connect-timeout-s has passed (then false, after
+// Calls GetModelInfo until it succeeds or --connect_timeout_s has passed (then false, after
 // printing why).
 bool FetchModelInfo(const LoadgenOptions& opts, const std::shared_ptr<grpc::Channel>& channel,
                     v1::ModelInfo* info) {
@@ -94,7 +96,7 @@ bool FetchModelInfo(const LoadgenOptions& opts, const std::shared_ptr<grpc::Chan
   }
 }
 
-// The serving shape of `info`, with --image-size applied; false when it is unusable.
+// The serving shape of `info`, with --image_size applied; false when it is unusable.
 bool ShapeFromModelInfo(const LoadgenOptions& opts, const v1::ModelInfo& info,
                         ServingShape* shape) {
   shape->cameras.assign(info.cameras().begin(), info.cameras().end());
@@ -140,16 +142,16 @@ bool WriteJson(const LoadgenOptions& opts, const std::string& text) {
 }
 
 int Main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
-      std::printf("%s", kUsage);
-      return 0;
-    }
+  const std::vector<std::string> positional = ParseCommandLineOrExit(argc, argv, kUsage);
+  if (!positional.empty()) {
+    std::fprintf(stderr, "specprune_loadgen: unexpected argument(s) \"%s\" (see --help)\n",
+                 absl::StrJoin(positional, " ").c_str());
+    return 2;
   }
-  absl::StatusOr<LoadgenOptions> parsed = ParseFlags(argc, argv);
+  absl::StatusOr<LoadgenOptions> parsed = LoadgenOptionsFromFlags();
   if (!parsed.ok()) {
-    std::fprintf(stderr, "specprune_loadgen: %s\n%s",
-                 std::string(parsed.status().message()).c_str(), kUsage);
+    std::fprintf(stderr, "specprune_loadgen: %s (see --help)\n",
+                 std::string(parsed.status().message()).c_str());
     return 2;
   }
   const LoadgenOptions opts = *parsed;

@@ -1,21 +1,25 @@
-// Command line of specprune_loadgen (bench/loadgen_main.cc): the options of a run and their
-// parser. See bench/loadgen_main.cc for what the load generator does with them.
+// Command line of specprune_loadgen (bench/loadgen_main.cc): the options of a run, their Abseil
+// flags (defined in loadgen_options.cc, part of the specprune_loadgen binary only) and their
+// checks. See bench/loadgen_main.cc for what the load generator does with them.
 //
-// Thread safety: ParseFlags and MethodLabel are reentrant; a parsed LoadgenOptions is read-only
+// Thread safety: ValidateLoadgenOptions and MethodLabel are reentrant; LoadgenOptionsFromFlags
+// reads the global flags (call it after ParseCommandLineOrExit). A LoadgenOptions is read-only
 // afterwards and may be shared by the robot threads.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "specprune/v1/vla_service.pb.h"
 
 namespace specprune::loadgen {
 
-// The --help text (also printed after a usage error).
+// The --help text before the flag list (also printed after a usage error).
 extern const char kUsage[];
 
+// The defaults here are the flags' defaults.
 struct LoadgenOptions {
   std::string target;                                         // required
   int robots = 0;                                             // required, [1, 4096]
@@ -35,12 +39,18 @@ struct LoadgenOptions {
   double connect_timeout_s = 10;
 };
 
-// Parses argv[1, argc) (--flag VALUE or --flag=VALUE; --help is the caller's). Errors are
-// InvalidArgument with a message for the user: an unknown flag, a missing required flag, a value
-// out of range, --episodes with --duration-s, --warmup not below the calls per robot, a
-// --robot-id-pool that is not a multiple of --robots. Fills the defaults that depend on other
-// flags: robot_id_pool = robots, run_tag = lg<seed>-<pid>.
-absl::StatusOr<LoadgenOptions> ParseFlags(int argc, char** argv);
+// Checks `o`; errors are InvalidArgument with a message for the user that names the flag: a
+// missing required flag, a value out of range, --warmup not below the calls per robot, a
+// --robot_id_pool that is not a multiple of --robots.
+absl::Status ValidateLoadgenOptions(const LoadgenOptions& o);
+
+// Fills the defaults that depend on other flags: robot_id_pool = robots, run_tag =
+// lg<seed>-<pid>.
+void FillDerivedDefaults(LoadgenOptions* o);
+
+// The options from the parsed flags: --method/--encoding parsed, --episodes with --duration_s
+// rejected, then ValidateLoadgenOptions and FillDerivedDefaults.
+absl::StatusOr<LoadgenOptions> LoadgenOptionsFromFlags();
 
 // The method a run asked for; unspecified means the server's default ("server-default").
 std::string MethodLabel(v1::PruningMethod m);

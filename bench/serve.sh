@@ -18,9 +18,9 @@
 #   --warmup K     unmeasured first calls per robot (default 3)
 #   --repeat R     rounds over all configurations, each with fresh servers; the table shows
 #                  medians over the rounds (default 3; --quick: 1)
-# Environment: BUILD_DIR, MODEL_DIR, MODEL_THREADS (server --model-threads, default: the server's),
+# Environment: BUILD_DIR, MODEL_DIR, MODEL_THREADS (server --model_threads, default: the server's),
 #   MODEL_DTYPE (server --dtype, default fp32),
-#   QUEUE_DELAY_MS (server --max-queue-delay-ms, default 2),
+#   QUEUE_DELAY_MS (server --max_queue_delay_ms, default 2),
 #   PYTHON (default /usr/bin/python3), LOADGEN_TIMEOUT_S (per loadgen run, default 900).
 # Exit status: 0 when every run passed (no mismatch, no lost response, server exit 0), else 1.
 set -euo pipefail
@@ -99,10 +99,10 @@ start_server() {
   printf '%s\n' "$config" > "$work/$name.config.json"
   for attempt in 1 2 3; do
     metrics_port=$(free_port)
-    local args=(--host 127.0.0.1 --port 0 --metrics-port "$metrics_port" --max-batch-size "$batch"
-                --max-queue-delay-ms "$QUEUE_DELAY_MS" --config "$work/$name.config.json")
-    [[ -z ${MODEL_DIR:-} ]] || args+=(--model-dir "$MODEL_DIR")
-    [[ -z ${MODEL_THREADS:-} ]] || args+=(--model-threads "$MODEL_THREADS")
+    local args=(--host 127.0.0.1 --port 0 --metrics_port "$metrics_port" --max_batch_size "$batch"
+                --max_queue_delay_ms "$QUEUE_DELAY_MS" --config "$work/$name.config.json")
+    [[ -z ${MODEL_DIR:-} ]] || args+=(--model_dir "$MODEL_DIR")
+    [[ -z ${MODEL_THREADS:-} ]] || args+=(--model_threads "$MODEL_THREADS")
     [[ -z ${MODEL_DTYPE:-} ]] || args+=(--dtype "$MODEL_DTYPE")
     server_cmd="specprune_server ${args[*]}"
     "$SERVER" "${args[@]}" > "$work/$name.server.out" 2> "$work/$name.server.err" &
@@ -165,7 +165,7 @@ for rep in $(seq 1 "$repeat"); do
         rn=$name-n$n
         scrape > "$work/$rn.metrics.before"
         lg_args=(--target "127.0.0.1:$grpc_port" --robots "$n" --steps "$steps" --warmup "$warmup"
-                 --seed 1 --run-tag "$rn" --json "$work/$rn.json")
+                 --seed 1 --run_tag "$rn" --json "$work/$rn.json")
         lg_rc=0
         cpu_before=$(cpu_ticks)
         timeout "$LOADGEN_TIMEOUT_S" "$LOADGEN" "${lg_args[@]}" || lg_rc=$?

@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # Soak test (issue #5): a churning load against one server for a fixed time while its RSS is
 # sampled. Robots run short episodes back to back; between episodes they alternately call Reset or
-# switch to a new episode_id, and cycle through more distinct robot ids (--id-pool) than the server
-# keeps sessions (--max-sessions), so sessions are created and LRU-evicted all the time.
+# switch to a new episode_id, and cycle through more distinct robot ids (--id_pool) than the server
+# keeps sessions (--max_sessions), so sessions are created and LRU-evicted all the time.
 #
 # Passes when: the load generator saw no mismatched or lost response, the server exited 0 on
 # SIGTERM, and every RSS sample after the warm-up stayed within +-10% of the first one after it.
 # Builds nothing: expects $BUILD_DIR/bin/{specprune_server,specprune_loadgen} (default build).
 #
-# usage: bench/soak.sh [--minutes 10] [--robots 8] [--steps 20] [--id-pool 64] [--max-sessions 16]
-#                      [--method specprune] [--interval-s 5] [--warmup-s W] [--out FILE.json]
+# usage: bench/soak.sh [--minutes 10] [--robots 8] [--steps 20] [--id_pool 64] [--max_sessions 16]
+#                      [--method specprune] [--interval_s 5] [--warmup_s W] [--out FILE.json]
 #                      [--md FILE.md]
 #   --minutes M       measured load time (default 10; fractions allowed)
 #   --robots N        concurrent robots (default 8)
 #   --steps S         steps per episode (default 20)
-#   --id-pool P       distinct robot ids, a multiple of N (default 64)
-#   --max-sessions K  server session bound (default 16)
+#   --id_pool P       distinct robot ids, a multiple of N (default 64)
+#   --max_sessions K  server session bound (default 16)
 #   --method M        server default pruning method (default specprune)
-#   --interval-s T    RSS sampling period (default 5)
-#   --warmup-s W      RSS samples before W s are warm-up (default max(20, 20% of the run))
+#   --interval_s T    RSS sampling period (default 5)
+#   --warmup_s W      RSS samples before W s are warm-up (default max(20, 20% of the run))
 #   --out FILE        JSON result (default bench/results/soak-<UTC date>.json)
 #   --md FILE         also write the summary into FILE between <!-- specprune-soak-results:begin -->
 #                     and <!-- specprune-soak-results:end --> (replaced or appended)
@@ -49,11 +49,11 @@ while [[ $# -gt 0 ]]; do
     --minutes) minutes=$2; shift ;;
     --robots) robots=$2; shift ;;
     --steps) steps=$2; shift ;;
-    --id-pool) id_pool=$2; shift ;;
-    --max-sessions) max_sessions=$2; shift ;;
+    --id_pool) id_pool=$2; shift ;;
+    --max_sessions) max_sessions=$2; shift ;;
     --method) method=$2; shift ;;
-    --interval-s) interval=$2; shift ;;
-    --warmup-s) warmup_s=$2; shift ;;
+    --interval_s) interval=$2; shift ;;
+    --warmup_s) warmup_s=$2; shift ;;
     --out) out=$2; shift ;;
     --md) md=$2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -94,8 +94,8 @@ printf '{"max_sessions": %d, "pruning": {"method": "%s"}}\n' "$max_sessions" "$m
 grpc_port=""
 for attempt in 1 2 3; do
   metrics_port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  server_args=(--host 127.0.0.1 --port 0 --metrics-port "$metrics_port" --config "$work/config.json")
-  [[ -z ${MODEL_DIR:-} ]] || server_args+=(--model-dir "$MODEL_DIR")
+  server_args=(--host 127.0.0.1 --port 0 --metrics_port "$metrics_port" --config "$work/config.json")
+  [[ -z ${MODEL_DIR:-} ]] || server_args+=(--model_dir "$MODEL_DIR")
   "$SERVER" "${server_args[@]}" > "$work/server.out" 2> "$work/server.err" &
   server_pid=$!
   for t in $(seq 1 600); do
@@ -121,7 +121,7 @@ sample() { printf '%s\t%s\n' "$(( ($(date +%s%N) - start_ns) / 1000000 ))" "$(rs
 sample  # idle, model loaded
 
 loadgen_args=(--target "127.0.0.1:$grpc_port" --robots "$robots" --steps "$steps" --warmup 0
-              --duration-s "$duration_s" --robot-id-pool "$id_pool" --seed 7 --run-tag soak
+              --duration_s "$duration_s" --robot_id_pool "$id_pool" --seed 7 --run_tag soak
               --json "$work/loadgen.json")
 "$LOADGEN" "${loadgen_args[@]}" > "$work/loadgen.out" 2>&1 &
 loadgen_pid=$!

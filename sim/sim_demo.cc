@@ -1,29 +1,39 @@
 // specprune_sim_demo: runs the scripted expert on one episode and writes PNG frames.
 //
 //   specprune_sim_demo [--suite=spatial|object|goal|long] [--seed=N] [--size=64]
-//                      [--out=DIR] [--every=K] [--fixed_tasks=N]
+//                      [--out=DIR] [--every=K] [--fixed_tasks=N]   (Abseil flags; --help)
 // Writes DIR/main_XXXX.png and DIR/wrist_XXXX.png every K steps and at the last step, and prints
 // the instruction, the per-step phase summary and the outcome.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <string_view>
+#include <vector>
 
-#include "absl/strings/numbers.h"
+#include "absl/flags/flag.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "image/image_codec.h"
 #include "sim/episode.h"
 #include "sim/expert.h"
+#include "util/command_line.h"
+
+ABSL_FLAG(std::string, suite, "object", "spatial|object|goal|long");
+ABSL_FLAG(uint64_t, seed, 0, "episode seed");
+ABSL_FLAG(int, size, 64, "side of the rendered square frames, pixels");
+ABSL_FLAG(int, every, 10, "write the frames every K steps (and at the last step); > 0");
+ABSL_FLAG(
+    int, fixed_tasks, 0,
+    "LIBERO's protocol: N fixed tasks per suite, the seed picks one (0: a new task per seed)");
+ABSL_FLAG(std::string, out, "/tmp/specprune_sim_demo", "directory of the PNG frames");
 
 namespace {
 
-bool Flag(std::string_view arg, std::string_view name, std::string* value) {
-  const std::string prefix = absl::StrFormat("--%s=", name);
-  if (arg.substr(0, prefix.size()) != prefix) return false;
-  *value = std::string(arg.substr(prefix.size()));
-  return true;
-}
+constexpr char kUsage[] =
+    "usage: specprune_sim_demo [--suite=spatial|object|goal|long] [--seed=N] [--size=64]\n"
+    "                          [--out=DIR] [--every=K] [--fixed_tasks=N]\n"
+    "Runs the scripted expert on one episode, writes DIR/main_XXXX.png and DIR/wrist_XXXX.png\n"
+    "every K steps and at the last step, and prints the instruction, the phases and the outcome.";
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "specprune_sim_demo: %s\n", message.c_str());
@@ -34,32 +44,22 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   namespace sim = specprune::sim;
-  std::string suite_name = "object", out = "/tmp/specprune_sim_demo", value;
-  uint64_t seed = 0;
-  int size = 64, every = 10, fixed_tasks = 0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (Flag(arg, "suite", &value)) {
-      suite_name = value;
-    } else if (Flag(arg, "seed", &value)) {
-      if (!absl::SimpleAtoi(value, &seed)) return Fail("--seed: not a number");
-    } else if (Flag(arg, "size", &value)) {
-      if (!absl::SimpleAtoi(value, &size)) return Fail("--size: not a number");
-    } else if (Flag(arg, "every", &value)) {
-      if (!absl::SimpleAtoi(value, &every) || every <= 0) return Fail("--every: must be > 0");
-    } else if (Flag(arg, "fixed_tasks", &value)) {
-      if (!absl::SimpleAtoi(value, &fixed_tasks)) return Fail("--fixed_tasks: not a number");
-    } else if (Flag(arg, "out", &value)) {
-      out = value;
-    } else {
-      return Fail(absl::StrFormat("unknown argument %s", arg));
-    }
+  const std::vector<std::string> positional = specprune::ParseCommandLineOrExit(argc, argv, kUsage);
+  if (!positional.empty()) {
+    return Fail(absl::StrFormat("unexpected argument(s) \"%s\" (see --help)",
+                                absl::StrJoin(positional, " ")));
   }
-  auto suite = sim::ParseSuite(suite_name);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  const int size = absl::GetFlag(FLAGS_size);
+  const int every = absl::GetFlag(FLAGS_every);
+  if (every <= 0) return Fail("--every must be > 0");
+  if (absl::GetFlag(FLAGS_fixed_tasks) < 0) return Fail("--fixed_tasks must be >= 0");
+  auto suite = sim::ParseSuite(absl::GetFlag(FLAGS_suite));
   if (!suite.ok()) return Fail(suite.status().ToString());
   sim::SimOptions options;
   options.image_size = size;
-  options.fixed_tasks = fixed_tasks;
+  options.fixed_tasks = absl::GetFlag(FLAGS_fixed_tasks);
   auto episode = sim::Episode::Create(*suite, seed, options);
   if (!episode.ok()) return Fail(episode.status().ToString());
   if (std::system(absl::StrFormat("mkdir -p '%s'", out).c_str()) != 0) {

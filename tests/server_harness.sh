@@ -18,7 +18,7 @@ trap cleanup EXIT
 start_server() {
   local bin=$1
   shift
-  "$bin" --host 127.0.0.1 --port 0 --metrics-port 0 "$@" > "$work/server.out" 2> "$work/server.err" &
+  "$bin" --host 127.0.0.1 --port 0 --metrics_port 0 "$@" > "$work/server.out" 2> "$work/server.err" &
   server_pid=$!
   for _ in $(seq 1 200); do
     port=$(sed -n 's/^specprune_server listening on [^ ]*:\([0-9]*\) .*/\1/p' "$work/server.out")

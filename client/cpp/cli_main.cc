@@ -1,8 +1,8 @@
 // specprune_cli: command-line client for a SpecPrune Serve server.
 //
-// Examples:
+// Examples (Abseil flags; --help lists them all):
 //   specprune_cli predict --robot r1 --instruction "put the red block on the plate"
-//       --image main=main.png --image wrist=wrist.jpg [--episode e1 --step 0] [--json]
+//       --image main=main.png,wrist=wrist.jpg [--episode e1 --step 0] [--json]
 //   specprune_cli predict --robot r1 --instruction "pick up the cube" --synthetic --method fastv
 //   specprune_cli reset --robot r1
 //   specprune_cli info [--json]
@@ -19,7 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -31,6 +34,47 @@
 #include "image/image_codec.h"
 #include "nlohmann/json.hpp"
 #include "sim/episode.h"
+#include "util/command_line.h"
+
+// Common.
+ABSL_FLAG(std::string, target, "localhost:50051", "server address HOST:PORT");
+ABSL_FLAG(int, deadline_ms, 5000, "deadline per call, retries included, ms (> 0)");
+ABSL_FLAG(int, attempts, 3, "attempts per call; only UNAVAILABLE is retried (>= 1)");
+ABSL_FLAG(bool, json, false, "machine-readable output");
+// predict, reset, sim.
+ABSL_FLAG(std::string, robot, "",
+          "robot id (predict, reset: required; sim: empty means \"sim-robot\")");
+// predict.
+ABSL_FLAG(std::string, instruction, "", "predict: task instruction (required)");
+ABSL_FLAG(std::vector<std::string>, image, std::vector<std::string>(),
+          "predict: JPEG/PNG camera frames, a comma-separated list of [CAM=]PATH in "
+          "ModelInfo.cameras order");
+ABSL_FLAG(bool, synthetic, false,
+          "predict: send deterministic generated frames of the model's size instead of --image");
+ABSL_FLAG(std::string, proprio, "",
+          "predict: proprioceptive state V,V,... (empty: zeros of ModelInfo.proprio_dim)");
+ABSL_FLAG(std::string, episode, "",
+          "predict: episode id (empty: a new \"cli-<time>\" episode per invocation)");
+ABSL_FLAG(uint64_t, step, 0, "predict: step index");
+ABSL_FLAG(bool, diagnostic, false, "predict: also run the unpruned pass (deviation, recall)");
+ABSL_FLAG(std::string, unnorm_key, "", "predict: dataset statistics key");
+ABSL_FLAG(std::optional<float>, keep_ratio, std::nullopt,
+          "predict: FastV/random keep ratio override (unset: the server's)");
+// predict, sim.
+ABSL_FLAG(std::string, method, "",
+          "predict, sim: none|specprune|fastv|random (empty: the server's default)");
+ABSL_FLAG(std::optional<float>, alpha, std::nullopt,
+          "predict, sim: SpecPrune coarse-mode alpha override (unset: the server's)");
+// sim.
+ABSL_FLAG(std::string, suite, "goal", "sim: spatial|object|goal|long");
+ABSL_FLAG(int, episodes, 3, "sim: episodes to run (>= 1)");
+ABSL_FLAG(uint64_t, seed, 0, "sim: first episode seed");
+ABSL_FLAG(int, execute, 0,
+          "sim: actions of each chunk executed before the next Predict (0: all); sent as the "
+          "SpecPrune config's executed_rows");
+ABSL_FLAG(int, fixed_tasks, 0,
+          "sim: LIBERO's protocol, N fixed tasks per suite, the seed picks one (seed % N) and its "
+          "layout (0: a new task per seed)");
 
 namespace specprune {
 namespace {
@@ -38,89 +82,71 @@ namespace {
 constexpr char kUsage[] =
     R"(usage: specprune_cli <predict|reset|info|health|sim> [flags]
 
-common flags:
-  --target HOST:PORT     server address (default localhost:50051)
-  --deadline-ms N        deadline per call, retries included (default 5000)
-  --attempts N           attempts per call; only UNAVAILABLE is retried (default 3)
-  --json                 machine-readable output
-predict flags:
-  --robot ID             robot id (required; also for reset)
-  --instruction TEXT     task instruction (required)
-  --image [CAM=]PATH     JPEG/PNG camera frame, repeatable, in ModelInfo.cameras order
-  --synthetic            send deterministic generated frames of the model's size instead
-  --proprio V,V,...      proprioceptive state (default: zeros of ModelInfo.proprio_dim)
-  --episode ID           episode id (default: a new "cli-<time>" episode per invocation)
-  --step N               step index (default 0)
-  --method M             none|specprune|fastv|random (default: server's)
-  --alpha A              SpecPrune coarse-mode alpha override
-  --keep-ratio R         FastV/random keep ratio override
-  --diagnostic           also run the unpruned pass (deviation, recall)
-  --unnorm-key KEY       dataset statistics key
-sim flags (drive the tabletop simulator through the server, as a robot would):
-  --suite S              spatial|object|goal|long (default goal)
-  --episodes N           episodes to run (default 3)
-  --seed S               first episode seed (default 0)
-  --robot ID             robot id (default sim-robot)
-  --method M, --alpha A  as for predict
-  --execute K            actions of each chunk executed before the next Predict (default: all);
-                         sent as the SpecPrune config's executed_rows
-  --fixed-tasks N        LIBERO's protocol: N fixed tasks per suite, the seed picks one
-                         (seed % N) and its layout (default 0: a new task per seed)
-)";
+Commands:
+  predict  one Predict call: --robot, --instruction, --image [CAM=]PATH,... or --synthetic;
+           optional --proprio, --episode, --step, --method, --alpha, --keep_ratio,
+           --diagnostic, --unnorm_key
+  reset    end a robot's session: --robot
+  info     the served model (GetModelInfo)
+  health   the gRPC health check (exit 1 when NOT_SERVING)
+  sim      drive the tabletop simulator through the server, as a robot would: --suite,
+           --episodes, --seed, --robot, --method, --alpha, --execute, --fixed_tasks
+Common flags: --target, --deadline_ms, --attempts, --json. A flag of another command is an
+error. Exit status: 0 success, 1 RPC or input error, 2 usage error.)";
 
-struct Args {
-  std::string command;
-  std::map<std::string, std::vector<std::string>> values;  // flag -> values in order
-  bool Has(const std::string& f) const { return values.count(f) > 0; }
-  std::string Get(const std::string& f, const std::string& def = "") const {
-    auto it = values.find(f);
-    return it == values.end() ? def : it->second.back();
-  }
-};
-
-const std::map<std::string, bool>& KnownFlags() {  // flag -> takes a value
-  static const auto* flags = new std::map<std::string, bool>{
-      {"target", true},      {"deadline-ms", true}, {"attempts", true},    {"json", false},
-      {"robot", true},       {"instruction", true}, {"image", true},       {"synthetic", false},
-      {"proprio", true},     {"episode", true},     {"step", true},        {"method", true},
-      {"alpha", true},       {"keep-ratio", true},  {"diagnostic", false}, {"unnorm-key", true},
-      {"suite", true},       {"episodes", true},    {"seed", true},        {"execute", true},
-      {"fixed-tasks", true}, {"help", false}};
+// The flags every command reads: --target, --deadline_ms, --attempts, --json. The other flags
+// belong to the commands listed here.
+const std::map<std::string, std::vector<std::string>>& CommandFlags() {
+  static const auto* flags = new std::map<std::string, std::vector<std::string>>{
+      {"predict",
+       {"robot", "instruction", "image", "synthetic", "proprio", "episode", "step", "method",
+        "alpha", "keep_ratio", "diagnostic", "unnorm_key"}},
+      {"reset", {"robot"}},
+      {"info", {}},
+      {"health", {}},
+      {"sim", {"suite", "episodes", "seed", "robot", "method", "alpha", "execute", "fixed_tasks"}},
+  };
   return *flags;
 }
 
-absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
-  Args args;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0) {
-      if (!args.command.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", arg, "\""));
-      }
-      args.command = arg;
-      continue;
-    }
-    std::string name = arg.substr(2);
-    std::optional<std::string> value;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
-    auto known = KnownFlags().find(name);
-    if (known == KnownFlags().end()) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
-    }
-    if (known->second && !value) {
-      if (i + 1 >= argc)
-        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
-      value = argv[++i];
-    }
-    if (!known->second && value) {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
-    }
-    args.values[name].push_back(value.value_or("true"));
+// Checks the positional arguments (exactly one known command) and that no flag of another
+// command was given (a flag counts as given when its value differs from its default), and that
+// --image appears at most once (Abseil keeps the last of repeated flags; several images are one
+// comma-separated list).
+absl::Status CheckCommandLine(const std::vector<std::string>& positional, int argc, char** argv) {
+  if (positional.empty()) return absl::InvalidArgumentError("no command given");
+  if (positional.size() > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unexpected argument(s) \"", absl::StrJoin(positional.begin() + 1, positional.end(), " "),
+        "\" after the command"));
   }
-  return args;
+  const std::string& cmd = positional[0];
+  const auto own = CommandFlags().find(cmd);
+  if (own == CommandFlags().end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown command \"", cmd, "\""));
+  }
+  for (const auto& [other, flags] : CommandFlags()) {
+    for (const std::string& name : flags) {
+      if (std::find(own->second.begin(), own->second.end(), name) != own->second.end()) continue;
+      const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+      if (flag != nullptr && flag->CurrentValue() != flag->DefaultValue()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", name, " is not a flag of \"", cmd, "\""));
+      }
+    }
+  }
+  int images = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    if (arg == "--image" || absl::StartsWith(arg, "--image=")) ++images;
+  }
+  if (images > 1) {
+    return absl::InvalidArgumentError(
+        "--image given more than once: pass one comma-separated list, "
+        "--image main=main.png,wrist=wrist.jpg");
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<float> ParseFloatFlag(const std::string& flag, const std::string& s) {
@@ -129,6 +155,17 @@ absl::StatusOr<float> ParseFloatFlag(const std::string& flag, const std::string&
     return absl::InvalidArgumentError(absl::StrCat("--", flag, ": not a number: \"", s, "\""));
   }
   return v;
+}
+
+// --method and --alpha (predict, sim) into `opts`.
+absl::Status SetMethodAndAlpha(PredictOptions* opts) {
+  if (const std::string method = absl::GetFlag(FLAGS_method); !method.empty()) {
+    absl::StatusOr<v1::PruningMethod> m = ParsePruningMethod(method);
+    if (!m.ok()) return m.status();
+    opts->method = *m;
+  }
+  opts->alpha = absl::GetFlag(FLAGS_alpha);
+  return absl::OkStatus();
 }
 
 // A deterministic test pattern (gradients + per-camera offsets), reproducible across runs.
@@ -174,24 +211,29 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-int RunPredict(Client& client, const Args& args, bool json) {
-  if (!args.Has("robot")) return Fail(absl::InvalidArgumentError("--robot is required"));
-  if (!args.Has("instruction")) {
+int RunPredict(Client& client, bool json) {
+  const std::string robot = absl::GetFlag(FLAGS_robot);
+  if (robot.empty()) return Fail(absl::InvalidArgumentError("--robot is required"));
+  Observation obs;
+  obs.instruction = absl::GetFlag(FLAGS_instruction);
+  if (obs.instruction.empty()) {
     return Fail(absl::InvalidArgumentError("--instruction is required"));
   }
-  const bool synthetic = args.Has("synthetic");
-  const auto image_it = args.values.find("image");
-  if (image_it == args.values.end() && !synthetic) {
+  const bool synthetic = absl::GetFlag(FLAGS_synthetic);
+  std::vector<std::string> images;
+  for (const std::string& spec : absl::GetFlag(FLAGS_image)) {
+    if (!spec.empty()) images.push_back(spec);
+  }
+  if (images.empty() && !synthetic) {
     return Fail(absl::InvalidArgumentError("no --image given (or pass --synthetic)"));
   }
-  if (image_it != args.values.end() && synthetic) {
+  if (!images.empty() && synthetic) {
     return Fail(absl::InvalidArgumentError("--image and --synthetic are exclusive"));
   }
+  const std::string proprio = absl::GetFlag(FLAGS_proprio);
 
-  Observation obs;
-  obs.instruction = args.Get("instruction");
   std::optional<v1::ModelInfo> info;
-  if (synthetic || !args.Has("proprio")) {
+  if (synthetic || proprio.empty()) {
     absl::StatusOr<v1::ModelInfo> got = client.ModelInfo();
     if (!got.ok()) return Fail(got.status());
     info = *std::move(got);
@@ -204,7 +246,7 @@ int RunPredict(Client& client, const Args& args, bool json) {
                                        ""});
     }
   } else {
-    for (const std::string& spec : image_it->second) {
+    for (const std::string& spec : images) {
       CameraImage cam;
       std::string path = spec;
       if (size_t eq = spec.find('='); eq != std::string::npos) {
@@ -220,8 +262,8 @@ int RunPredict(Client& client, const Args& args, bool json) {
       obs.images.push_back(std::move(cam));
     }
   }
-  if (args.Has("proprio")) {
-    for (absl::string_view v : absl::StrSplit(args.Get("proprio"), ',', absl::SkipEmpty())) {
+  if (!proprio.empty()) {
+    for (absl::string_view v : absl::StrSplit(proprio, ',', absl::SkipEmpty())) {
       absl::StatusOr<float> f =
           ParseFloatFlag("proprio", std::string(absl::StripAsciiWhitespace(v)));
       if (!f.ok()) return Fail(f.status());
@@ -232,32 +274,18 @@ int RunPredict(Client& client, const Args& args, bool json) {
   }
 
   PredictOptions opts;
-  opts.episode_id = args.Get("episode", absl::StrCat("cli-", absl::ToUnixNanos(absl::Now())));
-  uint64_t step = 0;
-  if (args.Has("step") && !absl::SimpleAtoi(args.Get("step"), &step)) {
-    return Fail(absl::InvalidArgumentError("--step must be a non-negative integer"));
+  opts.episode_id = absl::GetFlag(FLAGS_episode);
+  if (opts.episode_id.empty()) {
+    opts.episode_id = absl::StrCat("cli-", absl::ToUnixNanos(absl::Now()));
   }
-  opts.step = step;
-  if (args.Has("method")) {
-    absl::StatusOr<v1::PruningMethod> m = ParsePruningMethod(args.Get("method"));
-    if (!m.ok()) return Fail(m.status());
-    opts.method = *m;
-  }
-  if (args.Has("alpha")) {
-    absl::StatusOr<float> a = ParseFloatFlag("alpha", args.Get("alpha"));
-    if (!a.ok()) return Fail(a.status());
-    opts.alpha = *a;
-  }
-  if (args.Has("keep-ratio")) {
-    absl::StatusOr<float> r = ParseFloatFlag("keep-ratio", args.Get("keep-ratio"));
-    if (!r.ok()) return Fail(r.status());
-    opts.keep_ratio = *r;
-  }
-  opts.diagnostic = args.Has("diagnostic");
-  opts.unnorm_key = args.Get("unnorm-key");
+  opts.step = absl::GetFlag(FLAGS_step);
+  if (absl::Status s = SetMethodAndAlpha(&opts); !s.ok()) return Fail(s);
+  opts.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
+  opts.diagnostic = absl::GetFlag(FLAGS_diagnostic);
+  opts.unnorm_key = absl::GetFlag(FLAGS_unnorm_key);
 
   const absl::Time start = absl::Now();
-  absl::StatusOr<ActionChunk> chunk = client.Predict(args.Get("robot"), obs, opts);
+  absl::StatusOr<ActionChunk> chunk = client.Predict(robot, obs, opts);
   const double client_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   if (!chunk.ok()) return Fail(chunk.status());
   const v1::PredictResponse& r = chunk->raw;
@@ -331,15 +359,15 @@ int RunPredict(Client& client, const Args& args, bool json) {
   return 0;
 }
 
-int RunReset(Client& client, const Args& args, bool json) {
-  if (!args.Has("robot")) return Fail(absl::InvalidArgumentError("--robot is required"));
-  absl::StatusOr<bool> existed = client.Reset(args.Get("robot"));
+int RunReset(Client& client, bool json) {
+  const std::string robot = absl::GetFlag(FLAGS_robot);
+  if (robot.empty()) return Fail(absl::InvalidArgumentError("--robot is required"));
+  absl::StatusOr<bool> existed = client.Reset(robot);
   if (!existed.ok()) return Fail(existed.status());
   if (json) {
-    std::cout << nlohmann::json{{"robot_id", args.Get("robot")}, {"existed", *existed}}.dump(2)
-              << "\n";
+    std::cout << nlohmann::json{{"robot_id", robot}, {"existed", *existed}}.dump(2) << "\n";
   } else {
-    std::cout << "reset robot " << args.Get("robot")
+    std::cout << "reset robot " << robot
               << (*existed ? ": session ended\n" : ": no session existed\n");
   }
   return 0;
@@ -391,40 +419,34 @@ int RunHealth(Client& client, bool json) {
 
 // Runs simulator episodes with the server as the policy: render both cameras, Predict, execute
 // the chunk, repeat until the episode ends. Prints success, latency and retained tokens.
-int RunSim(Client& client, const Args& args, bool json) {
-  auto info = client.ModelInfo();
-  if (!info.ok()) return Fail(info.status());
-  auto suite = sim::ParseSuite(args.Get("suite", "goal"));
-  if (!suite.ok()) return Fail(suite.status());
-  int episodes = 3, execute = 0, fixed_tasks = 0;
-  uint64_t seed = 0;
-  if (!absl::SimpleAtoi(args.Get("episodes", "3"), &episodes) || episodes < 1 ||
-      !absl::SimpleAtoi(args.Get("seed", "0"), &seed) ||
-      !absl::SimpleAtoi(args.Get("execute", "0"), &execute) || execute < 0 ||
-      !absl::SimpleAtoi(args.Get("fixed-tasks", "0"), &fixed_tasks) || fixed_tasks < 0) {
-    std::cerr << "error: --episodes, --seed, --execute and --fixed-tasks take non-negative "
-                 "integers\n";
+int RunSim(Client& client, bool json) {
+  const int episodes = absl::GetFlag(FLAGS_episodes);
+  const int execute = absl::GetFlag(FLAGS_execute);
+  const int fixed_tasks = absl::GetFlag(FLAGS_fixed_tasks);
+  const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  const char* usage_error = episodes < 1      ? "--episodes must be >= 1"
+                            : execute < 0     ? "--execute must be >= 0"
+                            : fixed_tasks < 0 ? "--fixed_tasks must be >= 0"
+                                              : nullptr;
+  if (usage_error != nullptr) {
+    std::cerr << "error: " << usage_error << "\n";
     return 2;
   }
+  auto suite = sim::ParseSuite(absl::GetFlag(FLAGS_suite));
+  if (!suite.ok()) return Fail(suite.status());
+  auto info = client.ModelInfo();
+  if (!info.ok()) return Fail(info.status());
   if (info->cameras_size() != 2 || info->proprio_dim() != 8 || info->action_dim() != 7) {
     return Fail(absl::FailedPreconditionError(
         "the served model does not match the simulator (2 cameras, proprio 8, action 7)"));
   }
   PredictOptions opts;
-  if (args.Has("method")) {
-    auto m = ParsePruningMethod(args.Get("method"));
-    if (!m.ok()) return Fail(m.status());
-    opts.method = *m;
-  }
-  if (args.Has("alpha")) {
-    auto a = ParseFloatFlag("alpha", args.Get("alpha"));
-    if (!a.ok()) return Fail(a.status());
-    opts.alpha = *a;
-  }
+  if (absl::Status s = SetMethodAndAlpha(&opts); !s.ok()) return Fail(s);
   // The server's prior-refresh trigger must read only the rows this robot executes.
   if (execute > 0 && execute < static_cast<int>(info->chunk_size()))
     opts.pruning_config_json = absl::StrCat(R"({"specprune": {"executed_rows": )", execute, "}}");
-  const std::string robot = args.Get("robot", "sim-robot");
+  std::string robot = absl::GetFlag(FLAGS_robot);
+  if (robot.empty()) robot = "sim-robot";
   sim::SimOptions sim_options;
   sim_options.image_size = static_cast<int>(info->image_height());
   sim_options.fixed_tasks = fixed_tasks;
@@ -496,25 +518,20 @@ int RunSim(Client& client, const Args& args, bool json) {
 }
 
 int Main(int argc, char** argv) {
-  absl::StatusOr<Args> args = ParseArgs(argc, argv);
-  if (!args.ok()) {
-    std::cerr << "error: " << args.status().message() << "\n" << kUsage;
+  const std::vector<std::string> positional = ParseCommandLineOrExit(argc, argv, kUsage);
+  if (absl::Status s = CheckCommandLine(positional, argc, argv); !s.ok()) {
+    std::cerr << "error: " << s.message() << " (see --help)\n";
     return 2;
-  }
-  if (args->Has("help") || args->command.empty()) {
-    std::cerr << kUsage;
-    return args->Has("help") ? 0 : 2;
   }
   ClientOptions options;
-  options.target = args->Get("target", "localhost:50051");
-  int deadline_ms = 5000, attempts = 3;
-  if (args->Has("deadline-ms") &&
-      (!absl::SimpleAtoi(args->Get("deadline-ms"), &deadline_ms) || deadline_ms <= 0)) {
-    std::cerr << "error: --deadline-ms must be a positive integer\n";
+  options.target = absl::GetFlag(FLAGS_target);
+  const int deadline_ms = absl::GetFlag(FLAGS_deadline_ms);
+  const int attempts = absl::GetFlag(FLAGS_attempts);
+  if (deadline_ms <= 0) {
+    std::cerr << "error: --deadline_ms must be a positive integer\n";
     return 2;
   }
-  if (args->Has("attempts") &&
-      (!absl::SimpleAtoi(args->Get("attempts"), &attempts) || attempts < 1)) {
+  if (attempts < 1) {
     std::cerr << "error: --attempts must be an integer >= 1\n";
     return 2;
   }
@@ -523,15 +540,13 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
   if (!client.ok()) return Fail(client.status());
 
-  const bool json = args->Has("json");
-  const std::string& cmd = args->command;
-  if (cmd == "predict") return RunPredict(**client, *args, json);
-  if (cmd == "reset") return RunReset(**client, *args, json);
+  const bool json = absl::GetFlag(FLAGS_json);
+  const std::string& cmd = positional[0];
+  if (cmd == "predict") return RunPredict(**client, json);
+  if (cmd == "reset") return RunReset(**client, json);
   if (cmd == "info") return RunInfo(**client, json);
   if (cmd == "health") return RunHealth(**client, json);
-  if (cmd == "sim") return RunSim(**client, *args, json);
-  std::cerr << "error: unknown command \"" << cmd << "\"\n" << kUsage;
-  return 2;
+  return RunSim(**client, json);  // CheckCommandLine accepted the command
 }
 
 }  // namespace

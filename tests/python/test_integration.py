@@ -31,7 +31,7 @@ def server():
         pytest.skip(f"{SERVER_BIN} not built")
     metrics_port = _free_port()
     proc = subprocess.Popen(
-        [SERVER_BIN, "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(metrics_port)],
+        [SERVER_BIN, "--host", "127.0.0.1", "--port", "0", "--metrics_port", str(metrics_port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"listening on [^:]+:(\d+)", line)
