@@ -64,12 +64,17 @@
 namespace specprune::loadgen {
 namespace {
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, bool own_connection) {
+std::shared_ptr<grpc::Channel> MakeChannel(const LoadgenOptions& opts,
+                                           const std::shared_ptr<grpc::ChannelCredentials>& creds,
+                                           bool own_connection) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   if (own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  if (!opts.connection.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(opts.connection.tls_server_name);
+  }
+  return grpc::CreateCustomChannel(opts.target, creds, args);
 }
 
 // Calls GetModelInfo until it succeeds or --connect_timeout_s has passed (then false, after
@@ -81,6 +86,7 @@ bool FetchModelInfo(const LoadgenOptions& opts, const std::shared_ptr<grpc::Chan
                                           std::chrono::duration<double>(opts.connect_timeout_s));
   for (;;) {
     grpc::ClientContext ctx;
+    AddCallMetadata(opts, &ctx);
     ctx.set_deadline(
         DeadlineIn(std::min<Clock::duration>(give_up - Clock::now(), std::chrono::seconds(5))));
     ctx.set_wait_for_ready(true);
@@ -156,7 +162,13 @@ int Main(int argc, char** argv) {
   }
   const LoadgenOptions opts = *parsed;
 
-  std::shared_ptr<grpc::Channel> shared = MakeChannel(opts.target, false);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
+      MakeChannelCredentials(opts.connection);
+  if (!creds.ok()) {
+    std::fprintf(stderr, "specprune_loadgen: %s\n", std::string(creds.status().message()).c_str());
+    return 2;
+  }
+  std::shared_ptr<grpc::Channel> shared = MakeChannel(opts, *creds, false);
   v1::ModelInfo info;
   if (!FetchModelInfo(opts, shared, &info)) return 3;
   ServingShape shape;
@@ -169,7 +181,7 @@ int Main(int argc, char** argv) {
   std::vector<std::unique_ptr<Robot>> robots;
   for (int i = 0; i < opts.robots; ++i) {
     robots.push_back(std::make_unique<Robot>(
-        i, opts, shape, opts.shared_channel ? shared : MakeChannel(opts.target, true), &control));
+        i, opts, shape, opts.shared_channel ? shared : MakeChannel(opts, *creds, true), &control));
   }
   const absl::Time started_at = absl::Now();
   const double cpu_at_start = ProcessCpuSeconds();

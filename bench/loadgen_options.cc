@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/cpp/client.h"
+#include "client/cpp/client_flags.h"
 
 // The flags of specprune_loadgen; the defaults are LoadgenOptions' (one place).
 namespace {
@@ -127,9 +128,16 @@ void FillDerivedDefaults(LoadgenOptions* o) {
   }
 }
 
+void AddCallMetadata(const LoadgenOptions& options, grpc::ClientContext* context) {
+  if (!options.connection.token.empty()) {
+    context->AddMetadata("authorization", "Bearer " + options.connection.token);
+  }
+}
+
 absl::StatusOr<LoadgenOptions> LoadgenOptionsFromFlags() {
   LoadgenOptions o;
   o.target = absl::GetFlag(FLAGS_target);
+  ApplyClientFlags(o.connection);
   o.robots = absl::GetFlag(FLAGS_robots);
   o.steps = absl::GetFlag(FLAGS_steps);
   o.json_path = absl::GetFlag(FLAGS_json);

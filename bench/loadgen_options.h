@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "client/cpp/client.h"
 #include "specprune/v1/vla_service.pb.h"
 
 namespace specprune::loadgen {
@@ -21,7 +22,10 @@ extern const char kUsage[];
 
 // The defaults here are the flags' defaults.
 struct LoadgenOptions {
-  std::string target;                                         // required
+  std::string target;  // required
+  // TLS files and bearer token (--token, --tls_* or SPECPRUNE_TOKEN / SPECPRUNE_TLS_*; see
+  // client/cpp/client_flags.h); `connection.target` is unused.
+  ClientOptions connection;
   int robots = 0;                                             // required, [1, 4096]
   int steps = 0;                                              // required, >= 1
   std::string json_path;                                      // required
@@ -38,6 +42,9 @@ struct LoadgenOptions {
   bool shared_channel = false;
   double connect_timeout_s = 10;
 };
+
+// Adds the call metadata of `options` (the bearer token) to `context`.
+void AddCallMetadata(const LoadgenOptions& options, grpc::ClientContext* context);
 
 // Checks `o`; errors are InvalidArgument with a message for the user that names the flag: a
 // missing required flag, a value out of range, --warmup not below the calls per robot, a

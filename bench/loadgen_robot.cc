@@ -70,6 +70,7 @@ void Robot::DoReset(const std::string& robot_id) {
   req.set_robot_id(robot_id);
   v1::ResetResponse resp;
   grpc::ClientContext ctx;
+  AddCallMetadata(opts_, &ctx);
   ctx.set_deadline(DeadlineIn(std::chrono::milliseconds(opts_.deadline_ms)));
   grpc::Status s = stub_->Reset(&ctx, req, &resp);
   if (s.ok()) {
@@ -129,6 +130,7 @@ void Robot::DoStep(const std::string& robot_id, const std::string& episode_id, u
   BuildRequest(robot_id, episode_id, step, scene);
   v1::PredictResponse resp;
   grpc::ClientContext ctx;
+  AddCallMetadata(opts_, &ctx);
   const auto t0 = Clock::now();
   ctx.set_deadline(DeadlineIn(std::chrono::milliseconds(opts_.deadline_ms)));
   grpc::Status s = stub_->Predict(&ctx, req_, &resp);

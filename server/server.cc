@@ -9,12 +9,25 @@
 #include "model/checkpoint.h"
 #include "pruning/pruning_config.h"
 #include "server/build_version.h"
+#include "server/tls.h"
 
 namespace specprune {
 
 absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
     const ServerOptions& options) {
   std::unique_ptr<SpecPruneServer> s(new SpecPruneServer());
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  if (!options.auth_tokens_file.empty()) {
+    absl::StatusOr<std::unique_ptr<Authorizer>> auth =
+        Authorizer::FromFile(options.auth_tokens_file);
+    if (!auth.ok()) {
+      return absl::Status(auth.status().code(), absl::StrCat("config field \"auth_tokens_file\": ",
+                                                             auth.status().message()));
+    }
+    s->auth_ = std::move(auth).value();
+  }
   if (options.model_threads > 0) torch::set_num_threads(options.model_threads);
   const absl::Time load_start = absl::Now();
   auto loaded = LoadModelDir(options.model_dir, {.device = options.device, .dtype = options.dtype});
@@ -45,13 +58,15 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
                                         std::move(*pruning), eo, s->metrics_.get());
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(*engine);
-  s->service_ = std::make_unique<VlaServiceImpl>(s->engine_.get(), s->metrics_.get());
+  s->service_ = std::make_unique<VlaServiceImpl>(s->engine_.get(), s->metrics_.get(),
+                                                 s->auth_.get(), options.auth_model_info);
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // The plugin is process-wide: once a server in this process enabled reflection, later ones
+  // built in the same process serve it too (one server per process in production).
+  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
-                           grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port), *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(s->service_.get());

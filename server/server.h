@@ -18,8 +18,9 @@ namespace specprune {
 class SpecPruneServer {
  public:
   // Loads the model, starts the metrics exposer (metrics_port 0 = off) and the
-  // gRPC server (port 0 = ephemeral). Any failure (bad model, bad pruning
-  // config, port in use) is returned.
+  // gRPC server (port 0 = ephemeral; TLS/mTLS and tokens as configured). Any failure (bad model,
+  // bad pruning config, bad certificate or token file, port in use) is returned; the TLS and
+  // token files are checked before the model loads.
   static absl::StatusOr<std::unique_ptr<SpecPruneServer>> Start(const ServerOptions& options);
   ~SpecPruneServer();
 
@@ -35,6 +36,7 @@ class SpecPruneServer {
  private:
   SpecPruneServer() = default;
   std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<Authorizer> auth_;  // null = no authentication
   std::unique_ptr<InferenceEngine> engine_;
   std::unique_ptr<VlaServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;

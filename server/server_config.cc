@@ -21,7 +21,7 @@ struct DurationRef {
   absl::Duration* value;
   absl::Duration unit;
 };
-using Ref = std::variant<int*, int64_t*, size_t*, double*, std::string*, json*, DurationRef>;
+using Ref = std::variant<int*, int64_t*, size_t*, double*, bool*, std::string*, json*, DurationRef>;
 // Returns an error text for a bad string value, or "" when it is fine.
 using StringCheck = std::string (*)(const std::string&);
 
@@ -81,6 +81,14 @@ const std::vector<Field>& Fields() {
       {"dtype", SP_REF(dtype), 0, 0, false, CheckDtype},
       {"pruning", SP_REF(pruning)},
       {"drain_timeout_seconds", SP_DURATION(drain_timeout, absl::Seconds(1)), 0, 3600},
+      {"tls_cert_file", SP_REF(tls.cert_file)},
+      {"tls_key_file", SP_REF(tls.key_file)},
+      {"tls_client_ca_file", SP_REF(tls.client_ca_file)},
+      {"tls_require_client_cert", SP_REF(tls.require_client_cert)},
+      {"tls_refresh_seconds", SP_REF(tls.refresh_seconds), 1, 86400},
+      {"auth_tokens_file", SP_REF(auth_tokens_file)},
+      {"auth_model_info", SP_REF(auth_model_info)},
+      {"reflection", SP_REF(reflection)},
   };
   return *fields;
 }
@@ -97,7 +105,8 @@ const Field* FindField(absl::string_view name) {
 
 bool IsNumeric(const Field& f, ServerOptions& scratch) {
   const Ref ref = f.ref(scratch);
-  return !std::holds_alternative<std::string*>(ref) && !std::holds_alternative<json*>(ref);
+  return !std::holds_alternative<std::string*>(ref) && !std::holds_alternative<json*>(ref) &&
+         !std::holds_alternative<bool*>(ref);
 }
 
 // Sets the referenced option from JSON value `v`; `label` names the field in errors.
@@ -114,6 +123,7 @@ struct SetVisitor {
   absl::Status operator()(double* out) const {
     return json_fields::ReadNumber(v, label, out, {f.lo, f.hi, f.lo_open});
   }
+  absl::Status operator()(bool* out) const { return json_fields::ReadBool(v, label, out); }
   absl::Status operator()(DurationRef out) const {
     double units = 0;
     absl::Status status = json_fields::ReadNumber(v, label, &units, {f.lo, f.hi, f.lo_open});
@@ -148,6 +158,11 @@ absl::Status SetValue(const Field& f, const json& v, const std::string& label, S
 // field is numeric and the text parses as one, else the text (rejected with the text quoted).
 json FlagValue(const Field& f, const std::string& text) {
   ServerOptions scratch;
+  if (std::holds_alternative<bool*>(f.ref(scratch))) {
+    if (text == "true" || text == "1") return true;
+    if (text == "false" || text == "0") return false;
+    return text;
+  }
   if (!IsNumeric(f, scratch)) return text;
   int64_t i;
   if (absl::SimpleAtoi(text, &i)) return i;

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "server/engine_options.h"
+#include "server/tls.h"
 
 #ifndef SPECPRUNE_DEFAULT_MODEL_DIR
 #define SPECPRUNE_DEFAULT_MODEL_DIR "models/tiny"
@@ -48,6 +49,14 @@ namespace specprune {
 //   dtype                     dtype                              fp32, bf16
 //   pruning                   pruning                            a JSON object (file only)
 //   drain_timeout_seconds     drain_timeout                      [0, 3600]
+//   tls_cert_file             tls.cert_file                      PEM path; "" = plaintext
+//   tls_key_file              tls.key_file                       PEM path
+//   tls_client_ca_file        tls.client_ca_file                 PEM path; "" = no client certs
+//   tls_require_client_cert   tls.require_client_cert            true, false (mTLS)
+//   tls_refresh_seconds       tls.refresh_seconds                [1, 86400]
+//   auth_tokens_file          auth_tokens_file                   path; "" = no authentication
+//   auth_model_info           auth_model_info                    true, false
+//   reflection                reflection                         true, false
 struct ServerOptions {
   // Model directory (config.json, checkpoint, tokenizer, dataset statistics). Defaults to the
   // embedded tiny model of the source tree (compile definition SPECPRUNE_DEFAULT_MODEL_DIR).
@@ -73,6 +82,15 @@ struct ServerOptions {
   absl::Duration drain_timeout = absl::Seconds(10);
   // Sessions, batcher, preprocessing threads and request limits (defaults in engine_options.h).
   EngineOptions engine;
+  // TLS / mTLS of the gRPC port (defaults in server/tls.h: plaintext).
+  TlsFiles tls;
+  // Token file mapping credentials to robot-id patterns (server/auth.h); "" = no authentication:
+  // anyone who reaches the port may drive any robot.
+  std::string auth_tokens_file;
+  // With authentication on, whether GetModelInfo needs a credential too (Health never does).
+  bool auth_model_info = true;
+  // Serve gRPC server reflection (grpcurl and friends).
+  bool reflection = true;
 };
 
 // What the command line asked for (server/server_flags.h fills it from Abseil flags).

@@ -29,6 +29,14 @@ SP_SERVER_FLAG(max_encoded_image_bytes, "largest JPEG/PNG image, bytes");
 SP_SERVER_FLAG(device, "cpu, cuda or cuda:N");
 SP_SERVER_FLAG(dtype, "fp32 or bf16");
 SP_SERVER_FLAG(drain_timeout_seconds, "shutdown grace period, seconds");
+SP_SERVER_FLAG(tls_cert_file, "PEM certificate chain of the gRPC port (TLS); empty = plaintext");
+SP_SERVER_FLAG(tls_key_file, "PEM private key of --tls_cert_file");
+SP_SERVER_FLAG(tls_client_ca_file, "PEM CA bundle that verifies client certificates (mTLS)");
+SP_SERVER_FLAG(tls_require_client_cert, "true: refuse clients without a verified certificate");
+SP_SERVER_FLAG(tls_refresh_seconds, "how often certificate files are re-read (rotation)");
+SP_SERVER_FLAG(auth_tokens_file, "token file: credentials -> robot-id patterns (docs/SECURITY.md)");
+SP_SERVER_FLAG(auth_model_info, "true: GetModelInfo needs a credential when auth is on");
+SP_SERVER_FLAG(reflection, "serve gRPC server reflection");
 
 namespace specprune {
 namespace {
@@ -57,6 +65,14 @@ const std::vector<std::pair<const char*, const Flag*>>& KeyFlags() {
       {"device", &FLAGS_device},
       {"dtype", &FLAGS_dtype},
       {"drain_timeout_seconds", &FLAGS_drain_timeout_seconds},
+      {"tls_cert_file", &FLAGS_tls_cert_file},
+      {"tls_key_file", &FLAGS_tls_key_file},
+      {"tls_client_ca_file", &FLAGS_tls_client_ca_file},
+      {"tls_require_client_cert", &FLAGS_tls_require_client_cert},
+      {"tls_refresh_seconds", &FLAGS_tls_refresh_seconds},
+      {"auth_tokens_file", &FLAGS_auth_tokens_file},
+      {"auth_model_info", &FLAGS_auth_model_info},
+      {"reflection", &FLAGS_reflection},
   };
   return *flags;
 }

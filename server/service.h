@@ -2,8 +2,17 @@
 // Reactors never block: Predict hands the request to the engine and the engine
 // finishes the reactor from its worker thread. Every RPC outcome is counted in
 // specprune_requests_total{rpc,code}.
+//
+// With an Authorizer (server/auth.h), every call first presents a credential (bearer token, or a
+// verified client certificate identity): none or an unknown one is UNAUTHENTICATED; Predict,
+// StreamPredict messages and Reset of a robot outside the credential's patterns are
+// PERMISSION_DENIED (in-band on the stream, which stays open). GetModelInfo needs a credential
+// when `auth_model_info`. The health service is not part of this service and stays open.
 #pragma once
 
+#include <optional>
+
+#include "server/auth.h"
 #include "server/engine.h"
 #include "server/metrics.h"
 #include "specprune/v1/vla_service.grpc.pb.h"
@@ -12,9 +21,10 @@ namespace specprune {
 
 class VlaServiceImpl final : public v1::VlaService::CallbackService {
  public:
-  // Neither pointer is owned; both must outlive the service.
-  VlaServiceImpl(InferenceEngine* engine, ServerMetrics* metrics)
-      : engine_(engine), metrics_(metrics) {}
+  // No pointer is owned; all must outlive the service. `auth` null = no authentication.
+  VlaServiceImpl(InferenceEngine* engine, ServerMetrics* metrics, const Authorizer* auth = nullptr,
+                 bool auth_model_info = true)
+      : engine_(engine), metrics_(metrics), auth_(auth), auth_model_info_(auth_model_info) {}
 
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx,
                                     const v1::PredictRequest* request,
@@ -30,9 +40,16 @@ class VlaServiceImpl final : public v1::VlaService::CallbackService {
   InferenceEngine* engine() const { return engine_; }
   ServerMetrics* metrics() const { return metrics_; }
 
+  // The caller's grant: nullopt when authentication is off; UNAUTHENTICATED when it is on and the
+  // call carries no known credential.
+  absl::StatusOr<std::optional<AuthGrant>> Authenticate(
+      const grpc::CallbackServerContext* ctx) const;
+
  private:
   InferenceEngine* const engine_;
   ServerMetrics* const metrics_;
+  const Authorizer* const auth_;
+  const bool auth_model_info_;
 };
 
 }  // namespace specprune

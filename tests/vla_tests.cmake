@@ -7,6 +7,9 @@ if(SPECPRUNE_BUILD_SERVER)
   # A real server on an ephemeral loopback port, driven by the C++ SDK.
   specprune_add_test(server_integration_test SOURCES server_integration_test.cc
                      LIBS specprune_service specprune_client LABELS integration)
+  # TLS, mTLS, certificate rotation and robot-bound tokens over loopback (openssl makes the PKI).
+  specprune_add_test(security_integration_test SOURCES security_integration_test.cc
+                     LIBS specprune_service specprune_client LABELS integration)
 endif()
 
 specprune_add_test(specprune_model_test SOURCES specprune_model_test.cc

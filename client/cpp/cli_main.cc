@@ -30,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/cpp/client.h"
+#include "client/cpp/client_flags.h"
 #include "google/protobuf/util/json_util.h"
 #include "image/image_codec.h"
 #include "nlohmann/json.hpp"
@@ -91,10 +92,12 @@ Commands:
   health   the gRPC health check (exit 1 when NOT_SERVING)
   sim      drive the tabletop simulator through the server, as a robot would: --suite,
            --episodes, --seed, --robot, --method, --alpha, --execute, --fixed_tasks
-Common flags: --target, --deadline_ms, --attempts, --json. A flag of another command is an
-error. Exit status: 0 success, 1 RPC or input error, 2 usage error.)";
+Common flags: --target, --deadline_ms, --attempts, --json, and the connection flags --token,
+--tls_ca_file, --tls_cert_file, --tls_key_file, --tls_server_name (or SPECPRUNE_TOKEN,
+SPECPRUNE_TLS_* in the environment). A flag of another command is an error. Exit status: 0 success, 1 RPC or input error, 2 usage error.)";
 
-// The flags every command reads: --target, --deadline_ms, --attempts, --json. The other flags
+// The flags every command reads: --target, --deadline_ms, --attempts, --json and the connection
+// flags of client/cpp/client_flags.h. The other flags
 // belong to the commands listed here.
 const std::map<std::string, std::vector<std::string>>& CommandFlags() {
   static const auto* flags = new std::map<std::string, std::vector<std::string>>{
@@ -537,6 +540,7 @@ int Main(int argc, char** argv) {
   }
   options.deadline = absl::Milliseconds(deadline_ms);
   options.max_attempts = attempts;
+  ApplyClientFlags(options);
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
   if (!client.ok()) return Fail(client.status());
 

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -11,6 +14,19 @@
 
 namespace specprune {
 namespace {
+
+absl::Status ValidateTls(const ClientOptions& o) {
+  if (o.tls_root_certs_file.empty() &&
+      (!o.tls_cert_file.empty() || !o.tls_key_file.empty() || !o.tls_server_name.empty())) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.tls_root_certs_file is required with a client certificate or server name");
+  }
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.tls_cert_file and tls_key_file must be given together");
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ValidateOptions(const ClientOptions& o) {
   if (o.target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
@@ -32,8 +48,42 @@ absl::Status ValidateOptions(const ClientOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("ClientOptions.max_message_bytes must be in [1, ", INT_MAX, "]"));
   }
-  return absl::OkStatus();
+  return ValidateTls(o);
 }
+
+absl::StatusOr<std::string> ReadPem(const char* field, const std::string& path) {
+  std::ifstream in(path);
+  if (!in)
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions.", field, ": \"", path, "\" cannot be read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const ClientOptions& o) {
+  if (absl::Status s = ValidateTls(o); !s.ok()) return s;
+  if (o.credentials) return o.credentials;
+  if (o.tls_root_certs_file.empty()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> roots = ReadPem("tls_root_certs_file", o.tls_root_certs_file);
+  if (!roots.ok()) return roots.status();
+  ssl.pem_root_certs = *std::move(roots);
+  if (!o.tls_cert_file.empty()) {
+    absl::StatusOr<std::string> cert = ReadPem("tls_cert_file", o.tls_cert_file);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPem("tls_key_file", o.tls_key_file);
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *std::move(cert);
+    ssl.pem_private_key = *std::move(key);
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+namespace {
 
 absl::Status AddImage(const CameraImage& in, size_t index, v1::Image* out) {
   out->set_camera(in.camera);
@@ -112,9 +162,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  std::shared_ptr<grpc::ChannelCredentials> creds =
-      options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.target, creds, args);
+  if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds = MakeChannelCredentials(options);
+  if (!creds.ok()) return creds.status();
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.target, *creds, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot create a channel for ClientOptions.target \"", options.target, "\""));
@@ -128,6 +179,22 @@ Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
       stub_(v1::VlaService::NewStub(channel_)),
       health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
 
+void Client::AddCallMetadata(grpc::ClientContext* context) const {
+  if (!options_.token.empty()) context->AddMetadata("authorization", "Bearer " + options_.token);
+}
+
+void ApplyEnvironment(ClientOptions& options) {
+  auto fill = [](std::string& field, const char* name) {
+    const char* value = std::getenv(name);
+    if (field.empty() && value != nullptr) field = value;
+  };
+  fill(options.token, "SPECPRUNE_TOKEN");
+  fill(options.tls_root_certs_file, "SPECPRUNE_TLS_CA_FILE");
+  fill(options.tls_cert_file, "SPECPRUNE_TLS_CERT_FILE");
+  fill(options.tls_key_file, "SPECPRUNE_TLS_KEY_FILE");
+  fill(options.tls_server_name, "SPECPRUNE_TLS_SERVER_NAME");
+}
+
 template <typename Rpc>
 absl::Status Client::CallWithRetry(Rpc rpc) {
   const absl::Time deadline = absl::Now() + options_.deadline;
@@ -136,6 +203,7 @@ absl::Status Client::CallWithRetry(Rpc rpc) {
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(deadline));
+    AddCallMetadata(&context);
     absl::Status status = FromGrpcStatus(rpc(&context));
     if (status.code() != absl::StatusCode::kUnavailable || attempt >= options_.max_attempts) {
       return status;
@@ -237,6 +305,7 @@ std::unique_ptr<PredictStream> Client::OpenStream() {
 // --- PredictStream ------------------------------------------------------------------------------
 
 PredictStream::PredictStream(Client* client, v1::VlaService::Stub* stub) : client_(client) {
+  client_->AddCallMetadata(&context_);
   stream_ = stub->StreamPredict(&context_);
   watchdog_ = std::thread([this] { WatchdogLoop(); });
 }

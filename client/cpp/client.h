@@ -54,9 +54,30 @@ struct ClientOptions {
   absl::Duration max_backoff = absl::Seconds(1);
   // Largest message sent or received (bytes).
   size_t max_message_bytes = 64 << 20;
-  // Channel credentials; null = insecure (plaintext).
+  // Channel credentials; null = built from the tls_* files below, or plaintext without them.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // TLS (when `credentials` is null): PEM CA bundle that verifies the server; with it the channel
+  // uses TLS. tls_cert_file + tls_key_file add a client certificate (mTLS). tls_server_name
+  // overrides the name checked against the server certificate (e.g. when the target is an IP).
+  std::string tls_root_certs_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_server_name;
+  // Bearer token sent on every call as metadata "authorization: Bearer <token>"; "" = none.
+  // Never logged by the SDK. Outside a trusted network send it only over TLS.
+  std::string token;
 };
+
+// Fills the empty TLS/token fields of `options` from the environment: SPECPRUNE_TOKEN,
+// SPECPRUNE_TLS_CA_FILE, SPECPRUNE_TLS_CERT_FILE, SPECPRUNE_TLS_KEY_FILE,
+// SPECPRUNE_TLS_SERVER_NAME (what the CLI and the load generator call after their flags).
+void ApplyEnvironment(ClientOptions& options);
+
+// The channel credentials Client::Create uses for `options` (its `credentials`, TLS from the tls_*
+// files, or plaintext), for tools that make their own channels. InvalidArgument naming the field
+// when a file cannot be read or the fields are inconsistent.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const ClientOptions& options);
 
 // One camera frame: encoded JPEG/PNG bytes when `encoded` is non-empty, raw pixels otherwise.
 struct CameraImage {
@@ -195,6 +216,8 @@ class Client {
   // up, or the call deadline leaves no time for another attempt.
   template <typename Rpc>
   absl::Status CallWithRetry(Rpc rpc);
+  // Metadata every call carries (the bearer token).
+  void AddCallMetadata(grpc::ClientContext* context) const;
 
   struct StepCounter {
     std::string episode_id;

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import threading
 import time
@@ -195,6 +196,27 @@ def _method_value(method: Union[None, str, int]) -> int:
     return int(method)
 
 
+def _tls_credentials(ca_file: str, cert_file: Optional[str], key_file: Optional[str]):
+    """grpc.ssl_channel_credentials from PEM files; a client certificate needs both files."""
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("tls_cert_file and tls_key_file must be given together")
+
+    def read(path: Optional[str], field: str) -> Optional[bytes]:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ValueError(f"{field}: {path!r} cannot be read: {e.strerror}") from None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file, "tls_ca_file"),
+        private_key=read(key_file, "tls_key_file"),
+        certificate_chain=read(cert_file, "tls_cert_file"),
+    )
+
+
 class PolicyClient:
     """Client of a SpecPrune Serve server.
 
@@ -204,8 +226,16 @@ class PolicyClient:
         max_attempts: attempts per call, only UNAVAILABLE is retried (>= 1).
         initial_backoff, max_backoff: seconds; retry n sleeps
             min(max_backoff, initial_backoff * 2**(n-1)) * uniform(0.5, 1).
-        credentials: grpc.ChannelCredentials for TLS; None = insecure.
+        credentials: grpc.ChannelCredentials for TLS; None = built from the tls_* files below,
+            or insecure without them.
         max_message_bytes: largest message sent or received.
+        token: bearer token sent on every call as ``authorization: Bearer <token>``; None = the
+            environment variable SPECPRUNE_TOKEN, if set. Never logged or shown in repr().
+        tls_ca_file: PEM CA bundle verifying the server; turns TLS on (env SPECPRUNE_TLS_CA_FILE).
+        tls_cert_file, tls_key_file: client certificate and key for mTLS
+            (env SPECPRUNE_TLS_CERT_FILE, SPECPRUNE_TLS_KEY_FILE).
+        tls_server_name: name checked against the server certificate (env
+            SPECPRUNE_TLS_SERVER_NAME), e.g. when the target is an IP address.
     """
 
     def __init__(
@@ -218,6 +248,11 @@ class PolicyClient:
         max_backoff: float = 1.0,
         credentials: Optional[grpc.ChannelCredentials] = None,
         max_message_bytes: int = 64 << 20,
+        token: Optional[str] = None,
+        tls_ca_file: Optional[str] = None,
+        tls_cert_file: Optional[str] = None,
+        tls_key_file: Optional[str] = None,
+        tls_server_name: Optional[str] = None,
     ):
         if not target:
             raise ValueError("target is empty")
@@ -236,6 +271,19 @@ class PolicyClient:
             ("grpc.max_send_message_length", int(max_message_bytes)),
             ("grpc.max_receive_message_length", int(max_message_bytes)),
         ]
+        env = os.environ.get
+        token = token if token is not None else env("SPECPRUNE_TOKEN")
+        tls_ca_file = tls_ca_file or env("SPECPRUNE_TLS_CA_FILE")
+        tls_cert_file = tls_cert_file or env("SPECPRUNE_TLS_CERT_FILE")
+        tls_key_file = tls_key_file or env("SPECPRUNE_TLS_KEY_FILE")
+        tls_server_name = tls_server_name or env("SPECPRUNE_TLS_SERVER_NAME")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        if credentials is None and tls_ca_file:
+            credentials = _tls_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+        elif credentials is None and (tls_cert_file or tls_key_file or tls_server_name):
+            raise ValueError("tls_ca_file is required with a client certificate or server name")
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -397,7 +445,7 @@ class PolicyClient:
             if remaining <= 0:
                 raise PolicyError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             try:
-                return method(request, timeout=remaining)
+                return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as e:
                 code, details = e.code(), e.details() or ""
                 if code != grpc.StatusCode.UNAVAILABLE or attempt >= self.max_attempts:
@@ -424,7 +472,7 @@ class PredictStream:
         self._client = client
         self._cond = threading.Condition()
         self._outbox: List[Any] = []
-        self._call = client._stub.StreamPredict(self._requests())
+        self._call = client._stub.StreamPredict(self._requests(), metadata=client._metadata)
         self._final: Optional[PolicyError] = None
         self._closed = False
 
