@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs every Debian package SpecPrune Serve needs to build, test and serve (DESIGN §9).
+# Installs every Debian package SpecPrune Serve needs to build, test and serve.
 # Idempotent and non-interactive: packages already installed are skipped without touching apt.
 set -euo pipefail
 
@@ -13,6 +13,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   libturbojpeg0-dev libpng-dev
   python3-grpcio python3-protobuf python3-numpy python3-pytest
+  prometheus
 )
 
 missing=()
