@@ -28,7 +28,7 @@
 //   process_* (server/process_metrics.h)             CPU seconds, memory, fds, start time
 //
 // HTTP: StartExposer serves GET /metrics through MetricsHttpEndpoint
-// (server/metrics_http.h: one small thread, one scrape at a time) instead of
+// (server/metrics_http.h: bounded workers and timeouts against slow clients) instead of
 // prometheus::Exposer, which cannot start in our server (see there).
 //
 // Thread safety: every method may be called concurrently, except StartExposer

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -16,9 +17,14 @@
 namespace specprune {
 
 absl::StatusOr<std::unique_ptr<MetricsHttpEndpoint>> MetricsHttpEndpoint::Start(
-    const std::string& host, int port, std::function<std::string()> render) {
+    const std::string& host, int port, std::function<std::string()> render,
+    MetricsHttpOptions options) {
+  if (options.workers < 1 || options.max_pending < 1 || options.io_timeout_ms < 1) {
+    return absl::InvalidArgumentError("metrics exporter: workers, max_pending, io_timeout >= 1");
+  }
   auto endpoint = std::unique_ptr<MetricsHttpEndpoint>(new MetricsHttpEndpoint());
   endpoint->render_ = std::move(render);
+  endpoint->options_ = options;
   const std::string where = absl::StrCat(host, ":", port);
   std::string bind_host = host;
   if (bind_host.size() >= 2 && bind_host.front() == '[' && bind_host.back() == ']') {
@@ -68,23 +74,33 @@ absl::StatusOr<std::unique_ptr<MetricsHttpEndpoint>> MetricsHttpEndpoint::Start(
         absl::StrCat("metrics exporter: cannot create a pipe: ", std::strerror(errno)));
   }
   MetricsHttpEndpoint* self = endpoint.get();
-  endpoint->thread_ = std::thread([self] { self->Loop(); });
+  for (int i = 0; i < options.workers; ++i) {
+    endpoint->workers_.emplace_back([self] { self->WorkerLoop(); });
+  }
+  endpoint->accept_thread_ = std::thread([self] { self->AcceptLoop(); });
   return endpoint;
 }
 
 MetricsHttpEndpoint::~MetricsHttpEndpoint() {
-  if (thread_.joinable()) {
+  if (accept_thread_.joinable()) {
     const char byte = 0;
     while (write(wake_fds_[1], &byte, 1) < 0 && errno == EINTR) {
     }
-    thread_.join();
+    accept_thread_.join();
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  ready_.notify_all();
+  for (std::thread& worker : workers_) worker.join();
+  for (int fd : pending_) close(fd);
   for (int fd : {listen_fd_, wake_fds_[0], wake_fds_[1]}) {
     if (fd >= 0) close(fd);
   }
 }
 
-void MetricsHttpEndpoint::Loop() {
+void MetricsHttpEndpoint::AcceptLoop() {
   for (;;) {
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fds_[0], POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {
@@ -93,25 +109,72 @@ void MetricsHttpEndpoint::Loop() {
     }
     if (fds[1].revents != 0) return;
     if ((fds[0].revents & POLLIN) == 0) continue;
-    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) continue;
+    bool queued = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (static_cast<int>(pending_.size()) < options_.max_pending) {
+        pending_.push_back(fd);
+        queued = true;
+      }
+    }
+    if (queued) {
+      ready_.notify_one();
+    } else {  // every worker busy and the queue full: refuse now rather than wait
+      Send(fd, "503 Service Unavailable", "busy\n", true);
+      close(fd);
+    }
+  }
+}
+
+void MetricsHttpEndpoint::WorkerLoop() {
+  for (;;) {
+    int fd = -1;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ready_.wait(
+          lock, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return stopping_ || !pending_.empty(); });
+      if (stopping_) return;
+      fd = pending_.front();
+      pending_.pop_front();
+    }
     Serve(fd);
     close(fd);
   }
 }
 
-void MetricsHttpEndpoint::Serve(int fd) {
-  timeval timeout{};
-  timeout.tv_sec = 5;
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  std::string request;
+bool MetricsHttpEndpoint::ReadHead(int fd, std::string* head, bool* oversize) const {
+  *oversize = false;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.io_timeout_ms);
   char buffer[2048];
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 16384) {
+  while (head->find("\r\n\r\n") == std::string::npos) {
+    if (head->size() > options_.max_request_bytes) {
+      *oversize = true;
+      return false;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    const int ready = poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) return false;
     const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    request.append(buffer, static_cast<size_t>(n));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return !head->empty();  // the client closed: answer what arrived
+    head->append(buffer, static_cast<size_t>(n));
+  }
+  return true;
+}
+
+void MetricsHttpEndpoint::Serve(int fd) {
+  std::string request;
+  bool oversize = false;
+  if (!ReadHead(fd, &request, &oversize)) {
+    if (oversize) Send(fd, "431 Request Header Fields Too Large", "request too large\n", true);
+    return;  // timed out or closed: nothing to answer
   }
   const std::string line = request.substr(0, request.find("\r\n"));
   const size_t sp1 = line.find(' ');
@@ -128,12 +191,19 @@ void MetricsHttpEndpoint::Serve(int fd) {
   } else if (path != "/metrics") {
     Send(fd, "404 Not Found", "metrics are served at /metrics\n", method == "GET");
   } else {
-    Send(fd, "200 OK", render_(), method == "GET");
+    std::string body;
+    {
+      std::lock_guard<std::mutex> lock(render_mu_);
+      body = render_();
+    }
+    Send(fd, "200 OK", body, method == "GET");
   }
 }
 
 void MetricsHttpEndpoint::Send(int fd, const std::string& status, const std::string& body,
-                               bool with_body) {
+                               bool with_body) const {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.io_timeout_ms);
   std::string out = absl::StrCat("HTTP/1.1 ", status,
                                  "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
                                  "Content-Length: ",
@@ -143,6 +213,13 @@ void MetricsHttpEndpoint::Send(int fd, const std::string& status, const std::str
   while (sent < out.size()) {
     const ssize_t n = send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {  // a client that does not read: wait, within the bound
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd p{fd, POLLOUT, 0};
+      if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) return;
+      continue;
+    }
     if (n <= 0) return;
     sent += static_cast<size_t>(n);
   }

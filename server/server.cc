@@ -48,7 +48,9 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
                              .device = options.device,
                              .dtype = options.dtype});
   if (options.metrics_port > 0) {
-    if (auto st = s->metrics_->StartExposer(absl::StrCat(options.host, ":", options.metrics_port));
+    const std::string& metrics_host =
+        options.metrics_host.empty() ? options.host : options.metrics_host;
+    if (auto st = s->metrics_->StartExposer(absl::StrCat(metrics_host, ":", options.metrics_port));
         !st.ok())
       return st;
   }

@@ -63,6 +63,7 @@ const std::vector<Field>& Fields() {
       {"host", SP_REF(host), 0, 0, false, NonEmpty},
       {"port", SP_REF(port), 0, 65535},
       {"metrics_port", SP_REF(metrics_port), 0, 65535},
+      {"metrics_host", SP_REF(metrics_host)},
       {"max_sessions", SP_REF(engine.sessions.max_sessions), 1, 1e6},
       {"session_idle_ttl_seconds", SP_DURATION(engine.sessions.idle_ttl, absl::Seconds(1)), 0,
        604800, true},
@@ -211,7 +212,8 @@ absl::Status ApplyServerOptionsJson(const json& j, ServerOptions& options) {
 }
 
 absl::Status ValidateServerOptions(const ServerOptions& options) {
-  if (options.metrics_port != 0 && options.metrics_port == options.port) {
+  const bool same_host = options.metrics_host.empty() || options.metrics_host == options.host;
+  if (options.metrics_port != 0 && options.metrics_port == options.port && same_host) {
     return absl::InvalidArgumentError(absl::StrCat(
         "config field \"metrics_port\": must differ from \"port\" (both ", options.port, ")"));
   }

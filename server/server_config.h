@@ -33,6 +33,7 @@ namespace specprune {
 //   host                      host                               non-empty
 //   port                      port                               [0, 65535]
 //   metrics_port              metrics_port                       [0, 65535], != port
+//   metrics_host              metrics_host                       "" = the same as host
 //   max_sessions              engine.sessions.max_sessions       [1, 1000000]
 //   session_idle_ttl_seconds  engine.sessions.idle_ttl           (0, 604800]
 //   max_batch_size            engine.batcher.max_batch_size      [1, 256]
@@ -67,6 +68,8 @@ struct ServerOptions {
   int port = 50051;
   // Prometheus /metrics HTTP port; 0 disables the exporter.
   int metrics_port = 9464;
+  // Address /metrics binds to (e.g. an internal interface); "" = the same as `host`.
+  std::string metrics_host;
   // Intra-op LibTorch threads of the model; 0 = LibTorch's default.
   int model_threads = 0;
   // Largest gRPC message accepted (both directions), bytes.

@@ -14,6 +14,7 @@ SP_SERVER_FLAG(model, "alias of --model_dir");
 SP_SERVER_FLAG(host, "gRPC bind address");
 SP_SERVER_FLAG(port, "gRPC port (0 = any free port)");
 SP_SERVER_FLAG(metrics_port, "Prometheus /metrics port (0 = disabled)");
+SP_SERVER_FLAG(metrics_host, "address /metrics binds to (default: the same as --host)");
 SP_SERVER_FLAG(max_sessions, "most robot sessions kept (LRU)");
 SP_SERVER_FLAG(session_idle_ttl_seconds, "idle seconds before a session is dropped");
 SP_SERVER_FLAG(max_batch_size, "largest forward batch");
@@ -50,6 +51,7 @@ const std::vector<std::pair<const char*, const Flag*>>& KeyFlags() {
       {"host", &FLAGS_host},
       {"port", &FLAGS_port},
       {"metrics_port", &FLAGS_metrics_port},
+      {"metrics_host", &FLAGS_metrics_host},
       {"max_sessions", &FLAGS_max_sessions},
       {"session_idle_ttl_seconds", &FLAGS_session_idle_ttl_seconds},
       {"max_batch_size", &FLAGS_max_batch_size},

@@ -11,6 +11,9 @@ specprune_add_test(request_validation_test
 specprune_add_test(auth_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/auth_test.cc
   LIBS specprune_server_core)
+specprune_add_test(metrics_http_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/metrics_http_test.cc
+  LIBS specprune_server_core)
 specprune_add_test(process_metrics_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/process_metrics_test.cc
   LIBS specprune_server_core)
