@@ -310,6 +310,12 @@ absl::Status InferenceEngine::PrepareInputs(Job& job) {
     return absl::InvalidArgumentError(absl::StrCat("unnorm_key: ", stats.status().message()));
   auto prepared = policy_.Prepare(observation, *stats);
   if (!prepared.ok()) return prepared.status();
+  if (prepared->prompt_ids.size() > options_.limits.max_instruction_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("instruction: the prompt has ",
+                                                   prepared->prompt_ids.size(),
+                                                   " tokens, more than max_instruction_tokens (",
+                                                   options_.limits.max_instruction_tokens, ")"));
+  }
   job.observation = *std::move(prepared);
   const auto& o = req.pruning();
   auto pruning =

@@ -28,6 +28,9 @@ struct ValidationLimits {
   int64_t proprio_dim = 8;
   // Longest instruction, in bytes of UTF-8.
   size_t max_instruction_bytes = 1024;
+  // Longest prompt in tokens (template + instruction), checked by the engine after tokenizing:
+  // bounds the LLM's cost of one request, which bytes alone do not.
+  size_t max_instruction_tokens = 256;
   // Largest raw image dimensions (encoded images are checked by the decoder
   // with the same limits).
   int max_image_width = 4096;

@@ -75,6 +75,7 @@ const std::vector<Field>& Fields() {
       {"model_threads", SP_REF(model_threads), 0, 1024},
       {"max_message_bytes", SP_REF(max_message_bytes), 1024, kGiB},
       {"max_instruction_bytes", SP_REF(engine.limits.max_instruction_bytes), 1, 1 << 20},
+      {"max_instruction_tokens", SP_REF(engine.limits.max_instruction_tokens), 1, 65536},
       {"max_image_width", SP_REF(engine.limits.max_image_width), 1, 65535},
       {"max_image_height", SP_REF(engine.limits.max_image_height), 1, 65535},
       {"max_encoded_image_bytes", SP_REF(engine.limits.max_encoded_image_bytes), 1, kGiB},

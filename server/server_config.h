@@ -43,6 +43,7 @@ namespace specprune {
 //   model_threads             model_threads                      [0, 1024]
 //   max_message_bytes         max_message_bytes                  [1024, 1 GiB]
 //   max_instruction_bytes     engine.limits.max_instruction_bytes    [1, 1 MiB]
+//   max_instruction_tokens    engine.limits.max_instruction_tokens   [1, 65536]
 //   max_image_width           engine.limits.max_image_width          [1, 65535]
 //   max_image_height          engine.limits.max_image_height         [1, 65535]
 //   max_encoded_image_bytes   engine.limits.max_encoded_image_bytes  [1, 1 GiB]

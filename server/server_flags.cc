@@ -24,6 +24,7 @@ SP_SERVER_FLAG(preprocess_threads, "image preprocessing threads");
 SP_SERVER_FLAG(model_threads, "intra-op LibTorch threads (0 = LibTorch's default)");
 SP_SERVER_FLAG(max_message_bytes, "largest gRPC message, bytes");
 SP_SERVER_FLAG(max_instruction_bytes, "longest instruction, bytes");
+SP_SERVER_FLAG(max_instruction_tokens, "longest prompt, tokens (bounds the LLM cost of a request)");
 SP_SERVER_FLAG(max_image_width, "widest accepted input image, pixels");
 SP_SERVER_FLAG(max_image_height, "tallest accepted input image, pixels");
 SP_SERVER_FLAG(max_encoded_image_bytes, "largest JPEG/PNG image, bytes");
@@ -61,6 +62,7 @@ const std::vector<std::pair<const char*, const Flag*>>& KeyFlags() {
       {"model_threads", &FLAGS_model_threads},
       {"max_message_bytes", &FLAGS_max_message_bytes},
       {"max_instruction_bytes", &FLAGS_max_instruction_bytes},
+      {"max_instruction_tokens", &FLAGS_max_instruction_tokens},
       {"max_image_width", &FLAGS_max_image_width},
       {"max_image_height", &FLAGS_max_image_height},
       {"max_encoded_image_bytes", &FLAGS_max_encoded_image_bytes},

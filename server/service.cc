@@ -2,6 +2,9 @@
 
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "grpcpp/support/proto_buffer_writer.h"
 #include "proto/grpc_status.h"
 
 namespace specprune {
@@ -20,6 +23,24 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* ctx) {
   return absl::FromChrono(d);
 }
 
+// Parses a raw request; INVALID_ARGUMENT naming the message type when it is not one.
+template <typename Message>
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, Message* message) {
+  grpc::ByteBuffer copy(bytes);  // Deserialize consumes its buffer; the copy shares the slices
+  const grpc::Status status = grpc::SerializationTraits<Message>::Deserialize(&copy, message);
+  if (status.ok()) return absl::OkStatus();
+  message->Clear();  // a partial parse may hold the very bytes that failed (e.g. not UTF-8)
+  return absl::InvalidArgumentError(
+      absl::StrCat("request: not a valid ", Message::descriptor()->full_name(),
+                   " (malformed protobuf, or a string field that is not valid UTF-8)"));
+}
+
+template <typename Message>
+void SerializeResponse(const Message& message, grpc::ByteBuffer* bytes) {
+  bool own_buffer = false;
+  grpc::SerializationTraits<Message>::Serialize(message, bytes, &own_buffer);
+}
+
 // OK when the grant (if any) covers `robot_id`.
 absl::Status Authorize(const std::optional<AuthGrant>& grant, const std::string& robot_id) {
   return grant.has_value() ? Authorizer::Authorize(*grant, robot_id) : absl::OkStatus();
@@ -29,13 +50,12 @@ absl::Status Authorize(const std::optional<AuthGrant>& grant, const std::string&
 // robot controller per stream). A failed request is answered in-band
 // (PredictResponse.error); the stream goes on. `grant` is the stream's credential (checked once
 // when the stream opened); each message's robot must be within it.
-class StreamReactor final
-    : public grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse> {
+class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamReactor(grpc::CallbackServerContext* ctx, InferenceEngine* engine, ServerMetrics* metrics,
                 std::optional<AuthGrant> grant)
       : ctx_(ctx), engine_(engine), metrics_(metrics), grant_(std::move(grant)) {
-    StartRead(&request_);
+    StartRead(&request_bytes_);
   }
 
   void OnReadDone(bool ok) override {
@@ -44,9 +64,11 @@ class StreamReactor final
       Finish(grpc::Status::OK);
       return;
     }
-    auto request = std::make_shared<const v1::PredictRequest>(std::move(request_));
-    request_.Clear();
     const auto start = Clock::now();
+    auto parsed = std::make_shared<v1::PredictRequest>();
+    absl::Status parse_status = ParseRequest(request_bytes_, parsed.get());
+    request_bytes_.Clear();
+    std::shared_ptr<const v1::PredictRequest> request = std::move(parsed);
     auto* ctx = ctx_;
     RequestContext rc{absl::InfiniteFuture(), [ctx] { return ctx->IsCancelled(); }};
     auto done = [this, request, start](absl::Status status,
@@ -64,8 +86,14 @@ class StreamReactor final
       if (metrics_)
         metrics_->RecordRequest("StreamPredict", static_cast<int>(status.code()),
                                 SecondsSince(start));
-      StartWrite(&response_);
+      response_bytes_.Clear();
+      SerializeResponse(response_, &response_bytes_);
+      StartWrite(&response_bytes_);
     };
+    if (!parse_status.ok()) {
+      done(parse_status, nullptr);
+      return;
+    }
     if (absl::Status allowed = Authorize(grant_, request->robot_id()); !allowed.ok()) {
       done(allowed, nullptr);
       return;
@@ -78,7 +106,7 @@ class StreamReactor final
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream write failed"));
       return;
     }
-    StartRead(&request_);
+    StartRead(&request_bytes_);
   }
 
   void OnDone() override { delete this; }
@@ -88,24 +116,24 @@ class StreamReactor final
   InferenceEngine* const engine_;
   ServerMetrics* const metrics_;
   const std::optional<AuthGrant> grant_;
-  v1::PredictRequest request_;
+  grpc::ByteBuffer request_bytes_;
   v1::PredictResponse response_;
+  grpc::ByteBuffer response_bytes_;
 };
 
 }  // namespace
 
 grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* ctx,
-                                                  const v1::PredictRequest* request,
-                                                  v1::PredictResponse* response) {
+                                                  const grpc::ByteBuffer* request_bytes,
+                                                  grpc::ByteBuffer* response) {
   auto* reactor = ctx->DefaultReactor();
   const auto start = Clock::now();
-  // The request outlives the call: gRPC keeps it until the reactor finishes.
-  std::shared_ptr<const v1::PredictRequest> req(request, [](const v1::PredictRequest*) {});
-  RequestContext rc{DeadlineOf(ctx), [ctx] { return ctx->IsCancelled(); }};
   ServerMetrics* metrics = metrics_;
+  auto request = std::make_shared<v1::PredictRequest>();
   absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
-  absl::Status allowed =
-      grant.ok() ? Authorize(*grant, request->robot_id()) : std::move(grant).status();
+  absl::Status allowed = grant.status();
+  if (allowed.ok()) allowed = ParseRequest(*request_bytes, request.get());
+  if (allowed.ok()) allowed = Authorize(*grant, request->robot_id());
   if (!allowed.ok()) {
     if (metrics) {
       metrics->RecordRequest("Predict", static_cast<int>(allowed.code()), SecondsSince(start));
@@ -113,10 +141,11 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* c
     reactor->Finish(ToGrpcStatus(allowed));
     return reactor;
   }
-  engine_->Predict(std::move(req), std::move(rc),
+  RequestContext rc{DeadlineOf(ctx), [ctx] { return ctx->IsCancelled(); }};
+  engine_->Predict(std::move(request), std::move(rc),
                    [reactor, response, metrics, start](
                        absl::Status status, std::shared_ptr<const v1::PredictResponse> resp) {
-                     if (status.ok() && resp != nullptr) *response = *resp;
+                     if (status.ok() && resp != nullptr) SerializeResponse(*resp, response);
                      if (metrics)
                        metrics->RecordRequest("Predict", static_cast<int>(status.code()),
                                               SecondsSince(start));
@@ -125,12 +154,12 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* c
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* VlaServiceImpl::StreamPredict(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* VlaServiceImpl::StreamPredict(
     grpc::CallbackServerContext* ctx) {
   absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
   if (!grant.ok()) {
     // Refused before the first read: the stream ends with the status.
-    class Refused final : public grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse> {
+    class Refused final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
      public:
       explicit Refused(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
       void OnDone() override { delete this; }
@@ -144,16 +173,21 @@ grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* VlaServiceImpl
 }
 
 grpc::ServerUnaryReactor* VlaServiceImpl::Reset(grpc::CallbackServerContext* ctx,
-                                                const v1::ResetRequest* request,
-                                                v1::ResetResponse* response) {
+                                                const grpc::ByteBuffer* request_bytes,
+                                                grpc::ByteBuffer* response_bytes) {
   const auto start = Clock::now();
   auto* reactor = ctx->DefaultReactor();
-  absl::Status status = ValidateResetRequest(*request);
+  v1::ResetRequest request;
+  absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
+  absl::Status status = grant.status();
+  if (status.ok()) status = ParseRequest(*request_bytes, &request);
+  if (status.ok()) status = ValidateResetRequest(request);
+  if (status.ok()) status = Authorize(*grant, request.robot_id());
   if (status.ok()) {
-    absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
-    status = grant.ok() ? Authorize(*grant, request->robot_id()) : std::move(grant).status();
+    v1::ResetResponse response;
+    response.set_existed(engine_->Reset(request.robot_id()));
+    SerializeResponse(response, response_bytes);
   }
-  if (status.ok()) response->set_existed(engine_->Reset(request->robot_id()));
   if (metrics_)
     metrics_->RecordRequest("Reset", static_cast<int>(status.code()), SecondsSince(start));
   reactor->Finish(ToGrpcStatus(status));

@@ -8,6 +8,11 @@
 // StreamPredict messages and Reset of a robot outside the credential's patterns are
 // PERMISSION_DENIED (in-band on the stream, which stays open). GetModelInfo needs a credential
 // when `auth_model_info`. The health service is not part of this service and stays open.
+//
+// Predict, StreamPredict and Reset receive raw bytes and parse them here, so that a message that
+// is not a valid request (malformed protobuf, a string field that is not UTF-8) is answered
+// INVALID_ARGUMENT saying so — in-band on StreamPredict, whose stream stays open — instead of the
+// bare code gRPC gives a failed deserialization.
 #pragma once
 
 #include <optional>
@@ -19,7 +24,11 @@
 
 namespace specprune {
 
-class VlaServiceImpl final : public v1::VlaService::CallbackService {
+using VlaServiceRawBase = v1::VlaService::WithRawCallbackMethod_Predict<
+    v1::VlaService::WithRawCallbackMethod_StreamPredict<v1::VlaService::WithRawCallbackMethod_Reset<
+        v1::VlaService::WithCallbackMethod_GetModelInfo<v1::VlaService::Service>>>>;
+
+class VlaServiceImpl final : public VlaServiceRawBase {
  public:
   // No pointer is owned; all must outlive the service. `auth` null = no authentication.
   VlaServiceImpl(InferenceEngine* engine, ServerMetrics* metrics, const Authorizer* auth = nullptr,
@@ -27,12 +36,12 @@ class VlaServiceImpl final : public v1::VlaService::CallbackService {
       : engine_(engine), metrics_(metrics), auth_(auth), auth_model_info_(auth_model_info) {}
 
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx,
-                                    const v1::PredictRequest* request,
-                                    v1::PredictResponse* response) override;
-  grpc::ServerBidiReactor<v1::PredictRequest, v1::PredictResponse>* StreamPredict(
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamPredict(
       grpc::CallbackServerContext* ctx) override;
-  grpc::ServerUnaryReactor* Reset(grpc::CallbackServerContext* ctx, const v1::ResetRequest* request,
-                                  v1::ResetResponse* response) override;
+  grpc::ServerUnaryReactor* Reset(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;

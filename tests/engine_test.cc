@@ -634,6 +634,21 @@ TEST_F(EngineTest, InvalidRequestIsRejectedAndNeverReachesTheRunner) {
   EXPECT_EQ(ok.response->episode_steps(), 1u);
 }
 
+TEST_F(EngineTest, PromptLongerThanTheTokenCapIsRejectedBeforeTheModel) {
+  options_.limits.max_instruction_tokens = 64;
+  ASSERT_NO_FATAL_FAILURE(Start());
+  auto wordy = Request(1, 0);  // within the byte limit, beyond the token cap
+  std::string instruction;
+  for (int i = 0; i < 40; ++i) instruction += "put the red cube ";
+  wordy->set_instruction(instruction);
+  const Outcome o = Call(wordy);
+  EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument) << o.status;
+  EXPECT_THAT(std::string(o.status.message()), HasSubstr("instruction"));
+  EXPECT_THAT(std::string(o.status.message()), HasSubstr("max_instruction_tokens (64)"));
+  EXPECT_TRUE(runner_->batches().empty());
+  ExpectOwnAnswer(Call(Request(1, 0)), 1, 0);  // a normal instruction still fits
+}
+
 TEST_F(EngineTest, RunnerErrorFailsItsBatchAndTheNextBatchWorks) {
   options_.batcher.max_batch_size = 2;
   options_.batcher.max_queue_delay = absl::Seconds(2);

@@ -117,10 +117,11 @@ SpecPruneServer* SecurityTest::server_ = nullptr;
 std::string* SecurityTest::dir_ = nullptr;
 
 TEST_F(SecurityTest, PlaintextClientCannotTalkToTheTlsPort) {
-  auto client = Client::Create({.target = absl::StrCat("127.0.0.1:", server_->port()),
-                                .deadline = absl::Seconds(5),
-                                .max_attempts = 1,
-                                .token = kOpsToken});
+  ClientOptions plaintext;
+  plaintext.target = absl::StrCat("127.0.0.1:", server_->port());
+  plaintext.max_attempts = 1;
+  plaintext.token = kOpsToken;
+  auto client = Client::Create(plaintext);
   ASSERT_TRUE(client.ok());
   EXPECT_EQ((*client)->ModelInfo().status().code(), absl::StatusCode::kUnavailable);
 }

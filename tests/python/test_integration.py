@@ -138,3 +138,49 @@ def test_integration_metrics_scraped_over_http(client, server):
         values = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
                   if line.startswith(name)]
         assert values and max(values) > 0, name
+
+
+# Bytes that are not a request: a truncated varint field, and robot_id (field 1) holding bytes
+# that are not UTF-8.
+_UNPARSABLE = [b"\xff\xff\xff\x01garbage", b"\x0a\x03\xff\xfe\xfd"]
+
+
+def _raw(channel, method, streaming=False):
+    factory = channel.stream_stream if streaming else channel.unary_unary
+    return factory(f"/specprune.v1.VlaService/{method}", request_serializer=lambda b: b,
+                   response_deserializer=lambda b: b)
+
+
+@pytest.mark.parametrize("method", ["Predict", "Reset"])
+def test_integration_unparsable_request_is_invalid_argument(server, method):
+    with grpc.insecure_channel(server["target"]) as channel:
+        for payload in _UNPARSABLE:
+            with pytest.raises(grpc.RpcError) as e:
+                _raw(channel, method)(payload, timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid specprune.v1." in e.value.details()
+
+
+def test_integration_unparsable_stream_message_is_answered_in_band(client, server):
+    from specprune.v1 import vla_service_pb2 as pb
+
+    info = client.model_info()
+    frames = [np.zeros((info.image_height, info.image_width, 3), np.uint8) for _ in info.cameras]
+    good = pb.PredictRequest(robot_id="py-raw", episode_id="e", step=0,
+                             instruction="put the red cube on the plate",
+                             proprio=[0.0] * info.proprio_dim)
+    for cam, frame in zip(info.cameras, frames):
+        image = good.images.add()
+        image.camera = cam
+        image.raw.height, image.raw.width = frame.shape[:2]
+        image.raw.channels = 3
+        image.raw.pixels = frame.tobytes()
+    with grpc.insecure_channel(server["target"]) as channel:
+        stream = _raw(channel, "StreamPredict", streaming=True)
+        responses = list(stream(iter([_UNPARSABLE[1], good.SerializeToString()]), timeout=30))
+    assert len(responses) == 2, "the stream must answer both messages"
+    first, second = pb.PredictResponse.FromString(responses[0]), \
+        pb.PredictResponse.FromString(responses[1])
+    assert first.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "not a valid specprune.v1.PredictRequest" in first.error.message
+    assert not second.HasField("error") and len(second.actions) > 0
