@@ -179,7 +179,8 @@ void ServerMetrics::SetBuildInfo(const BuildLabels& labels) {
              {"git_commit", labels.git_commit},
              {"model", labels.model},
              {"device", labels.device},
-             {"dtype", labels.dtype}})
+             {"dtype", labels.dtype},
+             {"replica", labels.replica}})
       .Set(1);
 }
 

@@ -23,7 +23,7 @@
 //   specprune_forward_passes_total{method}           counter    none|specprune|fastv|random per
 //                                                               sample
 //   specprune_build_info{version,git_commit,model,   gauge      1; what this replica runs
-//                        device,dtype}
+//                        device,dtype,replica}
 //   specprune_model_load_seconds                     gauge      time to load the model at start
 //   process_* (server/process_metrics.h)             CPU seconds, memory, fds, start time
 //
@@ -102,6 +102,7 @@ class ServerMetrics {
     std::string model;  // the model config's name, e.g. "tiny"
     std::string device;
     std::string dtype;
+    std::string replica;  // this replica's name (ServerOptions::replica_id or the host name)
   };
   void SetBuildInfo(const BuildLabels& labels);
   void SetModelLoadSeconds(double seconds);

@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -12,6 +13,16 @@
 #include "server/tls.h"
 
 namespace specprune {
+namespace {
+
+std::string ReplicaId(const ServerOptions& options) {
+  if (!options.replica_id.empty()) return options.replica_id;
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') return "unknown";
+  return host;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
     const ServerOptions& options) {
@@ -46,7 +57,8 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
                              .git_commit = BuildGitCommit(),
                              .model = c.name,
                              .device = options.device,
-                             .dtype = options.dtype});
+                             .dtype = options.dtype,
+                             .replica = ReplicaId(options)});
   if (options.metrics_port > 0) {
     const std::string& metrics_host =
         options.metrics_host.empty() ? options.host : options.metrics_host;
@@ -60,8 +72,11 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
                                         std::move(*pruning), eo, s->metrics_.get());
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(*engine);
-  s->service_ = std::make_unique<VlaServiceImpl>(s->engine_.get(), s->metrics_.get(),
-                                                 s->auth_.get(), options.auth_model_info);
+  s->service_ =
+      std::make_unique<VlaServiceImpl>(s->engine_.get(), s->metrics_.get(),
+                                       ServiceOptions{.auth = s->auth_.get(),
+                                                      .auth_model_info = options.auth_model_info,
+                                                      .replica_id = ReplicaId(options)});
 
   grpc::EnableDefaultHealthCheckService(true);
   // The plugin is process-wide: once a server in this process enabled reflection, later ones

@@ -91,6 +91,7 @@ const std::vector<Field>& Fields() {
       {"auth_tokens_file", SP_REF(auth_tokens_file)},
       {"auth_model_info", SP_REF(auth_model_info)},
       {"reflection", SP_REF(reflection)},
+      {"replica_id", SP_REF(replica_id)},
   };
   return *fields;
 }

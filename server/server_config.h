@@ -59,6 +59,7 @@ namespace specprune {
 //   auth_tokens_file          auth_tokens_file                   path; "" = no authentication
 //   auth_model_info           auth_model_info                    true, false
 //   reflection                reflection                         true, false
+//   replica_id                replica_id                         "" = the host name
 struct ServerOptions {
   // Model directory (config.json, checkpoint, tokenizer, dataset statistics). Defaults to the
   // embedded tiny model of the source tree (compile definition SPECPRUNE_DEFAULT_MODEL_DIR).
@@ -95,6 +96,9 @@ struct ServerOptions {
   bool auth_model_info = true;
   // Serve gRPC server reflection (grpcurl and friends).
   bool reflection = true;
+  // This replica's name in responses (metadata "x-specprune-replica") and in
+  // specprune_build_info{replica}; "" = the host name (a Kubernetes pod's name).
+  std::string replica_id;
 };
 
 // What the command line asked for (server/server_flags.h fills it from Abseil flags).

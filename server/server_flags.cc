@@ -39,6 +39,7 @@ SP_SERVER_FLAG(tls_refresh_seconds, "how often certificate files are re-read (ro
 SP_SERVER_FLAG(auth_tokens_file, "token file: credentials -> robot-id patterns (docs/SECURITY.md)");
 SP_SERVER_FLAG(auth_model_info, "true: GetModelInfo needs a credential when auth is on");
 SP_SERVER_FLAG(reflection, "serve gRPC server reflection");
+SP_SERVER_FLAG(replica_id, "this replica's name in responses and metrics (default: host name)");
 
 namespace specprune {
 namespace {
@@ -77,6 +78,7 @@ const std::vector<std::pair<const char*, const Flag*>>& KeyFlags() {
       {"auth_tokens_file", &FLAGS_auth_tokens_file},
       {"auth_model_info", &FLAGS_auth_model_info},
       {"reflection", &FLAGS_reflection},
+      {"replica_id", &FLAGS_replica_id},
   };
   return *flags;
 }

@@ -41,6 +41,22 @@ void SerializeResponse(const Message& message, grpc::ByteBuffer* bytes) {
   grpc::SerializationTraits<Message>::Serialize(message, bytes, &own_buffer);
 }
 
+// The "x-robot-id" metadata of the call, if sent.
+std::optional<std::string> RobotIdHeader(const grpc::CallbackServerContext* ctx) {
+  const auto& metadata = ctx->client_metadata();
+  auto it = metadata.find(kRobotIdHeader);
+  if (it == metadata.end()) return std::nullopt;
+  return std::string(it->second.data(), it->second.size());
+}
+
+// OK unless the call's "x-robot-id" header names another robot than the request.
+absl::Status CheckRobotHeader(const std::optional<std::string>& header,
+                              const std::string& robot_id) {
+  if (!header.has_value() || *header == robot_id) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("metadata \"", kRobotIdHeader, "\" (\"", *header,
+                                                 "\") disagrees with robot_id \"", robot_id, "\""));
+}
+
 // OK when the grant (if any) covers `robot_id`.
 absl::Status Authorize(const std::optional<AuthGrant>& grant, const std::string& robot_id) {
   return grant.has_value() ? Authorizer::Authorize(*grant, robot_id) : absl::OkStatus();
@@ -54,7 +70,12 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
  public:
   StreamReactor(grpc::CallbackServerContext* ctx, InferenceEngine* engine, ServerMetrics* metrics,
                 std::optional<AuthGrant> grant)
-      : ctx_(ctx), engine_(engine), metrics_(metrics), grant_(std::move(grant)) {
+      : ctx_(ctx),
+        engine_(engine),
+        metrics_(metrics),
+        grant_(std::move(grant)),
+        robot_header_(RobotIdHeader(ctx)) {
+    StartSendInitialMetadata();
     StartRead(&request_bytes_);
   }
 
@@ -94,6 +115,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       done(parse_status, nullptr);
       return;
     }
+    if (absl::Status allowed = CheckRobotHeader(robot_header_, request->robot_id());
+        !allowed.ok()) {
+      done(allowed, nullptr);
+      return;
+    }
     if (absl::Status allowed = Authorize(grant_, request->robot_id()); !allowed.ok()) {
       done(allowed, nullptr);
       return;
@@ -116,6 +142,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   InferenceEngine* const engine_;
   ServerMetrics* const metrics_;
   const std::optional<AuthGrant> grant_;
+  const std::optional<std::string> robot_header_;
   grpc::ByteBuffer request_bytes_;
   v1::PredictResponse response_;
   grpc::ByteBuffer response_bytes_;
@@ -128,11 +155,13 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* c
                                                   grpc::ByteBuffer* response) {
   auto* reactor = ctx->DefaultReactor();
   const auto start = Clock::now();
+  AddReplicaHeader(ctx);
   ServerMetrics* metrics = metrics_;
   auto request = std::make_shared<v1::PredictRequest>();
   absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
   absl::Status allowed = grant.status();
   if (allowed.ok()) allowed = ParseRequest(*request_bytes, request.get());
+  if (allowed.ok()) allowed = CheckRobotHeader(RobotIdHeader(ctx), request->robot_id());
   if (allowed.ok()) allowed = Authorize(*grant, request->robot_id());
   if (!allowed.ok()) {
     if (metrics) {
@@ -156,6 +185,7 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* c
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* VlaServiceImpl::StreamPredict(
     grpc::CallbackServerContext* ctx) {
+  AddReplicaHeader(ctx);
   absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
   if (!grant.ok()) {
     // Refused before the first read: the stream ends with the status.
@@ -177,11 +207,13 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Reset(grpc::CallbackServerContext* ctx
                                                 grpc::ByteBuffer* response_bytes) {
   const auto start = Clock::now();
   auto* reactor = ctx->DefaultReactor();
+  AddReplicaHeader(ctx);
   v1::ResetRequest request;
   absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
   absl::Status status = grant.status();
   if (status.ok()) status = ParseRequest(*request_bytes, &request);
   if (status.ok()) status = ValidateResetRequest(request);
+  if (status.ok()) status = CheckRobotHeader(RobotIdHeader(ctx), request.robot_id());
   if (status.ok()) status = Authorize(*grant, request.robot_id());
   if (status.ok()) {
     v1::ResetResponse response;
@@ -199,8 +231,9 @@ grpc::ServerUnaryReactor* VlaServiceImpl::GetModelInfo(grpc::CallbackServerConte
                                                        v1::ModelInfo* response) {
   const auto start = Clock::now();
   auto* reactor = ctx->DefaultReactor();
+  AddReplicaHeader(ctx);
   absl::Status status;
-  if (auth_model_info_) status = Authenticate(ctx).status();
+  if (options_.auth_model_info) status = Authenticate(ctx).status();
   if (status.ok()) *response = engine_->model_info();
   if (metrics_) {
     metrics_->RecordRequest("GetModelInfo", static_cast<int>(status.code()), SecondsSince(start));
@@ -209,9 +242,13 @@ grpc::ServerUnaryReactor* VlaServiceImpl::GetModelInfo(grpc::CallbackServerConte
   return reactor;
 }
 
+void VlaServiceImpl::AddReplicaHeader(grpc::CallbackServerContext* ctx) const {
+  if (!options_.replica_id.empty()) ctx->AddInitialMetadata(kReplicaHeader, options_.replica_id);
+}
+
 absl::StatusOr<std::optional<AuthGrant>> VlaServiceImpl::Authenticate(
     const grpc::CallbackServerContext* ctx) const {
-  if (auth_ == nullptr) return std::optional<AuthGrant>();
+  if (options_.auth == nullptr) return std::optional<AuthGrant>();
   std::optional<std::string> token;
   const auto& metadata = ctx->client_metadata();
   if (auto it = metadata.find("authorization"); it != metadata.end()) {
@@ -227,7 +264,7 @@ absl::StatusOr<std::optional<AuthGrant>> VlaServiceImpl::Authenticate(
       identities.emplace_back(id.data(), id.size());
     }
   }
-  absl::StatusOr<AuthGrant> grant = auth_->Authenticate(token, identities);
+  absl::StatusOr<AuthGrant> grant = options_.auth->Authenticate(token, identities);
   if (!grant.ok()) return grant.status();
   return std::optional<AuthGrant>(*std::move(grant));
 }

@@ -28,12 +28,24 @@ using VlaServiceRawBase = v1::VlaService::WithRawCallbackMethod_Predict<
     v1::VlaService::WithRawCallbackMethod_StreamPredict<v1::VlaService::WithRawCallbackMethod_Reset<
         v1::VlaService::WithCallbackMethod_GetModelInfo<v1::VlaService::Service>>>>;
 
+struct ServiceOptions {
+  const Authorizer* auth = nullptr;  // not owned; null = no authentication
+  bool auth_model_info = true;       // GetModelInfo needs a credential when auth is on
+  // Sent on every call as initial metadata "x-specprune-replica" ("" = none).
+  std::string replica_id;
+};
+
+// Metadata of the fleet gateway (docs/operations.md): the robot a call is for (its consistent-hash
+// key) and the replica that served it.
+inline constexpr char kRobotIdHeader[] = "x-robot-id";
+inline constexpr char kReplicaHeader[] = "x-specprune-replica";
+
 class VlaServiceImpl final : public VlaServiceRawBase {
  public:
-  // No pointer is owned; all must outlive the service. `auth` null = no authentication.
-  VlaServiceImpl(InferenceEngine* engine, ServerMetrics* metrics, const Authorizer* auth = nullptr,
-                 bool auth_model_info = true)
-      : engine_(engine), metrics_(metrics), auth_(auth), auth_model_info_(auth_model_info) {}
+  // No pointer is owned; all must outlive the service. A call whose "x-robot-id" metadata
+  // disagrees with its request's robot_id is INVALID_ARGUMENT (a misrouted call touches nothing).
+  VlaServiceImpl(InferenceEngine* engine, ServerMetrics* metrics, ServiceOptions options = {})
+      : engine_(engine), metrics_(metrics), options_(std::move(options)) {}
 
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx,
                                     const grpc::ByteBuffer* request,
@@ -55,10 +67,10 @@ class VlaServiceImpl final : public VlaServiceRawBase {
       const grpc::CallbackServerContext* ctx) const;
 
  private:
+  void AddReplicaHeader(grpc::CallbackServerContext* ctx) const;
   InferenceEngine* const engine_;
   ServerMetrics* const metrics_;
-  const Authorizer* const auth_;
-  const bool auth_model_info_;
+  const ServiceOptions options_;
 };
 
 }  // namespace specprune

@@ -123,11 +123,13 @@ TEST(MetricsTest, BuildInfoAndModelLoadTimeAreExported) {
                         .git_commit = "abc123",
                         .model = "tiny",
                         .device = "cpu",
-                        .dtype = "fp32"});
+                        .dtype = "fp32",
+                        .replica = "pod-a"});
   metrics.SetModelLoadSeconds(2.5);
   const std::string text = metrics.Serialize();
   EXPECT_THAT(text, HasSubstr("specprune_build_info{device=\"cpu\",dtype=\"fp32\","
-                              "git_commit=\"abc123\",model=\"tiny\",version=\"1.2.3\"} 1"));
+                              "git_commit=\"abc123\",model=\"tiny\",replica=\"pod-a\","
+                              "version=\"1.2.3\"} 1"));
   EXPECT_THAT(text, HasSubstr("specprune_model_load_seconds 2.5"));
 }
 

@@ -76,6 +76,7 @@ class ServerIntegrationTest : public ::testing::Test {
     options.metrics_port = FreePort();
     options.max_message_bytes = 2 << 20;
     options.engine.batcher.max_batch_size = 4;
+    options.replica_id = "replica-under-test";
     auto server = SpecPruneServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
@@ -286,6 +287,33 @@ TEST_F(ServerIntegrationTest, EachBadInputGetsItsCodeNamingTheFieldAndTheServerK
   ASSERT_TRUE(Call(ValidRequest("bystander", 1), &after).ok());
   EXPECT_FALSE(after.session_restarted());
   EXPECT_EQ(after.episode_steps(), 2u);
+}
+
+TEST_F(ServerIntegrationTest, RobotIdHeaderMustAgreeAndTheReplicaSaysWhoAnswered) {
+  absl::StatusOr<ActionChunk> chunk = client_->Predict("robot-header", Obs(5, 0), {});
+  ASSERT_TRUE(chunk.ok()) << chunk.status();
+  EXPECT_EQ(chunk->replica, "replica-under-test");
+
+  // A misrouted call (its header names another robot) is refused and touches nothing.
+  v1::PredictResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  ctx.AddMetadata("x-robot-id", "someone-else");
+  const grpc::Status s = stub_->Predict(&ctx, ValidRequest("robot-header-2", 0), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "x-robot-id")) << s.error_message();
+  ASSERT_TRUE(Call(ValidRequest("robot-header-2", 0), &resp).ok());
+  EXPECT_EQ(resp.episode_steps(), 1u);
+
+  // On a stream opened for one robot, another robot's message is answered in-band.
+  auto stream = client_->OpenStream("robot-header-3");
+  EXPECT_TRUE(stream->Predict("robot-header-3", Obs(5, 0)).ok());
+  EXPECT_EQ(stream->Predict("robot-header-4", Obs(5, 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<ActionChunk> again = stream->Predict("robot-header-3", Obs(5, 1));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->replica, "replica-under-test");
+  EXPECT_TRUE(stream->Close().ok());
 }
 
 TEST_F(ServerIntegrationTest, MetricsAreScrapedOverHttpWithNonZeroCounts) {

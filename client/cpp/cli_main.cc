@@ -314,6 +314,7 @@ int RunPredict(Client& client, bool json) {
                           {"cached", r.cached()},
                           {"timings", ProtoToJson(r.timings())},
                           {"pruning", ProtoToJson(r.pruning())},
+                          {"replica", chunk->replica},
                           {"client_seconds", client_seconds}};
     out["pruning"]["method"] = PruningMethodName(r.pruning().method());
     std::cout << out.dump(2) << "\n";

@@ -132,6 +132,15 @@ const char* PruningMethodName(v1::PruningMethod method) {
   }
 }
 
+constexpr char kRobotIdMetadata[] = "x-robot-id";
+
+// The server's "x-specprune-replica" initial metadata, "" when absent.
+std::string ReplicaOf(const grpc::ClientContext& context) {
+  const auto& metadata = context.GetServerInitialMetadata();
+  auto it = metadata.find("x-specprune-replica");
+  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
 absl::StatusOr<ActionChunk> ToActionChunk(const v1::PredictRequest& request,
                                           v1::PredictResponse response) {
   if (!response.robot_id().empty() &&
@@ -253,12 +262,18 @@ absl::StatusOr<ActionChunk> Client::Predict(std::string_view robot_id, const Obs
   absl::StatusOr<v1::PredictRequest> request = BuildRequest(robot_id, obs, opts);
   if (!request.ok()) return request.status();
   v1::PredictResponse response;
+  std::string replica;
   absl::Status status = CallWithRetry([&](grpc::ClientContext* context) {
     response.Clear();
-    return stub_->Predict(context, *request, &response);
+    context->AddMetadata(kRobotIdMetadata, request->robot_id());
+    grpc::Status s = stub_->Predict(context, *request, &response);
+    replica = ReplicaOf(*context);
+    return s;
   });
   if (!status.ok()) return status;
-  return ToActionChunk(*request, std::move(response));
+  absl::StatusOr<ActionChunk> chunk = ToActionChunk(*request, std::move(response));
+  if (chunk.ok()) chunk->replica = std::move(replica);
+  return chunk;
 }
 
 absl::StatusOr<bool> Client::Reset(std::string_view robot_id) {
@@ -268,6 +283,7 @@ absl::StatusOr<bool> Client::Reset(std::string_view robot_id) {
   v1::ResetResponse response;
   absl::Status status = CallWithRetry([&](grpc::ClientContext* context) {
     response.Clear();
+    context->AddMetadata(kRobotIdMetadata, request.robot_id());
     return stub_->Reset(context, request, &response);
   });
   if (!status.ok()) return status;
@@ -298,14 +314,16 @@ absl::StatusOr<bool> Client::Health() {
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
-std::unique_ptr<PredictStream> Client::OpenStream() {
-  return std::unique_ptr<PredictStream>(new PredictStream(this, stub_.get()));
+std::unique_ptr<PredictStream> Client::OpenStream(std::string_view robot_id) {
+  return std::unique_ptr<PredictStream>(new PredictStream(this, stub_.get(), robot_id));
 }
 
 // --- PredictStream ------------------------------------------------------------------------------
 
-PredictStream::PredictStream(Client* client, v1::VlaService::Stub* stub) : client_(client) {
+PredictStream::PredictStream(Client* client, v1::VlaService::Stub* stub, std::string_view robot_id)
+    : client_(client) {
   client_->AddCallMetadata(&context_);
+  if (!robot_id.empty()) context_.AddMetadata(kRobotIdMetadata, std::string(robot_id));
   stream_ = stub->StreamPredict(&context_);
   watchdog_ = std::thread([this] { WatchdogLoop(); });
 }
@@ -388,7 +406,9 @@ absl::StatusOr<ActionChunk> PredictStream::Predict(std::string_view robot_id,
         code > 0 && code <= 16 ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown,
         response.error().message());
   }
-  return ToActionChunk(*request, std::move(response));
+  absl::StatusOr<ActionChunk> chunk = ToActionChunk(*request, std::move(response));
+  if (chunk.ok()) chunk->replica = ReplicaOf(context_);
+  return chunk;
 }
 
 absl::Status PredictStream::Close() {

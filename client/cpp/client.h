@@ -127,6 +127,8 @@ struct ActionChunk {
   float at(int t, int d) const { return actions[static_cast<size_t>(t) * action_dim + d]; }
   // The full response: telemetry, timings, controller mode, flags.
   v1::PredictResponse raw;
+  // The replica that answered (response metadata "x-specprune-replica"); "" if it did not say.
+  std::string replica;
 };
 
 class Client;
@@ -154,7 +156,7 @@ class PredictStream {
 
  private:
   friend class Client;
-  PredictStream(Client* client, v1::VlaService::Stub* stub);
+  PredictStream(Client* client, v1::VlaService::Stub* stub, std::string_view robot_id);
   // Finishes the call after a failed Write/Read and records the final status.
   absl::Status FinishBroken();
   // Starts (armed) or stops the response timer of the watchdog.
@@ -201,7 +203,9 @@ class Client {
   absl::StatusOr<bool> Health();
 
   // Opens a StreamPredict stream. Never null; connection errors surface on the first Predict.
-  std::unique_ptr<PredictStream> OpenStream();
+  // `robot_id` (optional) is sent as the stream's "x-robot-id" metadata, which a fleet gateway
+  // routes on; the server then refuses messages for any other robot on this stream.
+  std::unique_ptr<PredictStream> OpenStream(std::string_view robot_id = {});
 
   const ClientOptions& options() const { return options_; }
 

@@ -184,3 +184,11 @@ def test_integration_unparsable_stream_message_is_answered_in_band(client, serve
     assert first.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "not a valid specprune.v1.PredictRequest" in first.error.message
     assert not second.HasField("error") and len(second.actions) > 0
+
+
+def test_integration_replica_is_reported_and_robot_header_sent(client):
+    info = client.model_info()
+    frames = [np.zeros((info.image_height, info.image_width, 3), np.uint8) for _ in info.cameras]
+    client.predict("py-replica", frames, "put the red cube on the plate",
+                   np.zeros(info.proprio_dim, np.float32))
+    assert client.last_replica  # the host name by default

@@ -291,6 +291,8 @@ class PolicyClient:
         self._stub = pb_grpc.VlaServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._lock = threading.Lock()
+        # The replica that answered the last call (server metadata "x-specprune-replica").
+        self.last_replica = ""
         self._steps: Dict[str, Tuple[str, int]] = {}  # robot -> (episode_id, next step)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -342,14 +344,15 @@ class PolicyClient:
             robot_id, images, instruction, proprio, episode_id, step, method, alpha, keep_ratio,
             diagnostic, unnorm_key, pruning_config,
         )
-        response = self._call(self._stub.Predict, request)
+        response = self._call(self._stub.Predict, request, robot_id=request.robot_id)
         return _to_prediction(request, response)
 
     def reset(self, robot_id: str) -> bool:
         """Ends the robot's episode; returns whether the server had a session for it."""
         if not robot_id:
             raise ValueError("robot_id is empty")
-        response = self._call(self._stub.Reset, pb.ResetRequest(robot_id=robot_id))
+        response = self._call(self._stub.Reset, pb.ResetRequest(robot_id=robot_id),
+                              robot_id=robot_id)
         with self._lock:
             self._steps.pop(robot_id, None)
         return response.existed
@@ -436,7 +439,10 @@ class PolicyClient:
         request.step = chosen
         return request
 
-    def _call(self, method: Callable, request):
+    def _call(self, method: Callable, request, robot_id: Optional[str] = None):
+        """One unary call with retries. Sends the token and (for robot calls) "x-robot-id", the
+        key a fleet gateway routes on; records the answering replica in ``last_replica``."""
+        metadata = self._metadata + ((("x-robot-id", robot_id),) if robot_id else ())
         deadline = time.monotonic() + self.timeout
         backoff = self._initial_backoff
         attempt = 1
@@ -445,7 +451,10 @@ class PolicyClient:
             if remaining <= 0:
                 raise PolicyError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             try:
-                return method(request, timeout=remaining, metadata=self._metadata)
+                response, call = method.with_call(request, timeout=remaining, metadata=metadata)
+                self.last_replica = dict(call.initial_metadata() or ()).get(
+                    "x-specprune-replica", "")
+                return response
             except grpc.RpcError as e:
                 code, details = e.code(), e.details() or ""
                 if code != grpc.StatusCode.UNAVAILABLE or attempt >= self.max_attempts:

@@ -1,0 +1,106 @@
+# SpecPrune Serve container image (CPU, Debian 12). docs/operations.md "Container image".
+#
+# Stages, in file order:
+#   runtime-base      Debian runtime libraries only (no compiler), the non-root user, ports,
+#                     healthcheck and entrypoint; no SpecPrune files yet.
+#   runtime-prebuilt  runtime-base + an install tree built on the host and copied from the build
+#                     context (PREBUILT, default .docker-stage/opt/specprune, made by
+#                     `cmake --install build --prefix .docker-stage/opt/specprune --strip`);
+#                     deploy/docker_test.sh builds this one: minutes instead of a full compile.
+#   build             deploy/setup.sh + deploy/build.sh in the image, installed to /opt/specprune.
+#   runtime           (last, so a plain `docker build .` gives it) runtime-base + the tree
+#                     compiled in `build`.
+# runtime-prebuilt comes before build on purpose: even the classic builder (no BuildKit), which
+# runs every stage up to --target, never compiles for `--target runtime-prebuilt`.
+#
+# BASE is a Debian 12 image. No registry is assumed: deploy/docker_test.sh makes
+# specprune/debian:12 with debootstrap + `docker import`. Where a registry is reachable,
+# --build-arg BASE=debian:12-slim works the same.
+#
+#   docker build -t specprune/serve:cpu .                                   # from source
+#   docker build --target runtime-prebuilt -t specprune/serve:cpu .         # host-built tree
+#   docker run --rm -p 50051:50051 -p 9464:9464 specprune/serve:cpu [--server_flag value ...]
+#
+# Every server flag (snake_case config keys, `specprune_server --help`) can follow the image
+# name; a flag given there overrides the entrypoint's (last one wins), e.g.
+# `--model_dir /models/mine` with `-v /host/models/mine:/models/mine:ro`, or
+# `--config /etc/specprune/server.json` with the file mounted there (flags override the config
+# file, so pass model_dir as a flag, not in the file, to move off the embedded model).
+#
+# CUDA variant (NOT buildable on the dev boxes: no GPU, no registry, and Debian's libtorch is
+# CPU-only). Steps on a machine with a registry and the NVIDIA container toolkit:
+#   1. BASE=nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04 for the build stage and
+#      nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 for the runtime stage (Ubuntu 22.04 carries
+#      gRPC/protobuf/abseil/prometheus-cpp/turbojpeg/png -dev packages like Debian 12's).
+#   2. In the build stage, instead of Debian's libtorch-dev: download PyTorch's CUDA LibTorch
+#      (cxx11 ABI) matching the CUDA version, e.g.
+#        curl -LO https://download.pytorch.org/libtorch/cu124/libtorch-cxx11-abi-shared-with-deps-2.4.1%2Bcu124.zip
+#        unzip -d /opt libtorch-cxx11-abi-shared-with-deps-2.4.1+cu124.zip
+#      install the other setup.sh packages (minus libtorch-dev) and configure with
+#        deploy/build.sh -DCMAKE_PREFIX_PATH=/opt/libtorch -DSPECPRUNE_BUILD_TESTS=OFF
+#      (nvcc is found at /usr/local/cuda/bin/nvcc, so the CUDA kernels are compiled; set
+#      -DCMAKE_CUDA_ARCHITECTURES to the target GPUs, default 80;90).
+#   3. In the runtime stage, copy /opt/libtorch/lib next to the install tree
+#      (/opt/specprune/lib, with LD_LIBRARY_PATH or an ld.so.conf.d entry) and apt-get only the
+#      non-torch runtime packages listed below.
+#   4. Run with `docker run --gpus all ... specprune/serve:cuda --device cuda --dtype bf16`.
+
+ARG BASE=specprune/debian:12
+
+# --- runtime-base ------------------------------------------------------------------------------
+FROM ${BASE} AS runtime-base
+# The shared libraries the installed executables need (`readelf -d bin/*` NEEDED, mapped with
+# `dpkg -S`, plus libsentencepiece0 for lib/libspecprune_spm_shim.so, which the tokenizer
+# dlopens), i.e. the runtime halves of setup.sh's -dev packages; prometheus-cpp-pull is
+# build-time only (/metrics is the project's own HTTP endpoint).
+# libtorch1.13 pulls in OpenCV/FFmpeg through Debian's dependencies; that is most of the image.
+RUN export DEBIAN_FRONTEND=noninteractive \
+ && apt-get update -qq \
+ && apt-get install -y -q --no-install-recommends \
+      libtorch1.13 libopenblas0-pthread \
+      libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
+      libprometheus-cpp-core1.0 \
+      libturbojpeg0 libpng16-16 libssl3 libsentencepiece0 \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
+RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin specprune
+ENV PATH=/opt/specprune/bin:${PATH} \
+    SPECPRUNE_SPM_SHIM=/opt/specprune/lib/libspecprune_spm_shim.so
+EXPOSE 50051 9464
+# Through the gRPC health service (grpc.health.v1, overall status); exit 0 only when SERVING.
+HEALTHCHECK --interval=10s --timeout=10s --start-period=60s --retries=3 \
+  CMD ["/opt/specprune/bin/specprune_cli", "health", "--target", "127.0.0.1:50051"]
+STOPSIGNAL SIGTERM
+# Exec form: the server is PID 1 and gets docker stop's SIGTERM itself (drains, exits 0; give it
+# drain_timeout_seconds + a margin: `docker stop -t 30`).
+ENTRYPOINT ["/opt/specprune/bin/specprune_server", "--host", "0.0.0.0", \
+            "--model_dir", "/opt/specprune/share/specprune/models/tiny"]
+
+# --- runtime-prebuilt ----------------------------------------------------------------------------
+FROM runtime-base AS runtime-prebuilt
+ARG PREBUILT=.docker-stage/opt/specprune
+COPY ${PREBUILT} /opt/specprune
+# Fails the build when a runtime library is missing from the list above.
+RUN ! ldd /opt/specprune/bin/* /opt/specprune/lib/*.so | grep 'not found' \
+ && test -f /opt/specprune/share/specprune/models/tiny/config.json \
+ && test -f "${SPECPRUNE_SPM_SHIM}"
+USER specprune:specprune
+
+# --- build -------------------------------------------------------------------------------------
+FROM ${BASE} AS build
+# The commit reported by specprune_build_info (.git is not in the build context).
+ARG GIT_COMMIT=unknown
+WORKDIR /src
+COPY . /src
+RUN deploy/setup.sh \
+ && deploy/build.sh -DSPECPRUNE_BUILD_TESTS=OFF -DSPECPRUNE_GIT_COMMIT=${GIT_COMMIT} \
+ && cmake --install build --prefix /opt/specprune --strip
+
+# --- runtime (default: last stage) -------------------------------------------------------------
+FROM runtime-base AS runtime
+COPY --from=build /opt/specprune /opt/specprune
+RUN ! ldd /opt/specprune/bin/* /opt/specprune/lib/*.so | grep 'not found' \
+ && test -f /opt/specprune/share/specprune/models/tiny/config.json \
+ && test -f "${SPECPRUNE_SPM_SHIM}"
+USER specprune:specprune
