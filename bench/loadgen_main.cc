@@ -27,6 +27,20 @@
 // robots meet at a barrier and the measured window runs from the barrier to the
 // last robot's last answer.
 //
+// Pacing: with --rate_hz R each robot starts a step at most every 1/R s (its
+// first step, and its first measured step, staggered by index/N of a period);
+// a robot whose answer takes longer than the period sends at once (closed loop).
+//
+// Flooding (fair share, issue #25): --flood_robots M clients, each on its own
+// connection, keep --flood_inflight K Predict calls in flight without pause or
+// backoff, from before the robots start until the last robot is done: all for
+// one robot id per client (steps increasing in call order, so the server's
+// per-robot bound answers RESOURCE_EXHAUSTED and overtaken steps are stale), or
+// with --flood_distinct_ids for --flood_id_pool ids per client (one credential
+// posing as many robots). Their answers are not checked, only counted by code;
+// the report keeps them apart ("flood"): "latency_ms" and every other
+// top-level figure are the robots' only, and flood errors do not fail the run.
+//
 // Churn (soak tests): --episodes E runs E episodes of M steps per robot;
 // --duration_s T instead runs episodes until T seconds of measured time have
 // passed. Between episodes a robot alternately calls Reset or just switches to
@@ -51,6 +65,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bench/loadgen_options.h"
@@ -177,6 +192,16 @@ int Main(int argc, char** argv) {
     return 3;
   }
 
+  std::vector<std::unique_ptr<Flooder>> flooders;
+  for (int i = 0; i < opts.flood_robots; ++i) {
+    flooders.push_back(std::make_unique<Flooder>(i, opts, shape, MakeChannel(opts, *creds, true)));
+  }
+  absl::Notification stop_flood;
+  std::vector<std::thread> flood_threads;
+  for (auto& f : flooders) {
+    flood_threads.emplace_back([&f, &stop_flood] { f->Run(&stop_flood); });
+  }
+
   RunControl control(opts.robots);
   std::vector<std::unique_ptr<Robot>> robots;
   for (int i = 0; i < opts.robots; ++i) {
@@ -186,6 +211,10 @@ int Main(int argc, char** argv) {
   const absl::Time started_at = absl::Now();
   const double cpu_at_start = ProcessCpuSeconds();
   RunRobots(robots, opts, &control);
+  stop_flood.Notify();
+  for (auto& t : flood_threads) t.join();
+  std::vector<const FloodStats*> flood_stats;
+  for (const auto& f : flooders) flood_stats.push_back(&f->stats());
 
   std::vector<const RobotStats*> stats;
   for (const auto& r : robots) stats.push_back(&r->stats());
@@ -193,9 +222,12 @@ int Main(int argc, char** argv) {
   RobotStats all = SumStats(stats, control.measure_start, &end);
   const double window_s = std::chrono::duration<double>(end - control.measure_start).count();
   const ReportContext context{opts, shape, info, started_at, window_s, cpu_at_start};
-  const nlohmann::json j = BuildReport(context, &all);
+  nlohmann::json j = BuildReport(context, &all);
+  FloodStats flood = SumFloodStats(flood_stats);
+  if (opts.flood_robots > 0) j["flood"] = BuildFloodReport(opts, &flood);
   if (!WriteJson(opts, j.dump(2) + "\n")) return 3;
-  const std::string summary = SummaryLine(context, all);
+  const std::string summary =
+      SummaryLine(context, all) + (opts.flood_robots > 0 ? FloodSummaryLine(opts, flood) : "");
   std::fputs(summary.c_str(), opts.json_path == "-" ? stderr : stdout);
   for (const auto& m : all.mismatch_examples) std::fprintf(stderr, "  mismatch: %s\n", m.c_str());
   return all.mismatches == 0 && all.lost == 0 ? 0 : 1;

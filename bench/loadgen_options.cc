@@ -42,6 +42,17 @@ ABSL_FLAG(bool, shared_channel, Defaults().shared_channel,
           "all robots share one channel (default: one connection per robot)");
 ABSL_FLAG(double, connect_timeout_s, Defaults().connect_timeout_s,
           "how long to wait for GetModelInfo to succeed, seconds");
+ABSL_FLAG(double, rate_hz, Defaults().rate_hz,
+          "each robot starts a step at most every 1/R s (closed loop if slower; 0: no pacing)");
+ABSL_FLAG(int, flood_robots, Defaults().flood_robots,
+          "flooding clients besides the robots, 0..256, each keeping --flood_inflight calls in "
+          "flight without pause; reported apart (\"flood\")");
+ABSL_FLAG(int, flood_inflight, Defaults().flood_inflight,
+          "Predict calls each flooding client keeps in flight, 1..1024");
+ABSL_FLAG(bool, flood_distinct_ids, Defaults().flood_distinct_ids,
+          "flooders cycle over --flood_id_pool robot ids (default: one robot id per flooder)");
+ABSL_FLAG(int, flood_id_pool, Defaults().flood_id_pool,
+          "robot ids per flooding client with --flood_distinct_ids, 1..1000000");
 
 namespace specprune::loadgen {
 
@@ -49,7 +60,8 @@ const char kUsage[] =
     R"(usage: specprune_loadgen --target HOST:PORT --robots N --steps M --json FILE [flags]
 
 Closed-loop load generator: N robot threads drive Predict episodes against a SpecPrune Serve
-server and write a JSON report. Exit status: 0 ok, 1 a mismatch or lost response, 2 usage
+server (paced with --rate_hz), optionally beside --flood_robots clients that send as fast as
+they can, and write a JSON report. Exit status: 0 ok, 1 a mismatch or lost response, 2 usage
 error, 3 setup failure.)";
 
 std::string MethodLabel(v1::PruningMethod m) {
@@ -84,7 +96,10 @@ absl::Status ValidateLoadgenOptions(const LoadgenOptions& o) {
         CheckRange("warmup", o.warmup, 0, 100000000),
         CheckRange("deadline_ms", o.deadline_ms, 1, 3600000),
         CheckRange("episodes", o.episodes, 1, 100000000),
-        CheckRange("robot_id_pool", o.robot_id_pool, 0, 100000000)}) {
+        CheckRange("robot_id_pool", o.robot_id_pool, 0, 100000000),
+        CheckRange("flood_robots", o.flood_robots, 0, 256),
+        CheckRange("flood_inflight", o.flood_inflight, 1, 1024),
+        CheckRange("flood_id_pool", o.flood_id_pool, 1, 1000000)}) {
     if (!s.ok()) return s;
   }
   if (o.image_size != 0 && (o.image_size < 8 || o.image_size > 4096)) {
@@ -94,6 +109,11 @@ absl::Status ValidateLoadgenOptions(const LoadgenOptions& o) {
   if (!(o.duration_s >= 0 && o.duration_s <= kMaxSeconds)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "--duration_s must be a number of seconds >= 0 (0: off), got %g", o.duration_s));
+  }
+  if (!(o.rate_hz >= 0 && o.rate_hz <= 100000)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--rate_hz must be a number of steps per second in [0, 100000] (0: off), got %g",
+        o.rate_hz));
   }
   if (!(o.connect_timeout_s > 0 && o.connect_timeout_s <= kMaxSeconds)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -164,6 +184,11 @@ absl::StatusOr<LoadgenOptions> LoadgenOptionsFromFlags() {
   o.run_tag = absl::GetFlag(FLAGS_run_tag);
   o.shared_channel = absl::GetFlag(FLAGS_shared_channel);
   o.connect_timeout_s = absl::GetFlag(FLAGS_connect_timeout_s);
+  o.rate_hz = absl::GetFlag(FLAGS_rate_hz);
+  o.flood_robots = absl::GetFlag(FLAGS_flood_robots);
+  o.flood_inflight = absl::GetFlag(FLAGS_flood_inflight);
+  o.flood_distinct_ids = absl::GetFlag(FLAGS_flood_distinct_ids);
+  o.flood_id_pool = absl::GetFlag(FLAGS_flood_id_pool);
   if (absl::Status s = ValidateLoadgenOptions(o); !s.ok()) return s;
   FillDerivedDefaults(&o);
   return o;

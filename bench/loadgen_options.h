@@ -41,6 +41,19 @@ struct LoadgenOptions {
   std::string run_tag;    // empty = lg<seed>-<pid>
   bool shared_channel = false;
   double connect_timeout_s = 10;
+  // Pacing of the (normal) robots: > 0 = each robot starts its next step at most every 1/rate_hz
+  // seconds (closed loop when an answer takes longer); 0 = closed loop with no think time.
+  double rate_hz = 0;
+  // Flooding clients (fair-share measurement, issue #25): each keeps flood_inflight Predict calls
+  // in flight continuously, with no think time and no backoff, on its own connection. Their
+  // results are reported apart from the robots' ("flood" in the report).
+  int flood_robots = 0;     // [0, 256]
+  int flood_inflight = 16;  // [1, 1024] calls in flight per flooding client
+  // false: all calls of a flooding client are for ONE robot id (increasing steps; exercises the
+  // server's per-robot bound); true: they cycle over flood_id_pool robot ids (one credential
+  // posing as many robots).
+  bool flood_distinct_ids = false;
+  int flood_id_pool = 64;  // [1, 1000000]
 };
 
 // Adds the call metadata of `options` (the bearer token) to `context`.
@@ -48,7 +61,7 @@ void AddCallMetadata(const LoadgenOptions& options, grpc::ClientContext* context
 
 // Checks `o`; errors are InvalidArgument with a message for the user that names the flag: a
 // missing required flag, a value out of range, --warmup not below the calls per robot, a
-// --robot_id_pool that is not a multiple of --robots.
+// --robot_id_pool that is not a multiple of --robots, flood flags out of range.
 absl::Status ValidateLoadgenOptions(const LoadgenOptions& o);
 
 // Fills the defaults that depend on other flags: robot_id_pool = robots, run_tag =

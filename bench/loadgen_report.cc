@@ -110,7 +110,9 @@ nlohmann::json BuildReport(const ReportContext& context, RobotStats* all_stats) 
       {"duration_s", opts.duration_s},
       {"robot_id_pool", opts.robot_id_pool},
       {"run_tag", opts.run_tag},
-      {"channels", opts.shared_channel ? "shared" : "per-robot"}};
+      {"channels", opts.shared_channel ? "shared" : "per-robot"},
+      {"rate_hz", opts.rate_hz},
+      {"flood_robots", opts.flood_robots}};
   j["server"] = {{"config_name", info.config_name()},
                  {"device", info.device()},
                  {"dtype", info.dtype()},
@@ -179,6 +181,55 @@ std::string SummaryLine(const ReportContext& context, const RobotStats& all) {
       static_cast<long long>(ErrorsTotal(all)), errs.empty() ? "" : " (", errs.c_str(),
       errs.empty() ? "" : ")", static_cast<long long>(all.mismatches),
       static_cast<long long>(all.lost), pass ? "PASS" : "FAIL");
+}
+
+FloodStats SumFloodStats(const std::vector<const FloodStats*>& flooders) {
+  FloodStats all;
+  for (const FloodStats* f : flooders) {
+    all.sent += f->sent;
+    all.ok += f->ok;
+    for (const auto& [k, v] : f->codes) all.codes[k] += v;
+    Append(all.latency_ms, f->latency_ms);
+    all.seconds = std::max(all.seconds, f->seconds);
+  }
+  return all;
+}
+
+nlohmann::json BuildFloodReport(const LoadgenOptions& opts, FloodStats* flood) {
+  std::sort(flood->latency_ms.begin(), flood->latency_ms.end());
+  const auto& lat = flood->latency_ms;
+  const double s = flood->seconds;
+  nlohmann::json j;
+  j["clients"] = opts.flood_robots;
+  j["inflight_per_client"] = opts.flood_inflight;
+  j["distinct_ids"] = opts.flood_distinct_ids;
+  j["robot_ids_per_client"] = opts.flood_distinct_ids ? opts.flood_id_pool : 1;
+  j["seconds"] = s;
+  j["sent"] = flood->sent;
+  j["ok"] = flood->ok;
+  j["codes"] = flood->codes;
+  j["sent_rps"] = s > 0 ? flood->sent / s : 0;
+  j["ok_rps"] = s > 0 ? flood->ok / s : 0;
+  j["latency_ms"] = {{"p50", Percentile(lat, 50)},
+                     {"p90", Percentile(lat, 90)},
+                     {"p99", Percentile(lat, 99)},
+                     {"max", lat.empty() ? 0.0 : lat.back()}};
+  return j;
+}
+
+std::string FloodSummaryLine(const LoadgenOptions& opts, const FloodStats& flood) {
+  std::string codes;
+  for (const auto& [k, v] : flood.codes) {
+    absl::StrAppend(&codes, codes.empty() ? "" : ",", k, "=", v);
+  }
+  const double s = flood.seconds;
+  return absl::StrFormat(
+      "  flood clients=%d inflight=%d ids=%d: %lld sent, %lld ok in %.2f s = %.1f ok/s | "
+      "latency ms p50 %.1f p99 %.1f | codes %s\n",
+      opts.flood_robots, opts.flood_inflight, opts.flood_distinct_ids ? opts.flood_id_pool : 1,
+      static_cast<long long>(flood.sent), static_cast<long long>(flood.ok), s,
+      s > 0 ? flood.ok / s : 0, Percentile(flood.latency_ms, 50), Percentile(flood.latency_ms, 99),
+      codes.empty() ? "none" : codes.c_str());
 }
 
 }  // namespace specprune::loadgen

@@ -1,5 +1,5 @@
 // The report of specprune_loadgen (bench/loadgen_main.cc): the robots' statistics summed, the
-// JSON report (--json) and the one-line summary.
+// JSON report (--json) and the one-line summary; the flooding clients' apart.
 //
 // Thread safety: reentrant; call after the robot threads have joined.
 #pragma once
@@ -43,5 +43,15 @@ nlohmann::json BuildReport(const ReportContext& context, RobotStats* all);
 // The one-line human summary (after BuildReport, which sorts the latencies), ending in PASS or
 // FAIL and a newline.
 std::string SummaryLine(const ReportContext& context, const RobotStats& all);
+
+// The sum of the flooding clients' statistics (seconds: the longest).
+FloodStats SumFloodStats(const std::vector<const FloodStats*>& flooders);
+
+// The "flood" object of the report: the flood flags, calls sent, OK, counts by code, the OK
+// calls' latency percentiles and rates. Sorts flood->latency_ms.
+nlohmann::json BuildFloodReport(const LoadgenOptions& opts, FloodStats* flood);
+
+// "  flood: ..." one line (after BuildFloodReport), ending in a newline.
+std::string FloodSummaryLine(const LoadgenOptions& opts, const FloodStats& flood);
 
 }  // namespace specprune::loadgen

@@ -1,8 +1,10 @@
 #include "bench/loadgen_robot.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -37,6 +39,7 @@ void Robot::Run() {
     passed_barrier = true;
     control_->warmed_up.DecrementCount();
     control_->measuring.WaitForNotification();
+    next_send_.reset();  // the measured window starts with staggered robots again
   };
   for (int e = 0;; ++e) {
     if (opts_.duration_s == 0 && e >= opts_.episodes) break;
@@ -53,6 +56,7 @@ void Robot::Run() {
     int64_t passes = 0;
     for (int step = 0; step < opts_.steps; ++step) {
       if (stats_.sent == opts_.warmup) barrier();
+      Pace();
       if (Expired(passed_barrier)) break;
       DoStep(robot_id, episode_id, static_cast<uint64_t>(step), scene, passed_barrier, &passes);
     }
@@ -63,6 +67,19 @@ void Robot::Run() {
 
 bool Robot::Expired(bool measuring) const {
   return measuring && control_->measure_end && Clock::now() >= *control_->measure_end;
+}
+
+// A robot's steps are due one period apart; the first one of the run (and of the measured window)
+// is staggered by index / robots of a period, as independent robots are not in phase. A robot
+// whose answer came late sends at once and is due again one period later (no catch-up burst).
+void Robot::Pace() {
+  if (opts_.rate_hz <= 0) return;
+  const auto period = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(1.0 / opts_.rate_hz));
+  const auto now = Clock::now();
+  if (!next_send_) next_send_ = now + period * index_ / opts_.robots;
+  if (*next_send_ > now) std::this_thread::sleep_until(*next_send_);
+  next_send_ = std::max(*next_send_, now) + period;
 }
 
 void Robot::DoReset(const std::string& robot_id) {
@@ -86,32 +103,34 @@ void Robot::Mismatch(const std::string& what) {
   if (stats_.mismatch_examples.size() < 5) stats_.mismatch_examples.push_back(what);
 }
 
-void Robot::BuildRequest(const std::string& robot_id, const std::string& episode_id, uint64_t step,
-                         const Scene& scene) {
-  req_.Clear();
-  req_.set_robot_id(robot_id);
-  req_.set_episode_id(episode_id);
-  req_.set_step(step);
-  req_.set_instruction(instruction_);
-  if (opts_.method != v1::PRUNING_METHOD_UNSPECIFIED) {
-    req_.mutable_pruning()->set_method(opts_.method);
+void FillRequest(const LoadgenOptions& opts, const ServingShape& shape,
+                 const std::string& instruction, const std::string& robot_id,
+                 const std::string& episode_id, uint64_t step, const Scene& scene,
+                 v1::PredictRequest* req) {
+  req->Clear();
+  req->set_robot_id(robot_id);
+  req->set_episode_id(episode_id);
+  req->set_step(step);
+  req->set_instruction(instruction);
+  if (opts.method != v1::PRUNING_METHOD_UNSPECIFIED) {
+    req->mutable_pruning()->set_method(opts.method);
   }
-  for (size_t c = 0; c < shape_.cameras.size(); ++c) {
-    v1::Image* img = req_.add_images();
-    img->set_camera(shape_.cameras[c]);
-    if (opts_.encoding == "raw") {
+  for (size_t c = 0; c < shape.cameras.size(); ++c) {
+    v1::Image* img = req->add_images();
+    img->set_camera(shape.cameras[c]);
+    if (opts.encoding == "raw") {
       v1::RawImage* raw = img->mutable_raw();
-      raw->set_height(shape_.image_size);
-      raw->set_width(shape_.image_size);
+      raw->set_height(shape.image_size);
+      raw->set_width(shape.image_size);
       raw->set_channels(3);
       scene.Render(static_cast<int>(c), step, raw->mutable_pixels());
     } else {
       RgbImage rgb;
-      rgb.height = rgb.width = shape_.image_size;
+      rgb.height = rgb.width = shape.image_size;
       std::string buf;
       scene.Render(static_cast<int>(c), step, &buf);
       rgb.pixels.assign(buf.begin(), buf.end());
-      auto enc = opts_.encoding == "png" ? EncodePng(rgb) : EncodeJpeg(rgb, 90);
+      auto enc = opts.encoding == "png" ? EncodePng(rgb) : EncodeJpeg(rgb, 90);
       // Encoding a valid synthetic frame cannot fail; an error here is a bug
       // worth seeing.
       if (!enc.ok()) {
@@ -122,7 +141,12 @@ void Robot::BuildRequest(const std::string& robot_id, const std::string& episode
       img->set_encoded(std::move(*enc));
     }
   }
-  scene.Proprio(step, shape_.proprio_dim, req_.mutable_proprio());
+  scene.Proprio(step, shape.proprio_dim, req->mutable_proprio());
+}
+
+void Robot::BuildRequest(const std::string& robot_id, const std::string& episode_id, uint64_t step,
+                         const Scene& scene) {
+  FillRequest(opts_, shape_, instruction_, robot_id, episode_id, step, scene, &req_);
 }
 
 void Robot::DoStep(const std::string& robot_id, const std::string& episode_id, uint64_t step,
@@ -217,6 +241,74 @@ void Robot::Verify(const v1::PredictResponse& resp, int64_t* passes) {
         absl::StrFormat("%sepisode_steps %d, expected %d", where, resp.episode_steps(), expected));
   }
   *passes = static_cast<int64_t>(resp.episode_steps());
+}
+
+namespace {
+constexpr int kFloodFrames = 16;
+}  // namespace
+
+Flooder::Flooder(int index, const LoadgenOptions& opts, const ServingShape& shape,
+                 std::shared_ptr<grpc::Channel> channel)
+    : index_(index), opts_(opts), stub_(v1::VlaService::NewStub(channel)) {
+  // Robot number `robots + index` of the seed: a scene and instruction no robot uses.
+  const int robot = opts.robots + index;
+  const Scene scene(opts.seed, robot, 0, shape.image_size);
+  const std::string instruction = Instruction(opts.seed, robot);
+  frames_.resize(kFloodFrames);
+  for (int i = 0; i < kFloodFrames; ++i) {
+    FillRequest(opts, shape, instruction, "", absl::StrCat(opts.run_tag, "-flood", index, "-e0"),
+                static_cast<uint64_t>(i), scene, &frames_[i]);
+  }
+}
+
+void Flooder::Run(const absl::Notification* stop) {
+  const auto t0 = Clock::now();
+  std::vector<FloodStats> slots(static_cast<size_t>(opts_.flood_inflight));
+  std::vector<std::thread> threads;
+  for (FloodStats& slot : slots) threads.emplace_back([this, stop, &slot] { Slot(stop, &slot); });
+  for (auto& t : threads) t.join();
+  stats_ = FloodStats();
+  for (const FloodStats& s : slots) {
+    stats_.sent += s.sent;
+    stats_.ok += s.ok;
+    for (const auto& [k, v] : s.codes) stats_.codes[k] += v;
+    stats_.latency_ms.insert(stats_.latency_ms.end(), s.latency_ms.begin(), s.latency_ms.end());
+    stats_.seconds = std::max(stats_.seconds, s.seconds);
+  }
+  if (stats_.seconds == 0)
+    stats_.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void Flooder::Slot(const absl::Notification* stop, FloodStats* out) {
+  const auto t_start = Clock::now();
+  v1::PredictRequest req;
+  while (!stop->HasBeenNotified()) {
+    const uint64_t n = next_call_.fetch_add(1, std::memory_order_relaxed);
+    uint64_t step = n;
+    std::string robot_id = absl::StrCat(opts_.run_tag, "-flood", index_);
+    if (opts_.flood_distinct_ids) {
+      const uint64_t pool = static_cast<uint64_t>(opts_.flood_id_pool);
+      absl::StrAppend(&robot_id, "-id", n % pool);
+      step = n / pool;
+    }
+    req = frames_[step % kFloodFrames];
+    req.set_robot_id(robot_id);
+    req.set_step(step);
+    v1::PredictResponse resp;
+    grpc::ClientContext ctx;
+    AddCallMetadata(opts_, &ctx);
+    const auto t0 = Clock::now();
+    ctx.set_deadline(DeadlineIn(std::chrono::milliseconds(opts_.deadline_ms)));
+    const grpc::Status s = stub_->Predict(&ctx, req, &resp);
+    const auto t1 = Clock::now();
+    out->sent += 1;
+    out->codes[CodeName(s.error_code())] += 1;
+    out->seconds = std::chrono::duration<double>(t1 - t_start).count();
+    if (s.ok()) {
+      out->ok += 1;
+      out->latency_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+  }
 }
 
 }  // namespace specprune::loadgen

@@ -1,13 +1,17 @@
 // The robots of specprune_loadgen (bench/loadgen_main.cc): each Robot drives one simulated robot
-// against the server over its own stub, sending its Predict calls one after the other and
-// checking every answer against its request (the checks are listed in bench/loadgen_main.cc).
+// against the server over its own stub, sending its Predict calls one after the other (paced by
+// --rate_hz) and checking every answer against its request (the checks are listed in
+// bench/loadgen_main.cc). A Flooder is a misbehaving client beside them (--flood_robots): it keeps
+// --flood_inflight calls in flight without pause and only counts what comes back.
 //
 // Ownership and thread safety: a Robot runs on one thread (Run); it borrows the options, the
 // serving shape and the RunControl, which must outlive it. RunControl is shared by all robots and
 // the main thread (its members synchronize themselves; measure_start and measure_end are written
-// before `measuring` is notified and only read after). stats() may be read once Run returned.
+// before `measuring` is notified and only read after). stats() may be read once Run returned. A
+// Flooder's Run starts its own threads (one per call in flight) and joins them before returning.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -75,6 +79,13 @@ struct RunControl {
   std::optional<Clock::time_point> measure_end;  // duration mode: stop starting calls after this
 };
 
+// Fills `req` (cleared first) with the Predict request of `robot_id` at `step` of `scene`:
+// instruction, --method, every camera's frame in --encoding, proprioception.
+void FillRequest(const LoadgenOptions& opts, const ServingShape& shape,
+                 const std::string& instruction, const std::string& robot_id,
+                 const std::string& episode_id, uint64_t step, const Scene& scene,
+                 v1::PredictRequest* req);
+
 class Robot {
  public:
   // Marks an unknown count of forward passes (after a failed call).
@@ -93,6 +104,8 @@ class Robot {
 
  private:
   bool Expired(bool measuring) const;
+  // With --rate_hz: sleeps until this robot's next step is due (see loadgen_robot.cc).
+  void Pace();
   void DoReset(const std::string& robot_id);
   void Mismatch(const std::string& what);
   void BuildRequest(const std::string& robot_id, const std::string& episode_id, uint64_t step,
@@ -109,6 +122,44 @@ class Robot {
   const std::string instruction_;
   v1::PredictRequest req_;
   RobotStats stats_;
+  // With --rate_hz: when the next step is due (unset: at the first step, staggered by index).
+  std::optional<Clock::time_point> next_send_;
+};
+
+// What one flooding client saw (all its calls, from its start to `stop`).
+struct FloodStats {
+  int64_t sent = 0;
+  int64_t ok = 0;
+  std::map<std::string, int64_t> codes;  // gRPC code name -> count, "OK" included
+  std::vector<double> latency_ms;        // OK calls only
+  double seconds = 0;                    // from Run's start to its last answer
+};
+
+// A client that sends as fast as it can (--flood_robots): flood_inflight threads on one channel,
+// each sending its next Predict as soon as the previous answer (any code) arrived. Robot ids are
+// "<run_tag>-flood<index>" (one id: steps 0, 1, 2, ... handed out in call order, so calls overtake
+// each other and some are stale) or, with --flood_distinct_ids, "<run_tag>-flood<index>-id<k>"
+// for call n with k = n mod flood_id_pool and step n / flood_id_pool. Frames are 16 pre-rendered
+// steps of one synthetic scene, cycled, so the flooder spends little CPU of its own.
+class Flooder {
+ public:
+  Flooder(int index, const LoadgenOptions& opts, const ServingShape& shape,
+          std::shared_ptr<grpc::Channel> channel);
+
+  // Floods until `stop` is notified, then waits for its calls in flight and returns.
+  void Run(const absl::Notification* stop);
+
+  const FloodStats& stats() const { return stats_; }
+
+ private:
+  void Slot(const absl::Notification* stop, FloodStats* out);
+
+  const int index_;
+  const LoadgenOptions& opts_;
+  std::unique_ptr<v1::VlaService::Stub> stub_;
+  std::vector<v1::PredictRequest> frames_;  // read-only after construction
+  std::atomic<uint64_t> next_call_{0};
+  FloodStats stats_;
 };
 
 }  // namespace specprune::loadgen
