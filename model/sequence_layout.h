@@ -1,5 +1,5 @@
 // The ragged LLM batch of the VLA (docs/ARCHITECTURE.md "The model"), written once for the served
-// forward (VlaModel::Forward, which prunes) and the training forward (tools/bc_data.h
+// forward (VlaModel::Forward, which prunes) and the training forward (tools/training_forward.h
 // TrainingForward).
 //
 // Rows of one sample, in order: BOS | vision (cameras x patches, possibly pruned) | proprio |

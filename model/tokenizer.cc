@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <mutex>
 #include <utility>
 
@@ -37,14 +38,25 @@ struct SpmApi {
   char* (*id_to_piece)(void*, int, size_t*);
 };
 
+// Beside an installed executable: <prefix>/bin/x -> <prefix>/lib/libspecprune_spm_shim.so.
+std::string InstalledShimPath() {
+  std::error_code error;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error) return "";
+  return (exe.parent_path().parent_path() / "lib" / "libspecprune_spm_shim.so").string();
+}
+
 // Loads the shim once per process. Search order: $SPECPRUNE_SPM_SHIM, the build-time path, the
-// dynamic loader's search path.
+// installed layout beside the executable, the dynamic loader's search path.
 absl::StatusOr<const SpmApi*> GetSpmApi() {
   static SpmApi api;
   static absl::Status status = [] {
     std::vector<std::string> candidates;
     if (const char* env = std::getenv("SPECPRUNE_SPM_SHIM")) candidates.push_back(env);
     candidates.push_back(SPECPRUNE_SPM_SHIM_PATH);
+    if (std::string installed = InstalledShimPath(); !installed.empty()) {
+      candidates.push_back(installed);
+    }
     candidates.push_back("libspecprune_spm_shim.so");
     void* lib = nullptr;
     std::string errors;

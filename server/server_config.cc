@@ -1,6 +1,7 @@
 #include "server/server_config.h"
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <variant>
@@ -196,6 +197,19 @@ absl::StatusOr<json> ReadJsonFile(const std::string& path) {
 }
 
 }  // namespace
+
+std::string DefaultModelDir() {
+  std::error_code error;
+  if (std::filesystem::exists(SPECPRUNE_DEFAULT_MODEL_DIR, error))
+    return SPECPRUNE_DEFAULT_MODEL_DIR;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (!error) {
+    const std::filesystem::path installed =
+        exe.parent_path().parent_path() / "share" / "specprune" / "models" / "tiny";
+    if (std::filesystem::exists(installed, error)) return installed.string();
+  }
+  return SPECPRUNE_DEFAULT_MODEL_DIR;
+}
 
 absl::Status ApplyServerOptionsJson(const json& j, ServerOptions& options) {
   if (!j.is_object()) {

@@ -28,6 +28,9 @@
 
 namespace specprune {
 
+// The built-in model_dir (see ServerOptions::model_dir).
+std::string DefaultModelDir();
+
 // Config keys, with the option each sets and its accepted values:
 //   model_dir                 model_dir                          non-empty
 //   host                      host                               non-empty
@@ -62,8 +65,10 @@ namespace specprune {
 //   replica_id                replica_id                         "" = the host name
 struct ServerOptions {
   // Model directory (config.json, checkpoint, tokenizer, dataset statistics). Defaults to the
-  // embedded tiny model of the source tree (compile definition SPECPRUNE_DEFAULT_MODEL_DIR).
-  std::string model_dir = SPECPRUNE_DEFAULT_MODEL_DIR;
+  // embedded tiny model: the source tree's (compile definition SPECPRUNE_DEFAULT_MODEL_DIR), or,
+  // when that does not exist, the installed copy <prefix>/share/specprune/models/tiny beside the
+  // executable (cmake --install, the container image).
+  std::string model_dir = DefaultModelDir();
   // Address the gRPC server binds to.
   std::string host = "0.0.0.0";
   // gRPC port; 0 lets the OS pick a free port (tests).

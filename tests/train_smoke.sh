@@ -5,7 +5,7 @@
 set -euo pipefail
 train=$1 eval=$2 src=$3 out=$4
 rm -rf "$out"
-common=(--out "$out" --init "$src/models/tiny" --init_weights 1 --batch 4 --warmup 1 --threads 1
+common=(--out "$out" --init "$src/models/tiny" --init_weights=1 --batch 4 --warmup 1 --threads 1
         --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
         --aux_weight 1 --patch_weight 1 --early_frac 0.5 --dagger_every 2 --dagger_episodes 2
         --dagger_frac 0.5 --dagger_states goal --text_aux_weight 0.5 --attr_weight 0.5
@@ -49,7 +49,7 @@ grep -qE "^object  step 0 of [1-8] of them: the goal object's colour word row .*
 # config on the model's defaults and the JSON records it; executing 4 of 8 rows per chunk sets
 # SpecPrune's executed_rows.
 "$eval" --model "$out" --suites goal --methods none,specprune --episodes 1 --threads 1 \
-  --reference 0 --pruning "$src/bench/pruning/specprune-alpha1.6-fine2.4.json" --execute_steps 4 \
+  --reference=0 --pruning "$src/bench/pruning/specprune-alpha1.6-fine2.4.json" --execute_steps 4 \
   --json "$out.eval.json" > "$out.eval.log" 2>&1 || { cat "$out.eval.log"; exit 1; }
 grep -q '"coarse_scale": 1.6' "$out.eval.json" || { echo "--pruning not applied"; exit 1; }
 grep -q '"executed_rows": 4' "$out.eval.json" || { echo "--execute_steps did not set executed_rows"; exit 1; }
@@ -60,9 +60,9 @@ grep -q '"target_coverage": {' "$out.eval.json" && grep -q '"v_local": ' "$out.e
   { echo "no target coverage for SpecPrune"; exit 1; }
 # --instruction_film adds the zero-initialized FiLM to the committed weights; it learns, the
 # checkpoint records it, a resume continues it, and the evaluation loads the result.
-film=(--out "$out.film" --init "$src/models/tiny" --init_weights 1 --batch 4 --warmup 1 --threads 1
+film=(--out "$out.film" --init "$src/models/tiny" --init_weights=1 --batch 4 --warmup 1 --threads 1
       --stats_episodes 3 --holdout_every 2 --eval_every 1000 --ckpt_every 2 --log_every 1
-      --instruction_film 1 --film_pooling attention --film_lr_mult 5 --film_patch_weight 0.5
+      --instruction_film=1 --film_pooling attention --film_lr_mult 5 --film_patch_weight 0.5
       --fixed_tasks 10)
 rm -rf "$out.film"
 "$train" "${film[@]}" --steps 2 > "$out.film.log" 2>&1 || { cat "$out.film.log"; exit 1; }
@@ -76,7 +76,7 @@ grep -q '"instruction_film": true' "$out.film/config.json" && grep -q '"instruct
 "$train" "${film[@]}" --steps 3 > "$out.film.second.log" 2>&1 || { cat "$out.film.second.log"; exit 1; }
 grep -q "resuming from step 2" "$out.film.second.log" || { cat "$out.film.second.log"; exit 1; }
 "$eval" --model "$out.film" --suites goal --methods none,specprune --episodes 1 --threads 1 \
-  --reference 0 --fixed_tasks 10 --json "$out.film.eval.json" > "$out.film.eval.log" 2>&1 ||
+  --reference=0 --fixed_tasks 10 --json "$out.film.eval.json" > "$out.film.eval.log" 2>&1 ||
   { cat "$out.film.eval.log"; exit 1; }
 grep -q '"fixed_tasks": 10' "$out.film.eval.json" || { echo "--fixed_tasks not recorded"; exit 1; }
 # A named-target layer must be one of the attention-grounding layers.
@@ -98,7 +98,7 @@ grep -q -- "--film_patch_weight: the model has no instruction FiLM" "$out.bad.lo
 if "$train" "${common[@]}" --out "$out.bad" --steps 1 --film_pooling attention > "$out.bad.log" 2>&1; then
   echo "--film_pooling without the FiLM was accepted"; exit 1
 fi
-grep -q -- "--film_pooling: needs --instruction_film 1" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
+grep -q -- "--film_pooling: needs --instruction_film" "$out.bad.log" || { cat "$out.bad.log"; exit 1; }
 # The vision-token dropping flags are checked.
 for bad in "--drop_frac 1.5|--drop_frac, --drop_item_keep and --drop_specprune must be in [0, 1]" \
            "--drop_specprune -0.1|--drop_frac, --drop_item_keep and --drop_specprune must be in [0, 1]" \
@@ -115,7 +115,7 @@ for bad in "--drop_frac 1.5|--drop_frac, --drop_item_keep and --drop_specprune m
 done
 # --drop_specprune: every sample dropped, each on the set SpecPrune's static pruning keeps on it
 # (the shipped config keeps well under half of tiny's 128 tokens after layer 0).
-"$train" --out "$out.sp" --init "$src/models/tiny" --init_weights 1 --batch 4 --threads 1 \
+"$train" --out "$out.sp" --init "$src/models/tiny" --init_weights=1 --batch 4 --threads 1 \
   --stats_episodes 3 --holdout_every 1000 --eval_every 1000 --eval_episodes 1 --log_every 1 \
   --steps 1 --drop_frac 1 --drop_specprune 1 --drop_pruning "$src/models/tiny/pruning_config.json" \
   > "$out.sp.log" 2>&1 || { cat "$out.sp.log"; exit 1; }

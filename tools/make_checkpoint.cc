@@ -2,16 +2,16 @@
 // layout the server loads (config.json, safetensors, OFT side files, tokenizer, statistics).
 //
 //   specprune_make_checkpoint --config tiny --seed 0 --out /tmp/tiny [--dtype fp32|bf16]
-//                             [--tokenizer PATH] [--unnorm-key KEY] [--max-shard-mb N]
-//                             [--no-resource-check]
+//                             [--tokenizer PATH] [--unnorm_key KEY] [--max_shard_mb N]
+//                             [--noresource_check]
 //
 // Memory: the model is never materialized as a whole. Submodules (a vision tower, a decoder
 // layer, ...) are built one at a time in fp32, converted to the output dtype and streamed into
-// safetensors shards of at most --max-shard-mb (default 4096), so the peak is one submodule in
+// safetensors shards of at most --max_shard_mb (default 4096), so the peak is one submodule in
 // fp32 plus one shard: about 7 GB for openvla-oft-7b in bf16 (15 GB on disk), which fits a 24 GB
 // machine. The weights equal those of VlaModel::Create with the same seed. Before writing, the
 // tool estimates the peak memory and the disk space and stops with a clear message when
-// MemAvailable or the free space of the output file system is too small (--no-resource-check
+// MemAvailable or the free space of the output file system is too small (--noresource_check
 // skips this).
 #include <cstdio>
 #include <cstring>
@@ -19,26 +19,43 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <vector>
 
-#include "absl/strings/numbers.h"
+#include "absl/flags/flag.h"
 #include "model/checkpoint.h"
 #include "model/dataset_stats.h"
 #include "model/tokenizer.h"
+#include "util/command_line.h"
 
 #ifndef SPECPRUNE_SOURCE_DIR
 #define SPECPRUNE_SOURCE_DIR "."
 #endif
 
+ABSL_FLAG(std::string, config, "", "model preset: tiny, small or openvla-oft-7b (required)");
+ABSL_FLAG(std::string, out, "", "output model directory (required)");
+ABSL_FLAG(uint64_t, seed, 0, "weight initialization seed");
+ABSL_FLAG(std::string, dtype, "fp32", "weight dtype: fp32 or bf16");
+ABSL_FLAG(std::string, tokenizer,
+          std::string(SPECPRUNE_SOURCE_DIR) + "/models/tiny/tokenizer.model",
+          "SentencePiece model copied into the directory");
+ABSL_FLAG(std::string, unnorm_key, "specprune_sim",
+          "dataset-statistics key of the placeholder statistics");
+ABSL_FLAG(int64_t, max_shard_mb, 4096, "largest safetensors shard, MiB");
+ABSL_FLAG(bool, resource_check, true,
+          "stop when the estimated memory or disk space is not available (--noresource_check: "
+          "try anyway)");
+
 namespace {
 
 namespace fs = std::filesystem;
 
-int Usage(const char* msg) {
-  if (msg) std::fprintf(stderr, "error: %s\n", msg);
-  std::fprintf(stderr,
-               "usage: specprune_make_checkpoint --config tiny|small|openvla-oft-7b --out DIR "
-               "[--seed N] [--dtype fp32|bf16] [--tokenizer PATH] [--unnorm-key KEY] "
-               "[--max-shard-mb N] [--no-resource-check]\n");
+constexpr char kUsage[] =
+    "usage: specprune_make_checkpoint --config tiny|small|openvla-oft-7b --out DIR [flags]\n"
+    "Writes a randomly initialized model directory in the layout the server loads.";
+
+// Prints `msg` (and where to look) on stderr; the exit status of a usage error.
+int Usage(const std::string& msg) {
+  std::fprintf(stderr, "error: %s (--help lists the flags)\n", msg.c_str());
   return 2;
 }
 
@@ -82,38 +99,22 @@ specprune::DatasetStats PlaceholderStats(const specprune::ModelConfig& c, const 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_name, out, dtype = "fp32", unnorm_key = "specprune_sim";
-  std::string tokenizer = std::string(SPECPRUNE_SOURCE_DIR) + "/models/tiny/tokenizer.model";
-  uint64_t seed = 0;
-  int64_t shard_mb = 4096;
-  bool resource_check = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
-    const char* v = nullptr;
-    if (a == "--help" || a == "-h") return Usage(nullptr), 0;
-    if (a == "--no-resource-check") {
-      resource_check = false;
-      continue;
-    }
-    if (a != "--config" && a != "--out" && a != "--seed" && a != "--dtype" && a != "--tokenizer" &&
-        a != "--unnorm-key" && a != "--max-shard-mb")
-      return Usage(("unknown flag " + a).c_str());
-    if (!(v = value())) return Usage(("missing value for " + a).c_str());
-    if (a == "--config") config_name = v;
-    if (a == "--out") out = v;
-    if (a == "--dtype") dtype = v;
-    if (a == "--tokenizer") tokenizer = v;
-    if (a == "--unnorm-key") unnorm_key = v;
-    if (a == "--seed" && !absl::SimpleAtoi(v, &seed)) return Usage("--seed must be an integer");
-    if (a == "--max-shard-mb" && (!absl::SimpleAtoi(v, &shard_mb) || shard_mb <= 0))
-      return Usage("--max-shard-mb must be a positive integer");
-  }
+  const std::vector<std::string> args = specprune::ParseCommandLineOrExit(argc, argv, kUsage);
+  if (!args.empty()) return Usage("unexpected argument '" + args.front() + "'");
+  const std::string config_name = absl::GetFlag(FLAGS_config);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  const std::string tokenizer = absl::GetFlag(FLAGS_tokenizer);
+  const std::string unnorm_key = absl::GetFlag(FLAGS_unnorm_key);
+  const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  const int64_t shard_mb = absl::GetFlag(FLAGS_max_shard_mb);
+  const bool resource_check = absl::GetFlag(FLAGS_resource_check);
+  if (shard_mb <= 0) return Usage("--max_shard_mb must be a positive integer");
   if (config_name.empty() || out.empty()) return Usage("--config and --out are required");
   auto config = specprune::PresetConfig(config_name);
-  if (!config.ok()) return Usage(std::string(config.status().message()).c_str());
+  if (!config.ok()) return Usage(std::string(config.status().message()));
   auto tok = specprune::Tokenizer::Load(tokenizer);
-  if (!tok.ok()) return Usage(std::string(tok.status().message()).c_str());
+  if (!tok.ok()) return Usage(std::string(tok.status().message()));
   if ((*tok)->vocab_size() > config->llm.vocab_size) {
     std::fprintf(stderr, "tokenizer has %lld pieces > vocab_size %lld\n",
                  static_cast<long long>((*tok)->vocab_size()),
@@ -124,7 +125,7 @@ int main(int argc, char** argv) {
   options.dtype = dtype;
   options.max_shard_bytes = shard_mb << 20;
   auto estimate = specprune::EstimateRandomCheckpointMemory(*config, options);
-  if (!estimate.ok()) return Usage(std::string(estimate.status().message()).c_str());
+  if (!estimate.ok()) return Usage(std::string(estimate.status().message()));
   std::printf(
       "%s: %lld parameters, %.1f GiB on disk, peak memory ~%.1f GiB (largest submodule "
       "%lld parameters in fp32 + one shard)\n",
@@ -134,15 +135,15 @@ int main(int argc, char** argv) {
     if (auto mem = AvailableMemory(); mem && *mem < estimate->peak_memory_bytes) {
       std::fprintf(stderr,
                    "error: writing %s needs ~%.1f GiB of memory but only %.1f GiB is available "
-                   "(MemAvailable); lower --max-shard-mb, free memory, or pass "
-                   "--no-resource-check\n",
+                   "(MemAvailable); lower --max_shard_mb, free memory, or pass "
+                   "--noresource_check\n",
                    config_name.c_str(), GiB(estimate->peak_memory_bytes), GiB(*mem));
       return 1;
     }
     if (auto disk = AvailableDisk(out); disk && *disk < estimate->disk_bytes + (64 << 20)) {
       std::fprintf(stderr,
                    "error: writing %s needs %.1f GiB of disk space at %s but only %.1f GiB is "
-                   "free; pass --no-resource-check to try anyway\n",
+                   "free; pass --noresource_check to try anyway\n",
                    config_name.c_str(), GiB(estimate->disk_bytes), out.c_str(), GiB(*disk));
       return 1;
     }

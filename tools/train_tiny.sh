@@ -51,7 +51,7 @@ mkdir -p "$root/A" "$root/B"
 export OMP_WAIT_POLICY=passive
 
 COMMON=(--batch 32 --dtype bf16 --threads 2 --ckpt_every 250 --noise_frac 0.5 --noise_std 0.3
-        --max_shift 3 --aux_weight 1.0 --aux_targets 8 --aux_per_row 1 --patch_weight 1.0
+        --max_shift 3 --aux_weight 1.0 --aux_targets 8 --aux_per_row=1 --patch_weight 1.0
         --patch_layer 2 --early_steps 24 --long_frac 0.4 --fixed_tasks 10)
 
 phase() {
@@ -74,13 +74,13 @@ phase A --out "$root/A" --init "$src/models/tiny" --steps "$steps_a" --lr 5e-4 -
 GROUNDING=(--text_aux_weight 0.5 --attr_weight 0.5 --attn_weight 0.5 --attn_layers 0,1,2,3,4,5
            --attn_named_layers 0,1)
 
-phase B --out "$root/B" --init "$root/A" --init_weights 1 --steps "$steps_b" --lr 1e-4 \
+phase B --out "$root/B" --init "$root/A" --init_weights=1 --steps "$steps_b" --lr 1e-4 \
   --warmup 50 --head_warmup 300 --min_lr_ratio 0.1 --head_lr 1e-3 --stage1 0 --stage2 0 \
   --early_frac 0.3 --eval_every 1250 --eval_episodes 16 --holdout_every 500 \
   "${GROUNDING[@]}" --seed 73 "${COMMON[@]}"
 
 if [[ "$steps_c" -gt 0 ]]; then
-  phase C --out "$root/C" --init "$root/B" --init_weights 1 --steps "$steps_c" --lr 1e-4 \
+  phase C --out "$root/C" --init "$root/B" --init_weights=1 --steps "$steps_c" --lr 1e-4 \
     --warmup 50 --min_lr_ratio 0.1 --stage1 0 --stage2 0 --early_frac 0.3 \
     --eval_every "$steps_c" --eval_episodes 8 --holdout_every 500 "${GROUNDING[@]}" \
     --drop_frac 0.5 --drop_layer 1 --drop_keep_min 0.15 --drop_keep_max 0.4 --drop_item_keep 0.9 \
