@@ -1,5 +1,5 @@
 // specprune_loadgen: closed-loop load generator for a SpecPrune Serve server
-// (DESIGN §6, issue #5).
+// (docs/ARCHITECTURE.md "Serving", issue #5).
 //
 // N robot threads each drive their own robot: own robot_id, episode_id,
 // instruction and a deterministic synthetic tabletop scene whose gripper moves

@@ -1,4 +1,5 @@
-// One episode of the tabletop simulator (DESIGN §7): task generation, stepping, observations.
+// One episode of the tabletop simulator (docs/ARCHITECTURE.md "Simulator and evaluation"): task
+// generation, stepping, observations.
 //
 // Action (7 floats, OpenVLA convention): [dx, dy, dz, droll, dpitch, dyaw, gripper].
 //   * dx, dy, dz in [-1, 1] (clipped): fingertip displacement of `max_translation_step` metres

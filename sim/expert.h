@@ -1,5 +1,6 @@
-// Scripted expert for the tabletop simulator (DESIGN §7): a saturated proportional controller over
-// a pick-and-place plan, used to generate behaviour-cloning data.
+// Scripted expert for the tabletop simulator (docs/ARCHITECTURE.md "Simulator and evaluation"): a
+// saturated proportional controller over a pick-and-place plan, used to generate behaviour-cloning
+// data.
 //
 // For the first goal whose placement does not yet hold it
 //   1. (empty) lifts to a safe height, moves above the object (fast: up to 1.0 x max step),

@@ -1,7 +1,7 @@
-// Ray-cast renderer of the tabletop world (DESIGN §7): flat-shaded boxes and vertical cylinders
-// lit by one directional light with hard shadows, over a lightly checkered table, with adaptive
-// 2x2 supersampling on edges. Deterministic (single-threaded, no randomness) and fast: well under
-// 1 ms per 64x64 frame.
+// Ray-cast renderer of the tabletop world (docs/ARCHITECTURE.md "Simulator and evaluation"):
+// flat-shaded boxes and vertical cylinders lit by one directional light with hard shadows, over a
+// lightly checkered table, with adaptive 2x2 supersampling on edges. Deterministic
+// (single-threaded, no randomness) and fast: well under 1 ms per 64x64 frame.
 //
 // Cameras (both pinhole, looking straight down):
 // * MAIN: fixed, 2 m above the table centre; at table height it sees exactly x, y in [-0.5, 0.5]

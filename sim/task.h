@@ -1,4 +1,5 @@
-// Task suites, goals and instructions of the tabletop simulator (DESIGN §7), mirroring LIBERO:
+// Task suites, goals and instructions of the tabletop simulator (docs/ARCHITECTURE.md "Simulator
+// and evaluation"), mirroring LIBERO:
 //
 // * kSpatial: two identical objects (same shape and colour) plus distractors of other shapes and
 //   one white plate; the target is named by its position relative to its twin: "pick up the red

@@ -1,5 +1,6 @@
-// Basic value types of the tabletop simulator (DESIGN §7): 3-vectors, object shapes, colours and
-// the fixed physical dimensions of the world. Everything here is a plain value; no state.
+// Basic value types of the tabletop simulator (docs/ARCHITECTURE.md "Simulator and evaluation"):
+// 3-vectors, object shapes, colours and the fixed physical dimensions of the world. Everything here
+// is a plain value; no state.
 //
 // World frame: metres, right-handed. The table top is the plane z = 0 over x, y in [-0.5, 0.5];
 // +x is "right" and +y is "back" (away from the robot, the top of the main camera image), +z up.

@@ -1,4 +1,5 @@
-// World state and kinematics of the tabletop simulator (DESIGN §7).
+// World state and kinematics of the tabletop simulator (docs/ARCHITECTURE.md "Simulator and
+// evaluation").
 //
 // The world is a table with coloured plates (flat discs) and graspable objects, and a floating
 // two-finger gripper. There are no dynamics: the gripper moves kinematically, an object moves only

@@ -1,6 +1,7 @@
 // Model-ready training batches from raw demonstration samples: images (with shift augmentation),
 // normalized proprio and actions, grounding targets and patch labels, and the prompt rows of the
-// instruction's item mentions and colour words (DESIGN §7, issue #6).
+// instruction's item mentions and colour words (docs/ARCHITECTURE.md "Simulator and evaluation",
+// issue #6).
 //
 // Thread safety: free functions, reentrant.
 #pragma once

@@ -1,5 +1,5 @@
-// The behaviour-cloning library of specprune_train and specprune_eval (DESIGN §7, issue #6), one
-// include for its parts:
+// The behaviour-cloning library of specprune_train and specprune_eval (docs/ARCHITECTURE.md
+// "Simulator and evaluation", issue #6), one include for its parts:
 //   demonstrations.h         episode specs, the curriculum, expert demos, raw samples, statistics
 //   grounding_targets.h      where the task's items appear in the images (patch labels)
 //   failure_analysis.h       grasp assessment, colour-decided scenes, wrong destinations

@@ -1,4 +1,5 @@
-// Behaviour-cloning demonstrations of the scripted expert (DESIGN §7, issue #6).
+// Behaviour-cloning demonstrations of the scripted expert (docs/ARCHITECTURE.md "Simulator and
+// evaluation", issue #6).
 //
 // No frames are stored. An EpisodeSpec names a deterministic simulator episode (suite, seed,
 // distractors) plus optional DART-style noise on the executed translation; a sample at step t

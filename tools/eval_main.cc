@@ -1,7 +1,7 @@
 // specprune_eval: closed-loop evaluation of a model directory on the simulator with the pruning
-// methods of the server (DESIGN §8, issue #6; docs/training.md). Per suite and method: success
-// rate, average vision-token retention, FLOPs %, forward speedup vs none (same run), mean action
-// deviation from the unpruned chunk, recall of V_global (tools/eval_run.h).
+// methods of the server (docs/ARCHITECTURE.md "What is measured", issue #6; docs/training.md). Per
+// suite and method: success rate, average vision-token retention, FLOPs %, forward speedup vs none
+// (same run), mean action deviation from the unpruned chunk, recall of V_global (tools/eval_run.h).
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -62,7 +62,8 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: specprune_eval --model DIR [flags]\n"
-    "Closed-loop success of pruning methods on the tabletop simulator (DESIGN section 7).\n"
+    "Closed-loop success of pruning methods on the tabletop simulator "
+    "(docs/ARCHITECTURE.md, 'Simulator and evaluation').\n"
     "Exit status: 0 done, 1 model/simulator/file error, 2 bad flag, 3 a --require_* floor missed.";
 
 std::vector<std::string> NonEmpty(const std::vector<std::string>& items) {

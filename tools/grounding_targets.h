@@ -1,6 +1,7 @@
 // Where the task's items appear in the camera images, for the grounding losses of
 // specprune_train: the current goal, the aux targets' constants, discs of items per camera, and
-// per-patch labels and attribute classes built from them (DESIGN §7, issue #6).
+// per-patch labels and attribute classes built from them (docs/ARCHITECTURE.md "Simulator and
+// evaluation", issue #6).
 //
 // Thread safety: free functions, reentrant.
 #pragma once

@@ -1,5 +1,6 @@
-// C++ SDK for specprune.v1.VlaService (DESIGN §1, §6): what a robot controller links to get action
-// chunks from a SpecPrune Serve server. Depends only on the wire contract and the image codec.
+// C++ SDK for specprune.v1.VlaService (docs/ARCHITECTURE.md "Serving"): what a robot controller
+// links to get action chunks from a SpecPrune Serve server. Depends only on the wire contract and
+// the image codec.
 //
 // Semantics shared by every call:
 // - Errors are absl::Status with the gRPC code number and message of the failed RPC.
