@@ -163,12 +163,7 @@ bool WriteJson(const LoadgenOptions& opts, const std::string& text) {
 }
 
 int Main(int argc, char** argv) {
-  const std::vector<std::string> positional = ParseCommandLineOrExit(argc, argv, kUsage);
-  if (!positional.empty()) {
-    std::fprintf(stderr, "specprune_loadgen: unexpected argument(s) \"%s\" (see --help)\n",
-                 absl::StrJoin(positional, " ").c_str());
-    return 2;
-  }
+  ParseFlagsOnlyOrExit(argc, argv, kUsage);
   absl::StatusOr<LoadgenOptions> parsed = LoadgenOptionsFromFlags();
   if (!parsed.ok()) {
     std::fprintf(stderr, "specprune_loadgen: %s (see --help)\n",

@@ -19,13 +19,7 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  const std::vector<std::string> positional =
-      specprune::ParseCommandLineOrExit(argc, argv, specprune::ServerUsage("specprune_server"));
-  if (!positional.empty()) {
-    std::fprintf(stderr, "specprune_server: unexpected argument \"%s\" (flags are --name VALUE)\n",
-                 positional.front().c_str());
-    return 2;
-  }
+  specprune::ParseFlagsOnlyOrExit(argc, argv, specprune::ServerUsage("specprune_server"));
   absl::StatusOr<specprune::ServerCommandLine> command_line =
       specprune::ServerCommandLineFromFlags();
   absl::StatusOr<specprune::ServerOptions> options =

@@ -44,11 +44,7 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   namespace sim = specprune::sim;
-  const std::vector<std::string> positional = specprune::ParseCommandLineOrExit(argc, argv, kUsage);
-  if (!positional.empty()) {
-    return Fail(absl::StrFormat("unexpected argument(s) \"%s\" (see --help)",
-                                absl::StrJoin(positional, " ")));
-  }
+  specprune::ParseFlagsOnlyOrExit(argc, argv, kUsage);
   const std::string out = absl::GetFlag(FLAGS_out);
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   const int size = absl::GetFlag(FLAGS_size);

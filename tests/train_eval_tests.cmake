@@ -95,7 +95,7 @@ set_tests_properties(eval_names_unknown_flag PROPERTIES LABELS "eval"
 add_test(NAME eval_rejects_bool_flag_with_separate_value
          COMMAND specprune_eval --model models/tiny --reference 0)
 set_tests_properties(eval_rejects_bool_flag_with_separate_value PROPERTIES LABELS "eval"
-                     PASS_REGULAR_EXPRESSION "unexpected argument '0' \\(bool flags take --name=0")
+                     PASS_REGULAR_EXPRESSION "specprune_eval: unexpected argument '0' \\(bool flags take --name=0")
 add_test(NAME train_rejects_out_of_range_flag COMMAND specprune_train --drop_frac 1.5)
 set_tests_properties(train_rejects_out_of_range_flag PROPERTIES LABELS "eval" WILL_FAIL TRUE)
 

@@ -126,15 +126,7 @@ bool Validate(const EvalOptions& o) {
 }  // namespace specprune
 
 int main(int argc, char** argv) {
-  const std::vector<std::string> args =
-      specprune::ParseCommandLineOrExit(argc, argv, specprune::kUsage);
-  if (!args.empty()) {
-    std::fprintf(stderr,
-                 "unexpected argument '%s' (bool flags take --name=0 or --noname, not --name 0; "
-                 "--help lists the flags)\n",
-                 args.front().c_str());
-    return 2;
-  }
+  specprune::ParseFlagsOnlyOrExit(argc, argv, specprune::kUsage);
   const specprune::EvalOptions o = specprune::OptionsFromFlags();
   if (!specprune::Validate(o)) return 2;
   return specprune::RunEvaluation(o);

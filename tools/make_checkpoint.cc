@@ -99,8 +99,7 @@ specprune::DatasetStats PlaceholderStats(const specprune::ModelConfig& c, const 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::vector<std::string> args = specprune::ParseCommandLineOrExit(argc, argv, kUsage);
-  if (!args.empty()) return Usage("unexpected argument '" + args.front() + "'");
+  specprune::ParseFlagsOnlyOrExit(argc, argv, kUsage);
   const std::string config_name = absl::GetFlag(FLAGS_config);
   const std::string out = absl::GetFlag(FLAGS_out);
   const std::string dtype = absl::GetFlag(FLAGS_dtype);

@@ -257,15 +257,7 @@ absl::StatusOr<TrainOptions> OptionsFromFlags() {
 }  // namespace specprune
 
 int main(int argc, char** argv) {
-  const std::vector<std::string> args =
-      specprune::ParseCommandLineOrExit(argc, argv, specprune::kUsage);
-  if (!args.empty()) {
-    std::fprintf(stderr,
-                 "unexpected argument '%s' (bool flags take --name=0 or --noname, not --name 0; "
-                 "--help lists the flags)\n",
-                 args.front().c_str());
-    return 2;
-  }
+  specprune::ParseFlagsOnlyOrExit(argc, argv, specprune::kUsage);
   absl::StatusOr<specprune::TrainOptions> o = specprune::OptionsFromFlags();
   if (o.ok()) {
     if (absl::Status s = specprune::ValidateTrainOptions(*o); !s.ok()) o = s;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
@@ -58,6 +59,17 @@ std::vector<std::string> ParseCommandLineOrExit(int argc, char** argv, std::stri
   }
   const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   return std::vector<std::string>(rest.begin() + 1, rest.end());
+}
+
+void ParseFlagsOnlyOrExit(int argc, char** argv, std::string_view usage) {
+  const std::vector<std::string> positional = ParseCommandLineOrExit(argc, argv, usage);
+  if (positional.empty()) return;
+  const std::string program = argc > 0 ? std::filesystem::path(argv[0]).filename().string() : "";
+  std::fprintf(stderr,
+               "%s: unexpected argument '%s' (bool flags take --name=0 or --noname, not --name 0; "
+               "--help lists the flags)\n",
+               program.c_str(), positional.front().c_str());
+  std::exit(2);
 }
 
 }  // namespace specprune

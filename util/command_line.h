@@ -21,6 +21,11 @@ namespace specprune {
 
 std::vector<std::string> ParseCommandLineOrExit(int argc, char** argv, std::string_view usage);
 
+// ParseCommandLineOrExit for an executable that takes no positional argument: one given is a usage
+// error: "<program>: unexpected argument 'x' (bool flags take --name=0 or --noname, not --name 0;
+// --help lists the flags)" on stderr, exit 2.
+void ParseFlagsOnlyOrExit(int argc, char** argv, std::string_view usage);
+
 // The --help text: `usage`, then the repository's flags sorted by name. Exposed for tests.
 std::string CommandLineHelp(std::string_view usage);
 
