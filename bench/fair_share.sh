@@ -86,49 +86,23 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# launch_server, stop_server
+source "$(dirname "$0")/server_lib.sh"
 
 # start_server NAME: sets server_pid, grpc_port, server_cmd.
 start_server() {
-  local name=$1 attempt t
+  local name=$1 attempt
   for attempt in 1 2 3; do
     local args=(--host 127.0.0.1 --port 0 --metrics_port 0 --max_batch_size 8
                 --max_queue_delay_ms 2 --model_threads "$MODEL_THREADS")
     [[ -z ${MODEL_DIR:-} ]] || args+=(--model_dir "$MODEL_DIR")
     server_cmd="specprune_server ${args[*]}"
-    "$SERVER" "${args[@]}" > "$work/$name.server.out" 2> "$work/$name.server.err" &
-    server_pid=$!
-    for t in $(seq 1 600); do  # up to 60 s for the model to load
-      grpc_port=$(sed -n 's/^specprune_server listening on [^ ]*:\([0-9]*\) .*/\1/p' \
-                  "$work/$name.server.out")
-      [[ -z $grpc_port ]] || return 0
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-    echo "fair_share.sh: server $name did not start (attempt $attempt):" >&2
-    tail -5 "$work/$name.server.err" >&2
+    launch_server "$name" "${args[@]}" && return 0
+    echo "fair_share.sh: retrying (attempt $attempt failed)" >&2
   done
   return 1
 }
 
-# stop_server: SIGTERM, wait up to 60 s; sets server_rc (124 = had to be killed).
-stop_server() {
-  local rc=0 t
-  kill -TERM "$server_pid"
-  for t in $(seq 1 600); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$server_pid" 2>/dev/null; then
-    kill -KILL "$server_pid"; wait "$server_pid" 2>/dev/null || true; rc=124
-  else
-    wait "$server_pid" || rc=$?
-  fi
-  server_pid=""
-  server_rc=$rc
-}
 
 # utime + stime of the server process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat" 2>/dev/null || echo 0; }

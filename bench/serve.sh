@@ -81,6 +81,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# launch_server, stop_server
+source "$(dirname "$0")/server_lib.sh"
 
 steps_for() {
   if [[ -n $steps_override ]]; then echo "$steps_override"
@@ -105,41 +107,12 @@ start_server() {
     [[ -z ${MODEL_THREADS:-} ]] || args+=(--model_threads "$MODEL_THREADS")
     [[ -z ${MODEL_DTYPE:-} ]] || args+=(--dtype "$MODEL_DTYPE")
     server_cmd="specprune_server ${args[*]}"
-    "$SERVER" "${args[@]}" > "$work/$name.server.out" 2> "$work/$name.server.err" &
-    server_pid=$!
-    local t
-    for t in $(seq 1 600); do  # up to 60 s for the model to load
-      grpc_port=$(sed -n 's/^specprune_server listening on [^ ]*:\([0-9]*\) .*/\1/p' \
-                  "$work/$name.server.out")
-      [[ -z $grpc_port ]] || return 0
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-    echo "serve.sh: server $name did not start (attempt $attempt):" >&2
-    tail -5 "$work/$name.server.err" >&2
+    launch_server "$name" "${args[@]}" && return 0
+    echo "serve.sh: retrying (attempt $attempt failed)" >&2
   done
   return 1
 }
 
-# stop_server: SIGTERM, wait up to 60 s; sets server_rc (124 = had to be killed).
-stop_server() {
-  local rc=0 t
-  kill -TERM "$server_pid"
-  for t in $(seq 1 600); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$server_pid" 2>/dev/null; then
-    kill -KILL "$server_pid"; wait "$server_pid" 2>/dev/null || true; rc=124
-  else
-    wait "$server_pid" || rc=$?
-  fi
-  server_pid=""
-  server_rc=$rc
-}
 
 # utime + stime of the server process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat" 2>/dev/null || echo ""; }
