@@ -31,6 +31,7 @@
 #include "pruning/policies.h"
 #include "pruning/pruning_config.h"
 #include "pruning/specprune_policy.h"
+#include "util/blas_runtime.h"
 #include "util/command_line.h"
 
 #ifndef SPECPRUNE_SOURCE_DIR
@@ -184,10 +185,10 @@ int RunModel(const Args& args) {
   std::vector<MethodStats> stats(nm);
   std::printf(
       "model %s (%lld params, %lld vision tokens, %lld layers), batch %d, %s on %s, "
-      "%d torch threads\n",
+      "%d torch threads, BLAS core %s\n",
       c.name.c_str(), static_cast<long long>(model->parameter_count()),
       static_cast<long long>(c.vision_tokens()), static_cast<long long>(c.llm.layers), args.batch,
-      args.dtype.c_str(), args.device.c_str(), at::get_num_threads());
+      args.dtype.c_str(), args.device.c_str(), at::get_num_threads(), BlasCoreName().c_str());
   for (int it = 0; it < args.warmup + args.iters; ++it) {
     const int step = it % args.episode_steps;
     // Inputs shared by every method this iteration.
@@ -311,6 +312,9 @@ int RunModel(const Args& args) {
                       {"dtype", args.dtype},
                       {"device", args.device},
                       {"torch_threads", at::get_num_threads()},
+                      {"blas_core", BlasCoreName()},
+                      {"blas_config", QueryLoadedBlas().config},
+                      {"blas_threads", QueryLoadedBlas().threads},
                       {"flops_unpruned_20_prompt_tokens",
                        {{"vision", flops.vision},
                         {"projector", flops.projector},
@@ -348,5 +352,6 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<specprune::Args> args = specprune::ArgsFromFlags();
   if (!args.ok()) return Usage(std::string(args.status().message()).c_str());
+  specprune::ConfigureBlasFromFlagsOrExit(argv, args->threads, "specprune_bench");
   return specprune::RunModel(*args);
 }

@@ -11,6 +11,7 @@
 #include "sim/task.h"
 #include "tools/eval_options.h"
 #include "tools/eval_run.h"
+#include "util/blas_runtime.h"
 #include "util/command_line.h"
 
 namespace {
@@ -129,5 +130,6 @@ int main(int argc, char** argv) {
   specprune::ParseFlagsOnlyOrExit(argc, argv, specprune::kUsage);
   const specprune::EvalOptions o = specprune::OptionsFromFlags();
   if (!specprune::Validate(o)) return 2;
+  specprune::ConfigureBlasFromFlagsOrExit(argv, o.threads, "specprune_eval");
   return specprune::RunEvaluation(o);
 }

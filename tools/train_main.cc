@@ -13,6 +13,7 @@
 #include "tools/train_diagnostics.h"
 #include "tools/train_options.h"
 #include "tools/trainer.h"
+#include "util/blas_runtime.h"
 #include "util/command_line.h"
 #include "util/status_macros.h"
 
@@ -266,6 +267,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", std::string(o.status().message()).c_str());
     return 2;
   }
+  specprune::ConfigureBlasFromFlagsOrExit(argv, o->threads, "specprune_train");
   // The log records how the run was started, so a checkpoint's lineage can be re-run.
   std::string command = "command:";
   for (int i = 0; i < argc; ++i) absl::StrAppend(&command, " ", argv[i]);
