@@ -1,10 +1,12 @@
 // A C ABI over SentencePiece, built as its own shared library and loaded by model/tokenizer.cc
-// with dlopen(RTLD_LOCAL | RTLD_DEEPBIND).
+// with dlopen(RTLD_LOCAL).
 //
 // Why: Debian's libsentencepiece embeds protobuf-lite 3.14 and exports its symbols. A process
-// that also loads libprotobuf 3.21 (LibTorch and gRPC do) crashes in libprotobuf's static
-// initializers when both are linked normally. Loaded locally and deep-bound, SentencePiece
-// resolves to its own protobuf and nothing else sees it.
+// that also loads libprotobuf 3.21 (LibTorch and gRPC do) aborts in SentencePiece's static
+// initializers when both are linked normally: its protobuf references bind to 3.21. This shim
+// links a copy of libsentencepiece marked DF_SYMBOLIC (model/elf_set_symbolic.py, found through
+// the shim's RUNPATH), which resolves its own symbols inside itself; loaded locally, nothing else
+// sees them. (RTLD_DEEPBIND did the same before, but ASan and TSan refuse it.)
 //
 // Every function is thread-safe for concurrent calls on one handle except spm_free.
 #define absl specprune_sentencepiece_absl  // see tokenizer.cc history: header/Abseil clash

@@ -1,6 +1,6 @@
 // SentencePiece is reached through a small shared library (model/sentencepiece_shim.cc) loaded
-// with RTLD_LOCAL | RTLD_DEEPBIND: libsentencepiece embeds its own protobuf and must not be
-// linked next to libprotobuf (LibTorch, gRPC). See the shim for details.
+// with RTLD_LOCAL: libsentencepiece embeds its own protobuf and must not be linked next to
+// libprotobuf (LibTorch, gRPC). See the shim and model/CMakeLists.txt for details.
 #include "model/tokenizer.h"
 
 #include <dlfcn.h>
@@ -61,7 +61,9 @@ absl::StatusOr<const SpmApi*> GetSpmApi() {
     void* lib = nullptr;
     std::string errors;
     for (const auto& c : candidates) {
-      lib = ::dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      // No RTLD_DEEPBIND: the shim's libsentencepiece copy is DF_SYMBOLIC instead, so sanitizer
+      // builds load it too.
+      lib = ::dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (lib != nullptr) break;
       const char* e = ::dlerror();
       absl::StrAppend(&errors, " ", c, ": ", e ? e : "?", ";");

@@ -8,3 +8,9 @@ specprune_add_test(safetensors_test SOURCES safetensors_test.cc LIBS specprune_c
 specprune_add_test(dataset_stats_test SOURCES dataset_stats_test.cc LIBS specprune_checkpoint_io GTest::gmock)
 specprune_add_test(tokenizer_test SOURCES tokenizer_test.cc LIBS specprune_checkpoint_io GTest::gmock)
 target_compile_definitions(tokenizer_test PRIVATE SPECPRUNE_TEST_DATA_DIR="${SPECPRUNE_TEST_DATA}")
+if(TARGET protobuf::libprotobuf)
+  # The tokenizer next to libprotobuf 3.21 (as in the server): SentencePiece's embedded protobuf
+  # must not bind to it (model/CMakeLists.txt).
+  target_link_libraries(tokenizer_test PRIVATE protobuf::libprotobuf)
+  target_compile_definitions(tokenizer_test PRIVATE SPECPRUNE_TOKENIZER_TEST_WITH_PROTOBUF=1)
+endif()

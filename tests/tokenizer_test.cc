@@ -12,6 +12,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#ifdef SPECPRUNE_TOKENIZER_TEST_WITH_PROTOBUF
+#include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/stubs/common.h>
+#endif
+
 namespace specprune {
 namespace {
 
@@ -149,6 +154,28 @@ TEST_F(TokenizerTest, ConcurrentEncodeMatchesSequential) {
   for (auto& t : threads) t.join();
   EXPECT_EQ(mismatches, std::vector<int>(4, 0));
 }
+
+#ifdef SPECPRUNE_TOKENIZER_TEST_WITH_PROTOBUF
+// libsentencepiece embeds protobuf-lite 3.14; in a process with libprotobuf 3.21 its references
+// must stay inside it (the shim's DF_SYMBOLIC copy), or its static initializers abort on the
+// version check. Both protobufs must keep working afterwards.
+TEST_F(TokenizerTest, LoadsAndEncodesNextToLibprotobuf) {
+  EXPECT_EQ(GOOGLE_PROTOBUF_VERSION / 1000000, 3);
+  google::protobuf::FileDescriptorProto before;
+  before.set_name("before.proto");
+  std::string wire;
+  ASSERT_TRUE(before.SerializeToString(&wire));
+
+  absl::StatusOr<std::unique_ptr<Tokenizer>> second = Tokenizer::Load(kModel);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ((*second)->Encode("open the drawer"), tok().Encode("open the drawer"));
+  EXPECT_EQ((*second)->Decode((*second)->Encode("open the drawer")), "open the drawer");
+
+  google::protobuf::FileDescriptorProto after;
+  ASSERT_TRUE(after.ParseFromString(wire));
+  EXPECT_EQ(after.name(), "before.proto");
+}
+#endif
 
 TEST(TokenizerLoadTest, MissingFileIsNotFound) {
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load("/nonexistent/tokenizer.model");
