@@ -192,6 +192,10 @@ TEST(ServerConfigTest, BadFlagsAreNamed) {
               HasSubstr("flag --dtype: must be \"fp32\" or \"bf16\""));
   EXPECT_THAT(Load("", {{"model", ""}}).status().message(),
               HasSubstr("flag --model: must not be empty"));
+  // Text that is not UTF-8 is refused with a message, not an exception (found by
+  // fuzz/server_config_fuzzer.cc, fuzz/regressions/server_config/).
+  EXPECT_THAT(Load("", {{"port", "\xff"}}).status().message(),
+              HasSubstr("flag --port: must be an integer in [0, 65535], got \"\xef\xbf\xbd\""));
 }
 
 TEST(ServerConfigTest, MetricsPortMustDifferFromPort) {

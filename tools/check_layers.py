@@ -41,6 +41,7 @@ ANY = "*"  # may include every folder
 # | bench   | anything                                      |
 # | tools   | anything                                      |
 # | tests   | anything                                      |
+# | fuzz    | anything                                      |
 RULES = {
     "util": (),
     "image": ("util",),
@@ -55,6 +56,7 @@ RULES = {
     "bench": ANY,
     "tools": ANY,
     "tests": ANY,
+    "fuzz": ANY,  # libFuzzer targets: test code over the parsers of every layer
 }
 
 # Include prefixes that are not folders of the source tree but belong to one of its layers.

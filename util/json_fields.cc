@@ -12,7 +12,9 @@ namespace {
 using json = nlohmann::json;
 
 std::string Got(const json& v) {
-  std::string text = v.dump();
+  // replace: a string that is not UTF-8 (a command-line flag's text, server_config.cc FlagValue)
+  // makes the strict dump() throw; the message shows U+FFFD instead.
+  std::string text = v.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
   if (text.size() > 80) text = text.substr(0, 77) + "...";
   return absl::StrCat(", got ", text);
 }
