@@ -5,11 +5,15 @@
 #                     healthcheck and entrypoint; no SpecPrune files yet.
 #   runtime-prebuilt  runtime-base + an install tree built on the host and copied from the build
 #                     context (PREBUILT, default .docker-stage/opt/specprune, made by
-#                     `cmake --install build --prefix .docker-stage/opt/specprune --strip`);
+#                     `cmake --install build --prefix .docker-stage/opt/specprune --strip
+#                     --component server`);
 #                     deploy/docker_test.sh builds this one: minutes instead of a full compile.
 #   build             deploy/setup.sh + deploy/build.sh in the image, installed to /opt/specprune.
 #   runtime           (last, so a plain `docker build .` gives it) runtime-base + the tree
 #                     compiled in `build`.
+# Both runtime stages get the install rules' `server` component: executables, the tokenizer shim and
+# models/tiny; the SDK components (`sdk`: C++ headers, libraries, CMake package; `python`) are for
+# robot-side machines, not the server image (docs/operations.md "Installing").
 # runtime-prebuilt comes before build on purpose: even the classic builder (no BuildKit), which
 # runs every stage up to --target, never compiles for `--target runtime-prebuilt`.
 #
@@ -95,7 +99,7 @@ WORKDIR /src
 COPY . /src
 RUN deploy/setup.sh \
  && deploy/build.sh -DSPECPRUNE_BUILD_TESTS=OFF -DSPECPRUNE_GIT_COMMIT=${GIT_COMMIT} \
- && cmake --install build --prefix /opt/specprune --strip
+ && cmake --install build --prefix /opt/specprune --strip --component server
 
 # --- runtime (default: last stage) -------------------------------------------------------------
 FROM runtime-base AS runtime

@@ -13,7 +13,11 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   libturbojpeg0-dev libpng-dev
   python3-grpcio python3-protobuf python3-numpy python3-pytest
+  python3-venv python3-pip python3-setuptools python3-wheel  # tests/install_test.sh (pyproject)
+  python3-matplotlib  # deploy/grafana/render_panels.py
   prometheus
+  nginx-light python3-yaml  # deploy/gateway/ (gateway_test.py, config_check.py)
+  nodejs docker-compose  # deploy/k8s/validate.sh: schema check (node), `docker-compose config`
 )
 
 missing=()
