@@ -41,6 +41,11 @@
 // the report keeps them apart ("flood"): "latency_ms" and every other
 // top-level figure are the robots' only, and flood errors do not fail the run.
 //
+// With --robots 0 the process runs only the flooders, for --duration_s or until SIGTERM/SIGINT,
+// and reports "flood" and its own CPU seconds: bench/fair_share.sh runs the flooder so, as a
+// process of its own at a low CPU priority, the way a remote client does not share the server's
+// CPUs.
+//
 // Churn (soak tests): --episodes E runs E episodes of M steps per robot;
 // --duration_s T instead runs episodes until T seconds of measured time have
 // passed. Between episodes a robot alternately calls Reset or just switches to
@@ -55,7 +60,9 @@
 // frames), bench/loadgen_robot.h (one robot's calls and checks),
 // bench/loadgen_report.h (JSON report and summary).
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -162,6 +169,41 @@ bool WriteJson(const LoadgenOptions& opts, const std::string& text) {
   return true;
 }
 
+std::atomic<bool> g_stop_signal{false};
+extern "C" void OnStopSignal(int) { g_stop_signal.store(true); }
+
+// --robots 0: the flooders alone for --duration_s (or until SIGTERM/SIGINT), then a report with
+// "flood" and the process's CPU seconds. Exit 0 unless the report cannot be written.
+int RunFloodersOnly(const LoadgenOptions& opts,
+                    const std::vector<std::unique_ptr<Flooder>>& flooders,
+                    absl::Notification* stop_flood, std::vector<std::thread>* flood_threads) {
+  std::signal(SIGTERM, OnStopSignal);
+  std::signal(SIGINT, OnStopSignal);
+  const double cpu_at_start = ProcessCpuSeconds();
+  const absl::Time end = absl::Now() + absl::Seconds(opts.duration_s);
+  while (absl::Now() < end && !g_stop_signal.load()) absl::SleepFor(absl::Milliseconds(50));
+  stop_flood->Notify();
+  for (auto& t : *flood_threads) t.join();
+  std::vector<const FloodStats*> stats;
+  for (const auto& f : flooders) stats.push_back(&f->stats());
+  FloodStats flood = SumFloodStats(stats);
+  nlohmann::json j;
+  j["config"] = {{"target", opts.target},
+                 {"flood_robots", opts.flood_robots},
+                 {"flood_inflight", opts.flood_inflight},
+                 {"flood_distinct_ids", opts.flood_distinct_ids},
+                 {"flood_id_pool", opts.flood_id_pool},
+                 {"duration_s", opts.duration_s},
+                 {"run_tag", opts.run_tag}};
+  j["stopped_by_signal"] = g_stop_signal.load();
+  j["client_cpu_seconds"] = ProcessCpuSeconds() - cpu_at_start;
+  j["flood"] = BuildFloodReport(opts, &flood);
+  if (!WriteJson(opts, j.dump(2) + "\n")) return 3;
+  const std::string summary = FloodSummaryLine(opts, flood);
+  std::fputs(summary.c_str(), opts.json_path == "-" ? stderr : stdout);
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   ParseFlagsOnlyOrExit(argc, argv, kUsage);
   absl::StatusOr<LoadgenOptions> parsed = LoadgenOptionsFromFlags();
@@ -196,6 +238,8 @@ int Main(int argc, char** argv) {
   for (auto& f : flooders) {
     flood_threads.emplace_back([&f, &stop_flood] { f->Run(&stop_flood); });
   }
+
+  if (opts.robots == 0) return RunFloodersOnly(opts, flooders, &stop_flood, &flood_threads);
 
   RunControl control(opts.robots);
   std::vector<std::unique_ptr<Robot>> robots;

@@ -18,7 +18,9 @@ specprune::loadgen::LoadgenOptions Defaults() { return {}; }
 }  // namespace
 
 ABSL_FLAG(std::string, target, Defaults().target, "server address HOST:PORT (required)");
-ABSL_FLAG(int, robots, Defaults().robots, "concurrent robots, one thread each (required, 1..4096)");
+ABSL_FLAG(int, robots, Defaults().robots,
+          "concurrent robots, one thread each (required, 1..4096; 0 with --flood_robots and "
+          "--duration_s: flooders only)");
 ABSL_FLAG(int, steps, Defaults().steps, "Predict calls per episode, steps 0..M-1 (required, >= 1)");
 ABSL_FLAG(std::string, json, Defaults().json_path,
           "write the report as JSON to FILE (required; \"-\" = stdout)");
@@ -88,12 +90,18 @@ constexpr double kMaxSeconds = 7 * 24 * 3600;
 
 absl::Status ValidateLoadgenOptions(const LoadgenOptions& o) {
   if (o.target.empty()) return absl::InvalidArgumentError("--target is required");
-  if (o.robots == 0) return absl::InvalidArgumentError("--robots is required");
+  if (o.robots == 0 && o.flood_robots == 0) {
+    return absl::InvalidArgumentError("--robots is required");
+  }
+  if (o.robots == 0 && o.duration_s == 0) {
+    return absl::InvalidArgumentError(
+        "--robots 0 (flooders only, e.g. in a process of their own) needs --duration_s");
+  }
   if (o.steps == 0) return absl::InvalidArgumentError("--steps is required");
   if (o.json_path.empty()) return absl::InvalidArgumentError("--json is required");
   for (absl::Status s :
-       {CheckRange("robots", o.robots, 1, 4096), CheckRange("steps", o.steps, 1, 100000000),
-        CheckRange("warmup", o.warmup, 0, 100000000),
+       {CheckRange("robots", o.robots, o.flood_robots > 0 ? 0 : 1, 4096),
+        CheckRange("steps", o.steps, 1, 100000000), CheckRange("warmup", o.warmup, 0, 100000000),
         CheckRange("deadline_ms", o.deadline_ms, 1, 3600000),
         CheckRange("episodes", o.episodes, 1, 100000000),
         CheckRange("robot_id_pool", o.robot_id_pool, 0, 100000000),
@@ -134,7 +142,7 @@ absl::Status ValidateLoadgenOptions(const LoadgenOptions& o) {
                         "robot (--steps x --episodes = %d)",
                         o.warmup, static_cast<int64_t>(o.steps) * o.episodes));
   }
-  if (o.robot_id_pool != 0 && o.robot_id_pool % o.robots != 0) {
+  if (o.robot_id_pool != 0 && (o.robots == 0 || o.robot_id_pool % o.robots != 0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "--robot_id_pool (%d) must be a multiple of --robots (%d)", o.robot_id_pool, o.robots));
   }
@@ -148,10 +156,12 @@ void FillDerivedDefaults(LoadgenOptions* o) {
   }
 }
 
-void AddCallMetadata(const LoadgenOptions& options, grpc::ClientContext* context) {
+void AddCallMetadata(const LoadgenOptions& options, grpc::ClientContext* context,
+                     const std::string& robot_id) {
   if (!options.connection.token.empty()) {
     context->AddMetadata("authorization", "Bearer " + options.connection.token);
   }
+  if (!robot_id.empty()) context->AddMetadata("x-robot-id", robot_id);
 }
 
 absl::StatusOr<LoadgenOptions> LoadgenOptionsFromFlags() {

@@ -26,7 +26,9 @@ struct LoadgenOptions {
   // TLS files and bearer token (--token, --tls_* or SPECPRUNE_TOKEN / SPECPRUNE_TLS_*; see
   // client/cpp/client_flags.h); `connection.target` is unused.
   ClientOptions connection;
-  int robots = 0;                                             // required, [1, 4096]
+  // Required, [1, 4096]; 0 = flooders only (needs flood_robots and duration_s): the flooding
+  // client as a process of its own, e.g. at a lower CPU priority (bench/fair_share.sh).
+  int robots = 0;
   int steps = 0;                                              // required, >= 1
   std::string json_path;                                      // required
   v1::PruningMethod method = v1::PRUNING_METHOD_UNSPECIFIED;  // UNSPECIFIED = server default
@@ -56,8 +58,11 @@ struct LoadgenOptions {
   int flood_id_pool = 64;  // [1, 1000000]
 };
 
-// Adds the call metadata of `options` (the bearer token) to `context`.
-void AddCallMetadata(const LoadgenOptions& options, grpc::ClientContext* context);
+// Adds the call metadata of `options` (the bearer token) to `context`, and, when `robot_id` is not
+// empty, "x-robot-id" (the key a fleet gateway hashes on; the server rejects a call whose header
+// names another robot than the request, docs/operations.md "Gateway and replicas").
+void AddCallMetadata(const LoadgenOptions& options, grpc::ClientContext* context,
+                     const std::string& robot_id = "");
 
 // Checks `o`; errors are InvalidArgument with a message for the user that names the flag: a
 // missing required flag, a value out of range, --warmup not below the calls per robot, a

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
 #include <utility>
 
@@ -87,7 +89,7 @@ void Robot::DoReset(const std::string& robot_id) {
   req.set_robot_id(robot_id);
   v1::ResetResponse resp;
   grpc::ClientContext ctx;
-  AddCallMetadata(opts_, &ctx);
+  AddCallMetadata(opts_, &ctx, robot_id);
   ctx.set_deadline(DeadlineIn(std::chrono::milliseconds(opts_.deadline_ms)));
   grpc::Status s = stub_->Reset(&ctx, req, &resp);
   if (s.ok()) {
@@ -154,7 +156,7 @@ void Robot::DoStep(const std::string& robot_id, const std::string& episode_id, u
   BuildRequest(robot_id, episode_id, step, scene);
   v1::PredictResponse resp;
   grpc::ClientContext ctx;
-  AddCallMetadata(opts_, &ctx);
+  AddCallMetadata(opts_, &ctx, robot_id);
   const auto t0 = Clock::now();
   ctx.set_deadline(DeadlineIn(std::chrono::milliseconds(opts_.deadline_ms)));
   grpc::Status s = stub_->Predict(&ctx, req_, &resp);
@@ -249,16 +251,33 @@ constexpr int kFloodFrames = 16;
 
 Flooder::Flooder(int index, const LoadgenOptions& opts, const ServingShape& shape,
                  std::shared_ptr<grpc::Channel> channel)
-    : index_(index), opts_(opts), stub_(v1::VlaService::NewStub(channel)) {
+    : index_(index), opts_(opts), stub_(std::move(channel)) {
   // Robot number `robots + index` of the seed: a scene and instruction no robot uses.
   const int robot = opts.robots + index;
   const Scene scene(opts.seed, robot, 0, shape.image_size);
   const std::string instruction = Instruction(opts.seed, robot);
-  frames_.resize(kFloodFrames);
+  frames_.reserve(kFloodFrames);
   for (int i = 0; i < kFloodFrames; ++i) {
+    v1::PredictRequest req;
     FillRequest(opts, shape, instruction, "", absl::StrCat(opts.run_tag, "-flood", index, "-e0"),
-                static_cast<uint64_t>(i), scene, &frames_[i]);
+                static_cast<uint64_t>(i), scene, &req);
+    // Encoded once without robot_id and step; each call appends them (see EncodeCall).
+    req.clear_robot_id();
+    req.clear_step();
+    frames_.emplace_back(req.SerializeAsString());
   }
+}
+
+grpc::ByteBuffer Flooder::EncodeCall(const std::string& robot_id, uint64_t step) const {
+  // Protobuf parses concatenated messages as one merged message (a later scalar field wins), so
+  // the pre-encoded frame followed by a message holding only robot_id and step is the frame's
+  // request for that robot and step: the flooder does not re-encode the images every call.
+  v1::PredictRequest tail;
+  tail.set_robot_id(robot_id);
+  tail.set_step(step);
+  const grpc::Slice slices[2] = {frames_[step % kFloodFrames],
+                                 grpc::Slice(tail.SerializeAsString())};
+  return grpc::ByteBuffer(slices, 2);
 }
 
 void Flooder::Run(const absl::Notification* stop) {
@@ -281,7 +300,8 @@ void Flooder::Run(const absl::Notification* stop) {
 
 void Flooder::Slot(const absl::Notification* stop, FloodStats* out) {
   const auto t_start = Clock::now();
-  v1::PredictRequest req;
+  std::mutex mu;
+  std::condition_variable cv;
   while (!stop->HasBeenNotified()) {
     const uint64_t n = next_call_.fetch_add(1, std::memory_order_relaxed);
     uint64_t step = n;
@@ -291,15 +311,25 @@ void Flooder::Slot(const absl::Notification* stop, FloodStats* out) {
       absl::StrAppend(&robot_id, "-id", n % pool);
       step = n / pool;
     }
-    req = frames_[step % kFloodFrames];
-    req.set_robot_id(robot_id);
-    req.set_step(step);
-    v1::PredictResponse resp;
+    const grpc::ByteBuffer request = EncodeCall(robot_id, step);
+    grpc::ByteBuffer response;  // counted by code only, never parsed
     grpc::ClientContext ctx;
-    AddCallMetadata(opts_, &ctx);
+    AddCallMetadata(opts_, &ctx, robot_id);
     const auto t0 = Clock::now();
     ctx.set_deadline(DeadlineIn(std::chrono::milliseconds(opts_.deadline_ms)));
-    const grpc::Status s = stub_->Predict(&ctx, req, &resp);
+    grpc::Status s;
+    bool done = false;
+    stub_.UnaryCall(&ctx, "/specprune.v1.VlaService/Predict", grpc::StubOptions(), &request,
+                    &response, [&](grpc::Status status) {
+                      std::lock_guard<std::mutex> lock(mu);
+                      s = std::move(status);
+                      done = true;
+                      cv.notify_one();
+                    });
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return done; });
+    }
     const auto t1 = Clock::now();
     out->sent += 1;
     out->codes[CodeName(s.error_code())] += 1;

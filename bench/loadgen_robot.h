@@ -24,6 +24,7 @@
 #include "absl/synchronization/notification.h"
 #include "bench/loadgen_options.h"
 #include "bench/loadgen_scene.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "specprune/v1/vla_service.grpc.pb.h"
 
@@ -140,7 +141,9 @@ struct FloodStats {
 // "<run_tag>-flood<index>" (one id: steps 0, 1, 2, ... handed out in call order, so calls overtake
 // each other and some are stale) or, with --flood_distinct_ids, "<run_tag>-flood<index>-id<k>"
 // for call n with k = n mod flood_id_pool and step n / flood_id_pool. Frames are 16 pre-rendered
-// steps of one synthetic scene, cycled, so the flooder spends little CPU of its own.
+// steps of one synthetic scene, cycled, encoded once: a call sends the frame's bytes plus a few
+// bytes of robot id and step through the generic stub, and its answer is not parsed, so the
+// flooder spends little CPU of its own (as a hostile client resending bytes would).
 class Flooder {
  public:
   Flooder(int index, const LoadgenOptions& opts, const ServingShape& shape,
@@ -153,11 +156,13 @@ class Flooder {
 
  private:
   void Slot(const absl::Notification* stop, FloodStats* out);
+  // The encoded Predict of frame step % 16 for `robot_id` and `step`.
+  grpc::ByteBuffer EncodeCall(const std::string& robot_id, uint64_t step) const;
 
   const int index_;
   const LoadgenOptions& opts_;
-  std::unique_ptr<v1::VlaService::Stub> stub_;
-  std::vector<v1::PredictRequest> frames_;  // read-only after construction
+  grpc::GenericStub stub_;
+  std::vector<grpc::Slice> frames_;  // encoded requests without robot_id/step; read-only
   std::atomic<uint64_t> next_call_{0};
   FloodStats stats_;
 };

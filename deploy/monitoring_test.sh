@@ -181,6 +181,20 @@ elif [[ -x $cli_bin ]]; then
 else
   fail "neither $loadgen_bin nor $cli_bin exists"
 fi
+# The action-quality panels compare pruning with unpruned robots and show diagnostic requests:
+# one unpruned episode (3 steps, 2 seams) and one diagnostic SpecPrune episode (3 steps).
+if [[ -x $cli_bin ]]; then
+  echo "== specprune_cli: an unpruned episode and a diagnostic episode (action-quality panels)"
+  for args in "--method none" "--method specprune --diagnostic"; do
+    for step in 0 1 2; do
+      # shellcheck disable=SC2086  # $args is two flags
+      timeout 20 "$cli_bin" predict --target "127.0.0.1:$grpc_port" --robot "quality-${args// /}" \
+        --episode quality --step "$step" --instruction "put the red block on the plate" \
+        --synthetic $args > /dev/null 2>> "$work/loadgen.err" || fail "specprune_cli predict exited $?"
+      requests=$((requests + 1))
+    done
+  done
+fi
 
 # Wait until a scrape has seen the whole load, then a few more scrapes.
 at_least() {  # VALUE MIN: VALUE is a number >= MIN

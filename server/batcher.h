@@ -1,18 +1,22 @@
 // Dynamic batcher (docs/ARCHITECTURE.md "One Predict, end to end", "Serving"): groups ready
 // requests of different robots into batches for the model.
 //
-// Items wait in one bounded FIFO queue. A worker takes the oldest item and
-// waits until either max_batch_size items are queued or max_queue_delay has
-// passed since the oldest item was enqueued, then removes up to max_batch_size
-// items from the front, hands expired ones (is_expired) to on_expired without
-// computing them, and calls run_batch with the rest (never with an empty
-// batch). The batcher does not reorder items; per-robot ordering is the
-// session's job (one item per robot is queued at a time).
+// Every item is submitted with a fairness key (the engine uses the caller's credential, see
+// server/admission.h). Items wait in one FIFO per key; keys with items take turns (round-robin,
+// in the order they queued up, the turn carrying over from batch to batch), so a key with many
+// items waiting gets as many slots of a batch as the others only while the others have items:
+// a client that floods, even one posing as many robots, cannot push other clients' items behind
+// its own. With one key (e.g. every item submitted with "") this is one FIFO.
 //
-// Thread safety: Submit, queue_depth and Shutdown may be called from any
-// thread. Callbacks run on the worker threads, outside the batcher's lock; with
-// num_workers > 1 they run concurrently. Shutdown (and the destructor) must not
-// be called from a callback.
+// A worker takes a batch when max_batch_size items are queued or max_queue_delay has passed since
+// the oldest queued item (of any key) was enqueued: it removes up to max_batch_size items,
+// round-robin over the keys, hands expired ones (is_expired) to on_expired without computing
+// them, and calls run_batch with the rest (never with an empty batch). Items of one key keep
+// their order; per-robot ordering is the session's job (one item per robot is queued at a time).
+//
+// Thread safety: Submit, queue_depth and Shutdown may be called from any thread. Callbacks run on
+// the worker threads, outside the batcher's lock; with num_workers > 1 they run concurrently.
+// Shutdown (and the destructor) must not be called from a callback.
 #pragma once
 
 #include <algorithm>
@@ -24,6 +28,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -59,7 +64,8 @@ class Batcher {
     Item item;
     absl::Time enqueued;
   };
-  // Computes one batch (1..max_batch_size items, oldest first). Owns the items.
+  // Computes one batch (1..max_batch_size items, in round-robin order of their keys, each key's
+  // oldest first). Owns the items.
   using RunBatch = std::function<void(std::vector<Queued>&& batch)>;
   // True when an item must not be computed (deadline passed, client cancelled).
   // Optional.
@@ -98,21 +104,24 @@ class Batcher {
   // Shuts down (draining the queue) and joins the workers.
   ~Batcher() { Shutdown(); }
 
-  // Enqueues `item`. On success the batcher owns it (moved from); on failure
-  // `item` is left untouched so the caller can finish it: RESOURCE_EXHAUSTED
-  // when the queue holds max_queue_size items, FAILED_PRECONDITION after
-  // Shutdown.
-  absl::Status Submit(Item&& item) ABSL_LOCKS_EXCLUDED(mu_) {
+  // Enqueues `item` under fairness key `key`. On success the batcher owns it (moved from); on
+  // failure `item` is left untouched so the caller can finish it: RESOURCE_EXHAUSTED when the
+  // queue holds max_queue_size items (all keys together), FAILED_PRECONDITION after Shutdown.
+  absl::Status Submit(Item&& item, const std::string& key = std::string())
+      ABSL_LOCKS_EXCLUDED(mu_) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (shutdown_) {
         return absl::FailedPreconditionError("batcher is shutting down");
       }
-      if (queue_.size() >= options_.max_queue_size) {
+      if (queued_ >= options_.max_queue_size) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "request queue full (", options_.max_queue_size, " requests waiting); retry later"));
       }
-      queue_.push_back(Queued{std::move(item), absl::Now()});
+      std::deque<Queued>& fifo = by_key_[key];
+      if (fifo.empty()) turns_.push_back(key);  // the key joins the round
+      fifo.push_back(Queued{std::move(item), absl::Now()});
+      ++queued_;
     }
     cv_.notify_all();
     return absl::OkStatus();
@@ -121,7 +130,7 @@ class Batcher {
   // Items waiting in the queue (not counting batches being computed).
   size_t queue_depth() const ABSL_LOCKS_EXCLUDED(mu_) {
     std::lock_guard<std::mutex> lock(mu_);
-    return queue_.size();
+    return queued_;
   }
 
   // Stops accepting items, runs (or expires) every queued item without waiting
@@ -154,28 +163,46 @@ class Batcher {
     }
   }
 
-  // Waits for a batch to be ready and removes it from the queue. Returns an
-  // empty vector when the batcher is shut down and drained.
+  // Enqueue time of the oldest queued item (queue not empty).
+  absl::Time OldestEnqueued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    absl::Time oldest = absl::InfiniteFuture();
+    for (const std::string& key : turns_) {
+      oldest = std::min(oldest, by_key_.find(key)->second.front().enqueued);
+    }
+    return oldest;
+  }
+
+  // Waits for a batch to be ready and removes it from the queue, round-robin over the keys.
+  // Returns an empty vector when the batcher is shut down and drained.
   std::vector<Queued> NextBatch() ABSL_LOCKS_EXCLUDED(mu_) {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      cv_.wait(lock, [this] { return !queue_.empty() || shutdown_; });
-      if (queue_.empty()) return {};  // shut down and drained
-      const absl::Time deadline = queue_.front().enqueued + options_.max_queue_delay;
+      cv_.wait(lock, [this] { return queued_ > 0 || shutdown_; });
+      if (queued_ == 0) return {};  // shut down and drained
+      const absl::Time deadline = OldestEnqueued() + options_.max_queue_delay;
       const absl::Time now = absl::Now();
-      if (shutdown_ || queue_.size() >= options_.max_batch_size || now >= deadline) {
+      if (shutdown_ || queued_ >= options_.max_batch_size || now >= deadline) {
         break;
       }
       // Woken by a new item, shutdown, the deadline or spuriously; another
       // worker may take the items meanwhile. Re-check from the top.
       cv_.wait_for(lock, absl::ToChronoNanoseconds(deadline - now));
     }
-    const size_t n = std::min(queue_.size(), options_.max_batch_size);
+    const size_t n = std::min(queued_, options_.max_batch_size);
     std::vector<Queued> batch;
     batch.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      batch.push_back(std::move(queue_.front()));
-      queue_.pop_front();
+    while (batch.size() < n) {
+      std::string key = std::move(turns_.front());
+      turns_.pop_front();
+      auto it = by_key_.find(key);
+      batch.push_back(std::move(it->second.front()));
+      it->second.pop_front();
+      --queued_;
+      if (it->second.empty()) {
+        by_key_.erase(it);
+      } else {
+        turns_.push_back(std::move(key));  // next turn after the others
+      }
     }
     return batch;
   }
@@ -209,7 +236,11 @@ class Batcher {
   // (the distribution's libabsl is not TSAN-instrumented).
   mutable std::mutex mu_;
   std::condition_variable cv_;  // signalled on Submit and Shutdown
-  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
+  // Queued items per fairness key (no empty FIFOs), the keys with items in turn order, and the
+  // number of queued items of all keys.
+  std::unordered_map<std::string, std::deque<Queued>> by_key_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> turns_ ABSL_GUARDED_BY(mu_);
+  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
 
   std::mutex join_mu_ ABSL_ACQUIRED_AFTER(mu_);

@@ -11,6 +11,8 @@
 #include "model/flops.h"
 #include "nlohmann/json.hpp"
 #include "pruning/policies.h"
+#include "server/action_seam.h"
+#include "util/blas_runtime.h"
 
 namespace specprune {
 namespace {
@@ -58,6 +60,31 @@ v1::ControllerMode ToProto(ControllerMode m) {
     default:
       return v1::CONTROLLER_MODE_UNSPECIFIED;
   }
+}
+
+// Row-major values of a [chunk, action_dim] chunk tensor (any device); empty when undefined.
+std::vector<float> ChunkValues(const torch::Tensor& chunk) {
+  if (!chunk.defined() || chunk.dim() != 2) return {};
+  const torch::Tensor c = chunk.detach().to(torch::kCPU, torch::kFloat).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+// Action-quality metrics of one computed step: the seam between the robot's previous chunk
+// (normalized, undefined on an episode's first pass) and this one, and the diagnostic deviation.
+void RecordActionQuality(ServerMetrics& metrics, const torch::Tensor& previous,
+                         const StepResult& result, const PruningConfig& pruning,
+                         const v1::PredictResponse& response) {
+  const v1::PruningMethod method = response.pruning().method();
+  if (response.pruning().has_action_deviation()) {
+    metrics.RecordActionDeviation(method, response.pruning().action_deviation());
+  }
+  if (!previous.defined()) return;
+  const torch::Tensor& next = result.model.normalized_actions;
+  if (!next.defined() || next.dim() != 2 || !previous.sizes().equals(next.sizes())) return;
+  const std::optional<SeamMetrics> seam =
+      ComputeSeam(ChunkValues(previous), ChunkValues(next), next.size(0), next.size(1),
+                  pruning.specprune.executed_rows);
+  if (seam) metrics.RecordActionSeam(method, seam->position_jump, seam->jerk);
 }
 
 }  // namespace
@@ -197,6 +224,7 @@ void InferenceEngine::BuildModelInfo() {
   info.set_flops_per_forward(UnprunedForwardFlops(c, prompt).total());
   info.set_dtype(model_.runner->dtype_name());
   info.set_device(model_.runner->device_name());
+  info.set_blas_core(BlasCoreName());
   auto* p = info.mutable_pruning();
   p->set_method(ToProto(pruning_defaults_.method));
   p->set_alpha(pruning_defaults_.specprune.coarse_scale);
@@ -355,7 +383,7 @@ void InferenceEngine::Preprocess(std::shared_ptr<Job> job) {
     Finish(*job, s, nullptr);
     return;
   }
-  auto submitted = batcher_->Submit(std::shared_ptr<Job>(job));
+  auto submitted = batcher_->Submit(std::shared_ptr<Job>(job), job->ctx.fairness_key);
   if (!submitted.ok()) {
     if (metrics_) {
       metrics_->RecordRejected(submitted.code() == absl::StatusCode::kResourceExhausted
@@ -377,6 +405,7 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
   std::vector<Job*> jobs;
   std::vector<StepInput> inputs;
   std::vector<double> queue_seconds;
+  std::vector<torch::Tensor> previous_chunks;  // each robot's last chunk before this pass
   for (auto& q : batch) {
     Job& job = *q.item;
     const double queued = absl::ToDoubleSeconds(now - q.enqueued);
@@ -398,6 +427,8 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
     jobs.push_back(&job);
     inputs.push_back({&job.observation, pruners.back().get()});
     queue_seconds.push_back(queued);
+    // The pass replaces last_actions with a new tensor; this handle keeps the previous chunk.
+    previous_chunks.push_back(job.session->pruning.last_actions);
   }
   if (jobs.empty()) return;
   ForwardTimings timings;
@@ -428,6 +459,7 @@ void InferenceEngine::RunBatch(std::vector<Batcher<std::shared_ptr<Job>>::Queued
       metrics_->RecordControllerMode(resp->controller_mode());
       if (resp->pruning().refreshed_prior()) metrics_->RecordPriorRefresh();
       metrics_->RecordForwardPass(resp->pruning().method());
+      RecordActionQuality(*metrics_, previous_chunks[i], (*results)[i], job.pruning, *resp);
     }
     timing->set_total_seconds(SecondsSince(job.received));
     CommitStep(*job.session, job.request->step(), resp);

@@ -41,6 +41,9 @@ namespace specprune {
 struct RequestContext {
   absl::Time deadline = absl::InfiniteFuture();
   std::function<bool()> cancelled;  // may be empty; must be callable from any thread
+  // Who is asking (server/admission.h: the credential, or the connection with authentication
+  // off): the batcher takes turns between keys, so one key cannot push others' steps back.
+  std::string fairness_key;
 };
 
 // What the engine serves: a model runner plus the tokenizer and normalization statistics.

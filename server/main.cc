@@ -9,6 +9,7 @@
 #include "server/build_version.h"
 #include "server/server.h"
 #include "server/server_flags.h"
+#include "util/blas_runtime.h"
 #include "util/command_line.h"
 
 int main(int argc, char** argv) {
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "specprune_server: %s\n", std::string(options.status().message()).c_str());
     return 2;
   }
+  specprune::ConfigureBlasFromFlagsOrExit(argv, options->model_threads, "specprune_server");
   std::fprintf(stderr, "specprune_server %s (commit %s): loading %s on %s (%s)\n",
                specprune::BuildVersion(), specprune::BuildGitCommit(), options->model_dir.c_str(),
                options->device.c_str(), options->dtype.c_str());

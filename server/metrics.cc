@@ -56,12 +56,41 @@ const Histogram::BucketBoundaries& BatchBuckets() {
   return *b;
 }
 
+// Seam position jump and action deviation, normalized action units: 0.002 .. 4.
+const Histogram::BucketBoundaries& ActionDistanceBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 4};
+  return *b;
+}
+
+// Seam jerk (a third difference: up to 8x a column's range), normalized action units: 0.005 .. 16.
+const Histogram::BucketBoundaries& JerkBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      0.005, 0.01, 0.02, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 4, 8, 16};
+  return *b;
+}
+
 constexpr std::array<std::string_view, kNumComputeStages> kStageNames = {"preprocess", "vision",
                                                                          "llm", "action_head"};
 constexpr std::array<std::string_view, kNumRejectReasons> kRejectNames = {
-    "queue_full", "invalid", "stale_step", "shutting_down"};
+    "queue_full",   "invalid",        "stale_step",      "shutting_down",
+    "rate_limited", "inflight_limit", "too_many_clients"};
 constexpr std::array<std::string_view, 3> kModeNames = {"none", "coarse", "fine"};
 constexpr std::array<std::string_view, 4> kMethodNames = {"none", "specprune", "fastv", "random"};
+
+// Index into kMethodNames; UNSPECIFIED and unknown values count as "none".
+size_t MethodIndex(v1::PruningMethod method) {
+  switch (method) {
+    case v1::PRUNING_METHOD_SPECPRUNE:
+      return 1;
+    case v1::PRUNING_METHOD_FASTV:
+      return 2;
+    case v1::PRUNING_METHOD_RANDOM:
+      return 3;
+    default:
+      return 0;
+  }
+}
 
 }  // namespace
 
@@ -162,6 +191,31 @@ ServerMetrics::ServerMetrics()
   for (size_t i = 0; i < kMethodNames.size(); ++i) {
     forward_passes_[i] = &passes.Add({{"method", std::string(kMethodNames[i])}});
   }
+  auto& seam_jump = prometheus::BuildHistogram()
+                        .Name("specprune_action_seam_position_jump")
+                        .Help(
+                            "Per robot step: L2 jump of the position columns (normalized action "
+                            "units) from the previous chunk's last executed row to the new chunk's "
+                            "first row, by the new chunk's pruning method.")
+                        .Register(r);
+  auto& seam_jerk = prometheus::BuildHistogram()
+                        .Name("specprune_action_seam_jerk")
+                        .Help(
+                            "Per robot step: L2 norm of the third difference of the position "
+                            "columns (normalized action units) across the chunk seam, by method.")
+                        .Register(r);
+  auto& deviation = prometheus::BuildHistogram()
+                        .Name("specprune_action_deviation")
+                        .Help(
+                            "Diagnostic mode: mean absolute difference (normalized action units) "
+                            "of the chunk from the unpruned reference pass, by method.")
+                        .Register(r);
+  for (size_t i = 0; i < kMethodNames.size(); ++i) {
+    const prometheus::Labels labels = {{"method", std::string(kMethodNames[i])}};
+    seam_jump_[i] = &seam_jump.Add(labels, ActionDistanceBuckets());
+    seam_jerk_[i] = &seam_jerk.Add(labels, JerkBuckets());
+    action_deviation_[i] = &deviation.Add(labels, ActionDistanceBuckets());
+  }
   build_info_ = &prometheus::BuildGauge()
                      .Name("specprune_build_info")
                      .Help("Always 1; the labels say what this replica runs.")
@@ -180,7 +234,8 @@ void ServerMetrics::SetBuildInfo(const BuildLabels& labels) {
              {"model", labels.model},
              {"device", labels.device},
              {"dtype", labels.dtype},
-             {"replica", labels.replica}})
+             {"replica", labels.replica},
+             {"blas_core", labels.blas_core}})
       .Set(1);
 }
 
@@ -279,19 +334,18 @@ void ServerMetrics::RecordExpired() { expired_->Increment(); }
 void ServerMetrics::SetQueueDepth(size_t depth) { queue_depth_->Set(static_cast<double>(depth)); }
 
 void ServerMetrics::RecordForwardPass(v1::PruningMethod method) {
-  switch (method) {
-    case v1::PRUNING_METHOD_SPECPRUNE:
-      forward_passes_[1]->Increment();
-      break;
-    case v1::PRUNING_METHOD_FASTV:
-      forward_passes_[2]->Increment();
-      break;
-    case v1::PRUNING_METHOD_RANDOM:
-      forward_passes_[3]->Increment();
-      break;
-    default:
-      forward_passes_[0]->Increment();
-  }
+  forward_passes_[MethodIndex(method)]->Increment();
+}
+
+void ServerMetrics::RecordActionSeam(v1::PruningMethod method, double position_jump,
+                                     std::optional<double> jerk) {
+  const size_t i = MethodIndex(method);
+  seam_jump_[i]->Observe(position_jump);
+  if (jerk.has_value()) seam_jerk_[i]->Observe(*jerk);
+}
+
+void ServerMetrics::RecordActionDeviation(v1::PruningMethod method, double deviation) {
+  action_deviation_[MethodIndex(method)]->Observe(deviation);
 }
 
 std::string ServerMetrics::Serialize() const {

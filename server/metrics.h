@@ -17,14 +17,26 @@
 //   specprune_prior_refreshes_total                  counter    SpecPrune passes run unpruned to
 //                                                               rebuild the prior after a release
 //   specprune_rejected_requests_total{reason}        counter    queue_full|invalid|stale_step|
-//                                                               shutting_down
+//                                                               shutting_down|rate_limited|
+//                                                               inflight_limit|too_many_clients
 //   specprune_expired_requests_total                 counter    deadline passed/cancelled in queue
 //   specprune_queue_depth                            gauge
 //   specprune_forward_passes_total{method}           counter    none|specprune|fastv|random per
 //                                                               sample
 //   specprune_build_info{version,git_commit,model,   gauge      1; what this replica runs
-//                        device,dtype,replica}
+//                        device,dtype,replica,
+//                        blas_core}
 //   specprune_model_load_seconds                     gauge      time to load the model at start
+//   specprune_action_seam_position_jump{method}      histogram  per robot step: jump of the
+//                                                               position columns where the new
+//                                                               chunk follows the previous one's
+//                                                               executed rows
+//                                                               (server/action_seam.h)
+//   specprune_action_seam_jerk{method}               histogram  third difference across that seam
+//   specprune_action_deviation{method}               histogram  diagnostic mode: mean |pruned -
+//                                                               unpruned| of the chunk
+//     (the three in normalized action units: [-1, 1] = the dataset's q01..q99 of a column;
+//      method = none|specprune|fastv|random of the new chunk's pass)
 //   process_* (server/process_metrics.h)             CPU seconds, memory, fds, start time
 //
 // HTTP: StartExposer serves GET /metrics through MetricsHttpEndpoint
@@ -40,6 +52,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -67,8 +80,18 @@ enum class ComputeStage { kPreprocess = 0, kVision, kLlm, kActionHead };
 inline constexpr int kNumComputeStages = 4;
 
 // Reasons of specprune_rejected_requests_total{reason}.
-enum class RejectReason { kQueueFull = 0, kInvalid, kStaleStep, kShuttingDown };
-inline constexpr int kNumRejectReasons = 4;
+// kRateLimited, kInflightLimit, kTooManyClients: refused by admission control before the parse
+// (server/admission.h).
+enum class RejectReason {
+  kQueueFull = 0,
+  kInvalid,
+  kStaleStep,
+  kShuttingDown,
+  kRateLimited,
+  kInflightLimit,
+  kTooManyClients
+};
+inline constexpr int kNumRejectReasons = 7;
 
 // Label values used by the families above.
 std::string_view ComputeStageName(ComputeStage stage);   // "preprocess", "vision", ...
@@ -102,7 +125,8 @@ class ServerMetrics {
     std::string model;  // the model config's name, e.g. "tiny"
     std::string device;
     std::string dtype;
-    std::string replica;  // this replica's name (ServerOptions::replica_id or the host name)
+    std::string replica;    // this replica's name (ServerOptions::replica_id or the host name)
+    std::string blas_core;  // the OpenBLAS core computing on the CPU (util/blas_runtime.h)
   };
   void SetBuildInfo(const BuildLabels& labels);
   void SetModelLoadSeconds(double seconds);
@@ -130,6 +154,11 @@ class ServerMetrics {
   // One sample's forward pass with the given (resolved) method; UNSPECIFIED
   // counts as "none".
   void RecordForwardPass(v1::PruningMethod method);
+  // One robot step's seam (server/action_seam.h), under the new chunk's method (UNSPECIFIED counts
+  // as "none"); `jerk` absent = not observed.
+  void RecordActionSeam(v1::PruningMethod method, double position_jump, std::optional<double> jerk);
+  // Diagnostic mode: one pass's action deviation from its unpruned reference.
+  void RecordActionDeviation(v1::PruningMethod method, double deviation);
 
   // The registry in Prometheus text exposition format (what /metrics serves).
   std::string Serialize() const;
@@ -158,6 +187,10 @@ class ServerMetrics {
   prometheus::Counter* expired_;
   prometheus::Gauge* queue_depth_;
   std::array<prometheus::Counter*, 4> forward_passes_;  // none, specprune, fastv, random
+  // Indexed by MethodIndex: none, specprune, fastv, random.
+  std::array<prometheus::Histogram*, 4> seam_jump_;
+  std::array<prometheus::Histogram*, 4> seam_jerk_;
+  std::array<prometheus::Histogram*, 4> action_deviation_;
   prometheus::Family<prometheus::Gauge>* build_info_;
   prometheus::Gauge* model_load_seconds_;
 

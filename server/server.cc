@@ -11,6 +11,7 @@
 #include "pruning/pruning_config.h"
 #include "server/build_version.h"
 #include "server/tls.h"
+#include "util/blas_runtime.h"
 
 namespace specprune {
 namespace {
@@ -58,7 +59,8 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
                              .model = c.name,
                              .device = options.device,
                              .dtype = options.dtype,
-                             .replica = ReplicaId(options)});
+                             .replica = ReplicaId(options),
+                             .blas_core = BlasCoreName()});
   if (options.metrics_port > 0) {
     const std::string& metrics_host =
         options.metrics_host.empty() ? options.host : options.metrics_host;
@@ -72,11 +74,25 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
                                         std::move(*pruning), eo, s->metrics_.get());
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(*engine);
+  absl::StatusOr<RequestLogFormat> log_format = ParseRequestLogFormat(options.request_log);
+  if (!log_format.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field \"request_log\": ", log_format.status().message()));
+  }
+  if (*log_format != RequestLogFormat::kOff) {
+    s->request_log_ = std::make_unique<RequestLogger>(*log_format);
+  }
+  absl::StatusOr<std::unique_ptr<AdmissionController>> admission =
+      AdmissionController::Create(options.admission);
+  if (!admission.ok()) return admission.status();
+  s->admission_ = std::move(*admission);
   s->service_ =
       std::make_unique<VlaServiceImpl>(s->engine_.get(), s->metrics_.get(),
                                        ServiceOptions{.auth = s->auth_.get(),
                                                       .auth_model_info = options.auth_model_info,
-                                                      .replica_id = ReplicaId(options)});
+                                                      .replica_id = ReplicaId(options),
+                                                      .request_log = s->request_log_.get(),
+                                                      .admission = s->admission_.get()});
 
   grpc::EnableDefaultHealthCheckService(true);
   // The plugin is process-wide: once a server in this process enabled reflection, later ones

@@ -36,7 +36,11 @@ class SpecPruneServer {
  private:
   SpecPruneServer() = default;
   std::unique_ptr<ServerMetrics> metrics_;
-  std::unique_ptr<Authorizer> auth_;  // null = no authentication
+  std::unique_ptr<Authorizer> auth_;            // null = no authentication
+  std::unique_ptr<RequestLogger> request_log_;  // null = request_log "off"
+  // Declared before engine_ and service_: destroyed after them, since a ticket is released when
+  // an engine thread drops the call's done callback.
+  std::unique_ptr<AdmissionController> admission_;
   std::unique_ptr<InferenceEngine> engine_;
   std::unique_ptr<VlaServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/request_log.h"
 #include "util/json_fields.h"
 
 namespace specprune {
@@ -53,6 +54,11 @@ std::string CheckDtype(const std::string& s) {
   return absl::StrCat("must be \"fp32\" or \"bf16\", got \"", s, "\"");
 }
 
+std::string CheckRequestLog(const std::string& s) {
+  absl::StatusOr<RequestLogFormat> format = ParseRequestLogFormat(s);
+  return format.ok() ? "" : std::string(format.status().message());
+}
+
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 #define SP_REF(expr) [](ServerOptions& o) -> Ref { return &o.expr; }
@@ -80,6 +86,13 @@ const std::vector<Field>& Fields() {
       {"max_image_width", SP_REF(engine.limits.max_image_width), 1, 65535},
       {"max_image_height", SP_REF(engine.limits.max_image_height), 1, 65535},
       {"max_encoded_image_bytes", SP_REF(engine.limits.max_encoded_image_bytes), 1, kGiB},
+      {"max_inflight_per_credential", SP_REF(admission.max_inflight_per_credential), 0, 1e6},
+      {"max_inflight_per_robot", SP_REF(admission.max_inflight_per_robot), 0, 1e6},
+      {"credential_rate_hz", SP_REF(admission.credential_rate_hz), 0, 1e6},
+      {"credential_burst", SP_REF(admission.credential_burst), 1, 1e6},
+      {"robot_rate_hz", SP_REF(admission.robot_rate_hz), 0, 1e6},
+      {"robot_burst", SP_REF(admission.robot_burst), 1, 1e6},
+      {"max_tracked_keys", SP_REF(admission.max_tracked_keys), 1, 1e8},
       {"device", SP_REF(device), 0, 0, false, CheckDevice},
       {"dtype", SP_REF(dtype), 0, 0, false, CheckDtype},
       {"pruning", SP_REF(pruning)},
@@ -93,6 +106,7 @@ const std::vector<Field>& Fields() {
       {"auth_model_info", SP_REF(auth_model_info)},
       {"reflection", SP_REF(reflection)},
       {"replica_id", SP_REF(replica_id)},
+      {"request_log", SP_REF(request_log), 0, 0, false, CheckRequestLog},
   };
   return *fields;
 }

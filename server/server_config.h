@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "server/admission.h"
 #include "server/engine_options.h"
 #include "server/tls.h"
 
@@ -50,6 +51,13 @@ std::string DefaultModelDir();
 //   max_image_width           engine.limits.max_image_width          [1, 65535]
 //   max_image_height          engine.limits.max_image_height         [1, 65535]
 //   max_encoded_image_bytes   engine.limits.max_encoded_image_bytes  [1, 1 GiB]
+//   max_inflight_per_credential admission.max_inflight_per_credential [0, 1000000], 0 = unbounded
+//   max_inflight_per_robot    admission.max_inflight_per_robot   [0, 1000000], 0 = unbounded
+//   credential_rate_hz        admission.credential_rate_hz       [0, 1000000], 0 = off
+//   credential_burst          admission.credential_burst         [1, 1000000]
+//   robot_rate_hz             admission.robot_rate_hz            [0, 1000000], 0 = off
+//   robot_burst               admission.robot_burst              [1, 1000000]
+//   max_tracked_keys          admission.max_tracked_keys         [1, 100000000]
 //   device                    device                             cpu, cuda, cuda:N
 //   dtype                     dtype                              fp32, bf16
 //   pruning                   pruning                            a JSON object (file only)
@@ -63,6 +71,7 @@ std::string DefaultModelDir();
 //   auth_model_info           auth_model_info                    true, false
 //   reflection                reflection                         true, false
 //   replica_id                replica_id                         "" = the host name
+//   request_log               request_log                        off, text, json
 struct ServerOptions {
   // Model directory (config.json, checkpoint, tokenizer, dataset statistics). Defaults to the
   // embedded tiny model: the source tree's (compile definition SPECPRUNE_DEFAULT_MODEL_DIR), or,
@@ -92,6 +101,9 @@ struct ServerOptions {
   absl::Duration drain_timeout = absl::Seconds(10);
   // Sessions, batcher, preprocessing threads and request limits (defaults in engine_options.h).
   EngineOptions engine;
+  // Per-credential / per-robot in-flight and rate limits checked before a call is parsed
+  // (defaults in server/admission.h).
+  AdmissionOptions admission;
   // TLS / mTLS of the gRPC port (defaults in server/tls.h: plaintext).
   TlsFiles tls;
   // Token file mapping credentials to robot-id patterns (server/auth.h); "" = no authentication:
@@ -104,6 +116,9 @@ struct ServerOptions {
   // This replica's name in responses (metadata "x-specprune-replica") and in
   // specprune_build_info{replica}; "" = the host name (a Kubernetes pod's name).
   std::string replica_id;
+  // One line per finished RPC on stderr (server/request_log.h): "off", "text" (key=value) or
+  // "json" (one JSON object per line, for log shippers).
+  std::string request_log = "off";
 };
 
 // What the command line asked for (server/server_flags.h fills it from Abseil flags).

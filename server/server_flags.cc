@@ -28,6 +28,15 @@ SP_SERVER_FLAG(max_instruction_tokens, "longest prompt, tokens (bounds the LLM c
 SP_SERVER_FLAG(max_image_width, "widest accepted input image, pixels");
 SP_SERVER_FLAG(max_image_height, "tallest accepted input image, pixels");
 SP_SERVER_FLAG(max_encoded_image_bytes, "largest JPEG/PNG image, bytes");
+SP_SERVER_FLAG(max_inflight_per_credential,
+               "calls in flight per credential (connection with auth off); 0 = unbounded");
+SP_SERVER_FLAG(max_inflight_per_robot,
+               "calls in flight per x-robot-id of a credential; 0 = unbounded");
+SP_SERVER_FLAG(credential_rate_hz, "sustained calls/s per credential (token bucket); 0 = no limit");
+SP_SERVER_FLAG(credential_burst, "calls a credential may send at once (bucket size)");
+SP_SERVER_FLAG(robot_rate_hz, "sustained calls/s per x-robot-id of a credential; 0 = no limit");
+SP_SERVER_FLAG(robot_burst, "calls a robot may send at once (bucket size)");
+SP_SERVER_FLAG(max_tracked_keys, "most credentials + robots with admission state at once");
 SP_SERVER_FLAG(device, "cpu, cuda or cuda:N");
 SP_SERVER_FLAG(dtype, "fp32 or bf16");
 SP_SERVER_FLAG(drain_timeout_seconds, "shutdown grace period, seconds");
@@ -40,6 +49,7 @@ SP_SERVER_FLAG(auth_tokens_file, "token file: credentials -> robot-id patterns (
 SP_SERVER_FLAG(auth_model_info, "true: GetModelInfo needs a credential when auth is on");
 SP_SERVER_FLAG(reflection, "serve gRPC server reflection");
 SP_SERVER_FLAG(replica_id, "this replica's name in responses and metrics (default: host name)");
+SP_SERVER_FLAG(request_log, "per-request log lines on stderr: off, text or json");
 
 namespace specprune {
 namespace {
@@ -67,6 +77,13 @@ const std::vector<std::pair<const char*, const Flag*>>& KeyFlags() {
       {"max_image_width", &FLAGS_max_image_width},
       {"max_image_height", &FLAGS_max_image_height},
       {"max_encoded_image_bytes", &FLAGS_max_encoded_image_bytes},
+      {"max_inflight_per_credential", &FLAGS_max_inflight_per_credential},
+      {"max_inflight_per_robot", &FLAGS_max_inflight_per_robot},
+      {"credential_rate_hz", &FLAGS_credential_rate_hz},
+      {"credential_burst", &FLAGS_credential_burst},
+      {"robot_rate_hz", &FLAGS_robot_rate_hz},
+      {"robot_burst", &FLAGS_robot_burst},
+      {"max_tracked_keys", &FLAGS_max_tracked_keys},
       {"device", &FLAGS_device},
       {"dtype", &FLAGS_dtype},
       {"drain_timeout_seconds", &FLAGS_drain_timeout_seconds},
@@ -79,6 +96,7 @@ const std::vector<std::pair<const char*, const Flag*>>& KeyFlags() {
       {"auth_model_info", &FLAGS_auth_model_info},
       {"reflection", &FLAGS_reflection},
       {"replica_id", &FLAGS_replica_id},
+      {"request_log", &FLAGS_request_log},
   };
   return *flags;
 }

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "proto/grpc_status.h"
@@ -49,6 +50,28 @@ std::optional<std::string> RobotIdHeader(const grpc::CallbackServerContext* ctx)
   return std::string(it->second.data(), it->second.size());
 }
 
+// The call's request id: its "x-request-id" metadata when valid, else a new one. Sent back in the
+// initial and the trailing metadata (a trailers-only error response carries only the latter).
+std::string AttachRequestId(grpc::CallbackServerContext* ctx) {
+  const auto& metadata = ctx->client_metadata();
+  auto it = metadata.find(kRequestIdHeader);
+  std::string id = ResolveRequestId(
+      it == metadata.end()
+          ? std::nullopt
+          : std::optional<std::string>(std::string(it->second.data(), it->second.size())));
+  ctx->AddInitialMetadata(kRequestIdHeader, id);
+  ctx->AddTrailingMetadata(kRequestIdHeader, id);
+  return id;
+}
+
+// One request log line for a finished Predict / StreamPredict message (no-op without a logger).
+void LogPredict(RequestLogger* log, const char* rpc, const std::string& request_id,
+                const v1::PredictRequest* request, const absl::Status& status,
+                const v1::PredictResponse* response, double seconds) {
+  if (log == nullptr || !log->enabled()) return;
+  log->Log(PredictLogEntry(rpc, request_id, request, status, response, seconds, absl::Now()));
+}
+
 // OK unless the call's "x-robot-id" header names another robot than the request.
 absl::Status CheckRobotHeader(const std::optional<std::string>& header,
                               const std::string& robot_id) {
@@ -62,6 +85,43 @@ absl::Status Authorize(const std::optional<AuthGrant>& grant, const std::string&
   return grant.has_value() ? Authorizer::Authorize(*grant, robot_id) : absl::OkStatus();
 }
 
+// Admission control of a call (or of each message of a stream) before its bytes are parsed
+// (server/admission.h). The credential is the grant's name, or the peer address (one connection)
+// with authentication off; it is also the batcher's fairness key.
+struct Admission {
+  AdmissionController* controller = nullptr;  // null = admission control off
+  ServerMetrics* metrics = nullptr;
+  std::string credential;
+
+  Admission() = default;
+  Admission(AdmissionController* c, ServerMetrics* m, const grpc::CallbackServerContext* ctx,
+            const std::optional<AuthGrant>& grant)
+      : controller(c),
+        metrics(m),
+        credential(grant.has_value() ? absl::StrCat("auth:", grant->name) : ctx->peer()) {}
+
+  // Admits one call for the robot of the "x-robot-id" header (if sent); `ticket` (null when off)
+  // holds its in-flight slots until the last copy is destroyed, i.e. until the call is answered.
+  absl::Status Admit(const std::optional<std::string>& robot_header,
+                     std::shared_ptr<AdmissionController::Ticket>* ticket) const {
+    if (controller == nullptr) return absl::OkStatus();
+    AdmissionLimit limit = AdmissionLimit::kNone;
+    absl::StatusOr<AdmissionController::Ticket> admitted =
+        controller->Admit(credential, robot_header.value_or(""), &limit);
+    if (!admitted.ok()) {
+      if (metrics) {
+        metrics->RecordRejected(limit == AdmissionLimit::kRate ? RejectReason::kRateLimited
+                                : limit == AdmissionLimit::kInflight
+                                    ? RejectReason::kInflightLimit
+                                    : RejectReason::kTooManyClients);
+      }
+      return admitted.status();
+    }
+    *ticket = std::make_shared<AdmissionController::Ticket>(*std::move(admitted));
+    return absl::OkStatus();
+  }
+};
+
 // One StreamPredict stream: requests are handled one at a time, in order (one
 // robot controller per stream). A failed request is answered in-band
 // (PredictResponse.error); the stream goes on. `grant` is the stream's credential (checked once
@@ -69,12 +129,16 @@ absl::Status Authorize(const std::optional<AuthGrant>& grant, const std::string&
 class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamReactor(grpc::CallbackServerContext* ctx, InferenceEngine* engine, ServerMetrics* metrics,
-                std::optional<AuthGrant> grant)
+                std::optional<AuthGrant> grant, std::string stream_id, RequestLogger* log,
+                Admission admission = {})
       : ctx_(ctx),
         engine_(engine),
         metrics_(metrics),
         grant_(std::move(grant)),
-        robot_header_(RobotIdHeader(ctx)) {
+        robot_header_(RobotIdHeader(ctx)),
+        stream_id_(std::move(stream_id)),
+        log_(log),
+        admission_(std::move(admission)) {
     StartSendInitialMetadata();
     StartRead(&request_bytes_);
   }
@@ -86,14 +150,18 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       return;
     }
     const auto start = Clock::now();
+    const std::string request_id = StreamMessageRequestId(stream_id_, ++messages_);
     auto parsed = std::make_shared<v1::PredictRequest>();
-    absl::Status parse_status = ParseRequest(request_bytes_, parsed.get());
+    std::shared_ptr<AdmissionController::Ticket> ticket;  // released when answered
+    absl::Status parse_status = admission_.Admit(robot_header_, &ticket);
+    if (parse_status.ok()) parse_status = ParseRequest(request_bytes_, parsed.get());
     request_bytes_.Clear();
     std::shared_ptr<const v1::PredictRequest> request = std::move(parsed);
     auto* ctx = ctx_;
-    RequestContext rc{absl::InfiniteFuture(), [ctx] { return ctx->IsCancelled(); }};
-    auto done = [this, request, start](absl::Status status,
-                                       std::shared_ptr<const v1::PredictResponse> resp) {
+    RequestContext rc{absl::InfiniteFuture(), [ctx] { return ctx->IsCancelled(); },
+                      admission_.credential};
+    auto done = [this, request, start, request_id, ticket](
+                    absl::Status status, std::shared_ptr<const v1::PredictResponse> resp) {
       if (status.ok() && resp != nullptr) {
         response_ = *resp;
       } else {
@@ -104,9 +172,10 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         response_.mutable_error()->set_code(static_cast<int>(status.code()));
         response_.mutable_error()->set_message(std::string(status.message()));
       }
+      const double seconds = SecondsSince(start);
       if (metrics_)
-        metrics_->RecordRequest("StreamPredict", static_cast<int>(status.code()),
-                                SecondsSince(start));
+        metrics_->RecordRequest("StreamPredict", static_cast<int>(status.code()), seconds);
+      LogPredict(log_, "StreamPredict", request_id, request.get(), status, &response_, seconds);
       response_bytes_.Clear();
       SerializeResponse(response_, &response_bytes_);
       StartWrite(&response_bytes_);
@@ -143,6 +212,10 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   ServerMetrics* const metrics_;
   const std::optional<AuthGrant> grant_;
   const std::optional<std::string> robot_header_;
+  const std::string stream_id_;  // the stream's request id
+  RequestLogger* const log_;     // null = no request log
+  uint64_t messages_ = 0;        // messages read so far (message n has id "<stream_id_>/<n>")
+  const Admission admission_;    // per message, before the parse
   grpc::ByteBuffer request_bytes_;
   v1::PredictResponse response_;
   grpc::ByteBuffer response_bytes_;
@@ -156,28 +229,42 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* c
   auto* reactor = ctx->DefaultReactor();
   const auto start = Clock::now();
   AddReplicaHeader(ctx);
+  const std::string request_id = AttachRequestId(ctx);
+  RequestLogger* log = options_.request_log;
   ServerMetrics* metrics = metrics_;
   auto request = std::make_shared<v1::PredictRequest>();
   absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
   absl::Status allowed = grant.status();
+  const std::optional<std::string> robot_header = RobotIdHeader(ctx);
+  Admission admission;
+  std::shared_ptr<AdmissionController::Ticket> ticket;  // released when answered
+  if (allowed.ok()) {
+    admission = Admission(options_.admission, metrics, ctx, *grant);
+    allowed = admission.Admit(robot_header, &ticket);  // before the parse: a refusal is cheap
+  }
   if (allowed.ok()) allowed = ParseRequest(*request_bytes, request.get());
-  if (allowed.ok()) allowed = CheckRobotHeader(RobotIdHeader(ctx), request->robot_id());
+  if (allowed.ok()) allowed = CheckRobotHeader(robot_header, request->robot_id());
   if (allowed.ok()) allowed = Authorize(*grant, request->robot_id());
   if (!allowed.ok()) {
     if (metrics) {
       metrics->RecordRequest("Predict", static_cast<int>(allowed.code()), SecondsSince(start));
     }
+    LogPredict(log, "Predict", request_id, request.get(), allowed, nullptr, SecondsSince(start));
     reactor->Finish(ToGrpcStatus(allowed));
     return reactor;
   }
-  RequestContext rc{DeadlineOf(ctx), [ctx] { return ctx->IsCancelled(); }};
+  RequestContext rc{DeadlineOf(ctx), [ctx] { return ctx->IsCancelled(); },
+                    std::move(admission.credential)};
+  std::shared_ptr<const v1::PredictRequest> logged = log != nullptr ? request : nullptr;
   engine_->Predict(std::move(request), std::move(rc),
-                   [reactor, response, metrics, start](
+                   [reactor, response, metrics, start, log, logged, request_id, ticket](
                        absl::Status status, std::shared_ptr<const v1::PredictResponse> resp) {
                      if (status.ok() && resp != nullptr) SerializeResponse(*resp, response);
+                     const double seconds = SecondsSince(start);
                      if (metrics)
-                       metrics->RecordRequest("Predict", static_cast<int>(status.code()),
-                                              SecondsSince(start));
+                       metrics->RecordRequest("Predict", static_cast<int>(status.code()), seconds);
+                     LogPredict(log, "Predict", request_id, logged.get(), status, resp.get(),
+                                seconds);
                      reactor->Finish(ToGrpcStatus(status));
                    });
   return reactor;
@@ -186,6 +273,7 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* c
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* VlaServiceImpl::StreamPredict(
     grpc::CallbackServerContext* ctx) {
   AddReplicaHeader(ctx);
+  const std::string stream_id = AttachRequestId(ctx);
   absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
   if (!grant.ok()) {
     // Refused before the first read: the stream ends with the status.
@@ -197,9 +285,13 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* VlaServiceImpl::Str
     if (metrics_) {
       metrics_->RecordRequest("StreamPredict", static_cast<int>(grant.status().code()), 0);
     }
+    LogPredict(options_.request_log, "StreamPredict", stream_id, nullptr, grant.status(), nullptr,
+               0);
     return new Refused(grant.status());
   }
-  return new StreamReactor(ctx, engine_, metrics_, *std::move(grant));
+  Admission admission(options_.admission, metrics_, ctx, *grant);
+  return new StreamReactor(ctx, engine_, metrics_, *std::move(grant), stream_id,
+                           options_.request_log, std::move(admission));
 }
 
 grpc::ServerUnaryReactor* VlaServiceImpl::Reset(grpc::CallbackServerContext* ctx,
@@ -208,6 +300,7 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Reset(grpc::CallbackServerContext* ctx
   const auto start = Clock::now();
   auto* reactor = ctx->DefaultReactor();
   AddReplicaHeader(ctx);
+  const std::string request_id = AttachRequestId(ctx);
   v1::ResetRequest request;
   absl::StatusOr<std::optional<AuthGrant>> grant = Authenticate(ctx);
   absl::Status status = grant.status();
@@ -220,8 +313,14 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Reset(grpc::CallbackServerContext* ctx
     response.set_existed(engine_->Reset(request.robot_id()));
     SerializeResponse(response, response_bytes);
   }
-  if (metrics_)
-    metrics_->RecordRequest("Reset", static_cast<int>(status.code()), SecondsSince(start));
+  const double seconds = SecondsSince(start);
+  if (metrics_) metrics_->RecordRequest("Reset", static_cast<int>(status.code()), seconds);
+  if (options_.request_log != nullptr && options_.request_log->enabled()) {
+    RequestLogEntry entry =
+        PredictLogEntry("Reset", request_id, nullptr, status, nullptr, seconds, absl::Now());
+    entry.robot_id = request.robot_id();
+    options_.request_log->Log(entry);
+  }
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
@@ -232,12 +331,15 @@ grpc::ServerUnaryReactor* VlaServiceImpl::GetModelInfo(grpc::CallbackServerConte
   const auto start = Clock::now();
   auto* reactor = ctx->DefaultReactor();
   AddReplicaHeader(ctx);
+  const std::string request_id = AttachRequestId(ctx);
   absl::Status status;
   if (options_.auth_model_info) status = Authenticate(ctx).status();
   if (status.ok()) *response = engine_->model_info();
   if (metrics_) {
     metrics_->RecordRequest("GetModelInfo", static_cast<int>(status.code()), SecondsSince(start));
   }
+  LogPredict(options_.request_log, "GetModelInfo", request_id, nullptr, status, nullptr,
+             SecondsSince(start));
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }

@@ -9,6 +9,11 @@
 // PERMISSION_DENIED (in-band on the stream, which stays open). GetModelInfo needs a credential
 // when `auth_model_info`. The health service is not part of this service and stays open.
 //
+// Request ids (server/request_log.h): every call's "x-request-id" metadata is used when valid, or
+// one is made; it is returned in the initial and trailing metadata. On StreamPredict the id is the
+// stream's, and message n's id is "<stream id>/<n>". With a RequestLogger, each finished call (each
+// StreamPredict message) writes one log line.
+//
 // Predict, StreamPredict and Reset receive raw bytes and parse them here, so that a message that
 // is not a valid request (malformed protobuf, a string field that is not UTF-8) is answered
 // INVALID_ARGUMENT saying so — in-band on StreamPredict, whose stream stays open — instead of the
@@ -17,9 +22,11 @@
 
 #include <optional>
 
+#include "server/admission.h"
 #include "server/auth.h"
 #include "server/engine.h"
 #include "server/metrics.h"
+#include "server/request_log.h"
 #include "specprune/v1/vla_service.grpc.pb.h"
 
 namespace specprune {
@@ -33,6 +40,11 @@ struct ServiceOptions {
   bool auth_model_info = true;       // GetModelInfo needs a credential when auth is on
   // Sent on every call as initial metadata "x-specprune-replica" ("" = none).
   std::string replica_id;
+  // One line per finished RPC (server/request_log.h); not owned; null = no request log.
+  RequestLogger* request_log = nullptr;
+  // Admission control before a Predict / StreamPredict message is parsed (server/admission.h);
+  // not owned; null = off. Its credential key is also the batcher's fairness key.
+  AdmissionController* admission = nullptr;
 };
 
 // Metadata of the fleet gateway (docs/operations.md): the robot a call is for (its consistent-hash

@@ -178,6 +178,82 @@ TEST(BatcherTest, FullQueueIsResourceExhaustedAndKeepsTheItem) {
   EXPECT_EQ(ran.load(), 4);
 }
 
+// Runs the first batch only once released, so that the test can queue items behind it.
+class BlockingRecorder {
+ public:
+  Batcher<Item>::RunBatch Runner() {
+    return [this](std::vector<Batcher<Item>::Queued>&& batch) {
+      if (!started_.notified()) {
+        started_.Notify();
+        release_.Wait();
+      }
+      recorder_.Runner()(std::move(batch));
+    };
+  }
+  Latch& started() { return started_; }
+  Latch& release() { return release_; }
+  Recorder& recorder() { return recorder_; }
+
+ private:
+  Latch started_, release_;
+  Recorder recorder_;
+};
+
+TEST(BatcherTest, KeysTakeTurnsSoAFloodingKeyDoesNotPushOthersBack) {
+  BlockingRecorder run;
+  BatcherOptions options;
+  options.max_batch_size = 4;
+  options.max_queue_delay = absl::ZeroDuration();
+  auto batcher = Make(options, run.Runner());
+  ASSERT_TRUE(batcher->Submit(Item{100}, "robot-a").ok());
+  run.started().Wait();  // the worker holds item 100; everything below queues up behind it
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(batcher->Submit(Item{i}, "flooder").ok());
+  ASSERT_TRUE(batcher->Submit(Item{200}, "robot-b").ok());
+  ASSERT_TRUE(batcher->Submit(Item{300}, "robot-c").ok());
+  EXPECT_EQ(batcher->queue_depth(), 12u);
+  run.release().Notify();
+  ASSERT_TRUE(run.recorder().AwaitItems(13));
+  // One FIFO would run 200 and 300 only in the third and fourth batch, behind 0..9.
+  EXPECT_THAT(run.recorder().batches(),
+              ElementsAre(ElementsAre(100), ElementsAre(0, 200, 300, 1), ElementsAre(2, 3, 4, 5),
+                          ElementsAre(6, 7, 8, 9)));
+}
+
+TEST(BatcherTest, TurnsCarryOverFromBatchToBatch) {
+  BlockingRecorder run;
+  BatcherOptions options;
+  options.max_batch_size = 3;
+  options.max_queue_delay = absl::ZeroDuration();
+  auto batcher = Make(options, run.Runner());
+  ASSERT_TRUE(batcher->Submit(Item{100}, "x").ok());
+  run.started().Wait();
+  // a: 0..3, b: 10..13 (interleaved arrival would not matter: each key keeps its order).
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(batcher->Submit(Item{i}, "a").ok());
+  for (int i = 10; i < 14; ++i) ASSERT_TRUE(batcher->Submit(Item{i}, "b").ok());
+  run.release().Notify();
+  ASSERT_TRUE(run.recorder().AwaitItems(9));
+  // The second batch ends on a's turn, so the third starts with b's.
+  EXPECT_THAT(run.recorder().batches(), ElementsAre(ElementsAre(100), ElementsAre(0, 10, 1),
+                                                    ElementsAre(11, 2, 12), ElementsAre(3, 13)));
+}
+
+TEST(BatcherTest, QueueBoundCountsTheItemsOfAllKeys) {
+  BlockingRecorder run;
+  BatcherOptions options;
+  options.max_batch_size = 1;
+  options.max_queue_delay = absl::ZeroDuration();
+  options.max_queue_size = 3;
+  auto batcher = Make(options, run.Runner());
+  ASSERT_TRUE(batcher->Submit(Item{0}, "a").ok());
+  run.started().Wait();
+  ASSERT_TRUE(batcher->Submit(Item{1}, "a").ok());
+  ASSERT_TRUE(batcher->Submit(Item{2}, "b").ok());
+  ASSERT_TRUE(batcher->Submit(Item{3}, "c").ok());
+  EXPECT_EQ(batcher->Submit(Item{4}, "d").code(), absl::StatusCode::kResourceExhausted);
+  run.release().Notify();
+  ASSERT_TRUE(run.recorder().AwaitItems(4));
+}
+
 TEST(BatcherTest, ExpiredItemsAreDroppedBeforeCompute) {
   Recorder recorder;
   std::mutex mu;

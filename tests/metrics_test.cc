@@ -110,6 +110,9 @@ TEST(MetricsTest, EveryFamilyIsRegisteredWithItsType) {
            "specprune_rejected_requests_total{reason=\"invalid\"} 0",
            "specprune_rejected_requests_total{reason=\"stale_step\"} 0",
            "specprune_rejected_requests_total{reason=\"shutting_down\"} 0",
+           "specprune_rejected_requests_total{reason=\"rate_limited\"} 0",
+           "specprune_rejected_requests_total{reason=\"inflight_limit\"} 0",
+           "specprune_rejected_requests_total{reason=\"too_many_clients\"} 0",
            "specprune_forward_passes_total{method=\"specprune\"} 0",
            "specprune_prior_refreshes_total 0",
        }) {
@@ -124,12 +127,14 @@ TEST(MetricsTest, BuildInfoAndModelLoadTimeAreExported) {
                         .model = "tiny",
                         .device = "cpu",
                         .dtype = "fp32",
-                        .replica = "pod-a"});
+                        .replica = "pod-a",
+                        .blas_core = "SkylakeX"});
   metrics.SetModelLoadSeconds(2.5);
   const std::string text = metrics.Serialize();
-  EXPECT_THAT(text, HasSubstr("specprune_build_info{device=\"cpu\",dtype=\"fp32\","
-                              "git_commit=\"abc123\",model=\"tiny\",replica=\"pod-a\","
-                              "version=\"1.2.3\"} 1"));
+  EXPECT_THAT(text,
+              HasSubstr("specprune_build_info{blas_core=\"SkylakeX\",device=\"cpu\",dtype=\"fp32\","
+                        "git_commit=\"abc123\",model=\"tiny\",replica=\"pod-a\","
+                        "version=\"1.2.3\"} 1"));
   EXPECT_THAT(text, HasSubstr("specprune_model_load_seconds 2.5"));
 }
 
@@ -215,6 +220,41 @@ TEST(MetricsTest, TypedRecordersUpdateTheirFamilies) {
        }) {
     EXPECT_THAT(text, HasSubstr(series));
   }
+}
+
+TEST(MetricsTest, ActionQualityHistogramsAreByMethodWithoutRobotLabels) {
+  ServerMetrics metrics;
+  std::string text = metrics.Serialize();
+  for (const char* line : {"# TYPE specprune_action_seam_position_jump histogram",
+                           "# TYPE specprune_action_seam_jerk histogram",
+                           "# TYPE specprune_action_deviation histogram",
+                           "specprune_action_seam_position_jump_count{method=\"none\"} 0",
+                           "specprune_action_seam_jerk_count{method=\"random\"} 0",
+                           "specprune_action_deviation_count{method=\"fastv\"} 0"}) {
+    EXPECT_THAT(text, HasSubstr(line));
+  }
+  metrics.RecordActionSeam(v1::PRUNING_METHOD_SPECPRUNE, 0.04, 0.5);
+  metrics.RecordActionSeam(v1::PRUNING_METHOD_SPECPRUNE, 0.25, std::nullopt);  // no jerk observed
+  metrics.RecordActionSeam(v1::PRUNING_METHOD_UNSPECIFIED, 0.01, 0.02);        // counts as none
+  metrics.RecordActionDeviation(v1::PRUNING_METHOD_SPECPRUNE, 0.015);
+  text = metrics.Serialize();
+  for (const char* series : {
+           "specprune_action_seam_position_jump_count{method=\"specprune\"} 2",
+           "specprune_action_seam_position_jump_sum{method=\"specprune\"} 0.29",
+           "specprune_action_seam_position_jump_bucket{method=\"specprune\",le=\"0.03\"} 0",
+           "specprune_action_seam_position_jump_bucket{method=\"specprune\",le=\"0.05\"} 1",
+           "specprune_action_seam_jerk_count{method=\"specprune\"} 1",
+           "specprune_action_seam_jerk_sum{method=\"specprune\"} 0.5",
+           "specprune_action_seam_position_jump_count{method=\"none\"} 1",
+           "specprune_action_seam_jerk_count{method=\"none\"} 1",
+           "specprune_action_deviation_count{method=\"specprune\"} 1",
+           "specprune_action_deviation_bucket{method=\"specprune\",le=\"0.01\"} 0",
+           "specprune_action_deviation_bucket{method=\"specprune\",le=\"0.02\"} 1",
+           "specprune_action_deviation_count{method=\"none\"} 0",
+       }) {
+    EXPECT_THAT(text, HasSubstr(series));
+  }
+  EXPECT_THAT(text, Not(HasSubstr("robot_id=")));  // no unbounded label
 }
 
 TEST(MetricsTest, LabelNamesAreStable) {

@@ -316,6 +316,56 @@ TEST_F(ServerIntegrationTest, RobotIdHeaderMustAgreeAndTheReplicaSaysWhoAnswered
   EXPECT_TRUE(stream->Close().ok());
 }
 
+TEST_F(ServerIntegrationTest, RequestIdIsEchoedOrMadeAndReachesTheSdkOnSuccessAndFailure) {
+  // A valid client id comes back as is.
+  absl::StatusOr<ActionChunk> chunk =
+      client_->Predict("robot-rid", Obs(6, 0), {.request_id = "trace-0123_abc"});
+  ASSERT_TRUE(chunk.ok()) << chunk.status();
+  EXPECT_EQ(chunk->request_id, "trace-0123_abc");
+
+  // Without one (or with an invalid one) the server makes one, a different one per call.
+  absl::StatusOr<ActionChunk> made = client_->Predict("robot-rid", Obs(6, 1), {});
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_FALSE(made->request_id.empty());
+  EXPECT_NE(made->request_id, chunk->request_id);
+  // The SDK refuses an id gRPC could not send, naming the option; the server replaces an id it
+  // does not accept (over 128 characters) with its own.
+  absl::StatusOr<ActionChunk> unsendable =
+      client_->Predict("robot-rid", Obs(6, 2), {.request_id = "has space"});
+  EXPECT_EQ(unsendable.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(unsendable.status().message(), "PredictOptions.request_id"));
+  const std::string too_long(200, 'x');
+  v1::PredictResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  ctx.AddMetadata("x-request-id", too_long);
+  ASSERT_TRUE(stub_->Predict(&ctx, ValidRequest("robot-rid-raw", 0), &resp).ok());
+  auto echoed = ctx.GetServerInitialMetadata().find("x-request-id");
+  ASSERT_NE(echoed, ctx.GetServerInitialMetadata().end());
+  const std::string server_id(echoed->second.data(), echoed->second.size());
+  EXPECT_FALSE(server_id.empty());
+  EXPECT_NE(server_id, too_long);
+
+  // A refused call carries its id too (trailing metadata of a trailers-only response).
+  Observation bad = Obs(6, 3);
+  bad.proprio.pop_back();
+  absl::StatusOr<ActionChunk> refused =
+      client_->Predict("robot-rid", bad, {.request_id = "trace-refused"});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RequestIdOf(refused.status()), "trace-refused");
+
+  // On a stream, message n is "<stream id>/<n>".
+  auto stream = client_->OpenStream("robot-rid-stream", "stream-7");
+  absl::StatusOr<ActionChunk> first = stream->Predict("robot-rid-stream", Obs(6, 0));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(stream->request_id(), "stream-7");
+  EXPECT_EQ(first->request_id, "stream-7/1");
+  absl::StatusOr<ActionChunk> second = stream->Predict("robot-rid-stream", Obs(6, 1));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->request_id, "stream-7/2");
+  EXPECT_TRUE(stream->Close().ok());
+}
+
 TEST_F(ServerIntegrationTest, MetricsAreScrapedOverHttpWithNonZeroCounts) {
   ASSERT_TRUE(client_->Predict("robot-metrics", Obs(3, 0), {}).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // gauges refresh every second
@@ -468,6 +518,42 @@ TEST(ServerStartTest, BadModelPruningFileFailsStartNamingTheFileAndField) {
   EXPECT_TRUE(absl::StrContains(server.status().message(), "pruning.specprune.fine_scale"))
       << server.status();
   std::filesystem::remove_all(dir);
+}
+
+// Admission control runs before a call is parsed: a robot over its rate is RESOURCE_EXHAUSTED
+// naming the limit, even for a request that would not parse or validate, and other robots of the
+// same connection are still served.
+TEST(AdmissionIntegrationTest, RobotOverItsRateIsRefusedBeforeTheParseAndOthersAreServed) {
+  ServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.admission.robot_rate_hz = 0.001;  // one call per robot, then refusals for ~17 minutes
+  options.admission.robot_burst = 1;
+  auto server = SpecPruneServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Create(
+      {.target = absl::StrCat("127.0.0.1:", (*server)->port()), .deadline = absl::Seconds(20)});
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto info = (*client)->ModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  auto obs = [&](int seed) {
+    Observation o;
+    for (const auto& cam : info->cameras())
+      o.images.push_back({cam, Frame(info->image_height(), seed, 0), ""});
+    o.instruction = "put the red cube on the blue plate";
+    o.proprio.assign(info->proprio_dim(), 0.1f);
+    return o;
+  };
+  ASSERT_TRUE((*client)->Predict("robot-a", obs(1), {}).ok());
+  absl::StatusOr<ActionChunk> again = (*client)->Predict("robot-a", obs(1), {});
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(again.status().message(), "robot_rate_hz")) << again.status();
+  Observation bad = obs(1);
+  bad.proprio.pop_back();  // would be INVALID_ARGUMENT if it were parsed and validated
+  EXPECT_EQ((*client)->Predict("robot-a", bad, {}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  absl::StatusOr<ActionChunk> other = (*client)->Predict("robot-b", obs(2), {});
+  EXPECT_TRUE(other.ok()) << other.status();
 }
 
 }  // namespace

@@ -20,8 +20,19 @@ specprune_add_test(process_metrics_test
 specprune_add_test(metrics_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/metrics_test.cc
   LIBS specprune_server_core)
+specprune_add_test(request_log_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/request_log_test.cc
+  LIBS specprune_server_core
+  LABELS tsan)
+specprune_add_test(action_seam_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/action_seam_test.cc
+  LIBS specprune_server_core)
 specprune_add_test(session_store_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/session_store_test.cc
+  LIBS specprune_server_core
+  LABELS tsan)
+specprune_add_test(admission_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/admission_test.cc
   LIBS specprune_server_core
   LABELS tsan)
 specprune_add_test(batcher_test

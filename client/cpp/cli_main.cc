@@ -59,6 +59,8 @@ ABSL_FLAG(std::string, episode, "",
 ABSL_FLAG(uint64_t, step, 0, "predict: step index");
 ABSL_FLAG(bool, diagnostic, false, "predict: also run the unpruned pass (deviation, recall)");
 ABSL_FLAG(std::string, unnorm_key, "", "predict: dataset statistics key");
+ABSL_FLAG(std::string, request_id, "",
+          "predict, reset: the call's x-request-id (default: the server makes one)");
 ABSL_FLAG(std::optional<float>, keep_ratio, std::nullopt,
           "predict: FastV/random keep ratio override (unset: the server's)");
 // predict, sim.
@@ -86,8 +88,8 @@ constexpr char kUsage[] =
 Commands:
   predict  one Predict call: --robot, --instruction, --image [CAM=]PATH,... or --synthetic;
            optional --proprio, --episode, --step, --method, --alpha, --keep_ratio,
-           --diagnostic, --unnorm_key
-  reset    end a robot's session: --robot
+           --diagnostic, --unnorm_key, --request_id
+  reset    end a robot's session: --robot; optional --request_id
   info     the served model (GetModelInfo)
   health   the gRPC health check (exit 1 when NOT_SERVING)
   sim      drive the tabletop simulator through the server, as a robot would: --suite,
@@ -103,8 +105,8 @@ const std::map<std::string, std::vector<std::string>>& CommandFlags() {
   static const auto* flags = new std::map<std::string, std::vector<std::string>>{
       {"predict",
        {"robot", "instruction", "image", "synthetic", "proprio", "episode", "step", "method",
-        "alpha", "keep_ratio", "diagnostic", "unnorm_key"}},
-      {"reset", {"robot"}},
+        "alpha", "keep_ratio", "diagnostic", "unnorm_key", "request_id"}},
+      {"reset", {"robot", "request_id"}},
       {"info", {}},
       {"health", {}},
       {"sim", {"suite", "episodes", "seed", "robot", "method", "alpha", "execute", "fixed_tasks"}},
@@ -210,7 +212,9 @@ nlohmann::json ProtoToJson(const google::protobuf::Message& m) {
 }
 
 int Fail(const absl::Status& s) {
-  std::cerr << "error: " << absl::StatusCodeToString(s.code()) << ": " << s.message() << "\n";
+  std::cerr << "error: " << absl::StatusCodeToString(s.code()) << ": " << s.message();
+  if (const std::string id = RequestIdOf(s); !id.empty()) std::cerr << " (request id " << id << ")";
+  std::cerr << "\n";
   return 1;
 }
 
@@ -286,6 +290,7 @@ int RunPredict(Client& client, bool json) {
   opts.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   opts.diagnostic = absl::GetFlag(FLAGS_diagnostic);
   opts.unnorm_key = absl::GetFlag(FLAGS_unnorm_key);
+  opts.request_id = absl::GetFlag(FLAGS_request_id);
 
   const absl::Time start = absl::Now();
   absl::StatusOr<ActionChunk> chunk = client.Predict(robot, obs, opts);
@@ -315,6 +320,7 @@ int RunPredict(Client& client, bool json) {
                           {"timings", ProtoToJson(r.timings())},
                           {"pruning", ProtoToJson(r.pruning())},
                           {"replica", chunk->replica},
+                          {"request_id", chunk->request_id},
                           {"client_seconds", client_seconds}};
     out["pruning"]["method"] = PruningMethodName(r.pruning().method());
     std::cout << out.dump(2) << "\n";
@@ -325,6 +331,7 @@ int RunPredict(Client& client, bool json) {
                                r.robot_id(), r.episode_id(), r.step(), r.episode_steps(),
                                r.cached() ? "  (cached)" : "",
                                r.session_restarted() ? "  (session restarted)" : "");
+  if (!chunk->request_id.empty()) std::cout << "request id " << chunk->request_id << "\n";
   std::cout << absl::StrFormat("actions (chunk %d x dim %d):\n     t", chunk->chunk_size,
                                chunk->action_dim);
   for (int d = 0; d < chunk->action_dim; ++d)
@@ -366,7 +373,7 @@ int RunPredict(Client& client, bool json) {
 int RunReset(Client& client, bool json) {
   const std::string robot = absl::GetFlag(FLAGS_robot);
   if (robot.empty()) return Fail(absl::InvalidArgumentError("--robot is required"));
-  absl::StatusOr<bool> existed = client.Reset(robot);
+  absl::StatusOr<bool> existed = client.Reset(robot, absl::GetFlag(FLAGS_request_id));
   if (!existed.ok()) return Fail(existed.status());
   if (json) {
     std::cout << nlohmann::json{{"robot_id", robot}, {"existed", *existed}}.dump(2) << "\n";
@@ -396,7 +403,7 @@ int RunInfo(Client& client, bool json) {
       "  action chunk %d x %d  unnorm keys %s\n"
       "  %d vision tokens/forward, %d tokens/forward, %d LLM layers, %d "
       "parameters, %.3g "
-      "FLOPs/forward\n  dtype %s  device %s  max batch %d\n"
+      "FLOPs/forward\n  dtype %s  device %s  max batch %d  BLAS core %s\n"
       "  pruning default %s: alpha %.2f  fine scale %.2f  K global/local/dynamic %d/%d/%d  "
       "fastv keep %.2f at "
       "layer %d\n",
@@ -405,8 +412,9 @@ int RunInfo(Client& client, bool json) {
       absl::StrJoin(info->unnorm_keys(), ","), info->vision_tokens_per_forward(),
       info->tokens_per_forward(), info->llm_layers(), info->parameter_count(),
       info->flops_per_forward(), info->dtype(), info->device(), info->max_batch_size(),
-      PruningMethodName(p.method()), p.alpha(), p.fine_scale(), p.k_global(), p.k_local(),
-      p.k_dynamic(), p.fastv_keep_ratio(), p.fastv_layer());
+      info->blas_core().empty() ? "-" : info->blas_core(), PruningMethodName(p.method()), p.alpha(),
+      p.fine_scale(), p.k_global(), p.k_local(), p.k_dynamic(), p.fastv_keep_ratio(),
+      p.fastv_layer());
   return 0;
 }
 

@@ -9,6 +9,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -141,6 +142,46 @@ std::string ReplicaOf(const grpc::ClientContext& context) {
   return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
+namespace {
+
+// The server's "x-request-id" of a finished call: initial metadata, else trailing metadata (a
+// call that failed before any message can come back as a trailers-only response); "" if absent.
+std::string ServerRequestId(const grpc::ClientContext& context, bool finished = true) {
+  for (const auto* metadata : {&context.GetServerInitialMetadata(),
+                               finished ? &context.GetServerTrailingMetadata() : nullptr}) {
+    if (metadata == nullptr) continue;
+    auto it = metadata->find(kRequestIdMetadata);
+    if (it != metadata->end()) return std::string(it->second.data(), it->second.size());
+  }
+  return "";
+}
+
+// What the server accepts as a request id (server/request_log.h): 1..128 printable ASCII
+// characters without spaces. Checked before sending: gRPC refuses other metadata values.
+absl::Status CheckRequestId(std::string_view field, std::string_view id) {
+  bool ok = id.size() <= 128;
+  for (char c : id) ok = ok && c >= 0x21 && c <= 0x7e;
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(absl::string_view(field.data(), field.size()),
+                   ": a request id is 1..128 printable ASCII characters without spaces"));
+}
+
+// `status` with the server's request id attached (RequestIdOf) when it failed and there is one.
+absl::Status WithRequestId(absl::Status status, const std::string& request_id) {
+  if (!status.ok() && !request_id.empty()) {
+    status.SetPayload(kRequestIdPayloadUrl, absl::Cord(request_id));
+  }
+  return status;
+}
+
+}  // namespace
+
+std::string RequestIdOf(const absl::Status& status) {
+  const auto id = status.GetPayload(kRequestIdPayloadUrl);  // absl::optional<absl::Cord>
+  return id.has_value() ? std::string(*id) : std::string();
+}
+
 absl::StatusOr<ActionChunk> ToActionChunk(const v1::PredictRequest& request,
                                           v1::PredictResponse response) {
   if (!response.robot_id().empty() &&
@@ -259,34 +300,48 @@ absl::StatusOr<v1::PredictRequest> Client::BuildRequest(std::string_view robot_i
 
 absl::StatusOr<ActionChunk> Client::Predict(std::string_view robot_id, const Observation& obs,
                                             const PredictOptions& opts) {
+  if (absl::Status s = CheckRequestId("PredictOptions.request_id", opts.request_id); !s.ok()) {
+    return s;
+  }
   absl::StatusOr<v1::PredictRequest> request = BuildRequest(robot_id, obs, opts);
   if (!request.ok()) return request.status();
   v1::PredictResponse response;
   std::string replica;
+  std::string request_id;
   absl::Status status = CallWithRetry([&](grpc::ClientContext* context) {
     response.Clear();
     context->AddMetadata(kRobotIdMetadata, request->robot_id());
+    if (!opts.request_id.empty()) context->AddMetadata(kRequestIdMetadata, opts.request_id);
     grpc::Status s = stub_->Predict(context, *request, &response);
     replica = ReplicaOf(*context);
+    request_id = ServerRequestId(*context);
     return s;
   });
-  if (!status.ok()) return status;
+  if (!status.ok()) return WithRequestId(std::move(status), request_id);
   absl::StatusOr<ActionChunk> chunk = ToActionChunk(*request, std::move(response));
-  if (chunk.ok()) chunk->replica = std::move(replica);
+  if (chunk.ok()) {
+    chunk->replica = std::move(replica);
+    chunk->request_id = std::move(request_id);
+  }
   return chunk;
 }
 
-absl::StatusOr<bool> Client::Reset(std::string_view robot_id) {
+absl::StatusOr<bool> Client::Reset(std::string_view robot_id, std::string_view request_id) {
   if (robot_id.empty()) return absl::InvalidArgumentError("robot_id is empty");
+  if (absl::Status s = CheckRequestId("request_id", request_id); !s.ok()) return s;
   v1::ResetRequest request;
   request.set_robot_id(std::string(robot_id));
   v1::ResetResponse response;
+  std::string server_request_id;
   absl::Status status = CallWithRetry([&](grpc::ClientContext* context) {
     response.Clear();
     context->AddMetadata(kRobotIdMetadata, request.robot_id());
-    return stub_->Reset(context, request, &response);
+    if (!request_id.empty()) context->AddMetadata(kRequestIdMetadata, std::string(request_id));
+    grpc::Status s = stub_->Reset(context, request, &response);
+    server_request_id = ServerRequestId(*context);
+    return s;
   });
-  if (!status.ok()) return status;
+  if (!status.ok()) return WithRequestId(std::move(status), server_request_id);
   absl::MutexLock lock(&mu_);
   steps_.erase(request.robot_id());
   return response.existed();
@@ -314,16 +369,22 @@ absl::StatusOr<bool> Client::Health() {
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
-std::unique_ptr<PredictStream> Client::OpenStream(std::string_view robot_id) {
-  return std::unique_ptr<PredictStream>(new PredictStream(this, stub_.get(), robot_id));
+std::unique_ptr<PredictStream> Client::OpenStream(std::string_view robot_id,
+                                                  std::string_view request_id) {
+  return std::unique_ptr<PredictStream>(new PredictStream(this, stub_.get(), robot_id, request_id));
 }
 
 // --- PredictStream ------------------------------------------------------------------------------
 
-PredictStream::PredictStream(Client* client, v1::VlaService::Stub* stub, std::string_view robot_id)
+PredictStream::PredictStream(Client* client, v1::VlaService::Stub* stub, std::string_view robot_id,
+                             std::string_view request_id)
     : client_(client) {
   client_->AddCallMetadata(&context_);
   if (!robot_id.empty()) context_.AddMetadata(kRobotIdMetadata, std::string(robot_id));
+  // An invalid id is not sent (gRPC refuses some values); the server then makes one.
+  if (!request_id.empty() && CheckRequestId("request_id", request_id).ok()) {
+    context_.AddMetadata(kRequestIdMetadata, std::string(request_id));
+  }
   stream_ = stub->StreamPredict(&context_);
   watchdog_ = std::thread([this] { WatchdogLoop(); });
 }
@@ -396,18 +457,26 @@ absl::StatusOr<ActionChunk> PredictStream::Predict(std::string_view robot_id,
   if (!request.ok()) return request.status();
   ArmWatchdog(true);
   if (!stream_->Write(*request)) return FinishBroken();
+  const uint64_t message = ++messages_;
   v1::PredictResponse response;
   if (!stream_->Read(&response)) return FinishBroken();
   ArmWatchdog(false);
+  if (stream_id_.empty()) stream_id_ = ServerRequestId(context_, /*finished=*/false);
+  const std::string request_id =
+      stream_id_.empty() ? std::string() : absl::StrCat(stream_id_, "/", message);
   if (response.has_error()) {
     const int code = response.error().code();
     // An error response always fails; an out-of-range code (including OK) reads as UNKNOWN.
-    return absl::Status(
-        code > 0 && code <= 16 ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown,
-        response.error().message());
+    return WithRequestId(absl::Status(code > 0 && code <= 16 ? static_cast<absl::StatusCode>(code)
+                                                             : absl::StatusCode::kUnknown,
+                                      response.error().message()),
+                         request_id);
   }
   absl::StatusOr<ActionChunk> chunk = ToActionChunk(*request, std::move(response));
-  if (chunk.ok()) chunk->replica = ReplicaOf(context_);
+  if (chunk.ok()) {
+    chunk->replica = ReplicaOf(context_);
+    chunk->request_id = request_id;
+  }
   return chunk;
 }
 

@@ -13,6 +13,12 @@
 //   failed step is skipped rather than reused (steps only need to be non-decreasing). A new
 //   episode_id or a successful Reset restarts the numbering at 0; an explicit step s makes the next
 //   auto step s + 1.
+// - Request ids: every call carries the metadata "x-request-id" when the caller gives one
+//   (PredictOptions::request_id; every retry of the call sends the same id), else the server makes
+//   one. The server's id (it echoes a valid one) is ActionChunk::request_id, and
+//   RequestIdOf(status) of a failed call. It names the call in the server's request log
+//   (docs/operations.md). On a stream, message n (1-based) has the id "<stream id>/<n>"
+//   (PredictStream::request_id()).
 //
 // Thread safety: Client is thread-safe. Calls for one robot should be issued sequentially (the
 // server orders them, but concurrent auto-step calls of one robot race for step numbers).
@@ -116,6 +122,9 @@ struct PredictOptions {
   std::string pruning_config_json;
   // Dataset statistics key for un-normalization; empty = the model default.
   std::string unnorm_key;
+  // Sent as "x-request-id" (1..128 printable ASCII characters, no spaces; the server replaces an
+  // invalid one); empty = the server makes one. Ignored by PredictStream (see OpenStream).
+  std::string request_id;
 };
 
 // One predicted action chunk.
@@ -130,7 +139,19 @@ struct ActionChunk {
   v1::PredictResponse raw;
   // The replica that answered (response metadata "x-specprune-replica"); "" if it did not say.
   std::string replica;
+  // The call's request id (response metadata "x-request-id"; on a stream "<stream id>/<n>");
+  // "" when the server did not send one.
+  std::string request_id;
 };
+
+// Metadata key of request ids (both directions) and the payload URL under which a failed call's
+// absl::Status carries the server's request id.
+inline constexpr char kRequestIdMetadata[] = "x-request-id";
+inline constexpr char kRequestIdPayloadUrl[] = "type.specprune.dev/request_id";
+
+// The request id of a failed call (the server's "x-request-id"); "" when it has none (e.g. a
+// client-side validation error, or no answer from any server).
+std::string RequestIdOf(const absl::Status& status);
 
 class Client;
 
@@ -155,9 +176,14 @@ class PredictStream {
   // (OK for a clean close). Idempotent; later Predict calls fail with FAILED_PRECONDITION.
   absl::Status Close();
 
+  // The stream's request id as the server returned it (known after the first response); "" before.
+  // Message n of the stream (1-based, every Predict call counts) has the id "<request_id()>/<n>".
+  std::string request_id() const { return stream_id_; }
+
  private:
   friend class Client;
-  PredictStream(Client* client, v1::VlaService::Stub* stub, std::string_view robot_id);
+  PredictStream(Client* client, v1::VlaService::Stub* stub, std::string_view robot_id,
+                std::string_view request_id);
   // Finishes the call after a failed Write/Read and records the final status.
   absl::Status FinishBroken();
   // Starts (armed) or stops the response timer of the watchdog.
@@ -168,6 +194,8 @@ class PredictStream {
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::PredictRequest, v1::PredictResponse>> stream_;
   std::optional<absl::Status> final_status_;  // set once the stream has ended
+  std::string stream_id_;                     // the server's "x-request-id" of the stream
+  uint64_t messages_ = 0;                     // requests written
 
   // Watchdog: cancels the stream when a response is overdue.
   absl::Mutex mu_;
@@ -193,8 +221,8 @@ class Client {
                                       const PredictOptions& opts = {});
 
   // Ends the robot's episode on the server and restarts its auto step. Returns whether the server
-  // had a session for the robot.
-  absl::StatusOr<bool> Reset(std::string_view robot_id);
+  // had a session for the robot. `request_id` as PredictOptions::request_id.
+  absl::StatusOr<bool> Reset(std::string_view robot_id, std::string_view request_id = {});
 
   // The served model's static description and pruning defaults.
   absl::StatusOr<v1::ModelInfo> ModelInfo();
@@ -206,7 +234,9 @@ class Client {
   // Opens a StreamPredict stream. Never null; connection errors surface on the first Predict.
   // `robot_id` (optional) is sent as the stream's "x-robot-id" metadata, which a fleet gateway
   // routes on; the server then refuses messages for any other robot on this stream.
-  std::unique_ptr<PredictStream> OpenStream(std::string_view robot_id = {});
+  // `request_id` (optional) is sent as the stream's "x-request-id"; else the server makes one.
+  std::unique_ptr<PredictStream> OpenStream(std::string_view robot_id = {},
+                                            std::string_view request_id = {});
 
   const ClientOptions& options() const { return options_; }
 

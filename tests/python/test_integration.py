@@ -2,11 +2,6 @@
 
 Run by ctest as `python_integration_tests` (SPECPRUNE_SERVER_BIN points at the built server).
 """
-import os
-import re
-import signal
-import socket
-import subprocess
 import time
 import urllib.request
 
@@ -14,31 +9,16 @@ import grpc
 import numpy as np
 import pytest
 
+from server_process import free_port, running_server
 from specprune_client import PolicyClient, PolicyError
 
-SERVER_BIN = os.environ.get("SPECPRUNE_SERVER_BIN", "build/bin/specprune_server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server():
-    if not os.path.exists(SERVER_BIN):
-        pytest.skip(f"{SERVER_BIN} not built")
-    metrics_port = _free_port()
-    proc = subprocess.Popen(
-        [SERVER_BIN, "--host", "127.0.0.1", "--port", "0", "--metrics_port", str(metrics_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.search(r"listening on [^:]+:(\d+)", line)
-    assert m, f"unexpected server output: {line!r} {proc.stderr.read() if proc.poll() else ''}"
-    yield {"target": f"127.0.0.1:{m.group(1)}", "metrics_port": metrics_port, "proc": proc}
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, "server did not exit cleanly on SIGTERM"
+    metrics_port = free_port()
+    with running_server(["--metrics_port", str(metrics_port)]) as (proc, port):
+        yield {"target": f"127.0.0.1:{port}", "metrics_port": metrics_port, "proc": proc}
 
 
 @pytest.fixture()

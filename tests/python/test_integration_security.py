@@ -6,17 +6,15 @@ Run by ctest as `python_integration_tests` (SPECPRUNE_SERVER_BIN points at the b
 import hashlib
 import json
 import os
-import re
-import signal
 import subprocess
 
 import numpy as np
 import pytest
 
+from server_process import running_server
 from specprune_client import PolicyClient, PolicyError
 import grpc
 
-SERVER_BIN = os.environ.get("SPECPRUNE_SERVER_BIN", "build/bin/specprune_server")
 CERTS = os.path.join(os.path.dirname(__file__), "..", "make_test_certs.sh")
 CELL_TOKEN = "py-cell3-token-0123456789"
 OPS_TOKEN = "py-ops-token-0123456789"
@@ -24,8 +22,6 @@ OPS_TOKEN = "py-ops-token-0123456789"
 
 @pytest.fixture(scope="module")
 def secure_server(tmp_path_factory):
-    if not os.path.exists(SERVER_BIN):
-        pytest.skip(f"{SERVER_BIN} not built")
     pki = str(tmp_path_factory.mktemp("pki"))
     subprocess.run([CERTS, pki, "py-test-ca", "arm-7"], check=True, capture_output=True)
     digest = lambda t: hashlib.sha256(t.encode()).hexdigest()  # noqa: E731
@@ -34,17 +30,11 @@ def secure_server(tmp_path_factory):
         json.dump({"tokens": [{"name": "cell-3", "sha256": digest(CELL_TOKEN), "robots": ["cell3-*"]},
                               {"name": "ops", "sha256": digest(OPS_TOKEN), "robots": ["*"]}],
                    "identities": [{"name": "arm-7", "identity": "arm-7", "robots": ["arm-7"]}]}, f)
-    proc = subprocess.Popen(
-        [SERVER_BIN, "--host", "127.0.0.1", "--port", "0", "--metrics_port", "0",
-         "--tls_cert_file", f"{pki}/server.pem", "--tls_key_file", f"{pki}/server.key",
-         "--tls_client_ca_file", f"{pki}/ca.pem", "--auth_tokens_file", tokens],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.search(r"listening on [^:]+:(\d+)", line)
-    assert m, f"unexpected server output: {line!r} {proc.stderr.read() if proc.poll() else ''}"
-    yield {"target": f"localhost:{m.group(1)}", "pki": pki}
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    args = ["--metrics_port", "0", "--tls_cert_file", f"{pki}/server.pem",
+            "--tls_key_file", f"{pki}/server.key", "--tls_client_ca_file", f"{pki}/ca.pem",
+            "--auth_tokens_file", tokens]
+    with running_server(args) as (proc, port):
+        yield {"target": f"localhost:{port}", "pki": pki}
     # Tokens never reach the server's logs.
     err = proc.stderr.read()
     assert CELL_TOKEN not in err and OPS_TOKEN not in err

@@ -56,6 +56,8 @@ class FakeVlaService(pb_grpc.VlaServiceServicer):
         self.delay = 0.0
         self.wrong_robot = ""
         self.drop_action = False
+        self.replica = ""  # sent as "x-specprune-replica" initial metadata when set
+        self.robot_headers = []  # the "x-robot-id" metadata of each Predict
 
     def steps(self):
         with self.lock:
@@ -64,8 +66,12 @@ class FakeVlaService(pb_grpc.VlaServiceServicer):
     def Predict(self, request, context):
         with self.lock:
             self.requests.append(request)
+            self.robot_headers.append(dict(context.invocation_metadata()).get("x-robot-id"))
             failure = self.failures.pop(0) if self.failures else None
             delay = self.delay
+            replica = self.replica
+        if replica:
+            context.send_initial_metadata((("x-specprune-replica", replica),))
         time.sleep(delay)
         if failure is not None:
             context.abort(*failure)
@@ -202,6 +208,20 @@ def test_predict_full_reports_telemetry(server):
     req = server.service.requests[0]
     assert [im.camera for im in req.images] == ["", ""]
     assert req.images[1].raw.pixels == np.ascontiguousarray(main[::-1]).tobytes()
+
+
+def test_each_prediction_names_its_replica_and_every_call_sends_the_robot_header(server):
+    main, _ = frames()
+    server.service.replica = "replica-7"
+    with make_client(server) as client:
+        p = client.predict_full("robot-a", [main], "go", proprio=PROPRIO)
+        server.service.replica = "replica-8"
+        q = client.predict_full("robot-b", [main], "go", proprio=PROPRIO)
+        assert (p.replica, q.replica, client.last_replica) == ("replica-7", "replica-8",
+                                                               "replica-8")
+        server.service.replica = ""
+        assert client.predict_full("robot-a", [main], "go", proprio=PROPRIO).replica == ""
+    assert server.service.robot_headers == ["robot-a", "robot-b", "robot-a"]
 
 
 def test_predict_without_overrides_sends_no_pruning_message(server):

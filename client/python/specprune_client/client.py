@@ -13,6 +13,12 @@ Semantics (identical to the C++ SDK in client/cpp/client.h):
   reused). A new ``episode_id`` or a successful :meth:`PolicyClient.reset` restarts at 0; an
   explicit step ``s`` makes the next auto step ``s + 1``.
 
+* Request ids: ``request_id=`` sends the metadata ``x-request-id`` (1..128 printable ASCII
+  characters without spaces; every retry of the call sends the same id); without it the server
+  makes one. The server's id is ``Prediction.request_id``, ``PolicyError.request_id`` and
+  ``PolicyClient.last_request_id``; it names the call in the server's request log. On a stream,
+  message n (1-based) has the id ``"<stream id>/<n>"`` (``PredictStream.request_id``).
+
 ``PolicyClient`` is thread-safe; calls of one robot should be made sequentially.
 ``PredictStream`` is not thread-safe.
 """
@@ -53,12 +59,37 @@ _METHODS = {
 
 
 class PolicyError(Exception):
-    """A failed call: ``code`` is a ``grpc.StatusCode``, ``message`` the server's message."""
+    """A failed call: ``code`` is a ``grpc.StatusCode``, ``message`` the server's message,
+    ``request_id`` the server's request id of the call ("" when none came back)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str = ""):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.request_id = request_id
+
+
+_REQUEST_ID_KEY = "x-request-id"
+
+
+def _check_request_id(request_id: Optional[str]) -> None:
+    """What the server accepts (server/request_log.h); gRPC refuses some other values."""
+    if request_id is None:
+        return
+    if (not isinstance(request_id, str) or not 1 <= len(request_id) <= 128
+            or any(not 0x21 <= ord(c) <= 0x7e for c in request_id)):
+        raise ValueError(
+            "request_id: 1..128 printable ASCII characters without spaces, got "
+            f"{request_id!r}")
+
+
+def _metadata_value(key: str, *metadata) -> str:
+    """The first value of `key` in the given metadata sequences (None ones skipped), or ""."""
+    for md in metadata:
+        for k, v in md or ():
+            if k == key:
+                return v
+    return ""
 
 
 def _status_code_from_number(number: int) -> grpc.StatusCode:
@@ -93,6 +124,12 @@ class Prediction:
     timings: Dict[str, float]  # preprocess/queue/vision/llm/action_head/total, seconds
     pruning: Dict[str, Any]  # method, retained_after_static, retained_per_layer, flops_ratio, ...
     raw: Any  # the specprune.v1.PredictResponse
+    # The replica that answered (server metadata "x-specprune-replica"; "" if not sent). Unlike
+    # PolicyClient.last_replica it belongs to this call, so it is exact with concurrent calls.
+    replica: str = ""
+    # The server's request id of this call (metadata "x-request-id"; "<stream id>/<n>" on a
+    # stream); "" when the server sent none.
+    request_id: str = ""
 
     @property
     def chunk_size(self) -> int:
@@ -103,7 +140,7 @@ class Prediction:
         return int(self.actions.shape[1])
 
 
-def _to_prediction(request, response) -> Prediction:
+def _to_prediction(request, response, replica: str = "", request_id: str = "") -> Prediction:
     mismatch = response.robot_id != request.robot_id or response.step != request.step
     if response.robot_id and mismatch:
         raise PolicyError(
@@ -156,6 +193,8 @@ def _to_prediction(request, response) -> Prediction:
             "refreshed_prior": p.refreshed_prior,
         },
         raw=response,
+        replica=replica,
+        request_id=request_id,
     )
 
 
@@ -293,6 +332,8 @@ class PolicyClient:
         self._lock = threading.Lock()
         # The replica that answered the last call (server metadata "x-specprune-replica").
         self.last_replica = ""
+        # The server's request id of the last finished call (metadata "x-request-id"; "" if none).
+        self.last_request_id = ""
         self._steps: Dict[str, Tuple[str, int]] = {}  # robot -> (episode_id, next step)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -333,26 +374,30 @@ class PolicyClient:
         diagnostic: bool = False,
         unnorm_key: str = "",
         pruning_config: Optional[Mapping[str, Any]] = None,
+        request_id: Optional[str] = None,
     ) -> Prediction:
         """Like :meth:`predict` but returns the actions together with the server's telemetry.
 
         ``pruning_config``: any other pruning knob for this request, a dict with the keys of the
         server config's "pruning" section (sent as PruningOverride.config_json), e.g.
         ``{"specprune": {"executed_rows": 4}}`` for a robot that executes 4 rows of each chunk.
+        ``request_id``: sent as "x-request-id" (default: the server makes one).
         """
+        _check_request_id(request_id)
         request = self._build_request(
             robot_id, images, instruction, proprio, episode_id, step, method, alpha, keep_ratio,
             diagnostic, unnorm_key, pruning_config,
         )
-        response = self._call(self._stub.Predict, request, robot_id=request.robot_id)
-        return _to_prediction(request, response)
+        response, replica, server_id = self._call_with_replica(
+            self._stub.Predict, request, robot_id=request.robot_id, request_id=request_id)
+        return _to_prediction(request, response, replica, server_id)
 
-    def reset(self, robot_id: str) -> bool:
+    def reset(self, robot_id: str, request_id: Optional[str] = None) -> bool:
         """Ends the robot's episode; returns whether the server had a session for it."""
         if not robot_id:
             raise ValueError("robot_id is empty")
         response = self._call(self._stub.Reset, pb.ResetRequest(robot_id=robot_id),
-                              robot_id=robot_id)
+                              robot_id=robot_id, request_id=request_id)
         with self._lock:
             self._steps.pop(robot_id, None)
         return response.existed
@@ -380,9 +425,11 @@ class PolicyClient:
                 raise TimeoutError(f"{self.target} not serving after {timeout} s: {last}")
             time.sleep(poll)
 
-    def open_stream(self) -> "PredictStream":
-        """Opens a StreamPredict stream (one request, one response, in order)."""
-        return PredictStream(self)
+    def open_stream(self, request_id: Optional[str] = None) -> "PredictStream":
+        """Opens a StreamPredict stream (one request, one response, in order). ``request_id`` is
+        sent as the stream's "x-request-id" (default: the server makes one)."""
+        _check_request_id(request_id)
+        return PredictStream(self, request_id)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -439,30 +486,47 @@ class PolicyClient:
         request.step = chosen
         return request
 
-    def _call(self, method: Callable, request, robot_id: Optional[str] = None):
-        """One unary call with retries. Sends the token and (for robot calls) "x-robot-id", the
-        key a fleet gateway routes on; records the answering replica in ``last_replica``."""
+    def _call(self, method: Callable, request, robot_id: Optional[str] = None,
+              request_id: Optional[str] = None):
+        return self._call_with_replica(method, request, robot_id, request_id)[0]
+
+    def _call_with_replica(self, method: Callable, request, robot_id: Optional[str] = None,
+                           request_id: Optional[str] = None):
+        """One unary call with retries -> (response, answering replica, server request id). Sends
+        the token, ``request_id`` as "x-request-id" (every attempt the same) and (for robot calls)
+        "x-robot-id", the key a fleet gateway routes on; also records the replica in
+        ``last_replica`` and the request id in ``last_request_id``."""
+        _check_request_id(request_id)
         metadata = self._metadata + ((("x-robot-id", robot_id),) if robot_id else ())
+        metadata += (((_REQUEST_ID_KEY, request_id),) if request_id else ())
         deadline = time.monotonic() + self.timeout
         backoff = self._initial_backoff
         attempt = 1
+        server_id = ""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise PolicyError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                raise PolicyError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", server_id)
             try:
                 response, call = method.with_call(request, timeout=remaining, metadata=metadata)
-                self.last_replica = dict(call.initial_metadata() or ()).get(
-                    "x-specprune-replica", "")
-                return response
+                replica = dict(call.initial_metadata() or ()).get("x-specprune-replica", "")
+                self.last_replica = replica
+                server_id = _metadata_value(
+                    _REQUEST_ID_KEY, call.initial_metadata(), call.trailing_metadata())
+                self.last_request_id = server_id
+                return response, replica, server_id
             except grpc.RpcError as e:
                 code, details = e.code(), e.details() or ""
+                # A call that failed before any message may be trailers-only: the id is trailing.
+                server_id = _metadata_value(
+                    _REQUEST_ID_KEY, e.initial_metadata(), e.trailing_metadata())
+                self.last_request_id = server_id
                 if code != grpc.StatusCode.UNAVAILABLE or attempt >= self.max_attempts:
-                    raise PolicyError(code, details) from None
+                    raise PolicyError(code, details, server_id) from None
                 sleep = backoff * random.uniform(0.5, 1.0)
                 backoff = min(backoff * 2, self._max_backoff)
                 if time.monotonic() + sleep >= deadline:
-                    raise PolicyError(code, details) from None
+                    raise PolicyError(code, details, server_id) from None
                 time.sleep(sleep)
                 attempt += 1
 
@@ -477,13 +541,17 @@ class PredictStream:
 
     _DONE = object()
 
-    def __init__(self, client: PolicyClient):
+    def __init__(self, client: PolicyClient, request_id: Optional[str] = None):
         self._client = client
         self._cond = threading.Condition()
         self._outbox: List[Any] = []
-        self._call = client._stub.StreamPredict(self._requests(), metadata=client._metadata)
+        metadata = client._metadata + (((_REQUEST_ID_KEY, request_id),) if request_id else ())
+        self._call = client._stub.StreamPredict(self._requests(), metadata=metadata)
         self._final: Optional[PolicyError] = None
         self._closed = False
+        self._messages = 0  # requests sent; message n has the id "<stream id>/<n>"
+        # The stream's request id as the server returned it; "" until the first response.
+        self.request_id = ""
 
     def _requests(self):
         while True:
@@ -558,10 +626,17 @@ class PredictStream:
             diagnostic, unnorm_key, pruning_config,
         )
         self._send(request)
+        self._messages += 1
+        message = self._messages
         response = self._next_response()
+        if not self.request_id:
+            self.request_id = _metadata_value(_REQUEST_ID_KEY, self._call.initial_metadata())
+        request_id = f"{self.request_id}/{message}" if self.request_id else ""
+        self._client.last_request_id = request_id
         if response.HasField("error"):
-            raise PolicyError(_status_code_from_number(response.error.code), response.error.message)
-        return _to_prediction(request, response)
+            raise PolicyError(_status_code_from_number(response.error.code),
+                              response.error.message, request_id)
+        return _to_prediction(request, response, request_id=request_id)
 
     def close(self) -> None:
         """Half-closes the stream and waits for the server to end it. Idempotent."""
