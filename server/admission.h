@@ -49,14 +49,26 @@ struct AdmissionOptions {
   size_t max_inflight_per_robot = 4;
   // Sustained calls per second of one credential (0 = no rate limit) and the bucket's size (>= 1
   // when the rate is on): a credential may send `burst` calls at once, then `rate_hz` per second.
+  // The burst is small on purpose: admitted at once, a burst of steps of many robot ids lands in
+  // the batcher together and every robot step queued behind it waits for all of them
+  // (docs/BENCHMARKS.md "Fair share with admission control": burst 50 cost the other robots 23x
+  // in p99, burst 5 nothing measurable).
   double credential_rate_hz = 0;
-  double credential_burst = 50;
+  double credential_burst = 5;
   // The same per robot ("x-robot-id") of one credential. A robot calls Predict once per action
   // chunk; 0 = no rate limit.
   double robot_rate_hz = 0;
   double robot_burst = 10;
   // Most keys (credentials + robots) with state kept at once; idle ones are dropped first.
   size_t max_tracked_keys = 100000;
+  // A refused unary Predict is answered this long after the refusal (0 = at once), so a client
+  // that re-sends at once is paced by the server: with k calls in flight it gets at most
+  // k / refusal_delay refusals per second instead of as many as the server can answer (each still
+  // costs the server an HTTP/2 stream and the message bytes). Applied by the service
+  // (server/service.cc); StreamPredict messages are answered at once (one at a time per stream).
+  absl::Duration refusal_delay = absl::Milliseconds(100);
+  // Most refusals waiting for their delay at once (process-wide); beyond, answered at once.
+  size_t max_delayed_refusals = 4096;
 };
 
 // Which limit refused a call (for metrics: specprune_rejected_requests_total{reason}).

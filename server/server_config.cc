@@ -93,6 +93,8 @@ const std::vector<Field>& Fields() {
       {"robot_rate_hz", SP_REF(admission.robot_rate_hz), 0, 1e6},
       {"robot_burst", SP_REF(admission.robot_burst), 1, 1e6},
       {"max_tracked_keys", SP_REF(admission.max_tracked_keys), 1, 1e8},
+      {"refusal_delay_ms", SP_DURATION(admission.refusal_delay, absl::Milliseconds(1)), 0, 10000},
+      {"max_delayed_refusals", SP_REF(admission.max_delayed_refusals), 0, 1e6},
       {"device", SP_REF(device), 0, 0, false, CheckDevice},
       {"dtype", SP_REF(dtype), 0, 0, false, CheckDtype},
       {"pruning", SP_REF(pruning)},

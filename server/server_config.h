@@ -58,6 +58,8 @@ std::string DefaultModelDir();
 //   robot_rate_hz             admission.robot_rate_hz            [0, 1000000], 0 = off
 //   robot_burst               admission.robot_burst              [1, 1000000]
 //   max_tracked_keys          admission.max_tracked_keys         [1, 100000000]
+//   refusal_delay_ms          admission.refusal_delay            [0, 10000], 0 = answer at once
+//   max_delayed_refusals      admission.max_delayed_refusals     [0, 1000000]
 //   device                    device                             cpu, cuda, cuda:N
 //   dtype                     dtype                              fp32, bf16
 //   pruning                   pruning                            a JSON object (file only)

@@ -37,6 +37,8 @@ SP_SERVER_FLAG(credential_burst, "calls a credential may send at once (bucket si
 SP_SERVER_FLAG(robot_rate_hz, "sustained calls/s per x-robot-id of a credential; 0 = no limit");
 SP_SERVER_FLAG(robot_burst, "calls a robot may send at once (bucket size)");
 SP_SERVER_FLAG(max_tracked_keys, "most credentials + robots with admission state at once");
+SP_SERVER_FLAG(refusal_delay_ms, "an admission refusal of Predict is answered after this, ms");
+SP_SERVER_FLAG(max_delayed_refusals, "most refusals waiting for refusal_delay_ms at once");
 SP_SERVER_FLAG(device, "cpu, cuda or cuda:N");
 SP_SERVER_FLAG(dtype, "fp32 or bf16");
 SP_SERVER_FLAG(drain_timeout_seconds, "shutdown grace period, seconds");
@@ -84,6 +86,8 @@ const std::vector<std::pair<const char*, const Flag*>>& KeyFlags() {
       {"robot_rate_hz", &FLAGS_robot_rate_hz},
       {"robot_burst", &FLAGS_robot_burst},
       {"max_tracked_keys", &FLAGS_max_tracked_keys},
+      {"refusal_delay_ms", &FLAGS_refusal_delay_ms},
+      {"max_delayed_refusals", &FLAGS_max_delayed_refusals},
       {"device", &FLAGS_device},
       {"dtype", &FLAGS_dtype},
       {"drain_timeout_seconds", &FLAGS_drain_timeout_seconds},

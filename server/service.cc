@@ -1,9 +1,11 @@
 #include "server/service.h"
 
+#include <atomic>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "grpcpp/alarm.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "proto/grpc_status.h"
@@ -122,6 +124,31 @@ struct Admission {
   }
 };
 
+// Refusals of unary calls waiting for AdmissionOptions::refusal_delay (all services together).
+std::atomic<size_t> delayed_refusals{0};
+
+// Finishes `reactor` with `status` after `controller`'s refusal_delay (server/admission.h), or at
+// once when the delay is 0, there is no controller, or max_delayed_refusals are waiting. The
+// reactor outlives the wait: a unary call ends only when it is finished.
+void FinishRefusal(const AdmissionController* controller, grpc::ServerUnaryReactor* reactor,
+                   const grpc::Status& status) {
+  const absl::Duration delay =
+      controller ? controller->options().refusal_delay : absl::ZeroDuration();
+  if (delay <= absl::ZeroDuration() ||
+      delayed_refusals.fetch_add(1) >= controller->options().max_delayed_refusals) {
+    if (delay > absl::ZeroDuration()) delayed_refusals.fetch_sub(1);
+    reactor->Finish(status);
+    return;
+  }
+  // Deleted in its own callback: gRPC keeps the alarm's state alive until the callback returns.
+  auto* alarm = new grpc::Alarm;
+  alarm->Set(absl::ToChronoTime(absl::Now() + delay), [alarm, reactor, status](bool) {
+    reactor->Finish(status);
+    delayed_refusals.fetch_sub(1);
+    delete alarm;
+  });
+}
+
 // One StreamPredict stream: requests are handled one at a time, in order (one
 // robot controller per stream). A failed request is answered in-band
 // (PredictResponse.error); the stream goes on. `grant` is the stream's credential (checked once
@@ -238,9 +265,11 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* c
   const std::optional<std::string> robot_header = RobotIdHeader(ctx);
   Admission admission;
   std::shared_ptr<AdmissionController::Ticket> ticket;  // released when answered
+  bool admission_refused = false;
   if (allowed.ok()) {
     admission = Admission(options_.admission, metrics, ctx, *grant);
     allowed = admission.Admit(robot_header, &ticket);  // before the parse: a refusal is cheap
+    admission_refused = !allowed.ok();
   }
   if (allowed.ok()) allowed = ParseRequest(*request_bytes, request.get());
   if (allowed.ok()) allowed = CheckRobotHeader(robot_header, request->robot_id());
@@ -250,7 +279,11 @@ grpc::ServerUnaryReactor* VlaServiceImpl::Predict(grpc::CallbackServerContext* c
       metrics->RecordRequest("Predict", static_cast<int>(allowed.code()), SecondsSince(start));
     }
     LogPredict(log, "Predict", request_id, request.get(), allowed, nullptr, SecondsSince(start));
-    reactor->Finish(ToGrpcStatus(allowed));
+    if (admission_refused) {
+      FinishRefusal(options_.admission, reactor, ToGrpcStatus(allowed));
+    } else {
+      reactor->Finish(ToGrpcStatus(allowed));
+    }
     return reactor;
   }
   RequestContext rc{DeadlineOf(ctx), [ctx] { return ctx->IsCancelled(); },

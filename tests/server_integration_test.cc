@@ -529,6 +529,7 @@ TEST(AdmissionIntegrationTest, RobotOverItsRateIsRefusedBeforeTheParseAndOthersA
   options.port = 0;
   options.admission.robot_rate_hz = 0.001;  // one call per robot, then refusals for ~17 minutes
   options.admission.robot_burst = 1;
+  options.admission.refusal_delay = absl::Milliseconds(300);
   auto server = SpecPruneServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = Client::Create(
@@ -545,7 +546,10 @@ TEST(AdmissionIntegrationTest, RobotOverItsRateIsRefusedBeforeTheParseAndOthersA
     return o;
   };
   ASSERT_TRUE((*client)->Predict("robot-a", obs(1), {}).ok());
+  const absl::Time sent = absl::Now();
   absl::StatusOr<ActionChunk> again = (*client)->Predict("robot-a", obs(1), {});
+  // The refusal is answered no earlier than refusal_delay: a client re-sending at once is paced.
+  EXPECT_GE(absl::Now() - sent, absl::Milliseconds(290));
   EXPECT_EQ(again.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(absl::StrContains(again.status().message(), "robot_rate_hz")) << again.status();
   Observation bad = obs(1);
