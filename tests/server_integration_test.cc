@@ -467,6 +467,27 @@ TEST_F(ServerIntegrationTest, NewEpisodeIdClearsThePrior) {
 
 // A copy of the embedded model's directory (files symlinked) whose pruning_config.json says
 // `pruning_json`.
+// A server started with `options` and an SDK client connected to it, with the ModelInfo it read.
+struct StartedServer {
+  std::unique_ptr<SpecPruneServer> server;
+  std::unique_ptr<Client> client;
+  v1::ModelInfo info;
+};
+absl::StatusOr<StartedServer> StartWithClient(const ServerOptions& options) {
+  StartedServer s;
+  absl::StatusOr<std::unique_ptr<SpecPruneServer>> server = SpecPruneServer::Start(options);
+  if (!server.ok()) return server.status();
+  s.server = std::move(*server);
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(
+      {.target = absl::StrCat("127.0.0.1:", s.server->port()), .deadline = absl::Seconds(20)});
+  if (!client.ok()) return client.status();
+  s.client = std::move(*client);
+  absl::StatusOr<v1::ModelInfo> info = s.client->ModelInfo();
+  if (!info.ok()) return info.status();
+  s.info = *std::move(info);
+  return s;
+}
+
 std::filesystem::path ModelDirWithPruningFile(const std::string& name,
                                               const std::string& pruning_json) {
   namespace fs = std::filesystem;
@@ -491,13 +512,9 @@ TEST(ServerStartTest, ModelPruningFileSetsTheDefaultsAndTheServerConfigOverlaysT
   options.host = "127.0.0.1";
   options.port = 0;
   options.pruning = nlohmann::json::parse(R"({"specprune": {"fine_scale": 2.5}})");
-  auto server = SpecPruneServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = Client::Create(
-      {.target = absl::StrCat("127.0.0.1:", (*server)->port()), .deadline = absl::Seconds(20)});
-  ASSERT_TRUE(client.ok()) << client.status();
-  auto info = (*client)->ModelInfo();
-  ASSERT_TRUE(info.ok()) << info.status();
+  absl::StatusOr<StartedServer> started = StartWithClient(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  const v1::ModelInfo* info = &started->info;
   EXPECT_FLOAT_EQ(info->pruning().alpha(), 1.3f);       // from the model's file
   EXPECT_EQ(info->pruning().k_global(), 9u);            // from the model's file
   EXPECT_FLOAT_EQ(info->pruning().fine_scale(), 2.5f);  // the server config wins
@@ -530,13 +547,10 @@ TEST(AdmissionIntegrationTest, RobotOverItsRateIsRefusedBeforeTheParseAndOthersA
   options.admission.robot_rate_hz = 0.001;  // one call per robot, then refusals for ~17 minutes
   options.admission.robot_burst = 1;
   options.admission.refusal_delay = absl::Milliseconds(300);
-  auto server = SpecPruneServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = Client::Create(
-      {.target = absl::StrCat("127.0.0.1:", (*server)->port()), .deadline = absl::Seconds(20)});
-  ASSERT_TRUE(client.ok()) << client.status();
-  auto info = (*client)->ModelInfo();
-  ASSERT_TRUE(info.ok()) << info.status();
+  absl::StatusOr<StartedServer> started = StartWithClient(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  const v1::ModelInfo* info = &started->info;
+  Client* client = started->client.get();
   auto obs = [&](int seed) {
     Observation o;
     for (const auto& cam : info->cameras())
@@ -545,18 +559,18 @@ TEST(AdmissionIntegrationTest, RobotOverItsRateIsRefusedBeforeTheParseAndOthersA
     o.proprio.assign(info->proprio_dim(), 0.1f);
     return o;
   };
-  ASSERT_TRUE((*client)->Predict("robot-a", obs(1), {}).ok());
+  ASSERT_TRUE(client->Predict("robot-a", obs(1), {}).ok());
   const absl::Time sent = absl::Now();
-  absl::StatusOr<ActionChunk> again = (*client)->Predict("robot-a", obs(1), {});
+  absl::StatusOr<ActionChunk> again = client->Predict("robot-a", obs(1), {});
   // The refusal is answered no earlier than refusal_delay: a client re-sending at once is paced.
   EXPECT_GE(absl::Now() - sent, absl::Milliseconds(290));
   EXPECT_EQ(again.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(absl::StrContains(again.status().message(), "robot_rate_hz")) << again.status();
   Observation bad = obs(1);
   bad.proprio.pop_back();  // would be INVALID_ARGUMENT if it were parsed and validated
-  EXPECT_EQ((*client)->Predict("robot-a", bad, {}).status().code(),
+  EXPECT_EQ(client->Predict("robot-a", bad, {}).status().code(),
             absl::StatusCode::kResourceExhausted);
-  absl::StatusOr<ActionChunk> other = (*client)->Predict("robot-b", obs(2), {});
+  absl::StatusOr<ActionChunk> other = client->Predict("robot-b", obs(2), {});
   EXPECT_TRUE(other.ok()) << other.status();
 }
 
