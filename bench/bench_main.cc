@@ -2,13 +2,16 @@
 //
 //   specprune_bench model (--model DIR | --config NAME) [--batch B] [--iters N] [--warmup W]
 //       [--methods none,specprune,fastv,random] [--episode_steps S] [--dtype fp32|bf16]
-//       [--device cpu|cuda] [--threads T] [--seed S] [--json FILE]
+//       [--device cpu|cuda] [--threads T] [--seed S] [--keep_ratio R] [--json FILE]
 //
 // Runs the methods side by side on the same synthetic episodes in one process, interleaved
 // (iteration i runs every method once, in rotating order), each method with its own per-robot
 // episode state so SpecPrune's global prior and frame history are exercised. Reports per method:
-// end-to-end / vision / LLM / action-head latency (median, p90), retained vision tokens, FLOPs
-// ratios, speedup vs none and efficiency = measured LLM speedup / FLOPs-ideal LLM speedup.
+// end-to-end (pruner set-up + forward) / vision / LLM / action-head latency (median, p90), the
+// pruner's own work (set-up + ForwardTimings::pruning_seconds) and its share of end-to-end,
+// retained vision tokens, FLOPs ratios, speedup vs none and efficiency = measured LLM speedup /
+// FLOPs-ideal LLM speedup; and the model's load time and peak RSS.
+#include <sys/resource.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -52,6 +55,9 @@ ABSL_FLAG(std::string, device, "cpu", "cpu|cuda");
 ABSL_FLAG(int, threads, 0, "intra-op LibTorch threads (0 = LibTorch's default)");
 ABSL_FLAG(uint64_t, seed, 0, "seed of the random weights and pruners");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to FILE");
+ABSL_FLAG(double, keep_ratio, 0.0,
+          "FastV and random keep ratio in (0, 1] (0 = the default, 0.25), e.g. SpecPrune's "
+          "retention for a comparison at equal retention");
 
 namespace specprune {
 namespace {
@@ -62,13 +68,14 @@ constexpr char kUsage[] =
     "usage: specprune_bench model (--model DIR | --config NAME) [--batch B] [--iters N] "
     "[--warmup W]\n"
     "    [--methods none,specprune,fastv,random] [--episode_steps S] [--dtype fp32|bf16]\n"
-    "    [--device cpu|cuda] [--threads T] [--seed S] [--json FILE]";
+    "    [--device cpu|cuda] [--threads T] [--seed S] [--keep_ratio R] [--json FILE]";
 
 struct Args {
   std::string model_dir, config, dtype, device, json;
   std::vector<std::string> methods;
   int batch, iters, warmup, episode_steps, threads;
   uint64_t seed;
+  double keep_ratio;  // 0 = the config's
 };
 
 int Usage(const char* msg) {
@@ -93,6 +100,7 @@ absl::StatusOr<Args> ArgsFromFlags() {
   a.warmup = absl::GetFlag(FLAGS_warmup);
   a.episode_steps = absl::GetFlag(FLAGS_episode_steps);
   a.threads = absl::GetFlag(FLAGS_threads);
+  a.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   a.seed = absl::GetFlag(FLAGS_seed);
   if (a.batch <= 0) return absl::InvalidArgumentError("--batch must be > 0");
   if (a.iters <= 0) return absl::InvalidArgumentError("--iters must be > 0");
@@ -139,13 +147,29 @@ torch::Tensor SceneFrame(int64_t size, int robot, int camera, int step) {
 
 struct MethodStats {
   std::vector<double> e2e, vision, llm, head;
+  std::vector<double> own, own_share;  // pruner set-up + ForwardTimings::pruning_seconds; / e2e
+  std::vector<double> setup;           // pruner set-up (creation) alone
   std::vector<double> retained_static, retained_final, retained_mean, flops_ratio, llm_flops_ratio;
   std::map<std::string, int> modes;
   int fallbacks = 0;
 };
 
+// The process's peak resident set so far (getrusage ru_maxrss), bytes.
+int64_t PeakRssBytes() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+}
+
+int64_t ParameterBytes(const VlaModel& model) {
+  int64_t bytes = 0;
+  for (const auto& p : model.module()->parameters()) bytes += p.numel() * p.element_size();
+  return bytes;
+}
+
 int RunModel(const Args& args) {
   if (args.threads > 0) torch::set_num_threads(args.threads);
+  const auto load_start = Clock::now();
   std::unique_ptr<VlaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
   if (!args.model_dir.empty()) {
@@ -164,6 +188,10 @@ int RunModel(const Args& args) {
     if (!tok.ok()) return Usage(std::string(tok.status().message()).c_str());
     tokenizer = std::move(*tok);
   }
+  const double load_seconds = std::chrono::duration<double>(Clock::now() - load_start).count();
+  const int64_t peak_rss_after_load = PeakRssBytes();
+  std::fprintf(stderr, "model ready in %.1f s, peak RSS %.2f GB, parameters %.2f GB\n",
+               load_seconds, peak_rss_after_load / 1e9, ParameterBytes(*model) / 1e9);
   const ModelConfig& c = model->config();
   const PolicyStep policy(*model, *tokenizer);
   const PruningConfig defaults = DefaultPruningConfig(static_cast<int>(c.llm.layers),
@@ -174,6 +202,12 @@ int RunModel(const Args& args) {
     if (!method.ok()) return Usage(std::string(method.status().message()).c_str());
     PruningConfig pc = defaults;
     pc.method = *method;
+    if (args.keep_ratio != 0.0) {
+      auto with_ratio =
+          ApplyOverride(pc, std::nullopt, std::nullopt, static_cast<float>(args.keep_ratio));
+      if (!with_ratio.ok()) return Usage(std::string(with_ratio.status().message()).c_str());
+      pc = *with_ratio;
+    }
     configs.push_back(pc);
   }
   const int nm = static_cast<int>(configs.size());
@@ -206,6 +240,8 @@ int RunModel(const Args& args) {
       const int m = (k + it) % nm;  // rotate the order to spread drift evenly
       if (step == 0)
         for (auto& s : states[m]) s.Clear();
+      // e2e counts the pruners' set-up (SpecPrune's frame comparison runs there) with the forward.
+      const auto t0 = Clock::now();
       std::vector<std::unique_ptr<SamplePruner>> pruners;
       std::vector<StepInput> inputs;
       for (int b = 0; b < args.batch; ++b) {
@@ -221,8 +257,8 @@ int RunModel(const Args& args) {
         pruners.push_back(std::move(*p));
         inputs.push_back({&base[b], pruners.back().get()});
       }
+      const double setup = std::chrono::duration<double>(Clock::now() - t0).count();
       ForwardTimings t;
-      const auto t0 = Clock::now();
       auto out = policy.Run(inputs, &t);
       const double e2e = std::chrono::duration<double>(Clock::now() - t0).count();
       if (!out.ok()) {
@@ -235,6 +271,9 @@ int RunModel(const Args& args) {
       s.vision.push_back(t.vision_seconds);
       s.llm.push_back(t.llm_seconds);
       s.head.push_back(t.action_head_seconds);
+      s.own.push_back(setup + t.pruning_seconds);
+      s.setup.push_back(setup);
+      s.own_share.push_back((setup + t.pruning_seconds) / e2e);
       for (int b = 0; b < args.batch; ++b) {
         const auto& r = (*out)[b].model;
         const auto& pl = r.vision_tokens_per_layer;
@@ -261,8 +300,9 @@ int RunModel(const Args& args) {
   for (int m = 0; m < nm; ++m)
     if (configs[m].method == PruningMethod::kNone) none_idx = m;
   nlohmann::json results = nlohmann::json::array();
-  std::printf("\n%-10s %9s %9s %9s %8s %8s %8s %8s %8s %8s %8s\n", "method", "e2e_ms", "llm_ms",
-              "vis_ms", "ret_stat", "ret_mean", "flops", "llmflops", "speedup", "llm_spd", "effic");
+  std::printf("\n%-10s %9s %9s %9s %8s %7s %8s %8s %8s %8s %8s %8s %8s\n", "method", "e2e_ms",
+              "llm_ms", "vis_ms", "own_ms", "own", "ret_stat", "ret_mean", "flops", "llmflops",
+              "speedup", "llm_spd", "effic");
   for (int m = 0; m < nm; ++m) {
     const auto& s = stats[m];
     const double e2e = Percentile(s.e2e, 0.5), llm = Percentile(s.llm, 0.5);
@@ -273,10 +313,12 @@ int RunModel(const Args& args) {
       ideal = 1.0 / mean(s.llm_flops_ratio);
       efficiency = llm_speedup / ideal;
     }
-    std::printf("%-10s %9.2f %9.2f %9.2f %7.1f%% %7.1f%% %8.3f %8.3f %7.2fx %7.2fx %8.2f\n",
-                args.methods[m].c_str(), e2e * 1e3, llm * 1e3, Percentile(s.vision, 0.5) * 1e3,
-                100 * mean(s.retained_static), 100 * mean(s.retained_mean), mean(s.flops_ratio),
-                mean(s.llm_flops_ratio), speedup, llm_speedup, efficiency);
+    std::printf(
+        "%-10s %9.2f %9.2f %9.2f %8.2f %6.1f%% %7.1f%% %7.1f%% %8.3f %8.3f %7.2fx %7.2fx %8.2f\n",
+        args.methods[m].c_str(), e2e * 1e3, llm * 1e3, Percentile(s.vision, 0.5) * 1e3,
+        Percentile(s.own, 0.5) * 1e3, 100 * Percentile(s.own_share, 0.5),
+        100 * mean(s.retained_static), 100 * mean(s.retained_mean), mean(s.flops_ratio),
+        mean(s.llm_flops_ratio), speedup, llm_speedup, efficiency);
     results.push_back(
         {{"method", args.methods[m]},
          {"e2e_seconds", {{"median", e2e}, {"p90", Percentile(s.e2e, 0.9)}}},
@@ -285,6 +327,10 @@ int RunModel(const Args& args) {
           {{"median", Percentile(s.vision, 0.5)}, {"p90", Percentile(s.vision, 0.9)}}},
          {"action_head_seconds",
           {{"median", Percentile(s.head, 0.5)}, {"p90", Percentile(s.head, 0.9)}}},
+         {"pruning_own_seconds",
+          {{"median", Percentile(s.own, 0.5)}, {"p90", Percentile(s.own, 0.9)}}},
+         {"pruning_own_share_of_e2e", {{"median", Percentile(s.own_share, 0.5)}}},
+         {"pruner_setup_seconds", {{"median", Percentile(s.setup, 0.5)}}},
          {"retention_after_static", mean(s.retained_static)},
          {"retention_final_layer", mean(s.retained_final)},
          {"retention_mean_over_layers", mean(s.retained_mean)},
@@ -303,6 +349,10 @@ int RunModel(const Args& args) {
                       {"config", c.name},
                       {"model_dir", args.model_dir},
                       {"parameters", model->parameter_count()},
+                      {"parameter_bytes", ParameterBytes(*model)},
+                      {"load_seconds", load_seconds},
+                      {"peak_rss_bytes_after_load", peak_rss_after_load},
+                      {"peak_rss_bytes", PeakRssBytes()},
                       {"vision_tokens", c.vision_tokens()},
                       {"llm_layers", c.llm.layers},
                       {"batch", args.batch},

@@ -62,6 +62,14 @@ std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
 #endif
 }
 
+std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
+    const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
+    const torch::Tensor& row_valid, const torch::Tensor& vision_rows) {
+  if (!logits.is_cuda())
+    return cpu::text_vision_stats_from_softmax(logits, probs, query_rows, row_valid, vision_rows);
+  return internal::TextVisionStatsFromSoftmaxOps(logits, probs, query_rows, row_valid, vision_rows);
+}
+
 torch::Tensor patch_cosine_similarity(const torch::Tensor& a, const torch::Tensor& b, double eps) {
   if (!a.is_cuda()) return cpu::patch_cosine_similarity(a, b, eps);
 #if defined(SPECPRUNE_WITH_CUDA)

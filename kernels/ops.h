@@ -30,11 +30,26 @@ namespace specprune {
 //           and for samples without valid rows.
 //   entropy [B] float32: mean over heads and valid rows of the entropy (nats) of P restricted to
 //           the sample's vision columns and renormalized to sum 1 (0 where that mass is 0).
-// Computation is in float32. Never materializes more than [B, H, R, T]. On CPU a vision row >= T is
-// an error; on CUDA it is not checked (that would need a device sync) and reads as padding.
+// Computation is in float32 (sums in float64). Never materializes more than [B, H, R, T]. On CPU a
+// vision row >= T is an error; on CUDA it is not checked (that would need a device sync) and reads
+// as padding.
 std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
     const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& key_valid,
     const torch::Tensor& row_valid, const torch::Tensor& vision_rows, double scale);
+
+// The same statistics from an attention's own softmax, for callers that materialize it (the
+// LibTorch 1.x attention path): no second q.k product and no second softmax over the T keys.
+//   logits     [B, H, T, T] float32: scale * q.k + key-padding bias (-inf at invalid keys), as the
+//              attention computed them (only the rows in query_rows are read).
+//   probs      [B, H, T, T] float32: softmax(logits, -1).
+//   query_rows [B, R] int64: the query rows (as in AttentionStatsQuery; < T).
+//   row_valid, vision_rows: as above.
+// Returns scores and entropy as text_vision_attention_stats (equal up to float rounding). On CUDA
+// it is composed of LibTorch ops (no kernel of its own: the CUDA path uses the fused attention and
+// text_vision_attention_stats).
+std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
+    const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
+    const torch::Tensor& row_valid, const torch::Tensor& vision_rows);
 
 // Row-wise cosine similarity of a and b ([N, D] each, any float dtype) -> [N] float32:
 // dot / max(|a| |b|, eps). Two all-zero rows count as identical (1); one all-zero row against a

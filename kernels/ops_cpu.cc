@@ -1,9 +1,23 @@
 #include "kernels/ops_cpu.h"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
+#include <vector>
 
 namespace specprune {
 namespace internal {
+
+// The row_valid [B,R] bool and vision_rows [B,V] int64 arguments both statistics ops take.
+void CheckRowArgs(const char* op, const torch::Tensor& row_valid, const torch::Tensor& vision_rows,
+                  int64_t b, int64_t r) {
+  TORCH_CHECK(row_valid.defined() && row_valid.scalar_type() == torch::kBool &&
+                  row_valid.dim() == 2 && row_valid.size(0) == b && row_valid.size(1) == r,
+              op, ": row_valid must be bool [B,R] = [", b, ",", r, "]");
+  TORCH_CHECK(vision_rows.defined() && vision_rows.scalar_type() == torch::kLong &&
+                  vision_rows.dim() == 2 && vision_rows.size(0) == b,
+              op, ": vision_rows must be int64 [B,V] with B = ", b);
+}
 
 void CheckTextVisionArgs(const torch::Tensor& q, const torch::Tensor& k,
                          const torch::Tensor& key_valid, const torch::Tensor& row_valid,
@@ -19,12 +33,7 @@ void CheckTextVisionArgs(const torch::Tensor& q, const torch::Tensor& k,
   TORCH_CHECK(key_valid.defined() && key_valid.scalar_type() == torch::kBool &&
                   key_valid.dim() == 2 && key_valid.size(0) == b && key_valid.size(1) == t,
               "text_vision_attention_stats: key_valid must be bool [B,T] = [", b, ",", t, "]");
-  TORCH_CHECK(row_valid.defined() && row_valid.scalar_type() == torch::kBool &&
-                  row_valid.dim() == 2 && row_valid.size(0) == b && row_valid.size(1) == r,
-              "text_vision_attention_stats: row_valid must be bool [B,R] = [", b, ",", r, "]");
-  TORCH_CHECK(vision_rows.defined() && vision_rows.scalar_type() == torch::kLong &&
-                  vision_rows.dim() == 2 && vision_rows.size(0) == b,
-              "text_vision_attention_stats: vision_rows must be int64 [B,V] with B = ", b);
+  CheckRowArgs("text_vision_attention_stats", row_valid, vision_rows, b, r);
   const auto dev = q.device();
   TORCH_CHECK(k.device() == dev && key_valid.device() == dev && row_valid.device() == dev &&
                   vision_rows.device() == dev,
@@ -39,10 +48,88 @@ void CheckCosineArgs(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.device() == b.device(), "patch_cosine_similarity: a and b on different devices");
 }
 
+void CheckSoftmaxStatsArgs(const torch::Tensor& logits, const torch::Tensor& probs,
+                           const torch::Tensor& query_rows, const torch::Tensor& row_valid,
+                           const torch::Tensor& vision_rows) {
+  TORCH_CHECK(logits.defined() && logits.dim() == 4 && logits.size(2) == logits.size(3) &&
+                  logits.scalar_type() == torch::kFloat,
+              "text_vision_stats_from_softmax: logits must be float32 [B,H,T,T]");
+  TORCH_CHECK(
+      probs.defined() && probs.sizes() == logits.sizes() && probs.scalar_type() == torch::kFloat,
+      "text_vision_stats_from_softmax: probs must be float32 ", logits.sizes());
+  const int64_t b = logits.size(0);
+  TORCH_CHECK(query_rows.defined() && query_rows.scalar_type() == torch::kLong &&
+                  query_rows.dim() == 2 && query_rows.size(0) == b,
+              "text_vision_stats_from_softmax: query_rows must be int64 [B,R] with B = ", b);
+  const int64_t r = query_rows.size(1);
+  CheckRowArgs("text_vision_stats_from_softmax", row_valid, vision_rows, b, r);
+  const auto dev = logits.device();
+  TORCH_CHECK(probs.device() == dev && query_rows.device() == dev && row_valid.device() == dev &&
+                  vision_rows.device() == dev,
+              "text_vision_stats_from_softmax: all tensors must be on ", dev);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> TextVisionStatsFromSoftmaxOps(
+    const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
+    const torch::Tensor& row_valid, const torch::Tensor& vision_rows) {
+  CheckSoftmaxStatsArgs(logits, probs, query_rows, row_valid, vision_rows);
+  torch::NoGradGuard no_grad;
+  const int64_t b = logits.size(0), h = logits.size(1), t = logits.size(3);
+  const int64_t r = query_rows.size(1), v = vision_rows.size(1);
+  auto rows_idx = query_rows.view({b, 1, r, 1}).expand({b, h, r, t});
+  auto p_rows = probs.gather(2, rows_idx);  // [B,H,R,T]
+  auto pad = (vision_rows < 0).view({b, 1, 1, v});
+  auto idx = vision_rows.clamp_min(0).view({b, 1, 1, v}).expand({b, h, r, v});
+  auto pv = p_rows.gather(-1, idx).masked_fill(pad, 0.0);  // [B,H,R,V]
+  auto rows = row_valid.to(torch::kFloat);
+  auto weight = rows / (rows.sum(1, true).clamp_min(1.0) * static_cast<double>(h));
+  auto scores = (pv * weight.view({b, 1, r, 1})).sum({1, 2});
+  auto mass = pv.sum(-1, true);
+  auto qn = pv / mass.clamp_min(std::numeric_limits<float>::min());
+  auto entropy = (-torch::xlogy(qn, qn).sum(-1) * weight.view({b, 1, r})).sum({1, 2});
+  return {scores.contiguous(), entropy.contiguous()};
+}
+
 }  // namespace internal
 
 namespace cpu {
 
+namespace {
+
+// The per-sample averaging both statistics kernels share: for every sample, head and valid query
+// row, `row(bi, hi, ri, weight, score)` adds weight * P at the sample's vision columns to `score`
+// and returns the row's entropy (or 0 when it contributes none); weight = 1 / (valid rows * H).
+template <typename RowFn>
+std::tuple<torch::Tensor, torch::Tensor> AverageOverRows(int64_t b, int64_t h, int64_t r, int64_t v,
+                                                         const bool* row_ok, RowFn row) {
+  auto scores = torch::zeros({b, v}, torch::kFloat);
+  auto entropy = torch::zeros({b}, torch::kFloat);
+  float* sc = scores.data_ptr<float>();
+  float* en = entropy.data_ptr<float>();
+  std::vector<double> score(v);
+  for (int64_t bi = 0; bi < b; ++bi) {
+    int64_t rows = 0;
+    for (int64_t ri = 0; ri < r; ++ri) rows += row_ok[bi * r + ri] ? 1 : 0;
+    if (rows == 0) continue;
+    const double weight = 1.0 / (static_cast<double>(rows) * static_cast<double>(h));
+    std::fill(score.begin(), score.end(), 0.0);
+    double ent = 0.0;
+    for (int64_t hi = 0; hi < h; ++hi)
+      for (int64_t ri = 0; ri < r; ++ri)
+        if (row_ok[bi * r + ri]) ent += weight * row(bi, hi, ri, weight, score.data());
+    for (int64_t j = 0; j < v; ++j) sc[bi * v + j] = static_cast<float>(score[j]);
+    en[bi] = static_cast<float>(ent);
+  }
+  return {scores, entropy};
+}
+
+}  // namespace
+
+// One matmul for the logits, one vectorized exp, and two plain passes over the rows (max and
+// shift; sums, scores and entropy): a dozen LibTorch ops each cost more than the whole pass at the
+// sizes of a served step (R ~ 20-60 rows, T ~ 200-600 keys). The entropy needs no log per column:
+// with x = scale (logit - max) and Z the row's sum of exp(x), log P = x - log Z, so for the vision
+// mass m, H = log m - (1/m) sum_j P_j log P_j.
 std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
     const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& key_valid,
     const torch::Tensor& row_valid, const torch::Tensor& vision_rows, double scale) {
@@ -50,40 +137,124 @@ std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
   torch::NoGradGuard no_grad;
   const int64_t b = q.size(0), h = q.size(1), r = q.size(2), t = k.size(2);
   const int64_t v = vision_rows.size(1);
-  if (v > 0) {
-    TORCH_CHECK(vision_rows.max().item<int64_t>() < t,
-                "text_vision_attention_stats: vision_rows index >= T = ", t);
+  const auto kv = key_valid.contiguous();
+  const auto rv = row_valid.contiguous();
+  const auto vr = vision_rows.contiguous();
+  const bool* key_ok = kv.data_ptr<bool>();
+  const bool* row_ok = rv.data_ptr<bool>();
+  const int64_t* vis = vr.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b * v; ++i)
+    TORCH_CHECK(vis[i] < t, "text_vision_attention_stats: vision_rows index >= T = ", t);
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  auto x = torch::matmul(q.to(torch::kFloat), k.to(torch::kFloat).transpose(-1, -2))
+               .contiguous();  // [B,H,R,T]: logits, then scale * (logit - row max)
+  float* xs = x.data_ptr<float>();
+  const float fscale = static_cast<float>(scale);
+  for (int64_t row = 0; row < b * h * r; ++row) {
+    const bool* ok = key_ok + (row / (h * r)) * t;
+    float* xr = xs + row * t;
+    float max = kNegInf;
+    for (int64_t ti = 0; ti < t; ++ti) max = ok[ti] && xr[ti] > max ? xr[ti] : max;
+    for (int64_t ti = 0; ti < t; ++ti)
+      xr[ti] = ok[ti] && max != kNegInf ? (xr[ti] - max) * fscale : kNegInf;
   }
-  auto logits = torch::matmul(q.to(torch::kFloat), k.to(torch::kFloat).transpose(-1, -2)) * scale;
-  auto key_invalid = key_valid.logical_not().view({b, 1, 1, t});
-  logits.masked_fill_(key_invalid, -std::numeric_limits<float>::infinity());
-  // Samples without any valid key give NaN rows here; zeroing invalid keys clears them entirely.
-  auto probs = torch::softmax(logits, -1).masked_fill_(key_invalid, 0.0);  // [B,H,R,T]
-
-  auto pad = (vision_rows < 0).view({b, 1, 1, v});
-  auto idx = vision_rows.clamp_min(0).view({b, 1, 1, v}).expand({b, h, r, v});
-  auto pv = probs.gather(-1, idx).masked_fill_(pad, 0.0);  // [B,H,R,V]
-
-  auto rows = row_valid.to(torch::kFloat);                                           // [B,R]
-  auto weight = rows / (rows.sum(1, true).clamp_min(1.0) * static_cast<double>(h));  // [B,R]
-  auto scores = (pv * weight.view({b, 1, r, 1})).sum({1, 2});                        // [B,V]
-
-  auto mass = pv.sum(-1, true);  // [B,H,R,1]
-  auto qn = pv / mass.clamp_min(std::numeric_limits<float>::min());
-  auto row_entropy = -torch::xlogy(qn, qn).sum(-1);                   // [B,H,R]
-  auto entropy = (row_entropy * weight.view({b, 1, r})).sum({1, 2});  // [B]
-  return {scores.contiguous(), entropy.contiguous()};
+  const auto ex = x.exp();  // 0 at invalid keys
+  const float* es = ex.data_ptr<float>();
+  return AverageOverRows(b, h, r, v, row_ok,
+                         [&](int64_t bi, int64_t hi, int64_t ri, double weight, double* score) {
+                           const int64_t offset = ((bi * h + hi) * r + ri) * t;
+                           const float* er = es + offset;
+                           const float* xr = xs + offset;
+                           const int64_t* cols = vis + bi * v;
+                           double total = 0.0;
+                           for (int64_t ti = 0; ti < t; ++ti) total += er[ti];
+                           if (total <= 0.0) return 0.0;  // no valid key: P = 0
+                           const double log_total = std::log(total);
+                           double mass = 0.0, p_log_p = 0.0;
+                           for (int64_t j = 0; j < v; ++j) {
+                             if (cols[j] < 0) continue;
+                             const double p = er[cols[j]] / total;
+                             if (p <= 0.0) continue;
+                             mass += p;
+                             p_log_p += p * (xr[cols[j]] - log_total);
+                             score[j] += weight * p;
+                           }
+                           return mass > 0.0 ? std::log(mass) - p_log_p / mass : 0.0;
+                         });
 }
 
+// One pass over the vision columns of each (sample, head, valid row): log P_j comes from the
+// logits, log P_j = logit_j - LSE with LSE = logit_k - log P_k for the row's largest vision P_k,
+// so the entropy costs one log per row instead of one per column.
+std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
+    const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
+    const torch::Tensor& row_valid, const torch::Tensor& vision_rows) {
+  internal::CheckSoftmaxStatsArgs(logits, probs, query_rows, row_valid, vision_rows);
+  const int64_t b = logits.size(0), h = logits.size(1), t = logits.size(3);
+  const int64_t r = query_rows.size(1), v = vision_rows.size(1);
+  const auto lg = logits.contiguous(), pr = probs.contiguous(), qr = query_rows.contiguous();
+  const auto rv = row_valid.contiguous(), vr = vision_rows.contiguous();
+  const float* ls = lg.data_ptr<float>();
+  const float* ps = pr.data_ptr<float>();
+  const int64_t* query = qr.data_ptr<int64_t>();
+  const bool* row_ok = rv.data_ptr<bool>();
+  const int64_t* vis = vr.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b * r; ++i)
+    TORCH_CHECK(!row_ok[i] || (query[i] >= 0 && query[i] < t),
+                "text_vision_stats_from_softmax: query_rows index outside [0, T = ", t, ")");
+  for (int64_t i = 0; i < b * v; ++i)
+    TORCH_CHECK(vis[i] < t, "text_vision_stats_from_softmax: vision_rows index >= T = ", t);
+  return AverageOverRows(b, h, r, v, row_ok,
+                         [&](int64_t bi, int64_t hi, int64_t ri, double weight, double* score) {
+                           const int64_t offset = ((bi * h + hi) * t + query[bi * r + ri]) * t;
+                           const float* p = ps + offset;
+                           const float* x = ls + offset;
+                           const int64_t* cols = vis + bi * v;
+                           double mass = 0.0, p_top = 0.0, x_top = 0.0;
+                           for (int64_t j = 0; j < v; ++j) {
+                             if (cols[j] < 0) continue;
+                             const double pj = p[cols[j]];
+                             if (!(pj > 0.0)) continue;
+                             mass += pj;
+                             score[j] += weight * pj;
+                             if (pj > p_top) {
+                               p_top = pj;
+                               x_top = x[cols[j]];
+                             }
+                           }
+                           if (!(mass > 0.0)) return 0.0;
+                           const double lse = x_top - std::log(p_top);
+                           double p_log_p = 0.0;
+                           for (int64_t j = 0; j < v; ++j) {
+                             if (cols[j] < 0) continue;
+                             const double pj = p[cols[j]];
+                             if (pj > 0.0) p_log_p += pj * (x[cols[j]] - lse);
+                           }
+                           return std::log(mass) - p_log_p / mass;
+                         });
+}
+
+// One pass per row (a few LibTorch ops would cost more than the whole pass at N ~ 100-500 patches).
 torch::Tensor patch_cosine_similarity(const torch::Tensor& a, const torch::Tensor& b, double eps) {
   internal::CheckCosineArgs(a, b);
-  torch::NoGradGuard no_grad;
-  auto af = a.to(torch::kFloat), bf = b.to(torch::kFloat);
-  auto dot = (af * bf).sum(1);
-  auto na = af.norm(2, {1}), nb = bf.norm(2, {1});
-  auto sim = dot / (na * nb).clamp_min(eps);
-  auto both_zero = (na == 0).logical_and(nb == 0);
-  return sim.masked_fill_(both_zero, 1.0).contiguous();
+  const auto af = a.to(torch::kFloat).contiguous(), bf = b.to(torch::kFloat).contiguous();
+  const int64_t n = af.size(0), d = af.size(1);
+  const float* pa = af.data_ptr<float>();
+  const float* pb = bf.data_ptr<float>();
+  auto out = torch::empty({n}, torch::kFloat);
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    double dot = 0.0, aa = 0.0, bb = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      const double x = pa[i * d + j], y = pb[i * d + j];
+      dot += x * y;
+      aa += x * x;
+      bb += y * y;
+    }
+    const double na = std::sqrt(aa), nb = std::sqrt(bb);
+    o[i] = na == 0.0 && nb == 0.0 ? 1.0f : static_cast<float>(dot / std::max(na * nb, eps));
+  }
+  return out;
 }
 
 torch::Tensor extract_patches(const torch::Tensor& image, int64_t patch) {

@@ -16,6 +16,13 @@ void CheckTextVisionArgs(const torch::Tensor& q, const torch::Tensor& k,
                          const torch::Tensor& vision_rows);
 void CheckCosineArgs(const torch::Tensor& a, const torch::Tensor& b);
 
+void CheckSoftmaxStatsArgs(const torch::Tensor& logits, const torch::Tensor& probs,
+                           const torch::Tensor& query_rows, const torch::Tensor& row_valid,
+                           const torch::Tensor& vision_rows);
+// text_vision_stats_from_softmax composed of LibTorch ops (any device).
+std::tuple<torch::Tensor, torch::Tensor> TextVisionStatsFromSoftmaxOps(
+    const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
+    const torch::Tensor& row_valid, const torch::Tensor& vision_rows);
 }  // namespace internal
 
 namespace cpu {
@@ -23,6 +30,10 @@ namespace cpu {
 std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
     const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& key_valid,
     const torch::Tensor& row_valid, const torch::Tensor& vision_rows, double scale);
+
+std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
+    const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
+    const torch::Tensor& row_valid, const torch::Tensor& vision_rows);
 
 torch::Tensor patch_cosine_similarity(const torch::Tensor& a, const torch::Tensor& b,
                                       double eps = 1e-8);

@@ -5,9 +5,9 @@
 namespace specprune {
 
 VisionProjectorImpl::VisionProjectorImpl(const ModelConfig& c) {
-  fc1 = register_module("fc1", torch::nn::Linear(c.vision_width(), c.projector_hidden));
-  fc2 = register_module("fc2", torch::nn::Linear(c.projector_hidden, c.llm.hidden));
-  fc3 = register_module("fc3", torch::nn::Linear(c.llm.hidden, c.llm.hidden));
+  fc1 = register_module("fc1", Linear(c.vision_width(), c.projector_hidden));
+  fc2 = register_module("fc2", Linear(c.projector_hidden, c.llm.hidden));
+  fc3 = register_module("fc3", Linear(c.llm.hidden, c.llm.hidden));
 }
 
 torch::Tensor VisionProjectorImpl::forward(const torch::Tensor& x) {
@@ -15,8 +15,8 @@ torch::Tensor VisionProjectorImpl::forward(const torch::Tensor& x) {
 }
 
 ProprioProjectorImpl::ProprioProjectorImpl(const ModelConfig& c) {
-  fc1 = register_module("fc1", torch::nn::Linear(c.proprio_dim, c.llm.hidden));
-  fc2 = register_module("fc2", torch::nn::Linear(c.llm.hidden, c.llm.hidden));
+  fc1 = register_module("fc1", Linear(c.proprio_dim, c.llm.hidden));
+  fc2 = register_module("fc2", Linear(c.llm.hidden, c.llm.hidden));
 }
 
 torch::Tensor ProprioProjectorImpl::forward(const torch::Tensor& x) {
@@ -24,9 +24,10 @@ torch::Tensor ProprioProjectorImpl::forward(const torch::Tensor& x) {
 }
 
 InstructionFilmImpl::InstructionFilmImpl(const ModelConfig& c) {
-  fc = register_module("fc", torch::nn::Linear(c.llm.hidden, 2 * c.llm.hidden));
+  fc = register_module("fc", Linear(c.llm.hidden, 2 * c.llm.hidden));
   if (c.instruction_film_pooling == "attention")
-    query = register_parameter("query", torch::zeros({c.llm.hidden}));
+    query = register_parameter(
+        "query", NewParameterTensor({c.llm.hidden}, [&] { return torch::zeros({c.llm.hidden}); }));
   torch::NoGradGuard no_grad;
   fc->weight.zero_();
   fc->bias.zero_();
@@ -56,21 +57,18 @@ torch::Tensor InstructionFilmImpl::forward(const torch::Tensor& vision,
 }
 
 MlpResNetBlockImpl::MlpResNetBlockImpl(int64_t dim) {
-  ffn = register_module(
-      "ffn", torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})),
-                                   torch::nn::Linear(dim, dim), torch::nn::ReLU()));
+  ffn = register_module("ffn",
+                        torch::nn::Sequential(LayerNorm(dim), Linear(dim, dim), torch::nn::ReLU()));
 }
 
 MlpResNetImpl::MlpResNetImpl(int64_t num_blocks, int64_t input_dim, int64_t hidden_dim,
                              int64_t output_dim) {
-  layer_norm1 = register_module("layer_norm1",
-                                torch::nn::LayerNorm(torch::nn::LayerNormOptions({input_dim})));
-  fc1 = register_module("fc1", torch::nn::Linear(input_dim, hidden_dim));
+  layer_norm1 = register_module("layer_norm1", LayerNorm(input_dim));
+  fc1 = register_module("fc1", Linear(input_dim, hidden_dim));
   mlp_resnet_blocks = register_module("mlp_resnet_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < num_blocks; ++i) mlp_resnet_blocks->push_back(MlpResNetBlock(hidden_dim));
-  layer_norm2 = register_module("layer_norm2",
-                                torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden_dim})));
-  fc2 = register_module("fc2", torch::nn::Linear(hidden_dim, output_dim));
+  layer_norm2 = register_module("layer_norm2", LayerNorm(hidden_dim));
+  fc2 = register_module("fc2", Linear(hidden_dim, output_dim));
 }
 
 torch::Tensor MlpResNetImpl::forward(const torch::Tensor& x) {

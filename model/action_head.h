@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "model/config.h"
+#include "model/layers.h"
 
 namespace specprune {
 
@@ -11,7 +12,7 @@ namespace specprune {
 struct VisionProjectorImpl : torch::nn::Module {
   explicit VisionProjectorImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, fc3{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr}, fc3{nullptr};
 };
 TORCH_MODULE(VisionProjector);
 
@@ -19,7 +20,7 @@ TORCH_MODULE(VisionProjector);
 struct ProprioProjectorImpl : torch::nn::Module {
   explicit ProprioProjectorImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(ProprioProjector);
 
@@ -34,7 +35,7 @@ struct InstructionFilmImpl : torch::nn::Module {
   // The pooling weights over the m prompt rows, [m] float32 (1/m each with mean pooling).
   torch::Tensor PoolingWeights(const torch::Tensor& prompt_embeddings);
   torch::Tensor forward(const torch::Tensor& vision, const torch::Tensor& prompt_embeddings);
-  torch::nn::Linear fc{nullptr};
+  Linear fc{nullptr};
   torch::Tensor query;  // undefined with mean pooling
 };
 TORCH_MODULE(InstructionFilm);
@@ -51,8 +52,8 @@ TORCH_MODULE(MlpResNetBlock);
 struct MlpResNetImpl : torch::nn::Module {
   MlpResNetImpl(int64_t num_blocks, int64_t input_dim, int64_t hidden_dim, int64_t output_dim);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr};
   torch::nn::ModuleList mlp_resnet_blocks{nullptr};
 };
 TORCH_MODULE(MlpResNet);

@@ -92,6 +92,15 @@ struct CheckpointTensors {
   std::vector<std::string> duplicates;
 };
 
+// Drops the resident pages of a copied tensor (SafetensorsFile::ReleasePages), so loading a
+// checkpoint holds each tensor once, in the model, instead of once more in the mappings.
+void ReleasePages(const CheckpointTensors& ct, const TensorView& view) {
+  for (const auto& b : ct.backbone)
+    if (b->ReleasePages(view)) return;
+  for (const auto& f : ct.side_files)
+    if (f->ReleasePages(view)) return;
+}
+
 // The side file `<stem>--*.safetensors` or `<stem>--*.pt` of a directory (exactly one).
 absl::StatusOr<std::string> FindSideFile(const std::string& dir, const std::string& stem) {
   std::vector<std::string> found;
@@ -366,6 +375,7 @@ absl::Status LoadWeights(const std::string& dir, VlaModel& model,
         auto src = torch::from_blob(const_cast<uint8_t*>(v->data), v->shape,
                                     torch::TensorOptions().dtype(*TorchDType(v->dtype)));
         param.copy_(src);
+        ReleasePages(*ct, *v);
       } else {
         param.copy_(e.tensor);
       }
@@ -424,7 +434,9 @@ absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, const ModelOpti
           stats_source, ": key \"", key, "\" has action/proprio dims ", (*s)->action.dim(), "/",
           (*s)->proprio.dim(), ", the model needs ", config->action_dim, "/", config->proprio_dim));
   }
-  auto model = VlaModel::Create(*config, options);
+  ModelOptions uninitialized = options;
+  uninitialized.init = ParameterInit::kUninitialized;  // LoadWeights sets every parameter
+  auto model = VlaModel::Create(*config, uninitialized);
   if (!model.ok()) return model.status();
   if (auto s = LoadWeights(dir, **model); !s.ok()) return s;
   lm.model = std::move(*model);
@@ -481,7 +493,7 @@ absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& co
           add("vision_backbone." + t.name + ".", *VisionTower(t, config.image_size)));
     SP_RETURN_IF_ERROR(add("projector.", *VisionProjector(config)));
     SP_RETURN_IF_ERROR(add("language_model.model.embed_tokens.",
-                           *torch::nn::Embedding(config.llm.vocab_size, config.llm.hidden)));
+                           *Embedding(config.llm.vocab_size, config.llm.hidden)));
     for (int64_t l = 0; l < config.llm.layers; ++l)
       SP_RETURN_IF_ERROR(add(absl::StrCat("language_model.model.layers.", l, "."),
                              *LlamaDecoderLayer(config.llm)));

@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <chrono>
 #include <cmath>
 #include <limits>
 
@@ -8,7 +9,8 @@
 namespace specprune {
 
 RmsNormImpl::RmsNormImpl(int64_t dim, double eps) : eps(eps) {
-  weight = register_parameter("weight", torch::ones({dim}));
+  weight =
+      register_parameter("weight", NewParameterTensor({dim}, [&] { return torch::ones({dim}); }));
 }
 
 torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
@@ -25,6 +27,16 @@ Rope MakeRope(const torch::Tensor& positions, int64_t head_dim, double theta,
   auto freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // [B,T,hd/2]
   auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);               // [B,1,T,hd]
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+Rope GatherRope(const Rope& rope, const torch::Tensor& index) {
+  const int64_t b = index.size(0), t = index.size(1), hd = rope.cos.size(-1);
+  if (b == 1) {
+    const auto rows = index.view({t});
+    return {rope.cos.index_select(2, rows), rope.sin.index_select(2, rows)};
+  }
+  const auto idx = index.view({b, 1, t, 1}).expand({b, 1, t, hd});
+  return {rope.cos.gather(2, idx), rope.sin.gather(2, idx)};
 }
 
 static torch::Tensor RotateHalf(const torch::Tensor& x) {
@@ -45,9 +57,7 @@ torch::Tensor KeyPaddingBias(const torch::Tensor& key_valid, torch::ScalarType d
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
     : heads(c.heads), head_dim(c.hidden / c.heads) {
-  auto lin = [&](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-  };
+  auto lin = [&](int64_t in, int64_t out) { return Linear(in, out, /*with_bias=*/false); };
   q_proj = register_module("q_proj", lin(c.hidden, c.hidden));
   k_proj = register_module("k_proj", lin(c.hidden, c.hidden));
   v_proj = register_module("v_proj", lin(c.hidden, c.hidden));
@@ -66,28 +76,44 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Rope& ro
   auto k = ApplyRope(shape(k_proj(x)), rope);
   auto v = shape(v_proj(x));
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  if (query != nullptr && stats != nullptr) {
+  const bool want_stats = query != nullptr && stats != nullptr;
+  auto finish_stats = [&](std::chrono::steady_clock::time_point start,
+                          std::tuple<torch::Tensor, torch::Tensor> result) {
+    stats->scores = std::get<0>(result);
+    stats->entropy = std::get<1>(result);
+    stats->seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  // Statistics from q and k: a second, row-restricted q.k product and softmax in float32.
+  auto stats_from_qk = [&] {
+    const auto start = std::chrono::steady_clock::now();
     const int64_t r = query->query_rows.size(1);
     auto idx = query->query_rows.view({b, 1, r, 1}).expand({b, heads, r, head_dim});
     auto q_rows = q.gather(2, idx).to(torch::kFloat32);
-    auto [scores, entropy] = text_vision_attention_stats(
-        q_rows, k.to(torch::kFloat32), key_valid, query->row_valid, query->vision_rows, scale);
-    stats->scores = scores;
-    stats->entropy = entropy;
-  }
+    finish_stats(start, text_vision_attention_stats(q_rows, k.to(torch::kFloat32), key_valid,
+                                                    query->row_valid, query->vision_rows, scale));
+  };
 #if TORCH_VERSION_MAJOR >= 2
+  if (want_stats) stats_from_qk();
   auto o = at::scaled_dot_product_attention(q, k, v, bias);
 #else
   auto logits = torch::matmul(q, k.transpose(-2, -1)) * scale + bias;
-  auto o = torch::matmul(torch::softmax(logits, -1), v);
+  auto probs = torch::softmax(logits, -1);
+  if (want_stats && probs.scalar_type() == torch::kFloat32) {
+    // The attention's own float32 softmax rows: no second product (kernels/ops.h).
+    const auto start = std::chrono::steady_clock::now();
+    finish_stats(start, text_vision_stats_from_softmax(logits, probs, query->query_rows,
+                                                       query->row_valid, query->vision_rows));
+  } else if (want_stats) {
+    stats_from_qk();
+  }
+  auto o = torch::matmul(probs, v);
 #endif
   return o_proj(o.transpose(1, 2).reshape({b, t, heads * head_dim}));
 }
 
 LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
-  auto lin = [&](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-  };
+  auto lin = [&](int64_t in, int64_t out) { return Linear(in, out, /*with_bias=*/false); };
   gate_proj = register_module("gate_proj", lin(c.hidden, c.intermediate));
   up_proj = register_module("up_proj", lin(c.hidden, c.intermediate));
   down_proj = register_module("down_proj", lin(c.intermediate, c.hidden));
@@ -115,7 +141,7 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const Rope&
 }
 
 LlamaModelImpl::LlamaModelImpl(const LlmConfig& c) {
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden));
+  embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.layers; ++i) {
     layer_list.push_back(LlamaDecoderLayer(c));

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "model/config.h"
+#include "model/layers.h"
 
 namespace specprune {
 
@@ -23,6 +24,9 @@ struct Rope {
 Rope MakeRope(const torch::Tensor& positions, int64_t head_dim, double theta,
               torch::ScalarType dtype);
 torch::Tensor ApplyRope(const torch::Tensor& x, const Rope& rope);  // x: [B, H, T, hd]
+// The tables of the rows `index` [B, T'] (int64, rows of `rope`): equal to MakeRope of the
+// gathered positions, without recomputing them (RepackBatch).
+Rope GatherRope(const Rope& rope, const torch::Tensor& index);
 
 // What a layer should compute besides its output: attention statistics of some query rows over
 // the vision columns (see kernels/ops.h text_vision_attention_stats).
@@ -34,6 +38,7 @@ struct AttentionStatsQuery {
 struct AttentionStatsResult {
   torch::Tensor scores;   // [B, V] float32
   torch::Tensor entropy;  // [B] float32
+  double seconds = 0;     // wall time spent computing them (on CUDA: launch time only)
 };
 
 struct LlamaAttentionImpl : torch::nn::Module {
@@ -43,14 +48,14 @@ struct LlamaAttentionImpl : torch::nn::Module {
                         const torch::Tensor& key_valid, const AttentionStatsQuery* query,
                         AttentionStatsResult* stats);
   int64_t heads, head_dim;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 };
 TORCH_MODULE(LlamaAttention);
 
 struct LlamaMlpImpl : torch::nn::Module {
   explicit LlamaMlpImpl(const LlmConfig& c);
   torch::Tensor forward(const torch::Tensor& x);  // SwiGLU
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(LlamaMlp);
 
@@ -68,7 +73,7 @@ TORCH_MODULE(LlamaDecoderLayer);
 // language_model.model.*
 struct LlamaModelImpl : torch::nn::Module {
   explicit LlamaModelImpl(const LlmConfig& c);
-  torch::nn::Embedding embed_tokens{nullptr};
+  Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RmsNorm norm{nullptr};
   std::vector<LlamaDecoderLayer> layer_list;

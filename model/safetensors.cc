@@ -121,6 +121,16 @@ SafetensorsFile::~SafetensorsFile() {
   }
 }
 
+bool SafetensorsFile::ReleasePages(const TensorView& view) const {
+  if (!mapped_ || view.data < base_ || view.data + view.nbytes > base_ + size_) return false;
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(view.data);
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = (begin + view.nbytes) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  return true;
+}
+
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
@@ -414,6 +424,12 @@ absl::StatusOr<std::unique_ptr<ShardedSafetensors>> ShardedSafetensors::Open(
   out->names_.reserve(out->index_.size());
   for (const auto& [name, view] : out->index_) out->names_.push_back(name);
   return out;
+}
+
+bool ShardedSafetensors::ReleasePages(const TensorView& view) const {
+  for (const auto& shard : shards_)
+    if (shard->ReleasePages(view)) return true;
+  return false;
 }
 
 const TensorView* ShardedSafetensors::Find(std::string_view name) const {

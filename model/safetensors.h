@@ -83,6 +83,13 @@ class SafetensorsFile {
   // True when the file is memory-mapped (false: read into a heap buffer).
   bool mapped() const { return mapped_; }
 
+  // Drops this process's resident copies of the whole pages that lie inside `view`'s bytes
+  // (madvise MADV_DONTNEED on the read-only mapping), so a loader that has copied a tensor does
+  // not keep it resident twice; a later read faults the bytes in again from the file, unchanged.
+  // Returns false (and does nothing) when the file is not mapped or `view` is not one of its
+  // tensors. Safe to call concurrently with reads.
+  bool ReleasePages(const TensorView& view) const;
+
  private:
   SafetensorsFile() = default;
 
@@ -117,6 +124,8 @@ class ShardedSafetensors {
   const TensorView* Find(std::string_view name) const;
   // All tensor names (across shards), sorted.
   const std::vector<std::string>& names() const { return names_; }
+  // SafetensorsFile::ReleasePages on the shard that holds `view`.
+  bool ReleasePages(const TensorView& view) const;
   // The shards, in sorted file-name order.
   const std::vector<std::unique_ptr<SafetensorsFile>>& shards() const { return shards_; }
 

@@ -28,9 +28,12 @@ torch::Tensor SampleSequence(const torch::Tensor& vision, const torch::Tensor& p
 torch::Tensor ValidRows(const std::vector<SampleRows>& rows, int64_t max_length,
                         const torch::Device& device) {
   const int64_t bsz = static_cast<int64_t>(rows.size());
-  auto lens = torch::empty({bsz}, torch::kLong);
-  for (int64_t b = 0; b < bsz; ++b) lens[b] = rows[b].length();
-  return torch::arange(max_length, torch::kLong).unsqueeze(0).lt(lens.unsqueeze(1)).to(device);
+  auto valid = torch::zeros({bsz, max_length}, torch::kBool);
+  bool* v = valid.data_ptr<bool>();
+  for (int64_t b = 0; b < bsz; ++b)
+    std::fill(v + b * max_length, v + b * max_length + std::min(rows[b].length(), max_length),
+              true);
+  return valid.to(device);
 }
 
 RaggedBatch AssembleBatch(const std::vector<torch::Tensor>& sequences, std::vector<SampleRows> rows,
@@ -53,27 +56,31 @@ RaggedBatch AssembleBatch(const std::vector<torch::Tensor>& sequences, std::vect
   return batch;
 }
 
-void RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch) {
+torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch) {
   const auto& rows = batch->rows;
   const int64_t bsz = static_cast<int64_t>(rows.size());
   const int64_t d = batch->hidden.size(-1);
   int64_t new_max = 0;
   for (const auto& r : rows) new_max = std::max(new_max, r.length());
+  // Built through a raw pointer: per-sample tensor ops cost more than the gather itself.
   auto gather = torch::zeros({bsz, new_max}, torch::kLong);
+  int64_t* g = gather.data_ptr<int64_t>();
   for (int64_t b = 0; b < bsz; ++b) {
+    int64_t* out = g + b * new_max;
     if (keep_rows[b].empty()) {
-      gather[b].slice(0, 0, rows[b].length()).copy_(torch::arange(rows[b].length(), torch::kLong));
+      for (int64_t i = 0; i < rows[b].length(); ++i) out[i] = i;
     } else {
-      gather[b]
-          .slice(0, 0, static_cast<int64_t>(keep_rows[b].size()))
-          .copy_(torch::tensor(keep_rows[b], torch::kLong));
+      std::copy(keep_rows[b].begin(), keep_rows[b].end(), out);
     }
   }
   const auto device = batch->hidden.device();
   gather = gather.to(device);
-  batch->hidden = batch->hidden.gather(1, gather.unsqueeze(-1).expand({bsz, new_max, d}));
+  batch->hidden = bsz == 1
+                      ? batch->hidden.index_select(1, gather.view({new_max}))
+                      : batch->hidden.gather(1, gather.unsqueeze(-1).expand({bsz, new_max, d}));
   batch->positions = batch->positions.gather(1, gather);
   batch->valid = ValidRows(rows, new_max, device);
+  return gather;
 }
 
 torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device) {

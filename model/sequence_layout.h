@@ -63,8 +63,10 @@ torch::Tensor ValidRows(const std::vector<SampleRows>& rows, int64_t max_length,
 
 // Removes pruned rows. `keep_rows[b]` lists the rows of sample b that go on, ascending, in the
 // layout *before* the update; empty = sample b is unchanged. `batch.rows` must already describe
-// the layout after the update. Hidden states and positions are gathered; valid is rebuilt.
-void RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch);
+// the layout after the update. Hidden states and positions are gathered; valid is rebuilt. Returns
+// the gather index [B, T_new] int64 on the batch's device (row of the old layout for each new row;
+// 0 in padding), with which per-row tables such as the RoPE tables can be gathered alike.
+torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch);
 
 // [B, action_tokens] int64 on `device`: the rows the action head reads per sample.
 torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device);

@@ -15,8 +15,8 @@ torch::Tensor Gelu(const torch::Tensor& x, bool tanh_approx) {
 }
 
 VitAttentionImpl::VitAttentionImpl(int64_t width, int64_t heads) : heads(heads) {
-  qkv = register_module("qkv", torch::nn::Linear(width, 3 * width));
-  proj = register_module("proj", torch::nn::Linear(width, width));
+  qkv = register_module("qkv", Linear(width, 3 * width));
+  proj = register_module("proj", Linear(width, width));
 }
 
 torch::Tensor VitAttentionImpl::forward(const torch::Tensor& x) {
@@ -33,21 +33,21 @@ torch::Tensor VitAttentionImpl::forward(const torch::Tensor& x) {
 }
 
 VitMlpImpl::VitMlpImpl(int64_t width, int64_t hidden, bool gelu_tanh) : gelu_tanh(gelu_tanh) {
-  fc1 = register_module("fc1", torch::nn::Linear(width, hidden));
-  fc2 = register_module("fc2", torch::nn::Linear(hidden, width));
+  fc1 = register_module("fc1", Linear(width, hidden));
+  fc2 = register_module("fc2", Linear(hidden, width));
 }
 
 torch::Tensor VitMlpImpl::forward(const torch::Tensor& x) { return fc2(Gelu(fc1(x), gelu_tanh)); }
 
 LayerScaleImpl::LayerScaleImpl(int64_t width) {
-  scale_factor = register_parameter("scale_factor", torch::full({width}, 1e-5));
+  scale_factor = register_parameter(
+      "scale_factor", NewParameterTensor({width}, [&] { return torch::full({width}, 1e-5); }));
 }
 
 VitBlockImpl::VitBlockImpl(const VisionTowerConfig& c) {
-  auto ln = torch::nn::LayerNormOptions({c.width}).eps(c.norm_eps);
-  norm1 = register_module("norm1", torch::nn::LayerNorm(ln));
+  norm1 = register_module("norm1", LayerNorm(c.width, c.norm_eps));
   attn = register_module("attn", VitAttention(c.width, c.heads));
-  norm2 = register_module("norm2", torch::nn::LayerNorm(ln));
+  norm2 = register_module("norm2", LayerNorm(c.width, c.norm_eps));
   mlp = register_module("mlp", VitMlp(c.width, c.mlp_dim, c.gelu_tanh));
   if (c.layer_scale) {
     ls1 = register_module("ls1", LayerScale(c.width));
@@ -67,17 +67,15 @@ PatchEmbedImpl::PatchEmbedImpl(const VisionTowerConfig& c) {
     torch::nn::Sequential seq;
     int64_t in = 3, ch = c.stem_channels;
     for (int64_t s = c.patch_size; s > 1; s /= 2) {
-      seq->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(in, ch, 3).stride(2).padding(1)));
+      seq->push_back(Conv2d(in, ch, 3, /*stride=*/2, /*padding=*/1));
       seq->push_back(torch::nn::GELU());
       in = ch;
       ch = std::min<int64_t>(ch * 2, c.width);
     }
     stem = register_module("stem", seq);
-    proj = register_module("proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, c.width, 1)));
+    proj = register_module("proj", Conv2d(in, c.width, 1));
   } else {
-    proj = register_module(
-        "proj",
-        torch::nn::Conv2d(torch::nn::Conv2dOptions(3, c.width, c.patch_size).stride(c.patch_size)));
+    proj = register_module("proj", Conv2d(3, c.width, c.patch_size, /*stride=*/c.patch_size));
   }
 }
 
@@ -105,11 +103,19 @@ torch::Tensor SinCos2dPositionEmbedding(int64_t grid, int64_t width) {
 VisionTowerImpl::VisionTowerImpl(const VisionTowerConfig& c, int64_t image_size)
     : config(c), grid(image_size / c.patch_size) {
   patch_embed = register_module("patch_embed", PatchEmbed(c));
-  if (c.class_token) cls_token = register_parameter("cls_token", torch::zeros({1, 1, c.width}));
+  if (c.class_token)
+    cls_token = register_parameter("cls_token", NewParameterTensor({1, 1, c.width}, [&] {
+                                     return torch::zeros({1, 1, c.width});
+                                   }));
   if (c.num_register_tokens > 0)
-    reg_token = register_parameter("reg_token", torch::zeros({1, c.num_register_tokens, c.width}));
+    reg_token = register_parameter("reg_token",
+                                   NewParameterTensor({1, c.num_register_tokens, c.width}, [&] {
+                                     return torch::zeros({1, c.num_register_tokens, c.width});
+                                   }));
   if (c.pos_embed == "learned") {
-    pos_embed = register_parameter("pos_embed", torch::randn({1, grid * grid, c.width}) * 0.02);
+    pos_embed = register_parameter("pos_embed", NewParameterTensor({1, grid * grid, c.width}, [&] {
+                                     return torch::randn({1, grid * grid, c.width}) * 0.02;
+                                   }));
   } else {
     pos_embed =
         register_buffer("pos_embed_sincos", SinCos2dPositionEmbedding(grid, c.width).unsqueeze(0));

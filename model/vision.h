@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "model/config.h"
+#include "model/layers.h"
 
 namespace specprune {
 
@@ -13,7 +14,7 @@ struct VitAttentionImpl : torch::nn::Module {
   VitAttentionImpl(int64_t width, int64_t heads);
   torch::Tensor forward(const torch::Tensor& x);  // [N, L, W] -> [N, L, W]
   int64_t heads;
-  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  Linear qkv{nullptr}, proj{nullptr};
 };
 TORCH_MODULE(VitAttention);
 
@@ -22,7 +23,7 @@ struct VitMlpImpl : torch::nn::Module {
   VitMlpImpl(int64_t width, int64_t hidden, bool gelu_tanh);
   torch::Tensor forward(const torch::Tensor& x);
   bool gelu_tanh;
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(VitMlp);
 
@@ -37,7 +38,7 @@ TORCH_MODULE(LayerScale);
 struct VitBlockImpl : torch::nn::Module {
   explicit VitBlockImpl(const VisionTowerConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
+  LayerNorm norm1{nullptr}, norm2{nullptr};
   VitAttention attn{nullptr};
   VitMlp mlp{nullptr};
   LayerScale ls1{nullptr}, ls2{nullptr};
@@ -49,7 +50,7 @@ struct PatchEmbedImpl : torch::nn::Module {
   explicit PatchEmbedImpl(const VisionTowerConfig& c);
   torch::Tensor forward(const torch::Tensor& images);  // [N,3,S,S] -> [N, P, W]
   torch::nn::Sequential stem{nullptr};
-  torch::nn::Conv2d proj{nullptr};
+  Conv2d proj{nullptr};
 };
 TORCH_MODULE(PatchEmbed);
 

@@ -80,10 +80,11 @@ absl::StatusOr<std::unique_ptr<VlaModel>> VlaModel::Create(const ModelConfig& co
     {
       std::lock_guard<std::mutex> lock(InitMutex());
       torch::manual_seed(options.seed);
+      ScopedParameterPlacement placement({options.init, *dtype, *device});
       module = VlaModule(config);
     }
     module->eval();
-    module->to(*device, *dtype);
+    module->to(*device, *dtype);  // the buffers; parameters are already placed
     return std::unique_ptr<VlaModel>(new VlaModel(config, options, module, *device, *dtype));
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("building model: ", e.what_without_backtrace()));
@@ -151,12 +152,16 @@ bool BuildStatsQuery(const std::vector<SampleRows>& rows, const std::vector<Stat
     if (wanted[b] == StatsRows::kActionReadout) r_max = std::max(r_max, rows[b].action_tokens);
     v_max = std::max<int64_t>(v_max, rows[b].vision_ids.size());
   }
+  // Filled through raw pointers: per-row tensor ops would cost more than the layer's statistics.
   auto qrows = torch::zeros({bsz, r_max}, torch::kLong);
   auto rvalid = torch::zeros({bsz, r_max}, torch::kBool);
   auto vrows = torch::full({bsz, v_max}, -1, torch::kLong);
+  int64_t* q = qrows.data_ptr<int64_t>();
+  bool* valid = rvalid.data_ptr<bool>();
+  int64_t* vis = vrows.data_ptr<int64_t>();
   for (int64_t b = 0; b < bsz; ++b) {
     const int64_t nv = static_cast<int64_t>(rows[b].vision_ids.size());
-    if (nv > 0) vrows[b].slice(0, 0, nv).copy_(torch::arange(1, 1 + nv, torch::kLong));
+    for (int64_t j = 0; j < nv; ++j) vis[b * v_max + j] = 1 + j;
     int64_t first = rows[b].length() - 1, m = 1;  // kLast (and samples that want nothing)
     if (wanted[b] == StatsRows::kText && rows[b].prompt_len > 0) {
       first = rows[b].prompt_begin();
@@ -165,8 +170,10 @@ bool BuildStatsQuery(const std::vector<SampleRows>& rows, const std::vector<Stat
       first = rows[b].readout_begin();
       m = rows[b].action_tokens;
     }
-    qrows[b].slice(0, 0, m).copy_(torch::arange(first, first + m, torch::kLong));
-    rvalid[b].slice(0, 0, m).fill_(true);
+    for (int64_t i = 0; i < m; ++i) {
+      q[b * r_max + i] = first + i;
+      valid[b * r_max + i] = true;
+    }
   }
   query->query_rows = qrows.to(device);
   query->row_valid = rvalid.to(device);
@@ -274,7 +281,9 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
   std::vector<std::vector<int64_t>> tokens_per_layer(bsz);
 
   // --- LLM layers with pruning -----------------------------------------------------------------
+  double pruning_seconds = 0;
   for (int64_t l = 0; l < num_layers; ++l) {
+    const auto select_start = Clock::now();
     std::vector<StatsRows> wanted(bsz, StatsRows::kNone);
     for (int64_t b = 0; b < bsz; ++b)
       if (batch[b].pruner != nullptr) wanted[b] = batch[b].pruner->StatsWanted(static_cast<int>(l));
@@ -286,9 +295,12 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
           static_cast<int32_t>(rb.rows[b].vision_ids.size()));
       tokens_per_layer[b].push_back(rb.rows[b].length());
     }
+    const auto layer_start = Clock::now();
     rb.hidden =
         lm->layer_list[l]->forward(rb.hidden, rope, bias, rb.valid, any_stats ? &query : nullptr,
                                    any_stats ? &stats : nullptr);
+    const auto layer_end = Clock::now();
+    pruning_seconds += Seconds(select_start, layer_start) + stats.seconds;
 
     // Ask each pruner which vision tokens go on.
     bool repack = false;
@@ -296,7 +308,7 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
     torch::Tensor cpu_scores, cpu_entropy;
     if (any_stats) {
       cpu_scores = stats.scores.to(torch::kCPU, torch::kFloat32);
-      cpu_entropy = stats.entropy.to(torch::kCPU, torch::kFloat32);
+      cpu_entropy = stats.entropy.to(torch::kCPU, torch::kFloat32).contiguous();
     }
     for (int64_t b = 0; b < bsz; ++b) {
       if (batch[b].pruner == nullptr) continue;
@@ -304,8 +316,8 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
       const LayerAttentionStats* stats_ptr = nullptr;
       if (wanted[b] != StatsRows::kNone) {
         const int64_t nv = static_cast<int64_t>(rb.rows[b].vision_ids.size());
-        layer_stats.scores = cpu_scores[b].slice(0, 0, nv).clone();
-        layer_stats.vision_entropy = cpu_entropy[b].item<double>();
+        layer_stats.scores = cpu_scores.select(0, b).slice(0, 0, nv);  // fresh per layer: a view
+        layer_stats.vision_entropy = cpu_entropy.data_ptr<float>()[b];
         stats_ptr = &layer_stats;
       }
       if (l + 1 == num_layers) {  // the pruner still sees the last layer; nothing is removed
@@ -318,10 +330,11 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
       repack = repack || !keep_rows[b].empty();
     }
     if (repack) {
-      RepackBatch(keep_rows, &rb);
-      rope = MakeRope(rb.positions, head_dim, config_.llm.rope_theta, dtype_);
+      const auto gather = RepackBatch(keep_rows, &rb);
+      rope = GatherRope(rope, gather);
       bias = KeyPaddingBias(rb.valid, dtype_);
     }
+    pruning_seconds += Seconds(layer_end, Clock::now());
   }
   SyncIfCuda(device_);
   auto t2 = Clock::now();
@@ -342,12 +355,17 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
     r.llm_flops = f.llm;
     r.llm_flops_unpruned = full.llm;
     r.other_flops = f.vision + f.projector + f.action_head;
-    if (batch[b].pruner != nullptr) batch[b].pruner->Finish(r.normalized_actions);
+    if (batch[b].pruner != nullptr) {
+      const auto finish_start = Clock::now();
+      batch[b].pruner->Finish(r.normalized_actions);
+      pruning_seconds += Seconds(finish_start, Clock::now());
+    }
   }
   if (timings != nullptr) {
     timings->vision_seconds = Seconds(t0, t1);
     timings->llm_seconds = Seconds(t1, t2);
     timings->action_head_seconds = Seconds(t2, t3);
+    timings->pruning_seconds = pruning_seconds;
   }
   return results;
 }

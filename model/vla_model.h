@@ -32,6 +32,10 @@ struct ModelOptions {
   std::string device = "cpu";  // "cpu" or "cuda[:N]"
   std::string dtype = "fp32";  // "fp32" or "bf16" (weights and activations)
   uint64_t seed = 0;           // random init (before a checkpoint is loaded)
+  // kRandom: seeded init, one layer at a time in fp32, converted to dtype on device, so the peak
+  // is the model in dtype plus one fp32 layer. kUninitialized: parameters allocated in dtype on
+  // device and left unset, for a checkpoint read next (LoadModelDir); see model/layers.h.
+  ParameterInit init = ParameterInit::kRandom;
 };
 
 // The module tree; parameter names equal the HF OpenVLA-OFT checkpoint names, with the action
@@ -69,11 +73,16 @@ struct ForwardTimings {
   double vision_seconds = 0;
   double llm_seconds = 0;
   double action_head_seconds = 0;
+  // The pruners' own work: attention statistics for them, their selection and repacking the
+  // batch (all inside llm_seconds), and their end-of-step bookkeeping (SamplePruner::Finish).
+  // Exact on CPU; on CUDA the statistics count their launch time only.
+  double pruning_seconds = 0;
 };
 
 class VlaModel : public ModelRunner {
  public:
-  // Builds a randomly initialized model (deterministic for a seed) on the requested device.
+  // Builds the model on options.device in options.dtype: randomly initialized (deterministic for a
+  // seed) or, with ParameterInit::kUninitialized, with unset parameters that the caller must fill.
   static absl::StatusOr<std::unique_ptr<VlaModel>> Create(const ModelConfig& config,
                                                           const ModelOptions& options);
 

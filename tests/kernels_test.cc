@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -130,6 +131,62 @@ TEST(KernelsTest, AttentionStatsMatchNaiveLoopsOnAwkwardSizes) {
   // Padding reads as 0.
   EXPECT_EQ(scores[1][11].item<float>(), 0.0f);
   EXPECT_EQ(scores[2][8].item<float>(), 0.0f);
+}
+
+// A case as a whole attention: T query rows of which the case's R rows are rows 3..3+R-1, with
+// -inf at invalid keys, and its softmax; returns logits, probs, query_rows.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> SoftmaxOfCase(const StatsCase& c) {
+  const int64_t b = c.q.size(0), h = c.q.size(1), r = c.q.size(2), t = c.k.size(2);
+  auto q_all = torch::randn({b, h, t, c.q.size(3)});
+  auto query_rows = (torch::arange(r, torch::kLong) + 3).repeat({b, 1});
+  q_all.index_copy_(2, query_rows[0], c.q);
+  auto logits = torch::matmul(q_all, c.k.transpose(-1, -2)) * c.scale;
+  logits.masked_fill_(c.key_valid.logical_not().view({b, 1, 1, t}),
+                      -std::numeric_limits<float>::infinity());
+  return {logits, torch::softmax(logits, -1), query_rows};
+}
+
+TEST(KernelsTest, StatsFromSoftmaxMatchNaiveLoopsAndTheTensorOpVersion) {
+  const StatsCase c = AwkwardCase();
+  const auto [logits, probs, query_rows] = SoftmaxOfCase(c);
+  auto [scores, entropy] =
+      text_vision_stats_from_softmax(logits, probs, query_rows, c.row_valid, c.vision_rows);
+  auto [ops_scores, ops_entropy] = internal::TextVisionStatsFromSoftmaxOps(
+      logits, probs, query_rows, c.row_valid, c.vision_rows);
+  const auto [want_scores, want_entropy] = NaiveStats(c);
+  for (int64_t b = 0; b < 3; ++b) {
+    EXPECT_NEAR(entropy[b].item<double>(), want_entropy[b], 1e-5) << "b=" << b;
+    EXPECT_NEAR(ops_entropy[b].item<double>(), want_entropy[b], 1e-5) << "b=" << b;
+    for (int64_t j = 0; j < 12; ++j) {
+      EXPECT_NEAR(scores[b][j].item<double>(), want_scores[b * 12 + j], 1e-6) << b << "," << j;
+      EXPECT_NEAR(ops_scores[b][j].item<double>(), want_scores[b * 12 + j], 1e-6) << b << "," << j;
+    }
+  }
+  EXPECT_EQ(scores[1][11].item<float>(), 0.0f);  // padding
+}
+
+TEST(KernelsTest, StatsFromSoftmaxAreZeroWithoutValidRowsAndRejectBadShapes) {
+  StatsCase c = AwkwardCase();
+  c.row_valid[1].fill_(false);
+  const auto [logits, probs, query_rows] = SoftmaxOfCase(c);
+  auto [scores, entropy] =
+      text_vision_stats_from_softmax(logits, probs, query_rows, c.row_valid, c.vision_rows);
+  EXPECT_EQ(scores[1].abs().sum().item<float>(), 0.0f);
+  EXPECT_EQ(entropy[1].item<float>(), 0.0f);
+  EXPECT_THROW(text_vision_stats_from_softmax(logits, probs.slice(3, 0, 5), query_rows, c.row_valid,
+                                              c.vision_rows),
+               c10::Error);
+  EXPECT_THROW(text_vision_stats_from_softmax(logits.to(torch::kDouble), probs.to(torch::kDouble),
+                                              query_rows, c.row_valid, c.vision_rows),
+               c10::Error);
+  auto out_of_range = c.vision_rows.clone();
+  out_of_range[0][0] = 37;
+  EXPECT_THROW(text_vision_stats_from_softmax(logits, probs, query_rows, c.row_valid, out_of_range),
+               c10::Error);
+  auto bad_query = query_rows.clone();
+  bad_query[0][0] = 37;
+  EXPECT_THROW(text_vision_stats_from_softmax(logits, probs, bad_query, c.row_valid, c.vision_rows),
+               c10::Error);
 }
 
 TEST(KernelsTest, AttentionStatsAcceptBfloat16Inputs) {

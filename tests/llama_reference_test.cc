@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/ops.h"
 #include "model/llama.h"
 
 namespace specprune {
@@ -254,6 +255,50 @@ TEST(LlamaReferenceTest, KeyPaddingBiasIsZeroForValidAndMinusInfinityForPaddedKe
       EXPECT_TRUE(std::isinf(v) && v < 0);
     }
   }
+}
+
+TEST(LlamaReferenceTest, AttentionStatisticsEqualTheKernelOnTheLayersQueriesAndKeys) {
+  // On LibTorch 1.x the fp32 attention derives them from its own softmax, otherwise from q and k:
+  // either way they must be those of text_vision_attention_stats on the layer's q and k.
+  const LlmConfig c = TinyLlm();
+  LlamaAttention attention(c);
+  Randomize(*attention, 9);
+  const int64_t b = 2, t = 9, d = c.hidden, h = c.heads, hd = d / h;
+  torch::manual_seed(11);
+  auto x = torch::randn({b, t, d});
+  auto valid = torch::ones({b, t}, torch::kBool);
+  valid[1].slice(0, 7).fill_(false);  // sample 1 is two rows shorter
+  auto positions = torch::arange(t, torch::kLong).repeat({b, 1});
+  auto rope = MakeRope(positions, hd, c.rope_theta, torch::kFloat32);
+  AttentionStatsQuery query;
+  query.query_rows = torch::tensor({5, 6, 7, 5, 6, 0}, torch::kLong).view({b, 3});
+  query.row_valid = torch::tensor({1, 1, 1, 1, 1, 0}, torch::kBool).view({b, 3});
+  query.vision_rows = torch::tensor({1, 2, 3, 4, 1, 2, -1, -1}, torch::kLong).view({b, 4});
+  AttentionStatsResult stats;
+  torch::NoGradGuard no_grad;
+  attention->forward(x, rope, KeyPaddingBias(valid, torch::kFloat32), valid, &query, &stats);
+  auto heads = [&](const torch::Tensor& y) { return y.view({b, t, h, hd}).transpose(1, 2); };
+  auto q = ApplyRope(heads(attention->q_proj(x)), rope);
+  auto k = ApplyRope(heads(attention->k_proj(x)), rope);
+  auto q_rows = q.gather(2, query.query_rows.view({b, 1, 3, 1}).expand({b, h, 3, hd}));
+  auto [scores, entropy] = text_vision_attention_stats(q_rows, k, valid, query.row_valid,
+                                                       query.vision_rows, 1.0 / std::sqrt(hd));
+  EXPECT_TRUE(torch::allclose(stats.scores, scores, 1e-5, 1e-6)) << stats.scores << scores;
+  EXPECT_TRUE(torch::allclose(stats.entropy, entropy, 1e-5, 1e-6)) << stats.entropy << entropy;
+  EXPECT_GT(stats.seconds, 0.0);
+}
+
+TEST(LlamaReferenceTest, GatheredRopeEqualsRopeOfTheGatheredPositions) {
+  auto positions = torch::tensor({0, 1, 2, 3, 4, 5, 0, 3, 8, 9, 10, 0}, torch::kLong).view({2, 6});
+  auto rope = MakeRope(positions, 16, 10000.0, torch::kFloat32);
+  auto index = torch::tensor({0, 2, 5, 0, 1, 3, 4, 0}, torch::kLong).view({2, 4});
+  auto gathered = GatherRope(rope, index);
+  auto want = MakeRope(positions.gather(1, index), 16, 10000.0, torch::kFloat32);
+  EXPECT_TRUE(torch::equal(gathered.cos, want.cos));
+  EXPECT_TRUE(torch::equal(gathered.sin, want.sin));
+  auto one = GatherRope(MakeRope(positions.slice(0, 0, 1), 16, 10000.0, torch::kFloat32),
+                        index.slice(0, 0, 1));
+  EXPECT_TRUE(torch::equal(one.cos, want.cos.slice(0, 0, 1)));
 }
 
 }  // namespace

@@ -154,6 +154,35 @@ TEST_F(SafetensorsTest, RoundTripsSeveralDtypesAndShapes) {
   EXPECT_EQ(f.Find("missing"), nullptr);
 }
 
+TEST_F(SafetensorsTest, ReleasedPagesReadBackUnchangedAndForeignViewsAreRefused) {
+  std::vector<float> big(64 * 1024);  // 256 KiB: many whole pages
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i) * 0.25f;
+  const std::vector<float> small = {1.0f, 2.0f};
+  const std::string path = Path("model.safetensors");
+  ASSERT_TRUE(
+      WriteSafetensors(
+          path, {View("big", DType::kF32, {64, 1024}, big), View("small", DType::kF32, {2}, small)},
+          {})
+          .ok());
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_TRUE((*file)->mapped());
+  const TensorView* view = (*file)->Find("big");
+  ASSERT_NE(view, nullptr);
+  ASSERT_EQ(std::memcmp(view->data, big.data(), view->nbytes), 0);
+  EXPECT_TRUE((*file)->ReleasePages(*view));
+  EXPECT_TRUE((*file)->ReleasePages(*(*file)->Find("small")));  // less than a page: nothing
+  EXPECT_EQ(std::memcmp(view->data, big.data(), view->nbytes), 0) << "re-read from the file";
+  const TensorView foreign = View("big", DType::kF32, {64, 1024}, big);
+  EXPECT_FALSE((*file)->ReleasePages(foreign));
+  EXPECT_EQ(big[1000], 250.0f) << "heap memory outside the mapping was not touched";
+
+  auto sharded = ShardedSafetensors::Open(path);
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  EXPECT_TRUE((*sharded)->ReleasePages(*(*sharded)->Find("big")));
+  EXPECT_FALSE((*sharded)->ReleasePages(foreign));
+}
+
 TEST_F(SafetensorsTest, WriterPadsHeaderAndLaysOutDataWithoutGaps) {
   const std::vector<uint8_t> a = {1, 2, 3};
   const std::vector<float> b = {1.0f, 2.0f};

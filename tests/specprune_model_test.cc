@@ -138,5 +138,22 @@ TEST_F(SpecPruneModelTest, BatchOfDifferentPrunersMatchesEachSampleAlone) {
                               1e-4, 1e-5));
 }
 
+TEST_F(SpecPruneModelTest, PruningTimeIsPartOfTheLlmTimeAndSmallerWithoutPruners) {
+  EpisodeState state;
+  for (int step = 0; step < 2; ++step) {
+    SampleInput in = Step(step);
+    ForwardTimings unpruned;
+    ASSERT_TRUE(model_->Forward({in}, &unpruned).ok());
+    auto pruner = Pruner(pruning_, &state, in);
+    in.pruner = pruner.get();
+    ForwardTimings pruned;
+    ASSERT_TRUE(model_->Forward({in}, &pruned).ok());
+    EXPECT_GT(pruned.pruning_seconds, 0.0) << "step " << step;  // statistics at layers 0 and 1
+    EXPECT_LT(pruned.pruning_seconds, pruned.llm_seconds) << "step " << step;
+    // Without pruners nothing is asked, computed or repacked: only the loop's bookkeeping.
+    EXPECT_LT(unpruned.pruning_seconds, pruned.pruning_seconds) << "step " << step;
+  }
+}
+
 }  // namespace
 }  // namespace specprune

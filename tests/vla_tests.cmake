@@ -1,6 +1,8 @@
 # VLA model, FLOPs and checkpoint tests (LibTorch).
 specprune_add_test(vla_model_test SOURCES vla_model_test.cc LIBS specprune_model)
 specprune_add_test(checkpoint_test SOURCES checkpoint_test.cc LIBS specprune_model)
+# Layers that create parameters per a placement (random like torch::nn, or uninitialized).
+specprune_add_test(model_layers_test SOURCES model_layers_test.cc LIBS specprune_model)
 target_compile_definitions(checkpoint_test PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 
 if(SPECPRUNE_BUILD_SERVER)
