@@ -50,7 +50,7 @@ ABSL_FLAG(std::vector<std::string>, methods,
           std::vector<std::string>({"none", "specprune", "fastv"}),
           "comma-separated pruning methods: none,specprune,fastv,random");
 ABSL_FLAG(int, episode_steps, 8, "steps per synthetic episode (> 0)");
-ABSL_FLAG(std::string, dtype, "fp32", "fp32|bf16");
+ABSL_FLAG(std::string, dtype, "fp32", "fp32|bf16|auto");
 ABSL_FLAG(std::string, device, "cpu", "cpu|cuda");
 ABSL_FLAG(int, threads, 0, "intra-op LibTorch threads (0 = LibTorch's default)");
 ABSL_FLAG(uint64_t, seed, 0, "seed of the random weights and pruners");

@@ -7,11 +7,13 @@
 #include <unordered_map>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "model/flops.h"
 #include "model/sequence_layout.h"
 #include "model/tokenizer.h"
+#include "util/blas_runtime.h"
 
 namespace specprune {
 namespace {
@@ -65,11 +67,20 @@ absl::StatusOr<torch::Device> ParseDevice(const std::string& device) {
 absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& dtype) {
   if (dtype == "fp32" || dtype == "float32") return torch::kFloat32;
   if (dtype == "bf16" || dtype == "bfloat16") return torch::kBFloat16;
-  return absl::InvalidArgumentError(absl::StrCat("dtype \"", dtype, "\": use fp32 or bf16"));
+  return absl::InvalidArgumentError(absl::StrCat("dtype \"", dtype, "\": use fp32, bf16 or auto"));
+}
+
+std::string ResolveDtype(const std::string& dtype, const std::string& device) {
+  if (dtype != "auto") return dtype;
+  if (absl::StartsWith(device, "cuda")) return "bf16";
+  const CpuFeatures cpu = DetectCpuFeatures();
+  return cpu.avx512_bf16 || cpu.amx_bf16 ? "bf16" : "fp32";
 }
 
 absl::StatusOr<std::unique_ptr<VlaModel>> VlaModel::Create(const ModelConfig& config,
-                                                           const ModelOptions& options) {
+                                                           const ModelOptions& requested) {
+  ModelOptions options = requested;
+  options.dtype = ResolveDtype(requested.dtype, requested.device);
   if (auto s = ValidateConfig(config); !s.ok()) return s;
   auto device = ParseDevice(options.device);
   if (!device.ok()) return device.status();

@@ -30,7 +30,7 @@ class Tokenizer;
 
 struct ModelOptions {
   std::string device = "cpu";  // "cpu" or "cuda[:N]"
-  std::string dtype = "fp32";  // "fp32" or "bf16" (weights and activations)
+  std::string dtype = "fp32";  // "fp32", "bf16" or "auto" (weights and activations; ResolveDtype)
   uint64_t seed = 0;           // random init (before a checkpoint is loaded)
   // kRandom: seeded init, one layer at a time in fp32, converted to dtype on device, so the peak
   // is the model in dtype plus one fp32 layer. kUninitialized: parameters allocated in dtype on
@@ -129,5 +129,10 @@ std::vector<int64_t> BuildPromptIds(const ModelConfig& config, const Tokenizer& 
 
 absl::StatusOr<torch::Device> ParseDevice(const std::string& device);
 absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& dtype);
+// "auto" -> "bf16" on CUDA and on CPUs with AVX512-BF16 or AMX-BF16 (where bf16 runs the
+// fidelity table within a point of fp32, docs/BENCHMARKS.md "bf16 on the CPU"), else "fp32";
+// any other value is returned unchanged. VlaModel::Create resolves its options with it, so
+// dtype_name() reports the dtype actually used.
+std::string ResolveDtype(const std::string& dtype, const std::string& device);
 
 }  // namespace specprune

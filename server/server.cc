@@ -58,7 +58,7 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
                              .git_commit = BuildGitCommit(),
                              .model = c.name,
                              .device = options.device,
-                             .dtype = options.dtype,
+                             .dtype = loaded->model->dtype_name(),  // "auto" resolved
                              .replica = ReplicaId(options),
                              .blas_core = BlasCoreName()});
   if (options.metrics_port > 0) {

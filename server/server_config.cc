@@ -50,8 +50,8 @@ std::string CheckDevice(const std::string& s) {
 }
 
 std::string CheckDtype(const std::string& s) {
-  if (s == "fp32" || s == "bf16") return "";
-  return absl::StrCat("must be \"fp32\" or \"bf16\", got \"", s, "\"");
+  if (s == "fp32" || s == "bf16" || s == "auto") return "";
+  return absl::StrCat("must be \"fp32\", \"bf16\" or \"auto\", got \"", s, "\"");
 }
 
 std::string CheckRequestLog(const std::string& s) {

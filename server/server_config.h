@@ -94,7 +94,7 @@ struct ServerOptions {
   int64_t max_message_bytes = 16 << 20;
   // "cpu", "cuda" or "cuda:N".
   std::string device = "cpu";
-  // Model compute dtype: "fp32" or "bf16".
+  // Model compute dtype: "fp32", "bf16" or "auto" (model/vla_model.h ResolveDtype).
   std::string dtype = "fp32";
   // Pruning configuration, passed untouched to the pruning config parser (which validates it).
   // Must be a JSON object; {} keeps every pruning default.

@@ -40,7 +40,7 @@ SP_SERVER_FLAG(max_tracked_keys, "most credentials + robots with admission state
 SP_SERVER_FLAG(refusal_delay_ms, "an admission refusal of Predict is answered after this, ms");
 SP_SERVER_FLAG(max_delayed_refusals, "most refusals waiting for refusal_delay_ms at once");
 SP_SERVER_FLAG(device, "cpu, cuda or cuda:N");
-SP_SERVER_FLAG(dtype, "fp32 or bf16");
+SP_SERVER_FLAG(dtype, "fp32, bf16 or auto (bf16 on CUDA and on CPUs with AVX512-BF16/AMX)");
 SP_SERVER_FLAG(drain_timeout_seconds, "shutdown grace period, seconds");
 SP_SERVER_FLAG(tls_cert_file, "PEM certificate chain of the gRPC port (TLS); empty = plaintext");
 SP_SERVER_FLAG(tls_key_file, "PEM private key of --tls_cert_file");

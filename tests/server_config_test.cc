@@ -150,7 +150,7 @@ TEST(ServerConfigTest, OutOfRangeIsNamed) {
       {R"({"max_sessions": 18446744073709551615})", "\"max_sessions\""},
       {R"({"device": "tpu"})", "\"device\": must be \"cpu\", \"cuda\" or \"cuda:N\""},
       {R"({"device": "cuda:x"})", "\"device\""},
-      {R"({"dtype": "fp16"})", "\"dtype\": must be \"fp32\" or \"bf16\""},
+      {R"({"dtype": "fp16"})", "\"dtype\": must be \"fp32\", \"bf16\" or \"auto\""},
       {R"({"model_dir": ""})", "\"model_dir\": must not be empty"},
       {R"({"preprocess_threads": 0})", "\"preprocess_threads\""},
   };
@@ -189,7 +189,7 @@ TEST(ServerConfigTest, BadFlagsAreNamed) {
   EXPECT_THAT(Load("", {{"max_queue_delay_ms", "nan"}}).status().message(),
               HasSubstr("flag --max_queue_delay_ms: must be a number"));
   EXPECT_THAT(Load("", {{"dtype", "int8"}}).status().message(),
-              HasSubstr("flag --dtype: must be \"fp32\" or \"bf16\""));
+              HasSubstr("flag --dtype: must be \"fp32\", \"bf16\" or \"auto\""));
   EXPECT_THAT(Load("", {{"model", ""}}).status().message(),
               HasSubstr("flag --model: must not be empty"));
   // Text that is not UTF-8 is refused with a message, not an exception (found by

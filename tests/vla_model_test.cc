@@ -6,6 +6,7 @@
 
 #include "model/flops.h"
 #include "nlohmann/json.hpp"
+#include "util/blas_runtime.h"
 
 namespace specprune {
 namespace {
@@ -323,6 +324,24 @@ TEST(VlaConfigTest, JsonRoundTripAndFieldErrors) {
             std::string::npos);
   j["instruction_film_pooling"] = "attention";
   EXPECT_EQ(ConfigFromJson(j)->instruction_film_pooling, "attention");
+}
+
+TEST(VlaModelDtypeTest, AutoResolvesToBf16OnCudaAndOnCpusWithBf16UnitsAndIsReportedResolved) {
+  EXPECT_EQ(ResolveDtype("fp32", "cuda"), "fp32");
+  EXPECT_EQ(ResolveDtype("bf16", "cpu"), "bf16");
+  EXPECT_EQ(ResolveDtype("auto", "cuda:1"), "bf16");
+  const CpuFeatures cpu = DetectCpuFeatures();
+  const std::string want = cpu.avx512_bf16 || cpu.amx_bf16 ? "bf16" : "fp32";
+  EXPECT_EQ(ResolveDtype("auto", "cpu"), want);
+  auto config = PresetConfig("tiny");
+  ASSERT_TRUE(config.ok());
+  auto model = VlaModel::Create(*config, {.dtype = "auto", .seed = 1});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->dtype_name(), want);
+  EXPECT_EQ((*model)->dtype(), want == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+  auto bad = VlaModel::Create(*config, {.dtype = "fp16"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("fp32, bf16 or auto"), std::string::npos);
 }
 
 }  // namespace

@@ -46,7 +46,7 @@ ABSL_FLAG(int, execute_steps, Defaults().execute_steps,
           "config sets it)");
 ABSL_FLAG(int, threads, Defaults().threads, "torch threads");
 ABSL_FLAG(int, batch, Defaults().batch, "episodes per forward pass");
-ABSL_FLAG(std::string, dtype, Defaults().dtype, "forward dtype: fp32 or bf16");
+ABSL_FLAG(std::string, dtype, Defaults().dtype, "forward dtype: fp32, bf16 or auto");
 ABSL_FLAG(std::string, unnorm_key, Defaults().unnorm_key,
           "dataset-statistics key (empty: the first)");
 ABSL_FLAG(bool, reference, Defaults().reference,

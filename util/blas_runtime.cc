@@ -174,6 +174,7 @@ CpuFeatures DetectCpuFeatures() {
     f.avx512cd = f.avx512f && (ebx & (1u << 28));
     f.avx512bw = f.avx512f && (ebx & (1u << 30));
     f.avx512vl = f.avx512f && (ebx & (1u << 31));
+    f.amx_bf16 = (xcr0 & 0x60000) == 0x60000 && (edx & (1u << 22));  // XTILECFG + XTILEDATA
     __cpuid_count(7, 1, eax, ebx, ecx, edx);
     f.avx512_bf16 = f.avx512f && (eax & (1u << 5));
   }

@@ -63,6 +63,7 @@ struct CpuFeatures {
   bool avx512dq = false;
   bool avx512vl = false;
   bool avx512_bf16 = false;
+  bool amx_bf16 = false;  // AMX tiles with BF16 (cpuid 7.0 EDX bit 22, tile state enabled in XCR0)
 };
 
 // This processor's features (cpuid leaves 0, 1, 7.0, 7.1 and XCR0).
