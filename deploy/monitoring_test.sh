@@ -211,10 +211,12 @@ sleep 3
 
 # --- 3. every dashboard query, every rule ------------------------------------------------------
 echo "== evaluating every panel query of $(basename "$dashboard")"
-"$python" - "$prom_url" "$dashboard" "127.0.0.1:$metrics_port" << 'EOF'
+"$python" - "$prom_url" "$dashboard" "127.0.0.1:$metrics_port" "$root/deploy/grafana" << 'EOF'
 import json, math, re, sys, time, urllib.error, urllib.parse, urllib.request
 
-prom, dashboard_path, want_instance = sys.argv[1:4]
+prom, dashboard_path, want_instance, grafana_dir = sys.argv[1:5]
+sys.path.insert(0, grafana_dir)
+from render_panels import substitute as substitute_variables  # Grafana's $var / ${var} / [[var]]
 
 
 def api(path, **params):
@@ -279,12 +281,7 @@ for var in dash.get("templating", {}).get("list", []):
 
 
 def substitute(expr):
-    def one(m):
-        name = m.group(1) or m.group(2) or m.group(3)
-        if name not in variables:
-            raise KeyError(f"unknown template variable ${name}")
-        return variables[name]
-    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)", one, expr)
+    return substitute_variables(expr, variables)
 
 
 def check(label, expr):
