@@ -50,6 +50,12 @@ ABSL_FLAG(std::vector<std::string>, methods,
           std::vector<std::string>({"none", "specprune", "fastv"}),
           "comma-separated pruning methods: none,specprune,fastv,random");
 ABSL_FLAG(int, episode_steps, 8, "steps per synthetic episode (> 0)");
+ABSL_FLAG(bool, stagger, false,
+          "robot b's episode starts b steps later, so a batch mixes first (unpruned) steps with "
+          "pruned ones as desynchronized robots do; default: every robot on the same step");
+ABSL_FLAG(int64_t, sub_batch_cost_rows, specprune::ModelOptions{}.sub_batch_cost_rows,
+          "split a ragged batch by length after pruning when that saves more padded rows than "
+          "this per sub-batch; negative: one padded batch");
 ABSL_FLAG(std::string, dtype, "fp32", "fp32|bf16|auto");
 ABSL_FLAG(std::string, device, "cpu", "cpu|cuda");
 ABSL_FLAG(int, threads, 0, "intra-op LibTorch threads (0 = LibTorch's default)");
@@ -67,13 +73,17 @@ using Clock = std::chrono::steady_clock;
 constexpr char kUsage[] =
     "usage: specprune_bench model (--model DIR | --config NAME) [--batch B] [--iters N] "
     "[--warmup W]\n"
-    "    [--methods none,specprune,fastv,random] [--episode_steps S] [--dtype fp32|bf16]\n"
-    "    [--device cpu|cuda] [--threads T] [--seed S] [--keep_ratio R] [--json FILE]";
+    "    [--methods none,specprune,fastv,random] [--episode_steps S] [--stagger] [--dtype "
+    "fp32|bf16]\n"
+    "    [--device cpu|cuda] [--threads T] [--seed S] [--keep_ratio R] [--sub_batch_cost_rows N]\n"
+    "    [--json FILE]";
 
 struct Args {
   std::string model_dir, config, dtype, device, json;
   std::vector<std::string> methods;
   int batch, iters, warmup, episode_steps, threads;
+  bool stagger;
+  int64_t sub_batch_cost_rows;
   uint64_t seed;
   double keep_ratio;  // 0 = the config's
 };
@@ -99,6 +109,8 @@ absl::StatusOr<Args> ArgsFromFlags() {
   a.iters = absl::GetFlag(FLAGS_iters);
   a.warmup = absl::GetFlag(FLAGS_warmup);
   a.episode_steps = absl::GetFlag(FLAGS_episode_steps);
+  a.stagger = absl::GetFlag(FLAGS_stagger);
+  a.sub_batch_cost_rows = absl::GetFlag(FLAGS_sub_batch_cost_rows);
   a.threads = absl::GetFlag(FLAGS_threads);
   a.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   a.seed = absl::GetFlag(FLAGS_seed);
@@ -150,6 +162,7 @@ struct MethodStats {
   std::vector<double> own, own_share;  // pruner set-up + ForwardTimings::pruning_seconds; / e2e
   std::vector<double> setup;           // pruner set-up (creation) alone
   std::vector<double> retained_static, retained_final, retained_mean, flops_ratio, llm_flops_ratio;
+  int64_t llm_row_layers = 0, llm_valid_row_layers = 0;  // ForwardTimings, summed
   std::map<std::string, int> modes;
   int fallbacks = 0;
 };
@@ -173,15 +186,19 @@ int RunModel(const Args& args) {
   std::unique_ptr<VlaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
   if (!args.model_dir.empty()) {
-    auto loaded = LoadModelDir(args.model_dir, {.device = args.device, .dtype = args.dtype});
+    auto loaded = LoadModelDir(args.model_dir, {.device = args.device,
+                                                .dtype = args.dtype,
+                                                .sub_batch_cost_rows = args.sub_batch_cost_rows});
     if (!loaded.ok()) return Usage(std::string(loaded.status().message()).c_str());
     model = std::move(loaded->model);
     tokenizer = std::move(loaded->tokenizer);
   } else {
     auto config = PresetConfig(args.config);
     if (!config.ok()) return Usage(std::string(config.status().message()).c_str());
-    auto m =
-        VlaModel::Create(*config, {.device = args.device, .dtype = args.dtype, .seed = args.seed});
+    auto m = VlaModel::Create(*config, {.device = args.device,
+                                        .dtype = args.dtype,
+                                        .seed = args.seed,
+                                        .sub_batch_cost_rows = args.sub_batch_cost_rows});
     if (!m.ok()) return Usage(std::string(m.status().message()).c_str());
     model = std::move(*m);
     auto tok = Tokenizer::Load(std::string(SPECPRUNE_SOURCE_DIR) + "/models/tiny/tokenizer.model");
@@ -224,13 +241,13 @@ int RunModel(const Args& args) {
       static_cast<long long>(c.vision_tokens()), static_cast<long long>(c.llm.layers), args.batch,
       args.dtype.c_str(), args.device.c_str(), at::get_num_threads(), BlasCoreName().c_str());
   for (int it = 0; it < args.warmup + args.iters; ++it) {
-    const int step = it % args.episode_steps;
+    const auto step_of = [&](int b) { return (it + (args.stagger ? b : 0)) % args.episode_steps; };
     // Inputs shared by every method this iteration.
     std::vector<PreparedObservation> base;
     for (int b = 0; b < args.batch; ++b) {
       std::vector<torch::Tensor> frames;
       for (size_t cam = 0; cam < c.cameras.size(); ++cam)
-        frames.push_back(SceneFrame(c.image_size, b, static_cast<int>(cam), step));
+        frames.push_back(SceneFrame(c.image_size, b, static_cast<int>(cam), step_of(b)));
       auto prepared = policy.Prepare(std::move(frames), instructions[b % instructions.size()],
                                      std::vector<float>(c.proprio_dim, 0.0f), /*stats=*/nullptr);
       if (!prepared.ok()) return Usage(std::string(prepared.status().message()).c_str());
@@ -238,8 +255,8 @@ int RunModel(const Args& args) {
     }
     for (int k = 0; k < nm; ++k) {
       const int m = (k + it) % nm;  // rotate the order to spread drift evenly
-      if (step == 0)
-        for (auto& s : states[m]) s.Clear();
+      for (int b = 0; b < args.batch; ++b)
+        if (step_of(b) == 0) states[m][b].Clear();
       // e2e counts the pruners' set-up (SpecPrune's frame comparison runs there) with the forward.
       const auto t0 = Clock::now();
       std::vector<std::unique_ptr<SamplePruner>> pruners;
@@ -274,6 +291,8 @@ int RunModel(const Args& args) {
       s.own.push_back(setup + t.pruning_seconds);
       s.setup.push_back(setup);
       s.own_share.push_back((setup + t.pruning_seconds) / e2e);
+      s.llm_row_layers += t.llm_row_layers;
+      s.llm_valid_row_layers += t.llm_valid_row_layers;
       for (int b = 0; b < args.batch; ++b) {
         const auto& r = (*out)[b].model;
         const auto& pl = r.vision_tokens_per_layer;
@@ -342,6 +361,9 @@ int RunModel(const Args& args) {
          {"efficiency", efficiency},
          {"controller_modes", s.modes},
          {"first_step_fallbacks", s.fallbacks},
+         {"llm_padding_ratio", s.llm_valid_row_layers > 0
+                                   ? static_cast<double>(s.llm_row_layers) / s.llm_valid_row_layers
+                                   : 0.0},
          {"samples", s.e2e.size() * args.batch}});
   }
   const auto flops = UnprunedForwardFlops(c, 20);
@@ -359,6 +381,8 @@ int RunModel(const Args& args) {
                       {"iters", args.iters},
                       {"warmup", args.warmup},
                       {"episode_steps", args.episode_steps},
+                      {"stagger", args.stagger},
+                      {"sub_batch_cost_rows", args.sub_batch_cost_rows},
                       {"dtype", args.dtype},
                       {"device", args.device},
                       {"torch_threads", at::get_num_threads()},

@@ -1,6 +1,7 @@
 #include "model/sequence_layout.h"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <utility>
 
@@ -81,6 +82,48 @@ torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, Ra
   batch->positions = batch->positions.gather(1, gather);
   batch->valid = ValidRows(rows, new_max, device);
   return gather;
+}
+
+std::vector<std::vector<int64_t>> GroupByLength(const std::vector<int64_t>& lengths,
+                                                int64_t sub_batch_cost_rows) {
+  const int64_t n = static_cast<int64_t>(lengths.size());
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  if (sub_batch_cost_rows < 0 || n < 2) return {order};
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
+  // cost[j]: the cheapest partition of the j longest samples; its last sub-batch starts at
+  // first[j] (a sub-batch of sorted samples i..j-1 is as long as sample i).
+  std::vector<int64_t> cost(n + 1, 0), first(n + 1, 0);
+  for (int64_t j = 1; j <= n; ++j) {
+    cost[j] = std::numeric_limits<int64_t>::max();
+    for (int64_t i = 0; i < j; ++i) {
+      const int64_t c = cost[i] + (j - i) * lengths[order[i]] + sub_batch_cost_rows;
+      if (c < cost[j]) {
+        cost[j] = c;
+        first[j] = i;
+      }
+    }
+  }
+  std::vector<std::vector<int64_t>> groups;
+  for (int64_t j = n; j > 0; j = first[j]) {
+    std::vector<int64_t> group(order.begin() + first[j], order.begin() + j);
+    std::sort(group.begin(), group.end());
+    groups.push_back(std::move(group));
+  }
+  std::reverse(groups.begin(), groups.end());
+  return groups;
+}
+
+RaggedBatch SelectSamples(const RaggedBatch& batch, const std::vector<int64_t>& samples) {
+  RaggedBatch out;
+  out.rows.reserve(samples.size());
+  for (int64_t b : samples) out.rows.push_back(batch.rows[b]);
+  const auto index = torch::tensor(samples, torch::kLong).to(batch.hidden.device());
+  out.hidden = batch.hidden.index_select(0, index);
+  out.positions = batch.positions.index_select(0, index);
+  out.valid = batch.valid.index_select(0, index);
+  return out;
 }
 
 torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device) {

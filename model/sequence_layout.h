@@ -68,6 +68,19 @@ torch::Tensor ValidRows(const std::vector<SampleRows>& rows, int64_t max_length,
 // 0 in padding), with which per-row tables such as the RoPE tables can be gathered alike.
 torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch);
 
+// Partitions samples of these lengths into sub-batches that are cheap to run padded: the partition
+// (of indices into `lengths`) that minimises the padded rows, sum over sub-batches of size x
+// longest, plus `sub_batch_cost_rows` per sub-batch (the fixed cost of one more sub-batch through a
+// layer, in rows). Sub-batches are ordered longest first, indices ascending within each. A
+// negative cost, or fewer than two samples, gives one sub-batch of every sample. Exact (dynamic
+// programming over the samples sorted by length, O(n^2)); deterministic for equal lengths.
+std::vector<std::vector<int64_t>> GroupByLength(const std::vector<int64_t>& lengths,
+                                                int64_t sub_batch_cost_rows);
+
+// The samples `samples` (indices into batch.rows, any order) as a batch of their own, in that
+// order; hidden, positions and valid keep the width of `batch` (RepackBatch trims them).
+RaggedBatch SelectSamples(const RaggedBatch& batch, const std::vector<int64_t>& samples);
+
 // [B, action_tokens] int64 on `device`: the rows the action head reads per sample.
 torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device);
 

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <chrono>
 #include <mutex>
+#include <numeric>
 #include <unordered_map>
 
 #include "absl/strings/ascii.h"
@@ -14,6 +15,7 @@
 #include "model/sequence_layout.h"
 #include "model/tokenizer.h"
 #include "util/blas_runtime.h"
+#include "util/status_macros.h"
 
 namespace specprune {
 namespace {
@@ -225,6 +227,145 @@ absl::StatusOr<std::vector<int64_t>> KeptRows(SamplePruner& pruner, int64_t laye
   return kept_rows;
 }
 
+// One sub-batch of the LLM layers: samples of similar length, padded together. `samples` index the
+// forward's batch; row i of `rb` (and of `rope`, `bias`) is sample samples[i].
+struct SubBatch {
+  std::vector<int64_t> samples;
+  RaggedBatch rb;
+  Rope rope;
+  torch::Tensor bias;
+};
+
+// The LLM layers of one forward over a batch that pruning makes ragged. Each layer runs once per
+// sub-batch; when a repack makes a sub-batch's lengths diverge (a prior refresh beside pruned
+// samples, different retained counts), it is split by GroupByLength so short samples stop paying
+// for the padding of long ones.
+class LlmPass {
+ public:
+  LlmPass(LlamaModelImpl& lm, const std::vector<SampleInput>& batch,
+          std::vector<SampleResult>& results, torch::Device device, torch::ScalarType dtype,
+          int64_t sub_batch_cost_rows)
+      : lm_(lm),
+        batch_(batch),
+        results_(results),
+        device_(device),
+        dtype_(dtype),
+        sub_batch_cost_rows_(sub_batch_cost_rows),
+        tokens_per_layer(batch.size()) {}
+
+  // Runs layer `l` on `sub`, asks its pruners which vision tokens go on, and appends the
+  // sub-batch(es) its samples continue in to `next`.
+  absl::Status RunLayer(int64_t l, SubBatch sub, std::vector<SubBatch>* next);
+
+  double pruning_seconds = 0;
+  int64_t row_layers = 0;                              // rows run, padding included
+  int64_t valid_row_layers = 0;                        // real rows among them
+  std::vector<std::vector<int64_t>> tokens_per_layer;  // per sample
+
+ private:
+  SamplePruner* pruner(const SubBatch& sub, int64_t i) const {
+    return batch_[sub.samples[i]].pruner;
+  }
+  void Repack(SubBatch sub, const std::vector<std::vector<int64_t>>& keep_rows,
+              std::vector<SubBatch>* next) const;
+
+  LlamaModelImpl& lm_;
+  const std::vector<SampleInput>& batch_;
+  std::vector<SampleResult>& results_;
+  const torch::Device device_;
+  const torch::ScalarType dtype_;
+  const int64_t sub_batch_cost_rows_;
+};
+
+absl::Status LlmPass::RunLayer(int64_t l, SubBatch sub, std::vector<SubBatch>* next) {
+  const int64_t n = static_cast<int64_t>(sub.samples.size());
+  auto& rows = sub.rb.rows;
+  const int64_t num_layers = static_cast<int64_t>(lm_.layer_list.size());
+  const auto select_start = Clock::now();
+  std::vector<StatsRows> wanted(n, StatsRows::kNone);
+  for (int64_t i = 0; i < n; ++i)
+    if (pruner(sub, i) != nullptr) wanted[i] = pruner(sub, i)->StatsWanted(static_cast<int>(l));
+  AttentionStatsQuery query;
+  AttentionStatsResult stats;
+  const bool any_stats = BuildStatsQuery(rows, wanted, device_, &query);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = sub.samples[i];
+    results_[b].vision_tokens_per_layer.push_back(static_cast<int32_t>(rows[i].vision_ids.size()));
+    tokens_per_layer[b].push_back(rows[i].length());
+    valid_row_layers += rows[i].length();
+  }
+  row_layers += n * sub.rb.max_length();
+  const auto layer_start = Clock::now();
+  sub.rb.hidden =
+      lm_.layer_list[l]->forward(sub.rb.hidden, sub.rope, sub.bias, sub.rb.valid,
+                                 any_stats ? &query : nullptr, any_stats ? &stats : nullptr);
+  const auto layer_end = Clock::now();
+  pruning_seconds += Seconds(select_start, layer_start) + stats.seconds;
+
+  bool repack = false;
+  std::vector<std::vector<int64_t>> keep_rows(n);
+  torch::Tensor cpu_scores, cpu_entropy;
+  if (any_stats) {
+    cpu_scores = stats.scores.to(torch::kCPU, torch::kFloat32);
+    cpu_entropy = stats.entropy.to(torch::kCPU, torch::kFloat32).contiguous();
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (pruner(sub, i) == nullptr) continue;
+    LayerAttentionStats layer_stats;
+    const LayerAttentionStats* stats_ptr = nullptr;
+    if (wanted[i] != StatsRows::kNone) {
+      const int64_t nv = static_cast<int64_t>(rows[i].vision_ids.size());
+      layer_stats.scores = cpu_scores.select(0, i).slice(0, 0, nv);  // fresh per layer: a view
+      layer_stats.vision_entropy = cpu_entropy.data_ptr<float>()[i];
+      stats_ptr = &layer_stats;
+    }
+    if (l + 1 == num_layers) {  // the pruner still sees the last layer; nothing is removed
+      pruner(sub, i)->AfterLayer(static_cast<int>(l), rows[i].vision_ids, stats_ptr);
+      continue;
+    }
+    auto kept = KeptRows(*pruner(sub, i), l, stats_ptr, rows[i]);
+    if (!kept.ok()) return kept.status();
+    keep_rows[i] = *std::move(kept);
+    repack = repack || !keep_rows[i].empty();
+  }
+  if (repack) {
+    Repack(std::move(sub), keep_rows, next);
+  } else {
+    next->push_back(std::move(sub));
+  }
+  pruning_seconds += Seconds(layer_end, Clock::now());
+  return absl::OkStatus();
+}
+
+void LlmPass::Repack(SubBatch sub, const std::vector<std::vector<int64_t>>& keep_rows,
+                     std::vector<SubBatch>* next) const {
+  std::vector<int64_t> lengths;
+  for (const auto& r : sub.rb.rows) lengths.push_back(r.length());
+  const auto groups = GroupByLength(lengths, sub_batch_cost_rows_);
+  if (groups.size() == 1) {
+    const auto gather = RepackBatch(keep_rows, &sub.rb);
+    sub.rope = GatherRope(sub.rope, gather);
+    sub.bias = KeyPaddingBias(sub.rb.valid, dtype_);
+    next->push_back(std::move(sub));
+    return;
+  }
+  for (const auto& group : groups) {
+    SubBatch part;
+    std::vector<std::vector<int64_t>> keep;
+    for (int64_t i : group) {
+      part.samples.push_back(sub.samples[i]);
+      keep.push_back(keep_rows[i]);
+    }
+    part.rb = SelectSamples(sub.rb, group);
+    const auto index = torch::tensor(group, torch::kLong).to(device_);
+    const Rope rope{sub.rope.cos.index_select(0, index), sub.rope.sin.index_select(0, index)};
+    const auto gather = RepackBatch(keep, &part.rb);
+    part.rope = GatherRope(rope, gather);
+    part.bias = KeyPaddingBias(part.rb.valid, dtype_);
+    next->push_back(std::move(part));
+  }
+}
+
 }  // namespace
 
 torch::Tensor EmbedSample(VlaModuleImpl& module, const ModelConfig& config,
@@ -270,7 +411,7 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
   SyncIfCuda(device_);
   auto t1 = Clock::now();
 
-  // --- The ragged batch ----------------------------------------------------------------------
+  // --- The ragged batch, one sub-batch to begin with -------------------------------------------
   std::vector<SampleRows> rows(bsz);
   std::vector<torch::Tensor> seqs;
   for (int64_t b = 0; b < bsz; ++b) {
@@ -278,105 +419,70 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
                                    config_.action_tokens());
     seqs.push_back(EmbedSample(*mod, config_, vision[b], proprio[b], batch[b].prompt_ids));
   }
-  RaggedBatch rb = AssembleBatch(seqs, std::move(rows), device_);
+  std::vector<SubBatch> subs(1);
+  subs[0].samples.resize(bsz);
+  std::iota(subs[0].samples.begin(), subs[0].samples.end(), 0);
+  subs[0].rb = AssembleBatch(seqs, std::move(rows), device_);
   seqs.clear();
-  const int64_t head_dim = d / config_.llm.heads;
-  auto rope = MakeRope(rb.positions, head_dim, config_.llm.rope_theta, dtype_);
-  auto bias = KeyPaddingBias(rb.valid, dtype_);
+  subs[0].rope =
+      MakeRope(subs[0].rb.positions, d / config_.llm.heads, config_.llm.rope_theta, dtype_);
+  subs[0].bias = KeyPaddingBias(subs[0].rb.valid, dtype_);
 
   std::vector<SampleResult> results(bsz);
   for (auto& r : results) {
     r.total_vision_tokens = p;
     r.vision_tokens_per_layer.reserve(num_layers);
   }
-  std::vector<std::vector<int64_t>> tokens_per_layer(bsz);
 
   // --- LLM layers with pruning -----------------------------------------------------------------
-  double pruning_seconds = 0;
+  LlmPass pass(*lm, batch, results, device_, dtype_, options_.sub_batch_cost_rows);
   for (int64_t l = 0; l < num_layers; ++l) {
-    const auto select_start = Clock::now();
-    std::vector<StatsRows> wanted(bsz, StatsRows::kNone);
-    for (int64_t b = 0; b < bsz; ++b)
-      if (batch[b].pruner != nullptr) wanted[b] = batch[b].pruner->StatsWanted(static_cast<int>(l));
-    AttentionStatsQuery query;
-    AttentionStatsResult stats;
-    const bool any_stats = BuildStatsQuery(rb.rows, wanted, device_, &query);
-    for (int64_t b = 0; b < bsz; ++b) {
-      results[b].vision_tokens_per_layer.push_back(
-          static_cast<int32_t>(rb.rows[b].vision_ids.size()));
-      tokens_per_layer[b].push_back(rb.rows[b].length());
-    }
-    const auto layer_start = Clock::now();
-    rb.hidden =
-        lm->layer_list[l]->forward(rb.hidden, rope, bias, rb.valid, any_stats ? &query : nullptr,
-                                   any_stats ? &stats : nullptr);
-    const auto layer_end = Clock::now();
-    pruning_seconds += Seconds(select_start, layer_start) + stats.seconds;
-
-    // Ask each pruner which vision tokens go on.
-    bool repack = false;
-    std::vector<std::vector<int64_t>> keep_rows(bsz);
-    torch::Tensor cpu_scores, cpu_entropy;
-    if (any_stats) {
-      cpu_scores = stats.scores.to(torch::kCPU, torch::kFloat32);
-      cpu_entropy = stats.entropy.to(torch::kCPU, torch::kFloat32).contiguous();
-    }
-    for (int64_t b = 0; b < bsz; ++b) {
-      if (batch[b].pruner == nullptr) continue;
-      LayerAttentionStats layer_stats;
-      const LayerAttentionStats* stats_ptr = nullptr;
-      if (wanted[b] != StatsRows::kNone) {
-        const int64_t nv = static_cast<int64_t>(rb.rows[b].vision_ids.size());
-        layer_stats.scores = cpu_scores.select(0, b).slice(0, 0, nv);  // fresh per layer: a view
-        layer_stats.vision_entropy = cpu_entropy.data_ptr<float>()[b];
-        stats_ptr = &layer_stats;
-      }
-      if (l + 1 == num_layers) {  // the pruner still sees the last layer; nothing is removed
-        batch[b].pruner->AfterLayer(static_cast<int>(l), rb.rows[b].vision_ids, stats_ptr);
-        continue;
-      }
-      auto kept = KeptRows(*batch[b].pruner, l, stats_ptr, rb.rows[b]);
-      if (!kept.ok()) return kept.status();
-      keep_rows[b] = *std::move(kept);
-      repack = repack || !keep_rows[b].empty();
-    }
-    if (repack) {
-      const auto gather = RepackBatch(keep_rows, &rb);
-      rope = GatherRope(rope, gather);
-      bias = KeyPaddingBias(rb.valid, dtype_);
-    }
-    pruning_seconds += Seconds(layer_end, Clock::now());
+    std::vector<SubBatch> next;
+    for (auto& sub : subs) SP_RETURN_IF_ERROR(pass.RunLayer(l, std::move(sub), &next));
+    subs = std::move(next);
   }
   SyncIfCuda(device_);
   auto t2 = Clock::now();
 
   // --- Action head ---------------------------------------------------------------------------
   const int64_t a = config_.action_tokens();
-  auto read = ReadoutRows(rb.rows, device_);
-  auto action_hidden =
-      lm->norm->forward(rb.hidden.gather(1, read.unsqueeze(-1).expand({bsz, a, d})));
-  auto actions = mod->action_head->forward(action_hidden).to(torch::kCPU, torch::kFloat32);
+  std::vector<torch::Tensor> readout(bsz);
+  torch::Tensor action_in;
+  for (const auto& sub : subs) {
+    const int64_t n = static_cast<int64_t>(sub.samples.size());
+    const auto read = ReadoutRows(sub.rb.rows, device_);
+    action_in = sub.rb.hidden.gather(1, read.unsqueeze(-1).expand({n, a, d}));  // [n, a, D]
+    if (subs.size() > 1)
+      for (int64_t i = 0; i < n; ++i) readout[sub.samples[i]] = action_in[i];
+  }
+  if (subs.size() > 1) action_in = torch::stack(readout);  // one sub-batch: already in order
+  auto actions =
+      mod->action_head->forward(lm->norm->forward(action_in)).to(torch::kCPU, torch::kFloat32);
   auto t3 = Clock::now();
 
   for (int64_t b = 0; b < bsz; ++b) {
     auto& r = results[b];
     r.normalized_actions = actions[b].clone();
-    const auto f = ForwardFlops(config_, tokens_per_layer[b]);
-    const auto full = UnprunedForwardFlops(config_, rb.rows[b].prompt_len);
+    const auto f = ForwardFlops(config_, pass.tokens_per_layer[b]);
+    const auto full =
+        UnprunedForwardFlops(config_, static_cast<int64_t>(batch[b].prompt_ids.size()));
     r.llm_flops = f.llm;
     r.llm_flops_unpruned = full.llm;
     r.other_flops = f.vision + f.projector + f.action_head;
     if (batch[b].pruner != nullptr) {
       const auto finish_start = Clock::now();
       batch[b].pruner->Finish(r.normalized_actions);
-      pruning_seconds += Seconds(finish_start, Clock::now());
+      pass.pruning_seconds += Seconds(finish_start, Clock::now());
     }
   }
   if (timings != nullptr) {
     timings->vision_seconds = Seconds(t0, t1);
     timings->llm_seconds = Seconds(t1, t2);
     timings->action_head_seconds = Seconds(t2, t3);
-    timings->pruning_seconds = pruning_seconds;
+    timings->pruning_seconds = pass.pruning_seconds;
+    timings->llm_row_layers = pass.row_layers;
+    timings->llm_valid_row_layers = pass.valid_row_layers;
+    timings->llm_sub_batches = static_cast<int64_t>(subs.size());
   }
   return results;
 }

@@ -36,6 +36,11 @@ struct ModelOptions {
   // is the model in dtype plus one fp32 layer. kUninitialized: parameters allocated in dtype on
   // device and left unset, for a checkpoint read next (LoadModelDir); see model/layers.h.
   ParameterInit init = ParameterInit::kRandom;
+  // Ragged batches (docs/ARCHITECTURE.md "SpecPrune", batching): after a repack, the LLM layers run
+  // the samples in sub-batches of similar length when that saves more padded rows than this many
+  // per extra sub-batch (GroupByLength, model/sequence_layout.h); it stands for one more
+  // sub-batch's fixed cost per layer. Negative: one padded batch always.
+  int64_t sub_batch_cost_rows = 64;
 };
 
 // The module tree; parameter names equal the HF OpenVLA-OFT checkpoint names, with the action
@@ -77,6 +82,11 @@ struct ForwardTimings {
   // batch (all inside llm_seconds), and their end-of-step bookkeeping (SamplePruner::Finish).
   // Exact on CPU; on CUDA the statistics count their launch time only.
   double pruning_seconds = 0;
+  // Rows the LLM layers computed, padding included, summed over layers and sub-batches; the real
+  // rows among them; and the sub-batches the batch ended in (1 = never split).
+  int64_t llm_row_layers = 0;
+  int64_t llm_valid_row_layers = 0;
+  int64_t llm_sub_batches = 0;
 };
 
 class VlaModel : public ModelRunner {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <numeric>
 
 #include "model/flops.h"
@@ -148,6 +149,48 @@ TEST_F(VlaModelTest, SamplesWithDifferentRetainedSetsMatchThemselvesAlone) {
       torch::allclose((*together)[1].normalized_actions, (*a2)[0].normalized_actions, 1e-4, 1e-5));
   EXPECT_TRUE(
       torch::allclose((*together)[2].normalized_actions, (*a3)[0].normalized_actions, 1e-4, 1e-5));
+}
+
+TEST_F(VlaModelTest, RaggedBatchSplitsByLengthAfterPruningWithTheSameResults) {
+  // One unpruned sample (a prior refresh) between three pruned to a few tokens after layer 1.
+  auto one_batch = VlaModel::Create(config_, {.seed = 7, .sub_batch_cost_rows = -1});
+  ASSERT_TRUE(one_batch.ok()) << one_batch.status();
+  std::vector<SampleInput> batch = {MakeSample(11, 8), MakeSample(12, 8), MakeSample(13, 8),
+                                    MakeSample(14, 8)};
+  const std::vector<std::vector<int64_t>> keep = {{1, 2, 3}, {}, {4, 5, 6, 7}, {9, 10}};
+  auto run = [&](const VlaModel& model, ForwardTimings* timings) {
+    std::vector<std::unique_ptr<FixedPruner>> pruners;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      if (b == 1) continue;
+      pruners.push_back(std::make_unique<FixedPruner>(1, keep[b]));
+      batch[b].pruner = pruners.back().get();
+    }
+    auto out = model.Forward(batch, timings);
+    for (auto& s : batch) s.pruner = nullptr;
+    return out;
+  };
+  ForwardTimings split_t, padded_t;
+  auto split = run(*model_, &split_t);
+  auto padded = run(**one_batch, &padded_t);
+  ASSERT_TRUE(split.ok()) << split.status();
+  ASSERT_TRUE(padded.ok()) << padded.status();
+
+  // Rows per sample: BOS + vision + proprio + 8 prompt + actions + EOS.
+  const int64_t fixed = 3 + 8 + config_.action_tokens(), full = fixed + 128;
+  const int64_t layers = config_.llm.layers;
+  EXPECT_EQ(padded_t.llm_sub_batches, 1);
+  EXPECT_EQ(padded_t.llm_row_layers, layers * 4 * full);
+  EXPECT_EQ(split_t.llm_sub_batches, 2);  // {sample 1}, {samples 0, 2, 3}
+  EXPECT_EQ(split_t.llm_row_layers, 2 * 4 * full + (layers - 2) * (full + 3 * (fixed + 4)));
+  for (size_t b = 0; b < batch.size(); ++b) {
+    EXPECT_EQ((*split)[b].vision_tokens_per_layer, (*padded)[b].vision_tokens_per_layer) << b;
+    EXPECT_EQ((*split)[b].llm_flops, (*padded)[b].llm_flops) << b;
+    EXPECT_TRUE(torch::allclose((*split)[b].normalized_actions, (*padded)[b].normalized_actions,
+                                1e-4, 1e-5))
+        << "sample " << b;
+  }
+  EXPECT_EQ((*split)[1].vision_tokens_per_layer.back(), 128);
+  EXPECT_EQ((*split)[2].vision_tokens_per_layer.back(), 4);
 }
 
 TEST_F(VlaModelTest, ActionReadoutRowsStartAtTheLastPromptRow) {

@@ -1,5 +1,7 @@
 # VLA model, FLOPs and checkpoint tests (LibTorch).
 specprune_add_test(vla_model_test SOURCES vla_model_test.cc LIBS specprune_model)
+# The ragged batch layout: repacking, sub-batches by length.
+specprune_add_test(sequence_layout_test SOURCES sequence_layout_test.cc LIBS specprune_model)
 specprune_add_test(checkpoint_test SOURCES checkpoint_test.cc LIBS specprune_model)
 # Layers that create parameters per a placement (random like torch::nn, or uninitialized).
 specprune_add_test(model_layers_test SOURCES model_layers_test.cc LIBS specprune_model)

@@ -220,6 +220,8 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   TallyOutcomes(outcomes, colour_decides, &cell);
   cell.forward_seconds = timings.forward_seconds;
   cell.forward_samples = timings.samples;
+  cell.llm_row_layers = timings.llm_row_layers;
+  cell.llm_valid_row_layers = timings.llm_valid_row_layers;
   return cell;
 }
 
@@ -272,6 +274,8 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
     }
     all.forward_seconds += c.forward_seconds;
     all.forward_samples += c.forward_samples;
+    all.llm_row_layers += c.llm_row_layers;
+    all.llm_valid_row_layers += c.llm_valid_row_layers;
     steps += c.mean_steps * c.episodes;
   }
   all.mean_steps = all.episodes ? steps / all.episodes : 0;

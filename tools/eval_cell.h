@@ -36,6 +36,11 @@ struct Cell {
   int64_t recall_n = 0;
   double forward_seconds = 0;
   int64_t forward_samples = 0;
+  // LLM rows computed with padding / real rows (RolloutTimings); 1 = a batch without padding.
+  int64_t llm_row_layers = 0, llm_valid_row_layers = 0;
+  double padding_ratio() const {
+    return llm_valid_row_layers ? static_cast<double>(llm_row_layers) / llm_valid_row_layers : 0;
+  }
   double mean_steps = 0;
   int grasped_goal_object = 0;         // episodes that grasped the first goal's object
   int goals = 0, goals_completed = 0;  // sub-goals over all episodes / satisfied at the end

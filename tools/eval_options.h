@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "model/vla_model.h"
+
 namespace specprune {
 
 struct EvalOptions {
@@ -18,6 +20,9 @@ struct EvalOptions {
   int threads = 2;
   int batch = 64;  // episodes per forward pass
   std::string dtype = "fp32";
+  // ModelOptions::sub_batch_cost_rows: a pass's ragged batch splits by length after pruning when
+  // that saves more padded rows than this per sub-batch; negative keeps one padded batch.
+  int64_t sub_batch_cost_rows = ModelOptions{}.sub_batch_cost_rows;
   std::string unnorm_key;       // "" = the only / first key
   double keep_ratio = -1;       // > 0: FastV/random keep ratio instead of SpecPrune's retention
   int distractors = -1;         // objects not named by the goal: -1 = suite default, else [0, 4]

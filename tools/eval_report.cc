@@ -74,6 +74,7 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
       {"mean_vision_retention", c.retention()},
       {"flops_ratio", c.flops()},
       {"forward_seconds_per_sample", c.seconds_per_sample()},
+      {"llm_padding_ratio", c.padding_ratio()},
       {"speedup_vs_none",
        num(none_sps > 0 && c.seconds_per_sample() > 0 ? none_sps / c.seconds_per_sample() : NAN)},
       {"action_deviation", num(c.deviation())},

@@ -115,8 +115,11 @@ absl::Status RunPass(const PolicyStep& policy, const DatasetStats& stats,
   for (size_t k = 0; k < observations.size(); ++k)
     inputs.push_back({&observations[k], pruners[k].get()});
   const auto t0 = std::chrono::steady_clock::now();
-  SP_ASSIGN_OR_RETURN(const std::vector<StepResult> results, policy.Run(inputs));
+  ForwardTimings forward;
+  SP_ASSIGN_OR_RETURN(const std::vector<StepResult> results, policy.Run(inputs, &forward));
   if (timings != nullptr) {
+    timings->llm_row_layers += forward.llm_row_layers;
+    timings->llm_valid_row_layers += forward.llm_valid_row_layers;
     timings->forward_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     timings->samples += static_cast<int64_t>(inputs.size());

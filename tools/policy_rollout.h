@@ -78,6 +78,9 @@ struct RolloutTimings {
   double forward_seconds = 0;
   int64_t samples = 0;  // sample-passes run
   int64_t passes = 0;   // batched Forward calls
+  // LLM rows computed, padding included, and the real ones (ForwardTimings), summed over passes.
+  int64_t llm_row_layers = 0;
+  int64_t llm_valid_row_layers = 0;
 };
 
 // Runs every episode to its end with the policy step, batching the forward passes. Actions are

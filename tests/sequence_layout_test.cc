@@ -1,0 +1,112 @@
+#include "model/sequence_layout.h"
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <random>
+
+namespace specprune {
+namespace {
+
+using Groups = std::vector<std::vector<int64_t>>;
+
+// Padded rows of a partition plus `cost` per sub-batch (what GroupByLength minimises).
+int64_t PaddedCost(const std::vector<int64_t>& lengths, const Groups& groups, int64_t cost) {
+  int64_t total = 0;
+  for (const auto& g : groups) {
+    int64_t longest = 0;
+    for (int64_t i : g) longest = std::max(longest, lengths[i]);
+    total += static_cast<int64_t>(g.size()) * longest + cost;
+  }
+  return total;
+}
+
+// Every partition of the samples sorted by length into contiguous runs (2^(n-1) of them): the
+// optimum of PaddedCost is among them.
+int64_t BruteForceCost(std::vector<int64_t> lengths, int64_t cost) {
+  std::sort(lengths.rbegin(), lengths.rend());
+  const int64_t n = static_cast<int64_t>(lengths.size());
+  int64_t best = std::numeric_limits<int64_t>::max();
+  for (int64_t cuts = 0; cuts < (int64_t{1} << (n - 1)); ++cuts) {
+    int64_t total = 0, start = 0;
+    for (int64_t i = 1; i <= n; ++i) {
+      if (i == n || (cuts >> (i - 1)) & 1) {
+        total += (i - start) * lengths[start] + cost;
+        start = i;
+      }
+    }
+    best = std::min(best, total);
+  }
+  return best;
+}
+
+TEST(GroupByLengthTest, SplitsAPriorRefreshFromPrunedSamples) {
+  // Two unpruned samples (a prior refresh, 200 rows) among three pruned ones (~70 rows).
+  const std::vector<int64_t> lengths = {200, 70, 72, 201, 69};
+  EXPECT_EQ(GroupByLength(lengths, 64), (Groups{{0, 3}, {1, 2, 4}}));
+}
+
+TEST(GroupByLengthTest, KeepsOneBatchWhenTheSplitSavesLessThanItsCost) {
+  // One batch pads to 300 rows; {100, 96} + {90} to 290, three batches to 286.
+  const std::vector<int64_t> lengths = {100, 90, 96};
+  EXPECT_EQ(GroupByLength(lengths, 64), (Groups{{0, 1, 2}}));
+  EXPECT_EQ(GroupByLength(lengths, 5), (Groups{{0, 2}, {1}}));    // 300 > 290 + 5 < 286 + 10
+  EXPECT_EQ(GroupByLength(lengths, 3), (Groups{{0}, {2}, {1}}));  // 286 + 6 < 290 + 3
+}
+
+TEST(GroupByLengthTest, NegativeCostOrOneSampleGivesOneBatchInOrder) {
+  EXPECT_EQ(GroupByLength({200, 10, 300}, -1), (Groups{{0, 1, 2}}));
+  EXPECT_EQ(GroupByLength({42}, 0), (Groups{{0}}));
+  EXPECT_EQ(GroupByLength({}, 0), (Groups{{}}));
+}
+
+TEST(GroupByLengthTest, ZeroCostGroupsEqualLengthsLongestFirst) {
+  EXPECT_EQ(GroupByLength({5, 9, 5, 7, 9}, 0), (Groups{{1, 4}, {3}, {0, 2}}));
+}
+
+TEST(GroupByLengthTest, FindsTheCheapestPartitionOnRandomLengths) {
+  std::mt19937 rng(20261206);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int n = 1 + static_cast<int>(rng() % 10);
+    std::vector<int64_t> lengths(n);
+    for (auto& l : lengths) l = 20 + static_cast<int64_t>(rng() % 200);
+    const int64_t cost = static_cast<int64_t>(rng() % 300);
+    const Groups groups = GroupByLength(lengths, cost);
+    std::vector<int> seen(n, 0);
+    for (const auto& g : groups) {
+      EXPECT_TRUE(std::is_sorted(g.begin(), g.end()));
+      for (int64_t i : g) ++seen[i];
+    }
+    EXPECT_EQ(seen, std::vector<int>(n, 1)) << "trial " << trial << ": not a partition";
+    EXPECT_EQ(PaddedCost(lengths, groups, cost), BruteForceCost(lengths, cost))
+        << "trial " << trial;
+  }
+}
+
+TEST(SelectSamplesTest, TakesTheSamplesInTheGivenOrderAndRepackTrimsThem) {
+  std::vector<SampleRows> rows = {SampleRows::Unpruned(6, 2, 3), SampleRows::Unpruned(1, 2, 3),
+                                  SampleRows::Unpruned(2, 1, 3)};
+  std::vector<torch::Tensor> seqs;
+  for (int64_t b = 0; b < 3; ++b)
+    seqs.push_back(torch::full({rows[b].length(), 4}, static_cast<float>(b + 1)));
+  const RaggedBatch batch = AssembleBatch(seqs, rows, torch::kCPU);
+  ASSERT_EQ(batch.max_length(), rows[0].length());
+
+  RaggedBatch part = SelectSamples(batch, {2, 1});
+  ASSERT_EQ(part.rows.size(), 2u);
+  EXPECT_EQ(part.rows[0].length(), rows[2].length());
+  EXPECT_EQ(part.rows[1].length(), rows[1].length());
+  EXPECT_TRUE(torch::equal(part.hidden[0], batch.hidden[2]));
+  EXPECT_TRUE(torch::equal(part.valid[1], batch.valid[1]));
+  EXPECT_EQ(part.max_length(), batch.max_length());  // not trimmed yet
+
+  RepackBatch({{}, {}}, &part);  // nothing pruned: only trimmed to the longer of the two
+  EXPECT_EQ(part.max_length(), rows[2].length());
+  EXPECT_TRUE(torch::equal(part.hidden[0].slice(0, 0, rows[2].length()), seqs[2]));
+  EXPECT_TRUE(torch::equal(part.positions[1].slice(0, 0, rows[1].length()),
+                           torch::arange(rows[1].length(), torch::kLong)));
+  EXPECT_EQ(part.valid[1].sum().item<int64_t>(), rows[1].length());
+}
+
+}  // namespace
+}  // namespace specprune
