@@ -61,7 +61,7 @@ FROM ${BASE} AS runtime-base
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get update -qq \
  && apt-get install -y -q --no-install-recommends \
-      libtorch1.13 libopenblas0-pthread \
+      libtorch1.13 libopenblas0-pthread libtcmalloc-minimal4 \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
       libprometheus-cpp-core1.0 \
       libturbojpeg0 libpng16-16 libssl3 libsentencepiece0 \

@@ -8,6 +8,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev
   libtorch-dev libopenblas0-pthread
+  libgoogle-perftools-dev  # tcmalloc_minimal, the model executables' allocator (CMakeLists.txt)
   prometheus-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
   libsentencepiece-dev sentencepiece
