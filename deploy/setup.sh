@@ -19,6 +19,7 @@ PACKAGES=(
   prometheus
   nginx-light python3-yaml  # deploy/gateway/ (gateway_test.py, config_check.py)
   nodejs docker-compose  # deploy/k8s/validate.sh: schema check (node), `docker-compose config`
+  clang libclang-rt-14-dev  # .ci/fuzz.sh, .ci/asan.sh: libFuzzer, ASan + UBSan (fuzz/README.md)
 )
 
 missing=()
