@@ -245,13 +245,13 @@ class LlmPass {
   LlmPass(LlamaModelImpl& lm, const std::vector<SampleInput>& batch,
           std::vector<SampleResult>& results, torch::Device device, torch::ScalarType dtype,
           int64_t sub_batch_cost_rows)
-      : lm_(lm),
+      : tokens_per_layer(batch.size()),
+        lm_(lm),
         batch_(batch),
         results_(results),
         device_(device),
         dtype_(dtype),
-        sub_batch_cost_rows_(sub_batch_cost_rows),
-        tokens_per_layer(batch.size()) {}
+        sub_batch_cost_rows_(sub_batch_cost_rows) {}
 
   // Runs layer `l` on `sub`, asks its pruners which vision tokens go on, and appends the
   // sub-batch(es) its samples continue in to `next`.

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -9,6 +10,7 @@
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "proto/grpc_status.h"
+#include "util/tsan_annotations.h"
 
 namespace specprune {
 namespace {
@@ -141,18 +143,25 @@ void FinishRefusal(const AdmissionController* controller, grpc::ServerUnaryReact
     return;
   }
   // Deleted in its own callback: gRPC keeps the alarm's state alive until the callback returns.
+  // The hand-off is ordered on a static address: the callback reads its captures first thing.
+  static const char alarm_handoff = 0;
   auto* alarm = new grpc::Alarm;
-  alarm->Set(absl::ToChronoTime(absl::Now() + delay), [alarm, reactor, status](bool) {
+  std::function<void(bool)> refuse = [alarm, reactor, status](bool) {
+    HappensAfter(&alarm_handoff);
     reactor->Finish(status);
     delayed_refusals.fetch_sub(1);
     delete alarm;
-  });
+  };
+  HappensBefore(&alarm_handoff);
+  alarm->Set(absl::ToChronoTime(absl::Now() + delay), std::move(refuse));
 }
 
 // One StreamPredict stream: requests are handled one at a time, in order (one
 // robot controller per stream). A failed request is answered in-band
 // (PredictResponse.error); the stream goes on. `grant` is the stream's credential (checked once
-// when the stream opened); each message's robot must be within it.
+// when the stream opened); each message's robot must be within it. Every gRPC operation is started
+// after HappensBefore(this) and every callback begins with HappensAfter(this)
+// (util/tsan_annotations.h): gRPC runs the callbacks on threads of its own.
 class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamReactor(grpc::CallbackServerContext* ctx, InferenceEngine* engine, ServerMetrics* metrics,
@@ -166,13 +175,16 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         stream_id_(std::move(stream_id)),
         log_(log),
         admission_(std::move(admission)) {
+    HappensBefore(this);
     StartSendInitialMetadata();
     StartRead(&request_bytes_);
   }
 
   void OnReadDone(bool ok) override {
+    HappensAfter(this);
     if (!ok) {  // client half-closed (or the stream broke): nothing is in
                 // flight
+      HappensBefore(this);
       Finish(grpc::Status::OK);
       return;
     }
@@ -205,6 +217,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       LogPredict(log_, "StreamPredict", request_id, request.get(), status, &response_, seconds);
       response_bytes_.Clear();
       SerializeResponse(response_, &response_bytes_);
+      HappensBefore(this);
       StartWrite(&response_bytes_);
     };
     if (!parse_status.ok()) {
@@ -224,6 +237,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnWriteDone(bool ok) override {
+    HappensAfter(this);
+    HappensBefore(this);
     if (!ok) {
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream write failed"));
       return;
@@ -231,7 +246,10 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     StartRead(&request_bytes_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    HappensAfter(this);
+    delete this;
+  }
 
  private:
   grpc::CallbackServerContext* const ctx_;
@@ -312,8 +330,14 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* VlaServiceImpl::Str
     // Refused before the first read: the stream ends with the status.
     class Refused final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
      public:
-      explicit Refused(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
-      void OnDone() override { delete this; }
+      explicit Refused(const absl::Status& status) {
+        HappensBefore(this);
+        Finish(ToGrpcStatus(status));
+      }
+      void OnDone() override {
+        HappensAfter(this);
+        delete this;
+      }
     };
     if (metrics_) {
       metrics_->RecordRequest("StreamPredict", static_cast<int>(grant.status().code()), 0);

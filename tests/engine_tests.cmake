@@ -1,7 +1,6 @@
-# InferenceEngine semantics with a fake model runner. Labelled "tsan": it can run under
-# ThreadSanitizer since the tokenizer's SentencePiece shim loads without RTLD_DEEPBIND
-# (model/CMakeLists.txt); .ci/run's TSAN step does not build it (CI time), run it by hand as in
-# docs/BENCHMARKS.md "Sanitizers".
+# InferenceEngine semantics with a fake model runner. Labelled "tsan": it runs under
+# ThreadSanitizer (since the tokenizer's SentencePiece shim loads without RTLD_DEEPBIND,
+# model/CMakeLists.txt) in .ci/run's TSAN step, which fails on any report.
 specprune_add_test(engine_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/engine_test.cc
   LIBS specprune_service

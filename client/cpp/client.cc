@@ -289,7 +289,7 @@ absl::StatusOr<v1::PredictRequest> Client::BuildRequest(std::string_view robot_i
   }
   request.set_unnorm_key(opts.unnorm_key);
 
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   StepCounter& counter = steps_[request.robot_id()];
   if (counter.episode_id != opts.episode_id) counter = StepCounter{opts.episode_id, 0};
   const uint64_t step = opts.step.value_or(counter.next_step);
@@ -342,7 +342,7 @@ absl::StatusOr<bool> Client::Reset(std::string_view robot_id, std::string_view r
     return s;
   });
   if (!status.ok()) return WithRequestId(std::move(status), server_request_id);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   steps_.erase(request.robot_id());
   return response.existed();
 }
@@ -395,36 +395,36 @@ PredictStream::~PredictStream() {
     stream_->Finish();
   }
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
-    cv_.Signal();
+    cv_.notify_one();
   }
   watchdog_.join();
 }
 
 void PredictStream::WatchdogLoop() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     if (!read_deadline_) {
-      cv_.Wait(&mu_);
+      cv_.wait(lock);
     } else if (absl::Now() >= *read_deadline_) {
       timed_out_ = true;
       read_deadline_.reset();
       context_.TryCancel();
     } else {
-      cv_.WaitWithDeadline(&mu_, *read_deadline_);
+      cv_.wait_until(lock, absl::ToChronoTime(*read_deadline_));
     }
   }
 }
 
 void PredictStream::ArmWatchdog(bool armed) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (armed) {
     read_deadline_ = absl::Now() + client_->options_.deadline;
   } else {
     read_deadline_.reset();
   }
-  cv_.Signal();
+  cv_.notify_one();
 }
 
 absl::Status PredictStream::FinishBroken() {
@@ -432,7 +432,7 @@ absl::Status PredictStream::FinishBroken() {
   absl::Status status = FromGrpcStatus(stream_->Finish());
   bool timed_out;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     timed_out = timed_out_;
   }
   if (timed_out) {
@@ -490,7 +490,7 @@ absl::Status PredictStream::Close() {
   ArmWatchdog(false);
   absl::Status status = FromGrpcStatus(stream_->Finish());
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (timed_out_) {
       status = absl::DeadlineExceededError("the server did not finish the stream in time");
     }

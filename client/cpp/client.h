@@ -25,9 +25,11 @@
 // PredictStream is NOT thread-safe; use one per controller thread.
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -38,7 +40,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -197,9 +198,11 @@ class PredictStream {
   std::string stream_id_;                     // the server's "x-request-id" of the stream
   uint64_t messages_ = 0;                     // requests written
 
-  // Watchdog: cancels the stream when a response is overdue.
-  absl::Mutex mu_;
-  absl::CondVar cv_;
+  // Watchdog: cancels the stream when a response is overdue. std::mutex rather than absl::Mutex,
+  // as in the server: the distribution's libabsl is not ThreadSanitizer-instrumented, so
+  // absl::Mutex hand-offs would be invisible to the TSAN run of the integration tests.
+  std::mutex mu_;
+  std::condition_variable cv_;
   std::optional<absl::Time> read_deadline_ ABSL_GUARDED_BY(mu_);
   bool timed_out_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
@@ -264,7 +267,7 @@ class Client {
   std::unique_ptr<v1::VlaService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;
 
-  absl::Mutex mu_;
+  std::mutex mu_;  // not absl::Mutex: see PredictStream::mu_
   absl::flat_hash_map<std::string, StepCounter> steps_ ABSL_GUARDED_BY(mu_);
 };
 
