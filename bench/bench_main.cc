@@ -426,6 +426,8 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<specprune::Args> args = specprune::ArgsFromFlags();
   if (!args.ok()) return Usage(std::string(args.status().message()).c_str());
-  specprune::ConfigureBlasFromFlagsOrExit(argv, args->threads, "specprune_bench");
+  // As many OpenBLAS threads as LibTorch's intra-op pool, its default included (server/main.cc).
+  specprune::ConfigureBlasFromFlagsOrExit(
+      argv, args->threads > 0 ? args->threads : at::get_num_threads(), "specprune_bench");
   return specprune::RunModel(*args);
 }

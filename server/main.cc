@@ -1,6 +1,7 @@
 // specprune_server: serves the VLA over gRPC (specprune.v1.VlaService, health, reflection) with
 // Prometheus metrics. Flags and config: server/server_config.h, server/server_flags.h or `--help`.
 // SIGINT/SIGTERM: stop accepting, drain in-flight requests, exit 0.
+#include <ATen/Parallel.h>
 #include <pthread.h>
 
 #include <csignal>
@@ -29,7 +30,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "specprune_server: %s\n", std::string(options.status().message()).c_str());
     return 2;
   }
-  specprune::ConfigureBlasFromFlagsOrExit(argv, options->model_threads, "specprune_server");
+  // OpenBLAS runs as many threads as LibTorch's intra-op pool, also when that is LibTorch's
+  // default (model_threads 0): more would spin beside it (docs/BENCHMARKS.md "BLAS threads").
+  specprune::ConfigureBlasFromFlagsOrExit(
+      argv, options->model_threads > 0 ? options->model_threads : at::get_num_threads(),
+      "specprune_server");
   std::fprintf(stderr, "specprune_server %s (commit %s): loading %s on %s (%s)\n",
                specprune::BuildVersion(), specprune::BuildGitCommit(), options->model_dir.c_str(),
                options->device.c_str(), options->dtype.c_str());

@@ -7,6 +7,8 @@
 #     --blas_core=best overrides it; --blas_core=keep keeps it silently; a bad --blas_core exits 2;
 #   * a re-executed process whose requested core did not load (SPECPRUNE_BLAS_REEXEC names a core
 #     OpenBLAS does not know) logs an ERROR and falls back to OpenBLAS's default core;
+#   * with LibTorch's default thread count (bench --threads 0, the server's default model_threads 0)
+#     OpenBLAS runs as many threads as LibTorch;
 #   * specprune_server in the simulated fallback serves X in GetModelInfo (specprune_cli info) and
 #     exits 0 on SIGTERM.
 # usage: tests/blas_core_smoke.sh BENCH_BINARY [SERVER_BINARY CLI_BINARY]
@@ -82,6 +84,15 @@ grep -q "fell back to OpenBLAS's default core" "$work/rejected.err" || fail "no 
 [[ $(core_of "$work/rejected.json") == "$default_core" ]] ||
   fail "after the fallback: $(core_of "$work/rejected.json"), want $default_core"
 
+# Threads: with LibTorch's default intra-op count (--threads 0), OpenBLAS runs as many threads
+# as LibTorch, not its own default (one per CPU), so no idle BLAS worker spins beside it.
+bench threads0 --threads=0 || fail "--threads 0 run: $(cat "$work/threads0.err")"
+read -r torch_threads blas_threads < <("$py" -c \
+  'import json,sys; j=json.load(open(sys.argv[1])); print(j["torch_threads"], j["blas_threads"])' \
+  "$work/threads0.json")
+[[ $blas_threads == "$torch_threads" ]] ||
+  fail "--threads 0: OpenBLAS runs $blas_threads thread(s), LibTorch $torch_threads"
+
 # The server: GetModelInfo reports the selected core.
 if [[ -n $server_bin && -n $cli_bin ]]; then
   unset OPENBLAS_CORETYPE
@@ -94,6 +105,11 @@ if [[ -n $server_bin && -n $cli_bin ]]; then
   [[ $served == "$best" ]] || fail "GetModelInfo blas_core '$served', want $best"
   grep -q "specprune_server: blas: .*selected $best\|already the best" "$work/server.err" ||
     [[ $best == Prescott ]] || fail "no selection in the server log: $(cat "$work/server.err")"
+  stop_server
+  # Its default model_threads (0 = LibTorch's default): as many BLAS threads as LibTorch's.
+  start_server "$server_bin"
+  grep -q "specprune_server: blas: .*core [A-Za-z_0-9]*, $torch_threads thread(s)" \
+    "$work/server.err" || fail "server BLAS threads, want $torch_threads: $(grep blas: "$work/server.err")"
   stop_server
 fi
 echo "PASS: blas core selection (best $best)"

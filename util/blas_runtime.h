@@ -27,9 +27,10 @@
 //      double-precision reference. In the re-executed process, a failed check or a core name the
 //      library did not take is logged as an ERROR and the process re-executes once more with the
 //      original OPENBLAS_CORETYPE (SPECPRUNE_BLAS_REEXEC=fallback): OpenBLAS's own default.
-//   5. Threads: openblas_set_num_threads(threads) when threads > 0 (the executable passes its
-//      LibTorch intra-op count), so OpenBLAS has no idle workers spinning in sched_yield next to
-//      LibTorch's threads.
+//   5. Threads: openblas_set_num_threads(threads) when threads > 0. Every executable passes its
+//      LibTorch intra-op count, resolving "LibTorch's default" to the number first, so OpenBLAS
+//      has no idle workers spinning in sched_yield next to LibTorch's threads (on a 2-core host
+//      LibTorch defaulted to 1 thread and OpenBLAS to 2: 1.7x slower passes beside a busy core).
 //   Every decision is one "blas:" line on stderr.
 //
 // Simulating a fallback (tests, benchmarks): OpenBLAS's own fallback cannot be caused on a CPU it
