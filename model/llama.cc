@@ -29,14 +29,13 @@ Rope MakeRope(const torch::Tensor& positions, int64_t head_dim, double theta,
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
-Rope GatherRope(const Rope& rope, const torch::Tensor& index) {
-  const int64_t b = index.size(0), t = index.size(1), hd = rope.cos.size(-1);
-  if (b == 1) {
-    const auto rows = index.view({t});
-    return {rope.cos.index_select(2, rows), rope.sin.index_select(2, rows)};
-  }
-  const auto idx = index.view({b, 1, t, 1}).expand({b, 1, t, hd});
-  return {rope.cos.gather(2, idx), rope.sin.gather(2, idx)};
+Rope GatherRope(const Rope& rope, const torch::Tensor& flat_rows) {
+  const int64_t b = flat_rows.size(0), t = flat_rows.size(1), hd = rope.cos.size(-1);
+  const auto index = flat_rows.reshape({b * t});
+  const auto take = [&](const torch::Tensor& table) {
+    return table.reshape({-1, hd}).index_select(0, index).view({b, 1, t, hd});
+  };
+  return {take(rope.cos), take(rope.sin)};
 }
 
 static torch::Tensor RotateHalf(const torch::Tensor& x) {

@@ -24,9 +24,9 @@ struct Rope {
 Rope MakeRope(const torch::Tensor& positions, int64_t head_dim, double theta,
               torch::ScalarType dtype);
 torch::Tensor ApplyRope(const torch::Tensor& x, const Rope& rope);  // x: [B, H, T, hd]
-// The tables of the rows `index` [B, T'] (int64, rows of `rope`): equal to MakeRope of the
-// gathered positions, without recomputing them (RepackBatch).
-Rope GatherRope(const Rope& rope, const torch::Tensor& index);
+// The tables of rows `flat_rows` [B', T'] (int64 rows of `rope` flattened to [B * T], as
+// RepackSamples returns them): equal to MakeRope of the gathered positions, without recomputing.
+Rope GatherRope(const Rope& rope, const torch::Tensor& flat_rows);
 
 // What a layer should compute besides its output: attention statistics of some query rows over
 // the vision columns (see kernels/ops.h text_vision_attention_stats).

@@ -57,31 +57,50 @@ RaggedBatch AssembleBatch(const std::vector<torch::Tensor>& sequences, std::vect
   return batch;
 }
 
-torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch) {
-  const auto& rows = batch->rows;
-  const int64_t bsz = static_cast<int64_t>(rows.size());
-  const int64_t d = batch->hidden.size(-1);
+RepackedBatch RepackSamples(const RaggedBatch& batch, const std::vector<int64_t>& samples,
+                            const std::vector<std::vector<int64_t>>& keep_rows) {
+  const int64_t n = static_cast<int64_t>(samples.size());
+  const int64_t old_max = batch.max_length();
+  const int64_t d = batch.hidden.size(-1);
+  RepackedBatch out;
+  out.batch.rows.reserve(n);
   int64_t new_max = 0;
-  for (const auto& r : rows) new_max = std::max(new_max, r.length());
-  // Built through a raw pointer: per-sample tensor ops cost more than the gather itself.
-  auto gather = torch::zeros({bsz, new_max}, torch::kLong);
-  int64_t* g = gather.data_ptr<int64_t>();
-  for (int64_t b = 0; b < bsz; ++b) {
-    int64_t* out = g + b * new_max;
-    if (keep_rows[b].empty()) {
-      for (int64_t i = 0; i < rows[b].length(); ++i) out[i] = i;
-    } else {
-      std::copy(keep_rows[b].begin(), keep_rows[b].end(), out);
-    }
+  for (int64_t b : samples) {
+    out.batch.rows.push_back(batch.rows[b]);
+    new_max = std::max(new_max, batch.rows[b].length());
   }
-  const auto device = batch->hidden.device();
-  gather = gather.to(device);
-  batch->hidden = bsz == 1
-                      ? batch->hidden.index_select(1, gather.view({new_max}))
-                      : batch->hidden.gather(1, gather.unsqueeze(-1).expand({bsz, new_max, d}));
-  batch->positions = batch->positions.gather(1, gather);
-  batch->valid = ValidRows(rows, new_max, device);
-  return gather;
+  // Built through a raw pointer: per-sample tensor ops cost more than the copy itself.
+  auto flat = torch::empty({n, new_max}, torch::kLong);
+  int64_t* f = flat.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t base = samples[i] * old_max;
+    const int64_t length = out.batch.rows[i].length();
+    int64_t* row = f + i * new_max;
+    if (keep_rows[i].empty()) {
+      for (int64_t t = 0; t < length; ++t) row[t] = base + t;
+    } else {
+      for (int64_t t = 0; t < length; ++t) row[t] = base + keep_rows[i][t];
+    }
+    std::fill(row + length, row + new_max, base);
+  }
+  const auto device = batch.hidden.device();
+  out.flat_rows = flat.to(device);
+  const auto index = out.flat_rows.view({n * new_max});
+  const int64_t old_rows = static_cast<int64_t>(batch.rows.size()) * old_max;
+  out.batch.hidden =
+      batch.hidden.reshape({old_rows, d}).index_select(0, index).view({n, new_max, d});
+  out.batch.positions =
+      batch.positions.reshape({old_rows}).index_select(0, index).view({n, new_max});
+  out.batch.valid = ValidRows(out.batch.rows, new_max, device);
+  return out;
+}
+
+torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch) {
+  std::vector<int64_t> all(batch->rows.size());
+  std::iota(all.begin(), all.end(), 0);
+  RepackedBatch repacked = RepackSamples(*batch, all, keep_rows);
+  *batch = std::move(repacked.batch);
+  return repacked.flat_rows;
 }
 
 std::vector<std::vector<int64_t>> GroupByLength(const std::vector<int64_t>& lengths,
@@ -113,17 +132,6 @@ std::vector<std::vector<int64_t>> GroupByLength(const std::vector<int64_t>& leng
   }
   std::reverse(groups.begin(), groups.end());
   return groups;
-}
-
-RaggedBatch SelectSamples(const RaggedBatch& batch, const std::vector<int64_t>& samples) {
-  RaggedBatch out;
-  out.rows.reserve(samples.size());
-  for (int64_t b : samples) out.rows.push_back(batch.rows[b]);
-  const auto index = torch::tensor(samples, torch::kLong).to(batch.hidden.device());
-  out.hidden = batch.hidden.index_select(0, index);
-  out.positions = batch.positions.index_select(0, index);
-  out.valid = batch.valid.index_select(0, index);
-  return out;
 }
 
 torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device) {

@@ -61,11 +61,24 @@ RaggedBatch AssembleBatch(const std::vector<torch::Tensor>& sequences, std::vect
 torch::Tensor ValidRows(const std::vector<SampleRows>& rows, int64_t max_length,
                         const torch::Device& device);
 
-// Removes pruned rows. `keep_rows[b]` lists the rows of sample b that go on, ascending, in the
-// layout *before* the update; empty = sample b is unchanged. `batch.rows` must already describe
-// the layout after the update. Hidden states and positions are gathered; valid is rebuilt. Returns
-// the gather index [B, T_new] int64 on the batch's device (row of the old layout for each new row;
-// 0 in padding), with which per-row tables such as the RoPE tables can be gathered alike.
+// A repacked batch and where each of its rows came from.
+struct RepackedBatch {
+  RaggedBatch batch;
+  // [n, T_new] int64 on the batch's device: for each new row, its row in the old batch flattened
+  // to [B * T_old] rows (padding repeats the sample's row 0). Gathers per-row tables alike
+  // (GatherRope).
+  torch::Tensor flat_rows;
+};
+
+// Removes pruned rows and takes samples apart: sample i of the result is sample `samples[i]` of
+// `batch` (any order), keeping its rows `keep_rows[i]` (ascending, in the layout *before* the
+// update; empty = unchanged). `batch.rows` must already describe the layout after the update.
+// Trimmed to the longest result sample; hidden and positions are copied once (one index_select
+// over the flattened batch: whole rows, not the elementwise gather), valid is rebuilt.
+RepackedBatch RepackSamples(const RaggedBatch& batch, const std::vector<int64_t>& samples,
+                            const std::vector<std::vector<int64_t>>& keep_rows);
+
+// RepackSamples of every sample in order, in place; returns its flat_rows.
 torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, RaggedBatch* batch);
 
 // Partitions samples of these lengths into sub-batches that are cheap to run padded: the partition
@@ -76,10 +89,6 @@ torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, Ra
 // programming over the samples sorted by length, O(n^2)); deterministic for equal lengths.
 std::vector<std::vector<int64_t>> GroupByLength(const std::vector<int64_t>& lengths,
                                                 int64_t sub_batch_cost_rows);
-
-// The samples `samples` (indices into batch.rows, any order) as a batch of their own, in that
-// order; hidden, positions and valid keep the width of `batch` (RepackBatch trims them).
-RaggedBatch SelectSamples(const RaggedBatch& batch, const std::vector<int64_t>& samples);
 
 // [B, action_tokens] int64 on `device`: the rows the action head reads per sample.
 torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device);

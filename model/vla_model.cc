@@ -356,11 +356,9 @@ void LlmPass::Repack(SubBatch sub, const std::vector<std::vector<int64_t>>& keep
       part.samples.push_back(sub.samples[i]);
       keep.push_back(keep_rows[i]);
     }
-    part.rb = SelectSamples(sub.rb, group);
-    const auto index = torch::tensor(group, torch::kLong).to(device_);
-    const Rope rope{sub.rope.cos.index_select(0, index), sub.rope.sin.index_select(0, index)};
-    const auto gather = RepackBatch(keep, &part.rb);
-    part.rope = GatherRope(rope, gather);
+    RepackedBatch repacked = RepackSamples(sub.rb, group, keep);
+    part.rb = std::move(repacked.batch);
+    part.rope = GatherRope(sub.rope, repacked.flat_rows);
     part.bias = KeyPaddingBias(part.rb.valid, dtype_);
     next->push_back(std::move(part));
   }

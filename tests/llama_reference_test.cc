@@ -292,10 +292,15 @@ TEST(LlamaReferenceTest, GatheredRopeEqualsRopeOfTheGatheredPositions) {
   auto positions = torch::tensor({0, 1, 2, 3, 4, 5, 0, 3, 8, 9, 10, 0}, torch::kLong).view({2, 6});
   auto rope = MakeRope(positions, 16, 10000.0, torch::kFloat32);
   auto index = torch::tensor({0, 2, 5, 0, 1, 3, 4, 0}, torch::kLong).view({2, 4});
-  auto gathered = GatherRope(rope, index);
+  // Rows of the flattened [2 * 6] tables, as RepackSamples gives them.
+  auto flat = index + torch::tensor({0, 6}, torch::kLong).view({2, 1});
+  auto gathered = GatherRope(rope, flat);
   auto want = MakeRope(positions.gather(1, index), 16, 10000.0, torch::kFloat32);
   EXPECT_TRUE(torch::equal(gathered.cos, want.cos));
   EXPECT_TRUE(torch::equal(gathered.sin, want.sin));
+  // Samples taken apart: sample 1 alone.
+  auto second = GatherRope(rope, flat.slice(0, 1, 2));
+  EXPECT_TRUE(torch::equal(second.cos, want.cos.slice(0, 1, 2)));
   auto one = GatherRope(MakeRope(positions.slice(0, 0, 1), 16, 10000.0, torch::kFloat32),
                         index.slice(0, 0, 1));
   EXPECT_TRUE(torch::equal(one.cos, want.cos.slice(0, 0, 1)));

@@ -83,29 +83,52 @@ TEST(GroupByLengthTest, FindsTheCheapestPartitionOnRandomLengths) {
   }
 }
 
-TEST(SelectSamplesTest, TakesTheSamplesInTheGivenOrderAndRepackTrimsThem) {
-  std::vector<SampleRows> rows = {SampleRows::Unpruned(6, 2, 3), SampleRows::Unpruned(1, 2, 3),
-                                  SampleRows::Unpruned(2, 1, 3)};
+TEST(RepackSamplesTest, TakesTheSamplesInTheGivenOrderKeepsTheirRowsAndTrims) {
+  std::vector<SampleRows> rows = {SampleRows::Unpruned(6, 2, 3), SampleRows::Unpruned(1, 1, 3),
+                                  SampleRows::Unpruned(4, 1, 3)};
   std::vector<torch::Tensor> seqs;
-  for (int64_t b = 0; b < 3; ++b)
-    seqs.push_back(torch::full({rows[b].length(), 4}, static_cast<float>(b + 1)));
-  const RaggedBatch batch = AssembleBatch(seqs, rows, torch::kCPU);
-  ASSERT_EQ(batch.max_length(), rows[0].length());
+  for (int64_t b = 0; b < 3; ++b) {
+    const int64_t t = rows[b].length();
+    // Row r of sample b holds 100 b + r: where every copied row came from is visible.
+    seqs.push_back(
+        (torch::arange(t, torch::kFloat32) + 100.0f * b).unsqueeze(1).expand({t, 4}).clone());
+  }
+  RaggedBatch batch = AssembleBatch(seqs, rows, torch::kCPU);
+  const int64_t old_max = batch.max_length();
+  ASSERT_EQ(old_max, rows[0].length());
 
-  RaggedBatch part = SelectSamples(batch, {2, 1});
-  ASSERT_EQ(part.rows.size(), 2u);
-  EXPECT_EQ(part.rows[0].length(), rows[2].length());
-  EXPECT_EQ(part.rows[1].length(), rows[1].length());
-  EXPECT_TRUE(torch::equal(part.hidden[0], batch.hidden[2]));
-  EXPECT_TRUE(torch::equal(part.valid[1], batch.valid[1]));
-  EXPECT_EQ(part.max_length(), batch.max_length());  // not trimmed yet
+  // Sample 2 drops vision rows 2 and 4 (vision ids 1 and 3); sample 1 is taken whole.
+  std::vector<int64_t> keep2;
+  for (int64_t r = 0; r < rows[2].length(); ++r)
+    if (r != 2 && r != 4) keep2.push_back(r);
+  batch.rows[2].vision_ids = {0, 2};
+  const RepackedBatch out = RepackSamples(batch, {2, 1}, {keep2, {}});
 
-  RepackBatch({{}, {}}, &part);  // nothing pruned: only trimmed to the longer of the two
-  EXPECT_EQ(part.max_length(), rows[2].length());
-  EXPECT_TRUE(torch::equal(part.hidden[0].slice(0, 0, rows[2].length()), seqs[2]));
-  EXPECT_TRUE(torch::equal(part.positions[1].slice(0, 0, rows[1].length()),
+  ASSERT_EQ(out.batch.rows.size(), 2u);
+  EXPECT_EQ(out.batch.rows[0].length(), rows[2].length() - 2);
+  EXPECT_EQ(out.batch.rows[1].length(), rows[1].length());
+  EXPECT_EQ(out.batch.max_length(), rows[2].length() - 2);  // trimmed to the longer of the two
+  ASSERT_LT(rows[1].length(), out.batch.max_length());
+  for (size_t t = 0; t < keep2.size(); ++t) {
+    EXPECT_EQ(out.batch.hidden[0][t][3].item<float>(), 200.0f + keep2[t]) << t;
+    EXPECT_EQ(out.batch.positions[0][t].item<int64_t>(), keep2[t]) << t;
+    EXPECT_EQ(out.flat_rows[0][t].item<int64_t>(), 2 * old_max + keep2[t]) << t;
+  }
+  EXPECT_TRUE(torch::equal(out.batch.hidden[1].slice(0, 0, rows[1].length()), seqs[1]));
+  EXPECT_TRUE(torch::equal(out.batch.positions[1].slice(0, 0, rows[1].length()),
                            torch::arange(rows[1].length(), torch::kLong)));
-  EXPECT_EQ(part.valid[1].sum().item<int64_t>(), rows[1].length());
+  EXPECT_EQ(out.batch.valid[0].sum().item<int64_t>(), out.batch.rows[0].length());
+  EXPECT_EQ(out.batch.valid[1].sum().item<int64_t>(), rows[1].length());
+  // Padding repeats the sample's row 0.
+  EXPECT_EQ(out.flat_rows[1][rows[1].length()].item<int64_t>(), 1 * old_max);
+
+  // RepackBatch is the same over every sample in order, in place.
+  RaggedBatch all = AssembleBatch(seqs, rows, torch::kCPU);
+  all.rows[2].vision_ids = {0, 2};
+  const torch::Tensor flat = RepackBatch({{}, {}, keep2}, &all);
+  EXPECT_EQ(all.max_length(), rows[0].length());
+  EXPECT_TRUE(torch::equal(all.hidden[2].slice(0, 0, keep2.size()), out.batch.hidden[0]));
+  EXPECT_TRUE(torch::equal(flat[2].slice(0, 0, keep2.size()), out.flat_rows[0]));
 }
 
 }  // namespace
