@@ -2,10 +2,15 @@
 specprune_add_test(vla_model_test SOURCES vla_model_test.cc LIBS specprune_model)
 # The ragged batch layout: repacking, sub-batches by length.
 specprune_add_test(sequence_layout_test SOURCES sequence_layout_test.cc LIBS specprune_model)
+# Model directories (checkpoint_test) and their PyTorch .pt side files (torch_pickle_test), on one
+# fixture (checkpoint_test_fixture.h).
 specprune_add_test(checkpoint_test SOURCES checkpoint_test.cc LIBS specprune_model)
+specprune_add_test(torch_pickle_test SOURCES torch_pickle_test.cc LIBS specprune_model)
 # Layers that create parameters per a placement (random like torch::nn, or uninitialized).
 specprune_add_test(model_layers_test SOURCES model_layers_test.cc LIBS specprune_model)
-target_compile_definitions(checkpoint_test PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+foreach(t checkpoint_test torch_pickle_test)
+  target_compile_definitions(${t} PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+endforeach()
 
 if(SPECPRUNE_BUILD_SERVER)
   # A real server on an ephemeral loopback port, driven by the C++ SDK.
