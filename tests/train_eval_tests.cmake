@@ -78,6 +78,11 @@ set_tests_properties(eval_fails_when_specprune_falls_behind PROPERTIES LABELS "e
 
 # --help prints the usage and every flag and exits 0 (util/command_line.h); an unknown flag is
 # Abseil's error and exit 1; a stray value (`--reference 0` instead of `--reference=0`) exit 2.
+# --timing_rounds: interleaved timing rounds, outcomes unchanged (tests/eval_timing_rounds.sh).
+add_test(NAME eval_timing_rounds
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/eval_timing_rounds.sh $<TARGET_FILE:specprune_eval>
+                 ${CMAKE_SOURCE_DIR}/models/tiny ${CMAKE_BINARY_DIR}/eval_timing_rounds)
+set_tests_properties(eval_timing_rounds PROPERTIES LABELS "eval" TIMEOUT 300)
 add_test(NAME eval_help_lists_flags COMMAND specprune_eval --help)
 set_tests_properties(eval_help_lists_flags PROPERTIES LABELS "eval"
                      PASS_REGULAR_EXPRESSION "usage: specprune_eval.*--require_specprune_within")

@@ -54,6 +54,9 @@ ABSL_FLAG(std::string, unnorm_key, Defaults().unnorm_key,
           "dataset-statistics key (empty: the first)");
 ABSL_FLAG(bool, reference, Defaults().reference,
           "run unpruned reference passes (action deviation, V_global recall)");
+ABSL_FLAG(int, timing_rounds, Defaults().timing_rounds,
+          "> 1: run every cell again in rounds 2..N, methods interleaved suite by suite in "
+          "alternating order, and report their forward time per sample (side by side)");
 ABSL_FLAG(int, trace_episode, Defaults().trace_episode,
           "per-pass trace of this episode of every cell on stderr (-1: none)");
 ABSL_FLAG(double, require_success, Defaults().require_success,
@@ -98,6 +101,7 @@ EvalOptions OptionsFromFlags() {
   o.require_success = absl::GetFlag(FLAGS_require_success);
   o.require_specprune_within = absl::GetFlag(FLAGS_require_specprune_within);
   o.reference = absl::GetFlag(FLAGS_reference);
+  o.timing_rounds = absl::GetFlag(FLAGS_timing_rounds);
   o.pruning = absl::GetFlag(FLAGS_pruning);
   return o;
 }
@@ -112,8 +116,8 @@ bool Validate(const EvalOptions& o) {
     std::fprintf(stderr, "--suites, --methods: need at least one\n");
     return false;
   }
-  if (o.episodes < 1 || o.threads < 1 || o.batch < 1) {
-    std::fprintf(stderr, "--episodes, --threads, --batch: must be positive\n");
+  if (o.episodes < 1 || o.threads < 1 || o.batch < 1 || o.timing_rounds < 1) {
+    std::fprintf(stderr, "--episodes, --threads, --batch, --timing_rounds: must be positive\n");
     return false;
   }
   if (o.fixed_tasks < 0 || o.fixed_tasks > sim::kMaxFixedTasks) {

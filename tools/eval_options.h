@@ -32,6 +32,11 @@ struct EvalOptions {
   // >= 0: exit 3 unless SpecPrune's mean success >= unpruned mean success - this (needs both).
   double require_specprune_within = -1;
   bool reference = true;  // run unpruned reference passes (deviation, recall)
+  // > 1: after the evaluation, every (method, suite) cell runs again in rounds 2..N, suite by
+  // suite with the methods' order reversed every other round, and the reported forward time per
+  // sample is that of these interleaved rounds (the outcomes are round 1's: the same episodes).
+  // A side-by-side timing on a shared machine; 1 = one pass over the cells, methods in sequence.
+  int timing_rounds = 1;
   // JSON file with a "pruning" object as in the server config (or that object alone), overlaid on
   // the model's default pruning config for every method ("" = the defaults the server uses).
   std::string pruning;

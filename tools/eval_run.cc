@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -104,6 +105,18 @@ double MatchedKeepRatio(const PruningConfig& pc, PruningMethod method, double re
   return std::clamp(keep, 1.0 / c.vision_tokens(), 1.0);
 }
 
+// The pruning config of `method` in this run: the defaults, FastV's / random's keep ratio
+// `keep` (when they run, RunCells has set it).
+PruningConfig MethodConfig(const EvalSetup& setup, PruningMethod method, double keep) {
+  PruningConfig pc = setup.defaults;
+  pc.method = method;
+  if (method == PruningMethod::kFastV || method == PruningMethod::kRandom) {
+    pc.fastv.keep_ratio = keep;
+    pc.random.keep_ratio = keep;
+  }
+  return pc;
+}
+
 // Every (method, suite) cell in order, with the per-cell diagnostics on stderr. *matched_keep:
 // FastV's / random's keep ratio (o.keep_ratio, or matched to SpecPrune's retention when they
 // run). On failure prints why and returns false.
@@ -113,23 +126,19 @@ bool RunCells(const EvalSetup& setup, const EvalOptions& o, std::vector<Cell>* c
   *matched_keep = o.keep_ratio;
   double specprune_retention = -1;
   for (PruningMethod method : setup.methods) {
-    PruningConfig pc = setup.defaults;
-    pc.method = method;
-    if (method == PruningMethod::kFastV || method == PruningMethod::kRandom) {
-      if (*matched_keep <= 0) {
-        if (specprune_retention <= 0) {
-          auto retention = SpecPruneRetention(setup, o);
-          if (!retention.ok()) {
-            std::fprintf(stderr, "calibration: %s\n", retention.status().ToString().c_str());
-            return false;
-          }
-          specprune_retention = *retention;
+    if ((method == PruningMethod::kFastV || method == PruningMethod::kRandom) &&
+        *matched_keep <= 0) {
+      if (specprune_retention <= 0) {
+        auto retention = SpecPruneRetention(setup, o);
+        if (!retention.ok()) {
+          std::fprintf(stderr, "calibration: %s\n", retention.status().ToString().c_str());
+          return false;
         }
-        *matched_keep = MatchedKeepRatio(pc, method, specprune_retention, c);
+        specprune_retention = *retention;
       }
-      pc.fastv.keep_ratio = *matched_keep;
-      pc.random.keep_ratio = *matched_keep;
+      *matched_keep = MatchedKeepRatio(setup.defaults, method, specprune_retention, c);
     }
+    const PruningConfig pc = MethodConfig(setup, method, *matched_keep);
     for (const auto& s : o.suites) {
       auto cell = RunCell(setup.model, *setup.stats, pc, s, o);
       if (!cell.ok()) {
@@ -142,6 +151,57 @@ bool RunCells(const EvalSetup& setup, const EvalOptions& o, std::vector<Cell>* c
     }
     if (method == PruningMethod::kSpecPrune)
       specprune_retention = Merge(*cells, MethodName(method)).retention();
+  }
+  return true;
+}
+
+// Rounds 2..o.timing_rounds (EvalOptions::timing_rounds): every cell again, suite by suite, the
+// methods in round 1's order on odd rounds and reversed on even ones. The cells' forward time
+// becomes the sum over these rounds; (*per_round)[method] gets its seconds per sample of each.
+// On failure prints why and returns false.
+bool RunTimingRounds(const EvalSetup& setup, const EvalOptions& o, double keep,
+                     std::vector<Cell>* cells,
+                     std::map<std::string, std::vector<double>>* per_round) {
+  if (o.timing_rounds < 2) return true;
+  EvalOptions timed = o;
+  timed.reference = false;  // outside the timed forward; the same episodes without it
+  timed.trace_episode = -1;
+  for (Cell& cell : *cells) {
+    cell.forward_seconds = 0;
+    cell.forward_samples = 0;
+  }
+  for (int round = 2; round <= o.timing_rounds; ++round) {
+    std::vector<PruningMethod> order = setup.methods;
+    if (round % 2 == 0) std::reverse(order.begin(), order.end());
+    std::map<std::string, std::pair<double, int64_t>> totals;  // method -> seconds, samples
+    for (const auto& suite : o.suites) {
+      for (PruningMethod method : order) {
+        const std::string name = MethodName(method);
+        auto cell =
+            RunCell(setup.model, *setup.stats, MethodConfig(setup, method, keep), suite, timed);
+        if (!cell.ok()) {
+          std::fprintf(stderr, "timing round %d, %s/%s: %s\n", round, name.c_str(), suite.c_str(),
+                       cell.status().ToString().c_str());
+          return false;
+        }
+        auto first = std::find_if(cells->begin(), cells->end(), [&](const Cell& c) {
+          return c.method == name && c.suite == suite;
+        });
+        if (first == cells->end()) continue;
+        if (cell->successes != first->successes || cell->passes != first->passes)
+          std::fprintf(stderr, "timing round %d, %s/%s: the episodes differ from round 1\n", round,
+                       name.c_str(), suite.c_str());
+        first->forward_seconds += cell->forward_seconds;
+        first->forward_samples += cell->forward_samples;
+        totals[name].first += cell->forward_seconds;
+        totals[name].second += cell->forward_samples;
+      }
+    }
+    for (const auto& [name, t] : totals) {
+      (*per_round)[name].push_back(t.second ? t.first / t.second : 0);
+      std::fprintf(stderr, "timing round %d: %s %.3f ms/sample\n", round, name.c_str(),
+                   t.second ? 1e3 * t.first / t.second : 0.0);
+    }
   }
   return true;
 }
@@ -205,10 +265,15 @@ int RunEvaluation(const EvalOptions& o) {
   double matched_keep = -1;
   const auto t_start = std::chrono::steady_clock::now();
   if (!RunCells(setup, o, &cells, &matched_keep)) return 1;
+  std::map<std::string, std::vector<double>> per_round;
+  if (!RunTimingRounds(setup, o, matched_keep, &cells, &per_round)) return 1;
   const double wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  const nlohmann::json j =
+  nlohmann::json j =
       ReportResults(o, setup.defaults, cells, setup.methods, matched_keep, wall_seconds);
+  j["timing_rounds"] = o.timing_rounds;
+  // Seconds per sample of each method in rounds 2, 3, ... (empty with one round).
+  j["timing_round_seconds_per_sample"] = per_round;
   if (!o.json.empty()) {
     std::ofstream f(o.json);
     f << j.dump(2) << "\n";
