@@ -1,6 +1,10 @@
 # Behaviour-cloning data pipeline and the closed-loop evaluation of the committed model (issue #6).
-specprune_add_test(bc_data_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/bc_data_test.cc LIBS specprune_bc_data)
-target_compile_definitions(bc_data_test PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+# Behaviour cloning: demonstrations and batches, the training forward against the served model,
+# rollouts (one fixture header, bc_test_util.h).
+foreach(t bc_data_test training_forward_test policy_rollout_test)
+  specprune_add_test(${t} SOURCES ${CMAKE_CURRENT_LIST_DIR}/${t}.cc LIBS specprune_bc_data)
+  target_compile_definitions(${t} PRIVATE SPECPRUNE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+endforeach()
 
 # CI check that the committed model still succeeds, unpruned and with SpecPrune at its shipped
 # pruning_config.json: a few episodes of the three one-goal procedural suites; fails unless the
