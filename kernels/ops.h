@@ -30,9 +30,13 @@ namespace specprune {
 //           and for samples without valid rows.
 //   entropy [B] float32: mean over heads and valid rows of the entropy (nats) of P restricted to
 //           the sample's vision columns and renormalized to sum 1 (0 where that mass is 0).
-// Computation is in float32 (sums in float64). Never materializes more than [B, H, R, T]. On CPU a
-// vision row >= T is an error; on CUDA it is not checked (that would need a device sync) and reads
-// as padding.
+// CPU: float32 with float64 sums; materializes the logits of the R query rows, [B, H, R, T].
+// CUDA: reads q and k in their own dtype (float32, float16 or bfloat16; no up-cast copies; any
+// strides with a contiguous last dimension), computes in float32, and never stores a softmax row:
+// an online softmax (running max and sum) over the keys, then the vision columns' logits again;
+// its workspace is [B, H, ceil(R / 4), V] partial scores. Runs on the current CUDA stream with no
+// host synchronization. On CPU a vision row >= T is an error; on CUDA it is not checked (that
+// would need a device sync) and reads as padding.
 std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
     const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& key_valid,
     const torch::Tensor& row_valid, const torch::Tensor& vision_rows, double scale);
@@ -51,7 +55,8 @@ std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
     const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
     const torch::Tensor& row_valid, const torch::Tensor& vision_rows);
 
-// Row-wise cosine similarity of a and b ([N, D] each, any float dtype) -> [N] float32:
+// Row-wise cosine similarity of a and b ([N, D] each, of one dtype: any float dtype, or uint8 for
+// raw frame patches, read without a conversion copy on CUDA) -> [N] float32:
 // dot / max(|a| |b|, eps). Two all-zero rows count as identical (1); one all-zero row against a
 // non-zero row gives 0.
 torch::Tensor patch_cosine_similarity(const torch::Tensor& a, const torch::Tensor& b,
@@ -62,5 +67,20 @@ torch::Tensor patch_cosine_similarity(const torch::Tensor& a, const torch::Tenso
 // as (channel, row, column) like a patch-embedding conv weight. Same dtype and device as the input.
 // Implemented with device-agnostic tensor views (one copy), so it has no dedicated CUDA kernel.
 torch::Tensor extract_patches(const torch::Tensor& image, int64_t patch);
+
+// Packs the kept rows of a padded batch in one pass (the repacking after a pruning step;
+// model/sequence_layout.h RepackSamples).
+//   hidden    [B, T, C] any dtype; positions [B, T] int64 (same device).
+//   flat_rows [N, T_out] int64: for each output row, its row in hidden flattened to [B * T].
+//   lengths   [N] int64: the real rows of each output sample; row t of sample n is real when
+//             t < lengths[n].
+// Returns hidden [N, T_out, C] (hidden's dtype), positions [N, T_out] int64 and valid [N, T_out]
+// bool: row o copies hidden row flat_rows[o] and its position whether real or not (padding rows
+// repeat whatever row they name). On CPU a flat row outside [0, B * T) is an error; on CUDA it is
+// not checked (no device sync) and gives a zero row, position 0, not valid.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> compact_rows(const torch::Tensor& hidden,
+                                                                     const torch::Tensor& positions,
+                                                                     const torch::Tensor& flat_rows,
+                                                                     const torch::Tensor& lengths);
 
 }  // namespace specprune

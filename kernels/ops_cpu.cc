@@ -43,9 +43,28 @@ void CheckTextVisionArgs(const torch::Tensor& q, const torch::Tensor& k,
 void CheckCosineArgs(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.defined() && b.defined() && a.dim() == 2 && a.sizes() == b.sizes(),
               "patch_cosine_similarity: a and b must both be [N,D] of equal shape");
-  TORCH_CHECK(a.is_floating_point() && b.is_floating_point(),
-              "patch_cosine_similarity: a and b must be floating point");
+  TORCH_CHECK((a.is_floating_point() || a.scalar_type() == torch::kByte) &&
+                  a.scalar_type() == b.scalar_type(),
+              "patch_cosine_similarity: a and b must be of one floating-point dtype or uint8");
   TORCH_CHECK(a.device() == b.device(), "patch_cosine_similarity: a and b on different devices");
+}
+
+void CheckCompactRowsArgs(const torch::Tensor& hidden, const torch::Tensor& positions,
+                          const torch::Tensor& flat_rows, const torch::Tensor& lengths) {
+  TORCH_CHECK(hidden.defined() && hidden.dim() == 3, "compact_rows: hidden must be [B,T,C]");
+  const int64_t b = hidden.size(0), t = hidden.size(1);
+  TORCH_CHECK(positions.defined() && positions.scalar_type() == torch::kLong &&
+                  positions.dim() == 2 && positions.size(0) == b && positions.size(1) == t,
+              "compact_rows: positions must be int64 [B,T] = [", b, ",", t, "]");
+  TORCH_CHECK(
+      flat_rows.defined() && flat_rows.scalar_type() == torch::kLong && flat_rows.dim() == 2,
+      "compact_rows: flat_rows must be int64 [N,T_out]");
+  TORCH_CHECK(lengths.defined() && lengths.scalar_type() == torch::kLong && lengths.dim() == 1 &&
+                  lengths.size(0) == flat_rows.size(0),
+              "compact_rows: lengths must be int64 [N] with N = ", flat_rows.size(0));
+  const auto dev = hidden.device();
+  TORCH_CHECK(positions.device() == dev && flat_rows.device() == dev && lengths.device() == dev,
+              "compact_rows: all tensors must be on ", dev);
 }
 
 void CheckSoftmaxStatsArgs(const torch::Tensor& logits, const torch::Tensor& probs,
@@ -268,6 +287,21 @@ torch::Tensor extract_patches(const torch::Tensor& image, int64_t patch) {
       .permute({1, 3, 0, 2, 4})
       .reshape({g * g, c * patch * patch})
       .contiguous();
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> compact_rows(const torch::Tensor& hidden,
+                                                                     const torch::Tensor& positions,
+                                                                     const torch::Tensor& flat_rows,
+                                                                     const torch::Tensor& lengths) {
+  internal::CheckCompactRowsArgs(hidden, positions, flat_rows, lengths);
+  torch::NoGradGuard no_grad;
+  const int64_t n = flat_rows.size(0), t_out = flat_rows.size(1), c = hidden.size(2);
+  const int64_t rows = hidden.size(0) * hidden.size(1);
+  const auto index = flat_rows.reshape({n * t_out});
+  auto packed = hidden.reshape({rows, c}).index_select(0, index).view({n, t_out, c});
+  auto packed_positions = positions.reshape({rows}).index_select(0, index).view({n, t_out});
+  auto valid = torch::arange(t_out, flat_rows.options()).view({1, t_out}) < lengths.view({n, 1});
+  return {packed, packed_positions, valid};
 }
 
 }  // namespace cpu

@@ -15,6 +15,8 @@ void CheckTextVisionArgs(const torch::Tensor& q, const torch::Tensor& k,
                          const torch::Tensor& key_valid, const torch::Tensor& row_valid,
                          const torch::Tensor& vision_rows);
 void CheckCosineArgs(const torch::Tensor& a, const torch::Tensor& b);
+void CheckCompactRowsArgs(const torch::Tensor& hidden, const torch::Tensor& positions,
+                          const torch::Tensor& flat_rows, const torch::Tensor& lengths);
 
 void CheckSoftmaxStatsArgs(const torch::Tensor& logits, const torch::Tensor& probs,
                            const torch::Tensor& query_rows, const torch::Tensor& row_valid,
@@ -39,6 +41,12 @@ torch::Tensor patch_cosine_similarity(const torch::Tensor& a, const torch::Tenso
                                       double eps = 1e-8);
 
 torch::Tensor extract_patches(const torch::Tensor& image, int64_t patch);
+
+// Composed of LibTorch ops (index_select and a comparison): valid on any device.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> compact_rows(const torch::Tensor& hidden,
+                                                                     const torch::Tensor& positions,
+                                                                     const torch::Tensor& flat_rows,
+                                                                     const torch::Tensor& lengths);
 
 }  // namespace cpu
 }  // namespace specprune

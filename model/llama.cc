@@ -83,13 +83,13 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Rope& ro
     stats->seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  // Statistics from q and k: a second, row-restricted q.k product and softmax in float32.
+  // Statistics from q and k: a second, row-restricted q.k product and softmax in float32, with q
+  // and k read in the model's dtype (kernels/ops.h).
   auto stats_from_qk = [&] {
     const auto start = std::chrono::steady_clock::now();
     const int64_t r = query->query_rows.size(1);
     auto idx = query->query_rows.view({b, 1, r, 1}).expand({b, heads, r, head_dim});
-    auto q_rows = q.gather(2, idx).to(torch::kFloat32);
-    finish_stats(start, text_vision_attention_stats(q_rows, k.to(torch::kFloat32), key_valid,
+    finish_stats(start, text_vision_attention_stats(q.gather(2, idx), k, key_valid,
                                                     query->row_valid, query->vision_rows, scale));
   };
 #if TORCH_VERSION_MAJOR >= 2

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <limits>
 #include <numeric>
+#include <tuple>
 #include <utility>
+
+#include "kernels/ops.h"
 
 namespace specprune {
 
@@ -69,9 +72,10 @@ RepackedBatch RepackSamples(const RaggedBatch& batch, const std::vector<int64_t>
     out.batch.rows.push_back(batch.rows[b]);
     new_max = std::max(new_max, batch.rows[b].length());
   }
-  // Built through a raw pointer: per-sample tensor ops cost more than the copy itself.
-  auto flat = torch::empty({n, new_max}, torch::kLong);
-  int64_t* f = flat.data_ptr<int64_t>();
+  // Built through a raw pointer (per-sample tensor ops cost more than the copy itself), the flat
+  // rows followed by the lengths, so that one transfer takes both to the device.
+  auto host = torch::empty({n * new_max + n}, torch::kLong);
+  int64_t* f = host.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
     const int64_t base = samples[i] * old_max;
     const int64_t length = out.batch.rows[i].length();
@@ -82,16 +86,12 @@ RepackedBatch RepackSamples(const RaggedBatch& batch, const std::vector<int64_t>
       for (int64_t t = 0; t < length; ++t) row[t] = base + keep_rows[i][t];
     }
     std::fill(row + length, row + new_max, base);
+    f[n * new_max + i] = length;
   }
-  const auto device = batch.hidden.device();
-  out.flat_rows = flat.to(device);
-  const auto index = out.flat_rows.view({n * new_max});
-  const int64_t old_rows = static_cast<int64_t>(batch.rows.size()) * old_max;
-  out.batch.hidden =
-      batch.hidden.reshape({old_rows, d}).index_select(0, index).view({n, new_max, d});
-  out.batch.positions =
-      batch.positions.reshape({old_rows}).index_select(0, index).view({n, new_max});
-  out.batch.valid = ValidRows(out.batch.rows, new_max, device);
+  const auto on_device = host.to(batch.hidden.device());
+  out.flat_rows = on_device.narrow(0, 0, n * new_max).view({n, new_max});
+  std::tie(out.batch.hidden, out.batch.positions, out.batch.valid) = compact_rows(
+      batch.hidden, batch.positions, out.flat_rows, on_device.narrow(0, n * new_max, n));
   return out;
 }
 

@@ -73,8 +73,9 @@ struct RepackedBatch {
 // Removes pruned rows and takes samples apart: sample i of the result is sample `samples[i]` of
 // `batch` (any order), keeping its rows `keep_rows[i]` (ascending, in the layout *before* the
 // update; empty = unchanged). `batch.rows` must already describe the layout after the update.
-// Trimmed to the longest result sample; hidden and positions are copied once (one index_select
-// over the flattened batch: whole rows, not the elementwise gather), valid is rebuilt.
+// Trimmed to the longest result sample; hidden, positions and valid come from one compact_rows
+// (kernels/ops.h: whole rows of the flattened batch, one kernel on CUDA) after one host-to-device
+// copy of the row table.
 RepackedBatch RepackSamples(const RaggedBatch& batch, const std::vector<int64_t>& samples,
                             const std::vector<std::vector<int64_t>>& keep_rows);
 

@@ -291,28 +291,101 @@ TEST(KernelsTest, ExtractPatchesMatchesPatchEmbeddingConv) {
   EXPECT_THROW(extract_patches(torch::rand({3, 14, 12}), 7), c10::Error);
 }
 
-// --- CUDA vs CPU reference (skipped without a CUDA device). ---
-
-TEST(KernelsTest, CudaAttentionStatsMatchCpuReference) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  const StatsCase c = AwkwardCase();
-  auto [cpu_scores, cpu_entropy] =
-      cpu::text_vision_attention_stats(c.q, c.k, c.key_valid, c.row_valid, c.vision_rows, c.scale);
-  const torch::Device dev(torch::kCUDA);
-  auto [scores, entropy] =
-      text_vision_attention_stats(c.q.to(dev), c.k.to(dev), c.key_valid.to(dev),
-                                  c.row_valid.to(dev), c.vision_rows.to(dev), c.scale);
-  EXPECT_TRUE(scores.is_cuda());
-  EXPECT_TRUE(torch::allclose(scores.cpu(), cpu_scores, 1e-4, 1e-6));
-  EXPECT_TRUE(torch::allclose(entropy.cpu(), cpu_entropy, 1e-4, 1e-5));
-  // Half-precision inputs are computed in float32 too.
-  auto [s16, e16] = text_vision_attention_stats(
-      c.q.to(dev).to(torch::kHalf), c.k.to(dev).to(torch::kHalf), c.key_valid.to(dev),
-      c.row_valid.to(dev), c.vision_rows.to(dev), c.scale);
-  EXPECT_TRUE(torch::allclose(s16.cpu(), cpu_scores, 1e-2, 1e-3));
+TEST(KernelsTest, CosineSimilarityOfUint8FramesEqualsTheFloatResult) {
+  torch::manual_seed(12);
+  auto a = torch::randint(0, 256, {9, 588}, torch::kByte);
+  auto b = torch::randint(0, 256, {9, 588}, torch::kByte);
+  EXPECT_TRUE(torch::allclose(patch_cosine_similarity(a, b),
+                              patch_cosine_similarity(a.to(torch::kFloat), b.to(torch::kFloat))));
+  EXPECT_THROW(patch_cosine_similarity(a, b.to(torch::kFloat)), c10::Error);
+  EXPECT_THROW(patch_cosine_similarity(a.to(torch::kInt), b.to(torch::kInt)), c10::Error);
 }
 
-TEST(KernelsTest, CudaCosineSimilarityMatchesCpuReference) {
+// Two samples of a [2, 5, 3] batch packed into [3, 4] rows: sample 1's rows {0, 2, 4}, sample 0
+// unchanged but cut to 4 rows, and sample 1 again with only 2 real rows (the rest padding).
+struct CompactCase {
+  torch::Tensor hidden, positions, flat_rows, lengths;
+};
+
+CompactCase SmallCompactCase() {
+  CompactCase c;
+  c.hidden = torch::arange(30, torch::kFloat).view({2, 5, 3});
+  c.positions = torch::arange(10, torch::kLong).view({2, 5}) + 100;
+  c.flat_rows = torch::tensor({5, 7, 9, 5, 0, 1, 2, 3, 5, 6, 5, 5}, torch::kLong).view({3, 4});
+  c.lengths = torch::tensor({3, 4, 2}, torch::kLong);
+  return c;
+}
+
+TEST(KernelsTest, CompactRowsCopiesTheNamedRowsPositionsAndMarksRealRows) {
+  const CompactCase c = SmallCompactCase();
+  auto [packed, positions, valid] = compact_rows(c.hidden, c.positions, c.flat_rows, c.lengths);
+  ASSERT_EQ(packed.sizes(), (std::vector<int64_t>{3, 4, 3}));
+  const auto flat = c.hidden.view({10, 3});
+  for (int64_t n = 0; n < 3; ++n) {
+    for (int64_t t = 0; t < 4; ++t) {
+      const int64_t row = c.flat_rows[n][t].item<int64_t>();
+      EXPECT_TRUE(torch::equal(packed[n][t], flat[row])) << n << "," << t;
+      EXPECT_EQ(positions[n][t].item<int64_t>(), 100 + row);
+      EXPECT_EQ(valid[n][t].item<bool>(), t < c.lengths[n].item<int64_t>());
+    }
+  }
+  EXPECT_EQ(valid.scalar_type(), torch::kBool);
+  auto bad = c.flat_rows.clone();
+  bad[0][0] = 10;
+  EXPECT_THROW(compact_rows(c.hidden, c.positions, bad, c.lengths), c10::Error);
+  EXPECT_THROW(compact_rows(c.hidden, c.positions, c.flat_rows, c.lengths.slice(0, 0, 2)),
+               c10::Error);
+  EXPECT_THROW(compact_rows(c.hidden, c.positions.to(torch::kInt), c.flat_rows, c.lengths),
+               c10::Error);
+}
+
+// --- CUDA vs CPU reference (skipped without a CUDA device). ---
+
+// Every kernel dtype, k in the attention's own [B,T,H,D]-transposed layout, and a case with
+// 7B-like sizes (T about 600, D = 128, R = 37 rows over 10 row chunks).
+TEST(KernelsTest, CudaAttentionStatsMatchCpuReferenceInEveryDtypeAndLayout) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const torch::Device dev(torch::kCUDA);
+  StatsCase big;
+  {
+    torch::manual_seed(99);
+    const int64_t b = 2, h = 3, r = 37, t = 611, d = 128, v = 515;
+    big.q = torch::randn({b, h, r, d});
+    big.k = torch::randn({b, t, h, d}).transpose(1, 2);  // non-contiguous, as in the model
+    big.key_valid = torch::ones({b, t}, torch::kBool);
+    big.key_valid[1].slice(0, 590).fill_(false);
+    big.row_valid = torch::ones({b, r}, torch::kBool);
+    big.row_valid[1].slice(0, 30).fill_(false);
+    big.vision_rows = torch::arange(1, v + 1, torch::kLong).repeat({b, 1});
+    big.vision_rows[1].slice(0, 500).fill_(-1);
+    big.scale = 1.0 / std::sqrt(static_cast<double>(d));
+  }
+  for (const StatsCase& c : {AwkwardCase(), big}) {
+    auto [want_s, want_e] = cpu::text_vision_attention_stats(c.q, c.k, c.key_valid, c.row_valid,
+                                                             c.vision_rows, c.scale);
+    for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+      const auto q = c.q.to(dev, dtype), k = c.k.to(dev, dtype);
+      auto [want_sd, want_ed] = cpu::text_vision_attention_stats(
+          q.cpu().to(torch::kFloat), k.cpu().to(torch::kFloat), c.key_valid, c.row_valid,
+          c.vision_rows, c.scale);  // the same rounded inputs, in float
+      auto [scores, entropy] = text_vision_attention_stats(
+          q, k, c.key_valid.to(dev), c.row_valid.to(dev), c.vision_rows.to(dev), c.scale);
+      ASSERT_TRUE(scores.is_cuda());
+      EXPECT_EQ(scores.scalar_type(), torch::kFloat);
+      EXPECT_TRUE(torch::allclose(scores.cpu(), want_sd, 1e-4, 1e-6)) << dtype;
+      EXPECT_TRUE(torch::allclose(entropy.cpu(), want_ed, 1e-4, 1e-5)) << dtype;
+      auto [again_s, again_e] = text_vision_attention_stats(
+          q, k, c.key_valid.to(dev), c.row_valid.to(dev), c.vision_rows.to(dev), c.scale);
+      EXPECT_TRUE(torch::equal(again_s, scores)) << "not deterministic";
+      EXPECT_TRUE(torch::equal(again_e, entropy)) << "not deterministic";
+      if (dtype == torch::kFloat) {
+        EXPECT_TRUE(torch::allclose(scores.cpu(), want_s, 1e-4, 1e-6));
+      }
+    }
+  }
+}
+
+TEST(KernelsTest, CudaCosineSimilarityMatchesCpuReferenceInEveryDtype) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   torch::manual_seed(11);
   auto a = torch::rand({131, 147});
@@ -320,10 +393,39 @@ TEST(KernelsTest, CudaCosineSimilarityMatchesCpuReference) {
   a[5].zero_();
   b[5].zero_();
   a[6].zero_();
-  auto want = cpu::patch_cosine_similarity(a, b);
-  auto got = patch_cosine_similarity(a.cuda(), b.cuda());
-  EXPECT_TRUE(got.is_cuda());
-  EXPECT_TRUE(torch::allclose(got.cpu(), want, 1e-5, 1e-6));
+  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+    const auto ad = a.to(dtype), bd = b.to(dtype);
+    auto want = cpu::patch_cosine_similarity(ad, bd);
+    auto got = patch_cosine_similarity(ad.cuda(), bd.cuda());
+    EXPECT_TRUE(got.is_cuda());
+    EXPECT_TRUE(torch::allclose(got.cpu(), want, 1e-5, 1e-6)) << dtype;
+  }
+  auto fa = torch::randint(0, 256, {37, 588}, torch::kByte);
+  auto fb = torch::randint(0, 256, {37, 588}, torch::kByte);
+  EXPECT_TRUE(torch::allclose(patch_cosine_similarity(fa.cuda(), fb.cuda()).cpu(),
+                              cpu::patch_cosine_similarity(fa, fb), 1e-5, 1e-6));
+}
+
+// 16-byte rows (float32, C = 4 x k) take the vector copy, odd rows (bfloat16, C = 7) the byte copy.
+TEST(KernelsTest, CudaCompactRowsMatchesCpuReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const CompactCase c = SmallCompactCase();
+  torch::manual_seed(5);
+  for (const auto& hidden :
+       {torch::randn({2, 5, 64}), torch::randn({2, 5, 7}).to(torch::kBFloat16), c.hidden}) {
+    auto [want_h, want_p, want_v] = cpu::compact_rows(hidden, c.positions, c.flat_rows, c.lengths);
+    auto [h, p, v] =
+        compact_rows(hidden.cuda(), c.positions.cuda(), c.flat_rows.cuda(), c.lengths.cuda());
+    EXPECT_TRUE(torch::equal(h.cpu(), want_h));
+    EXPECT_TRUE(torch::equal(p.cpu(), want_p));
+    EXPECT_TRUE(torch::equal(v.cpu(), want_v));
+  }
+  auto bad = c.flat_rows.clone();
+  bad[2][1] = 10;  // out of range: a zero row, position 0, not valid (no device check)
+  auto [h, p, v] = compact_rows(c.hidden.cuda(), c.positions.cuda(), bad.cuda(), c.lengths.cuda());
+  EXPECT_EQ(h.cpu()[2][1].abs().sum().item<float>(), 0.0f);
+  EXPECT_EQ(p.cpu()[2][1].item<int64_t>(), 0);
+  EXPECT_FALSE(v.cpu()[2][1].item<bool>());
 }
 
 TEST(KernelsTest, CudaExtractPatchesMatchesCpu) {
