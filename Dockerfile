@@ -31,23 +31,8 @@
 # `--config /etc/specprune/server.json` with the file mounted there (flags override the config
 # file, so pass model_dir as a flag, not in the file, to move off the embedded model).
 #
-# CUDA variant (NOT buildable on the dev boxes: no GPU, no registry, and Debian's libtorch is
-# CPU-only). Steps on a machine with a registry and the NVIDIA container toolkit:
-#   1. BASE=nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04 for the build stage and
-#      nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 for the runtime stage (Ubuntu 22.04 carries
-#      gRPC/protobuf/abseil/prometheus-cpp/turbojpeg/png -dev packages like Debian 12's).
-#   2. In the build stage, instead of Debian's libtorch-dev: download PyTorch's CUDA LibTorch
-#      (cxx11 ABI) matching the CUDA version, e.g.
-#        curl -LO https://download.pytorch.org/libtorch/cu124/libtorch-cxx11-abi-shared-with-deps-2.4.1%2Bcu124.zip
-#        unzip -d /opt libtorch-cxx11-abi-shared-with-deps-2.4.1+cu124.zip
-#      install the other setup.sh packages (minus libtorch-dev) and configure with
-#        deploy/build.sh -DCMAKE_PREFIX_PATH=/opt/libtorch -DSPECPRUNE_BUILD_TESTS=OFF
-#      (nvcc is found at /usr/local/cuda/bin/nvcc, so the CUDA kernels are compiled; set
-#      -DCMAKE_CUDA_ARCHITECTURES to the target GPUs, default 80;90).
-#   3. In the runtime stage, copy /opt/libtorch/lib next to the install tree
-#      (/opt/specprune/lib, with LD_LIBRARY_PATH or an ld.so.conf.d entry) and apt-get only the
-#      non-torch runtime packages listed below.
-#   4. Run with `docker run --gpus all ... specprune/serve:cuda --device cuda --dtype bf16`.
+# CUDA variant: Dockerfile.cuda (NOT buildable on the dev boxes: no GPU, no registry, no download
+# site; tests/dockerfile_cuda_test.py keeps it in step with this file).
 
 ARG BASE=specprune/debian:12
 

@@ -22,6 +22,20 @@ PACKAGES=(
   clang libclang-rt-14-dev  # .ci/fuzz.sh, .ci/asan.sh: libFuzzer, ASan + UBSan (fuzz/README.md)
 )
 
+# SPECPRUNE_SETUP_SKIP: space-separated packages to leave out (Dockerfile.cuda: libtorch-dev, whose
+# place PyTorch's CUDA LibTorch takes). `setup.sh --print` prints the list and installs nothing.
+if [ -n "${SPECPRUNE_SETUP_SKIP:-}" ]; then
+  kept=()
+  for p in "${PACKAGES[@]}"; do
+    case " ${SPECPRUNE_SETUP_SKIP} " in *" $p "*) ;; *) kept+=("$p") ;; esac
+  done
+  PACKAGES=("${kept[@]}")
+fi
+if [ "${1:-}" = "--print" ]; then
+  printf '%s\n' "${PACKAGES[@]}"
+  exit 0
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

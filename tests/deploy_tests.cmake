@@ -18,3 +18,10 @@ set_tests_properties(k8s_manifests compose_config PROPERTIES
   LABELS deploy
   TIMEOUT 120
   SKIP_RETURN_CODE 77)
+# Dockerfile.cuda cannot be built here (no registry, no GPU): tests/dockerfile_cuda_test.py keeps it
+# in step with the CPU Dockerfile that docker_image builds (runtime libraries, user, ports,
+# healthcheck, entrypoint, setup.sh without libtorch-dev) and rejects broken copies.
+add_test(NAME dockerfile_cuda_in_step
+         COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/dockerfile_cuda_test.py
+                 ${CMAKE_SOURCE_DIR})
+set_tests_properties(dockerfile_cuda_in_step PROPERTIES LABELS deploy TIMEOUT 60)
