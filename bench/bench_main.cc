@@ -60,6 +60,10 @@ ABSL_FLAG(std::string, dtype, "fp32", "fp32|bf16|auto");
 ABSL_FLAG(std::string, device, "cpu", "cpu|cuda");
 ABSL_FLAG(int, threads, 0, "intra-op LibTorch threads (0 = LibTorch's default)");
 ABSL_FLAG(uint64_t, seed, 0, "seed of the random weights and pruners");
+ABSL_FLAG(std::string, random_init, "nn",
+          "with --config: nn (torch::nn's init on the CPU, converted: reproducible across devices) "
+          "or device (the same distributions drawn in --dtype on --device: a 7B model in seconds "
+          "on a GPU)");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to FILE");
 ABSL_FLAG(double, keep_ratio, 0.0,
           "FastV and random keep ratio in (0, 1] (0 = the default, 0.25), e.g. SpecPrune's "
@@ -76,10 +80,11 @@ constexpr char kUsage[] =
     "    [--methods none,specprune,fastv,random] [--episode_steps S] [--stagger] [--dtype "
     "fp32|bf16]\n"
     "    [--device cpu|cuda] [--threads T] [--seed S] [--keep_ratio R] [--sub_batch_cost_rows N]\n"
-    "    [--json FILE]";
+    "    [--random_init nn|device] [--json FILE]";
 
 struct Args {
   std::string model_dir, config, dtype, device, json;
+  ParameterInit random_init = ParameterInit::kRandom;  // --random_init
   std::vector<std::string> methods;
   int batch, iters, warmup, episode_steps, threads;
   bool stagger;
@@ -114,6 +119,12 @@ absl::StatusOr<Args> ArgsFromFlags() {
   a.threads = absl::GetFlag(FLAGS_threads);
   a.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   a.seed = absl::GetFlag(FLAGS_seed);
+  const std::string init = absl::GetFlag(FLAGS_random_init);
+  if (init == "device") {
+    a.random_init = ParameterInit::kRandomOnDevice;
+  } else if (init != "nn") {
+    return absl::InvalidArgumentError("--random_init must be nn or device, got \"" + init + "\"");
+  }
   if (a.batch <= 0) return absl::InvalidArgumentError("--batch must be > 0");
   if (a.iters <= 0) return absl::InvalidArgumentError("--iters must be > 0");
   if (a.warmup < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
@@ -198,6 +209,7 @@ int RunModel(const Args& args) {
     auto m = VlaModel::Create(*config, {.device = args.device,
                                         .dtype = args.dtype,
                                         .seed = args.seed,
+                                        .init = args.random_init,
                                         .sub_batch_cost_rows = args.sub_batch_cost_rows});
     if (!m.ok()) return Usage(std::string(m.status().message()).c_str());
     model = std::move(*m);
@@ -367,9 +379,14 @@ int RunModel(const Args& args) {
          {"samples", s.e2e.size() * args.batch}});
   }
   const auto flops = UnprunedForwardFlops(c, 20);
+  std::string weights = "checkpoint";
+  if (args.model_dir.empty()) {
+    weights = args.random_init == ParameterInit::kRandomOnDevice ? "random_on_device" : "random_nn";
+  }
   nlohmann::json j = {{"benchmark", "model"},
                       {"config", c.name},
                       {"model_dir", args.model_dir},
+                      {"weights", weights},
                       {"parameters", model->parameter_count()},
                       {"parameter_bytes", ParameterBytes(*model)},
                       {"load_seconds", load_seconds},

@@ -42,8 +42,9 @@
 #   --bench-weights  file (default): one random checkpoint written by specprune_make_checkpoint
 #                    (bf16, 15 GB for 7B, under the build dir), loaded by every bench batch and by
 #                    the server: the random init on the CPU is serial (~1 min for 7B), so it is
-#                    paid once, not per batch; memory: `specprune_bench --config` builds the random
-#                    model in memory in each batch's process (no file; the init paid per batch)
+#                    paid once, not per batch, and the server loads the same file; memory:
+#                    `specprune_bench --config` builds the random model in memory in each batch's
+#                    process (no file; on the GPU with --random_init device: drawn there in bf16)
 #   --serve-model    auto (default): the bench's checkpoint when it was written (the 7B shape on
 #                    the GPU, tiny in the smoke), else small; 7b|small|tiny: that preset (written
 #                    by specprune_make_checkpoint unless already there)
@@ -602,7 +603,9 @@ step_bench() {
     i=$((i + 1))
     (( t >= 10 )) || { note "batch $b: no time left"; rc=1; continue; }
     local src=(--model "$(model_dir "$BENCH_CONFIG")")
+    # In memory on the GPU: the random init drawn there in bf16 (seconds), not the CPU's.
     [[ $weights = memory ]] && src=(--config "$BENCH_CONFIG")
+    [[ $weights = memory && $MODE = gpu ]] && src+=(--random_init device)
     echo "== bench batch $b (limit ${t}s)"
     r=0
     x timeout --foreground -k 5 "$t" "$bench" model "${src[@]}" --dtype "$DTYPE" --device "$DEVICE" \

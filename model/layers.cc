@@ -1,5 +1,8 @@
 #include "model/layers.h"
 
+#include <cmath>
+#include <utility>
+
 namespace specprune {
 namespace {
 
@@ -18,6 +21,20 @@ torch::Tensor Uninitialized(std::vector<int64_t> shape) {
 
 bool Random() { return CurrentParameterPlacement().init == ParameterInit::kRandom; }
 
+bool RandomOnDevice() { return CurrentParameterPlacement().init == ParameterInit::kRandomOnDevice; }
+
+// Uniform in [-bound, bound], drawn in the placement's dtype on its device.
+torch::Tensor UniformOnDevice(std::vector<int64_t> shape, double bound) {
+  torch::NoGradGuard no_grad;
+  return Uninitialized(std::move(shape)).uniform_(-bound, bound);
+}
+
+// torch::nn's Linear/Conv2d bound for weights and biases: kaiming_uniform(a = sqrt(5)) gives
+// 1/sqrt(fan_in), as does the bias init.
+double FanInBound(int64_t fan_in) {
+  return fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
+}
+
 }  // namespace
 
 ScopedParameterPlacement::ScopedParameterPlacement(const ParameterPlacement& placement)
@@ -31,7 +48,8 @@ const ParameterPlacement& CurrentParameterPlacement() { return *current_placemen
 
 torch::Tensor NewParameterTensor(std::vector<int64_t> shape,
                                  const std::function<torch::Tensor()>& make_fp32) {
-  if (!Random()) return Uninitialized(std::move(shape));
+  if (CurrentParameterPlacement().init == ParameterInit::kUninitialized)
+    return Uninitialized(std::move(shape));
   torch::NoGradGuard no_grad;
   return Place(make_fp32());
 }
@@ -43,6 +61,9 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias
         torch::nn::LinearOptions(in_features, out_features).bias(with_bias));
     weight = Place(reference->weight);
     if (with_bias) bias = Place(reference->bias);
+  } else if (RandomOnDevice()) {
+    weight = UniformOnDevice({out_features, in_features}, FanInBound(in_features));
+    if (with_bias) bias = UniformOnDevice({out_features}, FanInBound(in_features));
   } else {
     weight = Uninitialized({out_features, in_features});
     if (with_bias) bias = Uninitialized({out_features});
@@ -58,6 +79,9 @@ EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t dim) {
     torch::NoGradGuard no_grad;
     torch::nn::Embedding reference(num_embeddings, dim);
     weight = Place(reference->weight);
+  } else if (RandomOnDevice()) {
+    torch::NoGradGuard no_grad;
+    weight = Uninitialized({num_embeddings, dim}).normal_();
   } else {
     weight = Uninitialized({num_embeddings, dim});
   }
@@ -88,6 +112,10 @@ Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel
                                     .padding(padding));
     weight = Place(reference->weight);
     bias = Place(reference->bias);
+  } else if (RandomOnDevice()) {
+    const double bound = FanInBound(in_channels * kernel * kernel);
+    weight = UniformOnDevice({out_channels, in_channels, kernel, kernel}, bound);
+    bias = UniformOnDevice({out_channels}, bound);
   } else {
     weight = Uninitialized({out_channels, in_channels, kernel, kernel});
     bias = Uninitialized({out_channels});

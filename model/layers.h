@@ -8,6 +8,12 @@
 //                   each tensor is then converted to the placement's dtype and device. At most one
 //                   layer exists in fp32 at a time, so a model whose parameters fit in bf16 can be
 //                   built on a machine that could not hold it in fp32.
+//   kRandomOnDevice torch::nn's distributions (Linear and Conv2d uniform in +-1/sqrt(fan_in),
+//                   Embedding standard normal) drawn directly in the placement's dtype on its
+//                   device from that device's generator: not torch::nn's values, and no fp32 copy
+//                   on the CPU. For benchmarks of large shapes on a GPU (a 7B model in seconds
+//                   instead of the CPU's serial init); small parameters (norms, tokens) still go
+//                   through their fp32 init.
 //   kUninitialized  each tensor is allocated in the placement's dtype on its device and left
 //                   uninitialized (no init, no conversion): for a model whose every parameter is
 //                   read from a checkpoint next (LoadModelDir).
@@ -27,8 +33,9 @@
 namespace specprune {
 
 enum class ParameterInit {
-  kRandom,         // seeded random init (torch::nn's), then converted
-  kUninitialized,  // allocated only; the caller fills every parameter
+  kRandom,          // seeded random init (torch::nn's), then converted
+  kRandomOnDevice,  // torch::nn's distributions drawn in dtype on the device (see above)
+  kUninitialized,   // allocated only; the caller fills every parameter
 };
 
 struct ParameterPlacement {
@@ -53,9 +60,9 @@ class ScopedParameterPlacement {
 // The current placement of this thread.
 const ParameterPlacement& CurrentParameterPlacement();
 
-// A parameter tensor of `shape` per the current placement: kRandom calls `make_fp32` (which must
-// return an fp32 CPU tensor of `shape`; it may draw from the global generator) and converts the
-// result; kUninitialized allocates without calling it.
+// A parameter tensor of `shape` per the current placement: kRandom and kRandomOnDevice call
+// `make_fp32` (which must return an fp32 CPU tensor of `shape`; it may draw from the global
+// generator) and convert the result; kUninitialized allocates without calling it.
 torch::Tensor NewParameterTensor(std::vector<int64_t> shape,
                                  const std::function<torch::Tensor()>& make_fp32);
 

@@ -64,7 +64,6 @@ RepackedBatch RepackSamples(const RaggedBatch& batch, const std::vector<int64_t>
                             const std::vector<std::vector<int64_t>>& keep_rows) {
   const int64_t n = static_cast<int64_t>(samples.size());
   const int64_t old_max = batch.max_length();
-  const int64_t d = batch.hidden.size(-1);
   RepackedBatch out;
   out.batch.rows.reserve(n);
   int64_t new_max = 0;

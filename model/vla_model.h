@@ -33,8 +33,10 @@ struct ModelOptions {
   std::string dtype = "fp32";  // "fp32", "bf16" or "auto" (weights and activations; ResolveDtype)
   uint64_t seed = 0;           // random init (before a checkpoint is loaded)
   // kRandom: seeded init, one layer at a time in fp32, converted to dtype on device, so the peak
-  // is the model in dtype plus one fp32 layer. kUninitialized: parameters allocated in dtype on
-  // device and left unset, for a checkpoint read next (LoadModelDir); see model/layers.h.
+  // is the model in dtype plus one fp32 layer. kRandomOnDevice: the same distributions drawn in
+  // dtype on the device (other values; fast on a GPU). kUninitialized: parameters allocated in
+  // dtype on device and left unset, for a checkpoint read next (LoadModelDir); see
+  // model/layers.h.
   ParameterInit init = ParameterInit::kRandom;
   // Ragged batches (docs/ARCHITECTURE.md "SpecPrune", batching): after a repack, the LLM layers run
   // the samples in sub-batches of similar length when that saves more padded rows than this many

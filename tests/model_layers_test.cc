@@ -1,5 +1,6 @@
 #include <torch/torch.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,49 @@ TEST(ModelLayersTest, UninitializedPlacementAllocatesInItsDtypeWithoutDrawing) {
     EXPECT_EQ(scale.scalar_type(), torch::kBFloat16);
   }
   EXPECT_TRUE(torch::equal(torch::rand({4}), expected_next)) << "the generator was advanced";
+}
+
+// Uniform in +-b has standard deviation b / sqrt(3).
+void ExpectUniformWithin(const torch::Tensor& t, double bound) {
+  const auto f = t.to(torch::kFloat);
+  EXPECT_LE(f.abs().max().item<double>(), bound * 1.01);  // bf16 rounding of values near b
+  EXPECT_NEAR(f.std().item<double>(), bound / std::sqrt(3.0), 0.05 * bound);
+  EXPECT_NEAR(f.mean().item<double>(), 0.0, 0.05 * bound);
+}
+
+TEST(ModelLayersTest, RandomOnDevicePlacementDrawsTorchNnDistributionsInItsDtype) {
+  torch::manual_seed(3);
+  ScopedParameterPlacement placement(
+      {ParameterInit::kRandomOnDevice, torch::kBFloat16, torch::kCPU});
+  Linear linear(300, 200);
+  Embedding embedding(50, 64);
+  Conv2d conv(3, 8, 14, 14);
+  auto scale = NewParameterTensor({5}, [] { return torch::full({5}, 0.5); });
+  for (const auto& p : Params(*linear)) EXPECT_EQ(p.second.scalar_type(), torch::kBFloat16);
+  ExpectUniformWithin(linear->weight, 1.0 / std::sqrt(300.0));
+  ExpectUniformWithin(linear->bias, 1.0 / std::sqrt(300.0));
+  ExpectUniformWithin(conv->weight, 1.0 / std::sqrt(3.0 * 14 * 14));
+  EXPECT_NEAR(embedding->weight.to(torch::kFloat).std().item<double>(), 1.0, 0.05);
+  EXPECT_TRUE(torch::equal(scale.to(torch::kFloat), torch::full({5}, 0.5)));  // small: its init
+  // Not torch::nn's values: drawn in bf16 directly, not converted from the fp32 draws.
+  torch::manual_seed(3);
+  torch::nn::Linear reference(300, 200);
+  EXPECT_FALSE(torch::equal(linear->weight, reference->weight.to(torch::kBFloat16)));
+}
+
+TEST(ModelLayersTest, RandomOnDeviceModelHasEveryParameterFiniteInItsDtype) {
+  auto config = PresetConfig("tiny");
+  ASSERT_TRUE(config.ok());
+  auto model = VlaModel::Create(
+      *config, {.dtype = "bf16", .seed = 4, .init = ParameterInit::kRandomOnDevice});
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto reference = VlaModel::Create(*config, {.dtype = "bf16", .seed = 4});
+  ASSERT_TRUE(reference.ok());
+  EXPECT_EQ((*model)->parameter_count(), (*reference)->parameter_count());
+  for (const auto& p : Params(*(*model)->module())) {
+    EXPECT_EQ(p.second.scalar_type(), torch::kBFloat16) << p.first;
+    EXPECT_TRUE(torch::isfinite(p.second).all().item<bool>()) << p.first;
+  }
 }
 
 TEST(ModelLayersTest, ScopesNestAndRestoreThePreviousPlacement) {
