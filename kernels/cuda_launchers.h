@@ -50,5 +50,8 @@ cudaError_t LaunchCompactRows(const void* src, int64_t src_rows, int64_t row_byt
                               int64_t* out_positions, uint8_t* out_valid, int device,
                               cudaStream_t stream);
 
+// cudaMemGetInfo on `device` (made current for the call, then restored).
+cudaError_t QueryMemory(int device, int64_t* free_bytes, int64_t* total_bytes);
+
 }  // namespace cuda
 }  // namespace specprune

@@ -314,5 +314,19 @@ cudaError_t LaunchCompactRows(const void* src, int64_t src_rows, int64_t row_byt
   return cudaGetLastError();
 }
 
+cudaError_t QueryMemory(int device, int64_t* free_bytes, int64_t* total_bytes) {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return err;
+  if (device < 0 || device >= count) return cudaErrorInvalidDevice;
+  DeviceGuard guard(device);
+  size_t free = 0, total = 0;
+  err = cudaMemGetInfo(&free, &total);
+  if (err != cudaSuccess) return err;
+  *free_bytes = static_cast<int64_t>(free);
+  *total_bytes = static_cast<int64_t>(total);
+  return cudaSuccess;
+}
+
 }  // namespace cuda
 }  // namespace specprune

@@ -348,11 +348,31 @@ void ServerMetrics::RecordActionDeviation(v1::PruningMethod method, double devia
   action_deviation_[MethodIndex(method)]->Observe(deviation);
 }
 
+void ServerMetrics::SetGpuMemorySource(std::string device,
+                                       std::function<std::optional<GpuMemory>()> source) {
+  gpu_device_ = std::move(device);
+  gpu_memory_source_ = std::move(source);
+}
+
 std::string ServerMetrics::Serialize() const {
   std::ostringstream out;
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
   for (prometheus::MetricFamily& family : process_metrics_->Collect()) {
     families.push_back(std::move(family));
+  }
+  if (gpu_memory_source_) {
+    if (std::optional<GpuMemory> gpu = gpu_memory_source_(); gpu.has_value()) {
+      const auto gauge = [&](const char* name, const char* help, double value) {
+        prometheus::ClientMetric metric;
+        metric.label = {{"device", gpu_device_}};
+        metric.gauge.value = value;
+        families.push_back({name, help, prometheus::MetricType::Gauge, {metric}});
+      };
+      gauge("specprune_gpu_memory_used_bytes",
+            "Memory in use on the model's GPU (total - free, all processes).",
+            gpu->total_bytes - gpu->free_bytes);
+      gauge("specprune_gpu_memory_total_bytes", "Memory of the model's GPU.", gpu->total_bytes);
+    }
   }
   prometheus::TextSerializer().Serialize(out, families);
   return out.str();

@@ -38,6 +38,9 @@
 //     (the three in normalized action units: [-1, 1] = the dataset's q01..q99 of a column;
 //      method = none|specprune|fastv|random of the new chunk's pass)
 //   process_* (server/process_metrics.h)             CPU seconds, memory, fds, start time
+//   specprune_gpu_memory_used_bytes{device}          gauge      on a GPU only (SetGpuMemorySource):
+//   specprune_gpu_memory_total_bytes{device}         gauge      read on each scrape (used = total -
+//                                                               free: every process on the GPU)
 //
 // HTTP: StartExposer serves GET /metrics through MetricsHttpEndpoint
 // (server/metrics_http.h: bounded workers and timeouts against slow clients) instead of
@@ -50,6 +53,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -131,6 +135,15 @@ class ServerMetrics {
   void SetBuildInfo(const BuildLabels& labels);
   void SetModelLoadSeconds(double seconds);
 
+  // The GPU the model runs on, read on each scrape: free and total bytes, or nullopt (then no
+  // specprune_gpu_memory_* series). Call once at startup, before StartExposer; without it (the
+  // CPU) the families are absent.
+  struct GpuMemory {
+    double free_bytes = 0;
+    double total_bytes = 0;
+  };
+  void SetGpuMemorySource(std::string device, std::function<std::optional<GpuMemory>()> source);
+
   // One finished RPC: `rpc` is the method name ("Predict", "StreamPredict",
   // "Reset", "GetModelInfo"; one StreamPredict message counts as one
   // "StreamPredict" request), `grpc_code` a google.rpc.Code value, `seconds`
@@ -171,6 +184,8 @@ class ServerMetrics {
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<prometheus::Collectable> process_metrics_;
+  std::string gpu_device_;                                       // set before serving
+  std::function<std::optional<GpuMemory>()> gpu_memory_source_;  // set before serving
 
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* request_duration_;

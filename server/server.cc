@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "model/checkpoint.h"
+#include "model/device_memory.h"
 #include "pruning/pruning_config.h"
 #include "server/build_version.h"
 #include "server/tls.h"
@@ -61,6 +62,15 @@ absl::StatusOr<std::unique_ptr<SpecPruneServer>> SpecPruneServer::Start(
                              .dtype = loaded->model->dtype_name(),  // "auto" resolved
                              .replica = ReplicaId(options),
                              .blas_core = BlasCoreName()});
+  if (const torch::Device device = loaded->model->device(); device.is_cuda()) {
+    s->metrics_->SetGpuMemorySource(
+        device.str(), [device]() -> std::optional<ServerMetrics::GpuMemory> {
+          const std::optional<DeviceMemoryInfo> m = ModelDeviceMemory(device);
+          if (!m.has_value()) return std::nullopt;
+          return ServerMetrics::GpuMemory{static_cast<double>(m->free_bytes),
+                                          static_cast<double>(m->total_bytes)};
+        });
+  }
   if (options.metrics_port > 0) {
     const std::string& metrics_host =
         options.metrics_host.empty() ? options.host : options.metrics_host;

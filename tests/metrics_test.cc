@@ -138,6 +138,22 @@ TEST(MetricsTest, BuildInfoAndModelLoadTimeAreExported) {
   EXPECT_THAT(text, HasSubstr("specprune_model_load_seconds 2.5"));
 }
 
+TEST(MetricsTest, GpuMemoryIsExportedOnlyWhileItsSourceAnswers) {
+  ServerMetrics metrics;
+  EXPECT_THAT(metrics.Serialize(), Not(HasSubstr("specprune_gpu_memory")));  // the CPU: no source
+  bool answers = true;
+  metrics.SetGpuMemorySource("cuda:0", [&]() -> std::optional<ServerMetrics::GpuMemory> {
+    if (!answers) return std::nullopt;
+    return ServerMetrics::GpuMemory{.free_bytes = 3e9, .total_bytes = 80e9};
+  });
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(text, HasSubstr("# TYPE specprune_gpu_memory_used_bytes gauge"));
+  EXPECT_THAT(text, HasSubstr("specprune_gpu_memory_used_bytes{device=\"cuda:0\"} 77000000000"));
+  EXPECT_THAT(text, HasSubstr("specprune_gpu_memory_total_bytes{device=\"cuda:0\"} 80000000000"));
+  answers = false;  // e.g. the driver went away: the series disappear, the scrape still works
+  EXPECT_THAT(metrics.Serialize(), Not(HasSubstr("specprune_gpu_memory")));
+}
+
 TEST(MetricsTest, RequestsAreCountedByRpcAndCode) {
   ServerMetrics metrics;
   metrics.RecordRequest("Predict", 0, 0.004);
