@@ -5,7 +5,6 @@
 #include <chrono>
 #include <mutex>
 #include <numeric>
-#include <unordered_map>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -201,16 +200,21 @@ absl::StatusOr<std::vector<int64_t>> KeptRows(SamplePruner& pruner, int64_t laye
   auto& ids = rows.vision_ids;
   auto keep = pruner.AfterLayer(static_cast<int>(layer), ids, stats);
   if (!keep.has_value()) return std::vector<int64_t>{};
-  std::unordered_map<int64_t, int64_t> row_of;
-  for (size_t i = 0; i < ids.size(); ++i) row_of[ids[i]] = static_cast<int64_t>(i);
+  // Vision ids are original patch indices, so a table indexed by id replaces a hash map.
+  int64_t max_id = -1;
+  for (int64_t id : ids) max_id = std::max(max_id, id);
+  std::vector<int64_t> row_of(max_id + 1, -1);
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] >= 0) row_of[ids[i]] = static_cast<int64_t>(i);
   std::vector<int64_t> kept_pos;
+  kept_pos.reserve(keep->size());
   for (int64_t id : *keep) {
-    auto it = row_of.find(id);
-    if (it == row_of.end())
-      return absl::InternalError(
-          absl::StrCat("pruner kept vision token ", id, " that is not present at layer ", layer));
-    kept_pos.push_back(it->second);
-    row_of.erase(it);  // ignore duplicates
+    if (id < 0 || id > max_id || row_of[id] < 0)
+      return absl::InternalError(absl::StrCat("pruner kept vision token ", id,
+                                              " that is not present (or kept twice) at layer ",
+                                              layer));
+    kept_pos.push_back(row_of[id]);
+    row_of[id] = -1;
   }
   if (kept_pos.size() == ids.size()) return std::vector<int64_t>{};
   std::sort(kept_pos.begin(), kept_pos.end());

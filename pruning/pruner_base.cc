@@ -10,6 +10,11 @@ namespace specprune {
 
 std::vector<float> ScoresToVector(const LayerAttentionStats* stats) {
   if (stats == nullptr || !stats->scores.defined()) return {};
+  const torch::Tensor& s = stats->scores;
+  if (s.device().is_cpu() && s.scalar_type() == torch::kFloat && s.is_contiguous()) {
+    const float* p = s.data_ptr<float>();  // the model's case: no tensor ops per layer and sample
+    return std::vector<float>(p, p + s.numel());
+  }
   auto t = stats->scores.detach().to(torch::kCPU, torch::kFloat).contiguous().view({-1});
   return std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
 }

@@ -132,6 +132,41 @@ TEST_F(VlaModelTest, PrunedRowsAreRemovedAndCountedPerLayer) {
   EXPECT_TRUE(torch::isfinite((*out)[0].normalized_actions).all().item<bool>());
 }
 
+TEST_F(VlaModelTest, PrunerKeepingAnAbsentDuplicatedOrNegativeIdIsAnInternalError) {
+  // Layer 1 keeps {0, 5}; at layer 2 only those two are present.
+  class TwoStepPruner : public FixedPruner {
+   public:
+    explicit TwoStepPruner(std::vector<int64_t> second) : FixedPruner(1, {0, 5}), second_(second) {}
+    StatsRows StatsWanted(int layer) const override {
+      return layer <= 2 ? StatsRows::kText : StatsRows::kNone;
+    }
+    std::optional<std::vector<int64_t>> AfterLayer(int layer, const std::vector<int64_t>& ids,
+                                                   const LayerAttentionStats* stats) override {
+      if (layer == 2) return second_;
+      return FixedPruner::AfterLayer(layer, ids, stats);
+    }
+
+   private:
+    std::vector<int64_t> second_;
+  };
+  const std::vector<std::vector<int64_t>> bad = {{0, 9}, {5, 5}, {-1}, {128}, {1000000}};
+  for (const auto& keep : bad) {
+    auto sample = MakeSample(8, 10);
+    TwoStepPruner pruner(keep);
+    sample.pruner = &pruner;
+    auto out = model_->Forward({sample});
+    ASSERT_FALSE(out.ok()) << "kept " << keep.front();
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInternal);
+    EXPECT_NE(out.status().message().find("not present"), std::string::npos) << out.status();
+  }
+  auto sample = MakeSample(8, 10);
+  TwoStepPruner fine({5});
+  sample.pruner = &fine;
+  auto out = model_->Forward({sample});
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ((*out)[0].vision_tokens_per_layer[3], 1);
+}
+
 TEST_F(VlaModelTest, SamplesWithDifferentRetainedSetsMatchThemselvesAlone) {
   auto s1 = MakeSample(8, 6), s2 = MakeSample(9, 14), s3 = MakeSample(10, 9);
   FixedPruner p1(1, {1, 2, 3, 50}), p2(1, {10, 20, 30, 40, 50, 60, 70, 80, 90}),
