@@ -315,6 +315,25 @@ absl::StatusOr<torch::ScalarType> OutputDtype(const CheckpointWriteOptions& opti
   return *dt;
 }
 
+// Where WriteRandomCheckpoint creates parameters: the default placement (torch::nn's fp32 on the
+// CPU) for kRandom, `dtype` on the requested device for kRandomOnDevice.
+absl::StatusOr<ParameterPlacement> RandomCheckpointPlacement(const CheckpointWriteOptions& options,
+                                                             torch::ScalarType dtype) {
+  switch (options.init) {
+    case ParameterInit::kRandom:
+      return ParameterPlacement{};
+    case ParameterInit::kRandomOnDevice: {
+      auto device = ParseDevice(options.device);  // FailedPrecondition without CUDA
+      if (!device.ok()) return device.status();
+      return ParameterPlacement{ParameterInit::kRandomOnDevice, dtype, *device};
+    }
+    case ParameterInit::kUninitialized:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      "init: a random checkpoint needs kRandom or kRandomOnDevice, not kUninitialized");
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
@@ -470,6 +489,8 @@ absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& co
   if (auto s = ValidateConfig(config); !s.ok()) return s;
   auto dt = OutputDtype(options);
   if (!dt.ok()) return dt.status();
+  auto placement = RandomCheckpointPlacement(options, *dt);
+  if (!placement.ok()) return placement.status();
   SP_RETURN_IF_ERROR(WriteConfigJson(config, dir, *dt));
   ModelFileWriter writer(dir, *dt, options.max_shard_bytes);
   CheckpointWriteStats stats;
@@ -488,6 +509,7 @@ absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& co
     // The order of VlaModuleImpl / VisionBackboneImpl / LlamaModelImpl construction, so the
     // generator's draws land in the same tensors as in VlaModel::Create.
     torch::manual_seed(seed);
+    ScopedParameterPlacement scope(*placement);
     for (const auto& t : config.towers)
       SP_RETURN_IF_ERROR(
           add("vision_backbone." + t.name + ".", *VisionTower(t, config.image_size)));

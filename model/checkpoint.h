@@ -31,6 +31,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/dataset_stats.h"
+#include "model/layers.h"  // ParameterInit
 #include "model/tokenizer.h"
 #include "model/torch_state_dict.h"  // ReadTorchStateDict, for action_head--*.pt files
 #include "model/vla_model.h"
@@ -67,6 +68,12 @@ struct CheckpointWriteOptions {
   // shard of its own). One shard is written as model.safetensors; several as
   // model-0000N-of-0000M.safetensors + model.safetensors.index.json (the HF layout).
   int64_t max_shard_bytes = int64_t{4} << 30;
+  // How WriteRandomCheckpoint draws the weights (SaveWeights ignores both): kRandom builds each
+  // submodule with torch::nn's values in fp32 on the CPU; kRandomOnDevice draws them in `dtype`
+  // on `device` ("cpu" or "cuda[:N]"; model/layers.h), e.g. a 7B checkpoint on a GPU in seconds
+  // instead of the CPU's serial init. kUninitialized is refused (InvalidArgument).
+  ParameterInit init = ParameterInit::kRandom;
+  std::string device = "cpu";  // used by kRandomOnDevice only
 };
 
 // Writes config.json and the safetensors files of `model` into `dir` (created if missing) in
@@ -89,6 +96,9 @@ struct CheckpointWriteStats {
 // torch::manual_seed(seed). The tensors therefore equal those of SaveWeights(*VlaModel::Create(
 // config, {.seed = seed}), dir, options), while the peak memory is one submodule in fp32 plus one
 // shard (EstimateRandomCheckpointMemory), e.g. ~7 GB instead of ~45 GB for openvla-oft-7b in bf16.
+// With options.init == kRandomOnDevice they equal those of VlaModel::Create(config, {.dtype,
+// .device, .seed = seed, .init = kRandomOnDevice}) instead, and one submodule lives on the device
+// at a time. A device this build or host lacks is FailedPrecondition.
 absl::StatusOr<CheckpointWriteStats> WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed,
                                                            const std::string& dir,
                                                            const CheckpointWriteOptions& options);

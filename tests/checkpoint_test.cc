@@ -197,6 +197,45 @@ TEST_F(CheckpointTest, RandomCheckpointStreamsSubmodulesIntoShardsAndEqualsTheWh
   EXPECT_EQ(AllTensorBytes(saved), AllTensorBytes(dir_));
 }
 
+TEST_F(CheckpointTest, DeviceInitCheckpointEqualsTheModelBuiltWithDeviceInit) {
+  CheckpointWriteOptions options;
+  options.dtype = "bf16";
+  options.init = ParameterInit::kRandomOnDevice;
+  options.device = "cpu";
+  const fs::path streamed = dir_ / "device_init";
+  auto stats = WriteRandomCheckpoint(config_, 3, streamed.string(), options);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  auto model = VlaModel::Create(
+      config_, {.dtype = "bf16", .seed = 3, .init = ParameterInit::kRandomOnDevice});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const fs::path saved = dir_ / "device_init_saved";
+  ASSERT_TRUE(SaveWeights(**model, saved.string(), "bf16").ok());
+  EXPECT_EQ(AllTensorBytes(streamed), AllTensorBytes(saved));
+  // Other values than torch::nn's (the default init's checkpoint in the same dtype).
+  const fs::path nn = dir_ / "nn_init_bf16";
+  ASSERT_TRUE(WriteRandomCheckpoint(config_, 3, nn.string(), {.dtype = "bf16"}).ok());
+  EXPECT_NE(AllTensorBytes(streamed), AllTensorBytes(nn));
+}
+
+TEST_F(CheckpointTest, RandomCheckpointRefusesUninitializedInitAndAMissingDevice) {
+  const fs::path out = dir_ / "refused";
+  auto uninitialized =
+      WriteRandomCheckpoint(config_, 3, out.string(), {.init = ParameterInit::kUninitialized});
+  ASSERT_FALSE(uninitialized.ok());
+  EXPECT_EQ(uninitialized.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(uninitialized.status().message().find("init"), std::string::npos);
+  auto bad_device = WriteRandomCheckpoint(
+      config_, 3, out.string(), {.init = ParameterInit::kRandomOnDevice, .device = "tpu"});
+  EXPECT_FALSE(bad_device.ok());
+  if (!torch::cuda::is_available()) {
+    auto cuda = WriteRandomCheckpoint(config_, 3, out.string(),
+                                      {.init = ParameterInit::kRandomOnDevice, .device = "cuda"});
+    ASSERT_FALSE(cuda.ok());
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition) << cuda.status();
+  }
+  EXPECT_FALSE(fs::exists(out / "config.json"));  // refused before anything is written
+}
+
 TEST_F(CheckpointTest, AddedFilmModuleMayBeMissingOnlyWhenTheTrainerAllowsIt) {
   ModelConfig film_config = config_;
   film_config.instruction_film = true;
