@@ -556,12 +556,18 @@ absl::StatusOr<CheckpointSizeEstimate> EstimateRandomCheckpointMemory(
   e.largest_unit_parameters = *std::max_element(units.begin(), units.end());
   e.disk_bytes = e.parameters * out_bytes;
   // One unit in fp32 + its converted copy + a full shard (its tensors may exceed the limit by
-  // one tensor) + the side files (kept until the end).
+  // one tensor) + the side files (kept until the end). Drawn on the device, the unit is created
+  // in the output dtype there: in host memory only when that device is the CPU.
   const int64_t side = (all.action_head + all.proprio_projector) * out_bytes;
   const int64_t shard =
       std::min(options.max_shard_bytes + e.largest_unit_parameters * out_bytes, e.disk_bytes);
-  e.peak_memory_bytes =
-      e.largest_unit_parameters * (4 + (out_bytes == 4 ? 0 : out_bytes)) + shard + side;
+  int64_t unit_bytes = e.largest_unit_parameters * (4 + (out_bytes == 4 ? 0 : out_bytes));
+  if (options.init == ParameterInit::kRandomOnDevice) {
+    auto placement = RandomCheckpointPlacement(options, *dt);
+    if (!placement.ok()) return placement.status();
+    unit_bytes = placement->device.is_cpu() ? e.largest_unit_parameters * out_bytes : 0;
+  }
+  e.peak_memory_bytes = unit_bytes + shard + side;
   return e;
 }
 

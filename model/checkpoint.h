@@ -107,7 +107,7 @@ struct CheckpointSizeEstimate {
   int64_t parameters = 0;
   int64_t largest_unit_parameters = 0;  // see CheckpointWriteStats
   int64_t disk_bytes = 0;               // tensor bytes written (headers excluded)
-  int64_t peak_memory_bytes = 0;        // WriteRandomCheckpoint's tensors at the worst moment
+  int64_t peak_memory_bytes = 0;        // WriteRandomCheckpoint's host tensors at the worst moment
 };
 // Computed from the config alone (no allocation).
 absl::StatusOr<CheckpointSizeEstimate> EstimateRandomCheckpointMemory(

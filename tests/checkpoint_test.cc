@@ -315,7 +315,21 @@ TEST_F(CheckpointTest, Oft7bBf16CheckpointFitsA24GbMachine) {
   EXPECT_LT(e->peak_memory_bytes, int64_t{12} << 30);
   // Materializing the model in fp32 first (the old way) would need 4 bytes per parameter.
   EXPECT_GT(e->parameters * 4, int64_t{24} << 30);
-  options.max_shard_bytes = 0;
+  // Drawn in bf16 on the CPU: no fp32 unit; drawn on a GPU: no unit in host memory at all.
+  options.init = ParameterInit::kRandomOnDevice;
+  auto on_cpu = EstimateRandomCheckpointMemory(*c, options);
+  ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
+  EXPECT_EQ(e->peak_memory_bytes - on_cpu->peak_memory_bytes, e->largest_unit_parameters * 4);
+  options.device = "cuda";
+  auto on_gpu = EstimateRandomCheckpointMemory(*c, options);
+  if (torch::cuda::is_available()) {
+    ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
+    EXPECT_EQ(on_cpu->peak_memory_bytes - on_gpu->peak_memory_bytes,
+              on_gpu->largest_unit_parameters * 2);
+  } else {
+    EXPECT_EQ(on_gpu.status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  options = {.dtype = "bf16", .max_shard_bytes = 0};
   EXPECT_FALSE(EstimateRandomCheckpointMemory(*c, options).ok());
 }
 

@@ -14,7 +14,7 @@
 // MemAvailable or the free space of the output file system is too small (--noresource_check
 // skips this). --random_init device --device cuda draws each submodule in the output dtype on
 // the GPU instead (model/layers.h kRandomOnDevice; other values than nn's, no fp32 copy, seconds
-// instead of the CPU's serial init for 7B); the memory check still assumes the CPU path.
+// instead of the CPU's serial init for 7B; host memory: one shard).
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
