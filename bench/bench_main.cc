@@ -119,12 +119,9 @@ absl::StatusOr<Args> ArgsFromFlags() {
   a.threads = absl::GetFlag(FLAGS_threads);
   a.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   a.seed = absl::GetFlag(FLAGS_seed);
-  const std::string init = absl::GetFlag(FLAGS_random_init);
-  if (init == "device") {
-    a.random_init = ParameterInit::kRandomOnDevice;
-  } else if (init != "nn") {
-    return absl::InvalidArgumentError("--random_init must be nn or device, got \"" + init + "\"");
-  }
+  auto init = ParseRandomInit(absl::GetFlag(FLAGS_random_init));
+  if (!init.ok()) return init.status();
+  a.random_init = *init;
   if (a.batch <= 0) return absl::InvalidArgumentError("--batch must be > 0");
   if (a.iters <= 0) return absl::InvalidArgumentError("--iters must be > 0");
   if (a.warmup < 0) return absl::InvalidArgumentError("--warmup must be >= 0");

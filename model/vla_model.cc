@@ -65,6 +65,13 @@ absl::StatusOr<torch::Device> ParseDevice(const std::string& device) {
   }
 }
 
+absl::StatusOr<ParameterInit> ParseRandomInit(const std::string& name) {
+  if (name == "nn") return ParameterInit::kRandom;
+  if (name == "device") return ParameterInit::kRandomOnDevice;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--random_init must be nn or device, got \"", name, "\""));
+}
+
 absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& dtype) {
   if (dtype == "fp32" || dtype == "float32") return torch::kFloat32;
   if (dtype == "bf16" || dtype == "bfloat16") return torch::kBFloat16;

@@ -141,6 +141,8 @@ std::vector<int64_t> BuildPromptIds(const ModelConfig& config, const Tokenizer& 
 
 absl::StatusOr<torch::Device> ParseDevice(const std::string& device);
 absl::StatusOr<torch::ScalarType> ParseDtype(const std::string& dtype);
+// The --random_init value of the tools: "nn" -> kRandom, "device" -> kRandomOnDevice.
+absl::StatusOr<ParameterInit> ParseRandomInit(const std::string& name);
 // "auto" -> "bf16" on CUDA and on CPUs with AVX512-BF16 or AMX-BF16 (where bf16 runs the
 // fidelity table within a point of fp32, docs/BENCHMARKS.md "bf16 on the CPU"), else "fp32";
 // any other value is returned unchanged. VlaModel::Create resolves its options with it, so

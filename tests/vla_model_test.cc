@@ -351,6 +351,17 @@ TEST_F(VlaModelTest, InstructionFilmStartsAsTheIdentityAndThenConditionsTheVisio
   }
 }
 
+TEST(VlaModelFlagsTest, RandomInitNamesMapToTheirInitAndOthersAreRefusedByName) {
+  EXPECT_EQ(*ParseRandomInit("nn"), ParameterInit::kRandom);
+  EXPECT_EQ(*ParseRandomInit("device"), ParameterInit::kRandomOnDevice);
+  for (const char* bad : {"", "uninitialized", "Device"}) {
+    auto init = ParseRandomInit(bad);
+    ASSERT_FALSE(init.ok()) << bad;
+    EXPECT_EQ(init.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(init.status().message().find("--random_init"), std::string::npos);
+  }
+}
+
 TEST(VlaConfigTest, OpenVla7bParameterCountMatchesPublishedSize) {
   auto c = PresetConfig("openvla-oft-7b");
   ASSERT_TRUE(c.ok());

@@ -128,13 +128,10 @@ int main(int argc, char** argv) {
   }
   specprune::CheckpointWriteOptions options;
   options.dtype = dtype;
-  const std::string init = absl::GetFlag(FLAGS_random_init);
-  if (init == "device") {
-    options.init = specprune::ParameterInit::kRandomOnDevice;
-    options.device = absl::GetFlag(FLAGS_device);
-  } else if (init != "nn") {
-    return Usage("--random_init must be nn or device, got \"" + init + "\"");
-  }
+  auto init = specprune::ParseRandomInit(absl::GetFlag(FLAGS_random_init));
+  if (!init.ok()) return Usage(std::string(init.status().message()));
+  options.init = *init;
+  options.device = absl::GetFlag(FLAGS_device);
   options.max_shard_bytes = shard_mb << 20;
   auto estimate = specprune::EstimateRandomCheckpointMemory(*config, options);
   if (!estimate.ok()) return Usage(std::string(estimate.status().message()));
@@ -183,6 +180,7 @@ int main(int argc, char** argv) {
       "wrote %s: config %s, %lld parameters in %lld shard(s), dtype %s, seed %llu, init %s\n",
       out.c_str(), config_name.c_str(), static_cast<long long>(stats->parameters),
       static_cast<long long>(stats->shards), dtype.c_str(), static_cast<unsigned long long>(seed),
-      init == "device" ? ("device " + options.device).c_str() : "nn");
+      *init == specprune::ParameterInit::kRandomOnDevice ? ("device " + options.device).c_str()
+                                                         : "nn");
   return 0;
 }
