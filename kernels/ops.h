@@ -43,12 +43,16 @@ std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
 
 // The same statistics from an attention's own softmax, for callers that materialize it (the
 // LibTorch 1.x attention path): no second q.k product and no second softmax over the T keys.
-//   logits     [B, H, T, T] float32: scale * q.k + key-padding bias (-inf at invalid keys), as the
-//              attention computed them (only the rows in query_rows are read).
-//   probs      [B, H, T, T] float32: softmax(logits, -1).
+//   logits     [B, H, T, T] float32, bfloat16 or float16: scale * q.k + key-padding bias (-inf at
+//              invalid keys), as the attention computed them (only the rows in query_rows are
+//              read).
+//   probs      [B, H, T, T] of logits' dtype: softmax(logits, -1).
 //   query_rows [B, R] int64: the query rows (as in AttentionStatsQuery; < T).
 //   row_valid, vision_rows: as above.
-// Returns scores and entropy as text_vision_attention_stats (equal up to float rounding). On CUDA
+// Returns float32 scores and entropy as text_vision_attention_stats (equal up to float rounding
+// for float32 inputs). For bf16/fp16 they are the statistics of the attention the model computed:
+// its rounded probabilities, each read exactly, summed in double (text_vision_attention_stats on
+// the same q and k gives the unrounded softmax instead: ~0.5% apart per probability). On CUDA
 // it is composed of LibTorch ops (no kernel of its own: the CUDA path uses the fused attention and
 // text_vision_attention_stats).
 std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(

@@ -70,12 +70,16 @@ void CheckCompactRowsArgs(const torch::Tensor& hidden, const torch::Tensor& posi
 void CheckSoftmaxStatsArgs(const torch::Tensor& logits, const torch::Tensor& probs,
                            const torch::Tensor& query_rows, const torch::Tensor& row_valid,
                            const torch::Tensor& vision_rows) {
-  TORCH_CHECK(logits.defined() && logits.dim() == 4 && logits.size(2) == logits.size(3) &&
-                  logits.scalar_type() == torch::kFloat,
-              "text_vision_stats_from_softmax: logits must be float32 [B,H,T,T]");
   TORCH_CHECK(
-      probs.defined() && probs.sizes() == logits.sizes() && probs.scalar_type() == torch::kFloat,
-      "text_vision_stats_from_softmax: probs must be float32 ", logits.sizes());
+      logits.defined() && logits.dim() == 4 && logits.size(2) == logits.size(3) &&
+          (logits.scalar_type() == torch::kFloat || logits.scalar_type() == torch::kBFloat16 ||
+           logits.scalar_type() == torch::kHalf),
+      "text_vision_stats_from_softmax: logits must be float32, bfloat16 or float16 "
+      "[B,H,T,T]");
+  TORCH_CHECK(probs.defined() && probs.sizes() == logits.sizes() &&
+                  probs.scalar_type() == logits.scalar_type(),
+              "text_vision_stats_from_softmax: probs must be ", logits.scalar_type(), " ",
+              logits.sizes());
   const int64_t b = logits.size(0);
   TORCH_CHECK(query_rows.defined() && query_rows.scalar_type() == torch::kLong &&
                   query_rows.dim() == 2 && query_rows.size(0) == b,
@@ -96,7 +100,7 @@ std::tuple<torch::Tensor, torch::Tensor> TextVisionStatsFromSoftmaxOps(
   const int64_t b = logits.size(0), h = logits.size(1), t = logits.size(3);
   const int64_t r = query_rows.size(1), v = vision_rows.size(1);
   auto rows_idx = query_rows.view({b, 1, r, 1}).expand({b, h, r, t});
-  auto p_rows = probs.gather(2, rows_idx);  // [B,H,R,T]
+  auto p_rows = probs.gather(2, rows_idx).to(torch::kFloat);  // [B,H,R,T]
   auto pad = (vision_rows < 0).view({b, 1, 1, v});
   auto idx = vision_rows.clamp_min(0).view({b, 1, 1, v}).expand({b, h, r, v});
   auto pv = p_rows.gather(-1, idx).masked_fill(pad, 0.0);  // [B,H,R,V]
@@ -202,19 +206,24 @@ std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
                          });
 }
 
+namespace {
+
 // One pass over the vision columns of each (sample, head, valid row): log P_j comes from the
 // logits, log P_j = logit_j - LSE with LSE = logit_k - log P_k for the row's largest vision P_k,
-// so the entropy costs one log per row instead of one per column.
-std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
-    const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
-    const torch::Tensor& row_valid, const torch::Tensor& vision_rows) {
-  internal::CheckSoftmaxStatsArgs(logits, probs, query_rows, row_valid, vision_rows);
+// so the entropy costs one log per row instead of one per column. Elements are read as double
+// whatever the attention's dtype (bf16 and fp16 convert exactly).
+template <typename T>
+std::tuple<torch::Tensor, torch::Tensor> StatsFromSoftmaxRows(const torch::Tensor& logits,
+                                                              const torch::Tensor& probs,
+                                                              const torch::Tensor& query_rows,
+                                                              const torch::Tensor& row_valid,
+                                                              const torch::Tensor& vision_rows) {
   const int64_t b = logits.size(0), h = logits.size(1), t = logits.size(3);
   const int64_t r = query_rows.size(1), v = vision_rows.size(1);
   const auto lg = logits.contiguous(), pr = probs.contiguous(), qr = query_rows.contiguous();
   const auto rv = row_valid.contiguous(), vr = vision_rows.contiguous();
-  const float* ls = lg.data_ptr<float>();
-  const float* ps = pr.data_ptr<float>();
+  const T* ls = lg.data_ptr<T>();
+  const T* ps = pr.data_ptr<T>();
   const int64_t* query = qr.data_ptr<int64_t>();
   const bool* row_ok = rv.data_ptr<bool>();
   const int64_t* vis = vr.data_ptr<int64_t>();
@@ -226,19 +235,19 @@ std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
   return AverageOverRows(b, h, r, v, row_ok,
                          [&](int64_t bi, int64_t hi, int64_t ri, double weight, double* score) {
                            const int64_t offset = ((bi * h + hi) * t + query[bi * r + ri]) * t;
-                           const float* p = ps + offset;
-                           const float* x = ls + offset;
+                           const T* p = ps + offset;
+                           const T* x = ls + offset;
                            const int64_t* cols = vis + bi * v;
                            double mass = 0.0, p_top = 0.0, x_top = 0.0;
                            for (int64_t j = 0; j < v; ++j) {
                              if (cols[j] < 0) continue;
-                             const double pj = p[cols[j]];
+                             const double pj = static_cast<double>(p[cols[j]]);
                              if (!(pj > 0.0)) continue;
                              mass += pj;
                              score[j] += weight * pj;
                              if (pj > p_top) {
                                p_top = pj;
-                               x_top = x[cols[j]];
+                               x_top = static_cast<double>(x[cols[j]]);
                              }
                            }
                            if (!(mass > 0.0)) return 0.0;
@@ -246,11 +255,27 @@ std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
                            double p_log_p = 0.0;
                            for (int64_t j = 0; j < v; ++j) {
                              if (cols[j] < 0) continue;
-                             const double pj = p[cols[j]];
-                             if (pj > 0.0) p_log_p += pj * (x[cols[j]] - lse);
+                             const double pj = static_cast<double>(p[cols[j]]);
+                             if (pj > 0.0) p_log_p += pj * (static_cast<double>(x[cols[j]]) - lse);
                            }
                            return std::log(mass) - p_log_p / mass;
                          });
+}
+
+}  // namespace
+
+std::tuple<torch::Tensor, torch::Tensor> text_vision_stats_from_softmax(
+    const torch::Tensor& logits, const torch::Tensor& probs, const torch::Tensor& query_rows,
+    const torch::Tensor& row_valid, const torch::Tensor& vision_rows) {
+  internal::CheckSoftmaxStatsArgs(logits, probs, query_rows, row_valid, vision_rows);
+  switch (logits.scalar_type()) {
+    case torch::kBFloat16:
+      return StatsFromSoftmaxRows<c10::BFloat16>(logits, probs, query_rows, row_valid, vision_rows);
+    case torch::kHalf:
+      return StatsFromSoftmaxRows<c10::Half>(logits, probs, query_rows, row_valid, vision_rows);
+    default:
+      return StatsFromSoftmaxRows<float>(logits, probs, query_rows, row_valid, vision_rows);
+  }
 }
 
 // One pass per row (a few LibTorch ops would cost more than the whole pass at N ~ 100-500 patches).

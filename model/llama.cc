@@ -98,8 +98,10 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Rope& ro
 #else
   auto logits = torch::matmul(q, k.transpose(-2, -1)) * scale + bias;
   auto probs = torch::softmax(logits, -1);
-  if (want_stats && probs.scalar_type() == torch::kFloat32) {
-    // The attention's own float32 softmax rows: no second product (kernels/ops.h).
+  const auto dtype = probs.scalar_type();
+  const bool reduced = dtype == torch::kBFloat16 || dtype == torch::kHalf;
+  if (want_stats && (dtype == torch::kFloat32 || (reduced && !probs.is_cuda()))) {
+    // The attention's own softmax rows: no second product (kernels/ops.h).
     const auto start = std::chrono::steady_clock::now();
     finish_stats(start, text_vision_stats_from_softmax(logits, probs, query->query_rows,
                                                        query->row_valid, query->vision_rows));

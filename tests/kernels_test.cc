@@ -165,6 +165,32 @@ TEST(KernelsTest, StatsFromSoftmaxMatchNaiveLoopsAndTheTensorOpVersion) {
   EXPECT_EQ(scores[1][11].item<float>(), 0.0f);  // padding
 }
 
+TEST(KernelsTest, StatsFromSoftmaxReadBfloat16AndHalfAttentionsExactly) {
+  // A bf16/fp16 attention's own rounded logits and probabilities: each element is read exactly, so
+  // the result equals the float32 kernel on the same values widened, and lies within the rounding
+  // of the probabilities from the float32 attention's statistics.
+  const StatsCase c = AwkwardCase();
+  const auto [logits, probs, query_rows] = SoftmaxOfCase(c);
+  auto [s32, e32] =
+      text_vision_stats_from_softmax(logits, probs, query_rows, c.row_valid, c.vision_rows);
+  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    const auto lr = logits.to(dtype), pr = probs.to(dtype);
+    auto [scores, entropy] =
+        text_vision_stats_from_softmax(lr, pr, query_rows, c.row_valid, c.vision_rows);
+    auto [widened_scores, widened_entropy] = text_vision_stats_from_softmax(
+        lr.to(torch::kFloat), pr.to(torch::kFloat), query_rows, c.row_valid, c.vision_rows);
+    EXPECT_EQ(scores.scalar_type(), torch::kFloat) << dtype;
+    EXPECT_TRUE(torch::allclose(scores, widened_scores, 1e-6, 1e-7)) << dtype;
+    EXPECT_TRUE(torch::allclose(entropy, widened_entropy, 1e-6, 1e-6)) << dtype;
+    EXPECT_TRUE(torch::allclose(scores, s32, 1e-2, 1e-3)) << dtype;
+    EXPECT_TRUE(torch::allclose(entropy, e32, 1e-2, 1e-2)) << dtype;
+    EXPECT_EQ(scores[1][11].item<float>(), 0.0f) << dtype;  // padding
+  }
+  EXPECT_THROW(text_vision_stats_from_softmax(logits.to(torch::kBFloat16), probs, query_rows,
+                                              c.row_valid, c.vision_rows),
+               c10::Error);  // mixed dtypes
+}
+
 TEST(KernelsTest, StatsFromSoftmaxAreZeroWithoutValidRowsAndRejectBadShapes) {
   StatsCase c = AwkwardCase();
   c.row_valid[1].fill_(false);

@@ -257,35 +257,81 @@ TEST(LlamaReferenceTest, KeyPaddingBiasIsZeroForValidAndMinusInfinityForPaddedKe
   }
 }
 
-TEST(LlamaReferenceTest, AttentionStatisticsEqualTheKernelOnTheLayersQueriesAndKeys) {
-  // On LibTorch 1.x the fp32 attention derives them from its own softmax, otherwise from q and k:
-  // either way they must be those of text_vision_attention_stats on the layer's q and k.
+// One attention layer in `dtype` run with a statistics query over two samples (the second two
+// rows shorter), with the layer's own q and k recomputed for the checks.
+struct AttentionStatsRun {
+  AttentionStatsResult stats;
+  torch::Tensor q, k, valid;  // q, k: [B, H, T, hd] after RoPE
+  AttentionStatsQuery query;
+  double scale = 0;
+};
+
+AttentionStatsRun RunAttentionWithStats(torch::ScalarType dtype) {
   const LlmConfig c = TinyLlm();
   LlamaAttention attention(c);
   Randomize(*attention, 9);
+  attention->to(dtype);
   const int64_t b = 2, t = 9, d = c.hidden, h = c.heads, hd = d / h;
   torch::manual_seed(11);
-  auto x = torch::randn({b, t, d});
-  auto valid = torch::ones({b, t}, torch::kBool);
-  valid[1].slice(0, 7).fill_(false);  // sample 1 is two rows shorter
+  AttentionStatsRun run;
+  auto x = torch::randn({b, t, d}).to(dtype);
+  run.valid = torch::ones({b, t}, torch::kBool);
+  run.valid[1].slice(0, 7).fill_(false);
   auto positions = torch::arange(t, torch::kLong).repeat({b, 1});
-  auto rope = MakeRope(positions, hd, c.rope_theta, torch::kFloat32);
-  AttentionStatsQuery query;
-  query.query_rows = torch::tensor({5, 6, 7, 5, 6, 0}, torch::kLong).view({b, 3});
-  query.row_valid = torch::tensor({1, 1, 1, 1, 1, 0}, torch::kBool).view({b, 3});
-  query.vision_rows = torch::tensor({1, 2, 3, 4, 1, 2, -1, -1}, torch::kLong).view({b, 4});
-  AttentionStatsResult stats;
+  auto rope = MakeRope(positions, hd, c.rope_theta, dtype);
+  run.query.query_rows = torch::tensor({5, 6, 7, 5, 6, 0}, torch::kLong).view({b, 3});
+  run.query.row_valid = torch::tensor({1, 1, 1, 1, 1, 0}, torch::kBool).view({b, 3});
+  run.query.vision_rows = torch::tensor({1, 2, 3, 4, 1, 2, -1, -1}, torch::kLong).view({b, 4});
   torch::NoGradGuard no_grad;
-  attention->forward(x, rope, KeyPaddingBias(valid, torch::kFloat32), valid, &query, &stats);
+  attention->forward(x, rope, KeyPaddingBias(run.valid, dtype), run.valid, &run.query, &run.stats);
   auto heads = [&](const torch::Tensor& y) { return y.view({b, t, h, hd}).transpose(1, 2); };
-  auto q = ApplyRope(heads(attention->q_proj(x)), rope);
-  auto k = ApplyRope(heads(attention->k_proj(x)), rope);
-  auto q_rows = q.gather(2, query.query_rows.view({b, 1, 3, 1}).expand({b, h, 3, hd}));
-  auto [scores, entropy] = text_vision_attention_stats(q_rows, k, valid, query.row_valid,
-                                                       query.vision_rows, 1.0 / std::sqrt(hd));
+  run.q = ApplyRope(heads(attention->q_proj(x)), rope);
+  run.k = ApplyRope(heads(attention->k_proj(x)), rope);
+  run.scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  return run;
+}
+
+// text_vision_attention_stats on the run's own q and k (its query rows).
+std::tuple<torch::Tensor, torch::Tensor> StatsFromQueriesAndKeys(const AttentionStatsRun& run) {
+  const int64_t b = run.q.size(0), h = run.q.size(1), r = run.query.query_rows.size(1);
+  auto q_rows =
+      run.q.gather(2, run.query.query_rows.view({b, 1, r, 1}).expand({b, h, r, run.q.size(3)}));
+  return text_vision_attention_stats(q_rows, run.k, run.valid, run.query.row_valid,
+                                     run.query.vision_rows, run.scale);
+}
+
+TEST(LlamaReferenceTest, AttentionStatisticsEqualTheKernelOnTheLayersQueriesAndKeys) {
+  // On LibTorch 1.x the fp32 attention derives them from its own softmax, otherwise from q and k:
+  // either way they must be those of text_vision_attention_stats on the layer's q and k.
+  const AttentionStatsRun run = RunAttentionWithStats(torch::kFloat32);
+  auto [scores, entropy] = StatsFromQueriesAndKeys(run);
+  const auto& stats = run.stats;
   EXPECT_TRUE(torch::allclose(stats.scores, scores, 1e-5, 1e-6)) << stats.scores << scores;
   EXPECT_TRUE(torch::allclose(stats.entropy, entropy, 1e-5, 1e-6)) << stats.entropy << entropy;
   EXPECT_GT(stats.seconds, 0.0);
+}
+
+TEST(LlamaReferenceTest, Bfloat16AttentionStatisticsAreThoseOfItsOwnRoundedSoftmax) {
+  // In bf16 on the CPU the statistics come from the attention's own bf16 softmax: within bf16
+  // rounding of the float32 product text_vision_attention_stats computes from the same q and k.
+  const AttentionStatsRun run = RunAttentionWithStats(torch::kBFloat16);
+  auto [scores, entropy] = StatsFromQueriesAndKeys(run);
+  const auto& stats = run.stats;
+  ASSERT_EQ(stats.scores.scalar_type(), torch::kFloat);
+#if TORCH_VERSION_MAJOR < 2
+  // LibTorch 1.x materializes the softmax: the statistics are exactly those of its bf16 rows.
+  torch::NoGradGuard no_grad;
+  auto logits = torch::matmul(run.q, run.k.transpose(-2, -1)) * run.scale +
+                KeyPaddingBias(run.valid, torch::kBFloat16);
+  auto [own_scores, own_entropy] =
+      text_vision_stats_from_softmax(logits, torch::softmax(logits, -1), run.query.query_rows,
+                                     run.query.row_valid, run.query.vision_rows);
+  EXPECT_TRUE(torch::equal(stats.scores, own_scores)) << stats.scores << own_scores;
+  EXPECT_TRUE(torch::equal(stats.entropy, own_entropy)) << stats.entropy << own_entropy;
+#endif
+  EXPECT_TRUE(torch::allclose(stats.scores, scores, 3e-2, 2e-3)) << stats.scores << scores;
+  EXPECT_TRUE(torch::allclose(stats.entropy, entropy, 3e-2, 1e-2)) << stats.entropy << entropy;
+  EXPECT_GT(stats.scores.sum().item<float>(), 0.0f);
 }
 
 TEST(LlamaReferenceTest, GatheredRopeEqualsRopeOfTheGatheredPositions) {
