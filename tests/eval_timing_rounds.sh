@@ -7,7 +7,7 @@ eval_bin=${1:?usage: eval_timing_rounds.sh EVAL_BINARY MODEL_DIR WORK_DIR}
 model=${2:?}
 work=${3:?}
 mkdir -p "$work"
-common=(--model "$model" --suites goal --methods specprune,fastv --episodes 2 --threads 1
+common=(--model "$model" --suites goal --methods "specprune,fastv" --episodes 2 --threads 1
         --reference=0 --fixed_tasks 10)
 "$eval_bin" "${common[@]}" --json "$work/one.json" 2> "$work/one.err"
 "$eval_bin" "${common[@]}" --timing_rounds 3 --json "$work/three.json" 2> "$work/three.err"
@@ -27,6 +27,19 @@ for a, b in zip(one["summary"], three["summary"]):
             fail("%s differs with timing rounds: %s vs %s" % (key, a[key], b[key]))
     if not b["forward_seconds_per_sample"] > 0:
         fail("no forward time")
+    # The breakdown covers the same (timing-round) passes: its stages are parts of the forward.
+    for run in (a, b):
+        f = run["forward_breakdown"]
+        parts = f["vision_ms_per_sample"] + f["llm_ms_per_sample"] + f["action_head_ms_per_sample"]
+        if not 0 < parts <= 1e3 * run["forward_seconds_per_sample"]:
+            fail("breakdown %s exceeds the forward %s" % (f, run["forward_seconds_per_sample"]))
+        if not 0 < f["pruning_own_ms_per_sample"] < 1e3 * run["forward_seconds_per_sample"]:
+            fail("the pruners' own work %s is not a part of the forward" % f)
+        if not (1 <= f["samples_per_pass"] <= 2 and f["llm_sub_batches_per_pass"] >= 1):
+            fail("pass shape %s (2 episodes per pass at most)" % f)
+    if b["forward_breakdown"]["passes"] != 2 * a["forward_breakdown"]["passes"]:
+        fail("two timing rounds run %s passes, round 1 ran %s" %
+             (b["forward_breakdown"]["passes"], a["forward_breakdown"]["passes"]))
 print("PASS: timing rounds", {k: [round(1e3 * x, 2) for x in v] for k, v in rounds.items()})
 PY
 grep -q "timing round 3: specprune" "$work/three.err" || { echo "FAIL: no round log"; exit 1; }

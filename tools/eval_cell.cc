@@ -218,10 +218,7 @@ absl::StatusOr<Cell> RunCell(const LoadedModel& m, const DatasetStats& stats,
   SP_ASSIGN_OR_RETURN(const std::vector<EpisodeOutcome> outcomes,
                       RunPolicyEpisodes(policy, stats, std::move(eps), ro, hooks, &timings));
   TallyOutcomes(outcomes, colour_decides, &cell);
-  cell.forward_seconds = timings.forward_seconds;
-  cell.forward_samples = timings.samples;
-  cell.llm_row_layers = timings.llm_row_layers;
-  cell.llm_valid_row_layers = timings.llm_valid_row_layers;
+  cell.timings = timings;
   return cell;
 }
 
@@ -272,10 +269,7 @@ Cell Merge(const std::vector<Cell>& cells, const std::string& method) {
       all.main_seen[item] += c.main_seen[item];
       all.main_shown[item] += c.main_shown[item];
     }
-    all.forward_seconds += c.forward_seconds;
-    all.forward_samples += c.forward_samples;
-    all.llm_row_layers += c.llm_row_layers;
-    all.llm_valid_row_layers += c.llm_valid_row_layers;
+    all.timings.Add(c.timings);
     steps += c.mean_steps * c.episodes;
   }
   all.mean_steps = all.episodes ? steps / all.episodes : 0;

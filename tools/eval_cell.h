@@ -17,6 +17,7 @@
 #include "pruning/pruning_config.h"
 #include "tools/eval_options.h"
 #include "tools/grounding_targets.h"
+#include "tools/policy_rollout.h"
 
 namespace specprune {
 
@@ -34,13 +35,7 @@ struct Cell {
   int64_t deviation_n = 0;
   double recall_sum = 0;
   int64_t recall_n = 0;
-  double forward_seconds = 0;
-  int64_t forward_samples = 0;
-  // LLM rows computed with padding / real rows (RolloutTimings); 1 = a batch without padding.
-  int64_t llm_row_layers = 0, llm_valid_row_layers = 0;
-  double padding_ratio() const {
-    return llm_valid_row_layers ? static_cast<double>(llm_row_layers) / llm_valid_row_layers : 0;
-  }
+  RolloutTimings timings;  // the policy's forward passes (the timing rounds' when run)
   double mean_steps = 0;
   int grasped_goal_object = 0;         // episodes that grasped the first goal's object
   int goals = 0, goals_completed = 0;  // sub-goals over all episodes / satisfied at the end
@@ -76,9 +71,7 @@ struct Cell {
   double success() const { return episodes ? static_cast<double>(successes) / episodes : 0; }
   double retention() const { return passes ? retention_sum / passes : 0; }
   double flops() const { return passes ? flops_ratio_sum / passes : 0; }
-  double seconds_per_sample() const {
-    return forward_samples ? forward_seconds / forward_samples : 0;
-  }
+  double seconds_per_sample() const { return timings.seconds_per_sample(); }
   double deviation() const { return deviation_n ? deviation_sum / deviation_n : NAN; }
   double recall() const { return recall_n ? recall_sum / recall_n : NAN; }
 };

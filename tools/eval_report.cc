@@ -47,6 +47,20 @@ nlohmann::json CoverageJson(const Cell& c) {
 
 }  // namespace
 
+// Where the forward time went, per sample (ms), and the passes' shape: the model's stages, the
+// pruners' own work (inside the LLM's time), samples per pass and LLM sub-batches per pass.
+nlohmann::json ForwardBreakdownJson(const RolloutTimings& t) {
+  const auto ms = [&](double seconds) { return t.samples ? 1e3 * seconds / t.samples : 0.0; };
+  const auto per_pass = [&](double v) { return t.passes ? v / t.passes : 0.0; };
+  return {{"vision_ms_per_sample", ms(t.model.vision_seconds)},
+          {"llm_ms_per_sample", ms(t.model.llm_seconds)},
+          {"action_head_ms_per_sample", ms(t.model.action_head_seconds)},
+          {"pruning_own_ms_per_sample", ms(t.model.pruning_seconds)},
+          {"samples_per_pass", per_pass(static_cast<double>(t.samples))},
+          {"llm_sub_batches_per_pass", per_pass(static_cast<double>(t.model.llm_sub_batches))},
+          {"passes", t.passes}};
+}
+
 nlohmann::json CellJson(const Cell& c, double none_sps) {
   auto num = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(); };
   return {
@@ -74,7 +88,8 @@ nlohmann::json CellJson(const Cell& c, double none_sps) {
       {"mean_vision_retention", c.retention()},
       {"flops_ratio", c.flops()},
       {"forward_seconds_per_sample", c.seconds_per_sample()},
-      {"llm_padding_ratio", c.padding_ratio()},
+      {"llm_padding_ratio", c.timings.padding_ratio()},
+      {"forward_breakdown", ForwardBreakdownJson(c.timings)},
       {"speedup_vs_none",
        num(none_sps > 0 && c.seconds_per_sample() > 0 ? none_sps / c.seconds_per_sample() : NAN)},
       {"action_deviation", num(c.deviation())},

@@ -166,10 +166,7 @@ bool RunTimingRounds(const EvalSetup& setup, const EvalOptions& o, double keep,
   EvalOptions timed = o;
   timed.reference = false;  // outside the timed forward; the same episodes without it
   timed.trace_episode = -1;
-  for (Cell& cell : *cells) {
-    cell.forward_seconds = 0;
-    cell.forward_samples = 0;
-  }
+  for (Cell& cell : *cells) cell.timings = RolloutTimings{};
   for (int round = 2; round <= o.timing_rounds; ++round) {
     std::vector<PruningMethod> order = setup.methods;
     if (round % 2 == 0) std::reverse(order.begin(), order.end());
@@ -191,10 +188,9 @@ bool RunTimingRounds(const EvalSetup& setup, const EvalOptions& o, double keep,
         if (cell->successes != first->successes || cell->passes != first->passes)
           std::fprintf(stderr, "timing round %d, %s/%s: the episodes differ from round 1\n", round,
                        name.c_str(), suite.c_str());
-        first->forward_seconds += cell->forward_seconds;
-        first->forward_samples += cell->forward_samples;
-        totals[name].first += cell->forward_seconds;
-        totals[name].second += cell->forward_samples;
+        first->timings.Add(cell->timings);
+        totals[name].first += cell->timings.forward_seconds;
+        totals[name].second += cell->timings.samples;
       }
     }
     for (const auto& [name, t] : totals) {

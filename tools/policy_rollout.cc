@@ -118,12 +118,10 @@ absl::Status RunPass(const PolicyStep& policy, const DatasetStats& stats,
   ForwardTimings forward;
   SP_ASSIGN_OR_RETURN(const std::vector<StepResult> results, policy.Run(inputs, &forward));
   if (timings != nullptr) {
-    timings->llm_row_layers += forward.llm_row_layers;
-    timings->llm_valid_row_layers += forward.llm_valid_row_layers;
     timings->forward_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     timings->samples += static_cast<int64_t>(inputs.size());
-    ++timings->passes;
+    timings->AddPass(forward);
   }
   for (size_t k = 0; k < batch.size(); ++k) {
     const size_t e = batch[k];
@@ -139,6 +137,28 @@ absl::Status RunPass(const PolicyStep& policy, const DatasetStats& stats,
 }
 
 }  // namespace
+
+void SumForwardTimings(const ForwardTimings& t, ForwardTimings* total) {
+  total->vision_seconds += t.vision_seconds;
+  total->llm_seconds += t.llm_seconds;
+  total->action_head_seconds += t.action_head_seconds;
+  total->pruning_seconds += t.pruning_seconds;
+  total->llm_row_layers += t.llm_row_layers;
+  total->llm_valid_row_layers += t.llm_valid_row_layers;
+  total->llm_sub_batches += t.llm_sub_batches;
+}
+
+void RolloutTimings::Add(const RolloutTimings& other) {
+  forward_seconds += other.forward_seconds;
+  samples += other.samples;
+  passes += other.passes;
+  SumForwardTimings(other.model, &model);
+}
+
+void RolloutTimings::AddPass(const ForwardTimings& pass) {
+  ++passes;
+  SumForwardTimings(pass, &model);
+}
 
 absl::StatusOr<std::vector<EpisodeOutcome>> RunPolicyEpisodes(
     const PolicyStep& policy, const DatasetStats& stats, std::vector<sim::Episode> episodes,

@@ -73,15 +73,30 @@ struct RolloutHooks {
       observe;
 };
 
-// Wall time of the policy's own forward passes (hooks excluded).
+// Wall time of the policy's own forward passes (hooks excluded), and where it went.
 struct RolloutTimings {
-  double forward_seconds = 0;
-  int64_t samples = 0;  // sample-passes run
-  int64_t passes = 0;   // batched Forward calls
-  // LLM rows computed, padding included, and the real ones (ForwardTimings), summed over passes.
-  int64_t llm_row_layers = 0;
-  int64_t llm_valid_row_layers = 0;
+  double forward_seconds = 0;  // PolicyStep::Run, whole
+  int64_t samples = 0;         // sample-passes run
+  int64_t passes = 0;          // batched Forward calls
+  // The model's ForwardTimings summed over passes: its stages (parts of forward_seconds; the
+  // pruners' own work is inside llm_seconds but for their end-of-step bookkeeping), the LLM rows
+  // computed (padding included) and the real ones, and the sub-batches the passes ended in.
+  ForwardTimings model;
+
+  // Sums another run's timings / one pass's into these.
+  void Add(const RolloutTimings& other);
+  void AddPass(const ForwardTimings& pass);
+  double seconds_per_sample() const { return samples ? forward_seconds / samples : 0; }
+  // LLM rows computed over real rows; 1 = no padding (0 before any pass).
+  double padding_ratio() const {
+    return model.llm_valid_row_layers
+               ? static_cast<double>(model.llm_row_layers) / model.llm_valid_row_layers
+               : 0;
+  }
 };
+
+// Adds every field of t to *total.
+void SumForwardTimings(const ForwardTimings& t, ForwardTimings* total);
 
 // Runs every episode to its end with the policy step, batching the forward passes. Actions are
 // the policy step's (un-normalized with `stats`, gripper rule applied); non-finite ones are
