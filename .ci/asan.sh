@@ -25,7 +25,7 @@ else
   tests=(request_validation_test auth_test admission_test session_store_test batcher_test
          server_config_test metrics_test metrics_http_test request_log_test action_seam_test
          process_metrics_test grpc_status_test image_codec_test image_preprocess_test
-         safetensors_test dataset_stats_test
+         safetensors_test float_conversion_test dataset_stats_test
          server_integration_test security_integration_test)
 fi
 
