@@ -45,8 +45,6 @@ nlohmann::json CoverageJson(const Cell& c) {
   return j.empty() ? nlohmann::json() : j;
 }
 
-}  // namespace
-
 // Where the forward time went, per sample (ms), and the passes' shape: the model's stages, the
 // pruners' own work (inside the LLM's time), samples per pass and LLM sub-batches per pass.
 nlohmann::json ForwardBreakdownJson(const RolloutTimings& t) {
@@ -60,6 +58,8 @@ nlohmann::json ForwardBreakdownJson(const RolloutTimings& t) {
           {"llm_sub_batches_per_pass", per_pass(static_cast<double>(t.model.llm_sub_batches))},
           {"passes", t.passes}};
 }
+
+}  // namespace
 
 nlohmann::json CellJson(const Cell& c, double none_sps) {
   auto num = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(); };

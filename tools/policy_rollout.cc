@@ -136,8 +136,7 @@ absl::Status RunPass(const PolicyStep& policy, const DatasetStats& stats,
   return absl::OkStatus();
 }
 
-}  // namespace
-
+// Adds every field of t to *total.
 void SumForwardTimings(const ForwardTimings& t, ForwardTimings* total) {
   total->vision_seconds += t.vision_seconds;
   total->llm_seconds += t.llm_seconds;
@@ -147,6 +146,8 @@ void SumForwardTimings(const ForwardTimings& t, ForwardTimings* total) {
   total->llm_valid_row_layers += t.llm_valid_row_layers;
   total->llm_sub_batches += t.llm_sub_batches;
 }
+
+}  // namespace
 
 void RolloutTimings::Add(const RolloutTimings& other) {
   forward_seconds += other.forward_seconds;

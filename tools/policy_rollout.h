@@ -95,9 +95,6 @@ struct RolloutTimings {
   }
 };
 
-// Adds every field of t to *total.
-void SumForwardTimings(const ForwardTimings& t, ForwardTimings* total);
-
 // Runs every episode to its end with the policy step, batching the forward passes. Actions are
 // the policy step's (un-normalized with `stats`, gripper rule applied); non-finite ones are
 // executed as 0. `timings` (optional) accumulates.
