@@ -15,3 +15,7 @@ if(TARGET specprune_bench)
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(blas_core_smoke PROPERTIES LABELS "integration;blas" TIMEOUT 600)
 endif()
+
+# oneDNN's primitive cache size (util/onednn_cache.h), checked against the oneDNN LibTorch links.
+specprune_add_test(onednn_cache_test SOURCES onednn_cache_test.cc
+  LIBS specprune_blas_runtime ${TORCH_LIBRARIES})

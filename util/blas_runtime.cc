@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "util/onednn_cache.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -420,6 +421,7 @@ void ConfigureBlasFromFlagsOrExit(char** argv, int threads, const std::string& p
                  std::string(report.status().message()).c_str());
     std::exit(2);
   }
+  ConfigureOneDnnCache(kOneDnnPrimitiveCacheCapacity, program);  // after any re-exec
 }
 
 }  // namespace specprune

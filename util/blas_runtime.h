@@ -154,7 +154,9 @@ absl::StatusOr<BlasStartupReport> ConfigureBlasAtStartup(char** argv,
                                                          const BlasStartupOptions& options);
 
 // ConfigureBlasAtStartup with the --blas_core flag (defined by this component) as the mode; on a
-// bad --blas_core value prints the error and exits 2. Call right after flag parsing.
+// bad --blas_core value prints the error and exits 2. Then sizes oneDNN's primitive cache
+// (util/onednn_cache.h, kOneDnnPrimitiveCacheCapacity unless the user set one). Call right after
+// flag parsing.
 void ConfigureBlasFromFlagsOrExit(char** argv, int threads, const std::string& program);
 
 }  // namespace specprune
