@@ -6,7 +6,8 @@
 // LLM's row count (samples x padded length) changes from pass to pass when pruning makes batches
 // ragged. A closed-loop run of `tiny` in bf16 meets 1100-1500 distinct shapes per method, so with
 // 1024 kept they are compiled again and again (7% of SpecPrune's forward time, 4% of FastV's;
-// docs/BENCHMARKS.md "oneDNN compiles a GEMM per shape"). A kept primitive costs ~20 KB.
+// docs/BENCHMARKS.md "oneDNN compiles a GEMM per shape"). A kept primitive costs ~50 KB
+// (the two-method eval: ~2600 kept, +130 MB peak RSS).
 // oneDNN reads the variable once, when it creates its first primitive, and LibTorch links it
 // without exporting dnnl_set_primitive_cache_capacity, so the environment variable, set before
 // any model exists, is the only way to size it. Splitting GEMMs into a few stable row counts was
@@ -20,7 +21,8 @@
 
 namespace specprune {
 
-// The cache size every executable asks for unless the user set one: ~160 MB at most.
+// The cache size every executable asks for unless the user set one (~400 MB if every slot fills;
+// a closed-loop eval of two methods fills ~2600).
 inline constexpr int64_t kOneDnnPrimitiveCacheCapacity = 8192;
 
 // What ConfigureOneDnnCache decided.
