@@ -53,6 +53,9 @@ ABSL_FLAG(int, episode_steps, 8, "steps per synthetic episode (> 0)");
 ABSL_FLAG(bool, stagger, false,
           "robot b's episode starts b steps later, so a batch mixes first (unpruned) steps with "
           "pruned ones as desynchronized robots do; default: every robot on the same step");
+ABSL_FLAG(bool, bucket_gemm_rows, specprune::ModelOptions{}.bucket_gemm_rows,
+          "CPU bf16/fp16: pad the LLM's rows to a bounded set of counts so oneDNN compiles a "
+          "bounded set of GEMM kernels");
 ABSL_FLAG(int64_t, sub_batch_cost_rows, specprune::ModelOptions{}.sub_batch_cost_rows,
           "split a ragged batch by length after pruning when that saves more padded rows than "
           "this per sub-batch; negative: one padded batch");
@@ -80,6 +83,7 @@ constexpr char kUsage[] =
     "    [--methods none,specprune,fastv,random] [--episode_steps S] [--stagger] [--dtype "
     "fp32|bf16]\n"
     "    [--device cpu|cuda] [--threads T] [--seed S] [--keep_ratio R] [--sub_batch_cost_rows N]\n"
+    "    [--nobucket_gemm_rows]\n"
     "    [--random_init nn|device] [--json FILE]";
 
 struct Args {
@@ -89,6 +93,7 @@ struct Args {
   int batch, iters, warmup, episode_steps, threads;
   bool stagger;
   int64_t sub_batch_cost_rows;
+  bool bucket_gemm_rows;
   uint64_t seed;
   double keep_ratio;  // 0 = the config's
 };
@@ -116,6 +121,7 @@ absl::StatusOr<Args> ArgsFromFlags() {
   a.episode_steps = absl::GetFlag(FLAGS_episode_steps);
   a.stagger = absl::GetFlag(FLAGS_stagger);
   a.sub_batch_cost_rows = absl::GetFlag(FLAGS_sub_batch_cost_rows);
+  a.bucket_gemm_rows = absl::GetFlag(FLAGS_bucket_gemm_rows);
   a.threads = absl::GetFlag(FLAGS_threads);
   a.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   a.seed = absl::GetFlag(FLAGS_seed);
@@ -171,6 +177,7 @@ struct MethodStats {
   std::vector<double> setup;           // pruner set-up (creation) alone
   std::vector<double> retained_static, retained_final, retained_mean, flops_ratio, llm_flops_ratio;
   int64_t llm_row_layers = 0, llm_valid_row_layers = 0;  // ForwardTimings, summed
+  int64_t llm_gemm_row_layers = 0, llm_attention_scores = 0;
   std::map<std::string, int> modes;
   int fallbacks = 0;
 };
@@ -196,7 +203,8 @@ int RunModel(const Args& args) {
   if (!args.model_dir.empty()) {
     auto loaded = LoadModelDir(args.model_dir, {.device = args.device,
                                                 .dtype = args.dtype,
-                                                .sub_batch_cost_rows = args.sub_batch_cost_rows});
+                                                .sub_batch_cost_rows = args.sub_batch_cost_rows,
+                                                .bucket_gemm_rows = args.bucket_gemm_rows});
     if (!loaded.ok()) return Usage(std::string(loaded.status().message()).c_str());
     model = std::move(loaded->model);
     tokenizer = std::move(loaded->tokenizer);
@@ -207,7 +215,8 @@ int RunModel(const Args& args) {
                                         .dtype = args.dtype,
                                         .seed = args.seed,
                                         .init = args.random_init,
-                                        .sub_batch_cost_rows = args.sub_batch_cost_rows});
+                                        .sub_batch_cost_rows = args.sub_batch_cost_rows,
+                                        .bucket_gemm_rows = args.bucket_gemm_rows});
     if (!m.ok()) return Usage(std::string(m.status().message()).c_str());
     model = std::move(*m);
     auto tok = Tokenizer::Load(std::string(SPECPRUNE_SOURCE_DIR) + "/models/tiny/tokenizer.model");
@@ -302,6 +311,8 @@ int RunModel(const Args& args) {
       s.own_share.push_back((setup + t.pruning_seconds) / e2e);
       s.llm_row_layers += t.llm_row_layers;
       s.llm_valid_row_layers += t.llm_valid_row_layers;
+      s.llm_gemm_row_layers += t.llm_gemm_row_layers;
+      s.llm_attention_scores += t.llm_attention_scores;
       for (int b = 0; b < args.batch; ++b) {
         const auto& r = (*out)[b].model;
         const auto& pl = r.vision_tokens_per_layer;
@@ -373,6 +384,13 @@ int RunModel(const Args& args) {
          {"llm_padding_ratio", s.llm_valid_row_layers > 0
                                    ? static_cast<double>(s.llm_row_layers) / s.llm_valid_row_layers
                                    : 0.0},
+         {"llm_attention_scores_per_sample",
+          s.e2e.empty()
+              ? 0.0
+              : static_cast<double>(s.llm_attention_scores) / (s.e2e.size() * args.batch)},
+         {"llm_gemm_rows_over_rows",
+          s.llm_row_layers > 0 ? static_cast<double>(s.llm_gemm_row_layers) / s.llm_row_layers
+                               : 0.0},
          {"samples", s.e2e.size() * args.batch}});
   }
   const auto flops = UnprunedForwardFlops(c, 20);
@@ -397,6 +415,7 @@ int RunModel(const Args& args) {
                       {"episode_steps", args.episode_steps},
                       {"stagger", args.stagger},
                       {"sub_batch_cost_rows", args.sub_batch_cost_rows},
+                      {"bucket_gemm_rows", args.bucket_gemm_rows},
                       {"dtype", args.dtype},
                       {"device", args.device},
                       {"torch_threads", at::get_num_threads()},

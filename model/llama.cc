@@ -63,17 +63,23 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
   o_proj = register_module("o_proj", lin(c.hidden, c.hidden));
 }
 
-torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Rope& rope,
-                                          const torch::Tensor& bias, const torch::Tensor& key_valid,
-                                          const AttentionStatsQuery* query,
-                                          AttentionStatsResult* stats) {
-  const int64_t b = x.size(0), t = x.size(1);
-  auto shape = [&](const torch::Tensor& y) {
-    return y.view({b, t, heads, head_dim}).transpose(1, 2);
-  };
-  auto q = ApplyRope(shape(q_proj(x)), rope);
-  auto k = ApplyRope(shape(k_proj(x)), rope);
-  auto v = shape(v_proj(x));
+torch::Tensor AttentionLogits(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& bias, double scale) {
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2), s = k.size(2), hd = q.size(3);
+  auto accumulator = bias.expand({b, h, 1, s}).reshape({b * h, 1, s});
+  return torch::baddbmm(accumulator, q.reshape({b * h, t, hd}),
+                        k.reshape({b * h, s, hd}).transpose(1, 2), /*beta=*/1.0, /*alpha=*/scale)
+      .view({b, h, t, s});
+}
+
+namespace {
+
+// Scaled dot-product attention of one padded batch, q/k/v [B,H,T,hd] after RoPE; returns
+// [B,H,T,hd]. Computes `query`'s statistics into `stats` when both are given.
+torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                     const torch::Tensor& bias, const torch::Tensor& key_valid,
+                     const AttentionStatsQuery* query, AttentionStatsResult* stats) {
+  const int64_t b = q.size(0), heads = q.size(1), head_dim = q.size(3);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   const bool want_stats = query != nullptr && stats != nullptr;
   auto finish_stats = [&](std::chrono::steady_clock::time_point start,
@@ -94,9 +100,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Rope& ro
   };
 #if TORCH_VERSION_MAJOR >= 2
   if (want_stats) stats_from_qk();
-  auto o = at::scaled_dot_product_attention(q, k, v, bias);
+  return at::scaled_dot_product_attention(q, k, v, bias);
 #else
-  auto logits = torch::matmul(q, k.transpose(-2, -1)) * scale + bias;
+  auto logits = AttentionLogits(q, k, bias, scale);
   auto probs = torch::softmax(logits, -1);
   const auto dtype = probs.scalar_type();
   const bool reduced = dtype == torch::kBFloat16 || dtype == torch::kHalf;
@@ -108,9 +114,48 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Rope& ro
   } else if (want_stats) {
     stats_from_qk();
   }
-  auto o = torch::matmul(probs, v);
+  return torch::matmul(probs, v);
 #endif
+}
+
+}  // namespace
+
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Rope& rope,
+                                          const torch::Tensor& bias, const torch::Tensor& key_valid,
+                                          const AttentionStatsQuery* query,
+                                          AttentionStatsResult* stats) {
+  const int64_t b = x.size(0), t = x.size(1);
+  auto shape = [&](const torch::Tensor& y) {
+    return y.view({b, t, heads, head_dim}).transpose(1, 2);
+  };
+  auto q = ApplyRope(shape(q_proj(x)), rope);
+  auto k = ApplyRope(shape(k_proj(x)), rope);
+  auto o = Attend(q, k, shape(v_proj(x)), bias, key_valid, query, stats);
   return o_proj(o.transpose(1, 2).reshape({b, t, heads * head_dim}));
+}
+
+torch::Tensor LlamaAttentionImpl::ForwardPacked(const torch::Tensor& x,
+                                                const std::vector<AttentionSegment>& segments) {
+  int64_t covered = 0;
+  for (const auto& seg : segments) covered += seg.rows();
+  TORCH_CHECK(covered <= x.size(0), "ForwardPacked: segments cover ", covered, " rows, x has ",
+              x.size(0));
+  auto q_all = q_proj(x), k_all = k_proj(x), v_all = v_proj(x);
+  auto attended = torch::empty({x.size(0), heads * head_dim}, q_all.options());
+  int64_t offset = 0;
+  for (const auto& seg : segments) {
+    auto shape = [&](const torch::Tensor& y) {
+      return y.narrow(0, offset, seg.rows()).view({seg.batch, seg.length, heads, head_dim});
+    };
+    auto q = ApplyRope(shape(q_all).transpose(1, 2), *seg.rope);
+    auto k = ApplyRope(shape(k_all).transpose(1, 2), *seg.rope);
+    auto o =
+        Attend(q, k, shape(v_all).transpose(1, 2), seg.bias, seg.key_valid, seg.query, seg.stats);
+    shape(attended).copy_(o.transpose(1, 2));
+    offset += seg.rows();
+  }
+  if (offset < x.size(0)) attended.narrow(0, offset, x.size(0) - offset).zero_();
+  return o_proj(attended);
 }
 
 LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
@@ -138,6 +183,12 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const Rope&
                                              const AttentionStatsQuery* query,
                                              AttentionStatsResult* stats) {
   auto h = x + self_attn(input_layernorm(x), rope, bias, key_valid, query, stats);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+torch::Tensor LlamaDecoderLayerImpl::ForwardPacked(const torch::Tensor& x,
+                                                   const std::vector<AttentionSegment>& segments) {
+  auto h = x + self_attn->ForwardPacked(input_layernorm(x), segments);
   return h + mlp(post_attention_layernorm(h));
 }
 

@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "model/config.h"
 #include "model/layers.h"
 
@@ -41,12 +43,38 @@ struct AttentionStatsResult {
   double seconds = 0;     // wall time spent computing them (on CUDA: launch time only)
 };
 
+// scale * q.k^T + bias for q [B,H,T,hd], k [B,H,S,hd], bias [B,1,1,S]: [B,H,T,S], as one batched
+// GEMM that accumulates onto the bias (rounded once). The LibTorch 1.x attention's logits: in bf16
+// on the CPU, separate multiply and broadcast-add passes over the scores cost more than the GEMM.
+torch::Tensor AttentionLogits(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& bias, double scale);
+
+// One padded sub-batch of a packed layer call (LlamaDecoderLayerImpl::ForwardPacked): `batch` x
+// `length` consecutive rows of the packed input, which attend only among themselves. The pointed-to
+// tables must outlive the call.
+struct AttentionSegment {
+  int64_t batch = 0;
+  int64_t length = 0;
+  const Rope* rope = nullptr;                  // [batch, 1, length, head_dim]
+  torch::Tensor bias;                          // [batch, 1, 1, length] additive key mask
+  torch::Tensor key_valid;                     // [batch, length] bool
+  const AttentionStatsQuery* query = nullptr;  // optional statistics, as in forward()
+  AttentionStatsResult* stats = nullptr;       // filled when `query` is set
+  int64_t rows() const { return batch * length; }
+};
+
 struct LlamaAttentionImpl : torch::nn::Module {
   explicit LlamaAttentionImpl(const LlmConfig& c);
   // x: [B,T,D]; bias: [B,1,1,T] additive key mask (0 / -inf); key_valid: [B,T] bool.
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope, const torch::Tensor& bias,
                         const torch::Tensor& key_valid, const AttentionStatsQuery* query,
                         AttentionStatsResult* stats);
+  // x: [P,D], the rows of `segments` back to back (R = sum of their rows() <= P), then P - R
+  // padding rows (zero) that only the projections see. The projections run once over all P rows,
+  // the attention once per segment; returns [P,D], zero in the padding rows. Inference only
+  // (writes the segments' outputs into one buffer in place).
+  torch::Tensor ForwardPacked(const torch::Tensor& x,
+                              const std::vector<AttentionSegment>& segments);
   int64_t heads, head_dim;
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 };
@@ -64,6 +92,13 @@ struct LlamaDecoderLayerImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope, const torch::Tensor& bias,
                         const torch::Tensor& key_valid, const AttentionStatsQuery* query,
                         AttentionStatsResult* stats);
+  // The layer over several padded sub-batches packed back to back ([P,D], see
+  // LlamaAttentionImpl::ForwardPacked): every per-row operation (norms, projections, MLP,
+  // residuals) is one call over all P rows, so a batch split by length costs extra calls only in
+  // the attention. Zero padding rows stay zero (the layer has no biases). Each row's result
+  // equals forward() on its own sub-batch up to the BLAS's rounding for a different row count.
+  torch::Tensor ForwardPacked(const torch::Tensor& x,
+                              const std::vector<AttentionSegment>& segments);
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};
   RmsNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};

@@ -102,6 +102,14 @@ torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, Ra
   return repacked.flat_rows;
 }
 
+int64_t GemmRowBucket(int64_t rows) {
+  if (rows < 64) return rows;
+  int top = 0;
+  while ((rows >> (top + 1)) != 0) ++top;  // floor(log2(rows)) >= 6
+  const int64_t step = int64_t{1} << (top - 5);
+  return (rows + step - 1) / step * step;
+}
+
 std::vector<std::vector<int64_t>> GroupByLength(const std::vector<int64_t>& lengths,
                                                 int64_t sub_batch_cost_rows) {
   const int64_t n = static_cast<int64_t>(lengths.size());

@@ -91,6 +91,13 @@ torch::Tensor RepackBatch(const std::vector<std::vector<int64_t>>& keep_rows, Ra
 std::vector<std::vector<int64_t>> GroupByLength(const std::vector<int64_t>& lengths,
                                                 int64_t sub_batch_cost_rows);
 
+// The row count the LLM's GEMMs run on when row counts are bucketed (ModelOptions::
+// bucket_gemm_rows): `rows` rounded up to a multiple of 2^(floor(log2(rows)) - 5) (unchanged up
+// to 63 rows), so at most 1/32 more rows and at most 32 distinct counts per octave. Why: LibTorch's
+// CPU bf16/fp16 matmuls run oneDNN, which JIT-compiles a kernel for every new GEMM shape
+// (util/onednn_cache.h), and pruned batches change the row count from pass to pass.
+int64_t GemmRowBucket(int64_t rows);
+
 // [B, action_tokens] int64 on `device`: the rows the action head reads per sample.
 torch::Tensor ReadoutRows(const std::vector<SampleRows>& rows, const torch::Device& device);
 

@@ -247,36 +247,55 @@ struct SubBatch {
   torch::Tensor bias;
 };
 
-// The LLM layers of one forward over a batch that pruning makes ragged. Each layer runs once per
-// sub-batch; when a repack makes a sub-batch's lengths diverge (a prior refresh beside pruned
-// samples, different retained counts), it is split by GroupByLength so short samples stop paying
-// for the padding of long ones.
+// The LLM layers of one forward over a batch that pruning makes ragged. When a repack makes a
+// sub-batch's lengths diverge (a prior refresh beside pruned samples, different retained counts),
+// it is split by GroupByLength so short samples stop paying for the padding of long ones. Several
+// sub-batches run each layer packed back to back (LlamaDecoderLayerImpl::ForwardPacked): one call
+// per per-row operation, the attention per sub-batch.
 class LlmPass {
  public:
   LlmPass(LlamaModelImpl& lm, const std::vector<SampleInput>& batch,
           std::vector<SampleResult>& results, torch::Device device, torch::ScalarType dtype,
-          int64_t sub_batch_cost_rows)
+          const ModelOptions& options)
       : tokens_per_layer(batch.size()),
         lm_(lm),
         batch_(batch),
         results_(results),
         device_(device),
         dtype_(dtype),
-        sub_batch_cost_rows_(sub_batch_cost_rows) {}
+        sub_batch_cost_rows_(options.sub_batch_cost_rows),
+        bucket_rows_(options.bucket_gemm_rows && device.is_cpu() && dtype != torch::kFloat32) {}
 
-  // Runs layer `l` on `sub`, asks its pruners which vision tokens go on, and appends the
-  // sub-batch(es) its samples continue in to `next`.
-  absl::Status RunLayer(int64_t l, SubBatch sub, std::vector<SubBatch>* next);
+  // Runs layer `l` on `subs`, asks the pruners which vision tokens go on, and returns the
+  // sub-batches the samples continue in.
+  absl::StatusOr<std::vector<SubBatch>> RunLayer(int64_t l, std::vector<SubBatch> subs);
 
   double pruning_seconds = 0;
   int64_t row_layers = 0;                              // rows run, padding included
+  int64_t gemm_row_layers = 0;                         // rows the GEMMs ran, bucket padding too
+  int64_t attention_scores = 0;                        // samples x heads x length^2, summed
   int64_t valid_row_layers = 0;                        // real rows among them
   std::vector<std::vector<int64_t>> tokens_per_layer;  // per sample
 
  private:
+  // What one sub-batch asks of a layer besides its output.
+  struct LayerQuery {
+    std::vector<StatsRows> wanted;  // per sample of the sub-batch
+    bool any_stats = false;
+    AttentionStatsQuery query;
+    AttentionStatsResult stats;
+  };
+
   SamplePruner* pruner(const SubBatch& sub, int64_t i) const {
     return batch_[sub.samples[i]].pruner;
   }
+  LayerQuery PrepareLayer(int64_t l, const SubBatch& sub);
+  // Layer `l` over every sub-batch; replaces each sub-batch's hidden state by the layer's output.
+  void Forward(int64_t l, std::vector<SubBatch>& subs, std::vector<LayerQuery>& queries);
+  // The rows of `subs`, back to back, then zero rows up to `padded_rows` [padded_rows, D]: the
+  // previous layer's packed output when no repack moved them since, else one copy.
+  torch::Tensor PackedInput(const std::vector<SubBatch>& subs, int64_t padded_rows) const;
+  absl::Status Prune(int64_t l, SubBatch sub, const LayerQuery& q, std::vector<SubBatch>* next);
   void Repack(SubBatch sub, const std::vector<std::vector<int64_t>>& keep_rows,
               std::vector<SubBatch>* next) const;
 
@@ -286,19 +305,35 @@ class LlmPass {
   const torch::Device device_;
   const torch::ScalarType dtype_;
   const int64_t sub_batch_cost_rows_;
+  const bool bucket_rows_;       // pad the GEMMs' rows to GemmRowBucket
+  torch::Tensor packed_output_;  // the last packed layer's output [P, D]; sub-batches view it
 };
 
-absl::Status LlmPass::RunLayer(int64_t l, SubBatch sub, std::vector<SubBatch>* next) {
-  const int64_t n = static_cast<int64_t>(sub.samples.size());
-  auto& rows = sub.rb.rows;
-  const int64_t num_layers = static_cast<int64_t>(lm_.layer_list.size());
+absl::StatusOr<std::vector<SubBatch>> LlmPass::RunLayer(int64_t l, std::vector<SubBatch> subs) {
   const auto select_start = Clock::now();
-  std::vector<StatsRows> wanted(n, StatsRows::kNone);
+  std::vector<LayerQuery> queries;
+  queries.reserve(subs.size());
+  for (const auto& sub : subs) queries.push_back(PrepareLayer(l, sub));
+  const auto layer_start = Clock::now();
+  Forward(l, subs, queries);
+  const auto layer_end = Clock::now();
+  pruning_seconds += Seconds(select_start, layer_start);
+  for (const auto& q : queries) pruning_seconds += q.stats.seconds;
+  std::vector<SubBatch> next;
+  for (size_t s = 0; s < subs.size(); ++s)
+    SP_RETURN_IF_ERROR(Prune(l, std::move(subs[s]), queries[s], &next));
+  pruning_seconds += Seconds(layer_end, Clock::now());
+  return next;
+}
+
+LlmPass::LayerQuery LlmPass::PrepareLayer(int64_t l, const SubBatch& sub) {
+  const int64_t n = static_cast<int64_t>(sub.samples.size());
+  const auto& rows = sub.rb.rows;
+  LayerQuery q;
+  q.wanted.assign(n, StatsRows::kNone);
   for (int64_t i = 0; i < n; ++i)
-    if (pruner(sub, i) != nullptr) wanted[i] = pruner(sub, i)->StatsWanted(static_cast<int>(l));
-  AttentionStatsQuery query;
-  AttentionStatsResult stats;
-  const bool any_stats = BuildStatsQuery(rows, wanted, device_, &query);
+    if (pruner(sub, i) != nullptr) q.wanted[i] = pruner(sub, i)->StatsWanted(static_cast<int>(l));
+  q.any_stats = BuildStatsQuery(rows, q.wanted, device_, &q.query);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t b = sub.samples[i];
     results_[b].vision_tokens_per_layer.push_back(static_cast<int32_t>(rows[i].vision_ids.size()));
@@ -306,25 +341,92 @@ absl::Status LlmPass::RunLayer(int64_t l, SubBatch sub, std::vector<SubBatch>* n
     valid_row_layers += rows[i].length();
   }
   row_layers += n * sub.rb.max_length();
-  const auto layer_start = Clock::now();
-  sub.rb.hidden =
-      lm_.layer_list[l]->forward(sub.rb.hidden, sub.rope, sub.bias, sub.rb.valid,
-                                 any_stats ? &query : nullptr, any_stats ? &stats : nullptr);
-  const auto layer_end = Clock::now();
-  pruning_seconds += Seconds(select_start, layer_start) + stats.seconds;
+  attention_scores +=
+      n * lm_.layer_list[l]->self_attn->heads * sub.rb.max_length() * sub.rb.max_length();
+  return q;
+}
 
+void LlmPass::Forward(int64_t l, std::vector<SubBatch>& subs, std::vector<LayerQuery>& queries) {
+  auto& layer = *lm_.layer_list[l];
+  if (subs.size() == 1 && !bucket_rows_) {
+    auto& sub = subs[0];
+    auto& q = queries[0];
+    sub.rb.hidden =
+        layer.forward(sub.rb.hidden, sub.rope, sub.bias, sub.rb.valid,
+                      q.any_stats ? &q.query : nullptr, q.any_stats ? &q.stats : nullptr);
+    gemm_row_layers += sub.rb.hidden.size(0) * sub.rb.hidden.size(1);
+    packed_output_ = torch::Tensor();
+    return;
+  }
+  std::vector<AttentionSegment> segments;
+  int64_t rows = 0;
+  for (size_t s = 0; s < subs.size(); ++s) {
+    const auto& sub = subs[s];
+    auto& q = queries[s];
+    segments.push_back({.batch = sub.rb.hidden.size(0),
+                        .length = sub.rb.max_length(),
+                        .rope = &sub.rope,
+                        .bias = sub.bias,
+                        .key_valid = sub.rb.valid,
+                        .query = q.any_stats ? &q.query : nullptr,
+                        .stats = q.any_stats ? &q.stats : nullptr});
+    rows += segments.back().rows();
+  }
+  const int64_t padded_rows = bucket_rows_ ? GemmRowBucket(rows) : rows;
+  gemm_row_layers += padded_rows;
+  packed_output_ = layer.ForwardPacked(PackedInput(subs, padded_rows), segments);
+  const int64_t d = packed_output_.size(1);
+  int64_t offset = 0;
+  for (size_t s = 0; s < subs.size(); ++s) {
+    const auto& seg = segments[s];
+    subs[s].rb.hidden =
+        packed_output_.narrow(0, offset, seg.rows()).view({seg.batch, seg.length, d});
+    offset += seg.rows();
+  }
+}
+
+torch::Tensor LlmPass::PackedInput(const std::vector<SubBatch>& subs, int64_t padded_rows) const {
+  if (packed_output_.defined() && packed_output_.size(0) == padded_rows) {
+    const int64_t row_bytes = packed_output_.size(1) * packed_output_.element_size();
+    const char* base = static_cast<const char*>(packed_output_.data_ptr());
+    int64_t offset = 0;
+    bool in_place = true;
+    for (const auto& sub : subs) {
+      const auto& h = sub.rb.hidden;
+      in_place = in_place && h.is_contiguous() && h.data_ptr() == base + offset * row_bytes;
+      offset += h.size(0) * h.size(1);
+    }
+    if (in_place) return packed_output_;  // its padding rows are still zero (no biases)
+  }
+  const int64_t d = subs[0].rb.hidden.size(2);
+  auto packed = torch::empty({padded_rows, d}, subs[0].rb.hidden.options());
+  int64_t offset = 0;
+  for (const auto& sub : subs) {
+    const int64_t rows = sub.rb.hidden.size(0) * sub.rb.hidden.size(1);
+    packed.narrow(0, offset, rows).view(sub.rb.hidden.sizes()).copy_(sub.rb.hidden);
+    offset += rows;
+  }
+  if (offset < padded_rows) packed.narrow(0, offset, padded_rows - offset).zero_();
+  return packed;
+}
+
+absl::Status LlmPass::Prune(int64_t l, SubBatch sub, const LayerQuery& q,
+                            std::vector<SubBatch>* next) {
+  const int64_t n = static_cast<int64_t>(sub.samples.size());
+  auto& rows = sub.rb.rows;
+  const int64_t num_layers = static_cast<int64_t>(lm_.layer_list.size());
   bool repack = false;
   std::vector<std::vector<int64_t>> keep_rows(n);
   torch::Tensor cpu_scores, cpu_entropy;
-  if (any_stats) {
-    cpu_scores = stats.scores.to(torch::kCPU, torch::kFloat32);
-    cpu_entropy = stats.entropy.to(torch::kCPU, torch::kFloat32).contiguous();
+  if (q.any_stats) {
+    cpu_scores = q.stats.scores.to(torch::kCPU, torch::kFloat32);
+    cpu_entropy = q.stats.entropy.to(torch::kCPU, torch::kFloat32).contiguous();
   }
   for (int64_t i = 0; i < n; ++i) {
     if (pruner(sub, i) == nullptr) continue;
     LayerAttentionStats layer_stats;
     const LayerAttentionStats* stats_ptr = nullptr;
-    if (wanted[i] != StatsRows::kNone) {
+    if (q.wanted[i] != StatsRows::kNone) {
       const int64_t nv = static_cast<int64_t>(rows[i].vision_ids.size());
       layer_stats.scores = cpu_scores.select(0, i).slice(0, 0, nv);  // fresh per layer: a view
       layer_stats.vision_entropy = cpu_entropy.data_ptr<float>()[i];
@@ -344,7 +446,6 @@ absl::Status LlmPass::RunLayer(int64_t l, SubBatch sub, std::vector<SubBatch>* n
   } else {
     next->push_back(std::move(sub));
   }
-  pruning_seconds += Seconds(layer_end, Clock::now());
   return absl::OkStatus();
 }
 
@@ -444,11 +545,9 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
   }
 
   // --- LLM layers with pruning -----------------------------------------------------------------
-  LlmPass pass(*lm, batch, results, device_, dtype_, options_.sub_batch_cost_rows);
+  LlmPass pass(*lm, batch, results, device_, dtype_, options_);
   for (int64_t l = 0; l < num_layers; ++l) {
-    std::vector<SubBatch> next;
-    for (auto& sub : subs) SP_RETURN_IF_ERROR(pass.RunLayer(l, std::move(sub), &next));
-    subs = std::move(next);
+    SP_ASSIGN_OR_RETURN(subs, pass.RunLayer(l, std::move(subs)));
   }
   SyncIfCuda(device_);
   auto t2 = Clock::now();
@@ -490,6 +589,8 @@ absl::StatusOr<std::vector<SampleResult>> VlaModel::ForwardImpl(
     timings->action_head_seconds = Seconds(t2, t3);
     timings->pruning_seconds = pass.pruning_seconds;
     timings->llm_row_layers = pass.row_layers;
+    timings->llm_gemm_row_layers = pass.gemm_row_layers;
+    timings->llm_attention_scores = pass.attention_scores;
     timings->llm_valid_row_layers = pass.valid_row_layers;
     timings->llm_sub_batches = static_cast<int64_t>(subs.size());
   }

@@ -43,6 +43,10 @@ struct ModelOptions {
   // per extra sub-batch (GroupByLength, model/sequence_layout.h); it stands for one more
   // sub-batch's fixed cost per layer. Negative: one padded batch always.
   int64_t sub_batch_cost_rows = 64;
+  // CPU bf16/fp16 only (oneDNN GEMMs; no effect in fp32 or on CUDA): the LLM layers run on their
+  // rows padded with zero rows to GemmRowBucket (model/sequence_layout.h), at most 1/32 more, so
+  // oneDNN compiles a bounded set of GEMM kernels instead of one per new pruned row count.
+  bool bucket_gemm_rows = true;
 };
 
 // The module tree; parameter names equal the HF OpenVLA-OFT checkpoint names, with the action
@@ -85,10 +89,16 @@ struct ForwardTimings {
   // Exact on CPU; on CUDA the statistics count their launch time only.
   double pruning_seconds = 0;
   // Rows the LLM layers computed, padding included, summed over layers and sub-batches; the real
-  // rows among them; and the sub-batches the batch ended in (1 = never split).
+  // rows among them; the rows their GEMMs ran (llm_row_layers plus the bucket padding of
+  // ModelOptions::bucket_gemm_rows); and the sub-batches the batch ended in (1 = never split).
   int64_t llm_row_layers = 0;
   int64_t llm_valid_row_layers = 0;
+  int64_t llm_gemm_row_layers = 0;
   int64_t llm_sub_batches = 0;
+  // Attention scores the LLM layers computed (samples x heads x length^2 per sub-batch, padding
+  // included, summed over layers): the work of the attention's matmuls and softmax, which grows
+  // with the square of a sample's rows where the GEMMs grow with the rows.
+  int64_t llm_attention_scores = 0;
 };
 
 class VlaModel : public ModelRunner {

@@ -242,6 +242,61 @@ TEST(LlamaReferenceTest, DecoderLayerMatchesReferenceOnPaddedBatchWithOriginalPo
   EXPECT_GT(MaxRelErr(y[1].slice(0, 0, 4), RefLayer(x1, {0, 1, 2, 3}, c, w)), 1e-3);
 }
 
+// Two padded sub-batches (2 samples of up to 7 rows, 1 of 4 rows with a statistics query) run as
+// one packed call with zero padding rows: every row and the statistics equal each sub-batch run
+// alone, and the padding rows stay zero.
+TEST(LlamaReferenceTest, PackedSubBatchesEqualEachSubBatchRunAlone) {
+  const LlmConfig c = TinyLlm();
+  LlamaDecoderLayer layer(c);
+  Randomize(*layer, 12);
+  const int64_t d = c.hidden, hd = d / c.heads;
+  torch::manual_seed(13);
+  struct Sub {
+    torch::Tensor x, valid, bias;
+    Rope rope;
+  };
+  auto make = [&](int64_t b, int64_t t, int64_t first_padded_row) {
+    Sub s;
+    s.x = torch::randn({b, t, d});
+    s.valid = torch::ones({b, t}, torch::kBool);
+    s.valid[b - 1].slice(0, first_padded_row).fill_(false);
+    auto positions = (torch::arange(t, torch::kLong) * 2 + 1).repeat({b, 1});
+    s.rope = MakeRope(positions, hd, c.rope_theta, torch::kFloat32);
+    s.bias = KeyPaddingBias(s.valid, torch::kFloat32);
+    return s;
+  };
+  const Sub a = make(2, 7, 5), b = make(1, 4, 4);
+  AttentionStatsQuery query;
+  query.query_rows = torch::tensor({2, 3}, torch::kLong).view({1, 2});
+  query.row_valid = torch::ones({1, 2}, torch::kBool);
+  query.vision_rows = torch::tensor({0, 1}, torch::kLong).view({1, 2});
+  torch::NoGradGuard no_grad;
+  AttentionStatsResult alone_stats, packed_stats;
+  auto alone_a = layer->forward(a.x, a.rope, a.bias, a.valid, nullptr, nullptr);
+  auto alone_b = layer->forward(b.x, b.rope, b.bias, b.valid, &query, &alone_stats);
+  const std::vector<AttentionSegment> segments = {
+      {.batch = 2, .length = 7, .rope = &a.rope, .bias = a.bias, .key_valid = a.valid},
+      {.batch = 1,
+       .length = 4,
+       .rope = &b.rope,
+       .bias = b.bias,
+       .key_valid = b.valid,
+       .query = &query,
+       .stats = &packed_stats}};
+  // Three zero padding rows after the segments' 18 (as a GEMM row bucket adds them).
+  const auto x = torch::cat({a.x.reshape({-1, d}), b.x.reshape({-1, d}), torch::zeros({3, d})});
+  auto packed = layer->ForwardPacked(x, segments);
+  ASSERT_EQ(packed.sizes().vec(), (std::vector<int64_t>{21, d}));
+  EXPECT_TRUE(torch::allclose(packed.slice(0, 0, 14).view({2, 7, d}), alone_a, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(packed.slice(0, 14, 18).view({1, 4, d}), alone_b, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::equal(packed.slice(0, 18), torch::zeros({3, d})));
+  ASSERT_TRUE(packed_stats.scores.defined());
+  EXPECT_TRUE(torch::allclose(packed_stats.scores, alone_stats.scores, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(packed_stats.entropy, alone_stats.entropy, 1e-5, 1e-6));
+  // Segments may not cover more rows than there are.
+  EXPECT_THROW(layer->ForwardPacked(x.slice(0, 0, 17), segments), c10::Error);
+}
+
 TEST(LlamaReferenceTest, KeyPaddingBiasIsZeroForValidAndMinusInfinityForPaddedKeys) {
   auto valid = torch::tensor({1, 1, 0, 1, 0, 0}, torch::kBool).view({2, 3});
   auto bias = KeyPaddingBias(valid, torch::kFloat32);
@@ -321,8 +376,8 @@ TEST(LlamaReferenceTest, Bfloat16AttentionStatisticsAreThoseOfItsOwnRoundedSoftm
 #if TORCH_VERSION_MAJOR < 2
   // LibTorch 1.x materializes the softmax: the statistics are exactly those of its bf16 rows.
   torch::NoGradGuard no_grad;
-  auto logits = torch::matmul(run.q, run.k.transpose(-2, -1)) * run.scale +
-                KeyPaddingBias(run.valid, torch::kBFloat16);
+  auto logits =
+      AttentionLogits(run.q, run.k, KeyPaddingBias(run.valid, torch::kBFloat16), run.scale);
   auto [own_scores, own_entropy] =
       text_vision_stats_from_softmax(logits, torch::softmax(logits, -1), run.query.query_rows,
                                      run.query.row_valid, run.query.vision_rows);
@@ -332,6 +387,33 @@ TEST(LlamaReferenceTest, Bfloat16AttentionStatisticsAreThoseOfItsOwnRoundedSoftm
   EXPECT_TRUE(torch::allclose(stats.scores, scores, 3e-2, 2e-3)) << stats.scores << scores;
   EXPECT_TRUE(torch::allclose(stats.entropy, entropy, 3e-2, 1e-2)) << stats.entropy << entropy;
   EXPECT_GT(stats.scores.sum().item<float>(), 0.0f);
+}
+
+TEST(LlamaReferenceTest, AttentionLogitsAreScaledScoresPlusTheKeyBias) {
+  torch::manual_seed(21);
+  const int64_t b = 2, h = 3, t = 5, s = 6, hd = 8;
+  auto q = torch::randn({b, h, t, hd}), k = torch::randn({b, h, s, hd});
+  auto valid = torch::ones({b, s}, torch::kBool);
+  valid[1].slice(0, 4).fill_(false);
+  const auto bias = KeyPaddingBias(valid, torch::kFloat32);
+  const double scale = 0.3;
+  torch::NoGradGuard no_grad;
+  auto want = torch::matmul(q, k.transpose(-2, -1)) * scale + bias;
+  auto got = AttentionLogits(q, k, bias, scale);
+  ASSERT_EQ(got.sizes().vec(), (std::vector<int64_t>{b, h, t, s}));
+  auto finite = torch::isfinite(want);
+  EXPECT_TRUE(torch::equal(finite, torch::isfinite(got)));  // masked keys stay -inf
+  EXPECT_TRUE(
+      torch::allclose(got.masked_fill(~finite, 0), want.masked_fill(~finite, 0), 1e-5, 1e-6));
+  // bf16: within bf16 rounding of the fp32 logits of the same (rounded) inputs.
+  const auto q16 = q.to(torch::kBFloat16), k16 = k.to(torch::kBFloat16);
+  auto got16 = AttentionLogits(q16, k16, bias.to(torch::kBFloat16), scale).to(torch::kFloat32);
+  auto want16 =
+      torch::matmul(q16.to(torch::kFloat32), k16.to(torch::kFloat32).transpose(-2, -1)) * scale +
+      bias;
+  EXPECT_TRUE(torch::equal(finite, torch::isfinite(got16)));
+  EXPECT_TRUE(
+      torch::allclose(got16.masked_fill(~finite, 0), want16.masked_fill(~finite, 0), 8e-3, 1e-2));
 }
 
 TEST(LlamaReferenceTest, GatheredRopeEqualsRopeOfTheGatheredPositions) {

@@ -4,6 +4,7 @@
 
 #include <limits>
 #include <random>
+#include <set>
 
 namespace specprune {
 namespace {
@@ -38,6 +39,28 @@ int64_t BruteForceCost(std::vector<int64_t> lengths, int64_t cost) {
     best = std::min(best, total);
   }
   return best;
+}
+
+TEST(GemmRowBucketTest, PadsAtMostOneThirtySecondAndKeepsThirtyTwoCountsPerOctave) {
+  EXPECT_EQ(GemmRowBucket(0), 0);
+  EXPECT_EQ(GemmRowBucket(63), 63);  // small counts unchanged
+  EXPECT_EQ(GemmRowBucket(64), 64);  // steps of 2 from 64
+  EXPECT_EQ(GemmRowBucket(65), 66);
+  EXPECT_EQ(GemmRowBucket(4097), 4224);  // steps of 128 from 4096
+  EXPECT_EQ(GemmRowBucket(4224), 4224);
+  std::set<int64_t> buckets;
+  int64_t previous = 0;
+  for (int64_t rows = 1; rows <= 16384; ++rows) {
+    const int64_t b = GemmRowBucket(rows);
+    ASSERT_GE(b, rows);
+    ASSERT_LE(32 * (b - rows), rows) << rows;  // at most 1/32 more rows
+    ASSERT_GE(b, previous) << rows;            // monotone
+    ASSERT_EQ(GemmRowBucket(b), b) << rows;    // a bucket is its own bucket
+    previous = b;
+    buckets.insert(b);
+  }
+  // 63 small counts, then 32 per octave from 64 to 16384 (8 octaves), and 16384 itself.
+  EXPECT_EQ(buckets.size(), 63u + 8 * 32 + 1);
 }
 
 TEST(GroupByLengthTest, SplitsAPriorRefreshFromPrunedSamples) {

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "model/flops.h"
+#include "model/sequence_layout.h"
 #include "nlohmann/json.hpp"
 #include "util/blas_runtime.h"
 
@@ -217,6 +218,10 @@ TEST_F(VlaModelTest, RaggedBatchSplitsByLengthAfterPruningWithTheSameResults) {
   EXPECT_EQ(padded_t.llm_row_layers, layers * 4 * full);
   EXPECT_EQ(split_t.llm_sub_batches, 2);  // {sample 1}, {samples 0, 2, 3}
   EXPECT_EQ(split_t.llm_row_layers, 2 * 4 * full + (layers - 2) * (full + 3 * (fixed + 4)));
+  const int64_t h = config_.llm.heads, pruned = fixed + 4;  // scores: samples x heads x length^2
+  EXPECT_EQ(padded_t.llm_attention_scores, layers * 4 * h * full * full);
+  EXPECT_EQ(split_t.llm_attention_scores,
+            2 * 4 * h * full * full + (layers - 2) * h * (full * full + 3 * pruned * pruned));
   for (size_t b = 0; b < batch.size(); ++b) {
     EXPECT_EQ((*split)[b].vision_tokens_per_layer, (*padded)[b].vision_tokens_per_layer) << b;
     EXPECT_EQ((*split)[b].llm_flops, (*padded)[b].llm_flops) << b;
@@ -226,6 +231,48 @@ TEST_F(VlaModelTest, RaggedBatchSplitsByLengthAfterPruningWithTheSameResults) {
   }
   EXPECT_EQ((*split)[1].vision_tokens_per_layer.back(), 128);
   EXPECT_EQ((*split)[2].vision_tokens_per_layer.back(), 4);
+}
+
+TEST_F(VlaModelTest, Bfloat16GemmRowsArePaddedToBucketsWithTheSameResults) {
+  // The ragged batch above (sample 2 keeps 5 tokens) in bf16: with buckets, each layer's GEMMs run
+  // on GemmRowBucket of its rows; the actions agree with the unpadded pass within bf16 rounding.
+  // fp32 never pads.
+  std::vector<SampleInput> batch = {MakeSample(11, 8), MakeSample(12, 8), MakeSample(13, 8),
+                                    MakeSample(14, 8)};
+  const std::vector<std::vector<int64_t>> keep = {{1, 2, 3}, {}, {4, 5, 6, 7, 8}, {9, 10}};
+  auto run = [&](const std::string& dtype, bool buckets, ForwardTimings* timings) {
+    auto model =
+        VlaModel::Create(config_, {.dtype = dtype, .seed = 7, .bucket_gemm_rows = buckets});
+    EXPECT_TRUE(model.ok()) << model.status();
+    std::vector<std::unique_ptr<FixedPruner>> pruners;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      if (b == 1) continue;
+      pruners.push_back(std::make_unique<FixedPruner>(1, keep[b]));
+      batch[b].pruner = pruners.back().get();
+    }
+    auto out = (*model)->Forward(batch, timings);
+    for (auto& s : batch) s.pruner = nullptr;
+    EXPECT_TRUE(out.ok()) << out.status();
+    return *std::move(out);
+  };
+  ForwardTimings padded_t, exact_t, fp32_t;
+  const auto padded = run("bf16", true, &padded_t);
+  const auto exact = run("bf16", false, &exact_t);
+  run("fp32", true, &fp32_t);
+  const int64_t fixed = 3 + 8 + config_.action_tokens(), full = fixed + 128;
+  const int64_t layers = config_.llm.layers, pruned = full + 3 * (fixed + 5);
+  ASSERT_NE(GemmRowBucket(pruned), pruned);  // the test must see padding
+  EXPECT_EQ(padded_t.llm_row_layers, exact_t.llm_row_layers);
+  EXPECT_EQ(padded_t.llm_gemm_row_layers,
+            2 * GemmRowBucket(4 * full) + (layers - 2) * GemmRowBucket(pruned));
+  EXPECT_EQ(exact_t.llm_gemm_row_layers, exact_t.llm_row_layers);
+  EXPECT_EQ(fp32_t.llm_gemm_row_layers, fp32_t.llm_row_layers);
+  for (size_t b = 0; b < batch.size(); ++b) {
+    EXPECT_EQ(padded[b].vision_tokens_per_layer, exact[b].vision_tokens_per_layer) << b;
+    EXPECT_TRUE(
+        torch::allclose(padded[b].normalized_actions, exact[b].normalized_actions, 2e-2, 2e-2))
+        << "sample " << b << padded[b].normalized_actions << exact[b].normalized_actions;
+  }
 }
 
 TEST_F(VlaModelTest, ActionReadoutRowsStartAtTheLastPromptRow) {

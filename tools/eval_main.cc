@@ -49,6 +49,9 @@ ABSL_FLAG(int, batch, Defaults().batch, "episodes per forward pass");
 ABSL_FLAG(int64_t, sub_batch_cost_rows, Defaults().sub_batch_cost_rows,
           "split a pass's ragged batch by length after pruning when that saves more padded rows "
           "than this per sub-batch; negative: one padded batch");
+ABSL_FLAG(bool, bucket_gemm_rows, Defaults().bucket_gemm_rows,
+          "CPU bf16/fp16: pad the LLM's rows to a bounded set of counts so oneDNN compiles a "
+          "bounded set of GEMM kernels (ModelOptions::bucket_gemm_rows)");
 ABSL_FLAG(std::string, dtype, Defaults().dtype, "forward dtype: fp32, bf16 or auto");
 ABSL_FLAG(std::string, unnorm_key, Defaults().unnorm_key,
           "dataset-statistics key (empty: the first)");
@@ -93,6 +96,7 @@ EvalOptions OptionsFromFlags() {
   o.batch = absl::GetFlag(FLAGS_batch);
   o.dtype = absl::GetFlag(FLAGS_dtype);
   o.sub_batch_cost_rows = absl::GetFlag(FLAGS_sub_batch_cost_rows);
+  o.bucket_gemm_rows = absl::GetFlag(FLAGS_bucket_gemm_rows);
   o.unnorm_key = absl::GetFlag(FLAGS_unnorm_key);
   o.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   o.distractors = absl::GetFlag(FLAGS_distractors);

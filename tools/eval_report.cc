@@ -56,6 +56,12 @@ nlohmann::json ForwardBreakdownJson(const RolloutTimings& t) {
           {"pruning_own_ms_per_sample", ms(t.model.pruning_seconds)},
           {"samples_per_pass", per_pass(static_cast<double>(t.samples))},
           {"llm_sub_batches_per_pass", per_pass(static_cast<double>(t.model.llm_sub_batches))},
+          {"llm_attention_scores_per_sample",
+           t.samples ? static_cast<double>(t.model.llm_attention_scores) / t.samples : 0.0},
+          {"llm_gemm_rows_over_rows",
+           t.model.llm_row_layers
+               ? static_cast<double>(t.model.llm_gemm_row_layers) / t.model.llm_row_layers
+               : 0.0},
           {"passes", t.passes}};
 }
 

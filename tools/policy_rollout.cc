@@ -144,6 +144,8 @@ void SumForwardTimings(const ForwardTimings& t, ForwardTimings* total) {
   total->pruning_seconds += t.pruning_seconds;
   total->llm_row_layers += t.llm_row_layers;
   total->llm_valid_row_layers += t.llm_valid_row_layers;
+  total->llm_gemm_row_layers += t.llm_gemm_row_layers;
+  total->llm_attention_scores += t.llm_attention_scores;
   total->llm_sub_batches += t.llm_sub_batches;
 }
 
