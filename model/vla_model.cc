@@ -272,9 +272,9 @@ class LlmPass {
 
   double pruning_seconds = 0;
   int64_t row_layers = 0;                              // rows run, padding included
+  int64_t valid_row_layers = 0;                        // real rows among them
   int64_t gemm_row_layers = 0;                         // rows the GEMMs ran, bucket padding too
   int64_t attention_scores = 0;                        // samples x heads x length^2, summed
-  int64_t valid_row_layers = 0;                        // real rows among them
   std::vector<std::vector<int64_t>> tokens_per_layer;  // per sample
 
  private:
