@@ -56,6 +56,9 @@ ABSL_FLAG(bool, stagger, false,
 ABSL_FLAG(bool, bucket_gemm_rows, specprune::ModelOptions{}.bucket_gemm_rows,
           "CPU bf16/fp16: pad the LLM's rows to a bounded set of counts so oneDNN compiles a "
           "bounded set of GEMM kernels");
+ABSL_FLAG(bool, prune_before_queries, specprune::ModelOptions{}.prune_before_queries,
+          "at a layer after which a pruner may remove rows, decide before the layer's queries so "
+          "the removed rows skip the rest of it");
 ABSL_FLAG(int64_t, sub_batch_cost_rows, specprune::ModelOptions{}.sub_batch_cost_rows,
           "split a ragged batch by length after pruning when that saves more padded rows than "
           "this per sub-batch; negative: one padded batch");
@@ -83,7 +86,7 @@ constexpr char kUsage[] =
     "    [--methods none,specprune,fastv,random] [--episode_steps S] [--stagger] [--dtype "
     "fp32|bf16]\n"
     "    [--device cpu|cuda] [--threads T] [--seed S] [--keep_ratio R] [--sub_batch_cost_rows N]\n"
-    "    [--nobucket_gemm_rows]\n"
+    "    [--nobucket_gemm_rows] [--noprune_before_queries]\n"
     "    [--random_init nn|device] [--json FILE]";
 
 struct Args {
@@ -94,6 +97,7 @@ struct Args {
   bool stagger;
   int64_t sub_batch_cost_rows;
   bool bucket_gemm_rows;
+  bool prune_before_queries;
   uint64_t seed;
   double keep_ratio;  // 0 = the config's
 };
@@ -122,6 +126,7 @@ absl::StatusOr<Args> ArgsFromFlags() {
   a.stagger = absl::GetFlag(FLAGS_stagger);
   a.sub_batch_cost_rows = absl::GetFlag(FLAGS_sub_batch_cost_rows);
   a.bucket_gemm_rows = absl::GetFlag(FLAGS_bucket_gemm_rows);
+  a.prune_before_queries = absl::GetFlag(FLAGS_prune_before_queries);
   a.threads = absl::GetFlag(FLAGS_threads);
   a.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   a.seed = absl::GetFlag(FLAGS_seed);
@@ -177,7 +182,8 @@ struct MethodStats {
   std::vector<double> setup;           // pruner set-up (creation) alone
   std::vector<double> retained_static, retained_final, retained_mean, flops_ratio, llm_flops_ratio;
   int64_t llm_row_layers = 0, llm_valid_row_layers = 0;  // ForwardTimings, summed
-  int64_t llm_gemm_row_layers = 0, llm_attention_scores = 0;
+  int64_t llm_gemm_row_layers = 0, llm_attention_scores = 0, llm_query_row_layers = 0;
+  std::vector<std::vector<double>> llm_layer;  // per layer: ForwardTimings::llm_layer_seconds
   std::map<std::string, int> modes;
   int fallbacks = 0;
 };
@@ -204,7 +210,8 @@ int RunModel(const Args& args) {
     auto loaded = LoadModelDir(args.model_dir, {.device = args.device,
                                                 .dtype = args.dtype,
                                                 .sub_batch_cost_rows = args.sub_batch_cost_rows,
-                                                .bucket_gemm_rows = args.bucket_gemm_rows});
+                                                .bucket_gemm_rows = args.bucket_gemm_rows,
+                                                .prune_before_queries = args.prune_before_queries});
     if (!loaded.ok()) return Usage(std::string(loaded.status().message()).c_str());
     model = std::move(loaded->model);
     tokenizer = std::move(loaded->tokenizer);
@@ -216,7 +223,8 @@ int RunModel(const Args& args) {
                                         .seed = args.seed,
                                         .init = args.random_init,
                                         .sub_batch_cost_rows = args.sub_batch_cost_rows,
-                                        .bucket_gemm_rows = args.bucket_gemm_rows});
+                                        .bucket_gemm_rows = args.bucket_gemm_rows,
+                                        .prune_before_queries = args.prune_before_queries});
     if (!m.ok()) return Usage(std::string(m.status().message()).c_str());
     model = std::move(*m);
     auto tok = Tokenizer::Load(std::string(SPECPRUNE_SOURCE_DIR) + "/models/tiny/tokenizer.model");
@@ -313,6 +321,10 @@ int RunModel(const Args& args) {
       s.llm_valid_row_layers += t.llm_valid_row_layers;
       s.llm_gemm_row_layers += t.llm_gemm_row_layers;
       s.llm_attention_scores += t.llm_attention_scores;
+      s.llm_query_row_layers += t.llm_query_row_layers;
+      s.llm_layer.resize(std::max(s.llm_layer.size(), t.llm_layer_seconds.size()));
+      for (size_t l = 0; l < t.llm_layer_seconds.size(); ++l)
+        s.llm_layer[l].push_back(t.llm_layer_seconds[l]);
       for (int b = 0; b < args.batch; ++b) {
         const auto& r = (*out)[b].model;
         const auto& pl = r.vision_tokens_per_layer;
@@ -358,8 +370,11 @@ int RunModel(const Args& args) {
         Percentile(s.own, 0.5) * 1e3, 100 * Percentile(s.own_share, 0.5),
         100 * mean(s.retained_static), 100 * mean(s.retained_mean), mean(s.flops_ratio),
         mean(s.llm_flops_ratio), speedup, llm_speedup, efficiency);
+    std::vector<double> layer_medians;
+    for (const auto& per_pass : s.llm_layer) layer_medians.push_back(Percentile(per_pass, 0.5));
     results.push_back(
         {{"method", args.methods[m]},
+         {"llm_layer_seconds_median", layer_medians},
          {"e2e_seconds", {{"median", e2e}, {"p90", Percentile(s.e2e, 0.9)}}},
          {"llm_seconds", {{"median", llm}, {"p90", Percentile(s.llm, 0.9)}}},
          {"vision_seconds",
@@ -391,6 +406,9 @@ int RunModel(const Args& args) {
          {"llm_gemm_rows_over_rows",
           s.llm_row_layers > 0 ? static_cast<double>(s.llm_gemm_row_layers) / s.llm_row_layers
                                : 0.0},
+         {"llm_query_rows_over_rows",
+          s.llm_row_layers > 0 ? static_cast<double>(s.llm_query_row_layers) / s.llm_row_layers
+                               : 0.0},
          {"samples", s.e2e.size() * args.batch}});
   }
   const auto flops = UnprunedForwardFlops(c, 20);
@@ -416,6 +434,7 @@ int RunModel(const Args& args) {
                       {"stagger", args.stagger},
                       {"sub_batch_cost_rows", args.sub_batch_cost_rows},
                       {"bucket_gemm_rows", args.bucket_gemm_rows},
+                      {"prune_before_queries", args.prune_before_queries},
                       {"dtype", args.dtype},
                       {"device", args.device},
                       {"torch_threads", at::get_num_threads()},

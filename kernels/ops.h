@@ -43,11 +43,12 @@ std::tuple<torch::Tensor, torch::Tensor> text_vision_attention_stats(
 
 // The same statistics from an attention's own softmax, for callers that materialize it (the
 // LibTorch 1.x attention path): no second q.k product and no second softmax over the T keys.
-//   logits     [B, H, T, T] float32, bfloat16 or float16: scale * q.k + key-padding bias (-inf at
-//              invalid keys), as the attention computed them (only the rows in query_rows are
-//              read).
-//   probs      [B, H, T, T] of logits' dtype: softmax(logits, -1).
-//   query_rows [B, R] int64: the query rows (as in AttentionStatsQuery; < T).
+//   logits     [B, H, Tq, T] float32, bfloat16 or float16: scale * q.k + key-padding bias (-inf
+//              at invalid keys), as the attention computed them (only the rows in query_rows are
+//              read; Tq = T for a whole attention, smaller when only some query rows were run).
+//   probs      [B, H, Tq, T] of logits' dtype: softmax(logits, -1).
+//   query_rows [B, R] int64: the query rows (< Tq; AttentionStatsQuery's rows for a whole
+//              attention).
 //   row_valid, vision_rows: as above.
 // Returns float32 scores and entropy as text_vision_attention_stats (equal up to float rounding
 // for float32 inputs). For bf16/fp16 they are the statistics of the attention the model computed:

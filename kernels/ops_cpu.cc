@@ -71,11 +71,11 @@ void CheckSoftmaxStatsArgs(const torch::Tensor& logits, const torch::Tensor& pro
                            const torch::Tensor& query_rows, const torch::Tensor& row_valid,
                            const torch::Tensor& vision_rows) {
   TORCH_CHECK(
-      logits.defined() && logits.dim() == 4 && logits.size(2) == logits.size(3) &&
+      logits.defined() && logits.dim() == 4 &&
           (logits.scalar_type() == torch::kFloat || logits.scalar_type() == torch::kBFloat16 ||
            logits.scalar_type() == torch::kHalf),
       "text_vision_stats_from_softmax: logits must be float32, bfloat16 or float16 "
-      "[B,H,T,T]");
+      "[B,H,Tq,T]");
   TORCH_CHECK(probs.defined() && probs.sizes() == logits.sizes() &&
                   probs.scalar_type() == logits.scalar_type(),
               "text_vision_stats_from_softmax: probs must be ", logits.scalar_type(), " ",
@@ -218,7 +218,7 @@ std::tuple<torch::Tensor, torch::Tensor> StatsFromSoftmaxRows(const torch::Tenso
                                                               const torch::Tensor& query_rows,
                                                               const torch::Tensor& row_valid,
                                                               const torch::Tensor& vision_rows) {
-  const int64_t b = logits.size(0), h = logits.size(1), t = logits.size(3);
+  const int64_t b = logits.size(0), h = logits.size(1), tq = logits.size(2), t = logits.size(3);
   const int64_t r = query_rows.size(1), v = vision_rows.size(1);
   const auto lg = logits.contiguous(), pr = probs.contiguous(), qr = query_rows.contiguous();
   const auto rv = row_valid.contiguous(), vr = vision_rows.contiguous();
@@ -228,13 +228,13 @@ std::tuple<torch::Tensor, torch::Tensor> StatsFromSoftmaxRows(const torch::Tenso
   const bool* row_ok = rv.data_ptr<bool>();
   const int64_t* vis = vr.data_ptr<int64_t>();
   for (int64_t i = 0; i < b * r; ++i)
-    TORCH_CHECK(!row_ok[i] || (query[i] >= 0 && query[i] < t),
-                "text_vision_stats_from_softmax: query_rows index outside [0, T = ", t, ")");
+    TORCH_CHECK(!row_ok[i] || (query[i] >= 0 && query[i] < tq),
+                "text_vision_stats_from_softmax: query_rows index outside [0, Tq = ", tq, ")");
   for (int64_t i = 0; i < b * v; ++i)
     TORCH_CHECK(vis[i] < t, "text_vision_stats_from_softmax: vision_rows index >= T = ", t);
   return AverageOverRows(b, h, r, v, row_ok,
                          [&](int64_t bi, int64_t hi, int64_t ri, double weight, double* score) {
-                           const int64_t offset = ((bi * h + hi) * t + query[bi * r + ri]) * t;
+                           const int64_t offset = ((bi * h + hi) * tq + query[bi * r + ri]) * t;
                            const T* p = ps + offset;
                            const T* x = ls + offset;
                            const int64_t* cols = vis + bi * v;

@@ -74,6 +74,34 @@ torch::Tensor AttentionLogits(const torch::Tensor& q, const torch::Tensor& k,
 
 namespace {
 
+double Elapsed(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// `query`'s statistics from its rows' queries alone, q_rows [B,H,R,hd] (row i = query row i, after
+// RoPE) against k [B,H,S,hd]: on the LibTorch 1.x CPU path from those rows' own logits and softmax
+// in the model's dtype (the values the whole attention computes for them), else the float32 kernel.
+AttentionStatsResult QueryRowStats(const torch::Tensor& q_rows, const torch::Tensor& k,
+                                   const torch::Tensor& bias, const torch::Tensor& key_valid,
+                                   const AttentionStatsQuery& query) {
+  const auto start = std::chrono::steady_clock::now();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q_rows.size(3)));
+  std::tuple<torch::Tensor, torch::Tensor> result;
+#if TORCH_VERSION_MAJOR < 2
+  if (!q_rows.is_cuda()) {
+    const int64_t b = q_rows.size(0), r = q_rows.size(2);
+    auto logits = AttentionLogits(q_rows, k, bias, scale);
+    auto rows = torch::arange(r, query.query_rows.options()).expand({b, r});
+    result = text_vision_stats_from_softmax(logits, torch::softmax(logits, -1), rows,
+                                            query.row_valid, query.vision_rows);
+  }
+#endif
+  if (!std::get<0>(result).defined())
+    result = text_vision_attention_stats(q_rows, k, key_valid, query.row_valid, query.vision_rows,
+                                         scale);
+  return {std::get<0>(result), std::get<1>(result), Elapsed(start)};
+}
+
 // Scaled dot-product attention of one padded batch, q/k/v [B,H,T,hd] after RoPE; returns
 // [B,H,T,hd]. Computes `query`'s statistics into `stats` when both are given.
 torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -158,6 +186,71 @@ torch::Tensor LlamaAttentionImpl::ForwardPacked(const torch::Tensor& x,
   return o_proj(attended);
 }
 
+LayerKeys LlamaAttentionImpl::ForwardKeys(const torch::Tensor& xn,
+                                          const std::vector<AttentionSegment>& segments) {
+  int64_t covered = 0;
+  for (const auto& seg : segments) covered += seg.rows();
+  TORCH_CHECK(covered <= xn.size(0), "ForwardKeys: segments cover ", covered, " rows, x has ",
+              xn.size(0));
+  LayerKeys keys;
+  keys.q = q_proj(xn);
+  auto k_all = k_proj(xn), v_all = v_proj(xn);
+  int64_t offset = 0;
+  for (const auto& seg : segments) {
+    auto shape = [&](const torch::Tensor& y) {
+      return y.narrow(0, offset, seg.rows()).view({seg.batch, seg.length, heads, head_dim});
+    };
+    keys.k.push_back(ApplyRope(shape(k_all).transpose(1, 2), *seg.rope));
+    keys.v.push_back(shape(v_all).transpose(1, 2));
+    if (seg.query != nullptr && seg.stats != nullptr) {
+      const auto& rows = seg.query->query_rows;  // [batch, R]
+      const int64_t r = rows.size(1);
+      auto q_rows =
+          shape(keys.q)
+              .gather(1, rows.view({seg.batch, r, 1, 1}).expand({seg.batch, r, heads, head_dim}))
+              .transpose(1, 2);
+      const auto table_rows = rows.view({seg.batch, 1, r, 1}).expand({seg.batch, 1, r, head_dim});
+      const Rope rope_rows{seg.rope->cos.gather(2, table_rows),
+                           seg.rope->sin.gather(2, table_rows)};
+      *seg.stats = QueryRowStats(ApplyRope(q_rows, rope_rows), keys.k.back(), seg.bias,
+                                 seg.key_valid, *seg.query);
+    }
+    offset += seg.rows();
+  }
+  return keys;
+}
+
+torch::Tensor LlamaAttentionImpl::ForwardQueries(const LayerKeys& keys,
+                                                 const std::vector<AttentionSegment>& segments,
+                                                 const std::vector<QuerySegment>& queries,
+                                                 int64_t padded_rows) {
+  auto attended = torch::empty({padded_rows, heads * head_dim}, keys.q.options());
+  int64_t offset = 0;
+  for (const auto& qs : queries) {
+    TORCH_CHECK(qs.key_segment >= 0 && qs.key_segment < static_cast<int64_t>(segments.size()),
+                "ForwardQueries: key segment ", qs.key_segment, " of ", segments.size());
+    TORCH_CHECK(offset + qs.rows() <= padded_rows, "ForwardQueries: queries exceed ", padded_rows,
+                " rows");
+    auto k = keys.k[qs.key_segment], v = keys.v[qs.key_segment];
+    auto bias = segments[qs.key_segment].bias;
+    if (qs.key_samples.defined()) {
+      k = k.index_select(0, qs.key_samples);
+      v = v.index_select(0, qs.key_samples);
+      bias = bias.index_select(0, qs.key_samples);
+    }
+    auto q = keys.q.index_select(0, qs.source_rows)
+                 .view({qs.batch, qs.length, heads, head_dim})
+                 .transpose(1, 2);
+    auto o = Attend(ApplyRope(q, *qs.rope), k, v, bias, torch::Tensor(), nullptr, nullptr);
+    attended.narrow(0, offset, qs.rows())
+        .view({qs.batch, qs.length, heads, head_dim})
+        .copy_(o.transpose(1, 2));
+    offset += qs.rows();
+  }
+  if (offset < padded_rows) attended.narrow(0, offset, padded_rows - offset).zero_();
+  return o_proj(attended);
+}
+
 LlamaMlpImpl::LlamaMlpImpl(const LlmConfig& c) {
   auto lin = [&](int64_t in, int64_t out) { return Linear(in, out, /*with_bias=*/false); };
   gate_proj = register_module("gate_proj", lin(c.hidden, c.intermediate));
@@ -189,6 +282,27 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const Rope&
 torch::Tensor LlamaDecoderLayerImpl::ForwardPacked(const torch::Tensor& x,
                                                    const std::vector<AttentionSegment>& segments) {
   auto h = x + self_attn->ForwardPacked(input_layernorm(x), segments);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+LayerKeys LlamaDecoderLayerImpl::ForwardKeys(const torch::Tensor& x,
+                                             const std::vector<AttentionSegment>& segments) {
+  LayerKeys keys = self_attn->ForwardKeys(input_layernorm(x), segments);
+  keys.x = x;
+  return keys;
+}
+
+torch::Tensor LlamaDecoderLayerImpl::ForwardQueries(const LayerKeys& keys,
+                                                    const std::vector<AttentionSegment>& segments,
+                                                    const std::vector<QuerySegment>& queries,
+                                                    int64_t padded_rows) {
+  std::vector<torch::Tensor> sources;
+  for (const auto& qs : queries) sources.push_back(qs.source_rows);
+  auto residual = keys.x.index_select(0, torch::cat(sources));
+  if (residual.size(0) < padded_rows)
+    residual = torch::cat(
+        {residual, residual.new_zeros({padded_rows - residual.size(0), residual.size(1)})});
+  auto h = residual + self_attn->ForwardQueries(keys, segments, queries, padded_rows);
   return h + mlp(post_attention_layernorm(h));
 }
 

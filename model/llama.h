@@ -63,6 +63,30 @@ struct AttentionSegment {
   int64_t rows() const { return batch * length; }
 };
 
+// A layer after which pruners remove rows runs in two halves (LlamaDecoderLayerImpl::ForwardKeys,
+// then ForwardQueries), so the removed rows skip everything past the key/value projections: their
+// queries, o_proj, MLP and residuals would only produce outputs the pruning discards. The rows that
+// go on still attend to every row of their sample, so their outputs equal the whole layer's (up to
+// the BLAS's rounding for other row counts). What the first half leaves for the second:
+struct LayerKeys {
+  torch::Tensor x;                  // [P, D] the layer's input (the residuals)
+  torch::Tensor q;                  // [P, heads * head_dim] every input row's query, before RoPE
+  std::vector<torch::Tensor> k, v;  // per input segment [batch, heads, length, head_dim], k roped
+};
+
+// One sub-batch of the rows that go on, for the second half: `batch` x `length` query rows,
+// consecutive in the output, each attending to every row of its sample in input segment
+// `key_segment`. The pointed-to table must outlive the call.
+struct QuerySegment {
+  int64_t batch = 0;
+  int64_t length = 0;
+  const Rope* rope = nullptr;  // [batch, 1, length, head_dim] tables of the query rows
+  torch::Tensor source_rows;   // [batch * length] int64: each query row's row of the input [P, D]
+  int64_t key_segment = 0;     // index into the first half's segments
+  torch::Tensor key_samples;   // [batch] int64 samples of that segment, in order; undefined = all
+  int64_t rows() const { return batch * length; }
+};
+
 struct LlamaAttentionImpl : torch::nn::Module {
   explicit LlamaAttentionImpl(const LlmConfig& c);
   // x: [B,T,D]; bias: [B,1,1,T] additive key mask (0 / -inf); key_valid: [B,T] bool.
@@ -75,6 +99,15 @@ struct LlamaAttentionImpl : torch::nn::Module {
   // (writes the segments' outputs into one buffer in place).
   torch::Tensor ForwardPacked(const torch::Tensor& x,
                               const std::vector<AttentionSegment>& segments);
+  // The first half (see LayerKeys) over `segments` as ForwardPacked: the projections of all P rows
+  // of xn, RoPE on the keys, and each segment's statistics (`query`, into `stats`) from its query
+  // rows' own attention rows, computed as forward() computes them (returns `x` undefined).
+  LayerKeys ForwardKeys(const torch::Tensor& xn, const std::vector<AttentionSegment>& segments);
+  // The second half: the attention of `queries` over their samples' keys, then o_proj; returns
+  // [padded_rows, D], the queries' rows back to back, zero after them (padded_rows >= their sum).
+  // Of `segments` (the first half's) only the key biases are read.
+  torch::Tensor ForwardQueries(const LayerKeys& keys, const std::vector<AttentionSegment>& segments,
+                               const std::vector<QuerySegment>& queries, int64_t padded_rows);
   int64_t heads, head_dim;
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 };
@@ -99,6 +132,14 @@ struct LlamaDecoderLayerImpl : torch::nn::Module {
   // equals forward() on its own sub-batch up to the BLAS's rounding for a different row count.
   torch::Tensor ForwardPacked(const torch::Tensor& x,
                               const std::vector<AttentionSegment>& segments);
+  // The layer in two halves (LayerKeys): ForwardKeys runs the input norm and the attention's first
+  // half over x [P, D] (packed as for ForwardPacked); the caller reads the statistics, decides
+  // which rows go on, and ForwardQueries computes the layer's output for those rows only:
+  // [padded_rows, D], `queries`' rows back to back, zero after them. Each row equals
+  // ForwardPacked's for the same row up to the BLAS's rounding. Inference only.
+  LayerKeys ForwardKeys(const torch::Tensor& x, const std::vector<AttentionSegment>& segments);
+  torch::Tensor ForwardQueries(const LayerKeys& keys, const std::vector<AttentionSegment>& segments,
+                               const std::vector<QuerySegment>& queries, int64_t padded_rows);
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};
   RmsNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};

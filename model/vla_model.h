@@ -47,6 +47,11 @@ struct ModelOptions {
   // rows padded with zero rows to GemmRowBucket (model/sequence_layout.h), at most 1/32 more, so
   // oneDNN compiles a bounded set of GEMM kernels instead of one per new pruned row count.
   bool bucket_gemm_rows = true;
+  // At a layer after which some sample's pruner may remove rows (SamplePruner::MayPruneAfter), the
+  // pruners decide between the layer's key/value projections and its queries, so the rows that go
+  // out skip the rest of the layer (LayerKeys, model/llama.h). The same results; false runs every
+  // layer whole and prunes its output (for comparisons).
+  bool prune_before_queries = true;
 };
 
 // The module tree; parameter names equal the HF OpenVLA-OFT checkpoint names, with the action
@@ -95,10 +100,19 @@ struct ForwardTimings {
   int64_t llm_valid_row_layers = 0;
   int64_t llm_gemm_row_layers = 0;
   int64_t llm_sub_batches = 0;
-  // Attention scores the LLM layers computed (samples x heads x length^2 per sub-batch, padding
-  // included, summed over layers): the work of the attention's matmuls and softmax, which grows
-  // with the square of a sample's rows where the GEMMs grow with the rows.
+  // Attention scores the LLM layers computed (samples x heads x query rows x key rows per
+  // sub-batch, padding included, summed over layers; query rows = key rows = length except where
+  // ModelOptions::prune_before_queries drops rows before the queries): the work of the attention's
+  // matmuls and softmax, which grows with the square of a sample's rows where the GEMMs grow with
+  // the rows.
   int64_t llm_attention_scores = 0;
+  // Rows past the key/value projections (queries, o_proj, MLP), padding included: llm_row_layers
+  // less the rows that ModelOptions::prune_before_queries dropped before a layer's queries.
+  int64_t llm_query_row_layers = 0;
+  // Wall-clock seconds of each LLM layer with its pruning work (inside llm_seconds; on CUDA the
+  // host's time, without a synchronization per layer). Where a layer's cost goes, comparable
+  // within one run whatever the machine's speed of the moment.
+  std::vector<double> llm_layer_seconds;
 };
 
 class VlaModel : public ModelRunner {

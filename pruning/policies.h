@@ -61,6 +61,7 @@ class FastVPruner : public EpisodeTrackingPruner {
   StatsRows StatsWanted(int layer) const override;
   std::optional<std::vector<int64_t>> AfterLayer(int layer, const std::vector<int64_t>& vision_ids,
                                                  const LayerAttentionStats* stats) override;
+  bool MayPruneAfter(int layer) const override { return layer == layer_; }
 
  private:
   int layer_;
@@ -78,6 +79,7 @@ class RandomPruner : public EpisodeTrackingPruner {
   StatsRows StatsWanted(int layer) const override { return StatsRows::kNone; }
   std::optional<std::vector<int64_t>> AfterLayer(int layer, const std::vector<int64_t>& vision_ids,
                                                  const LayerAttentionStats* stats) override;
+  bool MayPruneAfter(int layer) const override { return layer == layer_; }
 
  private:
   int layer_;

@@ -56,6 +56,13 @@ class SamplePruner {
                                                          const std::vector<int64_t>& vision_ids,
                                                          const LayerAttentionStats* stats) = 0;
 
+  // A hint: whether AfterLayer(layer) is expected to remove a large share of the rows. Where it is,
+  // the model decides before the layer's queries run, so the rows that go out skip the rest of that
+  // layer (LayerKeys, model/llama.h), at the price of computing the statistics rows' attention
+  // separately; the results are the same either way. A pruner that prunes where it did not say so
+  // is still obeyed, after the whole layer.
+  virtual bool MayPruneAfter(int layer) const { return false; }
+
   // Called once after the action head with this sample's normalized action chunk
   // [chunk, action_dim] (float32, CPU).
   virtual void Finish(const torch::Tensor& normalized_actions) {}

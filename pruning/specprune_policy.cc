@@ -114,6 +114,10 @@ StatsRows SpecPrunePruner::StatsWanted(int layer) const {
   return StatsRows::kNone;
 }
 
+bool SpecPrunePruner::MayPruneAfter(int layer) const {
+  return static_pruning_ && layer == static_layer_;
+}
+
 std::optional<std::vector<int64_t>> SpecPrunePruner::AfterLayer(
     int layer, const std::vector<int64_t>& vision_ids, const LayerAttentionStats* stats) {
   std::vector<float> scores;

@@ -43,6 +43,11 @@ class SpecPrunePruner : public EpisodeTrackingPruner {
   StatsRows StatsWanted(int layer) const override;
   std::optional<std::vector<int64_t>> AfterLayer(int layer, const std::vector<int64_t>& vision_ids,
                                                  const LayerAttentionStats* stats) override;
+  // The static layer, when this pass prunes statically. Not the layer-level prune layers: they
+  // remove ~prune_fraction of the few vision tokens left, fewer rows than the separate statistics
+  // pass of a layer in two halves costs (docs/BENCHMARKS.md "Pruned rows skip the rest of their
+  // layer"); those layers run whole and prune their output.
+  bool MayPruneAfter(int layer) const override;
   void Finish(const torch::Tensor& normalized_actions) override;
 
   ControllerMode mode() const override { return mode_; }

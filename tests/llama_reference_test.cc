@@ -297,6 +297,83 @@ TEST(LlamaReferenceTest, PackedSubBatchesEqualEachSubBatchRunAlone) {
   EXPECT_THROW(layer->ForwardPacked(x.slice(0, 0, 17), segments), c10::Error);
 }
 
+// The layer in two halves: the key side over two packed sub-batches (statistics on the second),
+// then queries for a subset of rows: two rows-subsets of single samples (one sample taken out of
+// its sub-batch) and one whole sample. Each output row equals the whole layer's row it came from,
+// the statistics equal the whole layer's, and the rows past the queries are zero.
+TEST(LlamaReferenceTest, LayerInTwoHalvesEqualsTheWholeLayerOnTheRowsThatGoOn) {
+  const LlmConfig c = TinyLlm();
+  LlamaDecoderLayer layer(c);
+  Randomize(*layer, 14);
+  const int64_t d = c.hidden, hd = d / c.heads;
+  torch::manual_seed(15);
+  auto rope_of = [&](int64_t b, int64_t t) {
+    return MakeRope((torch::arange(t, torch::kLong) * 3 + 2).repeat({b, 1}), hd, c.rope_theta,
+                    torch::kFloat32);
+  };
+  const auto xa = torch::randn({2, 7, d}), xb = torch::randn({1, 4, d});
+  auto valid_a = torch::ones({2, 7}, torch::kBool);
+  valid_a[0].slice(0, 6).fill_(false);
+  const auto valid_b = torch::ones({1, 4}, torch::kBool);
+  const Rope rope_a = rope_of(2, 7), rope_b = rope_of(1, 4);
+  AttentionStatsQuery query;
+  query.query_rows = torch::tensor({3}, torch::kLong).view({1, 1});
+  query.row_valid = torch::ones({1, 1}, torch::kBool);
+  query.vision_rows = torch::tensor({0, 1, 2}, torch::kLong).view({1, 3});
+  AttentionStatsResult whole_stats, split_stats;
+  auto segments_with = [&](AttentionStatsResult* stats) {
+    return std::vector<AttentionSegment>{{.batch = 2,
+                                          .length = 7,
+                                          .rope = &rope_a,
+                                          .bias = KeyPaddingBias(valid_a, torch::kFloat32),
+                                          .key_valid = valid_a},
+                                         {.batch = 1,
+                                          .length = 4,
+                                          .rope = &rope_b,
+                                          .bias = KeyPaddingBias(valid_b, torch::kFloat32),
+                                          .key_valid = valid_b,
+                                          .query = &query,
+                                          .stats = stats}};
+  };
+  torch::NoGradGuard no_grad;
+  const auto x = torch::cat({xa.reshape({-1, d}), xb.reshape({-1, d})});
+  const auto whole = layer->ForwardPacked(x, segments_with(&whole_stats));
+  const auto segments = segments_with(&split_stats);
+  const LayerKeys keys = layer->ForwardKeys(x, segments);
+
+  const auto rows = [](std::vector<int64_t> r) { return torch::tensor(r, torch::kLong); };
+  const Rope rope_a1 = GatherRope(rope_a, rows({7, 9, 10}).view({1, 3}));
+  const Rope rope_a0 = GatherRope(rope_a, rows({0, 1, 2, 3, 4, 5, 6}).view({1, 7}));
+  const Rope rope_b1 = GatherRope(rope_b, rows({1, 3}).view({1, 2}));
+  const std::vector<QuerySegment> queries = {
+      {.batch = 1,
+       .length = 3,
+       .rope = &rope_a1,
+       .source_rows = rows({7, 9, 10}),
+       .key_segment = 0,
+       .key_samples = rows({1})},
+      {.batch = 1,
+       .length = 7,
+       .rope = &rope_a0,
+       .source_rows = torch::arange(7, torch::kLong),
+       .key_segment = 0,
+       .key_samples = rows({0})},
+      {.batch = 1, .length = 2, .rope = &rope_b1, .source_rows = rows({15, 17}), .key_segment = 1}};
+  const auto out = layer->ForwardQueries(keys, segments, queries, 14);
+  ASSERT_EQ(out.sizes().vec(), (std::vector<int64_t>{14, d}));
+  const auto expected = whole.index_select(0, rows({7, 9, 10, 0, 1, 2, 3, 4, 5, 6, 15, 17}));
+  EXPECT_TRUE(torch::allclose(out.slice(0, 0, 12), expected, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::equal(out.slice(0, 12), torch::zeros({2, d})));
+  ASSERT_TRUE(split_stats.scores.defined());
+  EXPECT_TRUE(torch::allclose(split_stats.scores, whole_stats.scores, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(split_stats.entropy, whole_stats.entropy, 1e-5, 1e-6));
+  // Queries must name a segment of the first half and fit the rows asked for.
+  auto bad = queries;
+  bad[2].key_segment = 2;
+  EXPECT_THROW(layer->ForwardQueries(keys, segments, bad, 14), c10::Error);
+  EXPECT_THROW(layer->ForwardQueries(keys, segments, queries, 11), c10::Error);
+}
+
 TEST(LlamaReferenceTest, KeyPaddingBiasIsZeroForValidAndMinusInfinityForPaddedKeys) {
   auto valid = torch::tensor({1, 1, 0, 1, 0, 0}, torch::kBool).view({2, 3});
   auto bias = KeyPaddingBias(valid, torch::kFloat32);

@@ -37,7 +37,12 @@ LoopResult RunLoop(SamplePruner& pruner, int layers, int64_t p, const ScoreFn& s
       stats.scores = torch::tensor(scores(l, ids), torch::kFloat);
       stats.vision_entropy = 1.0;
     }
+    const bool announced = pruner.MayPruneAfter(l);
     auto next = pruner.AfterLayer(l, ids, want != StatsRows::kNone ? &stats : nullptr);
+    if (next.has_value() && next->size() < ids.size()) {
+      // The model prunes before a layer's queries only where the pruner announced it.
+      EXPECT_TRUE(announced) << "pruned after layer " << l << " without MayPruneAfter";
+    }
     if (next.has_value()) {
       std::set<int64_t> present(ids.begin(), ids.end());
       for (int64_t id : *next) EXPECT_TRUE(present.count(id)) << "id " << id << " not present";
@@ -167,6 +172,7 @@ TEST(PoliciesTest, FastVKeepsTopRatioByLastRowAttention) {
   for (int l = 0; l < kLayers; ++l) {
     EXPECT_EQ(r.wanted[l], l == 1 ? StatsRows::kLast : StatsRows::kNone);
   }
+  for (int l = 0; l < kLayers; ++l) EXPECT_EQ(pruner.MayPruneAfter(l), l == 1) << l;
   const int64_t keep = 39;  // ceil(0.3 * 128)
   EXPECT_EQ(r.tokens_per_layer, (std::vector<int64_t>{128, 128, keep, keep, keep, keep}));
   EXPECT_EQ(r.final_ids.front(), kTokens - keep);

@@ -23,7 +23,8 @@ constexpr int64_t kPatchDim = 12;
 struct LoopResult {
   std::vector<int64_t> tokens_per_layer;  // vision tokens entering each layer
   std::vector<StatsRows> wanted;
-  std::vector<Ids> dropped;  // ids removed after each layer
+  std::vector<Ids> dropped;     // ids removed after each layer
+  std::vector<bool> announced;  // MayPruneAfter per layer
   Ids final_ids;
 };
 
@@ -46,6 +47,7 @@ LoopResult RunLoop(
       stats.scores = torch::tensor(scores(l, ids), torch::kFloat);
       stats.vision_entropy = entropy(l);
     }
+    out.announced.push_back(pruner.MayPruneAfter(l));
     auto next = pruner.AfterLayer(l, ids, want != StatsRows::kNone ? &stats : nullptr);
     Ids dropped;
     if (next.has_value()) {
@@ -141,6 +143,8 @@ TEST_F(SpecPrunePolicyTest, FirstStepFallsBackToNoPruning) {
                                        StatsRows::kNone, StatsRows::kNone, StatsRows::kText};
   EXPECT_EQ(r.wanted, want);
   EXPECT_EQ(pruner_->retained_after_static(), kTokens);
+  // An unpruned pass announces no pruning, so the model runs its layers whole.
+  EXPECT_EQ(r.announced, std::vector<bool>(kLayers, false));
   ASSERT_TRUE(state_.global_prior.defined());
   EXPECT_EQ(state_.global_prior.numel(), kTokens);
   EXPECT_FLOAT_EQ(state_.global_prior[40].item<float>(), 1.0f);
@@ -169,6 +173,8 @@ TEST_F(SpecPrunePolicyTest, SecondStepPrunesToUnionOfGlobalDynamicAndLocal) {
   EXPECT_EQ(r.dropped[4], (Ids{100}));
   EXPECT_EQ(r.final_ids, (Ids{0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 40, 41, 42, 43, 44, 45}));
   for (int l = 0; l < kLayers; ++l) EXPECT_EQ(r.wanted[l], StatsRows::kText) << l;
+  // Only the static layer (1) is announced: the layer-level prunes drop a token each.
+  EXPECT_EQ(r.announced, (std::vector<bool>{false, true, false, false, false, false}));
 }
 
 // Two cameras of 64 patches: patch 10 of camera 0 and patches 100, 101 of camera 1 change.

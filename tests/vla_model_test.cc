@@ -13,14 +13,18 @@
 namespace specprune {
 namespace {
 
-// Keeps a fixed subset of vision tokens after a given layer; records what it saw.
+// Keeps a fixed subset of vision tokens after a given layer; records what it saw. With
+// `announce` it says so beforehand (MayPruneAfter), so the model prunes before that layer's
+// queries.
 class FixedPruner : public SamplePruner {
  public:
-  FixedPruner(int layer, std::vector<int64_t> keep, StatsRows rows = StatsRows::kText)
-      : layer_(layer), keep_(std::move(keep)), rows_(rows) {}
+  FixedPruner(int layer, std::vector<int64_t> keep, StatsRows rows = StatsRows::kText,
+              bool announce = false)
+      : layer_(layer), keep_(std::move(keep)), rows_(rows), announce_(announce) {}
   StatsRows StatsWanted(int layer) const override {
     return layer == layer_ ? rows_ : StatsRows::kNone;
   }
+  bool MayPruneAfter(int layer) const override { return announce_ && layer == layer_; }
   std::optional<std::vector<int64_t>> AfterLayer(int layer, const std::vector<int64_t>& ids,
                                                  const LayerAttentionStats* stats) override {
     seen_.push_back(ids.size());
@@ -41,6 +45,7 @@ class FixedPruner : public SamplePruner {
   int layer_;
   std::vector<int64_t> keep_;
   StatsRows rows_;
+  bool announce_;
 };
 
 class VlaModelTest : public ::testing::Test {
@@ -272,6 +277,65 @@ TEST_F(VlaModelTest, Bfloat16GemmRowsArePaddedToBucketsWithTheSameResults) {
     EXPECT_TRUE(
         torch::allclose(padded[b].normalized_actions, exact[b].normalized_actions, 2e-2, 2e-2))
         << "sample " << b << padded[b].normalized_actions << exact[b].normalized_actions;
+  }
+}
+
+TEST_F(VlaModelTest, RowsPrunedAfterALayerSkipItsQueriesWithTheSameResults) {
+  // The ragged batch above with pruners that announce layer 1: the model decides between layer 1's
+  // key/value projections and its queries, so the pruned rows skip the rest of layer 1. Against
+  // the same model running every layer whole: the same statistics, tokens and actions (within
+  // the dtype's rounding), fewer query rows and scores by exactly the rows dropped at layer 1.
+  std::vector<SampleInput> batch = {MakeSample(11, 8), MakeSample(12, 8), MakeSample(13, 8),
+                                    MakeSample(14, 8)};
+  const std::vector<std::vector<int64_t>> keep = {{1, 2, 3}, {}, {4, 5, 6, 7}, {9, 10}};
+  for (const std::string dtype : {"fp32", "bf16"}) {
+    SCOPED_TRACE(dtype);
+    struct Run {
+      absl::StatusOr<std::vector<SampleResult>> out;
+      ForwardTimings timings;
+      std::vector<torch::Tensor> scores;
+    };
+    auto run = [&](bool split, const std::vector<StatsRows>& rows) {
+      auto model =
+          VlaModel::Create(config_, {.dtype = dtype, .seed = 7, .prune_before_queries = split});
+      EXPECT_TRUE(model.ok()) << model.status();
+      std::vector<std::unique_ptr<FixedPruner>> pruners;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        if (b == 1) continue;
+        pruners.push_back(std::make_unique<FixedPruner>(1, keep[b], rows[b], true));
+        batch[b].pruner = pruners.back().get();
+      }
+      Run r;
+      r.out = (*model)->Forward(batch, &r.timings);
+      for (auto& p : pruners) r.scores.push_back(p->last_scores_);
+      for (auto& s : batch) s.pruner = nullptr;
+      return r;
+    };
+    const std::vector<StatsRows> rows = {StatsRows::kText, StatsRows::kNone,
+                                         StatsRows::kActionReadout, StatsRows::kText};
+    const Run split = run(true, rows), whole = run(false, rows);
+    ASSERT_TRUE(split.out.ok()) << split.out.status();
+    ASSERT_TRUE(whole.out.ok()) << whole.out.status();
+    const double tol = dtype == "fp32" ? 1e-4 : 2e-2;
+    for (size_t p = 0; p < split.scores.size(); ++p)
+      EXPECT_TRUE(torch::allclose(split.scores[p], whole.scores[p], tol, 1e-5)) << "pruner " << p;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      const auto &a = (*split.out)[b], &w = (*whole.out)[b];
+      EXPECT_EQ(a.vision_tokens_per_layer, w.vision_tokens_per_layer) << b;
+      EXPECT_EQ(a.llm_flops, w.llm_flops) << b;
+      EXPECT_TRUE(torch::allclose(a.normalized_actions, w.normalized_actions, tol, tol))
+          << "sample " << b << a.normalized_actions << w.normalized_actions;
+    }
+    // Layer 1's queries: sample 1 whole, samples 0, 2, 3 padded to fixed + 4 rows; keys: full.
+    const int64_t fixed = 3 + 8 + config_.action_tokens(), full = fixed + 128;
+    const int64_t h = config_.llm.heads, pruned = fixed + 4;
+    EXPECT_EQ(split.timings.llm_row_layers, whole.timings.llm_row_layers);
+    EXPECT_EQ(whole.timings.llm_query_row_layers, whole.timings.llm_row_layers);
+    EXPECT_EQ(split.timings.llm_query_row_layers,
+              whole.timings.llm_query_row_layers - 3 * (full - pruned));
+    EXPECT_EQ(split.timings.llm_attention_scores,
+              whole.timings.llm_attention_scores - 3 * h * (full - pruned) * full);
+    EXPECT_EQ(split.timings.llm_sub_batches, whole.timings.llm_sub_batches);
   }
 }
 

@@ -52,6 +52,9 @@ ABSL_FLAG(int64_t, sub_batch_cost_rows, Defaults().sub_batch_cost_rows,
 ABSL_FLAG(bool, bucket_gemm_rows, Defaults().bucket_gemm_rows,
           "CPU bf16/fp16: pad the LLM's rows to a bounded set of counts so oneDNN compiles a "
           "bounded set of GEMM kernels (ModelOptions::bucket_gemm_rows)");
+ABSL_FLAG(bool, prune_before_queries, Defaults().prune_before_queries,
+          "at a layer after which a pruner may remove rows, decide before the layer's queries so "
+          "the removed rows skip the rest of it (ModelOptions::prune_before_queries)");
 ABSL_FLAG(std::string, dtype, Defaults().dtype, "forward dtype: fp32, bf16 or auto");
 ABSL_FLAG(std::string, unnorm_key, Defaults().unnorm_key,
           "dataset-statistics key (empty: the first)");
@@ -97,6 +100,7 @@ EvalOptions OptionsFromFlags() {
   o.dtype = absl::GetFlag(FLAGS_dtype);
   o.sub_batch_cost_rows = absl::GetFlag(FLAGS_sub_batch_cost_rows);
   o.bucket_gemm_rows = absl::GetFlag(FLAGS_bucket_gemm_rows);
+  o.prune_before_queries = absl::GetFlag(FLAGS_prune_before_queries);
   o.unnorm_key = absl::GetFlag(FLAGS_unnorm_key);
   o.keep_ratio = absl::GetFlag(FLAGS_keep_ratio);
   o.distractors = absl::GetFlag(FLAGS_distractors);

@@ -24,7 +24,9 @@ struct EvalOptions {
   // that saves more padded rows than this per sub-batch; negative keeps one padded batch.
   int64_t sub_batch_cost_rows = ModelOptions{}.sub_batch_cost_rows;
   bool bucket_gemm_rows = ModelOptions{}.bucket_gemm_rows;  // ModelOptions::bucket_gemm_rows
-  std::string unnorm_key;                                   // "" = the only / first key
+  // ModelOptions::prune_before_queries
+  bool prune_before_queries = ModelOptions{}.prune_before_queries;
+  std::string unnorm_key;       // "" = the only / first key
   double keep_ratio = -1;       // > 0: FastV/random keep ratio instead of SpecPrune's retention
   int distractors = -1;         // objects not named by the goal: -1 = suite default, else [0, 4]
   int fixed_tasks = 0;          // 0 = procedural tasks; N = LIBERO-style fixed set (sim/task.h)

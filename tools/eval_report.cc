@@ -50,6 +50,8 @@ nlohmann::json CoverageJson(const Cell& c) {
 nlohmann::json ForwardBreakdownJson(const RolloutTimings& t) {
   const auto ms = [&](double seconds) { return t.samples ? 1e3 * seconds / t.samples : 0.0; };
   const auto per_pass = [&](double v) { return t.passes ? v / t.passes : 0.0; };
+  std::vector<double> layer_ms;
+  for (double seconds : t.model.llm_layer_seconds) layer_ms.push_back(ms(seconds));
   return {{"vision_ms_per_sample", ms(t.model.vision_seconds)},
           {"llm_ms_per_sample", ms(t.model.llm_seconds)},
           {"action_head_ms_per_sample", ms(t.model.action_head_seconds)},
@@ -62,6 +64,11 @@ nlohmann::json ForwardBreakdownJson(const RolloutTimings& t) {
            t.model.llm_row_layers
                ? static_cast<double>(t.model.llm_gemm_row_layers) / t.model.llm_row_layers
                : 0.0},
+          {"llm_query_rows_over_rows",
+           t.model.llm_row_layers
+               ? static_cast<double>(t.model.llm_query_row_layers) / t.model.llm_row_layers
+               : 0.0},
+          {"llm_layer_ms_per_sample", layer_ms},
           {"passes", t.passes}};
 }
 

@@ -40,6 +40,7 @@ bool LoadSetup(const EvalOptions& o, EvalSetup* setup, int* exit_code) {
   mo.dtype = o.dtype;
   mo.sub_batch_cost_rows = o.sub_batch_cost_rows;
   mo.bucket_gemm_rows = o.bucket_gemm_rows;
+  mo.prune_before_queries = o.prune_before_queries;
   auto m = LoadModelDir(o.model, mo);
   if (!m.ok()) return fail(1, "--model", m.status());
   setup->model = *std::move(m);

@@ -146,6 +146,10 @@ void SumForwardTimings(const ForwardTimings& t, ForwardTimings* total) {
   total->llm_valid_row_layers += t.llm_valid_row_layers;
   total->llm_gemm_row_layers += t.llm_gemm_row_layers;
   total->llm_attention_scores += t.llm_attention_scores;
+  total->llm_query_row_layers += t.llm_query_row_layers;
+  auto& layers = total->llm_layer_seconds;
+  layers.resize(std::max(layers.size(), t.llm_layer_seconds.size()), 0.0);
+  for (size_t l = 0; l < t.llm_layer_seconds.size(); ++l) layers[l] += t.llm_layer_seconds[l];
   total->llm_sub_batches += t.llm_sub_batches;
 }
 
