@@ -165,7 +165,15 @@ def phase_drain(fleet, checks, replica, fail_timeout_s: int, max_rounds: int = 1
         if "back" in state and time.monotonic() - state["back"] > fail_timeout_s + 0.5:
             break
     job.result()
-    fleet.round("drain")  # robots back on the restarted replica
+    # Robots back on the restarted replica. A request that failed while it restarted marks it
+    # failed for fail_timeout from that moment; on a loaded machine that can end after the wait
+    # above, so step on (bounded) until the replica's robots are back or the bound passes.
+    deadline = time.monotonic() + 3 * (fail_timeout_s + 0.5)
+    while True:
+        fleet.round("drain")
+        if all(fleet.last_replica()[rid] == replica.name for rid in own) \
+                or time.monotonic() > deadline:
+            break
     recs = fleet.phase_records("drain")
     t = tally(recs)
     drained = sum(1 for r in recs[0].values()
