@@ -1,7 +1,10 @@
 #include "kernels/ops_cpu.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -322,10 +325,30 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> compact_rows(const torch
   torch::NoGradGuard no_grad;
   const int64_t n = flat_rows.size(0), t_out = flat_rows.size(1), c = hidden.size(2);
   const int64_t rows = hidden.size(0) * hidden.size(1);
-  const auto index = flat_rows.reshape({n * t_out});
-  auto packed = hidden.reshape({rows, c}).index_select(0, index).view({n, t_out, c});
-  auto packed_positions = positions.reshape({rows}).index_select(0, index).view({n, t_out});
-  auto valid = torch::arange(t_out, flat_rows.options()).view({1, t_out}) < lengths.view({n, 1});
+  const auto src = hidden.contiguous(), src_pos = positions.contiguous();
+  const auto index = flat_rows.contiguous(), len = lengths.contiguous();
+  const int64_t* idx = index.data_ptr<int64_t>();
+  for (int64_t o = 0; o < n * t_out; ++o)
+    TORCH_CHECK(idx[o] >= 0 && idx[o] < rows, "compact_rows: flat row ", idx[o], " outside [0, ",
+                rows, ")");
+  auto packed = torch::empty({n, t_out, c}, src.options());
+  auto packed_positions = torch::empty({n, t_out}, src_pos.options());
+  auto valid = torch::empty({n, t_out}, src_pos.options().dtype(torch::kBool));
+  const int64_t row_bytes = c * static_cast<int64_t>(src.element_size());
+  const auto* from = static_cast<const char*>(src.data_ptr());
+  auto* to = static_cast<char*>(packed.data_ptr());
+  const int64_t* pos = src_pos.data_ptr<int64_t>();
+  const int64_t* length = len.data_ptr<int64_t>();
+  int64_t* out_pos = packed_positions.data_ptr<int64_t>();
+  bool* out_valid = valid.data_ptr<bool>();
+  at::parallel_for(0, n * t_out, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(row_bytes, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t o = begin; o < end; ++o) {
+                       std::memcpy(to + o * row_bytes, from + idx[o] * row_bytes, row_bytes);
+                       out_pos[o] = pos[idx[o]];
+                       out_valid[o] = o % t_out < length[o / t_out];
+                     }
+                   });
   return {packed, packed_positions, valid};
 }
 

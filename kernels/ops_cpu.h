@@ -42,7 +42,8 @@ torch::Tensor patch_cosine_similarity(const torch::Tensor& a, const torch::Tenso
 
 torch::Tensor extract_patches(const torch::Tensor& image, int64_t patch);
 
-// Composed of LibTorch ops (index_select and a comparison): valid on any device.
+// One pass (a row copy per output row, parallel over rows): at batch 1 the half-dozen LibTorch ops
+// it replaces cost more than the copies. CPU tensors only.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> compact_rows(const torch::Tensor& hidden,
                                                                      const torch::Tensor& positions,
                                                                      const torch::Tensor& flat_rows,

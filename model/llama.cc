@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -31,6 +33,27 @@ Rope MakeRope(const torch::Tensor& positions, int64_t head_dim, double theta,
 
 Rope GatherRope(const Rope& rope, const torch::Tensor& flat_rows) {
   const int64_t b = flat_rows.size(0), t = flat_rows.size(1), hd = rope.cos.size(-1);
+  if (rope.cos.is_cpu() && rope.cos.is_contiguous() && rope.sin.is_contiguous() &&
+      rope.sin.sizes() == rope.cos.sizes() && rope.sin.dtype() == rope.cos.dtype()) {
+    // Both tables in one pass: at batch 1 two index_selects and their reshapes cost more.
+    const int64_t rows = rope.cos.numel() / hd;
+    const auto index = flat_rows.contiguous();
+    const int64_t* idx = index.data_ptr<int64_t>();
+    Rope out{torch::empty({b, 1, t, hd}, rope.cos.options()),
+             torch::empty({b, 1, t, hd}, rope.sin.options())};
+    const int64_t row_bytes = hd * static_cast<int64_t>(rope.cos.element_size());
+    const auto* cos = static_cast<const char*>(rope.cos.data_ptr());
+    const auto* sin = static_cast<const char*>(rope.sin.data_ptr());
+    auto* cos_out = static_cast<char*>(out.cos.data_ptr());
+    auto* sin_out = static_cast<char*>(out.sin.data_ptr());
+    for (int64_t o = 0; o < b * t; ++o) {
+      TORCH_CHECK(idx[o] >= 0 && idx[o] < rows, "GatherRope: row ", idx[o], " outside [0, ", rows,
+                  ")");
+      std::memcpy(cos_out + o * row_bytes, cos + idx[o] * row_bytes, row_bytes);
+      std::memcpy(sin_out + o * row_bytes, sin + idx[o] * row_bytes, row_bytes);
+    }
+    return out;
+  }
   const auto index = flat_rows.reshape({b * t});
   const auto take = [&](const torch::Tensor& table) {
     return table.reshape({-1, hd}).index_select(0, index).view({b, 1, t, hd});
@@ -47,11 +70,34 @@ torch::Tensor ApplyRope(const torch::Tensor& x, const Rope& rope) {
   return x * rope.cos + RotateHalf(x) * rope.sin;
 }
 
+namespace {
+
+template <typename T>
+void FillKeyPaddingBias(const bool* valid, int64_t n, T* bias) {
+  const T minus_inf = static_cast<T>(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; ++i) bias[i] = valid[i] ? T(0) : minus_inf;
+}
+
+}  // namespace
+
 torch::Tensor KeyPaddingBias(const torch::Tensor& key_valid, torch::ScalarType dtype) {
-  auto bias = torch::zeros(key_valid.sizes(),
-                           torch::TensorOptions().dtype(dtype).device(key_valid.device()));
+  const auto opts = torch::TensorOptions().dtype(dtype).device(key_valid.device());
+  const auto shape = std::vector<int64_t>{key_valid.size(0), 1, 1, key_valid.size(1)};
+  if (key_valid.is_cpu() && key_valid.scalar_type() == torch::kBool &&
+      (dtype == torch::kFloat32 || dtype == torch::kBFloat16 || dtype == torch::kHalf)) {
+    // One pass: at batch 1 the three ops below cost more than the fill.
+    const auto valid = key_valid.contiguous();
+    auto bias = torch::empty(shape, opts);
+    const bool* v = valid.data_ptr<bool>();
+    if (dtype == torch::kFloat32) FillKeyPaddingBias(v, valid.numel(), bias.data_ptr<float>());
+    if (dtype == torch::kBFloat16)
+      FillKeyPaddingBias(v, valid.numel(), bias.data_ptr<c10::BFloat16>());
+    if (dtype == torch::kHalf) FillKeyPaddingBias(v, valid.numel(), bias.data_ptr<c10::Half>());
+    return bias;
+  }
+  auto bias = torch::zeros(key_valid.sizes(), opts);
   bias.masked_fill_(key_valid.logical_not(), -std::numeric_limits<float>::infinity());
-  return bias.view({key_valid.size(0), 1, 1, key_valid.size(1)});
+  return bias.view(shape);
 }
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c)
@@ -76,30 +122,6 @@ namespace {
 
 double Elapsed(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-// `query`'s statistics from its rows' queries alone, q_rows [B,H,R,hd] (row i = query row i, after
-// RoPE) against k [B,H,S,hd]: on the LibTorch 1.x CPU path from those rows' own logits and softmax
-// in the model's dtype (the values the whole attention computes for them), else the float32 kernel.
-AttentionStatsResult QueryRowStats(const torch::Tensor& q_rows, const torch::Tensor& k,
-                                   const torch::Tensor& bias, const torch::Tensor& key_valid,
-                                   const AttentionStatsQuery& query) {
-  const auto start = std::chrono::steady_clock::now();
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q_rows.size(3)));
-  std::tuple<torch::Tensor, torch::Tensor> result;
-#if TORCH_VERSION_MAJOR < 2
-  if (!q_rows.is_cuda()) {
-    const int64_t b = q_rows.size(0), r = q_rows.size(2);
-    auto logits = AttentionLogits(q_rows, k, bias, scale);
-    auto rows = torch::arange(r, query.query_rows.options()).expand({b, r});
-    result = text_vision_stats_from_softmax(logits, torch::softmax(logits, -1), rows,
-                                            query.row_valid, query.vision_rows);
-  }
-#endif
-  if (!std::get<0>(result).defined())
-    result = text_vision_attention_stats(q_rows, k, key_valid, query.row_valid, query.vision_rows,
-                                         scale);
-  return {std::get<0>(result), std::get<1>(result), Elapsed(start)};
 }
 
 // Scaled dot-product attention of one padded batch, q/k/v [B,H,T,hd] after RoPE; returns
@@ -144,6 +166,36 @@ torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   }
   return torch::matmul(probs, v);
 #endif
+}
+
+// The attention of `query`'s rows alone, q_rows [B,H,R,hd] (row i = query row i, after RoPE),
+// over k, v [B,H,S,hd]: returns their output [B,H,R,hd] and fills `stats`. On the LibTorch 1.x CPU
+// path both come from one softmax of those rows' logits in the model's dtype (the values the whole
+// attention computes for them), else the statistics from the float32 kernel and the output from
+// Attend. stats->seconds counts the statistics' extraction: the rows' attention is the model's.
+torch::Tensor QueryRowAttention(const torch::Tensor& q_rows, const torch::Tensor& k,
+                                const torch::Tensor& v, const torch::Tensor& bias,
+                                const torch::Tensor& key_valid, const AttentionStatsQuery& query,
+                                AttentionStatsResult* stats) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q_rows.size(3)));
+#if TORCH_VERSION_MAJOR < 2
+  if (!q_rows.is_cuda()) {
+    const int64_t b = q_rows.size(0), r = q_rows.size(2);
+    auto logits = AttentionLogits(q_rows, k, bias, scale);
+    auto probs = torch::softmax(logits, -1);
+    const auto start = std::chrono::steady_clock::now();
+    auto rows = torch::arange(r, query.query_rows.options()).expand({b, r});
+    std::tie(stats->scores, stats->entropy) =
+        text_vision_stats_from_softmax(logits, probs, rows, query.row_valid, query.vision_rows);
+    stats->seconds = Elapsed(start);
+    return torch::matmul(probs, v);
+  }
+#endif
+  const auto start = std::chrono::steady_clock::now();
+  std::tie(stats->scores, stats->entropy) =
+      text_vision_attention_stats(q_rows, k, key_valid, query.row_valid, query.vision_rows, scale);
+  stats->seconds = Elapsed(start);
+  return Attend(q_rows, k, v, bias, key_valid, nullptr, nullptr);
 }
 
 }  // namespace
@@ -212,12 +264,43 @@ LayerKeys LlamaAttentionImpl::ForwardKeys(const torch::Tensor& xn,
       const auto table_rows = rows.view({seg.batch, 1, r, 1}).expand({seg.batch, 1, r, head_dim});
       const Rope rope_rows{seg.rope->cos.gather(2, table_rows),
                            seg.rope->sin.gather(2, table_rows)};
-      *seg.stats = QueryRowStats(ApplyRope(q_rows, rope_rows), keys.k.back(), seg.bias,
-                                 seg.key_valid, *seg.query);
+      auto o = QueryRowAttention(ApplyRope(q_rows, rope_rows), keys.k.back(), keys.v.back(),
+                                 seg.bias, seg.key_valid, *seg.query, seg.stats);
+      keys.stats_output.push_back(o.transpose(1, 2).reshape({seg.batch, r, heads * head_dim}));
+    } else {
+      keys.stats_output.emplace_back();
     }
     offset += seg.rows();
   }
   return keys;
+}
+
+void LlamaAttentionImpl::AttendSomeRows(const LayerKeys& keys, const QuerySegment& qs,
+                                        const torch::Tensor& k, const torch::Tensor& v,
+                                        const torch::Tensor& bias, torch::Tensor& out) const {
+  const auto& positions = qs.attend_positions;  // [batch, L]
+  TORCH_CHECK(positions.dim() == 2 && positions.size(0) == qs.batch &&
+                  positions.scalar_type() == torch::kLong,
+              "ForwardQueries: attend_positions must be int64 [", qs.batch, ", L]");
+  const int64_t n = positions.size(1);
+  auto rows =
+      positions + torch::arange(qs.batch, positions.options()).mul_(qs.length).view({-1, 1});
+  rows = rows.reshape({-1});  // [batch * L] rows of the segment
+  auto q = keys.q.index_select(0, qs.source_rows.index_select(0, rows))
+               .view({qs.batch, n, heads, head_dim})
+               .transpose(1, 2);
+  const auto table_rows = positions.view({qs.batch, 1, n, 1}).expand({qs.batch, 1, n, head_dim});
+  const Rope rope{qs.rope->cos.gather(2, table_rows), qs.rope->sin.gather(2, table_rows)};
+  auto o = Attend(ApplyRope(q, rope), k, v, bias, torch::Tensor(), nullptr, nullptr);
+  out.zero_();
+  out.index_copy_(0, rows, o.transpose(1, 2).reshape({qs.batch * n, heads * head_dim}));
+  if (qs.reused_rows.defined() && qs.reused_rows.numel() > 0) {
+    const auto& reused = keys.stats_output.at(qs.key_segment);
+    TORCH_CHECK(reused.defined(), "ForwardQueries: key segment ", qs.key_segment,
+                " has no statistics rows to reuse");
+    out.index_copy_(0, qs.reused_rows,
+                    reused.view({-1, heads * head_dim}).index_select(0, qs.reused_sources));
+  }
 }
 
 torch::Tensor LlamaAttentionImpl::ForwardQueries(const LayerKeys& keys,
@@ -238,13 +321,16 @@ torch::Tensor LlamaAttentionImpl::ForwardQueries(const LayerKeys& keys,
       v = v.index_select(0, qs.key_samples);
       bias = bias.index_select(0, qs.key_samples);
     }
-    auto q = keys.q.index_select(0, qs.source_rows)
-                 .view({qs.batch, qs.length, heads, head_dim})
-                 .transpose(1, 2);
-    auto o = Attend(ApplyRope(q, *qs.rope), k, v, bias, torch::Tensor(), nullptr, nullptr);
-    attended.narrow(0, offset, qs.rows())
-        .view({qs.batch, qs.length, heads, head_dim})
-        .copy_(o.transpose(1, 2));
+    auto out = attended.narrow(0, offset, qs.rows());
+    if (!qs.attend_positions.defined()) {
+      auto q = keys.q.index_select(0, qs.source_rows)
+                   .view({qs.batch, qs.length, heads, head_dim})
+                   .transpose(1, 2);
+      auto o = Attend(ApplyRope(q, *qs.rope), k, v, bias, torch::Tensor(), nullptr, nullptr);
+      out.view({qs.batch, qs.length, heads, head_dim}).copy_(o.transpose(1, 2));
+    } else {
+      AttendSomeRows(keys, qs, k, v, bias, out);
+    }
     offset += qs.rows();
   }
   if (offset < padded_rows) attended.narrow(0, offset, padded_rows - offset).zero_();

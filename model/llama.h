@@ -72,6 +72,11 @@ struct LayerKeys {
   torch::Tensor x;                  // [P, D] the layer's input (the residuals)
   torch::Tensor q;                  // [P, heads * head_dim] every input row's query, before RoPE
   std::vector<torch::Tensor> k, v;  // per input segment [batch, heads, length, head_dim], k roped
+  // Per input segment: the attention output (before o_proj) of its statistics query's rows,
+  // [batch, R, heads * head_dim] (row r of sample b is query_rows[b][r]), computed with their
+  // statistics from the same softmax; undefined for a segment without statistics. The second half
+  // copies these rows instead of attending them again (QuerySegment::reused_rows).
+  std::vector<torch::Tensor> stats_output;
 };
 
 // One sub-batch of the rows that go on, for the second half: `batch` x `length` query rows,
@@ -84,6 +89,15 @@ struct QuerySegment {
   torch::Tensor source_rows;   // [batch * length] int64: each query row's row of the input [P, D]
   int64_t key_segment = 0;     // index into the first half's segments
   torch::Tensor key_samples;   // [batch] int64 samples of that segment, in order; undefined = all
+  // Optional, where the first half already attended some of these rows (LayerKeys::stats_output
+  // of `key_segment`): the positions in [0, length) of each sample's rows to attend, [batch, L]
+  // int64 (a sample with fewer repeats one of its own, whose output is the same), and the reused
+  // rows: reused_rows [K] int64 in [0, rows()) take row reused_sources [K] int64 of that segment's
+  // stats_output flattened to [segment batch * R]. Rows in neither get a zero attention output
+  // (padding). Undefined attend_positions: every row is attended.
+  torch::Tensor attend_positions;
+  torch::Tensor reused_rows;
+  torch::Tensor reused_sources;
   int64_t rows() const { return batch * length; }
 };
 
@@ -100,16 +114,24 @@ struct LlamaAttentionImpl : torch::nn::Module {
   torch::Tensor ForwardPacked(const torch::Tensor& x,
                               const std::vector<AttentionSegment>& segments);
   // The first half (see LayerKeys) over `segments` as ForwardPacked: the projections of all P rows
-  // of xn, RoPE on the keys, and each segment's statistics (`query`, into `stats`) from its query
-  // rows' own attention rows, computed as forward() computes them (returns `x` undefined).
+  // of xn, RoPE on the keys, and for each segment with a statistics `query` its query rows'
+  // attention: the statistics (into `stats`, whose seconds count their extraction only) from the
+  // same logits and softmax as forward() computes them, and the rows' outputs (stats_output).
+  // Returns `x` undefined.
   LayerKeys ForwardKeys(const torch::Tensor& xn, const std::vector<AttentionSegment>& segments);
-  // The second half: the attention of `queries` over their samples' keys, then o_proj; returns
-  // [padded_rows, D], the queries' rows back to back, zero after them (padded_rows >= their sum).
-  // Of `segments` (the first half's) only the key biases are read.
+  // The second half: the attention of `queries` over their samples' keys (or the first half's
+  // output for their reused rows), then o_proj; returns [padded_rows, D], the queries' rows back
+  // to back, zero after them (padded_rows >= their sum). Of `segments` (the first half's) only the
+  // key biases are read.
   torch::Tensor ForwardQueries(const LayerKeys& keys, const std::vector<AttentionSegment>& segments,
                                const std::vector<QuerySegment>& queries, int64_t padded_rows);
   int64_t heads, head_dim;
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  // ForwardQueries of one segment with attend_positions, into its rows of the output `out`.
+  void AttendSomeRows(const LayerKeys& keys, const QuerySegment& qs, const torch::Tensor& k,
+                      const torch::Tensor& v, const torch::Tensor& bias, torch::Tensor& out) const;
 };
 TORCH_MODULE(LlamaAttention);
 

@@ -18,7 +18,8 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 // The attention-statistics query of one layer: per sample, the query rows its pruner wants
 // (StatsWanted) and the rows of its vision tokens. Null when no pruner wants statistics.
 bool BuildStatsQuery(const std::vector<SampleRows>& rows, const std::vector<StatsRows>& wanted,
-                     const torch::Device& device, AttentionStatsQuery* query) {
+                     const torch::Device& device, AttentionStatsQuery* query,
+                     std::vector<StatsRowSpan>* spans) {
   const int64_t bsz = static_cast<int64_t>(rows.size());
   if (std::all_of(wanted.begin(), wanted.end(), [](StatsRows w) { return w == StatsRows::kNone; }))
     return false;
@@ -50,6 +51,7 @@ bool BuildStatsQuery(const std::vector<SampleRows>& rows, const std::vector<Stat
       q[b * r_max + i] = first + i;
       valid[b * r_max + i] = true;
     }
+    spans->push_back({first, m});
   }
   query->query_rows = qrows.to(device);
   query->row_valid = rvalid.to(device);
@@ -102,20 +104,17 @@ absl::StatusOr<std::vector<SubBatch>> LlmPass::RunLayer(int64_t l, std::vector<S
   std::vector<LayerQuery> queries;
   queries.reserve(subs.size());
   for (const auto& sub : subs) queries.push_back(PrepareLayer(l, sub));
-  auto next = SplitsAt(l, subs) ? RunSplitLayer(l, std::move(subs), queries, start)
-                                : RunWholeLayer(l, std::move(subs), queries, start);
+  auto next = SplitsAt(l, subs) ? RunSplitLayer(l, std::move(subs), queries)
+                                : RunWholeLayer(l, std::move(subs), queries);
   if (static_cast<int64_t>(layer_seconds.size()) <= l) layer_seconds.resize(l + 1, 0.0);
   layer_seconds[l] += Seconds(start, Clock::now());
   return next;
 }
 
 absl::StatusOr<std::vector<SubBatch>> LlmPass::RunWholeLayer(int64_t l, std::vector<SubBatch> subs,
-                                                             std::vector<LayerQuery>& queries,
-                                                             Clock::time_point select_start) {
-  const auto layer_start = Clock::now();
+                                                             std::vector<LayerQuery>& queries) {
   Forward(l, subs, queries);
   const auto layer_end = Clock::now();
-  pruning_seconds += Seconds(select_start, layer_start);
   for (const auto& q : queries) pruning_seconds += q.stats.seconds;
   std::vector<SubBatch> next;
   for (size_t s = 0; s < subs.size(); ++s)
@@ -128,10 +127,12 @@ LlmPass::LayerQuery LlmPass::PrepareLayer(int64_t l, const SubBatch& sub) {
   const int64_t n = static_cast<int64_t>(sub.samples.size());
   const auto& rows = sub.rb.rows;
   LayerQuery q;
+  const auto start = Clock::now();
   q.wanted.assign(n, StatsRows::kNone);
   for (int64_t i = 0; i < n; ++i)
     if (pruner(sub, i) != nullptr) q.wanted[i] = pruner(sub, i)->StatsWanted(static_cast<int>(l));
-  q.any_stats = BuildStatsQuery(rows, q.wanted, device_, &q.query);
+  q.any_stats = BuildStatsQuery(rows, q.wanted, device_, &q.query, &q.spans);
+  pruning_seconds += Seconds(start, Clock::now());
   for (int64_t i = 0; i < n; ++i) {
     const int64_t b = sub.samples[i];
     results_[b].vision_tokens_per_layer.push_back(static_cast<int32_t>(rows[i].vision_ids.size()));
@@ -202,10 +203,7 @@ bool LlmPass::SplitsAt(int64_t l, const std::vector<SubBatch>& subs) const {
 }
 
 absl::StatusOr<std::vector<SubBatch>> LlmPass::RunSplitLayer(int64_t l, std::vector<SubBatch> subs,
-                                                             std::vector<LayerQuery>& queries,
-                                                             Clock::time_point select_start) {
-  const auto layer_start = Clock::now();
-  pruning_seconds += Seconds(select_start, layer_start);
+                                                             std::vector<LayerQuery>& queries) {
   auto& layer = *lm_.layer_list[l];
   const auto segments = Segments(subs, queries);
   std::vector<int64_t> offsets;  // each segment's first row in the packed input
@@ -223,9 +221,11 @@ absl::StatusOr<std::vector<SubBatch>> LlmPass::RunSplitLayer(int64_t l, std::vec
 
   // Decide; the repacks gather the input rows that go on (their hidden state is replaced below).
   std::vector<SubBatch> next;
-  std::vector<int64_t> key_segment;  // per sub-batch of `next`
+  std::vector<int64_t> key_segment;                           // per sub-batch of `next`
+  std::vector<std::vector<int64_t>> old_vision(subs.size());  // per sample, before the decisions
   const int64_t d = x.size(1);
   for (size_t s = 0; s < subs.size(); ++s) {
+    for (const auto& r : subs[s].rb.rows) old_vision[s].push_back(r.vision_ids.size());
     const auto& seg = segments[s];
     subs[s].rb.hidden = x.narrow(0, offsets[s], seg.rows()).view({seg.batch, seg.length, d});
     subs[s].source_rows = torch::Tensor();
@@ -239,19 +239,27 @@ absl::StatusOr<std::vector<SubBatch>> LlmPass::RunSplitLayer(int64_t l, std::vec
   for (size_t j = 0; j < next.size(); ++j) {
     const auto& sub = next[j];
     const int64_t s = key_segment[j];
-    QuerySegment qs{.batch = sub.rb.hidden.size(0),
-                    .length = sub.rb.max_length(),
-                    .rope = &sub.rope,
-                    .key_segment = s};
+    QuerySegment qs;
+    qs.batch = sub.rb.hidden.size(0);
+    qs.length = sub.rb.max_length();
+    qs.rope = &sub.rope;
+    qs.key_segment = s;
     qs.source_rows = sub.source_rows.defined()
                          ? sub.source_rows.reshape({-1}) + offsets[s]
                          : torch::arange(offsets[s], offsets[s] + qs.rows(), long_opts);
     if (!sub.source_samples.empty())
       qs.key_samples = torch::tensor(sub.source_samples, torch::kLong).to(device_);
-    attention_scores += qs.rows() * layer.self_attn->heads * segments[s].length;
+    int64_t attended_rows = qs.rows();
+    if (keys.stats_output[s].defined() && sub.source_rows.defined())
+      attended_rows = ReuseStatsRows(queries[s], old_vision[s], sub, &qs);
+    attention_scores += attended_rows * layer.self_attn->heads * segments[s].length;
     query_rows += qs.rows();
     query_segments.push_back(std::move(qs));
   }
+  for (size_t s = 0; s < segments.size(); ++s)
+    if (keys.stats_output[s].defined())
+      attention_scores += keys.stats_output[s].size(0) * keys.stats_output[s].size(1) *
+                          layer.self_attn->heads * segments[s].length;
   query_row_layers += query_rows;
   const auto queries_start = Clock::now();
   pruning_seconds += Seconds(decide_start, queries_start);
@@ -264,6 +272,47 @@ absl::StatusOr<std::vector<SubBatch>> LlmPass::RunSplitLayer(int64_t l, std::vec
     offset += n * t;
   }
   return next;
+}
+
+int64_t LlmPass::ReuseStatsRows(const LayerQuery& q, const std::vector<int64_t>& old_vision,
+                                const SubBatch& sub, QuerySegment* qs) const {
+  const int64_t n = qs->batch, length = qs->length;
+  const int64_t r_max = q.query.query_rows.size(1);
+  std::vector<int64_t> reused_rows, reused_sources;
+  std::vector<std::vector<int64_t>> attend(n);
+  std::vector<char> reused(length);
+  size_t longest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t old_i = sub.source_samples.empty() ? i : sub.source_samples[i];
+    const auto& rows = sub.rb.rows[i];
+    // Pruning removes vision rows [1, 1 + vision) only: the rows after them move up together.
+    const int64_t old_nv = old_vision[old_i], shift = old_nv - rows.vision_ids.size();
+    std::fill(reused.begin(), reused.end(), 0);
+    const StatsRowSpan span = q.spans[old_i];
+    for (int64_t r = 0; r < span.count; ++r) {
+      const int64_t old_row = span.first + r;
+      if (old_row > 0 && old_row <= old_nv) continue;  // a vision row: attended again
+      const int64_t row = old_row == 0 ? 0 : old_row - shift;
+      if (row >= rows.length() || reused[row]) continue;
+      reused[row] = 1;
+      reused_rows.push_back(i * length + row);
+      reused_sources.push_back(old_i * r_max + r);
+    }
+    for (int64_t row = 0; row < rows.length(); ++row)
+      if (!reused[row]) attend[i].push_back(row);
+    if (attend[i].empty()) return qs->rows();  // nothing left to attend: no reuse
+    longest = std::max(longest, attend[i].size());
+  }
+  if (reused_rows.empty()) return qs->rows();
+  auto positions = torch::empty({n, static_cast<int64_t>(longest)}, torch::kLong);
+  int64_t* p = positions.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < longest; ++j)
+      p[i * longest + j] = attend[i][j < attend[i].size() ? j : 0];
+  qs->attend_positions = positions.to(device_);
+  qs->reused_rows = torch::tensor(reused_rows, torch::kLong).to(device_);
+  qs->reused_sources = torch::tensor(reused_sources, torch::kLong).to(device_);
+  return n * static_cast<int64_t>(longest);
 }
 
 torch::Tensor LlmPass::PackedInput(const std::vector<SubBatch>& subs, int64_t padded_rows) const {

@@ -21,6 +21,12 @@
 
 namespace specprune {
 
+// The statistics query rows of one sample: rows [first, first + count) of its layout.
+struct StatsRowSpan {
+  int64_t first = 0;
+  int64_t count = 0;
+};
+
 // One sub-batch of the LLM layers: samples of similar length, padded together. `samples` index the
 // forward's batch; row i of `rb` (and of `rope`, `bias`) is sample samples[i].
 struct SubBatch {
@@ -77,28 +83,36 @@ class LlmPass {
     std::vector<StatsRows> wanted;  // per sample of the sub-batch
     bool any_stats = false;
     AttentionStatsQuery query;
+    std::vector<StatsRowSpan> spans;  // per sample, when any_stats: query's rows on the host
     AttentionStatsResult stats;
   };
 
   SamplePruner* pruner(const SubBatch& sub, int64_t i) const {
     return batch_[sub.samples[i]].pruner;
   }
+  // The pruners' statistics query for layer `l` over `sub` (its time counts in pruning_seconds),
+  // and the per-layer bookkeeping every forward does (tokens per layer, row counts).
   LayerQuery PrepareLayer(int64_t l, const SubBatch& sub);
   std::vector<AttentionSegment> Segments(const std::vector<SubBatch>& subs,
                                          std::vector<LayerQuery>& queries) const;
   // Layer `l` over every sub-batch; replaces each sub-batch's hidden state by the layer's output.
   void Forward(int64_t l, std::vector<SubBatch>& subs, std::vector<LayerQuery>& queries);
   // Layer `l` whole over `subs`, then the pruners' decisions on its output and the repacks.
-  absl::StatusOr<std::vector<SubBatch>> RunWholeLayer(
-      int64_t l, std::vector<SubBatch> subs, std::vector<LayerQuery>& queries,
-      std::chrono::steady_clock::time_point select_start);
+  absl::StatusOr<std::vector<SubBatch>> RunWholeLayer(int64_t l, std::vector<SubBatch> subs,
+                                                      std::vector<LayerQuery>& queries);
   // Whether layer `l` runs in two halves (ModelOptions::prune_before_queries).
   bool SplitsAt(int64_t l, const std::vector<SubBatch>& subs) const;
   // Layer `l` in two halves: the key side over `subs`, the pruners' decisions, the query side
   // over the rows that go on. Returns the sub-batches they continue in, holding the layer's output.
-  absl::StatusOr<std::vector<SubBatch>> RunSplitLayer(
-      int64_t l, std::vector<SubBatch> subs, std::vector<LayerQuery>& queries,
-      std::chrono::steady_clock::time_point select_start);
+  absl::StatusOr<std::vector<SubBatch>> RunSplitLayer(int64_t l, std::vector<SubBatch> subs,
+                                                      std::vector<LayerQuery>& queries);
+  // Sets qs's attend_positions and reused rows where the split layer's first half already attended
+  // rows of `sub` (q's statistics rows, which pruning never removes): `sub` is cut by a repack
+  // from the sub-batch of `q`, whose samples had `old_vision` vision rows. Returns the rows left
+  // to attend, padding included (qs->rows() when nothing is reused). Not called for a sub-batch
+  // that kept every row: that one attends all of them, the whole layer's attention bit for bit.
+  int64_t ReuseStatsRows(const LayerQuery& q, const std::vector<int64_t>& old_vision,
+                         const SubBatch& sub, QuerySegment* qs) const;
   // The rows of `subs`, back to back, then zero rows up to `padded_rows` [padded_rows, D]: the
   // previous layer's packed output when no repack moved them since, else one copy.
   torch::Tensor PackedInput(const std::vector<SubBatch>& subs, int64_t padded_rows) const;

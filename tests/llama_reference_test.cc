@@ -367,7 +367,32 @@ TEST(LlamaReferenceTest, LayerInTwoHalvesEqualsTheWholeLayerOnTheRowsThatGoOn) {
   ASSERT_TRUE(split_stats.scores.defined());
   EXPECT_TRUE(torch::allclose(split_stats.scores, whole_stats.scores, 1e-5, 1e-6));
   EXPECT_TRUE(torch::allclose(split_stats.entropy, whole_stats.entropy, 1e-5, 1e-6));
-  // Queries must name a segment of the first half and fit the rows asked for.
+  // The statistics row (b's row 3, packed row 17) was attended in the first half: a query
+  // segment may take its output instead of attending it again. Positions 0 and 1 are attended
+  // (position 0 twice, as padding), 2 reused, 3 neither (padding: zero).
+  ASSERT_EQ(keys.stats_output.size(), 2u);
+  EXPECT_FALSE(keys.stats_output[0].defined());
+  ASSERT_EQ(keys.stats_output[1].sizes().vec(), (std::vector<int64_t>{1, 1, d}));
+  const Rope rope_b2 = GatherRope(rope_b, rows({0, 2, 3, 0}).view({1, 4}));
+  QuerySegment reusing{.batch = 1,
+                       .length = 4,
+                       .rope = &rope_b2,
+                       .source_rows = rows({14, 16, 17, 14}),
+                       .key_segment = 1};
+  reusing.attend_positions = rows({0, 1, 0}).view({1, 3});
+  reusing.reused_rows = rows({2});
+  reusing.reused_sources = rows({0});
+  const auto reused_out = layer->ForwardQueries(keys, segments, {reusing}, 4);
+  EXPECT_TRUE(torch::allclose(reused_out.slice(0, 0, 3), whole.index_select(0, rows({14, 16, 17})),
+                              1e-5, 1e-6));
+  const auto attended_alone =
+      layer->self_attn->ForwardQueries(keys, segments, {reusing}, 4);  // before the residual
+  EXPECT_TRUE(torch::equal(attended_alone[3], torch::zeros({d})));
+  // Queries must name a segment of the first half and fit the rows asked for; reused rows must
+  // come from a segment with statistics.
+  reusing.key_segment = 0;
+  reusing.key_samples = rows({0});
+  EXPECT_THROW(layer->ForwardQueries(keys, segments, {reusing}, 4), c10::Error);
   auto bad = queries;
   bad[2].key_segment = 2;
   EXPECT_THROW(layer->ForwardQueries(keys, segments, bad, 14), c10::Error);
@@ -376,16 +401,37 @@ TEST(LlamaReferenceTest, LayerInTwoHalvesEqualsTheWholeLayerOnTheRowsThatGoOn) {
 
 TEST(LlamaReferenceTest, KeyPaddingBiasIsZeroForValidAndMinusInfinityForPaddedKeys) {
   auto valid = torch::tensor({1, 1, 0, 1, 0, 0}, torch::kBool).view({2, 3});
-  auto bias = KeyPaddingBias(valid, torch::kFloat32);
-  ASSERT_EQ(bias.sizes().vec(), (std::vector<int64_t>{2, 1, 1, 3}));
-  auto flat = bias.reshape({-1});
-  for (int64_t i = 0; i < 6; ++i) {
-    const float v = flat[i].item<float>();
-    if (valid.reshape({-1})[i].item<bool>()) {
-      EXPECT_EQ(v, 0.0f);
-    } else {
-      EXPECT_TRUE(std::isinf(v) && v < 0);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kHalf, torch::kFloat64}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    auto bias = KeyPaddingBias(valid, dtype);
+    ASSERT_EQ(bias.sizes().vec(), (std::vector<int64_t>{2, 1, 1, 3}));
+    EXPECT_EQ(bias.scalar_type(), dtype);
+    auto flat = bias.reshape({-1}).to(torch::kFloat32);
+    for (int64_t i = 0; i < 6; ++i) {
+      const float v = flat[i].item<float>();
+      if (valid.reshape({-1})[i].item<bool>()) {
+        EXPECT_EQ(v, 0.0f);
+      } else {
+        EXPECT_TRUE(std::isinf(v) && v < 0);
+      }
     }
+  }
+}
+
+TEST(LlamaReferenceTest, GatherRopeTakesTheNamedRowsOfBothTables) {
+  const auto positions = (torch::arange(10, torch::kLong) * 7).view({2, 5});
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const Rope rope = MakeRope(positions, 8, 10000.0, dtype);
+    const auto flat_rows = torch::tensor({0, 3, 9, 9, 5, 0}, torch::kLong).view({2, 3});
+    const Rope got = GatherRope(rope, flat_rows);
+    ASSERT_EQ(got.cos.sizes().vec(), (std::vector<int64_t>{2, 1, 3, 8}));
+    const auto index = flat_rows.reshape({-1});
+    EXPECT_TRUE(
+        torch::equal(got.cos.reshape({6, 8}), rope.cos.reshape({10, 8}).index_select(0, index)));
+    EXPECT_TRUE(
+        torch::equal(got.sin.reshape({6, 8}), rope.sin.reshape({10, 8}).index_select(0, index)));
+    EXPECT_THROW(GatherRope(rope, torch::tensor({10}, torch::kLong).view({1, 1})), c10::Error);
+    EXPECT_THROW(GatherRope(rope, torch::tensor({-1}, torch::kLong).view({1, 1})), c10::Error);
   }
 }
 

@@ -284,7 +284,8 @@ TEST_F(VlaModelTest, RowsPrunedAfterALayerSkipItsQueriesWithTheSameResults) {
   // The ragged batch above with pruners that announce layer 1: the model decides between layer 1's
   // key/value projections and its queries, so the pruned rows skip the rest of layer 1. Against
   // the same model running every layer whole: the same statistics, tokens and actions (within
-  // the dtype's rounding), fewer query rows and scores by exactly the rows dropped at layer 1.
+  // the dtype's rounding), fewer query rows by exactly the rows dropped at layer 1, and the
+  // statistics rows' attention computed once (its outputs reused by the second half).
   std::vector<SampleInput> batch = {MakeSample(11, 8), MakeSample(12, 8), MakeSample(13, 8),
                                     MakeSample(14, 8)};
   const std::vector<std::vector<int64_t>> keep = {{1, 2, 3}, {}, {4, 5, 6, 7}, {9, 10}};
@@ -333,8 +334,15 @@ TEST_F(VlaModelTest, RowsPrunedAfterALayerSkipItsQueriesWithTheSameResults) {
     EXPECT_EQ(whole.timings.llm_query_row_layers, whole.timings.llm_row_layers);
     EXPECT_EQ(split.timings.llm_query_row_layers,
               whole.timings.llm_query_row_layers - 3 * (full - pruned));
-    EXPECT_EQ(split.timings.llm_attention_scores,
-              whole.timings.llm_attention_scores - 3 * h * (full - pruned) * full);
+    // Layer 1's scores, all over `full` keys: whole, 4 samples x full query rows. Split, each
+    // statistics row attended once, in the first half (4 samples x R rows, R = the most any sample
+    // asks for), and the rest in the second: sample 1 all but its last row (its kLast row);
+    // samples 0, 2, 3 their kept rows but the 8 prompt (0, 3) or A readout (2) rows, padded.
+    const int64_t a = config_.action_tokens(), r = std::max<int64_t>(8, a);
+    const int64_t rest = std::max({fixed + 3 - 8, fixed + 4 - a, fixed + 2 - 8});
+    EXPECT_EQ(split.timings.llm_attention_scores, whole.timings.llm_attention_scores -
+                                                      4 * h * full * full +
+                                                      h * full * (4 * r + (full - 1) + 3 * rest));
     EXPECT_EQ(split.timings.llm_sub_batches, whole.timings.llm_sub_batches);
   }
 }
