@@ -279,9 +279,10 @@ TEST_F(ServerIntegrationTest, EachBadInputGetsItsCodeNamingTheFieldAndTheServerK
     v1::PredictResponse resp;
     grpc::Status s = Call(req, &resp);
     EXPECT_EQ(s.error_code(), c.code) << c.name << ": " << s.error_message();
-    if (!c.field.empty())
+    if (!c.field.empty()) {
       EXPECT_NE(s.error_message().find(c.field), std::string::npos)
           << c.name << ": " << s.error_message();
+    }
     ExpectServingStill();
   }
   ASSERT_TRUE(Call(ValidRequest("bystander", 1), &after).ok());
