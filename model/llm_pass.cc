@@ -16,7 +16,8 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 }
 
 // The attention-statistics query of one layer: per sample, the query rows its pruner wants
-// (StatsWanted) and the rows of its vision tokens. Null when no pruner wants statistics.
+// (StatsWanted) and the rows of its vision tokens, and those query rows on the host (`spans`).
+// False when no pruner wants statistics.
 bool BuildStatsQuery(const std::vector<SampleRows>& rows, const std::vector<StatsRows>& wanted,
                      const torch::Device& device, AttentionStatsQuery* query,
                      std::vector<StatsRowSpan>* spans) {
@@ -51,7 +52,7 @@ bool BuildStatsQuery(const std::vector<SampleRows>& rows, const std::vector<Stat
       q[b * r_max + i] = first + i;
       valid[b * r_max + i] = true;
     }
-    spans->push_back({first, m});
+    spans->push_back({first, m, nv});
   }
   query->query_rows = qrows.to(device);
   query->row_valid = rvalid.to(device);
@@ -221,11 +222,9 @@ absl::StatusOr<std::vector<SubBatch>> LlmPass::RunSplitLayer(int64_t l, std::vec
 
   // Decide; the repacks gather the input rows that go on (their hidden state is replaced below).
   std::vector<SubBatch> next;
-  std::vector<int64_t> key_segment;                           // per sub-batch of `next`
-  std::vector<std::vector<int64_t>> old_vision(subs.size());  // per sample, before the decisions
+  std::vector<int64_t> key_segment;  // per sub-batch of `next`
   const int64_t d = x.size(1);
   for (size_t s = 0; s < subs.size(); ++s) {
-    for (const auto& r : subs[s].rb.rows) old_vision[s].push_back(r.vision_ids.size());
     const auto& seg = segments[s];
     subs[s].rb.hidden = x.narrow(0, offsets[s], seg.rows()).view({seg.batch, seg.length, d});
     subs[s].source_rows = torch::Tensor();
@@ -251,7 +250,7 @@ absl::StatusOr<std::vector<SubBatch>> LlmPass::RunSplitLayer(int64_t l, std::vec
       qs.key_samples = torch::tensor(sub.source_samples, torch::kLong).to(device_);
     int64_t attended_rows = qs.rows();
     if (keys.stats_output[s].defined() && sub.source_rows.defined())
-      attended_rows = ReuseStatsRows(queries[s], old_vision[s], sub, &qs);
+      attended_rows = ReuseStatsRows(queries[s], sub, &qs);
     attention_scores += attended_rows * layer.self_attn->heads * segments[s].length;
     query_rows += qs.rows();
     query_segments.push_back(std::move(qs));
@@ -274,8 +273,7 @@ absl::StatusOr<std::vector<SubBatch>> LlmPass::RunSplitLayer(int64_t l, std::vec
   return next;
 }
 
-int64_t LlmPass::ReuseStatsRows(const LayerQuery& q, const std::vector<int64_t>& old_vision,
-                                const SubBatch& sub, QuerySegment* qs) const {
+int64_t LlmPass::ReuseStatsRows(const LayerQuery& q, const SubBatch& sub, QuerySegment* qs) const {
   const int64_t n = qs->batch, length = qs->length;
   const int64_t r_max = q.query.query_rows.size(1);
   std::vector<int64_t> reused_rows, reused_sources;
@@ -286,9 +284,9 @@ int64_t LlmPass::ReuseStatsRows(const LayerQuery& q, const std::vector<int64_t>&
     const int64_t old_i = sub.source_samples.empty() ? i : sub.source_samples[i];
     const auto& rows = sub.rb.rows[i];
     // Pruning removes vision rows [1, 1 + vision) only: the rows after them move up together.
-    const int64_t old_nv = old_vision[old_i], shift = old_nv - rows.vision_ids.size();
-    std::fill(reused.begin(), reused.end(), 0);
     const StatsRowSpan span = q.spans[old_i];
+    const int64_t old_nv = span.vision, shift = old_nv - rows.vision_ids.size();
+    std::fill(reused.begin(), reused.end(), 0);
     for (int64_t r = 0; r < span.count; ++r) {
       const int64_t old_row = span.first + r;
       if (old_row > 0 && old_row <= old_nv) continue;  // a vision row: attended again

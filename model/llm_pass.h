@@ -21,10 +21,12 @@
 
 namespace specprune {
 
-// The statistics query rows of one sample: rows [first, first + count) of its layout.
+// The statistics query rows of one sample: rows [first, first + count) of its layout, which had
+// `vision` vision rows (rows 1..vision).
 struct StatsRowSpan {
   int64_t first = 0;
   int64_t count = 0;
+  int64_t vision = 0;
 };
 
 // One sub-batch of the LLM layers: samples of similar length, padded together. `samples` index the
@@ -108,11 +110,10 @@ class LlmPass {
                                                       std::vector<LayerQuery>& queries);
   // Sets qs's attend_positions and reused rows where the split layer's first half already attended
   // rows of `sub` (q's statistics rows, which pruning never removes): `sub` is cut by a repack
-  // from the sub-batch of `q`, whose samples had `old_vision` vision rows. Returns the rows left
-  // to attend, padding included (qs->rows() when nothing is reused). Not called for a sub-batch
-  // that kept every row: that one attends all of them, the whole layer's attention bit for bit.
-  int64_t ReuseStatsRows(const LayerQuery& q, const std::vector<int64_t>& old_vision,
-                         const SubBatch& sub, QuerySegment* qs) const;
+  // from the sub-batch of `q`. Returns the rows left to attend, padding included (qs->rows() when
+  // nothing is reused). Not called for a sub-batch that kept every row: that one attends all of
+  // them, the whole layer's attention bit for bit.
+  int64_t ReuseStatsRows(const LayerQuery& q, const SubBatch& sub, QuerySegment* qs) const;
   // The rows of `subs`, back to back, then zero rows up to `padded_rows` [padded_rows, D]: the
   // previous layer's packed output when no repack moved them since, else one copy.
   torch::Tensor PackedInput(const std::vector<SubBatch>& subs, int64_t padded_rows) const;
