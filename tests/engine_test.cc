@@ -15,6 +15,10 @@
 
 #include "tests/engine_test_fixture.h"
 
+// Options structs are filled by designated initializers that name only the fields a test
+// changes; the rest keep their in-class defaults on purpose.
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
 namespace specprune {
 namespace engine_testing {
 namespace {
