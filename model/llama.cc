@@ -289,8 +289,7 @@ void LlamaAttentionImpl::AttendSomeRows(const LayerKeys& keys, const QuerySegmen
   auto q = keys.q.index_select(0, qs.source_rows.index_select(0, rows))
                .view({qs.batch, n, heads, head_dim})
                .transpose(1, 2);
-  const auto table_rows = positions.view({qs.batch, 1, n, 1}).expand({qs.batch, 1, n, head_dim});
-  const Rope rope{qs.rope->cos.gather(2, table_rows), qs.rope->sin.gather(2, table_rows)};
+  const Rope rope = GatherRope(*qs.rope, rows.view({qs.batch, n}));
   auto o = Attend(ApplyRope(q, rope), k, v, bias, torch::Tensor(), nullptr, nullptr);
   out.zero_();
   out.index_copy_(0, rows, o.transpose(1, 2).reshape({qs.batch * n, heads * head_dim}));
